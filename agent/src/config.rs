@@ -1,0 +1,186 @@
+//! `config.toml`: the operator's file. outpost reads it and never rewrites it.
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Parsed configuration. Unknown keys are refused so that a typo is reported, not ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub agent: AgentSection,
+    pub hub: HubSection,
+    pub release: ReleaseSection,
+    pub upgrade: UpgradeSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSection {
+    /// Seconds between the agent's "alive" log lines.
+    pub log_interval_secs: u64,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection { log_interval_secs: 60 }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubSection {
+    /// Control-plane base URL (`https://hub.example.com`).
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReleaseSection {
+    /// Release host base URL.
+    pub url: Option<String>,
+    /// Extra trusted minisign public keys (base64 lines), added to the built-in ones.
+    pub public_keys: Vec<String>,
+    /// PEM file with extra CA certificates for the release host and hub.
+    pub ca_file: Option<PathBuf>,
+    /// Release channel followed by `outpost upgrade` without `--target`.
+    pub channel: String,
+}
+
+impl Default for ReleaseSection {
+    fn default() -> Self {
+        ReleaseSection { url: None, public_keys: Vec::new(), ca_file: None, channel: "stable".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpgradeSection {
+    /// Seconds the new version must stay healthy before an upgrade is confirmed.
+    pub soak_secs: u64,
+    /// How many installed versions to keep for rollback.
+    pub keep_versions: usize,
+}
+
+impl Default for UpgradeSection {
+    fn default() -> Self {
+        UpgradeSection { soak_secs: 5, keep_versions: 3 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("cannot read config file {path}: {source}")]
+    Unreadable { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is invalid: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl ConfigError {
+    /// What the operator should do about it.
+    pub fn hint(&self) -> String {
+        match self {
+            ConfigError::Missing { .. } => {
+                "run `outpost install` to create it, or pass --config PATH".into()
+            }
+            ConfigError::Unreadable { path, .. } => format!(
+                "check the permissions of {} (the service user must be able to read it)",
+                path.display()
+            ),
+            ConfigError::Invalid { path, .. } => format!(
+                "fix {} (see docs/CONFIG.md for the keys), then run the command again",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl Config {
+    /// The default file `install` writes: every key commented out with its default.
+    pub const TEMPLATE: &'static str = include_str!("config.template.toml");
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            // toml's message is multi-line with a caret diagram; keep the first line plus location.
+            message: one_line(&e.to_string()),
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = match fs_err::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ConfigError::Missing { path: path.to_path_buf() })
+            }
+            Err(e) => {
+                return Err(ConfigError::Unreadable {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::new(e.kind(), strip_path_prefix(&e.to_string())),
+                })
+            }
+        };
+        Config::parse(&text, path)
+    }
+}
+
+fn strip_path_prefix(s: &str) -> String {
+    // fs-err messages read "failed to open file `/x`: Permission denied (os error 13)"; keep the cause.
+    s.rsplit_once(": ").map(|(_, c)| c.to_string()).unwrap_or_else(|| s.to_string())
+}
+
+fn one_line(msg: &str) -> String {
+    let mut parts = msg.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = parts.next().unwrap_or("parse error").trim_end_matches(':').to_string();
+    let detail = parts.last().filter(|l| !l.starts_with('|') && !l.starts_with('^'));
+    match detail {
+        Some(d) if d != first => format!("{first}: {d}"),
+        _ => first,
+    }
+    .to_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_parses_to_defaults() {
+        let c = Config::parse(Config::TEMPLATE, Path::new("t")).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn table_of_inputs() {
+        let cases: &[(&str, Result<u64, &str>)] = &[
+            ("", Ok(60)),
+            ("[agent]\nlog_interval_secs = 5\n", Ok(5)),
+            ("[agent]\nlog_intervl_secs = 5\n", Err("unknown field")),
+            ("[agent\n", Err("invalid")),
+            ("[hub]\nurl = 3\n", Err("invalid type")),
+        ];
+        for (text, want) in cases {
+            let got = Config::parse(text, Path::new("/etc/outpost/config.toml"));
+            match (got, want) {
+                (Ok(c), Ok(n)) => assert_eq!(c.agent.log_interval_secs, *n, "{text}"),
+                (Err(e), Err(frag)) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains(frag), "{text:?}: {msg}");
+                    assert!(!msg.contains('\n'), "one line: {msg}");
+                    assert!(msg.contains("/etc/outpost/config.toml"));
+                }
+                (got, want) => panic!("{text:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn missing_and_unreadable() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nope.toml");
+        assert!(matches!(Config::load(&p), Err(ConfigError::Missing { .. })));
+        let d = dir.path().join("isdir.toml");
+        std::fs::create_dir(&d).unwrap();
+        assert!(matches!(Config::load(&d), Err(ConfigError::Unreadable { .. })));
+    }
+}

@@ -1,0 +1,28 @@
+//! The one registry of environment variables outpost reads. Documented in docs/ENVIRONMENT.md;
+//! clap arguments refer to these constants with `env =`.
+
+/// Path of the config file (the unit sets it; default depends on the mode).
+pub const CONFIG: &str = "OUTPOST_CONFIG";
+/// State directory (receipt, journal, token).
+pub const STATE_DIR: &str = "OUTPOST_STATE_DIR";
+/// `system` or `user`: the mode the service was installed in (the unit sets it).
+pub const MODE: &str = "OUTPOST_MODE";
+/// Filesystem root for every path outpost reads or writes (default `/`). A test seam.
+pub const ROOT: &str = "OUTPOST_ROOT";
+/// Single-use enrollment key, only ever read from the environment or the 0600 secrets file.
+pub const ENROLL_KEY: &str = "OUTPOST_ENROLL_KEY";
+/// Control-plane URL written into the config by `install --hub`.
+pub const HUB_URL: &str = "OUTPOST_HUB_URL";
+/// User the system service runs as (`install --run-as`).
+pub const RUN_AS: &str = "OUTPOST_RUN_AS";
+/// Build-time only: overrides the version baked into the binary.
+pub const BUILD_VERSION: &str = "OUTPOST_BUILD_VERSION";
+
+/// Set by sudo: the user who invoked `sudo outpost …`.
+pub const SUDO_USER: &str = "SUDO_USER";
+/// Set by systemd for `Type=notify` services.
+pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+/// Set by systemd when `WatchdogSec=` is configured.
+pub const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
+/// Home directory of the invoking user (user mode paths).
+pub const HOME: &str = "HOME";

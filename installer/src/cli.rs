@@ -1,0 +1,355 @@
+//! The `outpost` command line. `main` calls [`main`]; everything here is thin glue from
+//! flags to the library functions.
+use crate::apply::{Host, RealHost};
+use crate::detect::{self, HostProbe, Probe};
+use crate::error::{Error, Result};
+use crate::install::{self, InstallArgs};
+use crate::layout::{Layout, Mode};
+use crate::uninstall::{self, UninstallArgs};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use outpost_agent::env;
+use outpost_agent::exit;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outpost",
+    version = outpost_packaging::VERSION,
+    about = "Install, run and upgrade the outpost agent as a systemd service",
+    long_about = "outpost is the installer, systemd unit writer, self-upgrader and runner agent in one binary.\n\nExit codes: 0 ok, 1 failure, 2 bad input (nothing changed), 3 service not running (status), 10 token revoked (agent).",
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    /// Filesystem root to operate on (a test seam; default /).
+    #[arg(long, global = true, env = env::ROOT, default_value = "/", hide = true)]
+    root: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args, Clone, Copy)]
+#[group(multiple = false)]
+struct ModeFlags {
+    /// Act on the per-user service (systemd --user, linger)
+    #[arg(long)]
+    user: bool,
+    /// Act on the system-wide service
+    #[arg(long)]
+    system: bool,
+}
+
+impl ModeFlags {
+    fn mode(self) -> Option<Mode> {
+        match (self.user, self.system) {
+            (true, _) => Some(Mode::User),
+            (_, true) => Some(Mode::System),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show what outpost finds on this host and which mode it recommends
+    Detect {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install (or update in place) the service; keeps config, secrets and state
+    Install {
+        #[command(flatten)]
+        mode: ModeFlags,
+        /// System mode: run the service as USER (default: SUDO_USER, else a new `outpost` system user)
+        #[arg(long, value_name = "USER", env = env::RUN_AS)]
+        run_as: Option<String>,
+        /// System mode: also let members of GROUP start/stop/restart outpost.service (polkit)
+        #[arg(long, value_name = "GROUP")]
+        admin_group: Option<String>,
+        /// Control-plane URL written into a new config
+        #[arg(long, value_name = "URL", env = env::HUB_URL)]
+        hub: Option<String>,
+        /// Install and enable, but do not start the service
+        #[arg(long)]
+        no_start: bool,
+        /// Print the plan (every file, unit, user and linger change) and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop and remove the service; keeps config, secrets and state unless --purge
+    Uninstall {
+        #[command(flatten)]
+        mode: ModeFlags,
+        /// Also remove config, secrets, state and the system user install created
+        #[arg(long)]
+        purge: bool,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the installed version, mode and service state
+    Status {
+        #[command(flatten)]
+        mode: ModeFlags,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start outpost.service
+    Start(ControlArgs),
+    /// Stop outpost.service
+    Stop(ControlArgs),
+    /// Restart outpost.service
+    Restart(ControlArgs),
+    /// The agent (the service's ExecStart)
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// Check that this binary can run the installed service (loads the config, checks the state dir)
+    SelfTest {
+        #[command(flatten)]
+        paths: AgentPaths,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff)
+    Man,
+}
+
+#[derive(Debug, Args)]
+struct ControlArgs {
+    #[command(flatten)]
+    mode: ModeFlags,
+    /// Print what would be done
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+struct AgentPaths {
+    /// Config file (default: the mode's config path)
+    #[arg(long, env = env::CONFIG, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// State directory (default: the mode's state path)
+    #[arg(long, env = env::STATE_DIR, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Mode the service was installed in
+    #[arg(long, env = env::MODE, value_name = "MODE", value_parser = ["system", "user"])]
+    mode: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// Run the agent in the foreground (systemd runs this)
+    Run {
+        #[command(flatten)]
+        paths: AgentPaths,
+    },
+}
+
+/// Entry point: parse, run, print errors as `error:` + `hint:`, return the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return clap_error(e),
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match dispatch(cli, &mut out) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = out.flush();
+            eprintln!("error: {e}");
+            eprintln!("hint: {}", e.hint());
+            e.exit_code()
+        }
+    }
+}
+
+fn clap_error(e: clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { exit::USAGE } else { exit::OK }
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            eprintln!("error: {first}");
+            let tip = rendered.lines().map(str::trim).find(|l| l.starts_with("tip:")).map(|t| t.trim_start_matches("tip: ").to_string());
+            eprintln!("hint: {}", tip.unwrap_or_else(|| "run `outpost --help` (or `outpost COMMAND --help`) for usage".into()));
+            exit::USAGE
+        }
+    }
+}
+
+fn default_paths(paths: &AgentPaths, probe: &dyn Probe, root: &std::path::Path) -> Result<(PathBuf, PathBuf, String)> {
+    let mode = match paths.mode.as_deref() {
+        Some("user") => Mode::User,
+        Some(_) => Mode::System,
+        None if probe.euid() == 0 => Mode::System,
+        None => Mode::User,
+    };
+    let layout = match mode {
+        Mode::System => Layout::system(root),
+        Mode::User => {
+            let home = std::env::var_os(env::HOME).map(PathBuf::from).ok_or_else(|| {
+                Error::usage("HOME is not set, so the user-mode paths are unknown", "pass --config and --state-dir")
+            })?;
+            Layout::user(root, &home)
+        }
+    };
+    Ok((
+        paths.config.clone().unwrap_or_else(|| layout.host(&layout.config_file)),
+        paths.state_dir.clone().unwrap_or_else(|| layout.host(&layout.state_dir)),
+        mode.to_string(),
+    ))
+}
+
+fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
+    let root = cli.root.clone();
+    let probe = HostProbe { root: root.clone() };
+    let host = RealHost { root: root.clone() };
+    match cli.command {
+        Command::Detect { json } => {
+            let det = detect::probe::detect(&probe);
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&det).unwrap_or_default()).ok();
+            } else {
+                write!(out, "{}", crate::status::render_detection(&det)).ok();
+            }
+            Ok(if det.unsupported.is_some() { exit::FAILURE } else { exit::OK })
+        }
+        Command::Install { mode, run_as, admin_group, hub, no_start, dry_run, json } => {
+            let enroll_key = std::env::var(env::ENROLL_KEY).ok().filter(|k| !k.trim().is_empty());
+            if let Some(k) = &enroll_key {
+                if k.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\'' || c == '\\') {
+                    return Err(Error::usage(
+                        format!("{} contains whitespace or quotes", env::ENROLL_KEY),
+                        "copy the key exactly as `outpost-hub keys create` printed it",
+                    ));
+                }
+            }
+            let args = InstallArgs {
+                mode: mode.mode(),
+                run_as,
+                admin_group,
+                hub_url: hub,
+                enroll_key,
+                no_start,
+                dry_run,
+                json,
+                root,
+                binary: None,
+            };
+            install::run(&args, &probe, &host, out)?;
+            Ok(exit::OK)
+        }
+        Command::Uninstall { mode, purge, dry_run, json } => {
+            let args = UninstallArgs { mode: mode.mode(), purge, dry_run, json, root };
+            uninstall::run(&args, &probe, &host, out)?;
+            Ok(exit::OK)
+        }
+        Command::Status { mode, json } => crate::status::run(&probe, &host, &root, mode.mode(), json, out),
+        Command::Start(a) => control("start", a, &probe, &host, &root, out),
+        Command::Stop(a) => control("stop", a, &probe, &host, &root, out),
+        Command::Restart(a) => control("restart", a, &probe, &host, &root, out),
+        Command::Agent { command: AgentCommand::Run { paths } } => {
+            let (config_path, state_dir, mode) = default_paths(&paths, &probe, &root)?;
+            outpost_agent::run::run(&outpost_agent::run::RunOptions { config_path, state_dir, mode })?;
+            Ok(exit::OK)
+        }
+        Command::SelfTest { paths, json } => {
+            let (config_path, state_dir, _) = default_paths(&paths, &probe, &root)?;
+            let r = outpost_agent::selftest::self_test(&config_path, &state_dir)?;
+            if json {
+                let v = serde_json::json!({"ok": true, "version": r.version, "config": config_path, "state_dir": state_dir});
+                writeln!(out, "{v}").ok();
+            } else {
+                writeln!(out, "outpost {}: self-test ok (config {}, state {})", r.version, config_path.display(), state_dir.display()).ok();
+            }
+            Ok(exit::OK)
+        }
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "outpost", out);
+            Ok(exit::OK)
+        }
+        Command::Man => {
+            let man = clap_mangen::Man::new(Cli::command());
+            man.render(out).map_err(|e| Error::failed(format!("cannot write the man page: {e}"), "check stdout is writable"))?;
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn control(verb: &str, a: ControlArgs, probe: &dyn Probe, host: &dyn Host, root: &std::path::Path, out: &mut dyn Write) -> Result<i32> {
+    let (layout, _receipt) = uninstall::find_install(probe, root, a.mode.mode())?;
+    let scope = uninstall::scope(&layout, probe.euid());
+    if a.dry_run {
+        writeln!(out, "would {verb} {} ({} manager)", crate::UNIT, layout.mode).ok();
+        return Ok(exit::OK);
+    }
+    let svc = host.service_manager(scope)?;
+    let st = svc.status(crate::UNIT)?;
+    if !st.is_loaded() {
+        return Err(Error::failed(
+            format!("{} is not installed in {} mode (load state {})", crate::UNIT, layout.mode, st.load_state),
+            "install it with `sudo outpost install` (or `outpost install --user`)",
+        ));
+    }
+    match verb {
+        "start" => svc.start(crate::UNIT)?,
+        "stop" => svc.stop(crate::UNIT)?,
+        _ => svc.restart(crate::UNIT)?,
+    }
+    let st = svc.status(crate::UNIT)?;
+    writeln!(out, "{verb}: {} is {} ({})", crate::UNIT, st.active_state, st.sub_state).ok();
+    Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_table() {
+        let ok: &[&[&str]] = &[
+            &["outpost", "detect", "--json"],
+            &["outpost", "install", "--user", "--dry-run"],
+            &["outpost", "install", "--system", "--run-as", "bob", "--no-start"],
+            &["outpost", "uninstall", "--purge", "--dry-run"],
+            &["outpost", "status", "--json"],
+            &["outpost", "restart", "--dry-run"],
+            &["outpost", "agent", "run"],
+            &["outpost", "self-test", "--json"],
+            &["outpost", "completions", "bash"],
+        ];
+        for argv in ok {
+            Cli::try_parse_from(*argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        }
+        let bad: &[&[&str]] = &[
+            &["outpost", "install", "--user", "--system"],
+            &["outpost", "install", "--bogus"],
+            &["outpost", "frobnicate"],
+            &["outpost", "agent", "run", "--mode", "weird"],
+        ];
+        for argv in bad {
+            assert!(Cli::try_parse_from(*argv).is_err(), "{argv:?} should fail");
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The error a command reports: one lowercase line naming the thing, a `hint:` line saying
+//! what to do, and an exit code (see docs/EXIT-CODES.md).
+use outpost_agent::exit;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input: flags, values, the operator's config. Nothing was changed.
+    #[error("{message}")]
+    Usage { message: String, hint: String },
+    /// The operation failed.
+    #[error("{message}")]
+    Failed { message: String, hint: String },
+    #[error(transparent)]
+    Svc(#[from] crate::svc::SvcError),
+    #[error(transparent)]
+    Receipt(#[from] crate::receipt::ReceiptError),
+    #[error(transparent)]
+    Config(#[from] outpost_agent::ConfigError),
+    #[error(transparent)]
+    Run(#[from] outpost_agent::run::RunError),
+}
+
+impl Error {
+    pub fn usage(message: impl Into<String>, hint: impl Into<String>) -> Error {
+        Error::Usage { message: message.into(), hint: hint.into() }
+    }
+    pub fn failed(message: impl Into<String>, hint: impl Into<String>) -> Error {
+        Error::Failed { message: message.into(), hint: hint.into() }
+    }
+    /// An I/O error on `path` while doing `what`.
+    pub fn io(what: &str, path: &std::path::Path, e: std::io::Error) -> Error {
+        let hint = match e.kind() {
+            std::io::ErrorKind::PermissionDenied => "run the command with sudo, or use --user for a per-user install".to_string(),
+            _ => "check the path and free disk space, then run the command again".to_string(),
+        };
+        let detail = e.to_string();
+        // fs-err already names the path; avoid saying it twice.
+        let message = if detail.contains(&path.display().to_string()) {
+            format!("cannot {what}: {detail}")
+        } else {
+            format!("cannot {what} {}: {detail}", path.display())
+        };
+        Error::Failed { message, hint }
+    }
+
+    pub fn hint(&self) -> String {
+        match self {
+            Error::Usage { hint, .. } | Error::Failed { hint, .. } => hint.clone(),
+            Error::Svc(e) => e.hint(),
+            Error::Receipt(_) => "the receipt is outpost's record of what it installed; re-run `outpost install` to rewrite it".into(),
+            Error::Config(e) => e.hint(),
+            Error::Run(e) => e.hint(),
+        }
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage { .. } | Error::Config(_) => exit::USAGE,
+            Error::Run(outpost_agent::run::RunError::Config(_)) => exit::USAGE,
+            _ => exit::FAILURE,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

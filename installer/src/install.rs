@@ -1,0 +1,285 @@
+//! `outpost install`: detect → plan → apply, plus the summary.
+use crate::apply::{self, Host};
+use crate::detect::{self, Detection, Probe};
+use crate::error::{Error, Result};
+use crate::layout::{Layout, Mode};
+use crate::plan::{self, Change, InstallPlan, Observed, Op, ServiceAction, ServiceUser};
+use crate::receipt::Receipt;
+use crate::svc::Scope;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The system user created when there is nobody else to run the service as.
+pub const DEFAULT_SYSTEM_USER: &str = "outpost";
+
+#[derive(Debug, Clone, Default)]
+pub struct InstallArgs {
+    /// `--user` / `--system`; `None` = the detected recommendation.
+    pub mode: Option<Mode>,
+    pub run_as: Option<String>,
+    pub admin_group: Option<String>,
+    pub hub_url: Option<String>,
+    pub enroll_key: Option<String>,
+    pub no_start: bool,
+    pub dry_run: bool,
+    pub json: bool,
+    pub root: PathBuf,
+    /// Binary to install; default: the running executable.
+    pub binary: Option<PathBuf>,
+}
+
+/// Pick the mode and check the caller may use it.
+pub fn choose_mode(det: &Detection, requested: Option<Mode>, euid: u32) -> Result<Mode> {
+    let mode = requested.unwrap_or(det.recommendation.mode);
+    match (mode, euid) {
+        (Mode::System, 0) => Ok(Mode::System),
+        (Mode::System, _) => Err(Error::usage(
+            "installing the system service needs root",
+            "run `sudo outpost install --system`, or `outpost install --user` for a per-user service",
+        )),
+        (Mode::User, 0) if det.topology.sudo_user.is_some() => Err(Error::usage(
+            "refusing a user-mode install through sudo: it would leave root-owned files in your home",
+            "run `outpost install --user` without sudo, or `sudo outpost install --system`",
+        )),
+        (Mode::User, 0) => Err(Error::usage(
+            "root has no user service to install into",
+            "run `outpost install --user` as the user who should own the service, or `outpost install --system`",
+        )),
+        (Mode::User, _) => Ok(Mode::User),
+    }
+}
+
+pub fn validate_hub_url(url: &str) -> Result<()> {
+    let ok = (url.starts_with("https://") || url.starts_with("http://"))
+        && url.len() > "https://".len()
+        && !url.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\' || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::usage(
+            format!("invalid hub url {url:?}: expected http(s)://HOST[:PORT][/PATH]"),
+            "pass --hub https://hub.example.com",
+        ))
+    }
+}
+
+/// Layout for `mode` on this host.
+pub fn layout_for(det: &Detection, mode: Mode, root: &Path) -> Result<Layout> {
+    match mode {
+        Mode::System => Ok(Layout::system(root)),
+        Mode::User => {
+            let t = det.topology.target_user.as_ref().ok_or_else(|| {
+                Error::usage("no user to install a user service for", "run `sudo outpost install --system`")
+            })?;
+            Ok(Layout::user(root, &t.account.home))
+        }
+    }
+}
+
+fn service_user(det: &Detection, mode: Mode, args: &InstallArgs, root: &Path, prior: Option<&Receipt>) -> Result<ServiceUser> {
+    if mode == Mode::User {
+        let t = det.topology.target_user.as_ref().map(|t| t.account.clone()).unwrap_or(det.topology.invoking.clone());
+        return Ok(ServiceUser { name: t.name, ids: Some((t.uid, t.gid)), create: false });
+    }
+    let lookup = |name: &str| -> Result<Option<(u32, u32)>> {
+        crate::users::by_name(root, name)
+            .map(|a| a.map(|a| (a.uid, a.gid)))
+            .map_err(|e| Error::failed(e.to_string(), "check /etc/passwd is readable"))
+    };
+    if let Some(name) = &args.run_as {
+        if !crate::users::valid_username(name) {
+            return Err(Error::usage(format!("invalid --run-as {name:?}: not a valid user name"), "pass the name of an existing user"));
+        }
+        let ids = lookup(name)?;
+        return match ids {
+            Some(ids) => Ok(ServiceUser { name: name.clone(), ids: Some(ids), create: false }),
+            None if name == DEFAULT_SYSTEM_USER => Ok(ServiceUser { name: name.clone(), ids: None, create: true }),
+            None => Err(Error::usage(
+                format!("--run-as {name}: no such user"),
+                format!("create it first (`useradd --system {name}`), or omit --run-as to use the `{DEFAULT_SYSTEM_USER}` system user"),
+            )),
+        };
+    }
+    if let Some(prior) = prior {
+        // Re-install keeps whoever the service already runs as.
+        if let Some(ids) = lookup(&prior.service_user)? {
+            let create = prior.created_user.as_deref() == Some(prior.service_user.as_str());
+            return Ok(ServiceUser { name: prior.service_user.clone(), ids: Some(ids), create });
+        }
+    }
+    if let Some(a) = &det.topology.sudo_user {
+        return Ok(ServiceUser { name: a.name.clone(), ids: Some((a.uid, a.gid)), create: false });
+    }
+    let ids = lookup(DEFAULT_SYSTEM_USER)?;
+    Ok(ServiceUser { name: DEFAULT_SYSTEM_USER.into(), ids, create: true })
+}
+
+/// Everything install decides before touching anything. Shared with `--dry-run`.
+pub fn prepare(
+    args: &InstallArgs,
+    probe: &dyn Probe,
+    host: &dyn Host,
+) -> Result<(Detection, InstallPlan, Option<Receipt>, u32)> {
+    let det = detect::probe::detect(probe);
+    if let Some(reason) = &det.unsupported {
+        return Err(Error::failed(reason.clone(), "see the platform table in README.md; `outpost detect` shows what was found"));
+    }
+    let euid = probe.euid();
+    let mode = choose_mode(&det, args.mode, euid)?;
+    if let Some(url) = &args.hub_url {
+        validate_hub_url(url)?;
+    }
+    if let Some(g) = &args.admin_group {
+        let exists = crate::users::group_exists(&args.root, g).map_err(|e| Error::failed(e.to_string(), "check /etc/group is readable"))?;
+        if !crate::users::valid_username(g) || !exists {
+            return Err(Error::usage(format!("--admin-group {g}: no such group"), format!("create it first (`groupadd {g}`)")));
+        }
+    }
+    let layout = layout_for(&det, mode, &args.root)?;
+    // The operator's config must load with this binary before anything changes.
+    let cfg = layout.host(&layout.config_file);
+    if cfg.exists() {
+        outpost_agent::Config::load(&cfg)?;
+    }
+    let prior = Receipt::load(&layout)?;
+    let su = service_user(&det, mode, args, &args.root, prior.as_ref())?;
+
+    let binary = match &args.binary {
+        Some(b) => b.clone(),
+        None => std::env::current_exe().map_err(|e| Error::failed(format!("cannot locate the running binary: {e}"), "run outpost by its full path"))?,
+    };
+    let binary_sha256 = crate::fsx::sha256_file(&binary).map_err(|e| Error::io("read", &binary, e))?;
+    let version = outpost_packaging::VERSION.to_string();
+
+    let enable_linger = match (mode, &det.topology.target_user) {
+        (Mode::User, Some(t)) if !t.linger => Some((t.account.name.clone(), t.account.uid)),
+        _ => None,
+    };
+    let scope = match mode {
+        Mode::System => Scope::System,
+        Mode::User => Scope::User { uid: euid },
+    };
+    let paths = plan::install_paths(&layout, &version);
+    let mut obs = Observed {
+        paths: plan::observe_paths(&layout, &paths).map_err(|e| Error::failed(e.to_string(), "check permissions"))?,
+        unit: None,
+        receipt: prior.clone(),
+        users: Default::default(),
+    };
+    if let Some(ids) = su.ids {
+        obs.users.insert(su.name.clone(), ids);
+    }
+    // No manager yet (user mode before linger) simply means: nothing is running.
+    if let Ok(svc) = host.service_manager(scope) {
+        obs.unit = Some(svc.status(crate::UNIT)?);
+    }
+    let inputs = plan::InstallInputs {
+        layout,
+        version,
+        binary,
+        binary_sha256,
+        service_user: su,
+        admin_group: args.admin_group.clone(),
+        polkit: det.topology.polkit.as_ref().map(|p| p.flavor),
+        enable_linger,
+        hub_url: args.hub_url.clone(),
+        enroll_key: args.enroll_key.clone(),
+        start: !args.no_start,
+    };
+    let mut p = plan::plan_install(&inputs, &obs);
+    p.warnings.splice(0..0, det.warnings.iter().cloned());
+    Ok((det, p, prior, euid))
+}
+
+/// Human-readable plan, one line per change.
+pub fn render_plan(p: &InstallPlan, verb: &str) -> String {
+    let mut s = format!(
+        "{verb} outpost {} ({} mode, service user {})\n",
+        p.version, p.mode, p.service_user.name
+    );
+    for i in &p.items {
+        let change = match i.change {
+            Change::Create => "create",
+            Change::Update => "update",
+            Change::Unchanged => "unchanged",
+            Change::Keep => "keep",
+        };
+        let what = match &i.op {
+            Op::Dir { path, mode, .. } => format!("dir      {} ({mode:04o})", path.display()),
+            Op::File { path, mode, sha256, role, .. } => {
+                format!("file     {} ({mode:04o}, {}, sha256 {})", path.display(), role_name(*role), &sha256[..12.min(sha256.len())])
+            }
+            Op::Symlink { path, target, .. } => format!("symlink  {} -> {}", path.display(), target.display()),
+            Op::CreateUser { name, home } => format!("user     {name} (system, home {})", home.display()),
+            Op::EnableLinger { user, .. } => format!("linger   {user}"),
+        };
+        s.push_str(&format!("  {change:<9} {what}\n"));
+    }
+    if p.daemon_reload {
+        s.push_str("  reload    systemd (daemon-reload)\n");
+    }
+    if p.enable {
+        s.push_str(&format!("  enable    {}\n", crate::UNIT));
+    }
+    match &p.service {
+        ServiceAction::Start => s.push_str(&format!("  start     {}\n", crate::UNIT)),
+        ServiceAction::Restart => s.push_str(&format!("  restart   {}\n", crate::UNIT)),
+        ServiceAction::None { reason } => s.push_str(&format!("  no start  {} ({reason})\n", crate::UNIT)),
+    }
+    for w in &p.warnings {
+        s.push_str(&format!("warning: {w}\n"));
+    }
+    s
+}
+
+fn role_name(r: crate::receipt::Role) -> &'static str {
+    use crate::receipt::Role::*;
+    match r {
+        Binary => "binary",
+        Unit => "unit",
+        Dropin => "drop-in",
+        Polkit => "polkit rule",
+        Config => "config",
+        Secrets => "secrets",
+        State => "state",
+        Link => "link",
+        Dir => "dir",
+    }
+}
+
+pub fn run(args: &InstallArgs, probe: &dyn Probe, host: &dyn Host, out: &mut dyn Write) -> Result<()> {
+    let (_det, plan, prior, euid) = prepare(args, probe, host)?;
+    if args.dry_run {
+        if args.json {
+            writeln!(out, "{}", serde_json::to_string_pretty(&plan).unwrap_or_default()).ok();
+        } else {
+            write!(out, "{}", render_plan(&plan, "would install")).ok();
+        }
+        return Ok(());
+    }
+    let outcome = apply::apply_install(&plan, prior, host, euid, out)?;
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&outcome).unwrap_or_default()).ok();
+        return Ok(());
+    }
+    for w in &plan.warnings {
+        writeln!(out, "warning: {w}").ok();
+    }
+    let l = &plan.layout;
+    let sudo = if l.mode == Mode::System { "sudo " } else { "" };
+    let journal = if l.mode == Mode::System { "journalctl -u outpost -f" } else { "journalctl --user -u outpost -f" };
+    if !outcome.changed {
+        writeln!(out, "outpost {} is already installed ({} mode): no change", plan.version, l.mode).ok();
+    } else {
+        writeln!(out, "installed outpost {} ({} mode, runs as {})", plan.version, l.mode, plan.service_user.name).ok();
+        writeln!(out, "  binary   {}", l.version_dir(&plan.version).join("outpost").display()).ok();
+        writeln!(out, "  command  {}", l.bin_link.display()).ok();
+        writeln!(out, "  config   {}", l.config_file.display()).ok();
+        writeln!(out, "  secrets  {} (0600)", l.env_file.display()).ok();
+        writeln!(out, "  state    {}", l.state_dir.display()).ok();
+        writeln!(out, "  unit     {}", l.unit_file.display()).ok();
+        writeln!(out, "  service  {} {}", crate::UNIT, outcome.service).ok();
+    }
+    writeln!(out, "next:\n  outpost status\n  {journal}\n  {sudo}outpost uninstall        (keeps config and state; --purge removes everything)").ok();
+    Ok(())
+}

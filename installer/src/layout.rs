@@ -1,0 +1,136 @@
+//! Where everything lives, per mode. This is a contract: tests and docs rely on it.
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    System,
+    User,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::System => "system",
+            Mode::User => "user",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every path outpost manages, as seen by the target host (absolute, without the root
+/// prefix). [`Layout::host`] maps one onto the filesystem root seam.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Layout {
+    pub mode: Mode,
+    /// Filesystem root every path is resolved under (`/` in production, a temp dir in tests).
+    #[serde(skip)]
+    pub root: PathBuf,
+    /// `/opt/outpost` or `~/.local/share/outpost`.
+    pub base: PathBuf,
+    /// `/usr/local/bin/outpost` or `~/.local/bin/outpost`.
+    pub bin_link: PathBuf,
+    pub config_dir: PathBuf,
+    pub config_file: PathBuf,
+    /// Secrets as `KEY=value` lines, mode 0600 (system mode only has a separate dir owner).
+    pub env_file: PathBuf,
+    pub state_dir: PathBuf,
+    pub unit_dir: PathBuf,
+    pub unit_file: PathBuf,
+    /// Hardening drop-in (system mode only).
+    pub dropin_file: Option<PathBuf>,
+}
+
+impl Layout {
+    pub fn system(root: &Path) -> Layout {
+        let p = PathBuf::from;
+        Layout {
+            mode: Mode::System,
+            root: root.to_path_buf(),
+            base: p("/opt/outpost"),
+            bin_link: p("/usr/local/bin/outpost"),
+            config_dir: p("/etc/outpost"),
+            config_file: p("/etc/outpost/config.toml"),
+            env_file: p("/etc/outpost/outpost.env"),
+            state_dir: p("/var/lib/outpost"),
+            unit_dir: p("/etc/systemd/system"),
+            unit_file: p("/etc/systemd/system/outpost.service"),
+            dropin_file: Some(p("/etc/systemd/system/outpost.service.d/10-hardening.conf")),
+        }
+    }
+
+    /// User mode for the user whose home is `home` (absolute, as on the host).
+    pub fn user(root: &Path, home: &Path) -> Layout {
+        let h = |s: &str| home.join(s);
+        Layout {
+            mode: Mode::User,
+            root: root.to_path_buf(),
+            base: h(".local/share/outpost"),
+            bin_link: h(".local/bin/outpost"),
+            config_dir: h(".config/outpost"),
+            config_file: h(".config/outpost/config.toml"),
+            env_file: h(".config/outpost/outpost.env"),
+            state_dir: h(".local/state/outpost"),
+            unit_dir: h(".config/systemd/user"),
+            unit_file: h(".config/systemd/user/outpost.service"),
+            dropin_file: None,
+        }
+    }
+
+    pub fn versions_dir(&self) -> PathBuf {
+        self.base.join("versions")
+    }
+    pub fn version_dir(&self, version: &str) -> PathBuf {
+        self.versions_dir().join(version)
+    }
+    /// `current` → `versions/<ver>` (relative symlink).
+    pub fn current_link(&self) -> PathBuf {
+        self.base.join("current")
+    }
+    /// The binary the unit runs: `<base>/current/outpost`.
+    pub fn current_binary(&self) -> PathBuf {
+        self.current_link().join("outpost")
+    }
+    pub fn receipt_file(&self) -> PathBuf {
+        self.state_dir.join("receipt.json")
+    }
+    pub fn events_file(&self) -> PathBuf {
+        self.state_dir.join("events.jsonl")
+    }
+
+    /// Map a host path onto the filesystem root seam.
+    pub fn host(&self, p: &Path) -> PathBuf {
+        match p.strip_prefix("/") {
+            Ok(rel) => self.root.join(rel),
+            Err(_) => self.root.join(p),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_maps_under_root() {
+        let l = Layout::system(Path::new("/tmp/r"));
+        assert_eq!(l.host(&l.unit_file), PathBuf::from("/tmp/r/etc/systemd/system/outpost.service"));
+        let l = Layout::system(Path::new("/"));
+        assert_eq!(l.host(&l.current_binary()), PathBuf::from("/opt/outpost/current/outpost"));
+    }
+
+    #[test]
+    fn user_paths_are_in_home() {
+        let l = Layout::user(Path::new("/"), Path::new("/home/alice"));
+        for p in [&l.base, &l.bin_link, &l.config_file, &l.env_file, &l.state_dir, &l.unit_file] {
+            assert!(p.starts_with("/home/alice"), "{}", p.display());
+        }
+        assert!(l.dropin_file.is_none());
+    }
+}

@@ -1,0 +1,23 @@
+//! Host detection, unit/polkit rendering, install/uninstall and the `outpost` CLI.
+//!
+//! The shape is detect → plan → apply: [`detect`] and [`plan`] are pure functions over
+//! inputs (os-release text, `systemctl show`-style properties, a root directory); [`apply`]
+//! is the one executor. Side effects sit behind two seams: the filesystem root carried by
+//! [`layout::Layout`] and the service manager trait in [`svc`].
+pub mod apply;
+pub mod cli;
+pub mod detect;
+pub mod error;
+pub mod fsx;
+pub mod install;
+pub mod layout;
+pub mod plan;
+pub mod receipt;
+pub mod status;
+pub mod render;
+pub mod svc;
+pub mod uninstall;
+pub mod users;
+
+/// The unit name, in both modes.
+pub const UNIT: &str = "outpost.service";

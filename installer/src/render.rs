@@ -1,0 +1,484 @@
+//! The text of the unit file, the system-mode hardening drop-in and the polkit rule (pure).
+//!
+//! Output is deterministic and carries no outpost version, so reinstalling another version
+//! rewrites nothing unless the content really changes. Paths are escaped for systemd
+//! (specifiers `%`, quoting of blanks and quotes, `$` in `ExecStart=`); what cannot be
+//! represented at all (relative, non-UTF-8, control characters) is refused by [`validate`],
+//! which the planner calls before rendering.
+use crate::layout::{Layout, Mode};
+use crate::users::valid_username;
+use outpost_agent::{env, exit};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Default `WatchdogSec=`.
+pub const DEFAULT_WATCHDOG_SEC: u32 = 30;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitParams {
+    pub mode: Mode,
+    /// `<base>/current/outpost`.
+    pub exec: PathBuf,
+    pub config_file: PathBuf,
+    pub state_dir: PathBuf,
+    pub env_file: PathBuf,
+    /// System mode `User=` (ignored in user mode).
+    pub user: Option<String>,
+    /// System mode `Group=` (ignored in user mode).
+    pub group: Option<String>,
+    pub watchdog_sec: u32,
+    pub revoked_exit_code: i32,
+}
+
+impl UnitParams {
+    /// Parameters for `layout`, with the default watchdog and [`exit::REVOKED`].
+    pub fn from_layout(layout: &Layout, user: Option<String>, group: Option<String>) -> UnitParams {
+        UnitParams {
+            mode: layout.mode,
+            exec: layout.current_binary(),
+            config_file: layout.config_file.clone(),
+            state_dir: layout.state_dir.clone(),
+            env_file: layout.env_file.clone(),
+            user,
+            group,
+            watchdog_sec: DEFAULT_WATCHDOG_SEC,
+            revoked_exit_code: exit::REVOKED,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RenderError {
+    #[error("cannot use {path} in a systemd unit: {why}")]
+    Path { path: PathBuf, why: &'static str },
+    #[error("invalid user or group name {name:?}: expected [a-z_][a-z0-9_-]{{0,31}}")]
+    Name { name: String },
+}
+
+/// Check that every path can be written into a unit and every name is portable.
+pub fn validate(p: &UnitParams) -> Result<(), RenderError> {
+    for path in [&p.exec, &p.config_file, &p.state_dir, &p.env_file] {
+        check_path(path)?;
+    }
+    for name in [&p.user, &p.group].into_iter().flatten() {
+        if !valid_username(name) {
+            return Err(RenderError::Name { name: name.clone() });
+        }
+    }
+    Ok(())
+}
+
+fn check_path(path: &Path) -> Result<(), RenderError> {
+    let err = |why| Err(RenderError::Path { path: path.to_path_buf(), why });
+    let Some(s) = path.to_str() else { return err("not valid UTF-8") };
+    if !path.is_absolute() {
+        return err("not absolute");
+    }
+    if s.chars().any(char::is_control) {
+        return err("contains a control character");
+    }
+    if s.ends_with(char::is_whitespace) {
+        return err("ends with whitespace");
+    }
+    Ok(())
+}
+
+/// Escape systemd specifiers (`%` → `%%`).
+fn spec(s: &str) -> String {
+    s.replace('%', "%%")
+}
+
+/// One word for a setting that splits on blanks and unquotes (`Environment=`,
+/// `ReadWritePaths=`, `ExecStart=`): bare when safe, else double-quoted with `\` and `"`
+/// escaped. `dollar` also doubles `$` (`ExecStart=` expands `$VAR`).
+fn word(s: &str, dollar: bool) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+,:@=%".contains(c);
+    let s = if dollar { s.replace('$', "$$") } else { s.to_owned() };
+    if s.chars().all(safe) && !s.is_empty() {
+        return spec(&s);
+    }
+    let mut q = String::from("\"");
+    for c in s.chars() {
+        if c == '\\' || c == '"' {
+            q.push('\\');
+        }
+        q.push(c);
+    }
+    q.push('"');
+    spec(&q)
+}
+
+fn path_str(p: &Path) -> std::borrow::Cow<'_, str> {
+    debug_assert!(check_path(p).is_ok(), "unvalidated path {}", p.display());
+    p.to_string_lossy()
+}
+
+fn edit_hint(mode: Mode) -> &'static str {
+    match mode {
+        Mode::System => "systemctl edit outpost",
+        Mode::User => "systemctl --user edit outpost",
+    }
+}
+
+/// `outpost.service`.
+pub fn unit(p: &UnitParams) -> String {
+    debug_assert!(validate(p).is_ok(), "unvalidated unit params {p:?}");
+    let system = p.mode == Mode::System;
+    let mut u = String::new();
+    let mut line = |s: String| {
+        u.push_str(&s);
+        u.push('\n');
+    };
+    line(format!("# Managed by outpost — do not edit; use a drop-in ({})", edit_hint(p.mode)));
+    line("[Unit]".into());
+    line("Description=outpost agent".into());
+    line("Documentation=man:outpost(1)".into());
+    if system {
+        line("Wants=network-online.target".into());
+        line("After=network-online.target".into());
+    }
+    line("StartLimitIntervalSec=300".into());
+    line("StartLimitBurst=5".into());
+    line(String::new());
+    line("[Service]".into());
+    line("Type=notify".into());
+    line("NotifyAccess=main".into());
+    line(format!("ExecStart={} agent run", word(&path_str(&p.exec), true)));
+    for (k, v) in [
+        (env::MODE, p.mode.as_str().into()),
+        (env::CONFIG, path_str(&p.config_file)),
+        (env::STATE_DIR, path_str(&p.state_dir)),
+    ] {
+        line(format!("Environment={}", word(&format!("{k}={v}"), false)));
+    }
+    line(format!("EnvironmentFile=-{}", spec(&path_str(&p.env_file))));
+    if system {
+        if let Some(user) = &p.user {
+            line(format!("User={user}"));
+        }
+        if let Some(group) = &p.group {
+            line(format!("Group={group}"));
+        }
+    }
+    line("Restart=always".into());
+    line("RestartSec=5".into());
+    line(format!("RestartPreventExitStatus={}", p.revoked_exit_code));
+    line(format!("WatchdogSec={}", p.watchdog_sec));
+    line("TimeoutStopSec=30".into());
+    line(String::new());
+    line("[Install]".into());
+    line(format!("WantedBy={}", if system { "multi-user.target" } else { "default.target" }));
+    u
+}
+
+/// `outpost.service.d/10-hardening.conf` (system mode): sandboxing that leaves the agent
+/// its state directory, the network and `/proc/meminfo` (hence no `ProcSubset=pid`).
+pub fn hardening_dropin(p: &UnitParams) -> String {
+    debug_assert!(validate(p).is_ok(), "unvalidated unit params {p:?}");
+    let rw = format!("ReadWritePaths={}", word(&path_str(&p.state_dir), false));
+    let settings: [(&str, &str); 26] = [
+        ("NoNewPrivileges=yes", "no setuid or file-capability escalation"),
+        ("ProtectSystem=strict", "the whole file system is read-only…"),
+        (&rw, "…except the state directory"),
+        ("ProtectHome=yes", "no access to /home, /root, /run/user"),
+        ("PrivateTmp=yes", "own /tmp and /var/tmp"),
+        ("PrivateDevices=yes", "only pseudo devices (null, zero, random, …)"),
+        ("ProtectKernelTunables=yes", "/proc/sys, /sys are read-only"),
+        ("ProtectKernelModules=yes", "no module loading"),
+        ("ProtectKernelLogs=yes", "no kernel log access"),
+        ("ProtectControlGroups=yes", "cgroup tree read-only"),
+        ("ProtectClock=yes", "cannot set the clock"),
+        ("ProtectHostname=yes", "cannot change the hostname"),
+        ("RestrictNamespaces=yes", "cannot create namespaces"),
+        ("RestrictRealtime=yes", "no realtime scheduling"),
+        ("RestrictSUIDSGID=yes", "cannot create setuid/setgid files"),
+        ("LockPersonality=yes", "cannot change the execution domain"),
+        ("MemoryDenyWriteExecute=yes", "no writable and executable memory"),
+        ("SystemCallArchitectures=native", "native system call ABI only"),
+        ("SystemCallFilter=@system-service", "system calls a typical service needs…"),
+        ("SystemCallErrorNumber=EPERM", "…others fail with EPERM instead of killing the agent"),
+        ("RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK", "local sockets, IP, netlink (interface state)"),
+        ("CapabilityBoundingSet=", "no capabilities, even if started as root"),
+        ("AmbientCapabilities=", "and none passed in"),
+        ("UMask=0077", "files the agent creates are private"),
+        ("ProtectProc=invisible", "other users' processes are hidden in /proc"),
+        ("KeyringMode=private", "own kernel keyring"),
+    ];
+    let mut out = String::new();
+    // Writing to a String cannot fail, so the fmt::Result is ignored below.
+    let _ = writeln!(out, "# Managed by outpost — do not edit; use another drop-in ({})", edit_hint(p.mode));
+    let _ = writeln!(out, "[Service]");
+    for (setting, why) in settings {
+        let _ = writeln!(out, "# {why}");
+        let _ = writeln!(out, "{setting}");
+    }
+    out
+}
+
+/// `/etc/polkit-1/rules.d/50-outpost.rules` (polkit ≥ 0.106): `user`, and members of
+/// `admin_group`, may start, stop and restart `outpost.service`, nothing else. Names must
+/// satisfy [`valid_username`] (they are embedded in JavaScript string literals).
+pub fn polkit_rules(user: &str, admin_group: Option<&str>) -> String {
+    debug_assert!(valid_username(user), "invalid user {user:?}");
+    debug_assert!(admin_group.map_or(true, valid_username), "invalid group {admin_group:?}");
+    let who = match admin_group {
+        Some(g) => format!("(subject.user == \"{user}\" || subject.isInGroup(\"{g}\"))"),
+        None => format!("subject.user == \"{user}\""),
+    };
+    let also = match admin_group {
+        Some(g) => format!(" and members of group {g}"),
+        None => String::new(),
+    };
+    format!(
+        r#"// Managed by outpost — do not edit.
+// Lets user {user}{also} start, stop and restart {unit}, and nothing else.
+polkit.addRule(function(action, subject) {{
+    if (action.id == "org.freedesktop.systemd1.manage-units" &&
+        action.lookup("unit") == "{unit}" &&
+        ["start", "stop", "restart"].indexOf(action.lookup("verb")) >= 0 &&
+        {who}) {{
+        return polkit.Result.YES;
+    }}
+}});
+"#,
+        unit = crate::UNIT,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn system() -> UnitParams {
+        UnitParams::from_layout(&Layout::system(Path::new("/")), Some("outpost".into()), Some("outpost".into()))
+    }
+    fn user(home: &str) -> UnitParams {
+        UnitParams::from_layout(&Layout::user(Path::new("/"), Path::new(home)), None, None)
+    }
+
+    fn lines(s: &str) -> Vec<&str> {
+        s.lines().collect()
+    }
+
+    #[test]
+    fn system_unit_lines() {
+        let u = unit(&system());
+        let l = lines(&u);
+        for want in [
+            "# Managed by outpost — do not edit; use a drop-in (systemctl edit outpost)",
+            "[Unit]",
+            "Description=outpost agent",
+            "Documentation=man:outpost(1)",
+            "StartLimitIntervalSec=300",
+            "StartLimitBurst=5",
+            "Wants=network-online.target",
+            "After=network-online.target",
+            "[Service]",
+            "Type=notify",
+            "NotifyAccess=main",
+            "ExecStart=/opt/outpost/current/outpost agent run",
+            "Environment=OUTPOST_MODE=system",
+            "Environment=OUTPOST_CONFIG=/etc/outpost/config.toml",
+            "Environment=OUTPOST_STATE_DIR=/var/lib/outpost",
+            "EnvironmentFile=-/etc/outpost/outpost.env",
+            "User=outpost",
+            "Group=outpost",
+            "Restart=always",
+            "RestartSec=5",
+            "RestartPreventExitStatus=10",
+            "WatchdogSec=30",
+            "TimeoutStopSec=30",
+            "[Install]",
+            "WantedBy=multi-user.target",
+        ] {
+            assert!(l.contains(&want), "missing {want:?} in\n{u}");
+        }
+        // Settings sit in the right sections.
+        let section = |key: &str| {
+            let i = l.iter().position(|x| x.starts_with(key)).expect(key);
+            *l[..i].iter().rev().find(|x| x.starts_with('[')).expect("section")
+        };
+        for (key, sec) in [("StartLimitBurst=", "[Unit]"), ("After=", "[Unit]"), ("WatchdogSec=", "[Service]"), ("WantedBy=", "[Install]")] {
+            assert_eq!(section(key), sec, "{key}");
+        }
+        assert!(!u.contains("0.1"), "no version in the unit");
+    }
+
+    #[test]
+    fn user_unit_differs() {
+        let u = unit(&user("/home/alice"));
+        let l = lines(&u);
+        for want in [
+            "# Managed by outpost — do not edit; use a drop-in (systemctl --user edit outpost)",
+            "ExecStart=/home/alice/.local/share/outpost/current/outpost agent run",
+            "Environment=OUTPOST_MODE=user",
+            "Environment=OUTPOST_CONFIG=/home/alice/.config/outpost/config.toml",
+            "Environment=OUTPOST_STATE_DIR=/home/alice/.local/state/outpost",
+            "EnvironmentFile=-/home/alice/.config/outpost/outpost.env",
+            "WantedBy=default.target",
+            "Type=notify",
+        ] {
+            assert!(l.contains(&want), "missing {want:?} in\n{u}");
+        }
+        for absent in ["User=", "Group=", "After=network-online.target", "Wants=", "multi-user.target"] {
+            assert!(!l.iter().any(|x| x.starts_with(absent)), "unexpected {absent:?} in\n{u}");
+        }
+        // User/group are ignored in user mode even if set.
+        let mut p = user("/home/alice");
+        p.user = Some("alice".into());
+        assert!(!unit(&p).contains("User="));
+    }
+
+    #[test]
+    fn escapes_paths() {
+        let cases: &[(&str, &str, &str, &str)] = &[
+            (
+                "/home/Bob Space",
+                "ExecStart=\"/home/Bob Space/.local/share/outpost/current/outpost\" agent run",
+                "Environment=\"OUTPOST_CONFIG=/home/Bob Space/.config/outpost/config.toml\"",
+                "EnvironmentFile=-/home/Bob Space/.config/outpost/outpost.env",
+            ),
+            (
+                "/home/100%",
+                "ExecStart=/home/100%%/.local/share/outpost/current/outpost agent run",
+                "Environment=OUTPOST_CONFIG=/home/100%%/.config/outpost/config.toml",
+                "EnvironmentFile=-/home/100%%/.config/outpost/outpost.env",
+            ),
+            (
+                "/home/$HOME",
+                "ExecStart=\"/home/$$HOME/.local/share/outpost/current/outpost\" agent run",
+                "Environment=\"OUTPOST_CONFIG=/home/$HOME/.config/outpost/config.toml\"",
+                "EnvironmentFile=-/home/$HOME/.config/outpost/outpost.env",
+            ),
+            (
+                "/home/a\"b\\c",
+                "ExecStart=\"/home/a\\\"b\\\\c/.local/share/outpost/current/outpost\" agent run",
+                "Environment=\"OUTPOST_CONFIG=/home/a\\\"b\\\\c/.config/outpost/config.toml\"",
+                "EnvironmentFile=-/home/a\"b\\c/.config/outpost/outpost.env",
+            ),
+        ];
+        for (home, exec, config, env_file) in cases {
+            let p = user(home);
+            assert_eq!(validate(&p), Ok(()), "{home}");
+            let u = unit(&p);
+            let l = lines(&u);
+            for want in [exec, config, env_file] {
+                assert!(l.contains(want), "{home}: missing {want:?} in\n{u}");
+            }
+        }
+        let mut p = system();
+        p.state_dir = PathBuf::from("/srv/out post");
+        assert!(lines(&hardening_dropin(&p)).contains(&"ReadWritePaths=\"/srv/out post\""));
+    }
+
+    #[test]
+    fn validate_refuses() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut UnitParams)>, &str)> = vec![
+            ("relative", Box::new(|p| p.exec = "opt/outpost".into()), "cannot use opt/outpost in a systemd unit: not absolute"),
+            ("newline", Box::new(|p| p.config_file = "/etc/a\nb".into()), "contains a control character"),
+            ("trailing blank", Box::new(|p| p.env_file = "/etc/env ".into()), "ends with whitespace"),
+            ("bad user", Box::new(|p| p.user = Some("Bad User".into())), "invalid user or group name \"Bad User\""),
+            ("bad group", Box::new(|p| p.group = Some("g$".into())), "invalid user or group name \"g$\""),
+        ];
+        for (name, f, want) in cases {
+            let mut p = system();
+            f(&mut p);
+            let err = validate(&p).expect_err(name).to_string();
+            assert!(err.contains(want), "{name}: {err}");
+            assert!(!err.contains('\n') || name == "newline", "{name}: {err}");
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let mut p = system();
+            p.state_dir = PathBuf::from(std::ffi::OsStr::from_bytes(b"/var/lib/\xff"));
+            assert!(validate(&p).expect_err("non-utf8").to_string().contains("not valid UTF-8"));
+        }
+        assert_eq!(validate(&system()), Ok(()));
+    }
+
+    #[test]
+    fn dropin_lines() {
+        let d = hardening_dropin(&system());
+        let l = lines(&d);
+        assert_eq!(l[1], "[Service]");
+        for want in [
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "ReadWritePaths=/var/lib/outpost",
+            "ProtectHome=yes",
+            "PrivateTmp=yes",
+            "PrivateDevices=yes",
+            "ProtectKernelTunables=yes",
+            "ProtectKernelModules=yes",
+            "ProtectKernelLogs=yes",
+            "ProtectControlGroups=yes",
+            "ProtectClock=yes",
+            "ProtectHostname=yes",
+            "RestrictNamespaces=yes",
+            "RestrictRealtime=yes",
+            "RestrictSUIDSGID=yes",
+            "LockPersonality=yes",
+            "MemoryDenyWriteExecute=yes",
+            "SystemCallArchitectures=native",
+            "SystemCallFilter=@system-service",
+            "SystemCallErrorNumber=EPERM",
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+            "CapabilityBoundingSet=",
+            "AmbientCapabilities=",
+            "UMask=0077",
+            "ProtectProc=invisible",
+            "KeyringMode=private",
+        ] {
+            assert!(l.contains(&want), "missing {want:?} in\n{d}");
+        }
+        assert!(!d.contains("ProcSubset"), "the agent reads /proc/meminfo");
+        // Every setting has a comment right above it.
+        for (i, s) in l.iter().enumerate().skip(2) {
+            if !s.starts_with('#') {
+                assert!(l[i - 1].starts_with("# "), "no comment above {s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn polkit_rule_text() {
+        let r = polkit_rules("outpost", Some("outpost-admins"));
+        for want in [
+            "action.id == \"org.freedesktop.systemd1.manage-units\"",
+            "action.lookup(\"unit\") == \"outpost.service\"",
+            "[\"start\", \"stop\", \"restart\"].indexOf(action.lookup(\"verb\")) >= 0",
+            "(subject.user == \"outpost\" || subject.isInGroup(\"outpost-admins\"))",
+            "return polkit.Result.YES;",
+        ] {
+            assert!(r.contains(want), "missing {want:?} in\n{r}");
+        }
+        assert_eq!(r.matches("polkit.Result").count(), 1, "grants nothing else");
+        let r = polkit_rules("outpost", None);
+        assert!(r.contains("        subject.user == \"outpost\")"), "{r}");
+        assert!(!r.contains("isInGroup"));
+        assert!(!r.contains("members of"));
+    }
+
+    #[test]
+    fn text_hygiene() {
+        let texts = [
+            unit(&system()),
+            unit(&user("/home/alice")),
+            unit(&user("/home/Bob Space")),
+            hardening_dropin(&system()),
+            polkit_rules("outpost", Some("sudo")),
+            polkit_rules("outpost", None),
+        ];
+        for t in &texts {
+            assert!(t.ends_with('\n') && !t.ends_with("\n\n"), "{t}");
+            for l in t.lines() {
+                assert_eq!(l, l.trim_end(), "trailing whitespace in {l:?}");
+            }
+        }
+        // Deterministic.
+        assert_eq!(unit(&system()), texts[0]);
+        assert_eq!(hardening_dropin(&system()), texts[3]);
+        assert_eq!(polkit_rules("outpost", Some("sudo")), texts[4]);
+    }
+}

@@ -1,0 +1,95 @@
+//! The service-manager seam: systemd (and logind) over D-Bus.
+//!
+//! The installer and upgrader talk to [`ServiceManager`] and [`Logind`]; production uses the
+//! zbus implementation in [`dbus`], unit tests use a recording fake.
+use serde::Serialize;
+
+pub mod dbus;
+
+/// Which systemd instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Scope {
+    /// PID 1 on the system bus.
+    System,
+    /// `user@UID.service`'s manager on `/run/user/UID/bus`.
+    User { uid: u32 },
+}
+
+/// A unit's state as systemd reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UnitStatus {
+    /// `loaded`, `not-found`, `masked`, `error`, …
+    pub load_state: String,
+    /// `active`, `inactive`, `failed`, `activating`, `deactivating`, `reloading`.
+    pub active_state: String,
+    /// `running`, `dead`, `auto-restart`, `start`, …
+    pub sub_state: String,
+    /// `enabled`, `disabled`, `static`, … (empty when unknown).
+    pub unit_file_state: String,
+    /// 0 when not running.
+    pub main_pid: u32,
+    /// How often systemd restarted the service automatically.
+    pub n_restarts: u32,
+    /// Exit status of the last main process (0 when it never exited).
+    pub exec_main_status: i32,
+    /// Monotonic µs timestamp of the last entry into `active` (0 = never).
+    pub active_enter_timestamp_monotonic: u64,
+}
+
+impl UnitStatus {
+    pub fn is_active(&self) -> bool {
+        self.active_state == "active"
+    }
+    pub fn is_loaded(&self) -> bool {
+        self.load_state == "loaded"
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SvcError {
+    #[error("cannot connect to the {scope} service manager at {address}: {message}")]
+    Connect { scope: String, address: String, message: String },
+    #[error("access denied by the {scope} service manager while trying to {action} {unit}")]
+    AccessDenied { scope: String, action: String, unit: String },
+    #[error("{action} {unit} failed: job result '{result}'")]
+    Job { action: String, unit: String, result: String },
+    #[error("timed out after {secs}s waiting to {action} {unit}")]
+    Timeout { action: String, unit: String, secs: u64 },
+    #[error("{action} {unit} failed: {message}")]
+    Call { action: String, unit: String, message: String },
+}
+
+impl SvcError {
+    pub fn hint(&self) -> String {
+        match self {
+            SvcError::Connect { .. } => "is systemd running as PID 1 here? `outpost detect` shows what was found".into(),
+            SvcError::AccessDenied { .. } => "run the command with sudo, or as the service user granted by outpost's polkit rule".into(),
+            SvcError::Job { unit, .. } | SvcError::Timeout { unit, .. } | SvcError::Call { unit, .. } => {
+                format!("see `journalctl -u {unit} -n 50` (add --user in user mode) for what the service printed")
+            }
+        }
+    }
+}
+
+/// Control of one systemd manager. Start/stop/restart wait for the job to finish and fail
+/// unless its result is `done`.
+pub trait ServiceManager {
+    fn scope(&self) -> Scope;
+    fn daemon_reload(&self) -> Result<(), SvcError>;
+    /// `systemctl enable` (persistent, force-replacing stale symlinks).
+    fn enable(&self, unit: &str) -> Result<(), SvcError>;
+    fn disable(&self, unit: &str) -> Result<(), SvcError>;
+    fn start(&self, unit: &str) -> Result<(), SvcError>;
+    fn stop(&self, unit: &str) -> Result<(), SvcError>;
+    fn restart(&self, unit: &str) -> Result<(), SvcError>;
+    /// Clear the `failed` state and the start-limit counter (`systemctl reset-failed`).
+    fn reset_failed(&self, unit: &str) -> Result<(), SvcError>;
+    /// State of a unit; a unit systemd does not know reports `load_state = "not-found"`.
+    fn status(&self, unit: &str) -> Result<UnitStatus, SvcError>;
+}
+
+/// logind, for lingering users in user mode.
+pub trait Logind {
+    /// `SetUserLinger(uid, enable, interactive = false)`.
+    fn set_linger(&self, uid: u32, enable: bool) -> Result<(), SvcError>;
+}
