@@ -413,9 +413,9 @@ mount_root() {
 }
 
 umount_root() {
-    local name=$1 m i
+    local name=$1 m
     m=$(mdir "$name")
-    for i in 1 2 3 4 5; do
+    for _ in 1 2 3 4 5; do
         mountpoint -q "$m/root" || return 0
         umount "$m/root" 2>/dev/null && return 0
         sleep 0.2
@@ -439,6 +439,7 @@ cmd_boot() {
     printf '%s\n' "$lower" >"$m/lower"
     mount_root "$name"
     echo "$name" >"$m/root/etc/hostname"
+    printf '127.0.1.1\t%s\n' "$name" >>"$m/root/etc/hosts"
     log "$name: root fs ready in $(elapsed_ms "$start") ms"
     start_machine "$name"
 }
@@ -574,13 +575,16 @@ cmd_exec() {
 }
 
 cmd_run_as() {
-    local name=$1 user=$2
+    local name=$1 user=$2 home
     shift 2
     validate_name "$name"
     [[ ${1:-} == -- ]] && shift
     (($#)) || die "run-as: no command given"
+    # WorkingDirectory=~ fails with EACCES under systemd-run --pipe: resolve it here
+    home=$(guest_exec "$name" getent passwd "$user" | cut -d: -f6) || true
+    [[ -n $home ]] || die "run-as: no user '$user' in container '$name'"
     guest_exec "$name" systemd-run --wait --pipe --quiet --collect \
-        --uid="$user" -p PAMName=login -p WorkingDirectory=~ \
+        --uid="$user" -p PAMName=login -p WorkingDirectory="$home" \
         --setenv=XDG_SESSION_CLASS=user --setenv=LANG=C.UTF-8 --setenv=TERM=dumb -- "$@"
 }
 

@@ -147,11 +147,14 @@ fn skip_or_panic(reason: &str) -> Option<Testbed> {
     if required() {
         panic!("e2e testbed required (CI or OUTPOST_E2E_REQUIRED=1) but unavailable: {reason}");
     }
-    eprintln!();
-    eprintln!("**********************************************************************");
-    eprintln!("SKIPPED: e2e testbed unavailable: {reason}");
-    eprintln!("**********************************************************************");
-    eprintln!();
+    // Straight to fd 2: eprintln! would be swallowed by libtest's capture.
+    use std::io::Write;
+    let bar = "*".repeat(72);
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n{bar}\nSKIPPED: e2e testbed unavailable: {reason}\n\
+         (set OUTPOST_E2E_REQUIRED=1 to make this a failure)\n{bar}\n"
+    );
     None
 }
 
