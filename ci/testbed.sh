@@ -23,6 +23,16 @@
 #   OUTPOST_TESTBED_STATE   machines dir      (default /var/lib/outpost-testbed)
 #   OUTPOST_TESTBED_MIRROR  Debian mirror     (default: taken from apt sources)
 #   OUTPOST_TESTBED_BOOT_TIMEOUT  seconds to wait for boot (default 90)
+#
+# Layout: the image is a zstd tarball keyed by a hash of the recipe
+# ($CACHE/image-HASH.tar.zst, built under flock). It is unpacked once to
+# $STATE/base/HASH/root and each machine is an overlayfs mount of it at
+# $STATE/machines/NAME/root (writes go to .../upper; kept across reboot and
+# powercut, deleted by halt). nspawn runs in cgroups outpost-tb-NAME under
+# /sys/fs/cgroup/{systemd,unified}, with the unified hierarchy inside, and
+# shares the host network namespace (host 127.0.0.1 is reachable). The
+# image has users alice (1000, passwordless sudo) and bob (1001), and
+# cloud-init (NoCloud) disabled by /etc/cloud/cloud-init.disabled.
 set -euo pipefail
 
 readonly SUITE=bookworm
@@ -483,10 +493,15 @@ kill_cgroup() {
 }
 
 stop_machine() {
-    local name=$1 pid
-    if pid=$(container_pid "$name"); then
-        nsenter -t "$pid" -a env -i PATH="$GUEST_PATH" systemctl poweroff --no-block >/dev/null 2>&1 ||
-            kill -TERM "$(nspawn_pid "$name")" 2>/dev/null || true
+    local name=$1 pid npid
+    npid=$(nspawn_pid "$name" || true)
+    if pid=$(container_pid "$name") &&
+        timeout 10 nsenter -t "$pid" -a env -i PATH="$GUEST_PATH" \
+            systemctl poweroff --no-block >/dev/null 2>&1; then
+        :
+    elif [[ -n $npid ]]; then
+        # not booted far enough for systemctl: nspawn turns SIGTERM into a halt
+        kill -TERM "$npid" 2>/dev/null || true
     fi
     wait_stopped "$name" "$HALT_TIMEOUT"
 }
@@ -650,4 +665,4 @@ main() {
     esac
 }
 
-main "$@"
+main "$@"; exit $?  # exit: never read past this line if the file is edited mid-run

@@ -186,6 +186,9 @@ pub fn prepare(
         enroll_key: args.enroll_key.clone(),
         start: !args.no_start,
     };
+    crate::render::validate(&plan::unit_params(&inputs)).map_err(|e| {
+        Error::usage(e.to_string(), "install paths must be absolute, printable and free of control characters; use --system if the home directory is unusual")
+    })?;
     let mut p = plan::plan_install(&inputs, &obs);
     p.warnings.splice(0..0, det.warnings.iter().cloned());
     Ok((det, p, prior, euid))

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command (README): sets up the machine, builds the static release binary once,
+# lints, and runs every test: unit, CLI and the real-systemd end-to-end suites.
+set -euo pipefail
+
+main() {
+  cd "$(dirname "$0")/.."
+  bash ci/setup.sh
+  cargo fmt --all -- --check
+  shellcheck -x ci/*.sh
+  local bin
+  bin=$(bash ci/build-release.sh)
+  # e2e suites must run, never skip, here: CI=true / OUTPOST_E2E_REQUIRED make a missing testbed fatal.
+  export OUTPOST_E2E_REQUIRED=1
+  OUTPOST_E2E_BIN="$PWD/$bin" cargo test --workspace --locked -- --test-threads=2
+}
+
+main "$@"
