@@ -330,6 +330,9 @@ launch_nspawn() {
     cgroup_remove "$name"
     mkdir -p "$CGROUP_V1/$cg" "$CGROUP_V2/$cg"
     printf -- '===== boot %s =====\n' "$(date -Is)" >>"$log"
+    # setsid: own session, so a caller's Ctrl-C / `timeout` group kill does not
+    # hit nspawn. (No job control in this script, so the subshell is not a group
+    # leader and setsid does not fork: $! stays nspawn's pid.)
     (
         echo "$BASHPID" >"$CGROUP_V1/$cg/cgroup.procs"
         echo "$BASHPID" >"$CGROUP_V2/$cg/cgroup.procs"

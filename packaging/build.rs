@@ -7,7 +7,9 @@ fn main() {
         _ => std::env::var("CARGO_PKG_VERSION").expect("cargo always sets CARGO_PKG_VERSION"),
     };
     if semver::Version::parse(&version).is_err() {
-        panic!("OUTPOST_BUILD_VERSION={version:?} is not a semantic version (expected X.Y.Z[-pre])");
+        panic!(
+            "OUTPOST_BUILD_VERSION={version:?} is not a semantic version (expected X.Y.Z[-pre])"
+        );
     }
     println!("cargo:rustc-env=OUTPOST_VERSION={version}");
 }

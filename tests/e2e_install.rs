@@ -24,15 +24,32 @@ fn boot(name: &str) -> Option<Container> {
 }
 
 /// Files an install could touch, for before/after comparisons.
-const LISTING: &str = "find /etc /opt /usr/local /home /var/lib/outpost /var/lib/systemd/linger -xdev 2>/dev/null \
-     | grep -v -e '^/etc/ld.so.cache' | sort";
+const LISTING: &str =
+    "find /etc /opt /usr/local /home /var/lib/outpost /var/lib/systemd/linger -xdev 2>/dev/null \
+     | grep -v -e '^/etc/ld.so.cache' -e '/.sudo_as_admin_successful$' | sort";
+
+/// Assert two listings are equal, showing only the difference.
+fn assert_same_files(before: &str, after: &str, what: &str) {
+    let b: std::collections::BTreeSet<&str> = before.lines().collect();
+    let a: std::collections::BTreeSet<&str> = after.lines().collect();
+    let added: Vec<_> = a.difference(&b).collect();
+    let removed: Vec<_> = b.difference(&a).collect();
+    assert!(
+        added.is_empty() && removed.is_empty(),
+        "{what}: added {added:?}, removed {removed:?}"
+    );
+}
 
 fn active(c: &Container, unit_scope: &str) -> String {
-    c.sh(&format!("systemctl {unit_scope} is-active outpost.service")).out().to_string()
+    c.sh(&format!("systemctl {unit_scope} is-active outpost.service"))
+        .out()
+        .to_string()
 }
 
 fn main_pid(c: &Container) -> String {
-    c.must_sh("systemctl show -p MainPID --value outpost.service").trim().to_string()
+    c.must_sh("systemctl show -p MainPID --value outpost.service")
+        .trim()
+        .to_string()
 }
 
 #[test]
@@ -44,8 +61,14 @@ fn e2e_system_install_via_sudo_lifecycle() {
     let det = c.must_sh_as("alice", &format!("{BIN} detect --json"));
     let v: serde_json::Value = serde_json::from_str(&det).unwrap_or_else(|e| panic!("{e}: {det}"));
     assert_eq!(v["topology"]["init"]["kind"], "systemd", "{det}");
-    assert!(v["topology"]["init"]["version"].as_u64().unwrap_or(0) >= 252, "{det}");
-    assert_eq!(v["topology"]["target_user"]["account"]["name"], "alice", "{det}");
+    assert!(
+        v["topology"]["init"]["version"].as_u64().unwrap_or(0) >= 252,
+        "{det}"
+    );
+    assert_eq!(
+        v["topology"]["target_user"]["account"]["name"], "alice",
+        "{det}"
+    );
     assert_eq!(v["topology"]["target_user"]["linger"], false, "{det}");
     assert_eq!(v["topology"]["container"], "systemd-nspawn", "{det}");
     assert_eq!(v["recommendation"]["mode"], "user", "{det}");
@@ -56,36 +79,67 @@ fn e2e_system_install_via_sudo_lifecycle() {
     assert_eq!(v["topology"]["sudo_user"]["name"], "alice", "{det_root}");
 
     // dry-run changes nothing and names every change
-    let plan = c.must_sh_as("alice", &format!("sudo {BIN} install --dry-run"));
-    for want in ["/opt/outpost/versions/", "/etc/systemd/system/outpost.service", "10-hardening.conf", "50-outpost.rules", "start     outpost.service"] {
-        assert!(plan.contains(want), "dry-run lacks {want}:\n{plan}");
+    let o = c.sh_as("alice", &format!("sudo {BIN} install --dry-run"));
+    let plan = o.stdout.clone();
+    assert!(o.success(), "{o:?}");
+    for want in [
+        "/opt/outpost/versions/",
+        "/etc/systemd/system/outpost.service",
+        "10-hardening.conf",
+        "50-outpost.rules",
+        "start     outpost.service",
+    ] {
+        assert!(plan.contains(want), "dry-run lacks {want}:\n{o:?}");
     }
-    assert_eq!(c.must_sh(LISTING), before, "dry-run changed files");
+    assert_same_files(&before, &c.must_sh(LISTING), "dry-run changed files");
 
     // (a) sudo outpost install by a normal user
     let out = c.must_sh_as("alice", &format!("sudo {BIN} install"));
     assert!(out.contains("installed outpost"), "{out}");
     assert!(out.contains("next:"), "{out}");
     assert_eq!(active(&c, ""), "active");
-    assert_eq!(c.must_sh("systemctl show -p User --value outpost.service").trim(), "alice");
+    assert_eq!(
+        c.must_sh("systemctl show -p User --value outpost.service")
+            .trim(),
+        "alice"
+    );
     let pid = main_pid(&c);
     assert_eq!(c.must_sh(&format!("ps -o user= -p {pid}")).trim(), "alice");
     let verify = c.sh("systemd-analyze verify /etc/systemd/system/outpost.service");
-    assert!(verify.success() && !verify.stderr.contains("outpost"), "systemd-analyze verify: {verify:?}");
+    assert!(
+        verify.success() && !verify.stderr.contains("outpost"),
+        "systemd-analyze verify: {verify:?}"
+    );
     let sec = c.must_sh("systemd-analyze security outpost.service --no-pager | tail -1");
     eprintln!("systemd-analyze security: {}", sec.trim());
-    assert_eq!(c.must_sh("stat -c %a /etc/outpost/outpost.env").trim(), "600");
-    assert_eq!(c.must_sh("stat -c %a /etc/systemd/system/outpost.service").trim(), "644");
-    assert_eq!(c.must_sh("readlink /usr/local/bin/outpost").trim(), "/opt/outpost/current/outpost");
+    assert_eq!(
+        c.must_sh("stat -c %a /etc/outpost/outpost.env").trim(),
+        "600"
+    );
+    assert_eq!(
+        c.must_sh("stat -c %a /etc/systemd/system/outpost.service")
+            .trim(),
+        "644"
+    );
+    assert_eq!(
+        c.must_sh("readlink /usr/local/bin/outpost").trim(),
+        "/opt/outpost/current/outpost"
+    );
     let receipt = c.must_sh("cat /var/lib/outpost/receipt.json");
     assert!(receipt.contains("\"sha256\""), "{receipt}");
     // the agent sent READY: systemd considers it started, and it logs
     let journal = c.must_sh("journalctl -u outpost.service --no-pager -o cat");
-    assert!(journal.contains("outpost agent") && journal.contains("started"), "{journal}");
+    assert!(
+        journal.contains("outpost agent") && journal.contains("started"),
+        "{journal}"
+    );
 
     // status over D-Bus, human and JSON, as the service user and as root
     let st = c.must_sh_as("alice", "outpost status");
-    assert!(st.contains("system mode") && st.contains("active (running)"), "{st}");
+    assert!(
+        st.contains("system mode") && st.contains("active (running)"),
+        "{st}"
+    );
     let stj = c.must_sh("outpost status --json");
     let v: serde_json::Value = serde_json::from_str(&stj).unwrap();
     assert_eq!(v["unit"]["active_state"], "active", "{stj}");
@@ -96,12 +150,24 @@ fn e2e_system_install_via_sudo_lifecycle() {
     assert_ne!(main_pid(&c), pid, "restart did not restart");
     let out = c.must_sh_as("alice", "outpost restart");
     assert!(out.contains("active"), "{out}");
-    let denied = c.sh_as("alice", "systemctl --no-ask-password restart systemd-journald.service");
-    assert!(!denied.success(), "alice restarted another unit: {denied:?}");
-    let denied = c.sh_as("alice", "systemctl --no-ask-password start systemd-tmpfiles-clean.service");
+    let denied = c.sh_as(
+        "alice",
+        "systemctl --no-ask-password restart systemd-journald.service",
+    );
+    assert!(
+        !denied.success(),
+        "alice restarted another unit: {denied:?}"
+    );
+    let denied = c.sh_as(
+        "alice",
+        "systemctl --no-ask-password start systemd-tmpfiles-clean.service",
+    );
     assert!(!denied.success(), "alice started another unit: {denied:?}");
     let bob = c.sh_as("bob", "systemctl --no-ask-password restart outpost.service");
-    assert!(!bob.success(), "bob (not the service user) restarted outpost: {bob:?}");
+    assert!(
+        !bob.success(),
+        "bob (not the service user) restarted outpost: {bob:?}"
+    );
 
     // (c) re-install keeps an edited config and does not restart when nothing changed
     c.must_sh("printf '[agent]\\nlog_interval_secs = 5\\n' > /etc/outpost/config.toml");
@@ -109,34 +175,58 @@ fn e2e_system_install_via_sudo_lifecycle() {
     let out = c.must_sh_as("alice", &format!("sudo {BIN} install"));
     assert!(out.contains("no change"), "{out}");
     assert_eq!(main_pid(&c), pid, "re-install restarted the service");
-    assert_eq!(c.must_sh("cat /etc/outpost/config.toml"), "[agent]\nlog_interval_secs = 5\n");
+    assert_eq!(
+        c.must_sh("cat /etc/outpost/config.toml"),
+        "[agent]\nlog_interval_secs = 5\n"
+    );
 
     // reboot → active again
     c.reboot();
-    assert_eq!(active(&c, ""), "active", "{}", c.sh("systemctl status outpost --no-pager").stdout);
+    assert_eq!(
+        active(&c, ""),
+        "active",
+        "{}",
+        c.sh("systemctl status outpost --no-pager").stdout
+    );
 
     // (d) uninstall keeps config, secrets and state
     c.must_sh("echo precious > /var/lib/outpost/data.txt");
     let out = c.must_sh_as("alice", "sudo outpost uninstall");
     assert!(out.contains("kept /etc/outpost/config.toml"), "{out}");
     assert_ne!(active(&c, ""), "active");
-    assert!(!c.sh("test -e /etc/systemd/system/outpost.service").success());
-    assert!(!c.sh("test -e /opt/outpost").success(), "{}", c.sh("find /opt/outpost").stdout);
-    assert!(!c.sh("test -e /etc/polkit-1/rules.d/50-outpost.rules").success());
-    assert_eq!(c.must_sh("cat /etc/outpost/config.toml"), "[agent]\nlog_interval_secs = 5\n");
-    assert_eq!(c.must_sh("cat /var/lib/outpost/data.txt").trim(), "precious");
+    assert!(!c
+        .sh("test -e /etc/systemd/system/outpost.service")
+        .success());
+    assert!(
+        !c.sh("test -e /opt/outpost").success(),
+        "{}",
+        c.sh("find /opt/outpost").stdout
+    );
+    assert!(!c
+        .sh("test -e /etc/polkit-1/rules.d/50-outpost.rules")
+        .success());
+    assert_eq!(
+        c.must_sh("cat /etc/outpost/config.toml"),
+        "[agent]\nlog_interval_secs = 5\n"
+    );
+    assert_eq!(
+        c.must_sh("cat /var/lib/outpost/data.txt").trim(),
+        "precious"
+    );
     assert!(c.sh("test -f /etc/outpost/outpost.env").success());
 
     // install again on top of the kept config, then (e) purge leaves nothing
     c.must_sh_as("alice", &format!("sudo {BIN} install"));
     assert_eq!(active(&c, ""), "active");
-    assert_eq!(c.must_sh("cat /etc/outpost/config.toml"), "[agent]\nlog_interval_secs = 5\n");
+    assert_eq!(
+        c.must_sh("cat /etc/outpost/config.toml"),
+        "[agent]\nlog_interval_secs = 5\n"
+    );
     let dry = c.must_sh_as("alice", "sudo outpost uninstall --purge --dry-run");
     assert!(dry.contains("would purge"), "{dry}");
     c.must_sh_as("alice", "sudo outpost uninstall --purge");
     assert!(c.sh("systemctl cat outpost.service").code() != Some(0));
-    let after = c.must_sh(LISTING);
-    assert_eq!(after, before, "purge left files behind");
+    assert_same_files(&before, &c.must_sh(LISTING), "purge left files behind");
 }
 
 #[test]
@@ -152,9 +242,16 @@ fn e2e_user_mode_with_linger() {
     let is_active = "systemctl --user is-active outpost.service";
     assert_eq!(c.must_sh_as("bob", is_active).trim(), "active");
     assert!(c.sh("test -L /home/bob/.local/bin/outpost").success());
-    assert_eq!(c.must_sh("stat -c '%U %a' /home/bob/.config/outpost/outpost.env").trim(), "bob 600");
+    assert_eq!(
+        c.must_sh("stat -c '%U %a' /home/bob/.config/outpost/outpost.env")
+            .trim(),
+        "bob 600"
+    );
     let st = c.must_sh_as("bob", "~/.local/bin/outpost status");
-    assert!(st.contains("user mode") && st.contains("active (running)"), "{st}");
+    assert!(
+        st.contains("user mode") && st.contains("active (running)"),
+        "{st}"
+    );
 
     // still active after a reboot, with nobody logged in
     c.reboot();
@@ -170,7 +267,7 @@ fn e2e_user_mode_with_linger() {
     let out = c.must_sh_as("bob", "~/.local/bin/outpost uninstall --purge");
     assert!(out.contains("disabled linger for bob"), "{out}");
     assert!(!c.sh("test -e /var/lib/systemd/linger/bob").success());
-    assert_eq!(c.must_sh(LISTING), before, "purge left files behind");
+    assert_same_files(&before, &c.must_sh(LISTING), "purge left files behind");
 }
 
 #[test]
@@ -182,17 +279,29 @@ fn e2e_root_install_creates_system_user_and_purge_removes_it() {
     let out = c.must_sh(&format!("{BIN} install --admin-group sudo"));
     assert!(out.contains("created system user outpost"), "{out}");
     assert_eq!(active(&c, ""), "active");
-    assert_eq!(c.must_sh("systemctl show -p User --value outpost.service").trim(), "outpost");
+    assert_eq!(
+        c.must_sh("systemctl show -p User --value outpost.service")
+            .trim(),
+        "outpost"
+    );
     assert_eq!(c.must_sh("stat -c %U /var/lib/outpost").trim(), "outpost");
     // the admin group (alice is in sudo) may restart outpost without sudo; bob may not
-    c.must_sh_as("alice", "systemctl --no-ask-password restart outpost.service");
-    assert!(!c.sh_as("bob", "systemctl --no-ask-password restart outpost.service").success());
+    c.must_sh_as(
+        "alice",
+        "systemctl --no-ask-password restart outpost.service",
+    );
+    assert!(!c
+        .sh_as("bob", "systemctl --no-ask-password restart outpost.service")
+        .success());
     // the hardened service really runs (ProtectSystem=strict etc. did not break it)
     let o = c.must_sh("systemctl show -p NRestarts --value outpost.service");
     assert_eq!(o.trim(), "0");
     c.must_sh("outpost uninstall --purge");
-    assert!(c.must_sh("getent passwd outpost || true").trim().is_empty(), "system user not deleted");
-    assert_eq!(c.must_sh(LISTING), before, "purge left files behind");
+    assert!(
+        c.must_sh("getent passwd outpost || true").trim().is_empty(),
+        "system user not deleted"
+    );
+    assert_same_files(&before, &c.must_sh(LISTING), "purge left files behind");
 }
 
 #[test]
@@ -211,27 +320,50 @@ fn e2e_bad_input_changes_nothing() {
         assert_eq!(o.code(), Some(2), "{cmd}: {o:?}");
         let lines: Vec<&str> = o.stderr.lines().collect();
         assert_eq!(lines.len(), 2, "{cmd}: want error + hint, got {o:?}");
-        assert!(lines[0].starts_with("error: ") && lines[1].starts_with("hint: "), "{cmd}: {o:?}");
+        assert!(
+            lines[0].starts_with("error: ") && lines[1].starts_with("hint: "),
+            "{cmd}: {o:?}"
+        );
     }
     // not root, asking for the system service
     let o = c.sh_as("bob", &format!("{BIN} install --system"));
     assert_eq!(o.code(), Some(2), "{o:?}");
-    assert!(o.stderr.contains("hint: run `sudo outpost install --system`"), "{o:?}");
-    assert_eq!(c.must_sh(LISTING), before);
+    assert!(
+        o.stderr
+            .contains("hint: run `sudo outpost install --system`"),
+        "{o:?}"
+    );
+    assert_same_files(&before, &c.must_sh(LISTING), "bad input changed files");
 
     // an unreadable (invalid) config → exit 2, nothing changed, not even the binary
     c.must_sh("mkdir -p /etc/outpost && printf '[agent\\n' > /etc/outpost/config.toml");
     let before = c.must_sh(&format!("{LISTING}; sha256sum /etc/outpost/config.toml"));
     let o = c.sh(&format!("{BIN} install"));
     assert_eq!(o.code(), Some(2), "{o:?}");
-    assert!(o.stderr.starts_with("error: config file /etc/outpost/config.toml is invalid"), "{o:?}");
+    assert!(
+        o.stderr
+            .starts_with("error: config file /etc/outpost/config.toml is invalid"),
+        "{o:?}"
+    );
     assert_eq!(o.stderr.lines().count(), 2, "{o:?}");
-    assert_eq!(c.must_sh(&format!("{LISTING}; sha256sum /etc/outpost/config.toml")), before);
+    assert_eq!(
+        c.must_sh(&format!("{LISTING}; sha256sum /etc/outpost/config.toml")),
+        before
+    );
     // a config the service user cannot read → self-test says so, exit 2
-    c.must_sh("printf '[agent]\\n' > /etc/outpost/config.toml && chmod 000 /etc/outpost/config.toml");
-    let o = c.sh_as("bob", &format!("{BIN} self-test --config /etc/outpost/config.toml --state-dir /tmp"));
+    c.must_sh(
+        "printf '[agent]\\n' > /etc/outpost/config.toml && chmod 000 /etc/outpost/config.toml",
+    );
+    let o = c.sh_as(
+        "bob",
+        &format!("{BIN} self-test --config /etc/outpost/config.toml --state-dir /tmp"),
+    );
     assert_eq!(o.code(), Some(2), "{o:?}");
-    assert!(o.stderr.contains("cannot read config file /etc/outpost/config.toml"), "{o:?}");
+    assert!(
+        o.stderr
+            .contains("cannot read config file /etc/outpost/config.toml"),
+        "{o:?}"
+    );
     // uninstall when nothing is installed: clear error, exit 1
     let o = c.sh(&format!("{BIN} uninstall"));
     assert_eq!(o.code(), Some(1), "{o:?}");

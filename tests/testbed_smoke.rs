@@ -134,7 +134,10 @@ fn check_container(c: &support::Container, port: u16) {
     c.must_sh("loginctl enable-linger bob");
     c.wait_user("bob");
     c.must_sh("systemctl is-active user@1001.service && test -S /run/user/1001/bus");
-    let out = c.must_sh_as("bob", "systemctl --user show-environment >/dev/null && echo USER-BUS-OK");
+    let out = c.must_sh_as(
+        "bob",
+        "systemctl --user show-environment >/dev/null && echo USER-BUS-OK",
+    );
     assert!(out.contains("USER-BUS-OK"), "{out}");
 
     // cp-in: files keep their mode
@@ -147,6 +150,9 @@ fn check_container(c: &support::Container, port: u16) {
     c.cp_in(&f, "/usr/local/bin/hello.sh");
     assert_eq!(c.must_sh("hello.sh").trim(), "from-host");
     c.cp_in(&dir, "/opt/fromhost");
-    assert_eq!(c.must_sh_as("alice", "/opt/fromhost/hello.sh").trim(), "from-host");
+    assert_eq!(
+        c.must_sh_as("alice", "/opt/fromhost/hello.sh").trim(),
+        "from-host"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

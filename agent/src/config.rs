@@ -21,7 +21,9 @@ pub struct AgentSection {
 
 impl Default for AgentSection {
     fn default() -> Self {
-        AgentSection { log_interval_secs: 60 }
+        AgentSection {
+            log_interval_secs: 60,
+        }
     }
 }
 
@@ -47,7 +49,12 @@ pub struct ReleaseSection {
 
 impl Default for ReleaseSection {
     fn default() -> Self {
-        ReleaseSection { url: None, public_keys: Vec::new(), ca_file: None, channel: "stable".into() }
+        ReleaseSection {
+            url: None,
+            public_keys: Vec::new(),
+            ca_file: None,
+            channel: "stable".into(),
+        }
     }
 }
 
@@ -62,7 +69,10 @@ pub struct UpgradeSection {
 
 impl Default for UpgradeSection {
     fn default() -> Self {
-        UpgradeSection { soak_secs: 5, keep_versions: 3 }
+        UpgradeSection {
+            soak_secs: 5,
+            keep_versions: 3,
+        }
     }
 }
 
@@ -71,7 +81,10 @@ pub enum ConfigError {
     #[error("config file {path} does not exist")]
     Missing { path: PathBuf },
     #[error("cannot read config file {path}: {source}")]
-    Unreadable { path: PathBuf, source: std::io::Error },
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is invalid: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -111,7 +124,9 @@ impl Config {
         let text = match fs_err::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ConfigError::Missing { path: path.to_path_buf() })
+                return Err(ConfigError::Missing {
+                    path: path.to_path_buf(),
+                })
             }
             Err(e) => {
                 return Err(ConfigError::Unreadable {
@@ -126,13 +141,21 @@ impl Config {
 
 fn strip_path_prefix(s: &str) -> String {
     // fs-err messages read "failed to open file `/x`: Permission denied (os error 13)"; keep the cause.
-    s.rsplit_once(": ").map(|(_, c)| c.to_string()).unwrap_or_else(|| s.to_string())
+    s.rsplit_once(": ")
+        .map(|(_, c)| c.to_string())
+        .unwrap_or_else(|| s.to_string())
 }
 
 fn one_line(msg: &str) -> String {
     let mut parts = msg.lines().map(str::trim).filter(|l| !l.is_empty());
-    let first = parts.next().unwrap_or("parse error").trim_end_matches(':').to_string();
-    let detail = parts.last().filter(|l| !l.starts_with('|') && !l.starts_with('^'));
+    let first = parts
+        .next()
+        .unwrap_or("parse error")
+        .trim_end_matches(':')
+        .to_string();
+    let detail = parts
+        .last()
+        .filter(|l| !l.starts_with('|') && !l.starts_with('^'));
     match detail {
         Some(d) if d != first => format!("{first}: {d}"),
         _ => first,
@@ -181,6 +204,9 @@ mod tests {
         assert!(matches!(Config::load(&p), Err(ConfigError::Missing { .. })));
         let d = dir.path().join("isdir.toml");
         std::fs::create_dir(&d).unwrap();
-        assert!(matches!(Config::load(&d), Err(ConfigError::Unreadable { .. })));
+        assert!(matches!(
+            Config::load(&d),
+            Err(ConfigError::Unreadable { .. })
+        ));
     }
 }

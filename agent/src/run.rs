@@ -23,7 +23,10 @@ pub enum RunError {
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("state directory {path} is not usable: {source}")]
-    StateDir { path: PathBuf, source: std::io::Error },
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl RunError {
@@ -97,7 +100,10 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
                     config = c;
                     println!("config reloaded from {}", opts.config_path.display());
                 }
-                Err(e) => eprintln!("error: {e}; keeping the previous config\nhint: {}", e.hint()),
+                Err(e) => eprintln!(
+                    "error: {e}; keeping the previous config\nhint: {}",
+                    e.hint()
+                ),
             }
             notify(&[NotifyState::Ready]);
         }

@@ -8,13 +8,19 @@ use std::path::Path;
 
 /// Check that `dir` exists, is a directory and is writable by the current user.
 pub fn check_state_dir(dir: &Path) -> Result<(), RunError> {
-    let err = |source| RunError::StateDir { path: dir.to_path_buf(), source };
+    let err = |source| RunError::StateDir {
+        path: dir.to_path_buf(),
+        source,
+    };
     let meta = fs_err::metadata(dir).map_err(|e| err(std::io::Error::new(e.kind(), "missing")))?;
     if !meta.is_dir() {
         return Err(err(std::io::Error::other("not a directory")));
     }
-    rustix::fs::access(dir, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK)
-        .map_err(|e| err(std::io::Error::from(e)))?;
+    rustix::fs::access(
+        dir,
+        rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+    )
+    .map_err(|e| err(std::io::Error::from(e)))?;
     Ok(())
 }
 
@@ -26,7 +32,10 @@ pub struct SelfTest {
 pub fn self_test(config_path: &Path, state_dir: &Path) -> Result<SelfTest, RunError> {
     let config = Config::load(config_path)?;
     check_state_dir(state_dir)?;
-    Ok(SelfTest { version: outpost_packaging::VERSION, config })
+    Ok(SelfTest {
+        version: outpost_packaging::VERSION,
+        config,
+    })
 }
 
 #[cfg(test)]

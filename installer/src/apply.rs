@@ -6,7 +6,9 @@
 use crate::error::{Error, Result};
 use crate::fsx;
 use crate::layout::{Layout, Mode};
-use crate::plan::{Change, Content, InstallPlan, Op, OwnerSpec, RemoveAction, ServiceAction, UninstallPlan};
+use crate::plan::{
+    Change, Content, InstallPlan, Op, OwnerSpec, RemoveAction, ServiceAction, UninstallPlan,
+};
 use crate::receipt::{Entry, Kind, Receipt, Role};
 use crate::svc::{Logind, Scope, ServiceManager, SvcError};
 use std::io::Write;
@@ -15,7 +17,10 @@ use std::time::Duration;
 
 /// The side-effect seam for the executor: the service manager, logind, account tools.
 pub trait Host {
-    fn service_manager(&self, scope: Scope) -> std::result::Result<Box<dyn ServiceManager>, SvcError>;
+    fn service_manager(
+        &self,
+        scope: Scope,
+    ) -> std::result::Result<Box<dyn ServiceManager>, SvcError>;
     fn logind(&self) -> std::result::Result<Box<dyn Logind>, SvcError>;
     /// Wait for user@UID and its bus after linger was enabled.
     fn wait_user_manager(&self, uid: u32, timeout: Duration) -> std::result::Result<(), SvcError>;
@@ -31,7 +36,10 @@ pub struct RealHost {
 }
 
 impl Host for RealHost {
-    fn service_manager(&self, scope: Scope) -> std::result::Result<Box<dyn ServiceManager>, SvcError> {
+    fn service_manager(
+        &self,
+        scope: Scope,
+    ) -> std::result::Result<Box<dyn ServiceManager>, SvcError> {
         Ok(Box::new(crate::svc::dbus::SystemdBus::connect(scope)?))
     }
     fn logind(&self) -> std::result::Result<Box<dyn Logind>, SvcError> {
@@ -49,19 +57,33 @@ impl Host for RealHost {
         if out.status.success() {
             Ok(())
         } else {
-            Err(format!("{cmd} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
+            Err(format!(
+                "{cmd} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
         }
     }
     fn user_ids(&self, name: &str) -> Option<(u32, u32)> {
-        crate::users::by_name(&self.root, name).ok().flatten().map(|a| (a.uid, a.gid))
+        crate::users::by_name(&self.root, name)
+            .ok()
+            .flatten()
+            .map(|a| (a.uid, a.gid))
     }
 }
 
 enum Undo {
     Remove(PathBuf),
     RemoveDir(PathBuf),
-    Restore { path: PathBuf, bytes: Vec<u8>, mode: u32 },
-    Relink { path: PathBuf, target: PathBuf },
+    Restore {
+        path: PathBuf,
+        bytes: Vec<u8>,
+        mode: u32,
+    },
+    Relink {
+        path: PathBuf,
+        target: PathBuf,
+    },
 }
 
 /// Rollback-on-drop record of file changes.
@@ -72,7 +94,10 @@ pub struct Transaction {
 
 impl Transaction {
     pub fn new() -> Self {
-        Transaction { undo: Vec::new(), committed: false }
+        Transaction {
+            undo: Vec::new(),
+            committed: false,
+        }
     }
     pub fn commit(mut self) {
         self.committed = true;
@@ -169,7 +194,10 @@ pub fn apply_install(
         if let (Op::CreateUser { name, home }, Change::Create) = (&item.op, item.change) {
             let argv = crate::users::create_system_user_cmd(name, home);
             host.run(&argv).map_err(|e| {
-                Error::failed(format!("cannot create system user {name}: {e}"), "create it yourself (useradd --system) or pass --run-as USER")
+                Error::failed(
+                    format!("cannot create system user {name}: {e}"),
+                    "create it yourself (useradd --system) or pass --run-as USER",
+                )
             })?;
             receipt.created_user = Some(name.clone());
             writeln!(out, "created system user {name}").ok();
@@ -188,26 +216,55 @@ pub fn apply_install(
     for item in &plan.items {
         let host_path = |p: &Path| l.host(p);
         match (&item.op, item.change) {
-            (Op::Dir { path, mode, owner, role }, change) => {
+            (
+                Op::Dir {
+                    path,
+                    mode,
+                    owner,
+                    role,
+                },
+                change,
+            ) => {
                 let hp = host_path(path);
                 let own = resolve_owner(*owner, service_ids, l.mode);
                 if change == Change::Create {
-                    let made = fsx::create_dirs(&hp, *mode, own).map_err(|e| Error::io("create directory", &hp, e))?;
+                    let made = fsx::create_dirs(&hp, *mode, own)
+                        .map_err(|e| Error::io("create directory", &hp, e))?;
                     for d in made {
                         tx.undo.push(Undo::RemoveDir(d));
                     }
-                    receipt.upsert(Entry { kind: Kind::Dir, role: *role, path: path.clone(), sha256: None, mode: Some(*mode), target: None });
+                    receipt.upsert(Entry {
+                        kind: Kind::Dir,
+                        role: *role,
+                        path: path.clone(),
+                        sha256: None,
+                        mode: Some(*mode),
+                        target: None,
+                    });
                 } else if *role == Role::State && own.is_some() {
                     // keep the service user able to write its state after --run-as changes
-                    fsx::set_mode_owner(&hp, *mode, own).map_err(|e| Error::io("set owner of", &hp, e))?;
+                    fsx::set_mode_owner(&hp, *mode, own)
+                        .map_err(|e| Error::io("set owner of", &hp, e))?;
                 }
             }
-            (Op::File { path, role, content, sha256, mode, owner }, change) => {
+            (
+                Op::File {
+                    path,
+                    role,
+                    content,
+                    sha256,
+                    mode,
+                    owner,
+                },
+                change,
+            ) => {
                 if matches!(change, Change::Create | Change::Update) {
                     let hp = host_path(path);
                     let bytes = match content {
                         Content::Text { text } => text.clone().into_bytes(),
-                        Content::CopyOf { from } => fs_err::read(from).map_err(|e| Error::io("read", from, e))?,
+                        Content::CopyOf { from } => {
+                            fs_err::read(from).map_err(|e| Error::io("read", from, e))?
+                        }
                     };
                     if fsx::sha256_bytes(&bytes) != *sha256 {
                         return Err(Error::failed(
@@ -217,30 +274,62 @@ pub fn apply_install(
                     }
                     match std::fs::read(&hp) {
                         Ok(old) => {
-                            let m = std::fs::metadata(&hp).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777).unwrap_or(0o644);
-                            tx.undo.push(Undo::Restore { path: hp.clone(), bytes: old, mode: m });
+                            let m = std::fs::metadata(&hp)
+                                .map(|m| {
+                                    std::os::unix::fs::PermissionsExt::mode(&m.permissions())
+                                        & 0o7777
+                                })
+                                .unwrap_or(0o644);
+                            tx.undo.push(Undo::Restore {
+                                path: hp.clone(),
+                                bytes: old,
+                                mode: m,
+                            });
                         }
                         Err(_) => tx.undo.push(Undo::Remove(hp.clone())),
                     }
                     let own = resolve_owner(*owner, service_ids, l.mode);
-                    fsx::write_atomic(&hp, &bytes, *mode, own).map_err(|e| Error::io("write", &hp, e))?;
+                    fsx::write_atomic(&hp, &bytes, *mode, own)
+                        .map_err(|e| Error::io("write", &hp, e))?;
                 }
                 if change != Change::Keep || receipt.entry(path).is_none() {
                     // A kept operator file is recorded as found, so a later edit is still visible.
-                    let recorded = if change == Change::Keep { fsx::sha256_file(&l.host(path)).ok() } else { Some(sha256.clone()) };
-                    receipt.upsert(Entry { kind: Kind::File, role: *role, path: path.clone(), sha256: recorded, mode: Some(*mode), target: None });
+                    let recorded = if change == Change::Keep {
+                        fsx::sha256_file(&l.host(path)).ok()
+                    } else {
+                        Some(sha256.clone())
+                    };
+                    receipt.upsert(Entry {
+                        kind: Kind::File,
+                        role: *role,
+                        path: path.clone(),
+                        sha256: recorded,
+                        mode: Some(*mode),
+                        target: None,
+                    });
                 }
             }
             (Op::Symlink { path, target, role }, change) => {
                 if matches!(change, Change::Create | Change::Update) {
                     let hp = host_path(path);
                     match std::fs::read_link(&hp) {
-                        Ok(old) => tx.undo.push(Undo::Relink { path: hp.clone(), target: old }),
+                        Ok(old) => tx.undo.push(Undo::Relink {
+                            path: hp.clone(),
+                            target: old,
+                        }),
                         Err(_) => tx.undo.push(Undo::Remove(hp.clone())),
                     }
-                    fsx::symlink_atomic(target, &hp).map_err(|e| Error::io("create symlink", &hp, e))?;
+                    fsx::symlink_atomic(target, &hp)
+                        .map_err(|e| Error::io("create symlink", &hp, e))?;
                 }
-                receipt.upsert(Entry { kind: Kind::Symlink, role: *role, path: path.clone(), sha256: None, mode: None, target: Some(target.clone()) });
+                receipt.upsert(Entry {
+                    kind: Kind::Symlink,
+                    role: *role,
+                    path: path.clone(),
+                    sha256: None,
+                    mode: None,
+                    target: Some(target.clone()),
+                });
             }
             (Op::EnableLinger { user, uid }, _) => {
                 let logind = host.logind()?;
@@ -294,27 +383,61 @@ pub fn apply_install(
     let service = match service_result {
         Ok(s) => s,
         Err(e) => {
-            let fresh = receipt.entries.iter().all(|e| e.role != Role::Binary) || tx.undo.is_empty();
-            if !fresh && tx.undo.iter().any(|u| !matches!(u, Undo::Remove(_) | Undo::RemoveDir(_))) {
+            let fresh =
+                receipt.entries.iter().all(|e| e.role != Role::Binary) || tx.undo.is_empty();
+            if !fresh
+                && tx
+                    .undo
+                    .iter()
+                    .any(|u| !matches!(u, Undo::Remove(_) | Undo::RemoveDir(_)))
+            {
                 // An update broke a working install: put the old files back and restart them.
                 drop(tx);
                 let _ = svc.daemon_reload();
                 let _ = svc.reset_failed(unit);
                 let restored = svc.restart(unit).is_ok();
                 return Err(Error::failed(
-                    format!("{e}; the previous files were restored{}", if restored { " and the service restarted" } else { "" }),
+                    format!(
+                        "{e}; the previous files were restored{}",
+                        if restored {
+                            " and the service restarted"
+                        } else {
+                            ""
+                        }
+                    ),
                     e.hint(),
                 ));
             }
             // A fresh install: keep the files so the operator can look at the failure.
             tx.commit();
-            receipt.save(l, resolve_owner(OwnerSpec::ServiceUser, service_ids, l.mode))?;
+            receipt.save(
+                l,
+                resolve_owner(OwnerSpec::ServiceUser, service_ids, l.mode),
+            )?;
             return Err(Error::Svc(e));
         }
     };
-    receipt.save(l, resolve_owner(OwnerSpec::ServiceUser, service_ids, l.mode))?;
+    receipt.save(
+        l,
+        resolve_owner(OwnerSpec::ServiceUser, service_ids, l.mode),
+    )?;
     tx.commit();
-    Ok(InstallOutcome { changed, service, receipt })
+    Ok(InstallOutcome {
+        changed,
+        service,
+        receipt,
+    })
+}
+
+/// Remove `dir` if it holds nothing but (nested) empty directories; fails otherwise.
+fn remove_empty_tree(dir: &Path) -> std::io::Result<()> {
+    for e in fs_err::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            remove_empty_tree(&e.path())?;
+        }
+    }
+    fs_err::remove_dir(dir)
 }
 
 /// What an applied uninstall did.
@@ -357,7 +480,7 @@ pub fn apply_uninstall(
         match r.action {
             RemoveAction::Remove => {
                 let res = match r.kind {
-                    Kind::Dir => fs_err::remove_dir(&hp),
+                    Kind::Dir => remove_empty_tree(&hp),
                     _ => fsx::remove_file(&hp).map(|_| ()),
                 };
                 match res {
@@ -375,11 +498,15 @@ pub fn apply_uninstall(
                 result.removed.push(r.path.clone());
             }
             RemoveAction::KeepModified => {
-                result.kept.push((r.path.clone(), "modified since install".into()));
+                result
+                    .kept
+                    .push((r.path.clone(), "modified since install".into()));
                 remaining.push(r.path.clone());
             }
             RemoveAction::KeepUserData => {
-                result.kept.push((r.path.clone(), "your data (use --purge to remove)".into()));
+                result
+                    .kept
+                    .push((r.path.clone(), "your data (use --purge to remove)".into()));
                 remaining.push(r.path.clone());
             }
             RemoveAction::KeepNotEmpty => {
@@ -401,9 +528,13 @@ pub fn apply_uninstall(
         }
     }
     if let Some(user) = &plan.delete_user {
-        host.run(&crate::users::delete_user_cmd(user)).map_err(|e| {
-            Error::failed(format!("cannot delete system user {user}: {e}"), format!("delete it yourself with `userdel {user}`"))
-        })?;
+        host.run(&crate::users::delete_user_cmd(user))
+            .map_err(|e| {
+                Error::failed(
+                    format!("cannot delete system user {user}: {e}"),
+                    format!("delete it yourself with `userdel {user}`"),
+                )
+            })?;
         writeln!(out, "deleted system user {user}").ok();
     }
     if !plan.purge {

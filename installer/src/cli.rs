@@ -177,22 +177,45 @@ pub fn main() -> i32 {
 fn clap_error(e: clap::Error) -> i32 {
     use clap::error::ErrorKind;
     match e.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             let _ = e.print();
-            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { exit::USAGE } else { exit::OK }
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                exit::USAGE
+            } else {
+                exit::OK
+            }
         }
         _ => {
             let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            let first = rendered
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
             eprintln!("error: {first}");
-            let tip = rendered.lines().map(str::trim).find(|l| l.starts_with("tip:")).map(|t| t.trim_start_matches("tip: ").to_string());
-            eprintln!("hint: {}", tip.unwrap_or_else(|| "run `outpost --help` (or `outpost COMMAND --help`) for usage".into()));
+            let tip = rendered
+                .lines()
+                .map(str::trim)
+                .find(|l| l.starts_with("tip:"))
+                .map(|t| t.trim_start_matches("tip: ").to_string());
+            eprintln!(
+                "hint: {}",
+                tip.unwrap_or_else(|| {
+                    "run `outpost --help` (or `outpost COMMAND --help`) for usage".into()
+                })
+            );
             exit::USAGE
         }
     }
 }
 
-fn default_paths(paths: &AgentPaths, probe: &dyn Probe, root: &std::path::Path) -> Result<(PathBuf, PathBuf, String)> {
+fn default_paths(
+    paths: &AgentPaths,
+    probe: &dyn Probe,
+    root: &std::path::Path,
+) -> Result<(PathBuf, PathBuf, String)> {
     let mode = match paths.mode.as_deref() {
         Some("user") => Mode::User,
         Some(_) => Mode::System,
@@ -202,15 +225,26 @@ fn default_paths(paths: &AgentPaths, probe: &dyn Probe, root: &std::path::Path) 
     let layout = match mode {
         Mode::System => Layout::system(root),
         Mode::User => {
-            let home = std::env::var_os(env::HOME).map(PathBuf::from).ok_or_else(|| {
-                Error::usage("HOME is not set, so the user-mode paths are unknown", "pass --config and --state-dir")
-            })?;
+            let home = std::env::var_os(env::HOME)
+                .map(PathBuf::from)
+                .ok_or_else(|| {
+                    Error::usage(
+                        "HOME is not set, so the user-mode paths are unknown",
+                        "pass --config and --state-dir",
+                    )
+                })?;
             Layout::user(root, &home)
         }
     };
     Ok((
-        paths.config.clone().unwrap_or_else(|| layout.host(&layout.config_file)),
-        paths.state_dir.clone().unwrap_or_else(|| layout.host(&layout.state_dir)),
+        paths
+            .config
+            .clone()
+            .unwrap_or_else(|| layout.host(&layout.config_file)),
+        paths
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| layout.host(&layout.state_dir)),
         mode.to_string(),
     ))
 }
@@ -223,16 +257,37 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
         Command::Detect { json } => {
             let det = detect::probe::detect(&probe);
             if json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&det).unwrap_or_default()).ok();
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&det).unwrap_or_default()
+                )
+                .ok();
             } else {
                 write!(out, "{}", crate::status::render_detection(&det)).ok();
             }
-            Ok(if det.unsupported.is_some() { exit::FAILURE } else { exit::OK })
+            Ok(if det.unsupported.is_some() {
+                exit::FAILURE
+            } else {
+                exit::OK
+            })
         }
-        Command::Install { mode, run_as, admin_group, hub, no_start, dry_run, json } => {
-            let enroll_key = std::env::var(env::ENROLL_KEY).ok().filter(|k| !k.trim().is_empty());
+        Command::Install {
+            mode,
+            run_as,
+            admin_group,
+            hub,
+            no_start,
+            dry_run,
+            json,
+        } => {
+            let enroll_key = std::env::var(env::ENROLL_KEY)
+                .ok()
+                .filter(|k| !k.trim().is_empty());
             if let Some(k) = &enroll_key {
-                if k.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\'' || c == '\\') {
+                if k.chars().any(|c| {
+                    c.is_whitespace() || c.is_control() || c == '"' || c == '\'' || c == '\\'
+                }) {
                     return Err(Error::usage(
                         format!("{} contains whitespace or quotes", env::ENROLL_KEY),
                         "copy the key exactly as `outpost-hub keys create` printed it",
@@ -254,18 +309,37 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
             install::run(&args, &probe, &host, out)?;
             Ok(exit::OK)
         }
-        Command::Uninstall { mode, purge, dry_run, json } => {
-            let args = UninstallArgs { mode: mode.mode(), purge, dry_run, json, root };
+        Command::Uninstall {
+            mode,
+            purge,
+            dry_run,
+            json,
+        } => {
+            let args = UninstallArgs {
+                mode: mode.mode(),
+                purge,
+                dry_run,
+                json,
+                root,
+            };
             uninstall::run(&args, &probe, &host, out)?;
             Ok(exit::OK)
         }
-        Command::Status { mode, json } => crate::status::run(&probe, &host, &root, mode.mode(), json, out),
+        Command::Status { mode, json } => {
+            crate::status::run(&probe, &host, &root, mode.mode(), json, out)
+        }
         Command::Start(a) => control("start", a, &probe, &host, &root, out),
         Command::Stop(a) => control("stop", a, &probe, &host, &root, out),
         Command::Restart(a) => control("restart", a, &probe, &host, &root, out),
-        Command::Agent { command: AgentCommand::Run { paths } } => {
+        Command::Agent {
+            command: AgentCommand::Run { paths },
+        } => {
             let (config_path, state_dir, mode) = default_paths(&paths, &probe, &root)?;
-            outpost_agent::run::run(&outpost_agent::run::RunOptions { config_path, state_dir, mode })?;
+            outpost_agent::run::run(&outpost_agent::run::RunOptions {
+                config_path,
+                state_dir,
+                mode,
+            })?;
             Ok(exit::OK)
         }
         Command::SelfTest { paths, json } => {
@@ -275,7 +349,14 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
                 let v = serde_json::json!({"ok": true, "version": r.version, "config": config_path, "state_dir": state_dir});
                 writeln!(out, "{v}").ok();
             } else {
-                writeln!(out, "outpost {}: self-test ok (config {}, state {})", r.version, config_path.display(), state_dir.display()).ok();
+                writeln!(
+                    out,
+                    "outpost {}: self-test ok (config {}, state {})",
+                    r.version,
+                    config_path.display(),
+                    state_dir.display()
+                )
+                .ok();
             }
             Ok(exit::OK)
         }
@@ -286,24 +367,47 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
         }
         Command::Man => {
             let man = clap_mangen::Man::new(Cli::command());
-            man.render(out).map_err(|e| Error::failed(format!("cannot write the man page: {e}"), "check stdout is writable"))?;
+            man.render(out).map_err(|e| {
+                Error::failed(
+                    format!("cannot write the man page: {e}"),
+                    "check stdout is writable",
+                )
+            })?;
             Ok(exit::OK)
         }
     }
 }
 
-fn control(verb: &str, a: ControlArgs, probe: &dyn Probe, host: &dyn Host, root: &std::path::Path, out: &mut dyn Write) -> Result<i32> {
+fn control(
+    verb: &str,
+    a: ControlArgs,
+    probe: &dyn Probe,
+    host: &dyn Host,
+    root: &std::path::Path,
+    out: &mut dyn Write,
+) -> Result<i32> {
     let (layout, _receipt) = uninstall::find_install(probe, root, a.mode.mode())?;
     let scope = uninstall::scope(&layout, probe.euid());
     if a.dry_run {
-        writeln!(out, "would {verb} {} ({} manager)", crate::UNIT, layout.mode).ok();
+        writeln!(
+            out,
+            "would {verb} {} ({} manager)",
+            crate::UNIT,
+            layout.mode
+        )
+        .ok();
         return Ok(exit::OK);
     }
     let svc = host.service_manager(scope)?;
     let st = svc.status(crate::UNIT)?;
     if !st.is_loaded() {
         return Err(Error::failed(
-            format!("{} is not installed in {} mode (load state {})", crate::UNIT, layout.mode, st.load_state),
+            format!(
+                "{} is not installed in {} mode (load state {})",
+                crate::UNIT,
+                layout.mode,
+                st.load_state
+            ),
             "install it with `sudo outpost install` (or `outpost install --user`)",
         ));
     }
@@ -313,7 +417,14 @@ fn control(verb: &str, a: ControlArgs, probe: &dyn Probe, host: &dyn Host, root:
         _ => svc.restart(crate::UNIT)?,
     }
     let st = svc.status(crate::UNIT)?;
-    writeln!(out, "{verb}: {} is {} ({})", crate::UNIT, st.active_state, st.sub_state).ok();
+    writeln!(
+        out,
+        "{verb}: {} is {} ({})",
+        crate::UNIT,
+        st.active_state,
+        st.sub_state
+    )
+    .ok();
     Ok(exit::OK)
 }
 
@@ -331,7 +442,14 @@ mod tests {
         let ok: &[&[&str]] = &[
             &["outpost", "detect", "--json"],
             &["outpost", "install", "--user", "--dry-run"],
-            &["outpost", "install", "--system", "--run-as", "bob", "--no-start"],
+            &[
+                "outpost",
+                "install",
+                "--system",
+                "--run-as",
+                "bob",
+                "--no-start",
+            ],
             &["outpost", "uninstall", "--purge", "--dry-run"],
             &["outpost", "status", "--json"],
             &["outpost", "restart", "--dry-run"],

@@ -22,15 +22,23 @@ pub enum Error {
 
 impl Error {
     pub fn usage(message: impl Into<String>, hint: impl Into<String>) -> Error {
-        Error::Usage { message: message.into(), hint: hint.into() }
+        Error::Usage {
+            message: message.into(),
+            hint: hint.into(),
+        }
     }
     pub fn failed(message: impl Into<String>, hint: impl Into<String>) -> Error {
-        Error::Failed { message: message.into(), hint: hint.into() }
+        Error::Failed {
+            message: message.into(),
+            hint: hint.into(),
+        }
     }
     /// An I/O error on `path` while doing `what`.
     pub fn io(what: &str, path: &std::path::Path, e: std::io::Error) -> Error {
         let hint = match e.kind() {
-            std::io::ErrorKind::PermissionDenied => "run the command with sudo, or use --user for a per-user install".to_string(),
+            std::io::ErrorKind::PermissionDenied => {
+                "run the command with sudo, or use --user for a per-user install".to_string()
+            }
             _ => "check the path and free disk space, then run the command again".to_string(),
         };
         let detail = e.to_string();

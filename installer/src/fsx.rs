@@ -1,8 +1,8 @@
 //! Atomic, durable filesystem writes: temp file in the same directory, fsync, rename,
 //! fsync of the directory. Every write outpost makes goes through here.
+use fs_err::os::unix::fs::OpenOptionsExt;
 use sha2::{Digest, Sha256};
 use std::io::Write;
-use fs_err::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -10,16 +10,24 @@ use std::path::{Path, PathBuf};
 pub type Owner = Option<(u32, u32)>;
 
 fn tmp_name(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    path.with_file_name(format!(".{name}.outpost-tmp-{}-{nanos}", std::process::id()))
+    path.with_file_name(format!(
+        ".{name}.outpost-tmp-{}-{nanos}",
+        std::process::id()
+    ))
 }
 
 fn parent(path: &Path) -> &Path {
-    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 /// fsync a directory so a rename inside it is durable.
@@ -37,7 +45,12 @@ fn chown(path: &Path, owner: Owner) -> std::io::Result<()> {
             Some(rustix::fs::Gid::from_raw(gid)),
             rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
         )
-        .map_err(|e| std::io::Error::new(std::io::Error::from(e).kind(), format!("cannot chown {}: {e}", path.display())))?;
+        .map_err(|e| {
+            std::io::Error::new(
+                std::io::Error::from(e).kind(),
+                format!("cannot chown {}: {e}", path.display()),
+            )
+        })?;
     }
     Ok(())
 }
@@ -46,10 +59,15 @@ fn chown(path: &Path, owner: Owner) -> std::io::Result<()> {
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32, owner: Owner) -> std::io::Result<()> {
     let tmp = tmp_name(path);
     let result = (|| {
-        let mut f = fs_err::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        let mut f = fs_err::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(contents)?;
         // The umask may have narrowed the mode given to open(2).
-        f.file().set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))?;
         chown(&tmp, owner)?;
         f.sync_all()?;
         drop(f);
@@ -67,7 +85,10 @@ pub fn symlink_atomic(target: &Path, link: &Path) -> std::io::Result<()> {
     let tmp = tmp_name(link);
     let result = (|| {
         std::os::unix::fs::symlink(target, &tmp).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot create symlink {}: {e}", tmp.display()))
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot create symlink {}: {e}", tmp.display()),
+            )
         })?;
         fs_err::rename(&tmp, link)?;
         fsync_dir(parent(link))
@@ -161,7 +182,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("a/b/c");
         let made = create_dirs(&p, 0o755, None).unwrap();
-        assert_eq!(made, vec![d.path().join("a"), d.path().join("a/b"), p.clone()]);
+        assert_eq!(
+            made,
+            vec![d.path().join("a"), d.path().join("a/b"), p.clone()]
+        );
         assert!(create_dirs(&p, 0o755, None).unwrap().is_empty());
     }
 

@@ -52,7 +52,9 @@ pub fn choose_mode(det: &Detection, requested: Option<Mode>, euid: u32) -> Resul
 pub fn validate_hub_url(url: &str) -> Result<()> {
     let ok = (url.starts_with("https://") || url.starts_with("http://"))
         && url.len() > "https://".len()
-        && !url.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\' || c.is_control());
+        && !url
+            .chars()
+            .any(|c| c.is_whitespace() || c == '"' || c == '\\' || c.is_control());
     if ok {
         Ok(())
     } else {
@@ -69,17 +71,35 @@ pub fn layout_for(det: &Detection, mode: Mode, root: &Path) -> Result<Layout> {
         Mode::System => Ok(Layout::system(root)),
         Mode::User => {
             let t = det.topology.target_user.as_ref().ok_or_else(|| {
-                Error::usage("no user to install a user service for", "run `sudo outpost install --system`")
+                Error::usage(
+                    "no user to install a user service for",
+                    "run `sudo outpost install --system`",
+                )
             })?;
             Ok(Layout::user(root, &t.account.home))
         }
     }
 }
 
-fn service_user(det: &Detection, mode: Mode, args: &InstallArgs, root: &Path, prior: Option<&Receipt>) -> Result<ServiceUser> {
+fn service_user(
+    det: &Detection,
+    mode: Mode,
+    args: &InstallArgs,
+    root: &Path,
+    prior: Option<&Receipt>,
+) -> Result<ServiceUser> {
     if mode == Mode::User {
-        let t = det.topology.target_user.as_ref().map(|t| t.account.clone()).unwrap_or(det.topology.invoking.clone());
-        return Ok(ServiceUser { name: t.name, ids: Some((t.uid, t.gid)), create: false });
+        let t = det
+            .topology
+            .target_user
+            .as_ref()
+            .map(|t| t.account.clone())
+            .unwrap_or(det.topology.invoking.clone());
+        return Ok(ServiceUser {
+            name: t.name,
+            ids: Some((t.uid, t.gid)),
+            create: false,
+        });
     }
     let lookup = |name: &str| -> Result<Option<(u32, u32)>> {
         crate::users::by_name(root, name)
@@ -88,7 +108,10 @@ fn service_user(det: &Detection, mode: Mode, args: &InstallArgs, root: &Path, pr
     };
     if let Some(name) = &args.run_as {
         if !crate::users::valid_username(name) {
-            return Err(Error::usage(format!("invalid --run-as {name:?}: not a valid user name"), "pass the name of an existing user"));
+            return Err(Error::usage(
+                format!("invalid --run-as {name:?}: not a valid user name"),
+                "pass the name of an existing user",
+            ));
         }
         let ids = lookup(name)?;
         return match ids {
@@ -104,14 +127,26 @@ fn service_user(det: &Detection, mode: Mode, args: &InstallArgs, root: &Path, pr
         // Re-install keeps whoever the service already runs as.
         if let Some(ids) = lookup(&prior.service_user)? {
             let create = prior.created_user.as_deref() == Some(prior.service_user.as_str());
-            return Ok(ServiceUser { name: prior.service_user.clone(), ids: Some(ids), create });
+            return Ok(ServiceUser {
+                name: prior.service_user.clone(),
+                ids: Some(ids),
+                create,
+            });
         }
     }
     if let Some(a) = &det.topology.sudo_user {
-        return Ok(ServiceUser { name: a.name.clone(), ids: Some((a.uid, a.gid)), create: false });
+        return Ok(ServiceUser {
+            name: a.name.clone(),
+            ids: Some((a.uid, a.gid)),
+            create: false,
+        });
     }
     let ids = lookup(DEFAULT_SYSTEM_USER)?;
-    Ok(ServiceUser { name: DEFAULT_SYSTEM_USER.into(), ids, create: true })
+    Ok(ServiceUser {
+        name: DEFAULT_SYSTEM_USER.into(),
+        ids,
+        create: true,
+    })
 }
 
 /// Everything install decides before touching anything. Shared with `--dry-run`.
@@ -122,7 +157,10 @@ pub fn prepare(
 ) -> Result<(Detection, InstallPlan, Option<Receipt>, u32)> {
     let det = detect::probe::detect(probe);
     if let Some(reason) = &det.unsupported {
-        return Err(Error::failed(reason.clone(), "see the platform table in README.md; `outpost detect` shows what was found"));
+        return Err(Error::failed(
+            reason.clone(),
+            "see the platform table in README.md; `outpost detect` shows what was found",
+        ));
     }
     let euid = probe.euid();
     let mode = choose_mode(&det, args.mode, euid)?;
@@ -130,9 +168,13 @@ pub fn prepare(
         validate_hub_url(url)?;
     }
     if let Some(g) = &args.admin_group {
-        let exists = crate::users::group_exists(&args.root, g).map_err(|e| Error::failed(e.to_string(), "check /etc/group is readable"))?;
+        let exists = crate::users::group_exists(&args.root, g)
+            .map_err(|e| Error::failed(e.to_string(), "check /etc/group is readable"))?;
         if !crate::users::valid_username(g) || !exists {
-            return Err(Error::usage(format!("--admin-group {g}: no such group"), format!("create it first (`groupadd {g}`)")));
+            return Err(Error::usage(
+                format!("--admin-group {g}: no such group"),
+                format!("create it first (`groupadd {g}`)"),
+            ));
         }
     }
     let layout = layout_for(&det, mode, &args.root)?;
@@ -146,9 +188,15 @@ pub fn prepare(
 
     let binary = match &args.binary {
         Some(b) => b.clone(),
-        None => std::env::current_exe().map_err(|e| Error::failed(format!("cannot locate the running binary: {e}"), "run outpost by its full path"))?,
+        None => std::env::current_exe().map_err(|e| {
+            Error::failed(
+                format!("cannot locate the running binary: {e}"),
+                "run outpost by its full path",
+            )
+        })?,
     };
-    let binary_sha256 = crate::fsx::sha256_file(&binary).map_err(|e| Error::io("read", &binary, e))?;
+    let binary_sha256 =
+        crate::fsx::sha256_file(&binary).map_err(|e| Error::io("read", &binary, e))?;
     let version = outpost_packaging::VERSION.to_string();
 
     let enable_linger = match (mode, &det.topology.target_user) {
@@ -161,7 +209,8 @@ pub fn prepare(
     };
     let paths = plan::install_paths(&layout, &version);
     let mut obs = Observed {
-        paths: plan::observe_paths(&layout, &paths).map_err(|e| Error::failed(e.to_string(), "check permissions"))?,
+        paths: plan::observe_paths(&layout, &paths)
+            .map_err(|e| Error::failed(e.to_string(), "check permissions"))?,
         unit: None,
         receipt: prior.clone(),
         users: Default::default(),
@@ -209,11 +258,26 @@ pub fn render_plan(p: &InstallPlan, verb: &str) -> String {
         };
         let what = match &i.op {
             Op::Dir { path, mode, .. } => format!("dir      {} ({mode:04o})", path.display()),
-            Op::File { path, mode, sha256, role, .. } => {
-                format!("file     {} ({mode:04o}, {}, sha256 {})", path.display(), role_name(*role), &sha256[..12.min(sha256.len())])
+            Op::File {
+                path,
+                mode,
+                sha256,
+                role,
+                ..
+            } => {
+                format!(
+                    "file     {} ({mode:04o}, {}, sha256 {})",
+                    path.display(),
+                    role_name(*role),
+                    &sha256[..12.min(sha256.len())]
+                )
             }
-            Op::Symlink { path, target, .. } => format!("symlink  {} -> {}", path.display(), target.display()),
-            Op::CreateUser { name, home } => format!("user     {name} (system, home {})", home.display()),
+            Op::Symlink { path, target, .. } => {
+                format!("symlink  {} -> {}", path.display(), target.display())
+            }
+            Op::CreateUser { name, home } => {
+                format!("user     {name} (system, home {})", home.display())
+            }
             Op::EnableLinger { user, .. } => format!("linger   {user}"),
         };
         s.push_str(&format!("  {change:<9} {what}\n"));
@@ -227,7 +291,9 @@ pub fn render_plan(p: &InstallPlan, verb: &str) -> String {
     match &p.service {
         ServiceAction::Start => s.push_str(&format!("  start     {}\n", crate::UNIT)),
         ServiceAction::Restart => s.push_str(&format!("  restart   {}\n", crate::UNIT)),
-        ServiceAction::None { reason } => s.push_str(&format!("  no start  {} ({reason})\n", crate::UNIT)),
+        ServiceAction::None { reason } => {
+            s.push_str(&format!("  no start  {} ({reason})\n", crate::UNIT))
+        }
     }
     for w in &p.warnings {
         s.push_str(&format!("warning: {w}\n"));
@@ -250,11 +316,21 @@ fn role_name(r: crate::receipt::Role) -> &'static str {
     }
 }
 
-pub fn run(args: &InstallArgs, probe: &dyn Probe, host: &dyn Host, out: &mut dyn Write) -> Result<()> {
+pub fn run(
+    args: &InstallArgs,
+    probe: &dyn Probe,
+    host: &dyn Host,
+    out: &mut dyn Write,
+) -> Result<()> {
     let (_det, plan, prior, euid) = prepare(args, probe, host)?;
     if args.dry_run {
         if args.json {
-            writeln!(out, "{}", serde_json::to_string_pretty(&plan).unwrap_or_default()).ok();
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&plan).unwrap_or_default()
+            )
+            .ok();
         } else {
             write!(out, "{}", render_plan(&plan, "would install")).ok();
         }
@@ -262,7 +338,12 @@ pub fn run(args: &InstallArgs, probe: &dyn Probe, host: &dyn Host, out: &mut dyn
     }
     let outcome = apply::apply_install(&plan, prior, host, euid, out)?;
     if args.json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&outcome).unwrap_or_default()).ok();
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&outcome).unwrap_or_default()
+        )
+        .ok();
         return Ok(());
     }
     for w in &plan.warnings {
@@ -270,12 +351,31 @@ pub fn run(args: &InstallArgs, probe: &dyn Probe, host: &dyn Host, out: &mut dyn
     }
     let l = &plan.layout;
     let sudo = if l.mode == Mode::System { "sudo " } else { "" };
-    let journal = if l.mode == Mode::System { "journalctl -u outpost -f" } else { "journalctl --user -u outpost -f" };
-    if !outcome.changed {
-        writeln!(out, "outpost {} is already installed ({} mode): no change", plan.version, l.mode).ok();
+    let journal = if l.mode == Mode::System {
+        "journalctl -u outpost -f"
     } else {
-        writeln!(out, "installed outpost {} ({} mode, runs as {})", plan.version, l.mode, plan.service_user.name).ok();
-        writeln!(out, "  binary   {}", l.version_dir(&plan.version).join("outpost").display()).ok();
+        "journalctl --user -u outpost -f"
+    };
+    if !outcome.changed {
+        writeln!(
+            out,
+            "outpost {} is already installed ({} mode): no change",
+            plan.version, l.mode
+        )
+        .ok();
+    } else {
+        writeln!(
+            out,
+            "installed outpost {} ({} mode, runs as {})",
+            plan.version, l.mode, plan.service_user.name
+        )
+        .ok();
+        writeln!(
+            out,
+            "  binary   {}",
+            l.version_dir(&plan.version).join("outpost").display()
+        )
+        .ok();
         writeln!(out, "  command  {}", l.bin_link.display()).ok();
         writeln!(out, "  config   {}", l.config_file.display()).ok();
         writeln!(out, "  secrets  {} (0600)", l.env_file.display()).ok();

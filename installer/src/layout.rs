@@ -120,15 +120,28 @@ mod tests {
     #[test]
     fn host_maps_under_root() {
         let l = Layout::system(Path::new("/tmp/r"));
-        assert_eq!(l.host(&l.unit_file), PathBuf::from("/tmp/r/etc/systemd/system/outpost.service"));
+        assert_eq!(
+            l.host(&l.unit_file),
+            PathBuf::from("/tmp/r/etc/systemd/system/outpost.service")
+        );
         let l = Layout::system(Path::new("/"));
-        assert_eq!(l.host(&l.current_binary()), PathBuf::from("/opt/outpost/current/outpost"));
+        assert_eq!(
+            l.host(&l.current_binary()),
+            PathBuf::from("/opt/outpost/current/outpost")
+        );
     }
 
     #[test]
     fn user_paths_are_in_home() {
         let l = Layout::user(Path::new("/"), Path::new("/home/alice"));
-        for p in [&l.base, &l.bin_link, &l.config_file, &l.env_file, &l.state_dir, &l.unit_file] {
+        for p in [
+            &l.base,
+            &l.bin_link,
+            &l.config_file,
+            &l.env_file,
+            &l.state_dir,
+            &l.unit_file,
+        ] {
             assert!(p.starts_with("/home/alice"), "{}", p.display());
         }
         assert!(l.dropin_file.is_none());

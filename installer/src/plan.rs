@@ -45,22 +45,36 @@ impl Observed {
 }
 
 /// Stat every path in `paths` under the layout's root; files are hashed.
-pub fn observe_paths(layout: &Layout, paths: &[PathBuf]) -> std::io::Result<BTreeMap<PathBuf, Seen>> {
+pub fn observe_paths(
+    layout: &Layout,
+    paths: &[PathBuf],
+) -> std::io::Result<BTreeMap<PathBuf, Seen>> {
     let mut out = BTreeMap::new();
     for p in paths {
         let hp = layout.host(p);
         let meta = match std::fs::symlink_metadata(&hp) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(std::io::Error::new(e.kind(), format!("cannot stat {}: {e}", hp.display()))),
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot stat {}: {e}", hp.display()),
+                ))
+            }
         };
         let ft = meta.file_type();
         let seen = if ft.is_symlink() {
-            Seen::Symlink { target: fs_err::read_link(&hp)? }
+            Seen::Symlink {
+                target: fs_err::read_link(&hp)?,
+            }
         } else if ft.is_dir() {
             Seen::Dir
         } else if ft.is_file() {
-            Seen::File { sha256: crate::fsx::sha256_file(&hp)?, mode: meta.mode() & 0o7777, uid: meta.uid() }
+            Seen::File {
+                sha256: crate::fsx::sha256_file(&hp)?,
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+            }
         } else {
             Seen::Other
         };
@@ -104,11 +118,33 @@ pub enum Content {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Op {
-    Dir { path: PathBuf, mode: u32, owner: OwnerSpec, role: Role },
-    File { path: PathBuf, role: Role, content: Content, sha256: String, mode: u32, owner: OwnerSpec },
-    Symlink { path: PathBuf, target: PathBuf, role: Role },
-    CreateUser { name: String, home: PathBuf },
-    EnableLinger { user: String, uid: u32 },
+    Dir {
+        path: PathBuf,
+        mode: u32,
+        owner: OwnerSpec,
+        role: Role,
+    },
+    File {
+        path: PathBuf,
+        role: Role,
+        content: Content,
+        sha256: String,
+        mode: u32,
+        owner: OwnerSpec,
+    },
+    Symlink {
+        path: PathBuf,
+        target: PathBuf,
+        role: Role,
+    },
+    CreateUser {
+        name: String,
+        home: PathBuf,
+    },
+    EnableLinger {
+        user: String,
+        uid: u32,
+    },
 }
 
 impl Op {
@@ -180,7 +216,9 @@ pub struct InstallPlan {
 impl InstallPlan {
     /// Anything on disk or in the service manager will change.
     pub fn changes_anything(&self) -> bool {
-        self.items.iter().any(|i| matches!(i.change, Change::Create | Change::Update))
+        self.items
+            .iter()
+            .any(|i| matches!(i.change, Change::Create | Change::Update))
             || self.daemon_reload
             || self.enable
             || !matches!(self.service, ServiceAction::None { .. })
@@ -202,9 +240,13 @@ pub fn install_paths(layout: &Layout, version: &str) -> Vec<PathBuf> {
         layout.state_dir.clone(),
         layout.unit_dir.clone(),
         layout.unit_file.clone(),
-        PathBuf::from(POLKIT_RULES),
-        PathBuf::from("/etc/polkit-1/rules.d"),
     ];
+    if layout.mode == Mode::System {
+        v.extend([
+            PathBuf::from(POLKIT_RULES),
+            PathBuf::from("/etc/polkit-1/rules.d"),
+        ]);
+    }
     for p in ancestors_to_create(layout) {
         v.push(p);
     }
@@ -225,9 +267,20 @@ fn ancestors_to_create(layout: &Layout) -> Vec<PathBuf> {
     let stop: PathBuf = match layout.mode {
         Mode::System => PathBuf::from("/"),
         // the home directory itself is never ours
-        Mode::User => layout.base.ancestors().nth(3).map(Path::to_path_buf).unwrap_or_default(),
+        Mode::User => layout
+            .base
+            .ancestors()
+            .nth(3)
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
     };
-    for p in [&layout.base, &layout.bin_link, &layout.config_dir, &layout.state_dir, &layout.unit_dir] {
+    for p in [
+        &layout.base,
+        &layout.bin_link,
+        &layout.config_dir,
+        &layout.state_dir,
+        &layout.unit_dir,
+    ] {
         for a in p.ancestors().skip(1) {
             if a == stop || a.as_os_str().is_empty() || a == Path::new("/") {
                 break;
@@ -259,7 +312,11 @@ pub fn unit_params(inp: &InstallInputs) -> UnitParams {
 pub fn initial_config(hub_url: Option<&str>) -> String {
     let t = outpost_agent::Config::TEMPLATE;
     match hub_url {
-        Some(url) => t.replacen("# url = \"https://hub.example.com\"", &format!("url = \"{url}\""), 1),
+        Some(url) => t.replacen(
+            "# url = \"https://hub.example.com\"",
+            &format!("url = \"{url}\""),
+            1,
+        ),
         None => t.to_string(),
     }
 }
@@ -281,20 +338,55 @@ fn dir_item(obs: &Observed, path: &Path, mode: u32, owner: OwnerSpec, role: Role
         Some(Seen::Dir) => Change::Unchanged,
         _ => Change::Create,
     };
-    Item { op: Op::Dir { path: path.to_path_buf(), mode, owner, role }, change }
+    Item {
+        op: Op::Dir {
+            path: path.to_path_buf(),
+            mode,
+            owner,
+            role,
+        },
+        change,
+    }
 }
 
-fn file_item(obs: &Observed, path: &Path, role: Role, content: Content, sha256: String, mode: u32, owner: OwnerSpec) -> Item {
+fn file_item(
+    obs: &Observed,
+    path: &Path,
+    role: Role,
+    content: Content,
+    sha256: String,
+    mode: u32,
+    owner: OwnerSpec,
+) -> Item {
     let change = match obs.get(path) {
         None => Change::Create,
         Some(_) if role.is_user_data() => Change::Keep,
-        Some(Seen::File { sha256: s, mode: m, .. }) if *s == sha256 && *m == mode => Change::Unchanged,
+        Some(Seen::File {
+            sha256: s, mode: m, ..
+        }) if *s == sha256 && *m == mode => Change::Unchanged,
         Some(_) => Change::Update,
     };
-    Item { op: Op::File { path: path.to_path_buf(), role, content, sha256, mode, owner }, change }
+    Item {
+        op: Op::File {
+            path: path.to_path_buf(),
+            role,
+            content,
+            sha256,
+            mode,
+            owner,
+        },
+        change,
+    }
 }
 
-fn text_item(obs: &Observed, path: &Path, role: Role, text: String, mode: u32, owner: OwnerSpec) -> Item {
+fn text_item(
+    obs: &Observed,
+    path: &Path,
+    role: Role,
+    text: String,
+    mode: u32,
+    owner: OwnerSpec,
+) -> Item {
     let sha = crate::fsx::sha256_bytes(text.as_bytes());
     file_item(obs, path, role, Content::Text { text }, sha, mode, owner)
 }
@@ -305,7 +397,14 @@ fn link_item(obs: &Observed, path: &Path, target: PathBuf, role: Role) -> Item {
         Some(Seen::Symlink { target: t }) if *t == target => Change::Unchanged,
         Some(_) => Change::Update,
     };
-    Item { op: Op::Symlink { path: path.to_path_buf(), target, role }, change }
+    Item {
+        op: Op::Symlink {
+            path: path.to_path_buf(),
+            target,
+            role,
+        },
+        change,
+    }
 }
 
 /// Decide what `install` must do.
@@ -314,40 +413,88 @@ pub fn plan_install(inp: &InstallInputs, obs: &Observed) -> InstallPlan {
     let mut items = Vec::new();
     let mut warnings = Vec::new();
     let system = l.mode == Mode::System;
-    let svc_owner = if system { OwnerSpec::ServiceUser } else { OwnerSpec::Invoker };
+    let svc_owner = if system {
+        OwnerSpec::ServiceUser
+    } else {
+        OwnerSpec::Invoker
+    };
 
     if inp.service_user.create {
-        let change = if obs.users.contains_key(&inp.service_user.name) { Change::Unchanged } else { Change::Create };
+        let change = if obs.users.contains_key(&inp.service_user.name) {
+            Change::Unchanged
+        } else {
+            Change::Create
+        };
         items.push(Item {
-            op: Op::CreateUser { name: inp.service_user.name.clone(), home: l.state_dir.clone() },
+            op: Op::CreateUser {
+                name: inp.service_user.name.clone(),
+                home: l.state_dir.clone(),
+            },
             change,
         });
     }
     if let Some((user, uid)) = &inp.enable_linger {
-        items.push(Item { op: Op::EnableLinger { user: user.clone(), uid: *uid }, change: Change::Create });
+        items.push(Item {
+            op: Op::EnableLinger {
+                user: user.clone(),
+                uid: *uid,
+            },
+            change: Change::Create,
+        });
     }
 
     for d in ancestors_to_create(l) {
         items.push(dir_item(obs, &d, 0o755, OwnerSpec::Invoker, Role::Dir));
     }
-    for d in [l.base.clone(), l.versions_dir(), l.version_dir(&inp.version)] {
+    for d in [
+        l.base.clone(),
+        l.versions_dir(),
+        l.version_dir(&inp.version),
+    ] {
         items.push(dir_item(obs, &d, 0o755, OwnerSpec::Invoker, Role::Dir));
     }
     items.push(file_item(
         obs,
         &l.version_dir(&inp.version).join("outpost"),
         Role::Binary,
-        Content::CopyOf { from: inp.binary.clone() },
+        Content::CopyOf {
+            from: inp.binary.clone(),
+        },
         inp.binary_sha256.clone(),
         0o755,
         OwnerSpec::Invoker,
     ));
-    items.push(link_item(obs, &l.current_link(), PathBuf::from("versions").join(&inp.version), Role::Link));
+    items.push(link_item(
+        obs,
+        &l.current_link(),
+        PathBuf::from("versions").join(&inp.version),
+        Role::Link,
+    ));
     items.push(link_item(obs, &l.bin_link, l.current_binary(), Role::Link));
 
-    items.push(dir_item(obs, &l.config_dir, 0o755, OwnerSpec::Invoker, Role::Config));
-    items.push(text_item(obs, &l.config_file, Role::Config, initial_config(inp.hub_url.as_deref()), 0o644, OwnerSpec::Invoker));
-    items.push(text_item(obs, &l.env_file, Role::Secrets, initial_env(inp.enroll_key.as_deref()), 0o600, svc_owner));
+    items.push(dir_item(
+        obs,
+        &l.config_dir,
+        0o755,
+        OwnerSpec::Invoker,
+        Role::Config,
+    ));
+    items.push(text_item(
+        obs,
+        &l.config_file,
+        Role::Config,
+        initial_config(inp.hub_url.as_deref()),
+        0o644,
+        OwnerSpec::Invoker,
+    ));
+    items.push(text_item(
+        obs,
+        &l.env_file,
+        Role::Secrets,
+        initial_env(inp.enroll_key.as_deref()),
+        0o600,
+        svc_owner,
+    ));
     items.push(dir_item(obs, &l.state_dir, 0o750, svc_owner, Role::State));
 
     if inp.hub_url.is_some() && matches!(obs.get(&l.config_file), Some(_)) {
@@ -364,13 +511,33 @@ pub fn plan_install(inp: &InstallInputs, obs: &Observed) -> InstallPlan {
     }
 
     let params = unit_params(inp);
-    items.push(dir_item(obs, &l.unit_dir, 0o755, OwnerSpec::Invoker, Role::Dir));
-    items.push(text_item(obs, &l.unit_file, Role::Unit, render::unit(&params), 0o644, OwnerSpec::Invoker));
+    items.push(dir_item(
+        obs,
+        &l.unit_dir,
+        0o755,
+        OwnerSpec::Invoker,
+        Role::Dir,
+    ));
+    items.push(text_item(
+        obs,
+        &l.unit_file,
+        Role::Unit,
+        render::unit(&params),
+        0o644,
+        OwnerSpec::Invoker,
+    ));
     if let Some(dropin) = &l.dropin_file {
         if let Some(dir) = dropin.parent() {
             items.push(dir_item(obs, dir, 0o755, OwnerSpec::Invoker, Role::Dir));
         }
-        items.push(text_item(obs, dropin, Role::Dropin, render::hardening_dropin(&params), 0o644, OwnerSpec::Invoker));
+        items.push(text_item(
+            obs,
+            dropin,
+            Role::Dropin,
+            render::hardening_dropin(&params),
+            0o644,
+            OwnerSpec::Invoker,
+        ));
     }
     if system {
         match inp.polkit {
@@ -401,19 +568,27 @@ pub fn plan_install(inp: &InstallInputs, obs: &Observed) -> InstallPlan {
         })
     };
     let unit_changed = changed(Role::Unit) || changed(Role::Dropin);
-    let runtime_changed = unit_changed || changed(Role::Binary) || changed(Role::Link) || changed(Role::Secrets);
+    let runtime_changed =
+        unit_changed || changed(Role::Binary) || changed(Role::Link) || changed(Role::Secrets);
     let unit_loaded = obs.unit.as_ref().is_some_and(|u| u.is_loaded());
     let active = obs.unit.as_ref().is_some_and(|u| u.is_active());
-    let enabled = obs.unit.as_ref().is_some_and(|u| u.unit_file_state == "enabled");
+    let enabled = obs
+        .unit
+        .as_ref()
+        .is_some_and(|u| u.unit_file_state == "enabled");
 
     let service = if !inp.start {
-        ServiceAction::None { reason: "--no-start".into() }
+        ServiceAction::None {
+            reason: "--no-start".into(),
+        }
     } else if !active {
         ServiceAction::Start
     } else if runtime_changed {
         ServiceAction::Restart
     } else {
-        ServiceAction::None { reason: "already running this version with these files".into() }
+        ServiceAction::None {
+            reason: "already running this version with these files".into(),
+        }
     };
 
     InstallPlan {
@@ -425,7 +600,9 @@ pub fn plan_install(inp: &InstallInputs, obs: &Observed) -> InstallPlan {
         daemon_reload: unit_changed || !unit_loaded,
         enable: !enabled,
         service,
-        wait_user_manager: (l.mode == Mode::User).then_some(inp.enable_linger.as_ref().map(|x| x.1)).flatten(),
+        wait_user_manager: (l.mode == Mode::User)
+            .then_some(inp.enable_linger.as_ref().map(|x| x.1))
+            .flatten(),
         warnings,
     }
 }
@@ -470,7 +647,12 @@ pub struct UninstallPlan {
 /// Paths an uninstall plan looks at.
 pub fn uninstall_paths(layout: &Layout, receipt: &Receipt) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = receipt.entries.iter().map(|e| e.path.clone()).collect();
-    v.extend([layout.config_file.clone(), layout.env_file.clone(), layout.state_dir.clone(), layout.config_dir.clone()]);
+    v.extend([
+        layout.config_file.clone(),
+        layout.env_file.clone(),
+        layout.state_dir.clone(),
+        layout.config_dir.clone(),
+    ]);
     v.sort();
     v.dedup();
     v
@@ -489,7 +671,15 @@ pub fn plan_uninstall(
     let mut entries: Vec<(PathBuf, Kind, Role, Option<String>, Option<PathBuf>)> = receipt
         .entries
         .iter()
-        .map(|e| (e.path.clone(), e.kind, e.role, e.sha256.clone(), e.target.clone()))
+        .map(|e| {
+            (
+                e.path.clone(),
+                e.kind,
+                e.role,
+                e.sha256.clone(),
+                e.target.clone(),
+            )
+        })
         .collect();
     if purge {
         // Purge also takes the operator's data even when a receipt lost track of it.
@@ -505,14 +695,21 @@ pub fn plan_uninstall(
         }
     }
     // Deepest paths first so directories empty out before we look at them.
-    entries.sort_by(|a, b| b.0.components().count().cmp(&a.0.components().count()).then(b.0.cmp(&a.0)));
+    entries.sort_by(|a, b| {
+        b.0.components()
+            .count()
+            .cmp(&a.0.components().count())
+            .then(b.0.cmp(&a.0))
+    });
     let mut removed: Vec<PathBuf> = Vec::new();
     for (path, kind, role, sha, target) in entries {
         let seen = obs.get(&path);
         let action = match (kind, seen) {
             (_, None) => RemoveAction::Missing,
             _ if role.is_user_data() && !purge => RemoveAction::KeepUserData,
-            (Kind::Dir, Some(Seen::Dir)) if purge && role.is_user_data() => RemoveAction::RemoveTree,
+            (Kind::Dir, Some(Seen::Dir)) if purge && role.is_user_data() => {
+                RemoveAction::RemoveTree
+            }
             (Kind::Dir, Some(Seen::Dir)) => {
                 if dir_has_foreign(&path, &removed) {
                     RemoveAction::KeepNotEmpty
@@ -537,10 +734,18 @@ pub fn plan_uninstall(
             _ if purge => RemoveAction::Remove,
             _ => RemoveAction::KeepModified,
         };
-        if matches!(action, RemoveAction::Remove | RemoveAction::RemoveTree | RemoveAction::Missing) {
+        if matches!(
+            action,
+            RemoveAction::Remove | RemoveAction::RemoveTree | RemoveAction::Missing
+        ) {
             removed.push(path.clone());
         }
-        removals.push(Removal { path, kind, role, action });
+        removals.push(Removal {
+            path,
+            kind,
+            role,
+            action,
+        });
     }
     UninstallPlan {
         mode: layout.mode,
@@ -548,7 +753,11 @@ pub fn plan_uninstall(
         layout: layout.clone(),
         stop_and_disable: obs.unit.as_ref().is_none_or(|u| u.is_loaded()),
         removals,
-        delete_user: if purge { receipt.created_user.clone() } else { None },
+        delete_user: if purge {
+            receipt.created_user.clone()
+        } else {
+            None
+        },
         disable_linger: receipt.linger_enabled_for.clone(),
     }
 }

@@ -81,11 +81,17 @@ pub struct Receipt {
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiptError {
     #[error("cannot read install receipt {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("install receipt {path} is corrupt: {message}")]
     Corrupt { path: PathBuf, message: String },
     #[error("cannot write install receipt {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Receipt {
@@ -114,12 +120,17 @@ impl Receipt {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(ReceiptError::Read { path, source: e }),
         };
-        let r: Receipt = serde_json::from_str(&text)
-            .map_err(|e| ReceiptError::Corrupt { path: path.clone(), message: e.to_string() })?;
+        let r: Receipt = serde_json::from_str(&text).map_err(|e| ReceiptError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         if r.schema != SCHEMA {
             return Err(ReceiptError::Corrupt {
                 path,
-                message: format!("schema {} is not supported (this outpost reads {SCHEMA})", r.schema),
+                message: format!(
+                    "schema {} is not supported (this outpost reads {SCHEMA})",
+                    r.schema
+                ),
             });
         }
         Ok(Some(r))
@@ -175,10 +186,17 @@ mod tests {
         let l = Layout::system(d.path());
         std::fs::create_dir_all(l.host(&l.state_dir)).unwrap();
         std::fs::write(l.host(&l.receipt_file()), "{").unwrap();
-        assert!(matches!(Receipt::load(&l), Err(ReceiptError::Corrupt { .. })));
+        assert!(matches!(
+            Receipt::load(&l),
+            Err(ReceiptError::Corrupt { .. })
+        ));
         let mut r = sample();
         r.schema = 99;
-        std::fs::write(l.host(&l.receipt_file()), serde_json::to_string(&r).unwrap()).unwrap();
+        std::fs::write(
+            l.host(&l.receipt_file()),
+            serde_json::to_string(&r).unwrap(),
+        )
+        .unwrap();
         let e = Receipt::load(&l).unwrap_err().to_string();
         assert!(e.contains("schema 99"), "{e}");
     }

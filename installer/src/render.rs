@@ -69,8 +69,15 @@ pub fn validate(p: &UnitParams) -> Result<(), RenderError> {
 }
 
 fn check_path(path: &Path) -> Result<(), RenderError> {
-    let err = |why| Err(RenderError::Path { path: path.to_path_buf(), why });
-    let Some(s) = path.to_str() else { return err("not valid UTF-8") };
+    let err = |why| {
+        Err(RenderError::Path {
+            path: path.to_path_buf(),
+            why,
+        })
+    };
+    let Some(s) = path.to_str() else {
+        return err("not valid UTF-8");
+    };
     if !path.is_absolute() {
         return err("not absolute");
     }
@@ -93,7 +100,11 @@ fn spec(s: &str) -> String {
 /// escaped. `dollar` also doubles `$` (`ExecStart=` expands `$VAR`).
 fn word(s: &str, dollar: bool) -> String {
     let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+,:@=%".contains(c);
-    let s = if dollar { s.replace('$', "$$") } else { s.to_owned() };
+    let s = if dollar {
+        s.replace('$', "$$")
+    } else {
+        s.to_owned()
+    };
     if s.chars().all(safe) && !s.is_empty() {
         return spec(&s);
     }
@@ -129,10 +140,14 @@ pub fn unit(p: &UnitParams) -> String {
         u.push_str(&s);
         u.push('\n');
     };
-    line(format!("# Managed by outpost — do not edit; use a drop-in ({})", edit_hint(p.mode)));
+    line(format!(
+        "# Managed by outpost — do not edit; use a drop-in ({})",
+        edit_hint(p.mode)
+    ));
     line("[Unit]".into());
     line("Description=outpost agent".into());
-    line("Documentation=man:outpost(1)".into());
+    // No Documentation=man:…: hosts rarely have the page installed and `systemd-analyze verify`
+    // fails on a man page it cannot open. `outpost --help` and `outpost status` are the docs.
     if system {
         line("Wants=network-online.target".into());
         line("After=network-online.target".into());
@@ -143,7 +158,10 @@ pub fn unit(p: &UnitParams) -> String {
     line("[Service]".into());
     line("Type=notify".into());
     line("NotifyAccess=main".into());
-    line(format!("ExecStart={} agent run", word(&path_str(&p.exec), true)));
+    line(format!(
+        "ExecStart={} agent run",
+        word(&path_str(&p.exec), true)
+    ));
     for (k, v) in [
         (env::MODE, p.mode.as_str().into()),
         (env::CONFIG, path_str(&p.config_file)),
@@ -167,7 +185,14 @@ pub fn unit(p: &UnitParams) -> String {
     line("TimeoutStopSec=30".into());
     line(String::new());
     line("[Install]".into());
-    line(format!("WantedBy={}", if system { "multi-user.target" } else { "default.target" }));
+    line(format!(
+        "WantedBy={}",
+        if system {
+            "multi-user.target"
+        } else {
+            "default.target"
+        }
+    ));
     u
 }
 
@@ -177,12 +202,21 @@ pub fn hardening_dropin(p: &UnitParams) -> String {
     debug_assert!(validate(p).is_ok(), "unvalidated unit params {p:?}");
     let rw = format!("ReadWritePaths={}", word(&path_str(&p.state_dir), false));
     let settings: [(&str, &str); 26] = [
-        ("NoNewPrivileges=yes", "no setuid or file-capability escalation"),
-        ("ProtectSystem=strict", "the whole file system is read-only…"),
+        (
+            "NoNewPrivileges=yes",
+            "no setuid or file-capability escalation",
+        ),
+        (
+            "ProtectSystem=strict",
+            "the whole file system is read-only…",
+        ),
         (&rw, "…except the state directory"),
         ("ProtectHome=yes", "no access to /home, /root, /run/user"),
         ("PrivateTmp=yes", "own /tmp and /var/tmp"),
-        ("PrivateDevices=yes", "only pseudo devices (null, zero, random, …)"),
+        (
+            "PrivateDevices=yes",
+            "only pseudo devices (null, zero, random, …)",
+        ),
         ("ProtectKernelTunables=yes", "/proc/sys, /sys are read-only"),
         ("ProtectKernelModules=yes", "no module loading"),
         ("ProtectKernelLogs=yes", "no kernel log access"),
@@ -193,20 +227,45 @@ pub fn hardening_dropin(p: &UnitParams) -> String {
         ("RestrictRealtime=yes", "no realtime scheduling"),
         ("RestrictSUIDSGID=yes", "cannot create setuid/setgid files"),
         ("LockPersonality=yes", "cannot change the execution domain"),
-        ("MemoryDenyWriteExecute=yes", "no writable and executable memory"),
-        ("SystemCallArchitectures=native", "native system call ABI only"),
-        ("SystemCallFilter=@system-service", "system calls a typical service needs…"),
-        ("SystemCallErrorNumber=EPERM", "…others fail with EPERM instead of killing the agent"),
-        ("RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK", "local sockets, IP, netlink (interface state)"),
-        ("CapabilityBoundingSet=", "no capabilities, even if started as root"),
+        (
+            "MemoryDenyWriteExecute=yes",
+            "no writable and executable memory",
+        ),
+        (
+            "SystemCallArchitectures=native",
+            "native system call ABI only",
+        ),
+        (
+            "SystemCallFilter=@system-service",
+            "system calls a typical service needs…",
+        ),
+        (
+            "SystemCallErrorNumber=EPERM",
+            "…others fail with EPERM instead of killing the agent",
+        ),
+        (
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+            "local sockets, IP, netlink (interface state)",
+        ),
+        (
+            "CapabilityBoundingSet=",
+            "no capabilities, even if started as root",
+        ),
         ("AmbientCapabilities=", "and none passed in"),
         ("UMask=0077", "files the agent creates are private"),
-        ("ProtectProc=invisible", "other users' processes are hidden in /proc"),
+        (
+            "ProtectProc=invisible",
+            "other users' processes are hidden in /proc",
+        ),
         ("KeyringMode=private", "own kernel keyring"),
     ];
     let mut out = String::new();
     // Writing to a String cannot fail, so the fmt::Result is ignored below.
-    let _ = writeln!(out, "# Managed by outpost — do not edit; use another drop-in ({})", edit_hint(p.mode));
+    let _ = writeln!(
+        out,
+        "# Managed by outpost — do not edit; use another drop-in ({})",
+        edit_hint(p.mode)
+    );
     let _ = writeln!(out, "[Service]");
     for (setting, why) in settings {
         let _ = writeln!(out, "# {why}");
@@ -252,7 +311,11 @@ mod tests {
     use super::*;
 
     fn system() -> UnitParams {
-        UnitParams::from_layout(&Layout::system(Path::new("/")), Some("outpost".into()), Some("outpost".into()))
+        UnitParams::from_layout(
+            &Layout::system(Path::new("/")),
+            Some("outpost".into()),
+            Some("outpost".into()),
+        )
     }
     fn user(home: &str) -> UnitParams {
         UnitParams::from_layout(&Layout::user(Path::new("/"), Path::new(home)), None, None)
@@ -270,7 +333,6 @@ mod tests {
             "# Managed by outpost — do not edit; use a drop-in (systemctl edit outpost)",
             "[Unit]",
             "Description=outpost agent",
-            "Documentation=man:outpost(1)",
             "StartLimitIntervalSec=300",
             "StartLimitBurst=5",
             "Wants=network-online.target",
@@ -298,9 +360,18 @@ mod tests {
         // Settings sit in the right sections.
         let section = |key: &str| {
             let i = l.iter().position(|x| x.starts_with(key)).expect(key);
-            *l[..i].iter().rev().find(|x| x.starts_with('[')).expect("section")
+            *l[..i]
+                .iter()
+                .rev()
+                .find(|x| x.starts_with('['))
+                .expect("section")
         };
-        for (key, sec) in [("StartLimitBurst=", "[Unit]"), ("After=", "[Unit]"), ("WatchdogSec=", "[Service]"), ("WantedBy=", "[Install]")] {
+        for (key, sec) in [
+            ("StartLimitBurst=", "[Unit]"),
+            ("After=", "[Unit]"),
+            ("WatchdogSec=", "[Service]"),
+            ("WantedBy=", "[Install]"),
+        ] {
             assert_eq!(section(key), sec, "{key}");
         }
         assert!(!u.contains("0.1"), "no version in the unit");
@@ -322,8 +393,17 @@ mod tests {
         ] {
             assert!(l.contains(&want), "missing {want:?} in\n{u}");
         }
-        for absent in ["User=", "Group=", "After=network-online.target", "Wants=", "multi-user.target"] {
-            assert!(!l.iter().any(|x| x.starts_with(absent)), "unexpected {absent:?} in\n{u}");
+        for absent in [
+            "User=",
+            "Group=",
+            "After=network-online.target",
+            "Wants=",
+            "multi-user.target",
+        ] {
+            assert!(
+                !l.iter().any(|x| x.starts_with(absent)),
+                "unexpected {absent:?} in\n{u}"
+            );
         }
         // User/group are ignored in user mode even if set.
         let mut p = user("/home/alice");
@@ -377,11 +457,31 @@ mod tests {
     fn validate_refuses() {
         type Edit = fn(&mut UnitParams);
         let cases: Vec<(&str, Edit, &str)> = vec![
-            ("relative", |p| p.exec = "opt/outpost".into(), "cannot use opt/outpost in a systemd unit: not absolute"),
-            ("newline", |p| p.config_file = "/etc/a\nb".into(), "contains a control character"),
-            ("trailing blank", |p| p.env_file = "/etc/env ".into(), "ends with whitespace"),
-            ("bad user", |p| p.user = Some("Bad User".into()), "invalid user or group name \"Bad User\""),
-            ("bad group", |p| p.group = Some("g$".into()), "invalid user or group name \"g$\""),
+            (
+                "relative",
+                |p| p.exec = "opt/outpost".into(),
+                "cannot use opt/outpost in a systemd unit: not absolute",
+            ),
+            (
+                "newline",
+                |p| p.config_file = "/etc/a\nb".into(),
+                "contains a control character",
+            ),
+            (
+                "trailing blank",
+                |p| p.env_file = "/etc/env ".into(),
+                "ends with whitespace",
+            ),
+            (
+                "bad user",
+                |p| p.user = Some("Bad User".into()),
+                "invalid user or group name \"Bad User\"",
+            ),
+            (
+                "bad group",
+                |p| p.group = Some("g$".into()),
+                "invalid user or group name \"g$\"",
+            ),
         ];
         for (name, f, want) in cases {
             let mut p = system();
@@ -395,7 +495,10 @@ mod tests {
             use std::os::unix::ffi::OsStrExt;
             let mut p = system();
             p.state_dir = PathBuf::from(std::ffi::OsStr::from_bytes(b"/var/lib/\xff"));
-            assert!(validate(&p).expect_err("non-utf8").to_string().contains("not valid UTF-8"));
+            assert!(validate(&p)
+                .expect_err("non-utf8")
+                .to_string()
+                .contains("not valid UTF-8"));
         }
         assert_eq!(validate(&system()), Ok(()));
     }

@@ -26,11 +26,21 @@ struct StatusReport<'a> {
     paths: &'a Layout,
 }
 
-pub fn run(probe: &dyn Probe, host: &dyn Host, root: &Path, mode: Option<crate::layout::Mode>, json: bool, out: &mut dyn Write) -> Result<i32> {
+pub fn run(
+    probe: &dyn Probe,
+    host: &dyn Host,
+    root: &Path,
+    mode: Option<crate::layout::Mode>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<i32> {
     let (layout, receipt) = crate::uninstall::find_install(probe, root, mode)?;
     let receipt: Option<Receipt> = receipt.filter(|r| r.uninstalled_at.is_none());
     let scope = crate::uninstall::scope(&layout, probe.euid());
-    let (unit, unit_error) = match host.service_manager(scope).and_then(|s| s.status(crate::UNIT)) {
+    let (unit, unit_error) = match host
+        .service_manager(scope)
+        .and_then(|s| s.status(crate::UNIT))
+    {
         Ok(u) => (Some(u), None),
         Err(e) => (None, Some(e.to_string())),
     };
@@ -47,18 +57,42 @@ pub fn run(probe: &dyn Probe, host: &dyn Host, root: &Path, mode: Option<crate::
     };
     let running = receipt.is_some() && unit.as_ref().is_some_and(|u| u.is_active());
     if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&report).unwrap_or_default()).ok();
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        )
+        .ok();
         return Ok(if running { exit::OK } else { NOT_RUNNING });
     }
     let Some(r) = &receipt else {
-        writeln!(out, "outpost is not installed ({} mode: no receipt at {})", layout.mode, layout.receipt_file().display()).ok();
-        writeln!(out, "next: `sudo outpost install` (system) or `outpost install --user`").ok();
+        writeln!(
+            out,
+            "outpost is not installed ({} mode: no receipt at {})",
+            layout.mode,
+            layout.receipt_file().display()
+        )
+        .ok();
+        writeln!(
+            out,
+            "next: `sudo outpost install` (system) or `outpost install --user`"
+        )
+        .ok();
         return Ok(NOT_RUNNING);
     };
-    writeln!(out, "outpost {} ({} mode, runs as {})", r.version, r.mode, r.service_user).ok();
+    writeln!(
+        out,
+        "outpost {} ({} mode, runs as {})",
+        r.version, r.mode, r.service_user
+    )
+    .ok();
     match (&unit, &report.unit_error) {
         (Some(u), _) => {
-            let pid = if u.main_pid > 0 { format!(", pid {}", u.main_pid) } else { String::new() };
+            let pid = if u.main_pid > 0 {
+                format!(", pid {}", u.main_pid)
+            } else {
+                String::new()
+            };
             writeln!(
                 out,
                 "  service    {} {} ({}){pid}, {} restart(s), {}",
@@ -66,7 +100,11 @@ pub fn run(probe: &dyn Probe, host: &dyn Host, root: &Path, mode: Option<crate::
                 u.active_state,
                 u.sub_state,
                 u.n_restarts,
-                if u.unit_file_state.is_empty() { "unknown" } else { &u.unit_file_state }
+                if u.unit_file_state.is_empty() {
+                    "unknown"
+                } else {
+                    &u.unit_file_state
+                }
             )
             .ok();
         }
@@ -81,8 +119,16 @@ pub fn run(probe: &dyn Probe, host: &dyn Host, root: &Path, mode: Option<crate::
     writeln!(out, "  secrets    {}", layout.env_file.display()).ok();
     writeln!(out, "  state      {}", layout.state_dir.display()).ok();
     if !running {
-        let j = if layout.mode == crate::layout::Mode::User { "journalctl --user -u outpost -n 50" } else { "journalctl -u outpost -n 50" };
-        writeln!(out, "next: `{j}` shows why it is not running; `outpost start` starts it").ok();
+        let j = if layout.mode == crate::layout::Mode::User {
+            "journalctl --user -u outpost -n 50"
+        } else {
+            "journalctl -u outpost -n 50"
+        };
+        writeln!(
+            out,
+            "next: `{j}` shows why it is not running; `outpost start` starts it"
+        )
+        .ok();
     }
     Ok(if running { exit::OK } else { NOT_RUNNING })
 }
@@ -90,17 +136,26 @@ pub fn run(probe: &dyn Probe, host: &dyn Host, root: &Path, mode: Option<crate::
 pub fn render_detection(d: &Detection) -> String {
     let mut s = String::new();
     let distro = match &d.distro {
-        Distro::Ubuntu { version, desktop } => format!("ubuntu {} ({})", version.as_deref().unwrap_or("?"), if *desktop { "desktop" } else { "server" }),
+        Distro::Ubuntu { version, desktop } => format!(
+            "ubuntu {} ({})",
+            version.as_deref().unwrap_or("?"),
+            if *desktop { "desktop" } else { "server" }
+        ),
         Distro::Debian { version } => format!("debian {}", version.as_deref().unwrap_or("?")),
         Distro::DietPi => "dietpi".into(),
-        Distro::RaspberryPiOs { version } => format!("raspberry pi os {}", version.as_deref().unwrap_or("?")),
+        Distro::RaspberryPiOs { version } => {
+            format!("raspberry pi os {}", version.as_deref().unwrap_or("?"))
+        }
         Distro::Alpine { version } => format!("alpine {}", version.as_deref().unwrap_or("?")),
         Distro::Other { id } => format!("{id} (untested)"),
     };
     let pretty = d.os_release.pretty_name.as_deref().unwrap_or("");
     s.push_str(&format!("distro       {distro}  [{pretty}]\n"));
     let init = match &d.topology.init {
-        Init::Systemd { version } => format!("systemd {} (PID 1)", version.map(|v| v.to_string()).unwrap_or_else(|| "?".into())),
+        Init::Systemd { version } => format!(
+            "systemd {} (PID 1)",
+            version.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
+        ),
         Init::Other { name } => format!("{name} (not systemd)"),
     };
     s.push_str(&format!("init         {init}\n"));
@@ -119,12 +174,23 @@ pub fn render_detection(d: &Detection) -> String {
             t.account.name,
             if t.linger { "on" } else { "off" },
             t.account.uid,
-            if t.manager_running { "running" } else { "not running" },
+            if t.manager_running {
+                "running"
+            } else {
+                "not running"
+            },
             if t.bus { "present" } else { "absent" }
         ));
     }
     match &d.topology.polkit {
-        Some(p) => s.push_str(&format!("polkit       {} ({:?})\n", p.version.as_deref().unwrap_or("?"), p.flavor).to_lowercase()),
+        Some(p) => s.push_str(
+            &format!(
+                "polkit       {} ({:?})\n",
+                p.version.as_deref().unwrap_or("?"),
+                p.flavor
+            )
+            .to_lowercase(),
+        ),
         None => s.push_str("polkit       not found\n"),
     }
     s.push_str(&format!("arch         {}\n", d.topology.arch));
@@ -133,7 +199,10 @@ pub fn render_detection(d: &Detection) -> String {
         None => {
             let r = &d.recommendation;
             let linger = if r.enable_linger { " + linger" } else { "" };
-            s.push_str(&format!("recommended  {} mode{linger}: {}\n", r.mode, r.reason));
+            s.push_str(&format!(
+                "recommended  {} mode{linger}: {}\n",
+                r.mode, r.reason
+            ));
         }
     }
     for w in &d.warnings {

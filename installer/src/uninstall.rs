@@ -11,15 +11,26 @@ use std::path::{Path, PathBuf};
 
 /// The install a command acts on: `--system`/`--user` if given, else the one with a receipt
 /// (the caller's own user install first for non-root callers, the system one for root).
-pub fn find_install(probe: &dyn Probe, root: &Path, mode: Option<Mode>) -> Result<(Layout, Option<Receipt>)> {
+pub fn find_install(
+    probe: &dyn Probe,
+    root: &Path,
+    mode: Option<Mode>,
+) -> Result<(Layout, Option<Receipt>)> {
     let det = detect::probe::detect(probe);
     let euid = probe.euid();
-    let user_layout = det.topology.target_user.as_ref().map(|t| Layout::user(root, &t.account.home));
+    let user_layout = det
+        .topology
+        .target_user
+        .as_ref()
+        .map(|t| Layout::user(root, &t.account.home));
     let system = Layout::system(root);
     let candidates: Vec<Layout> = match (mode, euid) {
         (Some(Mode::System), _) => vec![system],
         (Some(Mode::User), 0) if det.topology.sudo_user.is_none() => {
-            return Err(Error::usage("root has no user install", "run the command as the user who installed outpost"))
+            return Err(Error::usage(
+                "root has no user install",
+                "run the command as the user who installed outpost",
+            ))
         }
         (Some(Mode::User), _) => user_layout.into_iter().collect(),
         (None, 0) => vec![system],
@@ -30,7 +41,10 @@ pub fn find_install(probe: &dyn Probe, root: &Path, mode: Option<Mode>) -> Resul
             return Ok((l.clone(), Some(r)));
         }
     }
-    let l = candidates.into_iter().next().ok_or_else(|| Error::usage("no install location for this user", "pass --system"))?;
+    let l = candidates
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::usage("no install location for this user", "pass --system"))?;
     Ok((l, None))
 }
 
@@ -50,14 +64,40 @@ pub struct UninstallArgs {
     pub root: PathBuf,
 }
 
+/// Whether `dir` holds anything but empty directories, our enable symlink and paths this
+/// uninstall removes.
+/// (systemd leaves an empty `default.target.wants/` behind after disable; that is not the
+/// operator's.)
 fn dir_has_foreign(layout: &Layout) -> impl Fn(&Path, &[PathBuf]) -> bool + '_ {
-    move |dir: &Path, removed: &[PathBuf]| match std::fs::read_dir(layout.host(dir)) {
-        Ok(rd) => rd.flatten().any(|e| !removed.contains(&dir.join(e.file_name()))),
-        Err(_) => true,
+    move |dir: &Path, removed: &[PathBuf]| {
+        fn foreign(host_dir: &Path, dir: &Path, removed: &[PathBuf]) -> bool {
+            let Ok(rd) = std::fs::read_dir(host_dir) else {
+                return true;
+            };
+            rd.flatten().any(|e| {
+                let p = dir.join(e.file_name());
+                // Our enable symlink (`*.wants/outpost.service`) goes with the disable.
+                let wants_link =
+                    e.file_name() == crate::UNIT && dir.extension().is_some_and(|x| x == "wants");
+                if removed.contains(&p) || wants_link {
+                    return false;
+                }
+                match e.file_type() {
+                    Ok(t) if t.is_dir() => foreign(&e.path(), &p, removed),
+                    _ => true,
+                }
+            })
+        }
+        foreign(&layout.host(dir), dir, removed)
     }
 }
 
-pub fn run(args: &UninstallArgs, probe: &dyn Probe, host: &dyn Host, out: &mut dyn Write) -> Result<()> {
+pub fn run(
+    args: &UninstallArgs,
+    probe: &dyn Probe,
+    host: &dyn Host,
+    out: &mut dyn Write,
+) -> Result<()> {
     let euid = probe.euid();
     let (layout, receipt) = find_install(probe, &args.root, args.mode)?;
     let receipt = receipt.ok_or_else(|| {
@@ -67,21 +107,36 @@ pub fn run(args: &UninstallArgs, probe: &dyn Probe, host: &dyn Host, out: &mut d
         )
     })?;
     if layout.mode == Mode::System && euid != 0 {
-        return Err(Error::usage("uninstalling the system service needs root", "run `sudo outpost uninstall`"));
+        return Err(Error::usage(
+            "uninstalling the system service needs root",
+            "run `sudo outpost uninstall`",
+        ));
     }
     let paths = plan::uninstall_paths(&layout, &receipt);
     let mut obs = Observed {
-        paths: plan::observe_paths(&layout, &paths).map_err(|e| Error::failed(e.to_string(), "check permissions"))?,
+        paths: plan::observe_paths(&layout, &paths)
+            .map_err(|e| Error::failed(e.to_string(), "check permissions"))?,
         ..Default::default()
     };
     if let Ok(svc) = host.service_manager(scope(&layout, euid)) {
         obs.unit = Some(svc.status(crate::UNIT)?);
     }
-    let p = plan::plan_uninstall(&layout, &receipt, &obs, args.purge, &dir_has_foreign(&layout));
+    let p = plan::plan_uninstall(
+        &layout,
+        &receipt,
+        &obs,
+        args.purge,
+        &dir_has_foreign(&layout),
+    );
     let verb = if args.purge { "purge" } else { "uninstall" };
     if args.dry_run {
         if args.json {
-            writeln!(out, "{}", serde_json::to_string_pretty(&p).unwrap_or_default()).ok();
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&p).unwrap_or_default()
+            )
+            .ok();
         } else {
             writeln!(out, "would {verb} outpost ({} mode)", layout.mode).ok();
             if p.stop_and_disable {
@@ -109,15 +164,30 @@ pub fn run(args: &UninstallArgs, probe: &dyn Probe, host: &dyn Host, out: &mut d
     }
     let outcome = apply::apply_uninstall(&p, &receipt, host, euid, out)?;
     if args.json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&outcome).unwrap_or_default()).ok();
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&outcome).unwrap_or_default()
+        )
+        .ok();
         return Ok(());
     }
-    writeln!(out, "{verb}: removed {} path(s) ({} mode)", outcome.removed.len(), layout.mode).ok();
+    writeln!(
+        out,
+        "{verb}: removed {} path(s) ({} mode)",
+        outcome.removed.len(),
+        layout.mode
+    )
+    .ok();
     for (path, why) in &outcome.kept {
         writeln!(out, "  kept {} ({why})", path.display()).ok();
     }
     if !args.purge && !outcome.kept.is_empty() {
-        let sudo = if layout.mode == Mode::System { "sudo " } else { "" };
+        let sudo = if layout.mode == Mode::System {
+            "sudo "
+        } else {
+            ""
+        };
         writeln!(out, "next: `{sudo}outpost install` to reinstall with this config, or `{sudo}outpost uninstall --purge` to remove it too").ok();
     }
     Ok(())

@@ -26,7 +26,12 @@ fn parse_passwd_line(line: &str) -> Option<Account> {
     if f.len() < 7 || f[0].is_empty() {
         return None;
     }
-    Some(Account { name: f[0].to_owned(), uid: f[2].parse().ok()?, gid: f[3].parse().ok()?, home: PathBuf::from(f[5]) })
+    Some(Account {
+        name: f[0].to_owned(),
+        uid: f[2].parse().ok()?,
+        gid: f[3].parse().ok()?,
+        home: PathBuf::from(f[5]),
+    })
 }
 
 /// Group names from `/etc/group` text (same skipping rules as [`parse_passwd`]).
@@ -35,28 +40,37 @@ pub fn parse_group_names(text: &str) -> Vec<String> {
         .filter(|l| !l.trim().is_empty() && !l.starts_with(['#', '+', '-']))
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            (f.len() >= 3 && !f[0].is_empty() && f[2].parse::<u32>().is_ok()).then(|| f[0].to_owned())
+            (f.len() >= 3 && !f[0].is_empty() && f[2].parse::<u32>().is_ok())
+                .then(|| f[0].to_owned())
         })
         .collect()
 }
 
 fn read_under(root: &Path, host_path: &str) -> Result<String, UsersError> {
-    Ok(fs_err::read_to_string(root.join(host_path.trim_start_matches('/')))?)
+    Ok(fs_err::read_to_string(
+        root.join(host_path.trim_start_matches('/')),
+    )?)
 }
 
 /// The passwd entry named `name` in `<root>/etc/passwd`.
 pub fn by_name(root: &Path, name: &str) -> Result<Option<Account>, UsersError> {
-    Ok(parse_passwd(&read_under(root, "/etc/passwd")?).into_iter().find(|a| a.name == name))
+    Ok(parse_passwd(&read_under(root, "/etc/passwd")?)
+        .into_iter()
+        .find(|a| a.name == name))
 }
 
 /// The first passwd entry with `uid` in `<root>/etc/passwd`.
 pub fn by_uid(root: &Path, uid: u32) -> Result<Option<Account>, UsersError> {
-    Ok(parse_passwd(&read_under(root, "/etc/passwd")?).into_iter().find(|a| a.uid == uid))
+    Ok(parse_passwd(&read_under(root, "/etc/passwd")?)
+        .into_iter()
+        .find(|a| a.uid == uid))
 }
 
 /// Whether `<root>/etc/group` has a group named `name`.
 pub fn group_exists(root: &Path, name: &str) -> Result<bool, UsersError> {
-    Ok(parse_group_names(&read_under(root, "/etc/group")?).iter().any(|g| g == name))
+    Ok(parse_group_names(&read_under(root, "/etc/group")?)
+        .iter()
+        .any(|g| g == name))
 }
 
 /// POSIX-portable user/group name: `[a-z_][a-z0-9_-]{0,31}` (no trailing `$`, no uppercase).
@@ -65,7 +79,9 @@ pub fn valid_username(name: &str) -> bool {
     !b.is_empty()
         && b.len() <= 32
         && (b[0].is_ascii_lowercase() || b[0] == b'_')
-        && b[1..].iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+        && b[1..]
+            .iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
 }
 
 /// argv for creating the system service user with its own group and no login shell.
@@ -101,14 +117,18 @@ mod tests {
     use super::*;
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/passwd");
-    const PASSWD: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/passwd/passwd"));
+    const PASSWD: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/passwd/passwd"
+    ));
 
     /// A root with the passwd fixtures at `etc/`.
     fn root() -> tempfile::TempDir {
         let d = tempfile::tempdir().expect("tempdir");
         fs_err::create_dir_all(d.path().join("etc")).expect("mkdir");
         for f in ["passwd", "group"] {
-            fs_err::copy(Path::new(FIXTURES).join(f), d.path().join("etc").join(f)).expect("copy fixture");
+            fs_err::copy(Path::new(FIXTURES).join(f), d.path().join("etc").join(f))
+                .expect("copy fixture");
         }
         d
     }
@@ -119,24 +139,69 @@ mod tests {
         let names: Vec<&str> = accounts.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(
             names,
-            ["root", "daemon", "bin", "sys", "nobody", "systemd-network", "messagebus", "polkitd", "outpost", "alice", "bob"]
+            [
+                "root",
+                "daemon",
+                "bin",
+                "sys",
+                "nobody",
+                "systemd-network",
+                "messagebus",
+                "polkitd",
+                "outpost",
+                "alice",
+                "bob"
+            ]
         );
         let bob = accounts.iter().find(|a| a.name == "bob").expect("bob");
-        assert_eq!((bob.uid, bob.gid, bob.home.as_path()), (1001, 1001, Path::new("/home/Bob Space")));
+        assert_eq!(
+            (bob.uid, bob.gid, bob.home.as_path()),
+            (1001, 1001, Path::new("/home/Bob Space"))
+        );
     }
 
     #[test]
     fn lookups_under_root() {
         let r = root();
-        let cases: &[(&str, Option<u32>)] = &[("root", Some(0)), ("alice", Some(1000)), ("outpost", Some(996)), ("mallory", None), ("badpuid", None), ("+nisuser", None), ("", None)];
+        let cases: &[(&str, Option<u32>)] = &[
+            ("root", Some(0)),
+            ("alice", Some(1000)),
+            ("outpost", Some(996)),
+            ("mallory", None),
+            ("badpuid", None),
+            ("+nisuser", None),
+            ("", None),
+        ];
         for (name, uid) in cases {
-            assert_eq!(by_name(r.path(), name).expect("read").map(|a| a.uid), *uid, "{name}");
+            assert_eq!(
+                by_name(r.path(), name).expect("read").map(|a| a.uid),
+                *uid,
+                "{name}"
+            );
         }
-        let cases: &[(u32, Option<&str>)] = &[(0, Some("root")), (1000, Some("alice")), (65534, Some("nobody")), (4242, None)];
+        let cases: &[(u32, Option<&str>)] = &[
+            (0, Some("root")),
+            (1000, Some("alice")),
+            (65534, Some("nobody")),
+            (4242, None),
+        ];
         for (uid, name) in cases {
-            assert_eq!(by_uid(r.path(), *uid).expect("read").map(|a| a.name).as_deref(), *name, "{uid}");
+            assert_eq!(
+                by_uid(r.path(), *uid)
+                    .expect("read")
+                    .map(|a| a.name)
+                    .as_deref(),
+                *name,
+                "{uid}"
+            );
         }
-        let cases: &[(&str, bool)] = &[("sudo", true), ("outpost-admins", true), ("outpost", true), ("wheel", false), ("alice,bob", false)];
+        let cases: &[(&str, bool)] = &[
+            ("sudo", true),
+            ("outpost-admins", true),
+            ("outpost", true),
+            ("wheel", false),
+            ("alice,bob", false),
+        ];
         for (g, want) in cases {
             assert_eq!(group_exists(r.path(), g).expect("read"), *want, "{g}");
         }
@@ -145,12 +210,19 @@ mod tests {
     #[test]
     fn missing_file_error_names_path_once() {
         let d = tempfile::tempdir().expect("tempdir");
-        let err = by_name(d.path(), "root").expect_err("no passwd").to_string();
+        let err = by_name(d.path(), "root")
+            .expect_err("no passwd")
+            .to_string();
         let path = d.path().join("etc/passwd").display().to_string();
-        assert!(err.starts_with(&format!("failed to open file `{path}`: ")), "{err}");
+        assert!(
+            err.starts_with(&format!("failed to open file `{path}`: ")),
+            "{err}"
+        );
         assert_eq!(err.matches(&path).count(), 1, "{err}");
         assert!(!err.contains('\n'));
-        let err = group_exists(d.path(), "sudo").expect_err("no group").to_string();
+        let err = group_exists(d.path(), "sudo")
+            .expect_err("no group")
+            .to_string();
         assert!(err.contains("etc/group"), "{err}");
     }
 

@@ -210,7 +210,11 @@ impl Testbed {
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {}: {e}", self.script.display()));
@@ -239,7 +243,13 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 fn machine_name(name: &str) -> String {
     let mut s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     s.truncate(36);
     let s = s.trim_matches('-');

@@ -26,13 +26,24 @@ pub struct OsRelease {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "family", rename_all = "snake_case")]
 pub enum Distro {
-    Ubuntu { version: Option<String>, desktop: bool },
-    Debian { version: Option<String> },
+    Ubuntu {
+        version: Option<String>,
+        desktop: bool,
+    },
+    Debian {
+        version: Option<String>,
+    },
     DietPi,
-    RaspberryPiOs { version: Option<String> },
-    Alpine { version: Option<String> },
+    RaspberryPiOs {
+        version: Option<String>,
+    },
+    Alpine {
+        version: Option<String>,
+    },
     /// A distro we have not tested; allowed (with a warning) when systemd is PID 1.
-    Other { id: String },
+    Other {
+        id: String,
+    },
 }
 
 /// What runs as PID 1.

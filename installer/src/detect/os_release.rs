@@ -24,7 +24,9 @@ pub struct DistroFacts {
 pub fn parse(text: &str) -> OsRelease {
     let mut os = OsRelease::default();
     for line in text.lines() {
-        let Some((key, value)) = parse_line(line) else { continue };
+        let Some((key, value)) = parse_line(line) else {
+            continue;
+        };
         let opt = |v: String| if v.is_empty() { None } else { Some(v) };
         match key {
             "ID" => os.id = value,
@@ -48,9 +50,15 @@ fn parse_line(line: &str) -> Option<(&str, String)> {
     if line.is_empty() || line.starts_with('#') {
         return None;
     }
-    let line = line.strip_prefix("export ").map(str::trim_start).unwrap_or(line);
+    let line = line
+        .strip_prefix("export ")
+        .map(str::trim_start)
+        .unwrap_or(line);
     let (key, raw) = line.split_once('=')?;
-    let valid_key = key.chars().enumerate().all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+    let valid_key = key
+        .chars()
+        .enumerate()
+        .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
     if key.is_empty() || !valid_key {
         return None;
     }
@@ -109,7 +117,10 @@ pub fn classify(os: &OsRelease, facts: &DistroFacts) -> Distro {
         "raspbian" => Distro::RaspberryPiOs { version },
         "debian" if facts.rpi => Distro::RaspberryPiOs { version },
         "debian" => Distro::Debian { version },
-        "ubuntu" => Distro::Ubuntu { version, desktop: facts.desktop },
+        "ubuntu" => Distro::Ubuntu {
+            version,
+            desktop: facts.desktop,
+        },
         "alpine" => Distro::Alpine { version },
         id => Distro::Other { id: id.to_owned() },
     }
@@ -121,7 +132,11 @@ mod tests {
 
     macro_rules! fixture {
         ($name:literal) => {
-            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/os-release/", $name))
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../tests/fixtures/os-release/",
+                $name
+            ))
         };
     }
 
@@ -132,27 +147,132 @@ mod tests {
     #[test]
     fn classifies_fixtures() {
         let none = DistroFacts::default();
-        let desktop = DistroFacts { desktop: true, ..none };
-        let dietpi = DistroFacts { dietpi: true, ..none };
+        let desktop = DistroFacts {
+            desktop: true,
+            ..none
+        };
+        let dietpi = DistroFacts {
+            dietpi: true,
+            ..none
+        };
         let rpi = DistroFacts { rpi: true, ..none };
         let cases: &[(&str, &str, DistroFacts, Distro)] = &[
-            ("ubuntu-22.04 server", fixture!("ubuntu-22.04"), none, Distro::Ubuntu { version: v("22.04"), desktop: false }),
-            ("ubuntu-22.04 desktop", fixture!("ubuntu-22.04"), desktop, Distro::Ubuntu { version: v("22.04"), desktop: true }),
-            ("ubuntu-24.04 server", fixture!("ubuntu-24.04"), none, Distro::Ubuntu { version: v("24.04"), desktop: false }),
-            ("ubuntu-24.04 desktop", fixture!("ubuntu-24.04"), desktop, Distro::Ubuntu { version: v("24.04"), desktop: true }),
-            ("debian-12", fixture!("debian-12"), none, Distro::Debian { version: v("12") }),
-            ("debian-12 with a desktop is still debian", fixture!("debian-12"), desktop, Distro::Debian { version: v("12") }),
-            ("debian-13", fixture!("debian-13"), none, Distro::Debian { version: v("13") }),
+            (
+                "ubuntu-22.04 server",
+                fixture!("ubuntu-22.04"),
+                none,
+                Distro::Ubuntu {
+                    version: v("22.04"),
+                    desktop: false,
+                },
+            ),
+            (
+                "ubuntu-22.04 desktop",
+                fixture!("ubuntu-22.04"),
+                desktop,
+                Distro::Ubuntu {
+                    version: v("22.04"),
+                    desktop: true,
+                },
+            ),
+            (
+                "ubuntu-24.04 server",
+                fixture!("ubuntu-24.04"),
+                none,
+                Distro::Ubuntu {
+                    version: v("24.04"),
+                    desktop: false,
+                },
+            ),
+            (
+                "ubuntu-24.04 desktop",
+                fixture!("ubuntu-24.04"),
+                desktop,
+                Distro::Ubuntu {
+                    version: v("24.04"),
+                    desktop: true,
+                },
+            ),
+            (
+                "debian-12",
+                fixture!("debian-12"),
+                none,
+                Distro::Debian { version: v("12") },
+            ),
+            (
+                "debian-12 with a desktop is still debian",
+                fixture!("debian-12"),
+                desktop,
+                Distro::Debian { version: v("12") },
+            ),
+            (
+                "debian-13",
+                fixture!("debian-13"),
+                none,
+                Distro::Debian { version: v("13") },
+            ),
             ("dietpi", fixture!("dietpi"), dietpi, Distro::DietPi),
-            ("dietpi without marker is debian", fixture!("dietpi"), none, Distro::Debian { version: v("12") }),
-            ("dietpi on a raspberry pi", fixture!("dietpi"), DistroFacts { dietpi: true, rpi: true, desktop: false }, Distro::DietPi),
-            ("raspios arm64 (ID=debian)", fixture!("raspios-bookworm-arm64"), rpi, Distro::RaspberryPiOs { version: v("12") }),
-            ("raspios armhf (ID=raspbian)", fixture!("raspios-bookworm-armhf"), none, Distro::RaspberryPiOs { version: v("12") }),
-            ("alpine-3.20", fixture!("alpine-3.20"), none, Distro::Alpine { version: v("3.20.3") }),
-            ("fedora-40", fixture!("fedora-40"), none, Distro::Other { id: "fedora".into() }),
-            ("ubuntu marker facts do not leak to fedora", fixture!("fedora-40"), dietpi, Distro::Other { id: "fedora".into() }),
+            (
+                "dietpi without marker is debian",
+                fixture!("dietpi"),
+                none,
+                Distro::Debian { version: v("12") },
+            ),
+            (
+                "dietpi on a raspberry pi",
+                fixture!("dietpi"),
+                DistroFacts {
+                    dietpi: true,
+                    rpi: true,
+                    desktop: false,
+                },
+                Distro::DietPi,
+            ),
+            (
+                "raspios arm64 (ID=debian)",
+                fixture!("raspios-bookworm-arm64"),
+                rpi,
+                Distro::RaspberryPiOs { version: v("12") },
+            ),
+            (
+                "raspios armhf (ID=raspbian)",
+                fixture!("raspios-bookworm-armhf"),
+                none,
+                Distro::RaspberryPiOs { version: v("12") },
+            ),
+            (
+                "alpine-3.20",
+                fixture!("alpine-3.20"),
+                none,
+                Distro::Alpine {
+                    version: v("3.20.3"),
+                },
+            ),
+            (
+                "fedora-40",
+                fixture!("fedora-40"),
+                none,
+                Distro::Other {
+                    id: "fedora".into(),
+                },
+            ),
+            (
+                "ubuntu marker facts do not leak to fedora",
+                fixture!("fedora-40"),
+                dietpi,
+                Distro::Other {
+                    id: "fedora".into(),
+                },
+            ),
             ("empty file", "", none, Distro::Other { id: "linux".into() }),
-            ("derivative via ID_LIKE only", "ID=linuxmint\nID_LIKE=\"ubuntu debian\"\n", none, Distro::Other { id: "linuxmint".into() }),
+            (
+                "derivative via ID_LIKE only",
+                "ID=linuxmint\nID_LIKE=\"ubuntu debian\"\n",
+                none,
+                Distro::Other {
+                    id: "linuxmint".into(),
+                },
+            ),
         ];
         for (name, text, facts, want) in cases {
             assert_eq!(&classify(&parse(text), facts), want, "{name}");
@@ -178,7 +298,10 @@ mod tests {
         assert_eq!(os.version_codename, None, "empty value is None");
         assert_eq!(os.pretty_name, v("Fedora Linux 40 (Server Edition)"));
         let os = parse(fixture!("raspios-bookworm-armhf"));
-        assert_eq!((os.id.as_str(), os.id_like.as_slice()), ("raspbian", &["debian".to_owned()][..]));
+        assert_eq!(
+            (os.id.as_str(), os.id_like.as_slice()),
+            ("raspbian", &["debian".to_owned()][..])
+        );
     }
 
     #[test]
@@ -187,8 +310,14 @@ mod tests {
             ("PRETTY_NAME=plain", "plain"),
             ("PRETTY_NAME=\"double quoted\"", "double quoted"),
             ("PRETTY_NAME='single \"quoted\"'", "single \"quoted\""),
-            ("PRETTY_NAME=\"esc \\\"q\\\" \\\\ \\$HOME \\`x\\`\"", "esc \"q\" \\ $HOME `x`"),
-            ("PRETTY_NAME=\"keeps \\n unknown escapes\"", "keeps \\n unknown escapes"),
+            (
+                "PRETTY_NAME=\"esc \\\"q\\\" \\\\ \\$HOME \\`x\\`\"",
+                "esc \"q\" \\ $HOME `x`",
+            ),
+            (
+                "PRETTY_NAME=\"keeps \\n unknown escapes\"",
+                "keeps \\n unknown escapes",
+            ),
             ("PRETTY_NAME='no \\ escapes'", "no \\ escapes"),
             ("PRETTY_NAME=bare\\ space", "bare space"),
             ("PRETTY_NAME=\"con\"'cat'enated", "concatenated"),

@@ -64,7 +64,9 @@ impl HostProbe {
             .stderr(Stdio::null())
             .output()
             .ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// systemd's version from the name of its private shared library,
@@ -74,8 +76,10 @@ impl HostProbe {
     /// usrmerge). Works unprivileged and without a bus. The highest version wins when an
     /// upgrade left an old copy behind.
     fn systemd_shared_lib_version(&self) -> Option<String> {
-        let mut dirs: Vec<PathBuf> =
-            ["/usr/lib/systemd", "/usr/lib64/systemd", "/lib/systemd"].iter().map(|d| self.host(d)).collect();
+        let mut dirs: Vec<PathBuf> = ["/usr/lib/systemd", "/usr/lib64/systemd", "/lib/systemd"]
+            .iter()
+            .map(|d| self.host(d))
+            .collect();
         if let Ok(entries) = fs_err::read_dir(self.host("/usr/lib")) {
             for e in entries.flatten() {
                 if e.file_name().to_string_lossy().contains("-linux-") {
@@ -88,7 +92,10 @@ impl HostProbe {
             .flat_map(|entries| entries.flatten())
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let v = name.strip_prefix("libsystemd-shared-")?.strip_suffix(".so")?.to_owned();
+                let v = name
+                    .strip_prefix("libsystemd-shared-")?
+                    .strip_suffix(".so")?
+                    .to_owned();
                 Some((parse_systemd_version(&v)?, v))
             })
             .max()
@@ -118,7 +125,8 @@ impl Probe for HostProbe {
     /// The shared-library file name first (no process, no privileges), then
     /// `systemctl --version` (root `/` only).
     fn systemd_version(&self) -> Option<String> {
-        self.systemd_shared_lib_version().or_else(|| self.run("systemctl", "--version"))
+        self.systemd_shared_lib_version()
+            .or_else(|| self.run("systemctl", "--version"))
     }
 }
 
@@ -157,15 +165,26 @@ fn distro_facts(p: &dyn Probe) -> DistroFacts {
 /// `/run/systemd/system` exists. When `/proc/1/comm` is unreadable (`hidepid=`) the
 /// directory alone decides.
 fn init(p: &dyn Probe) -> Init {
-    let comm = p.read("/proc/1/comm").map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let comm = p
+        .read("/proc/1/comm")
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty());
     let booted = p.exists("/run/systemd/system");
-    let version = || p.systemd_version().as_deref().and_then(parse_systemd_version);
+    let version = || {
+        p.systemd_version()
+            .as_deref()
+            .and_then(parse_systemd_version)
+    };
     match (comm, booted) {
         (Some(c), true) if c == "systemd" => Init::Systemd { version: version() },
         (None, true) => Init::Systemd { version: version() },
-        (Some(c), false) if c == "systemd" => Init::Other { name: "systemd without /run/systemd/system".to_owned() },
+        (Some(c), false) if c == "systemd" => Init::Other {
+            name: "systemd without /run/systemd/system".to_owned(),
+        },
         (Some(c), _) => Init::Other { name: c },
-        (None, false) => Init::Other { name: "an unknown init (/proc/1/comm unreadable)".to_owned() },
+        (None, false) => Init::Other {
+            name: "an unknown init (/proc/1/comm unreadable)".to_owned(),
+        },
     }
 }
 
@@ -178,9 +197,14 @@ fn polkit(p: &dyn Probe) -> Option<Polkit> {
     if let Some(out) = p.pkaction_version() {
         return parse_polkit_version(&out);
     }
-    let daemon = ["/usr/lib/polkit-1/polkitd", "/usr/libexec/polkitd", "/usr/lib/polkit/polkitd", "/usr/libexec/polkit-1/polkitd"]
-        .iter()
-        .any(|f| p.exists(f));
+    let daemon = [
+        "/usr/lib/polkit-1/polkitd",
+        "/usr/libexec/polkitd",
+        "/usr/lib/polkit/polkitd",
+        "/usr/libexec/polkit-1/polkitd",
+    ]
+    .iter()
+    .any(|f| p.exists(f));
     let flavor = if p.exists("/etc/polkit-1/rules.d") {
         PolkitFlavor::Rules
     } else if p.exists("/etc/polkit-1/localauthority") {
@@ -190,7 +214,10 @@ fn polkit(p: &dyn Probe) -> Option<Polkit> {
     } else {
         return None;
     };
-    Some(Polkit { version: None, flavor })
+    Some(Polkit {
+        version: None,
+        flavor,
+    })
 }
 
 fn target_user(p: &dyn Probe, account: Account) -> TargetUser {
@@ -207,9 +234,12 @@ fn target_user(p: &dyn Probe, account: Account) -> TargetUser {
 pub fn detect(p: &dyn Probe) -> Detection {
     let mut warnings = Vec::new();
 
-    let os_text = p.read("/etc/os-release").or_else(|| p.read("/usr/lib/os-release"));
+    let os_text = p
+        .read("/etc/os-release")
+        .or_else(|| p.read("/usr/lib/os-release"));
     if os_text.is_none() {
-        warnings.push("cannot read /etc/os-release or /usr/lib/os-release; distro unknown".to_owned());
+        warnings
+            .push("cannot read /etc/os-release or /usr/lib/os-release; distro unknown".to_owned());
     }
     let os = os_release::parse(os_text.as_deref().unwrap_or(""));
     let distro = os_release::classify(&os, &distro_facts(p));
@@ -218,29 +248,56 @@ pub fn detect(p: &dyn Probe) -> Detection {
     let accounts = match p.read("/etc/passwd") {
         Some(text) => users::parse_passwd(&text),
         None => {
-            warnings.push("cannot read /etc/passwd; user names are guessed from the environment".to_owned());
+            warnings.push(
+                "cannot read /etc/passwd; user names are guessed from the environment".to_owned(),
+            );
             Vec::new()
         }
     };
     let invoking = match accounts.iter().find(|a| a.uid == euid) {
         Some(a) => a.clone(),
-        None if euid == 0 => Account { name: "root".into(), uid: 0, gid: 0, home: PathBuf::from("/root") },
+        None if euid == 0 => Account {
+            name: "root".into(),
+            uid: 0,
+            gid: 0,
+            home: PathBuf::from("/root"),
+        },
         None => {
-            let name = p.env(ENV_USER).filter(|n| !n.is_empty()).unwrap_or_else(|| euid.to_string());
-            let home = PathBuf::from(p.env(env::HOME).filter(|h| h.starts_with('/')).unwrap_or_else(|| "/".into()));
+            let name = p
+                .env(ENV_USER)
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| euid.to_string());
+            let home = PathBuf::from(
+                p.env(env::HOME)
+                    .filter(|h| h.starts_with('/'))
+                    .unwrap_or_else(|| "/".into()),
+            );
             warnings.push(format!(
                 "uid {euid} has no entry in /etc/passwd (a directory-service account?); assuming user {name} with home {}",
                 home.display()
             ));
-            Account { name, uid: euid, gid: euid, home }
+            Account {
+                name,
+                uid: euid,
+                gid: euid,
+                home,
+            }
         }
     };
 
-    let sudo_user = match p.env(env::SUDO_USER).filter(|n| euid == 0 && !n.is_empty() && n != "root") {
+    let sudo_user = match p
+        .env(env::SUDO_USER)
+        .filter(|n| euid == 0 && !n.is_empty() && n != "root")
+    {
         Some(name) => {
-            let found = accounts.iter().find(|a| a.name == name && a.uid != 0).cloned();
+            let found = accounts
+                .iter()
+                .find(|a| a.name == name && a.uid != 0)
+                .cloned();
             if found.is_none() {
-                warnings.push(format!("SUDO_USER={name} has no non-root entry in /etc/passwd; ignoring it"));
+                warnings.push(format!(
+                    "SUDO_USER={name} has no non-root entry in /etc/passwd; ignoring it"
+                ));
             }
             found
         }
@@ -254,7 +311,10 @@ pub fn detect(p: &dyn Probe) -> Detection {
 
     let topology = Topology {
         init: init(p),
-        container: container_from(p.read("/run/systemd/container").as_deref(), p.env(ENV_CONTAINER).as_deref()),
+        container: container_from(
+            p.read("/run/systemd/container").as_deref(),
+            p.env(ENV_CONTAINER).as_deref(),
+        ),
         invoking,
         sudo_user,
         target_user: target.map(|a| target_user(p, a)),
@@ -264,7 +324,14 @@ pub fn detect(p: &dyn Probe) -> Detection {
 
     let (recommendation, more, unsupported) = recommend(&distro, &topology, euid);
     warnings.extend(more);
-    Detection { os_release: os, distro, topology, unsupported, recommendation, warnings }
+    Detection {
+        os_release: os,
+        distro,
+        topology,
+        unsupported,
+        recommendation,
+        warnings,
+    }
 }
 
 #[cfg(test)]
@@ -301,7 +368,10 @@ mod tests {
                 pkaction: Some("pkaction version 122\n".into()),
                 systemd: Some("252".into()),
             }
-            .file("/etc/os-release", &fixture(&format!("os-release/{os_release}")))
+            .file(
+                "/etc/os-release",
+                &fixture(&format!("os-release/{os_release}")),
+            )
             .file("/etc/passwd", &fixture("passwd/passwd"))
             .file("/proc/1/comm", "systemd\n")
             .file("/run/systemd/system", "")
@@ -353,10 +423,16 @@ mod tests {
     }
 
     fn rules(v: Option<&str>) -> Option<Polkit> {
-        Some(Polkit { version: v.map(str::to_owned), flavor: PolkitFlavor::Rules })
+        Some(Polkit {
+            version: v.map(str::to_owned),
+            flavor: PolkitFlavor::Rules,
+        })
     }
     fn pkla(v: Option<&str>) -> Option<Polkit> {
-        Some(Polkit { version: v.map(str::to_owned), flavor: PolkitFlavor::Pkla })
+        Some(Polkit {
+            version: v.map(str::to_owned),
+            flavor: PolkitFlavor::Pkla,
+        })
     }
 
     #[derive(Clone)]
@@ -392,7 +468,10 @@ mod tests {
             warnings: &[],
             unsupported: None,
         };
-        let alice_session = |f: Fake| f.file("/run/user/1000/systemd", "").file("/run/user/1000/bus", "");
+        let alice_session = |f: Fake| {
+            f.file("/run/user/1000/systemd", "")
+                .file("/run/user/1000/bus", "")
+        };
         let cases: Vec<(&str, Fake, Want)> = vec![
             ("debian 12 root", Fake::booted("debian-12", 0), Want { ..base.clone() }),
             (
@@ -531,8 +610,15 @@ mod tests {
             assert_eq!(d.recommendation.mode, want.mode, "{name}");
             assert_eq!(d.recommendation.enable_linger, want.linger, "{name}");
             assert_eq!(t.invoking.name, want.invoking, "{name}");
-            assert_eq!(t.sudo_user.as_ref().map(|a| a.name.as_str()), want.sudo_user, "{name}");
-            let target = t.target_user.as_ref().map(|u| (u.account.name.as_str(), u.linger, u.manager_running, u.bus));
+            assert_eq!(
+                t.sudo_user.as_ref().map(|a| a.name.as_str()),
+                want.sudo_user,
+                "{name}"
+            );
+            let target = t
+                .target_user
+                .as_ref()
+                .map(|u| (u.account.name.as_str(), u.linger, u.manager_running, u.bus));
             assert_eq!(target, want.target, "{name}");
             assert_eq!(t.polkit, want.polkit, "{name}");
             assert_eq!(t.container.as_deref(), want.container, "{name}");
@@ -544,18 +630,38 @@ mod tests {
 
     #[test]
     fn nothing_readable() {
-        let empty = Fake { files: BTreeMap::new(), env: BTreeMap::new(), euid: 0, pkaction: None, systemd: None };
+        let empty = Fake {
+            files: BTreeMap::new(),
+            env: BTreeMap::new(),
+            euid: 0,
+            pkaction: None,
+            systemd: None,
+        };
         let d = detect(&empty);
         assert_eq!(d.distro, Distro::Other { id: "linux".into() });
         assert_eq!(d.topology.invoking.name, "root");
         assert!(d.unsupported.is_some());
-        assert!(d.warnings.iter().any(|w| w.contains("/etc/os-release")), "{:?}", d.warnings);
-        assert!(d.warnings.iter().any(|w| w.contains("/etc/passwd")), "{:?}", d.warnings);
+        assert!(
+            d.warnings.iter().any(|w| w.contains("/etc/os-release")),
+            "{:?}",
+            d.warnings
+        );
+        assert!(
+            d.warnings.iter().any(|w| w.contains("/etc/passwd")),
+            "{:?}",
+            d.warnings
+        );
     }
 
     #[test]
     fn uname_arches() {
-        let cases = [("x86_64", "x86_64"), ("aarch64", "aarch64"), ("x86", "i686"), ("arm", "armv7l"), ("riscv64", "riscv64")];
+        let cases = [
+            ("x86_64", "x86_64"),
+            ("aarch64", "aarch64"),
+            ("x86", "i686"),
+            ("arm", "armv7l"),
+            ("riscv64", "riscv64"),
+        ];
         for (rust, uname) in cases {
             assert_eq!(uname_arch(rust), uname);
         }
@@ -573,11 +679,21 @@ mod tests {
         put("etc/os-release", &fixture("os-release/debian-12"));
         put("etc/passwd", &fixture("passwd/passwd"));
         put("proc/1/comm", "systemd\n");
-        put("usr/lib/x86_64-linux-gnu/systemd/libsystemd-shared-252.so", "");
-        put("usr/lib/x86_64-linux-gnu/systemd/libsystemd-core-252.so", "");
+        put(
+            "usr/lib/x86_64-linux-gnu/systemd/libsystemd-shared-252.so",
+            "",
+        );
+        put(
+            "usr/lib/x86_64-linux-gnu/systemd/libsystemd-core-252.so",
+            "",
+        );
         put("lib/systemd/libsystemd-shared-247.so", "");
         put("var/lib/systemd/linger/alice", "");
-        for dir in ["run/systemd/system", "etc/polkit-1/rules.d", "run/user/1000/systemd"] {
+        for dir in [
+            "run/systemd/system",
+            "etc/polkit-1/rules.d",
+            "run/user/1000/systemd",
+        ] {
             fs_err::create_dir_all(r.join(dir)).expect("mkdir");
         }
         d
@@ -592,12 +708,21 @@ mod tests {
         assert!(p.exists("/run/systemd/system"));
         assert!(p.exists("/var/lib/systemd/linger/alice"));
         assert!(!p.exists("/var/lib/systemd/linger/bob"));
-        assert_eq!(p.systemd_version().as_deref(), Some("252"), "highest libsystemd-shared wins");
+        assert_eq!(
+            p.systemd_version().as_deref(),
+            Some("252"),
+            "highest libsystemd-shared wins"
+        );
         assert_eq!(p.pkaction_version(), None, "no commands under a test root");
         assert!(!p.arch().is_empty());
 
         let d = detect(&p);
-        assert_eq!(d.distro, Distro::Debian { version: Some("12".into()) });
+        assert_eq!(
+            d.distro,
+            Distro::Debian {
+                version: Some("12".into())
+            }
+        );
         assert_eq!(d.topology.init, Init::Systemd { version: Some(252) });
         assert_eq!(d.topology.polkit, rules(None));
     }
@@ -606,8 +731,14 @@ mod tests {
     fn host_probe_version_variants() {
         let cases: &[(&str, Option<&str>)] = &[
             ("usr/lib/systemd/libsystemd-shared-249.so", Some("249")),
-            ("usr/lib64/systemd/libsystemd-shared-255.13-1.fc40.so", Some("255.13-1.fc40")),
-            ("usr/lib/aarch64-linux-gnu/systemd/libsystemd-shared-257.so", Some("257")),
+            (
+                "usr/lib64/systemd/libsystemd-shared-255.13-1.fc40.so",
+                Some("255.13-1.fc40"),
+            ),
+            (
+                "usr/lib/aarch64-linux-gnu/systemd/libsystemd-shared-257.so",
+                Some("257"),
+            ),
             ("usr/lib/systemd/libsystemd-shared-garbage.so", None),
             ("usr/lib/systemd/systemd", None),
         ];
@@ -616,7 +747,11 @@ mod tests {
             let p = d.path().join(rel);
             fs_err::create_dir_all(p.parent().expect("has parent")).expect("mkdir");
             fs_err::write(&p, "").expect("write");
-            assert_eq!(HostProbe::new(d.path()).systemd_version().as_deref(), *want, "{rel}");
+            assert_eq!(
+                HostProbe::new(d.path()).systemd_version().as_deref(),
+                *want,
+                "{rel}"
+            );
         }
     }
 }

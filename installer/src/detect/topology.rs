@@ -11,8 +11,13 @@ pub const SUPPORTED: &str =
 /// `"systemd 255 (255.4-1ubuntu8)"` → 252, 252, 255.
 pub fn parse_systemd_version(s: &str) -> Option<u32> {
     let first = s.lines().next()?.trim();
-    let word = first.strip_prefix("systemd").map(str::trim_start).unwrap_or(first);
-    let digits: &str = &word[..word.find(|c: char| !c.is_ascii_digit()).unwrap_or(word.len())];
+    let word = first
+        .strip_prefix("systemd")
+        .map(str::trim_start)
+        .unwrap_or(first);
+    let digits: &str = &word[..word
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(word.len())];
     digits.parse().ok()
 }
 
@@ -25,16 +30,30 @@ pub fn parse_polkit_version(pkaction_version_output: &str) -> Option<Polkit> {
     let mut parts = version.split('.');
     let major: u32 = parts.next()?.parse().ok()?;
     let minor: u32 = match parts.next() {
-        Some(m) => m.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?,
+        Some(m) => m
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()?,
         None => 0,
     };
-    let flavor = if (major, minor) < (0, 106) { PolkitFlavor::Pkla } else { PolkitFlavor::Rules };
-    Some(Polkit { version: Some(version.to_owned()), flavor })
+    let flavor = if (major, minor) < (0, 106) {
+        PolkitFlavor::Pkla
+    } else {
+        PolkitFlavor::Rules
+    };
+    Some(Polkit {
+        version: Some(version.to_owned()),
+        flavor,
+    })
 }
 
 /// The container we run in, from `/run/systemd/container` (written by systemd inside
 /// containers, preferred) or the `container` environment variable. Blank means none.
-pub fn container_from(run_systemd_container: Option<&str>, env_container: Option<&str>) -> Option<String> {
+pub fn container_from(
+    run_systemd_container: Option<&str>,
+    env_container: Option<&str>,
+) -> Option<String> {
     [run_systemd_container, env_container]
         .into_iter()
         .flatten()
@@ -64,7 +83,11 @@ fn distro_name(d: &Distro) -> String {
 /// system mode; anyone else → user mode, turning linger on when it is off (without it the
 /// user's manager only runs while they are logged in). The polkit warnings only apply to
 /// system mode: in user mode the user controls their own manager without polkit.
-pub fn recommend(distro: &Distro, topo: &Topology, euid: u32) -> (Recommendation, Vec<String>, Option<String>) {
+pub fn recommend(
+    distro: &Distro,
+    topo: &Topology,
+    euid: u32,
+) -> (Recommendation, Vec<String>, Option<String>) {
     let mut warnings = Vec::new();
 
     let systemd_version = match &topo.init {
@@ -76,7 +99,9 @@ pub fn recommend(distro: &Distro, topo: &Topology, euid: u32) -> (Recommendation
             "outpost needs systemd as PID 1; found {} (OpenRC). {SUPPORTED}",
             distro_name(distro)
         )),
-        (_, Init::Other { name }) => Some(format!("outpost needs systemd as PID 1; found {name}. {SUPPORTED}")),
+        (_, Init::Other { name }) => Some(format!(
+            "outpost needs systemd as PID 1; found {name}. {SUPPORTED}"
+        )),
         (_, Init::Systemd { .. }) => None,
     };
 
@@ -88,11 +113,17 @@ pub fn recommend(distro: &Distro, topo: &Topology, euid: u32) -> (Recommendation
         Distro::Other { id } if unsupported.is_none() => {
             warnings.push(format!("untested distro {id}; {found}, proceeding"));
         }
-        Distro::Ubuntu { version: Some(v), .. } if !matches!(v.as_str(), "22.04" | "24.04") => {
-            warnings.push(format!("untested Ubuntu release {v} (tested: 22.04, 24.04); {found}, proceeding"));
+        Distro::Ubuntu {
+            version: Some(v), ..
+        } if !matches!(v.as_str(), "22.04" | "24.04") => {
+            warnings.push(format!(
+                "untested Ubuntu release {v} (tested: 22.04, 24.04); {found}, proceeding"
+            ));
         }
         Distro::Debian { version: Some(v) } if !matches!(v.as_str(), "12" | "13") => {
-            warnings.push(format!("untested Debian release {v} (tested: 12, 13); {found}, proceeding"));
+            warnings.push(format!(
+                "untested Debian release {v} (tested: 12, 13); {found}, proceeding"
+            ));
         }
         _ => {}
     }
@@ -126,7 +157,11 @@ pub fn recommend(distro: &Distro, topo: &Topology, euid: u32) -> (Recommendation
                 ),
                 None => "invoked as root: install a system service running as a dedicated unprivileged user".to_owned(),
             };
-            Recommendation { mode, enable_linger: false, reason }
+            Recommendation {
+                mode,
+                enable_linger: false,
+                reason,
+            }
         }
         Mode::User => {
             let (name, linger) = match &topo.target_user {
@@ -145,7 +180,11 @@ pub fn recommend(distro: &Distro, topo: &Topology, euid: u32) -> (Recommendation
                     "not root: install a user service for {name} and enable lingering so it starts at boot without a login"
                 ),
             };
-            Recommendation { mode, enable_linger: !linger, reason }
+            Recommendation {
+                mode,
+                enable_linger: !linger,
+                reason,
+            }
         }
     };
 
@@ -160,7 +199,11 @@ mod tests {
 
     macro_rules! fixture {
         ($name:literal) => {
-            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/polkit/", $name))
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../tests/fixtures/polkit/",
+                $name
+            ))
         };
     }
 
@@ -169,7 +212,10 @@ mod tests {
         let cases: &[(&str, Option<u32>)] = &[
             ("252", Some(252)),
             ("252.33-1~deb12u1", Some(252)),
-            ("systemd 255 (255.4-1ubuntu8)\n+PAM +AUDIT +SELINUX", Some(255)),
+            (
+                "systemd 255 (255.4-1ubuntu8)\n+PAM +AUDIT +SELINUX",
+                Some(255),
+            ),
             ("systemd 249 (249.11-0ubuntu3.12)", Some(249)),
             ("255.13-1.fc40", Some(255)),
             ("  257\n", Some(257)),
@@ -186,20 +232,41 @@ mod tests {
     #[test]
     fn polkit_versions() {
         let cases: &[(&str, Option<(&str, PolkitFlavor)>)] = &[
-            (fixture!("pkaction-0.105-ubuntu-22.04"), Some(("0.105", PolkitFlavor::Pkla))),
-            (fixture!("pkaction-122-debian-12"), Some(("122", PolkitFlavor::Rules))),
-            (fixture!("pkaction-124-ubuntu-24.04"), Some(("124", PolkitFlavor::Rules))),
-            (fixture!("pkaction-0.120"), Some(("0.120", PolkitFlavor::Rules))),
-            ("pkaction version 0.106", Some(("0.106", PolkitFlavor::Rules))),
+            (
+                fixture!("pkaction-0.105-ubuntu-22.04"),
+                Some(("0.105", PolkitFlavor::Pkla)),
+            ),
+            (
+                fixture!("pkaction-122-debian-12"),
+                Some(("122", PolkitFlavor::Rules)),
+            ),
+            (
+                fixture!("pkaction-124-ubuntu-24.04"),
+                Some(("124", PolkitFlavor::Rules)),
+            ),
+            (
+                fixture!("pkaction-0.120"),
+                Some(("0.120", PolkitFlavor::Rules)),
+            ),
+            (
+                "pkaction version 0.106",
+                Some(("0.106", PolkitFlavor::Rules)),
+            ),
             ("pkaction version 0.96", Some(("0.96", PolkitFlavor::Pkla))),
-            ("pkaction version 0.105-33", Some(("0.105-33", PolkitFlavor::Pkla))),
+            (
+                "pkaction version 0.105-33",
+                Some(("0.105-33", PolkitFlavor::Pkla)),
+            ),
             ("pkaction version", None),
             ("", None),
             ("bash: pkaction: command not found", None),
         ];
         for (input, want) in cases {
             let got = parse_polkit_version(input);
-            let want = want.map(|(v, flavor)| Polkit { version: Some(v.to_owned()), flavor });
+            let want = want.map(|(v, flavor)| Polkit {
+                version: Some(v.to_owned()),
+                flavor,
+            });
             assert_eq!(got, want, "{input:?}");
         }
     }
@@ -215,16 +282,29 @@ mod tests {
             (Some(""), Some(""), None),
         ];
         for (file, env, want) in cases {
-            assert_eq!(container_from(*file, *env).as_deref(), *want, "{file:?} {env:?}");
+            assert_eq!(
+                container_from(*file, *env).as_deref(),
+                *want,
+                "{file:?} {env:?}"
+            );
         }
     }
 
     fn account(name: &str, uid: u32) -> Account {
-        Account { name: name.into(), uid, gid: uid, home: PathBuf::from(format!("/home/{name}")) }
+        Account {
+            name: name.into(),
+            uid,
+            gid: uid,
+            home: PathBuf::from(format!("/home/{name}")),
+        }
     }
 
     fn topo(init: Init, euid: u32, linger: bool) -> Topology {
-        let invoking = if euid == 0 { account("root", 0) } else { account("alice", euid) };
+        let invoking = if euid == 0 {
+            account("root", 0)
+        } else {
+            account("alice", euid)
+        };
         let target_user = (euid != 0).then(|| TargetUser {
             account: invoking.clone(),
             linger,
@@ -237,7 +317,10 @@ mod tests {
             invoking,
             sudo_user: None,
             target_user,
-            polkit: Some(Polkit { version: Some("122".into()), flavor: PolkitFlavor::Rules }),
+            polkit: Some(Polkit {
+                version: Some("122".into()),
+                flavor: PolkitFlavor::Rules,
+            }),
             arch: "x86_64".into(),
         }
     }
@@ -245,13 +328,30 @@ mod tests {
     #[test]
     fn recommendations() {
         let sd = || Init::Systemd { version: Some(252) };
-        let deb = Distro::Debian { version: Some("12".into()) };
-        let ubu_srv = Distro::Ubuntu { version: Some("24.04".into()), desktop: false };
-        let ubu_desk = Distro::Ubuntu { version: Some("22.04".into()), desktop: true };
-        let rpi = Distro::RaspberryPiOs { version: Some("12".into()) };
-        let fedora = Distro::Other { id: "fedora".into() };
-        let alpine = Distro::Alpine { version: Some("3.20.3".into()) };
-        let pkla = Some(Polkit { version: Some("0.105".into()), flavor: PolkitFlavor::Pkla });
+        let deb = Distro::Debian {
+            version: Some("12".into()),
+        };
+        let ubu_srv = Distro::Ubuntu {
+            version: Some("24.04".into()),
+            desktop: false,
+        };
+        let ubu_desk = Distro::Ubuntu {
+            version: Some("22.04".into()),
+            desktop: true,
+        };
+        let rpi = Distro::RaspberryPiOs {
+            version: Some("12".into()),
+        };
+        let fedora = Distro::Other {
+            id: "fedora".into(),
+        };
+        let alpine = Distro::Alpine {
+            version: Some("3.20.3".into()),
+        };
+        let pkla = Some(Polkit {
+            version: Some("0.105".into()),
+            flavor: PolkitFlavor::Pkla,
+        });
 
         struct Case {
             name: &'static str,

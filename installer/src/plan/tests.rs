@@ -46,7 +46,11 @@ impl ServiceManager for Fake {
         let mut s = self.0.borrow_mut();
         s.calls.push(format!("start {u}"));
         if s.fail_start {
-            return Err(SvcError::Job { action: "start".into(), unit: u.into(), result: "failed".into() });
+            return Err(SvcError::Job {
+                action: "start".into(),
+                unit: u.into(),
+                result: "failed".into(),
+            });
         }
         s.active = true;
         Ok(())
@@ -61,7 +65,11 @@ impl ServiceManager for Fake {
         let mut s = self.0.borrow_mut();
         s.calls.push(format!("restart {u}"));
         if s.fail_start {
-            return Err(SvcError::Job { action: "restart".into(), unit: u.into(), result: "failed".into() });
+            return Err(SvcError::Job {
+                action: "restart".into(),
+                unit: u.into(),
+                result: "failed".into(),
+            });
         }
         s.active = true;
         Ok(())
@@ -83,7 +91,10 @@ impl ServiceManager for Fake {
 
 impl Logind for Fake {
     fn set_linger(&self, uid: u32, enable: bool) -> Result<(), SvcError> {
-        self.0.borrow_mut().calls.push(format!("linger {uid} {enable}"));
+        self.0
+            .borrow_mut()
+            .calls
+            .push(format!("linger {uid} {enable}"));
         Ok(())
     }
 }
@@ -122,23 +133,40 @@ struct Bed {
 
 fn bed() -> Bed {
     let dir = tempfile::tempdir().unwrap();
-    for d in ["etc/systemd/system", "usr/local/bin", "var/lib", "opt", "etc/polkit-1/rules.d"] {
+    for d in [
+        "etc/systemd/system",
+        "usr/local/bin",
+        "var/lib",
+        "opt",
+        "etc/polkit-1/rules.d",
+    ] {
         std::fs::create_dir_all(dir.path().join(d)).unwrap();
     }
     let bin = dir.path().join("outpost-src");
     std::fs::write(&bin, b"\x7fELF pretend binary").unwrap();
-    Bed { dir, bin, fake: Fake::default() }
+    Bed {
+        dir,
+        bin,
+        fake: Fake::default(),
+    }
 }
 
 /// Running as the test user, "owning" the service user means no chown.
 fn inputs(b: &Bed, version: &str, create_user: bool) -> InstallInputs {
-    let me = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
+    let me = (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
     InstallInputs {
         layout: Layout::system(b.dir.path()),
         version: version.into(),
         binary: b.bin.clone(),
         binary_sha256: crate::fsx::sha256_file(&b.bin).unwrap(),
-        service_user: ServiceUser { name: "outpost".into(), ids: if create_user { None } else { Some(me) }, create: create_user },
+        service_user: ServiceUser {
+            name: "outpost".into(),
+            ids: if create_user { None } else { Some(me) },
+            create: create_user,
+        },
         admin_group: None,
         polkit: Some(PolkitFlavor::Rules),
         enable_linger: None,
@@ -183,7 +211,10 @@ fn listing(root: &Path) -> Vec<String> {
 }
 
 fn me_user(b: &Bed) {
-    let me = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
+    let me = (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
     b.fake.0.borrow_mut().users.insert("outpost".into(), me);
 }
 
@@ -193,25 +224,53 @@ fn fresh_install_creates_everything_and_starts() {
     me_user(&b);
     let inp = inputs(&b, "1.0.0", false);
     let (p, out) = install(&b, &inp);
-    assert!(p.items.iter().filter(|i| i.change == Change::Create).count() >= 10);
+    assert!(
+        p.items
+            .iter()
+            .filter(|i| i.change == Change::Create)
+            .count()
+            >= 10
+    );
     assert_eq!(p.service, ServiceAction::Start);
     assert!(out.changed);
     let l = &inp.layout;
     let unit = std::fs::read_to_string(l.host(&l.unit_file)).unwrap();
-    assert!(unit.contains("ExecStart=/opt/outpost/current/outpost agent run"), "{unit}");
-    assert_eq!(std::fs::read_link(l.host(&l.current_link())).unwrap(), Path::new("versions/1.0.0"));
+    assert!(
+        unit.contains("ExecStart=/opt/outpost/current/outpost agent run"),
+        "{unit}"
+    );
+    assert_eq!(
+        std::fs::read_link(l.host(&l.current_link())).unwrap(),
+        Path::new("versions/1.0.0")
+    );
     let env = std::fs::read_to_string(l.host(&l.env_file)).unwrap();
     assert!(env.contains("OUTPOST_ENROLL_KEY=k-123"));
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(l.host(&l.env_file)).unwrap().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::metadata(l.host(&l.unit_file)).unwrap().mode() & 0o777, 0o644);
+    assert_eq!(
+        std::fs::metadata(l.host(&l.env_file)).unwrap().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(l.host(&l.unit_file)).unwrap().mode() & 0o777,
+        0o644
+    );
     assert!(l.host(Path::new(POLKIT_RULES)).exists());
     let calls = b.fake.0.borrow().calls.clone();
-    assert_eq!(calls, vec!["daemon-reload", "enable outpost.service", "start outpost.service"]);
+    assert_eq!(
+        calls,
+        vec![
+            "daemon-reload",
+            "enable outpost.service",
+            "start outpost.service"
+        ]
+    );
     // the receipt lists every file with its sha256
     let r = Receipt::load(l).unwrap().unwrap();
     let unit_entry = r.entry(&l.unit_file).unwrap();
-    assert_eq!(unit_entry.sha256.as_deref(), Some(crate::fsx::sha256_bytes(unit.as_bytes()).as_str()));
+    assert_eq!(
+        unit_entry.sha256.as_deref(),
+        Some(crate::fsx::sha256_bytes(unit.as_bytes()).as_str())
+    );
     // the dry-run plan never prints the secret
     let json = serde_json::to_string(&p).unwrap();
     assert!(!json.contains("k-123"), "{json}");
@@ -227,12 +286,23 @@ fn second_install_is_a_no_op() {
     let unit1 = std::fs::read(inp.layout.host(&inp.layout.unit_file)).unwrap();
     b.fake.0.borrow_mut().calls.clear();
     let (p, out) = install(&b, &inp);
-    assert!(!p.changes_anything(), "{}", crate::install::render_plan(&p, "would"));
+    assert!(
+        !p.changes_anything(),
+        "{}",
+        crate::install::render_plan(&p, "would")
+    );
     assert!(!out.changed);
     assert!(matches!(p.service, ServiceAction::None { .. }));
-    assert!(b.fake.0.borrow().calls.is_empty(), "{:?}", b.fake.0.borrow().calls);
+    assert!(
+        b.fake.0.borrow().calls.is_empty(),
+        "{:?}",
+        b.fake.0.borrow().calls
+    );
     assert_eq!(listing(b.dir.path()), before);
-    assert_eq!(std::fs::read(inp.layout.host(&inp.layout.unit_file)).unwrap(), unit1);
+    assert_eq!(
+        std::fs::read(inp.layout.host(&inp.layout.unit_file)).unwrap(),
+        unit1
+    );
 }
 
 #[test]
@@ -249,8 +319,14 @@ fn reinstall_keeps_edited_config_and_secrets() {
     let (p, _) = install(&b, &inp2);
     assert!(p.items.iter().any(|i| i.change == Change::Keep));
     assert!(matches!(p.service, ServiceAction::None { .. }));
-    assert_eq!(std::fs::read_to_string(l.host(&l.config_file)).unwrap(), "[agent]\nlog_interval_secs = 7\n");
-    assert_eq!(std::fs::read_to_string(l.host(&l.env_file)).unwrap(), "OUTPOST_ENROLL_KEY=mine\n");
+    assert_eq!(
+        std::fs::read_to_string(l.host(&l.config_file)).unwrap(),
+        "[agent]\nlog_interval_secs = 7\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(l.host(&l.env_file)).unwrap(),
+        "OUTPOST_ENROLL_KEY=mine\n"
+    );
     assert!(p.warnings.iter().any(|w| w.contains("enrollment key")));
 }
 
@@ -264,8 +340,14 @@ fn new_version_swaps_current_and_restarts() {
     let (p, _) = install(&b, &inp);
     assert_eq!(p.service, ServiceAction::Restart);
     let l = &inp.layout;
-    assert_eq!(std::fs::read_link(l.host(&l.current_link())).unwrap(), Path::new("versions/1.1.0"));
-    assert!(l.host(&l.version_dir("1.0.0")).exists(), "old version kept for rollback");
+    assert_eq!(
+        std::fs::read_link(l.host(&l.current_link())).unwrap(),
+        Path::new("versions/1.1.0")
+    );
+    assert!(
+        l.host(&l.version_dir("1.0.0")).exists(),
+        "old version kept for rollback"
+    );
 }
 
 #[test]
@@ -281,7 +363,10 @@ fn failed_restart_of_an_update_restores_the_old_files() {
     let err = apply_install(&p, obs.receipt.clone(), &b.fake, 0, &mut Vec::new()).unwrap_err();
     assert!(err.to_string().contains("restored"), "{err}");
     let l = &inp.layout;
-    assert_eq!(std::fs::read_link(l.host(&l.current_link())).unwrap(), Path::new("versions/1.0.0"));
+    assert_eq!(
+        std::fs::read_link(l.host(&l.current_link())).unwrap(),
+        Path::new("versions/1.0.0")
+    );
     assert_eq!(Receipt::load(l).unwrap().unwrap().version, "1.0.0");
 }
 
@@ -293,38 +378,84 @@ fn creates_the_system_user_and_purge_deletes_it() {
     let (p, out) = {
         let obs = observe(&b, &inp);
         let p = plan_install(&inp, &obs);
-        let me = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
+        let me = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
         struct MeHost(Fake, (u32, u32));
         impl Host for MeHost {
-            fn service_manager(&self, s: Scope) -> Result<Box<dyn ServiceManager>, SvcError> { self.0.service_manager(s) }
-            fn logind(&self) -> Result<Box<dyn Logind>, SvcError> { self.0.logind() }
-            fn wait_user_manager(&self, u: u32, t: std::time::Duration) -> Result<(), SvcError> { self.0.wait_user_manager(u, t) }
-            fn run(&self, a: &[String]) -> Result<(), String> { self.0.run(a)?; if a[0] == "useradd" { self.0 .0.borrow_mut().users.insert("outpost".into(), self.1); } Ok(()) }
-            fn user_ids(&self, n: &str) -> Option<(u32, u32)> { self.0.user_ids(n) }
+            fn service_manager(&self, s: Scope) -> Result<Box<dyn ServiceManager>, SvcError> {
+                self.0.service_manager(s)
+            }
+            fn logind(&self) -> Result<Box<dyn Logind>, SvcError> {
+                self.0.logind()
+            }
+            fn wait_user_manager(&self, u: u32, t: std::time::Duration) -> Result<(), SvcError> {
+                self.0.wait_user_manager(u, t)
+            }
+            fn run(&self, a: &[String]) -> Result<(), String> {
+                self.0.run(a)?;
+                if a[0] == "useradd" {
+                    self.0
+                         .0
+                        .borrow_mut()
+                        .users
+                        .insert("outpost".into(), self.1);
+                }
+                Ok(())
+            }
+            fn user_ids(&self, n: &str) -> Option<(u32, u32)> {
+                self.0.user_ids(n)
+            }
         }
         let out = apply_install(&p, None, &MeHost(b.fake.clone(), me), 0, &mut Vec::new()).unwrap();
         (p, out)
     };
     assert!(matches!(p.items[0].op, Op::CreateUser { .. }));
     assert_eq!(out.receipt.created_user.as_deref(), Some("outpost"));
-    assert!(b.fake.0.borrow().calls.iter().any(|c| c.starts_with("useradd") && c.ends_with(" outpost")));
+    assert!(b
+        .fake
+        .0
+        .borrow()
+        .calls
+        .iter()
+        .any(|c| c.starts_with("useradd") && c.ends_with(" outpost")));
 
     let l = Layout::system(b.dir.path());
     let r = Receipt::load(&l).unwrap().unwrap();
-    let obs = Observed { paths: observe_paths(&l, &uninstall_paths(&l, &r)).unwrap(), unit: Some(b.fake.status("x").unwrap()), ..Default::default() };
+    let obs = Observed {
+        paths: observe_paths(&l, &uninstall_paths(&l, &r)).unwrap(),
+        unit: Some(b.fake.status("x").unwrap()),
+        ..Default::default()
+    };
     let up = plan_uninstall(&l, &r, &obs, true, &|_, _| false);
     assert_eq!(up.delete_user.as_deref(), Some("outpost"));
     apply_uninstall(&up, &r, &b.fake, 0, &mut Vec::new()).unwrap();
-    assert!(b.fake.0.borrow().calls.iter().any(|c| c == "userdel outpost"));
+    assert!(b
+        .fake
+        .0
+        .borrow()
+        .calls
+        .iter()
+        .any(|c| c == "userdel outpost"));
 }
 
 fn uninstall(b: &Bed, purge: bool) -> (UninstallPlan, crate::apply::UninstallOutcome) {
     let l = Layout::system(b.dir.path());
     let r = Receipt::load(&l).unwrap().unwrap();
-    let obs = Observed { paths: observe_paths(&l, &uninstall_paths(&l, &r)).unwrap(), unit: Some(b.fake.status("x").unwrap()), ..Default::default() };
+    let obs = Observed {
+        paths: observe_paths(&l, &uninstall_paths(&l, &r)).unwrap(),
+        unit: Some(b.fake.status("x").unwrap()),
+        ..Default::default()
+    };
     let host_l = l.clone();
     let foreign = move |dir: &Path, removed: &[PathBuf]| {
-        std::fs::read_dir(host_l.host(dir)).map(|rd| rd.flatten().any(|e| !removed.contains(&dir.join(e.file_name())))).unwrap_or(true)
+        std::fs::read_dir(host_l.host(dir))
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| !removed.contains(&dir.join(e.file_name())))
+            })
+            .unwrap_or(true)
     };
     let p = plan_uninstall(&l, &r, &obs, purge, &foreign);
     let out = apply_uninstall(&p, &r, &b.fake, 0, &mut Vec::new()).unwrap();
@@ -347,8 +478,14 @@ fn uninstall_keeps_user_data_and_edited_files_then_purge_removes_all() {
     assert!(l.host(&l.config_file).exists());
     assert!(l.host(&l.env_file).exists());
     assert!(l.host(&l.state_dir.join("data.db")).exists());
-    assert!(l.host(Path::new(POLKIT_RULES)).exists(), "edited file is kept");
-    assert!(out.kept.iter().any(|(p, why)| p == Path::new(POLKIT_RULES) && why.contains("modified")));
+    assert!(
+        l.host(Path::new(POLKIT_RULES)).exists(),
+        "edited file is kept"
+    );
+    assert!(out
+        .kept
+        .iter()
+        .any(|(p, why)| p == Path::new(POLKIT_RULES) && why.contains("modified")));
     assert!(!b.fake.0.borrow().active);
     // a second plain uninstall is harmless, purge afterwards still knows the leftovers
     uninstall(&b, false);
@@ -377,9 +514,25 @@ fn user_mode_plan_enables_linger_and_creates_home_dirs() {
     let p = plan_install(&inp, &obs);
     assert!(matches!(p.items[0].op, Op::EnableLinger { uid: 1000, .. }));
     assert_eq!(p.wait_user_manager, Some(1000));
-    let dirs: Vec<_> = p.items.iter().filter_map(|i| match &i.op { Op::Dir { path, .. } => Some(path.clone()), _ => None }).collect();
-    assert!(dirs.contains(&PathBuf::from("/home/alice/.local")), "{dirs:?}");
+    let dirs: Vec<_> = p
+        .items
+        .iter()
+        .filter_map(|i| match &i.op {
+            Op::Dir { path, .. } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        dirs.contains(&PathBuf::from("/home/alice/.local")),
+        "{dirs:?}"
+    );
     assert!(!dirs.contains(&PathBuf::from("/home/alice")));
     assert!(!dirs.contains(&PathBuf::from("/home")));
-    assert!(!p.items.iter().any(|i| matches!(&i.op, Op::File { role: Role::Polkit, .. })));
+    assert!(!p.items.iter().any(|i| matches!(
+        &i.op,
+        Op::File {
+            role: Role::Polkit,
+            ..
+        }
+    )));
 }

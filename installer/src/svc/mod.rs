@@ -48,23 +48,50 @@ impl UnitStatus {
 #[derive(Debug, thiserror::Error)]
 pub enum SvcError {
     #[error("cannot connect to the {scope} service manager at {address}: {message}")]
-    Connect { scope: String, address: String, message: String },
+    Connect {
+        scope: String,
+        address: String,
+        message: String,
+    },
     #[error("access denied by the {scope} service manager while trying to {action} {unit}")]
-    AccessDenied { scope: String, action: String, unit: String },
+    AccessDenied {
+        scope: String,
+        action: String,
+        unit: String,
+    },
     #[error("{action} {unit} failed: job result '{result}'")]
-    Job { action: String, unit: String, result: String },
+    Job {
+        action: String,
+        unit: String,
+        result: String,
+    },
     #[error("timed out after {secs}s waiting to {action} {unit}")]
-    Timeout { action: String, unit: String, secs: u64 },
+    Timeout {
+        action: String,
+        unit: String,
+        secs: u64,
+    },
     #[error("{action} {unit} failed: {message}")]
-    Call { action: String, unit: String, message: String },
+    Call {
+        action: String,
+        unit: String,
+        message: String,
+    },
 }
 
 impl SvcError {
     pub fn hint(&self) -> String {
         match self {
-            SvcError::Connect { .. } => "is systemd running as PID 1 here? `outpost detect` shows what was found".into(),
-            SvcError::AccessDenied { .. } => "run the command with sudo, or as the service user granted by outpost's polkit rule".into(),
-            SvcError::Job { unit, .. } | SvcError::Timeout { unit, .. } | SvcError::Call { unit, .. } => {
+            SvcError::Connect { .. } => {
+                "is systemd running as PID 1 here? `outpost detect` shows what was found".into()
+            }
+            SvcError::AccessDenied { .. } => {
+                "run the command with sudo, or as the service user granted by outpost's polkit rule"
+                    .into()
+            }
+            SvcError::Job { unit, .. }
+            | SvcError::Timeout { unit, .. }
+            | SvcError::Call { unit, .. } => {
                 format!("see `journalctl -u {unit} -n 50` (add --user in user mode) for what the service printed")
             }
         }
