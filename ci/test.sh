@@ -8,6 +8,7 @@ main() {
   bash ci/setup.sh
   cargo fmt --all -- --check
   shellcheck -x ci/*.sh
+  shellcheck -s sh scripts/install.sh
   local bin
   bin=$(bash ci/build-release.sh)
   # e2e suites must run, never skip, here: CI=true / OUTPOST_E2E_REQUIRED make a missing testbed fatal.

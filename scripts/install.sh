@@ -1,0 +1,324 @@
+#!/bin/sh
+# outpost installer: downloads a verified outpost release and installs it as a systemd service.
+#
+#   curl -sSL https://RELEASES/install.sh | sudo bash
+#   curl -sSL https://RELEASES/install.sh | sudo OUTPOST_HUB_URL=https://hub.example.com sh
+#
+# The enrollment key is a secret: keep it off command lines (they show up in `ps` and shell
+# history). Export it and let sudo pass it through:
+#   export OUTPOST_ENROLL_KEY=...   # e.g. read -rs OUTPOST_ENROLL_KEY
+#   curl -sSL https://RELEASES/install.sh | sudo --preserve-env=OUTPOST_ENROLL_KEY sh
+# outpost writes it only to the 0600 secrets file (/etc/outpost/outpost.env).
+#
+# Settings (environment variables):
+#   OUTPOST_VERSION      exact version to install (default: the channel's current version)
+#   OUTPOST_CHANNEL      release channel when no version is given: stable (default) or beta
+#   OUTPOST_RELEASE_URL  release host base URL (default: where this script was published)
+#   OUTPOST_HUB_URL      control-plane URL written into a new config (outpost install --hub)
+#   OUTPOST_ENROLL_KEY   single-use enrollment key (secret; see above)
+#   OUTPOST_MODE         system (default when root) or user
+#   OUTPOST_RUN_AS       system mode: user the service runs as (default: SUDO_USER, else `outpost`)
+#
+# Flags:
+#   --version X      same as OUTPOST_VERSION=X
+#   --bundle FILE    install from an offline bundle (outpost-release bundle) instead of downloading
+#   --dry-run        print what outpost would change, change nothing
+#   --uninstall      stop and remove the service (config, secrets and state are kept)
+#   --purge          with --uninstall: remove config, secrets and state too
+#   --help           this text
+#
+# Verification: the tarball's sha256 must match the value embedded below at publish time (a
+# mismatch is fatal). When `minisign` is installed, its signature is checked against the
+# embedded public key(s) as well. A version published after this script has no embedded
+# sha256: then minisign is required to verify the signed SHA256SUMS, or use the newer
+# release's own install.sh.
+#
+# Exit codes: 0 ok, 1 failure, 2 bad input or unsupported host. Nothing is prompted for and
+# nothing sleeps. The last line of this file runs main, so a truncated download runs nothing.
+set -eu
+
+# Filled in by `outpost-release publish`.
+OUTPOST_EMBEDDED_RELEASE_URL=""
+OUTPOST_EMBEDDED_PUBKEYS=""
+OUTPOST_EMBEDDED_SHA256S=""
+
+TMP_DIR=""
+ARG_VERSION=""
+ARG_BUNDLE=""
+ARG_DRY_RUN=0
+ARG_UNINSTALL=0
+ARG_PURGE=0
+
+say() { printf 'outpost-install: %s\n' "$*" >&2; }
+
+# fail CODE MESSAGE HINT
+fail() {
+    code=$1
+    printf 'error: %s\n' "$2" >&2
+    if [ -n "${3:-}" ]; then printf 'hint: %s\n' "$3" >&2; fi
+    exit "$code"
+}
+
+cleanup() {
+    if [ -n "$TMP_DIR" ] && [ -d "$TMP_DIR" ]; then rm -rf "$TMP_DIR"; fi
+}
+
+usage() {
+    sed -n '2,/^set -eu/p' "$0" 2>/dev/null | sed -e '/^set -eu/d' -e 's/^# \{0,1\}//' ||
+        echo "usage: install.sh [--version X] [--bundle FILE] [--dry-run] [--uninstall [--purge]]"
+}
+
+parse_args() {
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --version)
+                [ $# -ge 2 ] || fail 2 "--version needs a value" "pass --version X.Y.Z"
+                ARG_VERSION=$2
+                shift 2
+                ;;
+            --version=*) ARG_VERSION=${1#--version=}; shift ;;
+            --bundle)
+                [ $# -ge 2 ] || fail 2 "--bundle needs a file" "pass --bundle /path/to/outpost-bundle.tar"
+                ARG_BUNDLE=$2
+                shift 2
+                ;;
+            --bundle=*) ARG_BUNDLE=${1#--bundle=}; shift ;;
+            --dry-run) ARG_DRY_RUN=1; shift ;;
+            --uninstall) ARG_UNINSTALL=1; shift ;;
+            --purge) ARG_PURGE=1; shift ;;
+            -h | --help) usage; exit 0 ;;
+            *) fail 2 "unknown argument: $1" "run with --help to see the flags" ;;
+        esac
+    done
+    if [ "$ARG_PURGE" = 1 ] && [ "$ARG_UNINSTALL" = 0 ]; then
+        fail 2 "--purge only goes with --uninstall" "run with --uninstall --purge"
+    fi
+    if [ -n "$ARG_VERSION" ]; then OUTPOST_VERSION=$ARG_VERSION; fi
+    case "${OUTPOST_VERSION:-}" in
+        "" | [0-9]*.[0-9]*.[0-9]*) ;;
+        *) fail 2 "invalid version '${OUTPOST_VERSION}'" "use an exact version such as 1.2.3" ;;
+    esac
+    case "${OUTPOST_CHANNEL:=stable}" in
+        stable | beta) ;;
+        *) fail 2 "invalid channel '$OUTPOST_CHANNEL'" "use OUTPOST_CHANNEL=stable or beta" ;;
+    esac
+    case "${OUTPOST_MODE:=}" in
+        "" | system | user) ;;
+        *) fail 2 "invalid OUTPOST_MODE '$OUTPOST_MODE'" "use OUTPOST_MODE=system or user" ;;
+    esac
+}
+
+detect_platform() {
+    os=$(uname -s)
+    [ "$os" = Linux ] || fail 2 "unsupported operating system: $os" "outpost runs on Linux with systemd (Debian 12/13, Ubuntu 22.04/24.04, Raspberry Pi OS, DietPi)"
+    case "$(uname -m)" in
+        x86_64 | amd64) TARGET=x86_64-unknown-linux-musl ;;
+        aarch64 | arm64) TARGET=aarch64-unknown-linux-musl ;;
+        *) fail 2 "unsupported architecture: $(uname -m)" "outpost ships x86_64 and aarch64 builds; report this with the output of 'uname -a'" ;;
+    esac
+    SYSTEMD=0
+    if [ -d /run/systemd/system ] && [ "$(cat /proc/1/comm 2>/dev/null || true)" = systemd ]; then
+        SYSTEMD=1
+    fi
+    IN_CONTAINER=0
+    if [ -f /run/.containerenv ] || [ -f /.dockerenv ] || [ -n "${container:-}" ]; then
+        IN_CONTAINER=1
+    fi
+    if [ "$SYSTEMD" = 0 ] && [ "$IN_CONTAINER" = 0 ]; then
+        fail 2 "systemd is not running as PID 1 (found: $(cat /proc/1/comm 2>/dev/null || echo unknown))" \
+            "outpost needs systemd: Debian 12/13, Ubuntu 22.04/24.04, Raspberry Pi OS, DietPi; OpenRC (Alpine) is not supported"
+    fi
+}
+
+pick_downloader() {
+    if command -v curl >/dev/null 2>&1; then
+        DOWNLOADER=curl
+    elif command -v wget >/dev/null 2>&1; then
+        DOWNLOADER=wget
+    else
+        fail 1 "neither curl nor wget is installed" "install one of them (apt-get install curl) and run again"
+    fi
+}
+
+# download URL FILE
+download() {
+    case "$1" in
+        file://*) cp "${1#file://}" "$2" || fail 1 "cannot read $1" "check OUTPOST_RELEASE_URL" ;;
+        *)
+            if [ "$DOWNLOADER" = curl ]; then
+                curl -fsSL --proto '=https,http' -o "$2" "$1" || fail 1 "download failed: $1" "check the release URL and that this host can reach it (proxy: set HTTPS_PROXY)"
+            else
+                wget -q -O "$2" "$1" || fail 1 "download failed: $1" "check the release URL and that this host can reach it (proxy: set HTTPS_PROXY)"
+            fi
+            ;;
+    esac
+}
+
+release_url() {
+    url=${OUTPOST_RELEASE_URL:-$OUTPOST_EMBEDDED_RELEASE_URL}
+    [ -n "$url" ] || fail 2 "no release URL" "set OUTPOST_RELEASE_URL=https://your-release-host/path"
+    printf '%s' "${url%/}"
+}
+
+resolve_version() {
+    if [ -n "${OUTPOST_VERSION:-}" ]; then
+        VERSION=$OUTPOST_VERSION
+        return
+    fi
+    download "$(release_url)/channels/$OUTPOST_CHANNEL" "$TMP_DIR/channel"
+    VERSION=$(tr -d ' \t\r\n' <"$TMP_DIR/channel")
+    case "$VERSION" in
+        [0-9]*.[0-9]*.[0-9]*) ;;
+        *) fail 1 "channel $OUTPOST_CHANNEL names no valid version ('$VERSION')" "set OUTPOST_VERSION explicitly" ;;
+    esac
+}
+
+sha256_of() {
+    if command -v sha256sum >/dev/null 2>&1; then
+        sha256sum "$1" | cut -d' ' -f1
+    else
+        openssl dgst -sha256 "$1" | sed 's/^.*= //'
+    fi
+}
+
+embedded_sha256() {
+    printf '%s\n' "$OUTPOST_EMBEDDED_SHA256S" | while read -r v t s; do
+        if [ "$v" = "$VERSION" ] && [ "$t" = "$TARGET" ]; then
+            printf '%s' "$s"
+            break
+        fi
+    done
+}
+
+# minisign_ok FILE: verify FILE.minisig against any embedded key
+minisign_ok() {
+    printf '%s\n' "$OUTPOST_EMBEDDED_PUBKEYS" | while read -r key; do
+        [ -n "$key" ] || continue
+        if minisign -Vq -P "$key" -m "$1" >/dev/null 2>&1; then
+            echo ok
+            break
+        fi
+    done
+}
+
+verify_tarball() {
+    tarball=$1 name=$2
+    want=$(embedded_sha256)
+    have=$(sha256_of "$tarball")
+    has_minisign=0
+    if command -v minisign >/dev/null 2>&1 && [ -n "$OUTPOST_EMBEDDED_PUBKEYS" ]; then has_minisign=1; fi
+    if [ -n "$want" ]; then
+        [ "$want" = "$have" ] || fail 1 "checksum mismatch for $name: expected $want, got $have" \
+            "the download was corrupted or tampered with; nothing was installed. Report this to whoever runs the release host"
+    elif [ "$has_minisign" = 1 ]; then
+        # Newer than this script: trust SHA256SUMS only with a valid signature.
+        if [ ! -f "$TMP_DIR/SHA256SUMS" ] || [ ! -f "$TMP_DIR/SHA256SUMS.minisig" ]; then
+            fail 1 "no signed SHA256SUMS for $VERSION" "use the install.sh published with that release"
+        fi
+        [ "$(minisign_ok "$TMP_DIR/SHA256SUMS")" = ok ] || fail 1 "signature check failed for SHA256SUMS of $VERSION" "nothing was installed; the release is not signed by a trusted key"
+        want=$(grep "  $name\$" "$TMP_DIR/SHA256SUMS" | cut -d' ' -f1)
+        if [ -z "$want" ] || [ "$want" != "$have" ]; then
+            fail 1 "checksum mismatch for $name" "nothing was installed; the download was corrupted or tampered with"
+        fi
+    else
+        fail 1 "this installer has no checksum for outpost $VERSION ($TARGET) and minisign is not installed" \
+            "use the install.sh published with that release, or install minisign (apt-get install minisign)"
+    fi
+    if [ "$has_minisign" = 1 ] && [ -f "$tarball.minisig" ]; then
+        [ "$(minisign_ok "$tarball")" = ok ] || fail 1 "signature check failed for $name" "nothing was installed; the tarball is not signed by a trusted key"
+    fi
+    say "verified $name (sha256 $have)"
+}
+
+fetch_release() {
+    name="outpost-$VERSION-$TARGET.tar.gz"
+    if [ -n "$ARG_BUNDLE" ]; then
+        [ -r "$ARG_BUNDLE" ] || fail 2 "cannot read bundle $ARG_BUNDLE" "pass the path of a file made by 'outpost-release bundle'"
+        tar -xf "$ARG_BUNDLE" -C "$TMP_DIR" || fail 1 "bundle $ARG_BUNDLE is not a valid tar file" "make it again with 'outpost-release bundle'"
+        found=$(find "$TMP_DIR" -name "outpost-*-$TARGET.tar.gz" | head -n 1)
+        [ -n "$found" ] || fail 1 "bundle has no build for $TARGET" "make a bundle with --target $TARGET"
+        name=$(basename "$found")
+        VERSION=${name#outpost-}
+        VERSION=${VERSION%-"$TARGET".tar.gz}
+        dir=$(dirname "$found")
+        cp "$found" "$TMP_DIR/$name"
+        for f in "$found.minisig" "$dir/SHA256SUMS" "$dir/SHA256SUMS.minisig"; do
+            if [ -f "$f" ] && [ "$f" != "$TMP_DIR/$(basename "$f")" ]; then cp "$f" "$TMP_DIR/"; fi
+        done
+    else
+        base="$(release_url)/v$VERSION"
+        say "downloading outpost $VERSION for $TARGET"
+        download "$base/$name" "$TMP_DIR/$name"
+        if command -v minisign >/dev/null 2>&1; then
+            download "$base/$name.minisig" "$TMP_DIR/$name.minisig"
+            if [ -z "$(embedded_sha256)" ]; then
+                download "$base/SHA256SUMS" "$TMP_DIR/SHA256SUMS"
+                download "$base/SHA256SUMS.minisig" "$TMP_DIR/SHA256SUMS.minisig"
+            fi
+        fi
+    fi
+    verify_tarball "$TMP_DIR/$name" "$name"
+    mkdir "$TMP_DIR/unpacked"
+    tar -xzf "$TMP_DIR/$name" -C "$TMP_DIR/unpacked" outpost || fail 1 "cannot unpack $name" "the tarball is damaged; nothing was installed"
+    OUTPOST_BIN="$TMP_DIR/unpacked/outpost"
+    [ -x "$OUTPOST_BIN" ] || fail 1 "$name holds no executable outpost binary" "report this to whoever runs the release host"
+}
+
+installed_binary() {
+    for b in /usr/local/bin/outpost "${HOME:-/nonexistent}/.local/bin/outpost"; do
+        if [ -x "$b" ]; then
+            printf '%s' "$b"
+            return
+        fi
+    done
+}
+
+run_uninstall() {
+    bin=$(installed_binary)
+    [ -n "$bin" ] || fail 1 "outpost is not installed (no /usr/local/bin/outpost or ~/.local/bin/outpost)" "nothing to uninstall"
+    set -- uninstall
+    if [ "$ARG_PURGE" = 1 ]; then set -- "$@" --purge; fi
+    if [ "$ARG_DRY_RUN" = 1 ]; then set -- "$@" --dry-run; fi
+    "$bin" "$@"
+}
+
+run_install() {
+    if [ "$SYSTEMD" = 0 ]; then
+        # A container without systemd: place the binary, no service.
+        if [ "$ARG_DRY_RUN" = 1 ]; then
+            say "would copy outpost $VERSION to /usr/local/bin/outpost (no systemd here: no service)"
+            return
+        fi
+        install -m 0755 "$OUTPOST_BIN" /usr/local/bin/outpost.new && mv -f /usr/local/bin/outpost.new /usr/local/bin/outpost
+        say "installed the outpost binary only: systemd is not PID 1 in this container"
+        say "hint: run 'outpost agent run' as the container's main process, or install on the host"
+        return
+    fi
+    set -- install
+    case "$OUTPOST_MODE" in
+        system) set -- "$@" --system ;;
+        user) set -- "$@" --user ;;
+    esac
+    if [ -n "${OUTPOST_HUB_URL:-}" ]; then set -- "$@" --hub "$OUTPOST_HUB_URL"; fi
+    if [ -n "${OUTPOST_RUN_AS:-}" ]; then set -- "$@" --run-as "$OUTPOST_RUN_AS"; fi
+    if [ "$ARG_DRY_RUN" = 1 ]; then set -- "$@" --dry-run; fi
+    # OUTPOST_ENROLL_KEY reaches outpost through the environment, never argv.
+    "$OUTPOST_BIN" "$@"
+}
+
+main() {
+    parse_args "$@"
+    detect_platform
+    if [ "$ARG_UNINSTALL" = 1 ]; then
+        run_uninstall
+        return
+    fi
+    pick_downloader
+    TMP_DIR=$(mktemp -d "${TMPDIR:-/tmp}/outpost-install.XXXXXX")
+    trap cleanup EXIT INT TERM
+    if [ -z "$ARG_BUNDLE" ]; then resolve_version; fi
+    fetch_release
+    run_install
+}
+
+main "$@"
