@@ -3,7 +3,7 @@
 # (root). Idempotent and quiet when everything is there already.
 set -euo pipefail
 
-PACKAGES="musl-tools debootstrap systemd-container zstd shellcheck minisign iproute2 ca-certificates curl"
+PACKAGES="musl-tools debootstrap systemd-container zstd shellcheck minisign iproute2 ca-certificates curl openssl chromium"
 
 need_root() {
   if [ "$(id -u)" -ne 0 ]; then

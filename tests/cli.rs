@@ -5,12 +5,17 @@ use std::path::{Path, PathBuf};
 
 fn outpost() -> Command {
     let mut c = Command::cargo_bin("outpost").unwrap();
-    c.env_remove("SUDO_USER").env_remove("OUTPOST_ROOT").env_remove("OUTPOST_CONFIG").env_remove("OUTPOST_STATE_DIR");
+    c.env_remove("SUDO_USER")
+        .env_remove("OUTPOST_ROOT")
+        .env_remove("OUTPOST_CONFIG")
+        .env_remove("OUTPOST_STATE_DIR");
     c
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/os-release").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/os-release")
+        .join(name)
 }
 
 /// A fake host root: os-release, PID 1 name, passwd.
@@ -25,7 +30,11 @@ fn fake_root(os_release: &str, pid1: &str) -> tempfile::TempDir {
         std::fs::create_dir_all(r.join("run/systemd/system")).unwrap();
     }
     let uid = rustix_uid();
-    std::fs::write(r.join("etc/passwd"), format!("root:x:0:0:root:/root:/bin/sh\nme:x:{uid}:{uid}::/home/me:/bin/sh\n")).unwrap();
+    std::fs::write(
+        r.join("etc/passwd"),
+        format!("root:x:0:0:root:/root:/bin/sh\nme:x:{uid}:{uid}::/home/me:/bin/sh\n"),
+    )
+    .unwrap();
     std::fs::write(r.join("etc/group"), "root:x:0:\n").unwrap();
     d
 }
@@ -33,7 +42,13 @@ fn fake_root(os_release: &str, pid1: &str) -> tempfile::TempDir {
 fn rustix_uid() -> u32 {
     // the test process's uid, read without extra crates
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
+    status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 fn listing(root: &Path) -> Vec<PathBuf> {
@@ -57,14 +72,26 @@ fn assert_error_shape(stderr: &[u8]) {
     let s = String::from_utf8_lossy(stderr);
     let lines: Vec<&str> = s.lines().collect();
     assert_eq!(lines.len(), 2, "want `error:` + `hint:`, got:\n{s}");
-    assert!(lines[0].starts_with("error: ") && lines[1].starts_with("hint: "), "{s}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[1].starts_with("hint: "),
+        "{s}"
+    );
     assert!(!lines[0].ends_with('.'), "no trailing period: {s}");
 }
 
 #[test]
 fn version_comes_from_the_build() {
-    let out = outpost().arg("--version").assert().success().get_output().stdout.clone();
-    assert_eq!(String::from_utf8(out).unwrap().trim(), format!("outpost {}", env!("CARGO_PKG_VERSION")));
+    let out = outpost()
+        .arg("--version")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(
+        String::from_utf8(out).unwrap().trim(),
+        format!("outpost {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]
@@ -94,9 +121,14 @@ fn detect_on_fixture_roots() {
     ];
     for (os, pid1, code, want) in cases {
         let root = fake_root(os, pid1);
-        let a = outpost().args(["detect", "--json", "--root"]).arg(root.path()).assert().code(code);
+        let a = outpost()
+            .args(["detect", "--json", "--root"])
+            .arg(root.path())
+            .assert()
+            .code(code);
         let out = String::from_utf8_lossy(&a.get_output().stdout).to_string();
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{os}: {e}: {out}"));
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{os}: {e}: {out}"));
         assert!(out.contains(want), "{os}/{pid1}: want {want:?} in {out}");
         if code == 0 {
             assert_eq!(v["topology"]["init"]["kind"], "systemd");
@@ -108,7 +140,11 @@ fn detect_on_fixture_roots() {
 fn install_on_an_unsupported_host_changes_nothing() {
     let root = fake_root("alpine-3.20", "init");
     let before = listing(root.path());
-    let a = outpost().args(["install", "--user", "--root"]).arg(root.path()).assert().code(1);
+    let a = outpost()
+        .args(["install", "--user", "--root"])
+        .arg(root.path())
+        .assert()
+        .code(1);
     assert_error_shape(&a.get_output().stderr);
     let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();
     assert!(err.contains("OpenRC") || err.contains("systemd"), "{err}");
@@ -118,7 +154,12 @@ fn install_on_an_unsupported_host_changes_nothing() {
 #[test]
 fn status_without_an_install_says_so() {
     let root = fake_root("debian-12", "systemd");
-    let a = outpost().env("HOME", "/home/me").args(["status", "--root"]).arg(root.path()).assert().code(3);
+    let a = outpost()
+        .env("HOME", "/home/me")
+        .args(["status", "--root"])
+        .arg(root.path())
+        .assert()
+        .code(3);
     let out = String::from_utf8_lossy(&a.get_output().stdout).to_string();
     assert!(out.contains("not installed"), "{out}");
 }
@@ -126,12 +167,28 @@ fn status_without_an_install_says_so() {
 #[test]
 fn completions_and_man() {
     for shell in ["bash", "zsh", "fish"] {
-        let out = outpost().args(["completions", shell]).assert().success().get_output().stdout.clone();
+        let out = outpost()
+            .args(["completions", shell])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
         assert!(String::from_utf8_lossy(&out).contains("outpost"), "{shell}");
     }
-    let man = outpost().arg("man").assert().success().get_output().stdout.clone();
+    let man = outpost()
+        .arg("man")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
     let man = String::from_utf8_lossy(&man);
-    assert!(man.starts_with(".ie") || man.contains(".TH outpost"), "{}", &man[..200.min(man.len())]);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH outpost"),
+        "{}",
+        &man[..200.min(man.len())]
+    );
 }
 
 #[test]
@@ -151,11 +208,23 @@ fn self_test_loads_the_config() {
         .clone();
     assert!(String::from_utf8_lossy(&out).contains("self-test ok"));
     std::fs::write(&cfg, "[agent]\nlog_interval_secs = \"nine\"\n").unwrap();
-    let a = outpost().args(["self-test", "--config"]).arg(&cfg).arg("--state-dir").arg(d.path()).assert().code(2);
+    let a = outpost()
+        .args(["self-test", "--config"])
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(d.path())
+        .assert()
+        .code(2);
     assert_error_shape(&a.get_output().stderr);
     // missing state dir: a failure (1), named
     std::fs::write(&cfg, "").unwrap();
-    let a = outpost().args(["self-test", "--config"]).arg(&cfg).arg("--state-dir").arg(d.path().join("nope")).assert().code(1);
+    let a = outpost()
+        .args(["self-test", "--config"])
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(d.path().join("nope"))
+        .assert()
+        .code(1);
     assert!(String::from_utf8_lossy(&a.get_output().stderr).contains("nope"));
 }
 
@@ -164,6 +233,12 @@ fn agent_run_refuses_a_bad_config_with_exit_2() {
     let d = tempfile::tempdir().unwrap();
     let cfg = d.path().join("config.toml");
     std::fs::write(&cfg, "[nonsense]\n").unwrap();
-    let a = outpost().args(["agent", "run", "--config"]).arg(&cfg).arg("--state-dir").arg(d.path()).assert().code(2);
+    let a = outpost()
+        .args(["agent", "run", "--config"])
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(d.path())
+        .assert()
+        .code(2);
     assert_error_shape(&a.get_output().stderr);
 }

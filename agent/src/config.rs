@@ -32,6 +32,23 @@ impl Default for AgentSection {
 pub struct HubSection {
     /// Control-plane base URL (`https://hub.example.com`).
     pub url: Option<String>,
+    /// Heartbeat interval used until the hub states its own (the hub's `interval_secs` always
+    /// wins). Default 30 s, the protocol's default.
+    pub heartbeat_secs: Option<u64>,
+}
+
+/// The protocol's default heartbeat interval.
+pub const DEFAULT_HEARTBEAT_SECS: u64 = 30;
+
+impl HubSection {
+    /// The configured hub URL, if any non-blank one.
+    pub fn url(&self) -> Option<&str> {
+        self.url.as_deref().map(str::trim).filter(|u| !u.is_empty())
+    }
+
+    pub fn initial_interval_secs(&self) -> u64 {
+        self.heartbeat_secs.unwrap_or(DEFAULT_HEARTBEAT_SECS).max(1)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,7 +171,7 @@ fn one_line(msg: &str) -> String {
         .trim_end_matches(':')
         .to_string();
     let detail = parts
-        .last()
+        .next_back()
         .filter(|l| !l.starts_with('|') && !l.starts_with('^'));
     match detail {
         Some(d) if d != first => format!("{first}: {d}"),

@@ -11,8 +11,13 @@ pub const MODE: &str = "OUTPOST_MODE";
 pub const ROOT: &str = "OUTPOST_ROOT";
 /// Single-use enrollment key, only ever read from the environment or the 0600 secrets file.
 pub const ENROLL_KEY: &str = "OUTPOST_ENROLL_KEY";
+/// Path of the 0600 secrets file (`outpost.env`); the agent removes the used enrollment key
+/// from it after enrolling. Set by the unit.
+pub const ENV_FILE: &str = "OUTPOST_ENV_FILE";
 /// Control-plane URL written into the config by `install --hub`.
 pub const HUB_URL: &str = "OUTPOST_HUB_URL";
+/// Release host (`outpost upgrade --from`, install.sh).
+pub const RELEASE_URL: &str = "OUTPOST_RELEASE_URL";
 /// User the system service runs as (`install --run-as`).
 pub const RUN_AS: &str = "OUTPOST_RUN_AS";
 /// Build-time only: overrides the version baked into the binary.

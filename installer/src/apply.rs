@@ -133,6 +133,7 @@ impl Drop for Transaction {
 fn resolve_owner(spec: OwnerSpec, service_ids: Option<(u32, u32)>, mode: Mode) -> fsx::Owner {
     match (spec, mode) {
         (OwnerSpec::ServiceUser, Mode::System) => service_ids,
+        (OwnerSpec::RootServiceGroup, Mode::System) => service_ids.map(|(_, gid)| (0, gid)),
         _ => None,
     }
 }
@@ -241,7 +242,7 @@ pub fn apply_install(
                         mode: Some(*mode),
                         target: None,
                     });
-                } else if *role == Role::State && own.is_some() {
+                } else if matches!(role, Role::State | Role::Config) && own.is_some() {
                     // keep the service user able to write its state after --run-as changes
                     fsx::set_mode_owner(&hp, *mode, own)
                         .map_err(|e| Error::io("set owner of", &hp, e))?;

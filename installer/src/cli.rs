@@ -103,6 +103,40 @@ enum Command {
     Stop(ControlArgs),
     /// Restart outpost.service
     Restart(ControlArgs),
+    /// Upgrade (or, with an older --target, roll back) to a verified release
+    Upgrade {
+        #[command(flatten)]
+        mode: ModeFlags,
+        /// Exact version to go to (an older one is the documented rollback)
+        #[arg(long, value_name = "X.Y.Z")]
+        target: Option<semver::Version>,
+        /// Channel whose newest version to take (default: [release] channel, else stable)
+        #[arg(long, value_name = "CHANNEL", value_parser = ["stable", "beta"])]
+        channel: Option<String>,
+        /// Release source instead of [release] url: https:// URL, directory or offline bundle file
+        #[arg(long, value_name = "URL|DIR|FILE", env = env::RELEASE_URL)]
+        from: Option<String>,
+        /// Swap the package only; leave the running service alone and print the restart command
+        #[arg(long)]
+        no_restart: bool,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+        /// Resolve an interrupted upgrade and exit (the unit's ExecStartPre runs this)
+        #[arg(long, hide = true)]
+        resolve_pending: bool,
+    },
+    /// Show the event journal (upgrades, enrollment, revocation)
+    Events {
+        #[command(flatten)]
+        mode: ModeFlags,
+        /// Keep printing new events as they are written
+        #[arg(long)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// The agent (the service's ExecStart)
     Agent {
         #[command(subcommand)]
@@ -249,11 +283,107 @@ fn default_paths(
     ))
 }
 
+/// Every command that acts on an install first resolves an upgrade that was interrupted
+/// (SIGKILL, power loss): finish or revert, so no host stays half-upgraded.
+fn resolve_interrupted(
+    probe: &dyn Probe,
+    host: &dyn Host,
+    root: &std::path::Path,
+    mode: Option<Mode>,
+) {
+    let Ok((layout, Some(_))) = uninstall::find_install(probe, root, mode) else {
+        return;
+    };
+    if !layout
+        .host(&crate::upgrade::record::path(&layout.state_dir))
+        .exists()
+    {
+        return;
+    }
+    let mut err = std::io::stderr();
+    if let Err(e) = crate::upgrade::resolve_pending(
+        &layout,
+        host,
+        probe.euid(),
+        crate::upgrade::ResolveContext::Cli,
+        &mut err,
+    ) {
+        eprintln!(
+            "warning: an interrupted upgrade could not be resolved: {e}\nhint: {}",
+            e.hint()
+        );
+    }
+}
+
 fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
     let root = cli.root.clone();
     let probe = HostProbe { root: root.clone() };
     let host = RealHost { root: root.clone() };
+    match &cli.command {
+        Command::Install { mode, .. }
+        | Command::Uninstall { mode, .. }
+        | Command::Status { mode, .. }
+        | Command::Events { mode, .. } => resolve_interrupted(&probe, &host, &root, mode.mode()),
+        Command::Start(a) | Command::Stop(a) | Command::Restart(a) => {
+            resolve_interrupted(&probe, &host, &root, a.mode.mode())
+        }
+        Command::Upgrade {
+            mode,
+            resolve_pending: false,
+            ..
+        } => resolve_interrupted(&probe, &host, &root, mode.mode()),
+        _ => {}
+    }
     match cli.command {
+        Command::Upgrade {
+            mode,
+            resolve_pending: true,
+            ..
+        } => {
+            let (layout, _) = uninstall::find_install(&probe, &root, mode.mode())?;
+            let r = crate::upgrade::resolve_pending(
+                &layout,
+                &host,
+                probe.euid(),
+                crate::upgrade::ResolveContext::ServiceStart,
+                out,
+            )?;
+            if r != crate::upgrade::decide::Resolution::Nothing {
+                writeln!(out, "upgrade record resolved: {r:?}").ok();
+            }
+            Ok(exit::OK)
+        }
+        Command::Upgrade {
+            mode,
+            target,
+            channel,
+            from,
+            no_restart,
+            dry_run,
+            json,
+            resolve_pending: false,
+        } => {
+            let (layout, _) = uninstall::find_install(&probe, &root, mode.mode())?;
+            let config = outpost_agent::Config::load(&layout.host(&layout.config_file))?;
+            let stager = crate::upgrade::stage::ReleaseStager::from_config(
+                &config,
+                from.as_deref(),
+                &layout.host(&layout.state_dir),
+            )?;
+            let args = crate::upgrade::UpgradeArgs {
+                mode: mode.mode(),
+                target,
+                channel,
+                no_restart,
+                dry_run,
+                json,
+                root,
+            };
+            crate::upgrade::run(&args, &probe, &host, &stager, out)
+        }
+        Command::Events { mode, follow, json } => {
+            crate::status::events(&probe, &root, mode.mode(), follow, json, out)
+        }
         Command::Detect { json } => {
             let det = detect::probe::detect(&probe);
             if json {

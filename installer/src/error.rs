@@ -64,7 +64,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage { .. } | Error::Config(_) => exit::USAGE,
-            Error::Run(outpost_agent::run::RunError::Config(_)) => exit::USAGE,
+            Error::Run(e) => e.exit_code(),
             _ => exit::FAILURE,
         }
     }

@@ -97,6 +97,14 @@ impl Layout {
     pub fn current_binary(&self) -> PathBuf {
         self.current_link().join("outpost")
     }
+    /// `<base>/last-good` → the version last confirmed healthy.
+    pub fn last_good_link(&self) -> PathBuf {
+        self.base.join("last-good")
+    }
+    /// The binary the unit's `ExecStartPre=` resolver runs.
+    pub fn resolver_binary(&self) -> PathBuf {
+        self.last_good_link().join("outpost")
+    }
     pub fn receipt_file(&self) -> PathBuf {
         self.state_dir.join("receipt.json")
     }

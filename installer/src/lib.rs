@@ -8,6 +8,7 @@ pub mod apply;
 pub mod cli;
 pub mod detect;
 pub mod error;
+pub mod fault;
 pub mod fsx;
 pub mod install;
 pub mod layout;
@@ -17,6 +18,7 @@ pub mod render;
 pub mod status;
 pub mod svc;
 pub mod uninstall;
+pub mod upgrade;
 pub mod users;
 
 /// The unit name, in both modes.

@@ -101,6 +101,9 @@ pub enum OwnerSpec {
     Invoker,
     /// The service user (system mode).
     ServiceUser,
+    /// root, with the service user's group (system mode: `/etc/outpost`, so the agent can
+    /// rewrite its secrets file but the directory stays root's).
+    RootServiceGroup,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -233,6 +236,7 @@ pub fn install_paths(layout: &Layout, version: &str) -> Vec<PathBuf> {
         layout.version_dir(version),
         layout.version_dir(version).join("outpost"),
         layout.current_link(),
+        layout.last_good_link(),
         layout.bin_link.clone(),
         layout.config_dir.clone(),
         layout.config_file.clone(),
@@ -298,6 +302,7 @@ pub fn unit_params(inp: &InstallInputs) -> UnitParams {
     UnitParams {
         mode: l.mode,
         exec: l.current_binary(),
+        resolver: l.resolver_binary(),
         config_file: l.config_file.clone(),
         state_dir: l.state_dir.clone(),
         env_file: l.env_file.clone(),

@@ -19,6 +19,9 @@ pub struct UnitParams {
     pub mode: Mode,
     /// `<base>/current/outpost`.
     pub exec: PathBuf,
+    /// `<base>/last-good/outpost`: resolves an interrupted upgrade before every start
+    /// (`ExecStartPre=`), from the version last confirmed healthy.
+    pub resolver: PathBuf,
     pub config_file: PathBuf,
     pub state_dir: PathBuf,
     pub env_file: PathBuf,
@@ -36,6 +39,7 @@ impl UnitParams {
         UnitParams {
             mode: layout.mode,
             exec: layout.current_binary(),
+            resolver: layout.resolver_binary(),
             config_file: layout.config_file.clone(),
             state_dir: layout.state_dir.clone(),
             env_file: layout.env_file.clone(),
@@ -57,7 +61,13 @@ pub enum RenderError {
 
 /// Check that every path can be written into a unit and every name is portable.
 pub fn validate(p: &UnitParams) -> Result<(), RenderError> {
-    for path in [&p.exec, &p.config_file, &p.state_dir, &p.env_file] {
+    for path in [
+        &p.exec,
+        &p.resolver,
+        &p.config_file,
+        &p.state_dir,
+        &p.env_file,
+    ] {
         check_path(path)?;
     }
     for name in [&p.user, &p.group].into_iter().flatten() {
@@ -158,6 +168,12 @@ pub fn unit(p: &UnitParams) -> String {
     line("[Service]".into());
     line("Type=notify".into());
     line("NotifyAccess=main".into());
+    // `-`: a resolver failure must not block the start; `+`: it may fix root-owned files.
+    line(format!(
+        "ExecStartPre=-+{} upgrade --resolve-pending --{}",
+        word(&path_str(&p.resolver), true),
+        p.mode.as_str()
+    ));
     line(format!(
         "ExecStart={} agent run",
         word(&path_str(&p.exec), true)
@@ -166,6 +182,7 @@ pub fn unit(p: &UnitParams) -> String {
         (env::MODE, p.mode.as_str().into()),
         (env::CONFIG, path_str(&p.config_file)),
         (env::STATE_DIR, path_str(&p.state_dir)),
+        (env::ENV_FILE, path_str(&p.env_file)),
     ] {
         line(format!("Environment={}", word(&format!("{k}={v}"), false)));
     }
@@ -200,7 +217,18 @@ pub fn unit(p: &UnitParams) -> String {
 /// its state directory, the network and `/proc/meminfo` (hence no `ProcSubset=pid`).
 pub fn hardening_dropin(p: &UnitParams) -> String {
     debug_assert!(validate(p).is_ok(), "unvalidated unit params {p:?}");
-    let rw = format!("ReadWritePaths={}", word(&path_str(&p.state_dir), false));
+    // The secrets file's directory too: after enrolling, the agent scrubs the one-time key
+    // from it with an atomic rewrite (a temp file next to it, then rename).
+    let secrets_dir = p
+        .env_file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| p.state_dir.clone());
+    let rw = format!(
+        "ReadWritePaths={} {}",
+        word(&path_str(&p.state_dir), false),
+        word(&path_str(&secrets_dir), false)
+    );
     let settings: [(&str, &str); 26] = [
         (
             "NoNewPrivileges=yes",
@@ -210,7 +238,10 @@ pub fn hardening_dropin(p: &UnitParams) -> String {
             "ProtectSystem=strict",
             "the whole file system is read-only…",
         ),
-        (&rw, "…except the state directory"),
+        (
+            &rw,
+            "…except the state directory and the secrets file's directory",
+        ),
         ("ProtectHome=yes", "no access to /home, /root, /run/user"),
         ("PrivateTmp=yes", "own /tmp and /var/tmp"),
         (
@@ -450,7 +481,9 @@ mod tests {
         }
         let mut p = system();
         p.state_dir = PathBuf::from("/srv/out post");
-        assert!(lines(&hardening_dropin(&p)).contains(&"ReadWritePaths=\"/srv/out post\""));
+        assert!(
+            lines(&hardening_dropin(&p)).contains(&"ReadWritePaths=\"/srv/out post\" /etc/outpost")
+        );
     }
 
     #[test]
@@ -511,7 +544,7 @@ mod tests {
         for want in [
             "NoNewPrivileges=yes",
             "ProtectSystem=strict",
-            "ReadWritePaths=/var/lib/outpost",
+            "ReadWritePaths=/var/lib/outpost /etc/outpost",
             "ProtectHome=yes",
             "PrivateTmp=yes",
             "PrivateDevices=yes",

@@ -210,3 +210,43 @@ pub fn render_detection(d: &Detection) -> String {
     }
     s
 }
+
+/// `outpost events [--follow] [--json]`: the journal in the state dir.
+pub fn events(
+    probe: &dyn Probe,
+    root: &Path,
+    mode: Option<crate::layout::Mode>,
+    follow: bool,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<i32> {
+    use outpost_agent::journal::{Journal, Record};
+    let (layout, _) = crate::uninstall::find_install(probe, root, mode)?;
+    let journal = Journal::open(&layout.host(&layout.state_dir));
+    let show = |r: &Record, out: &mut dyn Write| {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(r).unwrap_or_default()).ok();
+        } else {
+            writeln!(out, "{}  #{:<4} {:<32} {}", r.time, r.seq, r.kind, r.data).ok();
+        }
+        out.flush().ok();
+    };
+    let j_err = |e: outpost_agent::journal::JournalError| {
+        crate::error::Error::failed(e.to_string(), e.hint())
+    };
+    if !follow {
+        for r in journal.read_all().map_err(j_err)? {
+            show(&r, out);
+        }
+        return Ok(exit::OK);
+    }
+    let mut f = journal.follow(true).map_err(j_err)?;
+    loop {
+        for r in f
+            .wait(std::time::Duration::from_millis(250), || false)
+            .map_err(j_err)?
+        {
+            show(&r, out);
+        }
+    }
+}

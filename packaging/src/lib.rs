@@ -1,6 +1,31 @@
 //! Release format, build identity, fetch and verify.
 //!
-//! For now this crate carries the build identity; the release pipeline lands here.
+//! The agent links [`manifest`], [`verify`], [`fetch`], [`extract`] and [`bundle`] (reading
+//! side only). Signing, key generation, building and publishing live in [`tools`], behind
+//! the `tools` feature that only the `outpost-release` packager enables.
+//! The format is a public contract: docs/RELEASES.md.
+
+mod b64;
+pub mod bundle;
+pub mod error;
+pub mod extract;
+pub mod fetch;
+pub mod fsx;
+pub mod manifest;
+#[cfg(feature = "tools")]
+pub mod tools;
+pub mod verify;
+
+pub use error::{Error, Result};
+pub use extract::{extract_tarball, install_version, ExtractLimits};
+pub use fetch::{fetch_manifest, fetch_release, Source, Verified, MAX_TARBALL_BYTES};
+pub use manifest::{Artifact, Manifest, Release, Want, TARGETS};
+pub use verify::{ReplayState, TrustedComment, TrustedKeys};
+
+/// File name of the signed release index at the release root.
+pub const MANIFEST: &str = "manifest.json";
+/// File name of the checksum list in each `vV/` directory.
+pub const SHA256SUMS: &str = "SHA256SUMS";
 
 /// The version this binary was built as (Cargo.toml, or `OUTPOST_BUILD_VERSION` at build time).
 pub const VERSION: &str = env!("OUTPOST_VERSION");

@@ -19,6 +19,8 @@
 //! (to anything but `false`/`0`) or `OUTPOST_E2E_REQUIRED=1`: then it panics.
 #![allow(dead_code)]
 
+pub mod release;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};

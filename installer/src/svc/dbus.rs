@@ -348,7 +348,17 @@ impl SystemdBus {
 
     /// Enqueue a job with `call` and wait for its `JobRemoved`; `Ok` only for result `done`.
     fn run_job(&self, action: &str, unit: &str, method: JobMethod) -> Result<(), SvcError> {
-        let deadline = Instant::now() + self.job_timeout;
+        self.run_job_within(action, unit, method, self.job_timeout)
+    }
+
+    fn run_job_within(
+        &self,
+        action: &str,
+        unit: &str,
+        method: JobMethod,
+        timeout: Duration,
+    ) -> Result<(), SvcError> {
+        let deadline = Instant::now() + timeout;
         let work = async {
             let mgr = SystemdManagerProxy::builder(self.conn.inner())
                 .cache_properties(CacheProperties::No)
@@ -384,7 +394,7 @@ impl SystemdBus {
             None => Err(SvcError::Timeout {
                 action: action.into(),
                 unit: unit.into(),
-                secs: timeout_secs(self.job_timeout),
+                secs: timeout_secs(timeout),
             }),
             Some(Err(e)) => Err(map_error(&e, self.scope, action, unit)),
             Some(Ok(result)) if result == "done" => Ok(()),
@@ -431,6 +441,10 @@ impl ServiceManager for SystemdBus {
 
     fn start(&self, unit: &str) -> Result<(), SvcError> {
         self.run_job("start", unit, JobMethod::Start)
+    }
+
+    fn start_within(&self, unit: &str, timeout: Duration) -> Result<(), SvcError> {
+        self.run_job_within("start", unit, JobMethod::Start, timeout)
     }
 
     fn stop(&self, unit: &str) -> Result<(), SvcError> {

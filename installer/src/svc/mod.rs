@@ -107,6 +107,13 @@ pub trait ServiceManager {
     fn enable(&self, unit: &str) -> Result<(), SvcError>;
     fn disable(&self, unit: &str) -> Result<(), SvcError>;
     fn start(&self, unit: &str) -> Result<(), SvcError>;
+    /// Like [`ServiceManager::start`], but give up waiting for the job after `timeout` (the
+    /// job itself stays queued; stop the unit to cancel it). The upgrader's health gate uses
+    /// it so a version that never sends READY is caught within the soak period.
+    fn start_within(&self, unit: &str, timeout: std::time::Duration) -> Result<(), SvcError> {
+        let _ = timeout;
+        self.start(unit)
+    }
     fn stop(&self, unit: &str) -> Result<(), SvcError>;
     fn restart(&self, unit: &str) -> Result<(), SvcError>;
     /// Clear the `failed` state and the start-limit counter (`systemctl reset-failed`).

@@ -1,0 +1,356 @@
+//! `outpost diagnose`: checks of the agent's side, each `{name, ok, detail, hint}`, and
+//! [`send`] to upload the report to the hub. The installer adds its own checks (unit state,
+//! linger) to [`Report::checks`] before printing or sending.
+use crate::config::Config;
+use crate::enroll::{self, Identity};
+use crate::hub::{HubClient, HubError};
+use crate::journal::Journal;
+use serde::Serialize;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Instant;
+
+/// Below this much free space in the state directory, the disk check fails.
+pub const MIN_DISK_FREE: u64 = 100 * 1024 * 1024;
+/// Below this much available memory, the memory check fails.
+pub const MIN_MEM_AVAILABLE: u64 = 64 * 1024 * 1024;
+/// Larger clock skew with the hub fails the clock check.
+pub const MAX_SKEW_SECS: i64 = 60;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+    pub hint: Option<String>,
+}
+
+impl Check {
+    fn pass(name: &str, detail: String) -> Check {
+        Check {
+            name: name.into(),
+            ok: true,
+            detail,
+            hint: None,
+        }
+    }
+    fn fail(name: &str, detail: String, hint: String) -> Check {
+        Check {
+            name: name.into(),
+            ok: false,
+            detail,
+            hint: Some(hint),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub version: String,
+    pub at: String,
+    pub agent_id: Option<String>,
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+}
+
+fn mib(b: u64) -> String {
+    format!("{} MiB", b / (1024 * 1024))
+}
+
+pub fn check_disk(free: u64, state_dir: &Path) -> Check {
+    let detail = format!(
+        "{} free on the filesystem of {}",
+        mib(free),
+        state_dir.display()
+    );
+    if free < MIN_DISK_FREE {
+        Check::fail(
+            "disk_free",
+            detail,
+            format!(
+                "free at least {} there: the journal and upgrades need room",
+                mib(MIN_DISK_FREE)
+            ),
+        )
+    } else {
+        Check::pass("disk_free", detail)
+    }
+}
+
+pub fn check_memory(total: u64, available: u64) -> Check {
+    let detail = format!("{} available of {}", mib(available), mib(total));
+    if available < MIN_MEM_AVAILABLE {
+        Check::fail(
+            "memory_available",
+            detail,
+            "the host is short of memory; look for runaway processes (`top -o RES`)".into(),
+        )
+    } else {
+        Check::pass("memory_available", detail)
+    }
+}
+
+pub fn check_skew(skew: Option<i64>) -> Check {
+    match skew {
+        None => Check::fail(
+            "clock_skew",
+            "the hub's answer had no usable Date header".into(),
+            "check that the URL points at the outpost hub (a proxy may strip Date)".into(),
+        ),
+        Some(s) if s.abs() > MAX_SKEW_SECS => Check::fail(
+            "clock_skew",
+            format!(
+                "this host's clock is {}s {} the hub's",
+                s.abs(),
+                if s > 0 { "behind" } else { "ahead of" }
+            ),
+            "enable time synchronisation (systemd-timesyncd or chrony) on this host".into(),
+        ),
+        Some(s) => Check::pass("clock_skew", format!("{s}s from the hub's clock")),
+    }
+}
+
+/// The identity file must be mode 0600 and owned by the user running the agent.
+pub fn check_identity_meta(path: &Path, mode: u32, uid: u32, my_uid: u32) -> Check {
+    let mode = mode & 0o7777;
+    let detail = format!("{} mode {mode:04o} owner uid {uid}", path.display());
+    if mode != 0o600 {
+        Check::fail(
+            "identity_file",
+            detail,
+            format!("chmod 600 {} (it holds the agent token)", path.display()),
+        )
+    } else if uid != my_uid {
+        Check::fail(
+            "identity_file",
+            detail,
+            format!(
+                "run diagnostics as the service user, or chown it to that user (uid {my_uid} runs this check)"
+            ),
+        )
+    } else {
+        Check::pass("identity_file", detail)
+    }
+}
+
+fn check_identity(config: &Config, state_dir: &Path) -> (Check, Option<Identity>) {
+    let path = enroll::identity_path(state_dir);
+    let meta = match fs_err::metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return if config.hub.url().is_some() {
+                let e = enroll::EnrollError::NoKey;
+                (
+                    Check::fail(
+                        "identity_file",
+                        format!("{} does not exist: not enrolled", path.display()),
+                        e.hint(),
+                    ),
+                    None,
+                )
+            } else {
+                (
+                    Check::pass(
+                        "identity_file",
+                        "no hub configured, no identity needed".into(),
+                    ),
+                    None,
+                )
+            };
+        }
+        Err(e) => {
+            return (
+                Check::fail(
+                    "identity_file",
+                    format!("cannot read {}: {}", path.display(), e.kind()),
+                    "run diagnostics as the service user (or with sudo)".into(),
+                ),
+                None,
+            )
+        }
+    };
+    let me = rustix::process::getuid().as_raw();
+    let check = check_identity_meta(&path, meta.mode(), meta.uid(), me);
+    match enroll::load_identity(state_dir) {
+        Ok(id) => (check, id),
+        Err(e) => (Check::fail("identity_file", e.to_string(), e.hint()), None),
+    }
+}
+
+fn check_journal(state_dir: &Path) -> Check {
+    match Journal::open(state_dir).verify() {
+        Ok(r) => Check::pass(
+            "journal",
+            match r.head {
+                Some((seq, _)) => format!(
+                    "{} records, chain intact up to seq {seq}{}",
+                    r.records,
+                    if r.torn_tail {
+                        " (incomplete last line, repaired on next append)"
+                    } else {
+                        ""
+                    }
+                ),
+                None => "empty".into(),
+            },
+        ),
+        Err(e) => Check::fail("journal", e.to_string(), e.hint()),
+    }
+}
+
+fn check_hub(config: &Config) -> Vec<Check> {
+    let Some(url) = config.hub.url() else {
+        return vec![Check::pass("hub_reachable", "no hub configured".into())];
+    };
+    let client = match HubClient::new(url, config.release.ca_file.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return vec![Check::fail("hub_reachable", e.to_string(), e.hint())],
+    };
+    let t = Instant::now();
+    match client.healthz() {
+        Ok((h, meta)) if h.ok => vec![
+            Check::pass(
+                "hub_reachable",
+                format!(
+                    "{url} answered in {} ms (hub {}){}",
+                    t.elapsed().as_millis(),
+                    h.version.as_deref().unwrap_or("version unknown"),
+                    if url.starts_with("https://") {
+                        ", TLS certificate valid"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+            check_skew(meta.skew_secs()),
+        ],
+        Ok((_, meta)) => vec![
+            Check::fail(
+                "hub_reachable",
+                format!("{url}/healthz says the hub is not ok"),
+                "look at the hub's own logs".into(),
+            ),
+            check_skew(meta.skew_secs()),
+        ],
+        Err(e) => vec![Check::fail("hub_reachable", e.to_string(), e.hint())],
+    }
+}
+
+/// Run every agent-side check.
+pub fn run_checks(config: &Config, state_dir: &Path) -> Report {
+    let mut checks = check_hub(config);
+    let (id_check, identity) = check_identity(config, state_dir);
+    checks.push(id_check);
+    checks.push(check_disk(
+        crate::facts::disk_free(state_dir).unwrap_or(0),
+        state_dir,
+    ));
+    let mem =
+        crate::facts::parse_meminfo(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default());
+    checks.push(check_memory(mem.total, mem.available));
+    checks.push(check_journal(state_dir));
+    Report {
+        version: outpost_packaging::VERSION.to_string(),
+        at: crate::clock::now_rfc3339(),
+        agent_id: identity.map(|i| i.agent_id),
+        checks,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("no hub is configured")]
+    NoHub,
+    #[error("this agent is not enrolled")]
+    NotEnrolled,
+    #[error(transparent)]
+    Identity(#[from] enroll::EnrollError),
+    #[error(transparent)]
+    Hub(#[from] HubError),
+}
+
+impl SendError {
+    pub fn hint(&self) -> String {
+        match self {
+            SendError::NoHub => "set `[hub] url` in the config".into(),
+            SendError::NotEnrolled => enroll::EnrollError::NoKey.hint(),
+            SendError::Identity(e) => e.hint(),
+            SendError::Hub(e) => e.hint(),
+        }
+    }
+}
+
+/// Upload `report` with the agent's identity (`POST /api/v1/diagnostics`).
+pub fn send(report: &Report, config: &Config, state_dir: &Path) -> Result<(), SendError> {
+    let url = config.hub.url().ok_or(SendError::NoHub)?;
+    let id = enroll::load_identity(state_dir)?.ok_or(SendError::NotEnrolled)?;
+    let client = HubClient::new(url, config.release.ca_file.as_deref())?;
+    let value = serde_json::to_value(report).unwrap_or_default();
+    client.diagnostics(&id.token, &id.agent_id, &value)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_table() {
+        let p = Path::new("/var/lib/outpost");
+        let cases: Vec<(Check, bool)> = vec![
+            (check_disk(MIN_DISK_FREE - 1, p), false),
+            (check_disk(MIN_DISK_FREE, p), true),
+            (check_memory(1 << 30, MIN_MEM_AVAILABLE - 1), false),
+            (check_memory(1 << 30, 512 << 20), true),
+            (check_skew(Some(61)), false),
+            (check_skew(Some(-61)), false),
+            (check_skew(Some(60)), true),
+            (check_skew(Some(-3)), true),
+            (check_skew(None), false),
+            (check_identity_meta(p, 0o100600, 1000, 1000), true),
+            (check_identity_meta(p, 0o100644, 1000, 1000), false),
+            (check_identity_meta(p, 0o100600, 0, 1000), false),
+        ];
+        for (i, (c, ok)) in cases.into_iter().enumerate() {
+            assert_eq!(c.ok, ok, "case {i}: {c:?}");
+            assert_eq!(
+                c.hint.is_some(),
+                !ok,
+                "case {i}: failing checks carry a hint"
+            );
+            assert!(!c.detail.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn checks_without_hub_on_a_fresh_state_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let r = run_checks(&Config::default(), d.path());
+        let names: Vec<&str> = r.checks.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "hub_reachable",
+                "identity_file",
+                "disk_free",
+                "memory_available",
+                "journal"
+            ]
+        );
+        let journal = &r.checks[4];
+        assert!(journal.ok, "{journal:?}");
+        std::fs::write(d.path().join(crate::journal::FILE), "garbage\n").unwrap();
+        let r = run_checks(&Config::default(), d.path());
+        assert!(!r.checks[4].ok && r.checks[4].detail.contains("line 1"));
+        assert!(!r.ok());
+        assert!(matches!(
+            send(&r, &Config::default(), d.path()),
+            Err(SendError::NoHub)
+        ));
+    }
+}

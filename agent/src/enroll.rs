@@ -1,0 +1,358 @@
+//! Enrollment: trade the single-use key for an agent identity, once.
+//!
+//! When the config has `[hub] url` and the state directory has no `identity.json`, the agent
+//! reads `OUTPOST_ENROLL_KEY` from its environment (systemd loads it from the 0600 secrets
+//! file), enrolls with its facts, stores `{agent_id, token, hub_url, enrolled_at}` as
+//! `identity.json` (mode 0600, owned by the service user), journals `enrolled`, then removes
+//! the key line from the secrets file (`OUTPOST_ENV_FILE`) with an atomic rewrite that keeps
+//! every other line and the file's mode and owner. A secrets file the service cannot write
+//! (ProtectSystem=, root-owned) is a warning, not a failure: the key is used up anyway.
+//!
+//! A refused key (401 `key_unknown`/`key_expired`/`key_used`) is journaled as
+//! `enroll_refused`; the run loop then exits with [`crate::exit::FAILURE`]. Decision: FAILURE
+//! rather than REVOKED because the operator's fix is to put a new key in the secrets file,
+//! and systemd's `Restart=on-failure` picks it up on the next start by itself; the unit's
+//! StartLimitBurst= stops the retries if nobody does. A key is never logged or journaled.
+use crate::hub::{EnrollFacts, HubClient, HubError};
+use crate::journal::{kind, Journal};
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+pub const IDENTITY_FILE: &str = "identity.json";
+
+/// The agent's credentials. `Debug` hides the token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    pub agent_id: String,
+    pub token: String,
+    pub hub_url: String,
+    pub enrolled_at: String,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("agent_id", &self.agent_id)
+            .field("token", &"<redacted>")
+            .field("hub_url", &self.hub_url)
+            .field("enrolled_at", &self.enrolled_at)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error("cannot {op} identity file {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("identity file {path} is invalid: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("no enrollment key: {} is not set", crate::env::ENROLL_KEY)]
+    NoKey,
+}
+
+impl EnrollError {
+    pub fn hint(&self) -> String {
+        match self {
+            EnrollError::Hub(e) => e.hint(),
+            EnrollError::Io { path, .. } => format!(
+                "the state directory {} must be writable by the service user; re-run `outpost install`",
+                crate::fsx::parent(path).display()
+            ),
+            EnrollError::Invalid { path, .. } => format!(
+                "move {} aside and enroll again with a new key (the old agent id is lost)",
+                path.display()
+            ),
+            EnrollError::NoKey => format!(
+                "create a key on the hub, add `{}=<key>` to the secrets file (outpost.env) and \
+                 restart the service, or re-run `outpost install --hub URL` with the key",
+                crate::env::ENROLL_KEY
+            ),
+        }
+    }
+}
+
+pub fn identity_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(IDENTITY_FILE)
+}
+
+/// The stored identity, `None` when not enrolled yet.
+pub fn load_identity(state_dir: &Path) -> Result<Option<Identity>, EnrollError> {
+    let path = identity_path(state_dir);
+    let text = match fs_err::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(EnrollError::Io {
+                op: "read",
+                path,
+                source: std::io::Error::new(e.kind(), e.kind().to_string()),
+            })
+        }
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| EnrollError::Invalid {
+            path,
+            // serde's message could quote a value; keep only its position.
+            reason: format!(
+                "not the expected JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+        })
+}
+
+/// Store `id` atomically, mode 0600, owned by the current (service) user.
+pub fn save_identity(state_dir: &Path, id: &Identity) -> Result<(), EnrollError> {
+    let path = identity_path(state_dir);
+    let mut text = serde_json::to_string_pretty(id).map_err(|e| EnrollError::Invalid {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    text.push('\n');
+    crate::fsx::write_atomic(&path, text.as_bytes(), 0o600).map_err(|source| EnrollError::Io {
+        op: "write",
+        path,
+        source,
+    })
+}
+
+/// The key from the process environment (empty counts as absent).
+pub fn key_from_env() -> Option<String> {
+    std::env::var(crate::env::ENROLL_KEY)
+        .ok()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+}
+
+/// The secrets file from `OUTPOST_ENV_FILE`.
+pub fn env_file_from_env() -> Option<PathBuf> {
+    std::env::var_os(crate::env::ENV_FILE)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+pub struct EnrollRequest<'a> {
+    pub hub: &'a HubClient,
+    pub key: &'a str,
+    pub facts: EnrollFacts,
+    pub state_dir: &'a Path,
+    pub journal: &'a Journal,
+    /// The secrets file to remove the key from afterwards.
+    pub env_file: Option<&'a Path>,
+}
+
+pub struct Enrollment {
+    pub identity: Identity,
+    pub heartbeat_interval_secs: Option<u64>,
+    /// A warning (message, hint) when the key could not be scrubbed from the secrets file.
+    pub scrub_warning: Option<(String, String)>,
+}
+
+/// Enroll, store the identity, journal it and scrub the key. See the module docs.
+pub fn enroll(req: EnrollRequest<'_>) -> Result<Enrollment, EnrollError> {
+    let (resp, _meta) = match req.hub.enroll(req.key, &req.facts) {
+        Ok(r) => r,
+        Err(e @ HubError::KeyRefused { .. }) => {
+            let data = serde_json::json!({
+                "hub_url": req.hub.base_url(),
+                "code": e.code(),
+            });
+            if let Err(je) = req.journal.append(kind::ENROLL_REFUSED, data) {
+                crate::log::warn(&je.to_string(), &je.hint());
+            }
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let identity = Identity {
+        agent_id: resp.agent_id,
+        token: resp.token,
+        hub_url: req.hub.base_url().to_string(),
+        enrolled_at: crate::clock::now_rfc3339(),
+    };
+    save_identity(req.state_dir, &identity)?;
+    let data = serde_json::json!({"agent_id": identity.agent_id, "hub_url": identity.hub_url});
+    if let Err(je) = req.journal.append(kind::ENROLLED, data) {
+        crate::log::warn(&je.to_string(), &je.hint());
+    }
+    let scrub_warning = match req.env_file {
+        None => Some((
+            format!(
+                "enrolled, but {} is not set, so the used key stays in the secrets file",
+                crate::env::ENV_FILE
+            ),
+            format!(
+                "remove the {} line from outpost.env by hand",
+                crate::env::ENROLL_KEY
+            ),
+        )),
+        Some(p) => match scrub_env_key(p, crate::env::ENROLL_KEY) {
+            Ok(_) => None,
+            Err(e) => Some((e.to_string(), e.hint())),
+        },
+    };
+    Ok(Enrollment {
+        identity,
+        heartbeat_interval_secs: resp.heartbeat_interval_secs,
+        scrub_warning,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot remove the used enrollment key from {path}: {reason}")]
+pub struct ScrubError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl ScrubError {
+    pub fn hint(&self) -> String {
+        format!(
+            "the key is used up and harmless, but delete the {} line from {} by hand \
+             (the service cannot write it: ProtectSystem= or file ownership)",
+            crate::env::ENROLL_KEY,
+            self.path.display()
+        )
+    }
+}
+
+/// Is `line` an assignment of `var` in an EnvironmentFile (`VAR=…`, `export VAR=…`)?
+fn assigns(line: &str, var: &str) -> bool {
+    let l = line.trim_start();
+    let l = l.strip_prefix("export ").map(str::trim_start).unwrap_or(l);
+    l.split_once('=').is_some_and(|(k, _)| k.trim_end() == var)
+}
+
+/// Remove every `var=` line from `path`, keeping all other lines byte for byte and the file's
+/// mode and owner. Returns whether something was removed (a file without the line is left
+/// untouched).
+pub fn scrub_env_key(path: &Path, var: &str) -> Result<bool, ScrubError> {
+    let err = |reason: String| ScrubError {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = fs_err::metadata(path).map_err(|e| err(e.kind().to_string()))?;
+    let text = fs_err::read_to_string(path).map_err(|e| err(e.kind().to_string()))?;
+    let kept: String = text
+        .split_inclusive('\n')
+        .filter(|l| !assigns(l, var))
+        .collect();
+    if kept.len() == text.len() {
+        return Ok(false);
+    }
+    let me = rustix::process::getuid().as_raw();
+    let owner = (meta.uid() != me).then(|| (meta.uid(), meta.gid()));
+    crate::fsx::write_atomic_owned(path, kept.as_bytes(), meta.mode() & 0o7777, owner)
+        .map_err(|e| err(e.kind().to_string()))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn scrub_table() {
+        let cases: &[(&str, &str, bool)] = &[
+            (
+                "# c\nOUTPOST_ENROLL_KEY=k1\nOTHER=1\n",
+                "# c\nOTHER=1\n",
+                true,
+            ),
+            (
+                "A=1\n  export OUTPOST_ENROLL_KEY = \"k\"\nB=2",
+                "A=1\nB=2",
+                true,
+            ),
+            ("OUTPOST_ENROLL_KEY=k", "", true),
+            (
+                "OUTPOST_ENROLL_KEY_OLD=x\n#OUTPOST_ENROLL_KEY=y\nA=OUTPOST_ENROLL_KEY=z\n",
+                "OUTPOST_ENROLL_KEY_OLD=x\n#OUTPOST_ENROLL_KEY=y\nA=OUTPOST_ENROLL_KEY=z\n",
+                false,
+            ),
+            (
+                "X=1\r\nOUTPOST_ENROLL_KEY=k\r\nY=2\r\n",
+                "X=1\r\nY=2\r\n",
+                true,
+            ),
+            ("", "", false),
+        ];
+        for (mode, (before, after, removed)) in [0o600u32, 0o640].into_iter().cycle().zip(cases) {
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("outpost.env");
+            std::fs::write(&p, before).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(
+                scrub_env_key(&p, crate::env::ENROLL_KEY).unwrap(),
+                *removed,
+                "{before:?}"
+            );
+            assert_eq!(&std::fs::read_to_string(&p).unwrap(), after, "{before:?}");
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().mode() & 0o777,
+                mode,
+                "{before:?}"
+            );
+            assert_eq!(
+                std::fs::read_dir(d.path()).unwrap().count(),
+                1,
+                "temp file left"
+            );
+        }
+    }
+
+    #[test]
+    fn scrub_unwritable_dir_is_an_error_with_hint() {
+        // A directory nobody can create files in, even root (this suite runs as root in CI,
+        // where chmod would not stop it): the file seen through /proc/self/fd.
+        use std::os::fd::AsRawFd;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("outpost.env");
+        std::fs::write(&p, "A=1\nOUTPOST_ENROLL_KEY=k\n").unwrap();
+        let f = std::fs::File::open(&p).unwrap();
+        let via_proc = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+        let e = scrub_env_key(&via_proc, crate::env::ENROLL_KEY).unwrap_err();
+        assert!(e.hint().contains("by hand"), "{}", e.hint());
+        assert!(!e.to_string().contains("OUTPOST_ENROLL_KEY=k"));
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "A=1\nOUTPOST_ENROLL_KEY=k\n"
+        );
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(scrub_env_key(&d.path().join("none"), "X").is_err());
+    }
+
+    #[test]
+    fn identity_roundtrip_is_0600_and_debug_hides_token() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(load_identity(d.path()).unwrap().is_none());
+        let id = Identity {
+            agent_id: "a_1".into(),
+            token: "secret-token-xyz".into(),
+            hub_url: "https://h".into(),
+            enrolled_at: "2024-01-01T00:00:00Z".into(),
+        };
+        save_identity(d.path(), &id).unwrap();
+        let m = std::fs::metadata(identity_path(d.path())).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o600);
+        assert_eq!(load_identity(d.path()).unwrap(), Some(id.clone()));
+        assert!(!format!("{id:?}").contains("secret-token-xyz"));
+        std::fs::write(identity_path(d.path()), "{\"token\": \"secret-token-xyz\"").unwrap();
+        let e = load_identity(d.path()).unwrap_err();
+        assert!(!e.to_string().contains("secret-token-xyz"), "{e}");
+    }
+}

@@ -1,0 +1,498 @@
+//! Client for the hub API v1 (docs/PROTOCOL.md): enroll, heartbeat, diagnostics, healthz.
+//!
+//! Every call has a 5 s connect and a 15 s overall timeout, and returns the response's `Date`
+//! header ([`Meta`]) so callers can check clock skew. 401 answers map to distinct variants
+//! ([`HubError::KeyRefused`], [`HubError::TokenRevoked`], [`HubError::TokenInvalid`]).
+//! Secrets (enrollment key, agent token) never appear in an error or a log line.
+use crate::clock;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const OVERALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest response body read (the hub's answers are a few hundred bytes).
+const BODY_LIMIT: u64 = 1 << 20;
+
+/// System CA bundles tried, in order, when `ca_file` is set (its CAs are added to them).
+const SYSTEM_BUNDLES: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("hub url {url:?} is invalid: {reason}")]
+    BadUrl { url: String, reason: &'static str },
+    #[error("cannot use CA file {path}: {reason}")]
+    CaFile { path: PathBuf, reason: String },
+    #[error("cannot reach the hub at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("hub refused the enrollment key ({code})")]
+    KeyRefused { code: String, message: String },
+    #[error("hub revoked this agent's token")]
+    TokenRevoked,
+    #[error("hub does not accept this agent's token (token_invalid)")]
+    TokenInvalid,
+    #[error("hub answered {status} to {path} ({code})")]
+    Status {
+        path: &'static str,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("hub sent an unexpected answer to {path}: {reason}")]
+    BadResponse { path: &'static str, reason: String },
+}
+
+impl HubError {
+    pub fn hint(&self) -> String {
+        match self {
+            HubError::BadUrl { .. } => {
+                "set `[hub] url` in the config to the hub's base URL, like https://hub.example.com"
+                    .into()
+            }
+            HubError::CaFile { path, .. } => format!(
+                "make {} a readable PEM file with the hub's CA certificate(s), or remove `[release] ca_file`",
+                path.display()
+            ),
+            HubError::Unreachable { reason, .. } if looks_like_tls(reason) => {
+                "the hub's certificate is not trusted: set `[release] ca_file` to its CA (PEM), \
+                 and check the URL's host name matches the certificate"
+                    .into()
+            }
+            HubError::Unreachable { .. } => {
+                "check the hub URL, DNS, the network path and HTTPS_PROXY/NO_PROXY; the agent retries with backoff".into()
+            }
+            HubError::KeyRefused { code, .. } => format!(
+                "the key is {}: create a new one on the hub (POST /api/v1/keys), put it in the \
+                 secrets file as {}=..., then restart the service",
+                match code.as_str() {
+                    "key_expired" => "expired",
+                    "key_used" => "already used (keys are single use)",
+                    _ => "unknown to the hub",
+                },
+                crate::env::ENROLL_KEY
+            ),
+            HubError::TokenRevoked => {
+                "an admin revoked this agent on the hub; to rejoin, delete identity.json from the \
+                 state directory, add a new enrollment key to the secrets file and restart"
+                    .into()
+            }
+            HubError::TokenInvalid => {
+                "the hub does not know this agent (deleted, or another hub): delete identity.json \
+                 from the state directory, add a new enrollment key to the secrets file and restart"
+                    .into()
+            }
+            HubError::Status { message, .. } if !message.is_empty() => {
+                format!("the hub says: {message}")
+            }
+            HubError::Status { .. } | HubError::BadResponse { .. } => {
+                "check that the URL points at an outpost hub speaking API v1 and that it is healthy"
+                    .into()
+            }
+        }
+    }
+
+    /// The hub rejected our credentials: retrying will not help.
+    pub fn is_auth(&self) -> bool {
+        matches!(
+            self,
+            HubError::KeyRefused { .. } | HubError::TokenRevoked | HubError::TokenInvalid
+        )
+    }
+
+    /// The machine-readable code (`token_revoked`, `key_used`, …), when the hub sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            HubError::KeyRefused { code, .. } | HubError::Status { code, .. } => Some(code),
+            HubError::TokenRevoked => Some("token_revoked"),
+            HubError::TokenInvalid => Some("token_invalid"),
+            _ => None,
+        }
+    }
+}
+
+fn looks_like_tls(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    ["certificate", "tls", "handshake", "unknownissuer", "rustls"]
+        .iter()
+        .any(|w| r.contains(w))
+}
+
+/// About one response.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub status: u16,
+    /// The response's `Date` header.
+    pub date: Option<SystemTime>,
+    /// When the response arrived, by the local clock.
+    pub received_at: SystemTime,
+}
+
+impl Meta {
+    /// `hub - local` in seconds (positive: the hub is ahead).
+    pub fn skew_secs(&self) -> Option<i64> {
+        self.date.map(|d| clock::skew_secs(self.received_at, d))
+    }
+}
+
+/// Enrollment facts (`Facts` in the protocol: all strings).
+#[derive(Debug, Clone, Serialize)]
+pub struct EnrollFacts {
+    pub hostname: String,
+    pub machine_id: String,
+    pub distro: String,
+    pub arch: String,
+    pub version: String,
+    pub mode: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Enrolled {
+    pub agent_id: String,
+    pub token: String,
+    #[serde(default)]
+    pub heartbeat_interval_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Capabilities {
+    pub cpus: u64,
+    pub mem_total_bytes: u64,
+    pub mem_available_bytes: u64,
+    pub disk_free_bytes: u64,
+    pub docker_version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalHead {
+    pub seq: u64,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastUpgrade {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// The journal kind: `service_upgraded`, `service_upgrade_rolled_back`, `package_upgraded`.
+    pub result: String,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Heartbeat {
+    pub agent_id: String,
+    pub version: String,
+    pub distro: String,
+    pub kernel: String,
+    pub arch: String,
+    pub uptime_secs: u64,
+    pub mode: String,
+    pub capabilities: Capabilities,
+    pub journal_head: Option<JournalHead>,
+    pub last_upgrade: Option<LastUpgrade>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HeartbeatAck {
+    pub interval_secs: u64,
+    #[serde(default)]
+    pub server_time: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Health {
+    pub ok: bool,
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    message: String,
+}
+
+pub struct HubClient {
+    base: String,
+    agent: ureq::Agent,
+}
+
+/// Load `ca_file`'s certificates plus the first system bundle found.
+fn root_certs(ca_file: &Path) -> Result<ureq::tls::RootCerts, HubError> {
+    let bad = |reason: String| HubError::CaFile {
+        path: ca_file.to_path_buf(),
+        reason,
+    };
+    let pem = fs_err::read(ca_file).map_err(|e| bad(e.kind().to_string()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        if let ureq::tls::PemItem::Certificate(c) = item.map_err(|e| bad(e.to_string()))? {
+            certs.push(c);
+        }
+    }
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate in it".into()));
+    }
+    // ureq 3 cannot add to its built-in Mozilla roots, so "extra CAs" means ca_file plus the
+    // host's bundle (a private hub's CA is usually all that matters).
+    if let Some(sys) = SYSTEM_BUNDLES.iter().find_map(|p| std::fs::read(p).ok()) {
+        certs.extend(
+            ureq::tls::parse_pem(&sys)
+                .filter_map(Result::ok)
+                .filter_map(|i| match i {
+                    ureq::tls::PemItem::Certificate(c) => Some(c),
+                    _ => None,
+                }),
+        );
+    }
+    Ok(ureq::tls::RootCerts::from(certs))
+}
+
+impl HubClient {
+    /// A client for the hub at `url` (`https://…`, or `http://` for loopback tests), trusting
+    /// `ca_file` in addition to the usual roots.
+    pub fn new(url: &str, ca_file: Option<&Path>) -> Result<HubClient, HubError> {
+        let base = url.trim().trim_end_matches('/').to_string();
+        if !(base.starts_with("https://") || base.starts_with("http://")) {
+            return Err(HubError::BadUrl {
+                url: url.into(),
+                reason: "it must start with https:// (or http://)",
+            });
+        }
+        if matches!(base.split_once("://"), Some((_, "")) | None) {
+            return Err(HubError::BadUrl {
+                url: url.into(),
+                reason: "it has no host",
+            });
+        }
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(ca) = ca_file {
+            tls = tls.root_certs(root_certs(ca)?);
+        }
+        let config = ureq::Agent::config_builder()
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_global(Some(OVERALL_TIMEOUT))
+            .http_status_as_error(false)
+            .user_agent(format!("outpost/{}", outpost_packaging::VERSION))
+            .max_idle_connections(1)
+            .tls_config(tls.build())
+            .build();
+        Ok(HubClient {
+            base,
+            agent: ureq::Agent::new_with_config(config),
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn exchange(
+        &self,
+        path: &'static str,
+        token: Option<&str>,
+        body: Option<String>,
+    ) -> Result<(u16, String, Meta), HubError> {
+        let url = format!("{}{path}", self.base);
+        let unreachable = |e: ureq::Error| HubError::Unreachable {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        };
+        let result = match body {
+            Some(b) => {
+                let mut req = self.agent.post(&url).content_type("application/json");
+                if let Some(t) = token {
+                    req = req.header("Authorization", format!("Bearer {t}"));
+                }
+                req.send(b.as_bytes())
+            }
+            None => self.agent.get(&url).call(),
+        };
+        let mut resp = result.map_err(unreachable)?;
+        let meta = Meta {
+            status: resp.status().as_u16(),
+            date: resp
+                .headers()
+                .get("date")
+                .and_then(|v| v.to_str().ok())
+                .and_then(clock::parse_http_date),
+            received_at: SystemTime::now(),
+        };
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(BODY_LIMIT)
+            .read_to_string()
+            .map_err(unreachable)?;
+        Ok((meta.status, text, meta))
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(
+        path: &'static str,
+        text: &str,
+    ) -> Result<T, HubError> {
+        serde_json::from_str(text).map_err(|e| HubError::BadResponse {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    fn error(path: &'static str, status: u16, text: &str) -> HubError {
+        let b: ErrorBody = serde_json::from_str(text).unwrap_or_default();
+        match (status, b.error.as_str()) {
+            (401, "token_revoked") => HubError::TokenRevoked,
+            (401, "token_invalid") => HubError::TokenInvalid,
+            (401, c) if c.starts_with("key_") => HubError::KeyRefused {
+                code: b.error,
+                message: b.message,
+            },
+            _ => HubError::Status {
+                path,
+                status,
+                code: if b.error.is_empty() {
+                    "no error code".into()
+                } else {
+                    b.error
+                },
+                message: b.message,
+            },
+        }
+    }
+
+    /// `POST /api/v1/enroll`.
+    pub fn enroll(&self, key: &str, facts: &EnrollFacts) -> Result<(Enrolled, Meta), HubError> {
+        const P: &str = "/api/v1/enroll";
+        let body = serde_json::json!({"key": key, "facts": facts}).to_string();
+        let (status, text, meta) = self.exchange(P, None, Some(body))?;
+        match status {
+            200 | 201 => Ok((Self::parse(P, &text)?, meta)),
+            s => Err(Self::error(P, s, &text)),
+        }
+    }
+
+    /// `POST /api/v1/heartbeat`.
+    pub fn heartbeat(&self, token: &str, hb: &Heartbeat) -> Result<(HeartbeatAck, Meta), HubError> {
+        const P: &str = "/api/v1/heartbeat";
+        let body = serde_json::to_string(hb).map_err(|e| HubError::BadResponse {
+            path: P,
+            reason: e.to_string(),
+        })?;
+        let (status, text, meta) = self.exchange(P, Some(token), Some(body))?;
+        match status {
+            200 => Ok((Self::parse(P, &text)?, meta)),
+            s => Err(Self::error(P, s, &text)),
+        }
+    }
+
+    /// `POST /api/v1/diagnostics`.
+    pub fn diagnostics(
+        &self,
+        token: &str,
+        agent_id: &str,
+        report: &serde_json::Value,
+    ) -> Result<Meta, HubError> {
+        const P: &str = "/api/v1/diagnostics";
+        let body = serde_json::json!({"agent_id": agent_id, "report": report}).to_string();
+        let (status, text, meta) = self.exchange(P, Some(token), Some(body))?;
+        match status {
+            200..=299 => Ok(meta),
+            s => Err(Self::error(P, s, &text)),
+        }
+    }
+
+    /// `GET /healthz`.
+    pub fn healthz(&self) -> Result<(Health, Meta), HubError> {
+        const P: &str = "/healthz";
+        let (status, text, meta) = self.exchange(P, None, None)?;
+        match status {
+            200 => Ok((Self::parse(P, &text)?, meta)),
+            s => Err(Self::error(P, s, &text)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_mapping_table() {
+        let cases: &[(u16, &str, &str)] = &[
+            (
+                401,
+                r#"{"error":"token_revoked","message":"m"}"#,
+                "TokenRevoked",
+            ),
+            (401, r#"{"error":"token_invalid"}"#, "TokenInvalid"),
+            (
+                401,
+                r#"{"error":"key_used","message":"used"}"#,
+                "KeyRefused(key_used)",
+            ),
+            (401, r#"{"error":"key_expired"}"#, "KeyRefused(key_expired)"),
+            (401, "not json", "Status(401,no error code)"),
+            (
+                400,
+                r#"{"error":"bad_request","message":"x"}"#,
+                "Status(400,bad_request)",
+            ),
+            (503, "", "Status(503,no error code)"),
+        ];
+        for (status, body, want) in cases {
+            let e = HubClient::error("/p", *status, body);
+            let got = match &e {
+                HubError::TokenRevoked => "TokenRevoked".to_string(),
+                HubError::TokenInvalid => "TokenInvalid".to_string(),
+                HubError::KeyRefused { code, .. } => format!("KeyRefused({code})"),
+                HubError::Status { status, code, .. } => format!("Status({status},{code})"),
+                other => format!("{other:?}"),
+            };
+            assert_eq!(&got, want, "{status} {body}");
+            assert!(!e.to_string().contains('\n'));
+            assert!(!e.hint().is_empty());
+        }
+    }
+
+    #[test]
+    fn url_and_ca_checks() {
+        assert!(matches!(
+            HubClient::new("hub.example.com", None),
+            Err(HubError::BadUrl { .. })
+        ));
+        assert!(matches!(
+            HubClient::new("https://", None),
+            Err(HubError::BadUrl { .. })
+        ));
+        let c = HubClient::new("https://hub.example.com/", None).unwrap();
+        assert_eq!(c.base_url(), "https://hub.example.com");
+        let d = tempfile::tempdir().unwrap();
+        let missing = d.path().join("ca.pem");
+        assert!(matches!(
+            HubClient::new("https://h", Some(&missing)),
+            Err(HubError::CaFile { .. })
+        ));
+        std::fs::write(&missing, "not a pem").unwrap();
+        let e = HubClient::new("https://h", Some(&missing)).err().unwrap();
+        assert!(e.to_string().contains("no PEM certificate"), "{e}");
+    }
+
+    #[test]
+    fn tls_failures_get_the_ca_hint() {
+        let e = HubError::Unreachable {
+            url: "https://h".into(),
+            reason: "tls: invalid peer certificate: UnknownIssuer".into(),
+        };
+        assert!(e.hint().contains("ca_file"));
+        let e = HubError::Unreachable {
+            url: "https://h".into(),
+            reason: "connection refused".into(),
+        };
+        assert!(!e.hint().contains("ca_file"));
+    }
+}

@@ -1,0 +1,396 @@
+//! The HTTP API (docs/PROTOCOL.md): router and handlers.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::db::{Db, KeyRefusal, KeyRow};
+use crate::error::ApiError;
+use crate::state::{now_ms, rfc3339, AgentEntry, AgentState, Facts, Heartbeat, Registry};
+use crate::token;
+
+/// Longest enrollment key lifetime accepted.
+pub const MAX_KEY_TTL_SECS: u64 = 365 * 86_400;
+
+/// Shared state of the running hub.
+pub struct Hub {
+    pub db: Arc<Db>,
+    pub registry: Registry,
+    pub interval_secs: u64,
+    pub admin_hash: [u8; 32],
+    /// Canonical release directory.
+    pub releases: PathBuf,
+}
+
+impl Hub {
+    /// Builds the hub state, loading every agent from the database.
+    pub fn load(
+        db: Db,
+        interval_secs: u64,
+        admin_token: &str,
+        releases: PathBuf,
+    ) -> Result<Hub, crate::error::HubError> {
+        let registry = Registry::default();
+        let agents = db
+            .load_agents()
+            .map_err(|source| crate::error::HubError::Db {
+                path: db.path().to_string(),
+                source,
+            })?;
+        for (id, token_hash_hex, state) in agents {
+            let mut th = [0u8; 32];
+            if hex::decode_to_slice(&token_hash_hex, &mut th).is_err() {
+                eprintln!(
+                    "outpost-hub: agent {id} has a malformed token hash; its token will not work"
+                );
+                continue;
+            }
+            registry.insert(AgentEntry::new(id, th, state));
+        }
+        Ok(Hub {
+            db: Arc::new(db),
+            registry,
+            interval_secs,
+            admin_hash: token::hash(admin_token),
+            releases,
+        })
+    }
+}
+
+type Shared = State<Arc<Hub>>;
+
+/// The full router.
+pub fn router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/healthz", get(healthz))
+        .route("/api/v1/keys", post(create_key))
+        .route("/api/v1/enroll", post(enroll))
+        .route("/api/v1/heartbeat", post(heartbeat))
+        .route("/api/v1/diagnostics", post(diagnostics))
+        .route("/api/v1/agents", get(list_agents))
+        .route("/api/v1/agents/{id}", get(get_agent).delete(delete_agent))
+        .route("/api/v1/agents/{id}/revoke", post(revoke_agent))
+        .merge(crate::releases::routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(hub)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such path")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this path",
+        "see docs/PROTOCOL.md",
+    )
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let t = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))?
+        .trim();
+    (!t.is_empty()).then_some(t)
+}
+
+fn require_admin(hub: &Hub, headers: &HeaderMap) -> Result<(), ApiError> {
+    match bearer(headers) {
+        Some(t) if token::ct_eq(&token::hash(t), &hub.admin_hash) => Ok(()),
+        _ => Err(ApiError::unauthorized()),
+    }
+}
+
+fn agent_auth(hub: &Hub, headers: &HeaderMap) -> Result<Arc<AgentEntry>, ApiError> {
+    let t = bearer(headers).ok_or_else(|| ApiError::token_invalid("missing agent token"))?;
+    let entry = hub
+        .registry
+        .by_token(&token::hash(t))
+        .ok_or_else(|| ApiError::token_invalid("unknown agent token"))?;
+    if entry.lock().revoked_at_ms.is_some() {
+        return Err(ApiError::token_revoked());
+    }
+    Ok(entry)
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid json body: {e}")))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("task failed: {e}")))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"ok": true, "version": crate::VERSION}))
+}
+
+async fn dashboard(State(hub): Shared) -> Response {
+    let now = now_ms();
+    let views: Vec<_> = hub
+        .registry
+        .all()
+        .iter()
+        .map(|e| e.view(now, hub.interval_secs))
+        .collect();
+    let mut r = Html(crate::dashboard::render(&views, hub.interval_secs)).into_response();
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    ttl_secs: u64,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+async fn create_key(
+    State(hub): Shared,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    require_admin(&hub, &headers)?;
+    let req: CreateKey = parse(&body)?;
+    if req.ttl_secs == 0 || req.ttl_secs > MAX_KEY_TTL_SECS {
+        return Err(ApiError::bad_request(format!(
+            "ttl_secs must be between 1 and {MAX_KEY_TTL_SECS}"
+        )));
+    }
+    let key = token::new_secret(token::KEY_PREFIX)?;
+    let now = now_ms();
+    let row = KeyRow {
+        id: token::new_id("k_")?,
+        key_hash: token::hash_hex(&key),
+        created_at_ms: now,
+        expires_at_ms: now
+            .saturating_add(i64::try_from(req.ttl_secs).unwrap_or(i64::MAX / 2000) * 1000),
+        group: req.group.filter(|g| !g.is_empty()),
+        labels: req.labels,
+    };
+    let db = hub.db.clone();
+    let stored = row.clone();
+    blocking(move || db.insert_key(&stored)).await??;
+    let body = json!({
+        "id": row.id, "key": key, "expires_at": rfc3339(row.expires_at_ms),
+        "group": row.group, "labels": row.labels,
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+#[derive(Deserialize)]
+struct Enroll {
+    key: String,
+    facts: Facts,
+}
+
+async fn enroll(State(hub): Shared, body: Bytes) -> Result<Response, ApiError> {
+    let req: Enroll = parse(&body)?;
+    if req.facts.hostname.trim().is_empty() {
+        return Err(ApiError::bad_request("facts.hostname must not be empty"));
+    }
+    let agent_id = token::new_id("a_")?;
+    let agent_token = token::new_secret(token::TOKEN_PREFIX)?;
+    let token_hash = token::hash(&agent_token);
+    let now = now_ms();
+    let f = req.facts;
+    let mut state = AgentState {
+        hostname: f.hostname,
+        machine_id: f.machine_id,
+        distro: f.distro,
+        arch: f.arch,
+        version: f.version,
+        mode: f.mode,
+        enrolled_at_ms: now,
+        ..Default::default()
+    };
+    let db = hub.db.clone();
+    let key_hash = token::hash_hex(&req.key);
+    let (id2, th2) = (agent_id.clone(), hex::encode(token_hash));
+    let (outcome, state) = blocking(move || {
+        let r = db.enroll(&key_hash, &id2, &th2, &mut state, now);
+        (r, state)
+    })
+    .await?;
+    match outcome? {
+        Ok(()) => {}
+        Err(KeyRefusal::Unknown) => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "key_unknown",
+                "unknown enrollment key",
+                "mint a key with `outpost-hub keys create`",
+            ))
+        }
+        Err(KeyRefusal::Expired) => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "key_expired",
+                "enrollment key expired",
+                "mint a new key with `outpost-hub keys create`",
+            ))
+        }
+        Err(KeyRefusal::Used) => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "key_used",
+                "enrollment key already used",
+                "keys are single use; mint one key per host with `outpost-hub keys create`",
+            ))
+        }
+    }
+    hub.registry
+        .insert(AgentEntry::new(agent_id.clone(), token_hash, state));
+    let body = json!({"agent_id": agent_id, "token": agent_token, "heartbeat_interval_secs": hub.interval_secs});
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn heartbeat(
+    State(hub): Shared,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let entry = agent_auth(&hub, &headers)?;
+    let hb: Heartbeat = parse(&body)?;
+    if hb.agent_id != entry.id {
+        return Err(ApiError::token_invalid(format!(
+            "token does not belong to agent {}",
+            hb.agent_id
+        )));
+    }
+    let now = now_ms();
+    entry.lock().apply(hb, now);
+    hub.registry.mark_dirty(&entry);
+    Ok(
+        Json(json!({"interval_secs": hub.interval_secs, "server_time": rfc3339(now)}))
+            .into_response(),
+    )
+}
+
+#[derive(Deserialize)]
+struct Diagnostics {
+    agent_id: String,
+    report: serde_json::Value,
+}
+
+async fn diagnostics(
+    State(hub): Shared,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let entry = agent_auth(&hub, &headers)?;
+    let d: Diagnostics = parse(&body)?;
+    if d.agent_id != entry.id {
+        return Err(ApiError::token_invalid(format!(
+            "token does not belong to agent {}",
+            d.agent_id
+        )));
+    }
+    let db = hub.db.clone();
+    let report = d.report.to_string();
+    blocking(move || db.store_diagnostics(&entry.id, &report, now_ms())).await??;
+    Ok((StatusCode::ACCEPTED, Json(json!({}))).into_response())
+}
+
+async fn list_agents(State(hub): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
+    require_admin(&hub, &headers)?;
+    let now = now_ms();
+    let views: Vec<_> = hub
+        .registry
+        .all()
+        .iter()
+        .map(|e| e.view(now, hub.interval_secs))
+        .collect();
+    Ok(Json(views).into_response())
+}
+
+fn lookup(hub: &Hub, id: &str) -> Result<Arc<AgentEntry>, ApiError> {
+    hub.registry
+        .by_id(id)
+        .ok_or_else(|| ApiError::not_found(format!("no agent {id}")))
+}
+
+async fn get_agent(
+    State(hub): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_admin(&hub, &headers)?;
+    let entry = lookup(&hub, &id)?;
+    let db = hub.db.clone();
+    let diag = blocking(move || db.diagnostics(&id)).await??;
+    let mut v = serde_json::to_value(entry.view(now_ms(), hub.interval_secs))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let diag = diag.map(|(report, at)| {
+        json!({"received_at": rfc3339(at), "report": serde_json::from_str::<serde_json::Value>(&report).unwrap_or(serde_json::Value::Null)})
+    });
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert(
+            "diagnostics".into(),
+            diag.unwrap_or(serde_json::Value::Null),
+        );
+    }
+    Ok(Json(v).into_response())
+}
+
+async fn revoke_agent(
+    State(hub): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_admin(&hub, &headers)?;
+    let entry = lookup(&hub, &id)?;
+    let db = hub.db.clone();
+    let now = now_ms();
+    let id2 = id.clone();
+    if !blocking(move || db.revoke(&id2, now)).await?? {
+        return Err(ApiError::not_found(format!("no agent {id}")));
+    }
+    {
+        let mut st = entry.lock();
+        st.revoked_at_ms.get_or_insert(now);
+    }
+    Ok(Json(entry.view(now, hub.interval_secs)).into_response())
+}
+
+async fn delete_agent(
+    State(hub): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_admin(&hub, &headers)?;
+    lookup(&hub, &id)?;
+    let db = hub.db.clone();
+    let id2 = id.clone();
+    let deleted = blocking(move || db.delete(&id2)).await??;
+    hub.registry.remove(&id);
+    if !deleted {
+        return Err(ApiError::not_found(format!("no agent {id}")));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,422 @@
+//! Command line: `serve` and the admin client subcommands (`keys create`, `agents`,
+//! `revoke`, `delete`), which talk to a running hub over HTTP with the admin token.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::duration::{format_age, parse_secs};
+use crate::error::HubError;
+use crate::server::ServeConfig;
+
+/// Environment variable holding the admin token.
+pub const ENV_ADMIN_TOKEN: &str = "OUTPOST_HUB_ADMIN_TOKEN";
+/// Environment variable holding the hub URL for the client subcommands.
+pub const ENV_HUB_URL: &str = "OUTPOST_HUB_URL";
+/// Shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outpost-hub",
+    version,
+    about = "Control plane for outpost agents"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the hub: API, dashboard and release files.
+    Serve(ServeArgs),
+    /// Manage enrollment keys.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+    /// List agents.
+    Agents {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an agent's token: its next heartbeat is refused and the agent stops.
+    Revoke {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Agent id (a_…).
+        id: String,
+    },
+    /// Delete an agent from the hub.
+    Delete {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Agent id (a_…).
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Mint a single-use enrollment key (shown once).
+    Create {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Lifetime: 90s, 30m, 1h, 2d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Group the enrolled agent joins.
+        #[arg(long)]
+        group: Option<String>,
+        /// Label for the enrolled agent, k=v (repeatable).
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+        /// URL hosts use to reach the hub in the printed one-liner (default: --hub).
+        #[arg(long)]
+        public_url: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Hub URL.
+    #[arg(long, env = ENV_HUB_URL, default_value = "http://127.0.0.1:8443")]
+    pub hub: String,
+    /// File holding the admin token (default: $OUTPOST_HUB_ADMIN_TOKEN).
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the bound URL is printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub listen: String,
+    /// SQLite database file (created if missing).
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Release directory served at /install.sh, /manifest.json, /channels/*, /v*/*.
+    #[arg(long)]
+    pub releases: PathBuf,
+    /// PEM certificate chain; with --tls-key, serve HTTPS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// File holding the admin token (default: $OUTPOST_HUB_ADMIN_TOKEN).
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+    /// Heartbeat interval told to agents, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub heartbeat_interval: u64,
+}
+
+/// The admin token from `file` or the environment.
+pub fn admin_token(file: Option<&PathBuf>) -> Result<String, HubError> {
+    let tok = match file {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|source| HubError::Io {
+                path: f.display().to_string(),
+                source,
+            })?
+            .trim()
+            .to_string(),
+        None => std::env::var(ENV_ADMIN_TOKEN)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    };
+    if tok.is_empty() {
+        return Err(HubError::NoAdminToken);
+    }
+    if tok.len() < MIN_ADMIN_TOKEN_LEN {
+        return Err(HubError::usage(
+            format!(
+                "admin token is too short ({} characters, at least {MIN_ADMIN_TOKEN_LEN})",
+                tok.len()
+            ),
+            "generate one with `head -c 32 /dev/urandom | base64`",
+        ));
+    }
+    Ok(tok)
+}
+
+/// Validates `serve` arguments into a configuration.
+pub fn serve_config(a: ServeArgs) -> Result<ServeConfig, HubError> {
+    let admin_token = admin_token(a.admin_token_file.as_ref())?;
+    if a.heartbeat_interval == 0 || a.heartbeat_interval > 3600 {
+        return Err(HubError::usage(
+            format!(
+                "--heartbeat-interval {} is out of range",
+                a.heartbeat_interval
+            ),
+            "use a value between 1 and 3600 seconds (default 30)",
+        ));
+    }
+    if !a.releases.is_dir() {
+        return Err(HubError::usage(
+            format!("release directory {} does not exist", a.releases.display()),
+            "create it (it may be empty) or pass the directory `outpost-release publish` writes",
+        ));
+    }
+    if let Some(parent) = a.db.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(HubError::usage(
+                format!("database directory {} does not exist", parent.display()),
+                "create the directory or pass another --db path",
+            ));
+        }
+    }
+    Ok(ServeConfig {
+        listen: a.listen,
+        db: a.db,
+        releases: a.releases,
+        tls: a.tls_cert.zip(a.tls_key),
+        admin_token,
+        interval_secs: a.heartbeat_interval,
+    })
+}
+
+struct Client {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    fn new(c: &ClientArgs) -> Result<Client, HubError> {
+        let token = admin_token(c.admin_token_file.as_ref())?;
+        let base = c.hub.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(HubError::usage(
+                format!("--hub {base} is not an http(s) URL"),
+                "pass e.g. --hub https://hub.example.com:8443",
+            ));
+        }
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(30)))
+            .build()
+            .into();
+        Ok(Client { base, token, agent })
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), HubError> {
+        let url = format!("{}{path}", self.base);
+        let auth = format!("Bearer {}", self.token);
+        let unreachable = |e: ureq::Error| HubError::Unreachable {
+            url: self.base.clone(),
+            detail: e.to_string(),
+        };
+        let mut resp = match (method, body) {
+            ("POST", Some(b)) => self
+                .agent
+                .post(&url)
+                .header("authorization", &auth)
+                .header("content-type", "application/json")
+                .send(b.to_string()),
+            ("POST", None) => self
+                .agent
+                .post(&url)
+                .header("authorization", &auth)
+                .send_empty(),
+            ("DELETE", _) => self
+                .agent
+                .delete(&url)
+                .header("authorization", &auth)
+                .call(),
+            _ => self.agent.get(&url).header("authorization", &auth).call(),
+        }
+        .map_err(unreachable)?;
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().map_err(unreachable)?;
+        let v: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status >= 400 {
+            let s = |k: &str| {
+                v.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            return Err(HubError::Api {
+                status,
+                code: s("error"),
+                message: s("message"),
+                hint: s("hint"),
+            });
+        }
+        Ok((status, v))
+    }
+}
+
+fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>, HubError> {
+    labels
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(HubError::usage(
+                format!("label {l:?} is not k=v"),
+                "pass labels as --label key=value",
+            )),
+        })
+        .collect()
+}
+
+/// Runs a client subcommand, printing to stdout.
+pub fn run_client(cmd: Cmd) -> Result<(), HubError> {
+    match cmd {
+        Cmd::Serve(_) => Ok(()),
+        Cmd::Keys {
+            cmd:
+                KeysCmd::Create {
+                    client,
+                    ttl,
+                    group,
+                    labels,
+                    public_url,
+                },
+        } => {
+            let ttl_secs = parse_secs(&ttl).ok_or_else(|| {
+                HubError::usage(
+                    format!("--ttl {ttl:?} is not a duration"),
+                    "use e.g. 90s, 30m, 1h or 2d",
+                )
+            })?;
+            let labels = parse_labels(&labels)?;
+            let c = Client::new(&client)?;
+            let (_, v) = c.call(
+                "POST",
+                "/api/v1/keys",
+                Some(json!({"ttl_secs": ttl_secs, "group": group, "labels": labels})),
+            )?;
+            let key = v.get("key").and_then(Value::as_str).unwrap_or_default();
+            let public = public_url
+                .as_deref()
+                .unwrap_or(&c.base)
+                .trim_end_matches('/');
+            println!("key:     {key}");
+            println!(
+                "id:      {}",
+                v.get("id").and_then(Value::as_str).unwrap_or_default()
+            );
+            println!(
+                "expires: {}",
+                v.get("expires_at")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            );
+            println!("(the key is shown only once; it enrolls exactly one host)");
+            println!();
+            println!("install on a host:");
+            println!(
+                "export OUTPOST_ENROLL_KEY={key}; curl -sSL {public}/install.sh | sudo --preserve-env=OUTPOST_ENROLL_KEY OUTPOST_HUB_URL={public} sh"
+            );
+            Ok(())
+        }
+        Cmd::Agents { client, json } => {
+            let c = Client::new(&client)?;
+            let (_, v) = c.call("GET", "/api/v1/agents", None)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                return Ok(());
+            }
+            print!(
+                "{}",
+                agents_table(v.as_array().map(Vec::as_slice).unwrap_or_default())
+            );
+            Ok(())
+        }
+        Cmd::Revoke { client, id } => {
+            Client::new(&client)?.call("POST", &format!("/api/v1/agents/{id}/revoke"), None)?;
+            println!("revoked {id}");
+            Ok(())
+        }
+        Cmd::Delete { client, id } => {
+            Client::new(&client)?.call("DELETE", &format!("/api/v1/agents/{id}"), None)?;
+            println!("deleted {id}");
+            Ok(())
+        }
+    }
+}
+
+/// Formats agents (API JSON) as a table: id, hostname, status, version, age.
+pub fn agents_table(agents: &[Value]) -> String {
+    let s = |a: &Value, k: &str| a.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    let mut rows = vec![[
+        "ID".to_string(),
+        "HOSTNAME".into(),
+        "STATUS".into(),
+        "VERSION".into(),
+        "AGE".into(),
+    ]];
+    for a in agents {
+        let age = a
+            .get("last_heartbeat_age_secs")
+            .and_then(Value::as_u64)
+            .map(format_age)
+            .unwrap_or_else(|| "-".into());
+        rows.push([
+            s(a, "id"),
+            s(a, "hostname"),
+            s(a, "status"),
+            s(a, "version"),
+            age,
+        ]);
+    }
+    let mut w = [0usize; 5];
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        let t = agents_table(&[
+            json!({"id": "a_1", "hostname": "web-1", "status": "online", "version": "1.2.0", "last_heartbeat_age_secs": 4}),
+        ]);
+        assert_eq!(
+            t,
+            "ID   HOSTNAME  STATUS  VERSION  AGE\na_1  web-1     online  1.2.0    4s\n"
+        );
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(parse_labels(&["a=b".into(), "c=".into()]).unwrap().len(), 2);
+        assert!(parse_labels(&["=b".into()]).is_err());
+        assert!(parse_labels(&["ab".into()]).is_err());
+    }
+}

@@ -1,0 +1,204 @@
+//! Errors: [`HubError`] for the process (one lowercase line plus a hint, an exit code) and
+//! [`ApiError`] for HTTP responses (`{"error", "message", "hint"}`).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// A failure of the hub process or of a CLI command.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// Bad command-line input (exit 2).
+    #[error("{msg}")]
+    Usage { msg: String, hint: String },
+    /// No admin token configured.
+    #[error("no admin token: set OUTPOST_HUB_ADMIN_TOKEN or pass --admin-token-file")]
+    NoAdminToken,
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database failed.
+    #[error("database {path}: {source}")]
+    Db {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer hub.
+    #[error(
+        "database {path} has schema version {found}, newer than the {supported} this hub knows"
+    )]
+    SchemaTooNew {
+        path: String,
+        found: i64,
+        supported: i64,
+    },
+    /// TLS configuration is unusable.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// Binding the listen address failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The OS random number generator failed.
+    #[error("random number generator failed: {0}")]
+    Random(String),
+    /// An internal failure (a task panicked).
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The hub could not be reached (CLI).
+    #[error("cannot reach the hub at {url}: {detail}")]
+    Unreachable { url: String, detail: String },
+    /// The hub answered with an error (CLI).
+    #[error("hub refused: {code}: {message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        hint: String,
+    },
+}
+
+impl HubError {
+    /// A usage error.
+    pub fn usage(msg: impl Into<String>, hint: impl Into<String>) -> Self {
+        HubError::Usage {
+            msg: msg.into(),
+            hint: hint.into(),
+        }
+    }
+
+    /// The process exit code: 2 for bad input, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            HubError::Usage { .. } | HubError::NoAdminToken | HubError::Tls(_) => 2,
+            HubError::Api { status, .. } if *status == 400 || *status == 401 || *status == 404 => 2,
+            _ => 1,
+        }
+    }
+
+    /// What the operator should do about it.
+    pub fn hint(&self) -> String {
+        match self {
+            HubError::Usage { hint, .. } => hint.clone(),
+            HubError::NoAdminToken => "generate one with `head -c 32 /dev/urandom | base64`, then export OUTPOST_HUB_ADMIN_TOKEN=<token> or put it in a 0600 file passed with --admin-token-file".into(),
+            HubError::Io { .. } => "check that the path exists and is accessible to this user".into(),
+            HubError::Db { .. } => "check the --db path (its directory must exist and be writable) and that no other program holds the database".into(),
+            HubError::SchemaTooNew { .. } => "run a newer outpost-hub, or restore a backup made by this version".into(),
+            HubError::Tls(_) => "pass a PEM certificate chain with --tls-cert and its PEM private key with --tls-key".into(),
+            HubError::Listen { .. } => "choose another --listen address or stop the program using that port".into(),
+            HubError::Random(_) => "the kernel random source is unavailable; check /dev/urandom".into(),
+            HubError::Internal(_) => "this is a bug; please report it with the log".into(),
+            HubError::Unreachable { .. } => "start it with `outpost-hub serve`, or point --hub / OUTPOST_HUB_URL at it".into(),
+            HubError::Api { hint, .. } => hint.clone(),
+        }
+    }
+}
+
+/// An API error response.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub hint: &'static str,
+}
+
+impl ApiError {
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+        hint: &'static str,
+    ) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            hint,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            message,
+            "fix the request body; see docs/PROTOCOL.md",
+        )
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong admin token",
+            "send Authorization: Bearer <admin token> (OUTPOST_HUB_ADMIN_TOKEN)",
+        )
+    }
+
+    pub fn token_invalid(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "token_invalid",
+            message,
+            "re-enroll the agent with a new enrollment key",
+        )
+    }
+
+    pub fn token_revoked() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "token_revoked",
+            "this agent's token was revoked",
+            "the agent must stop; enroll it again with a new key if it should come back",
+        )
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            what,
+            "check the id or path",
+        )
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            message,
+            "see the hub's log",
+        )
+    }
+}
+
+impl From<rusqlite::Error> for ApiError {
+    fn from(e: rusqlite::Error) -> Self {
+        eprintln!("outpost-hub: database error: {e}");
+        ApiError::internal("database error")
+    }
+}
+
+impl From<HubError> for ApiError {
+    fn from(e: HubError) -> Self {
+        eprintln!("outpost-hub: {e}");
+        ApiError::internal(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body =
+            serde_json::json!({"error": self.code, "message": self.message, "hint": self.hint});
+        (self.status, axum::Json(body)).into_response()
+    }
+}

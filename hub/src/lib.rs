@@ -1,0 +1,19 @@
+//! outpost-hub: the control plane for outpost agents.
+//!
+//! The HTTP API is specified in `docs/PROTOCOL.md` and `docs/openapi.yaml`. The hub keeps
+//! every agent in memory (loaded from SQLite at start) so heartbeats never touch the
+//! database on the request path: a single writer task persists them in batches.
+
+pub mod api;
+pub mod cli;
+pub mod dashboard;
+pub mod db;
+pub mod duration;
+pub mod error;
+pub mod releases;
+pub mod server;
+pub mod state;
+pub mod token;
+
+/// The hub's version, reported by `/healthz`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

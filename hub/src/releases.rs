@@ -1,0 +1,154 @@
+//! The release layout (docs/RELEASES.md) served from `--releases DIR`. Only these shapes
+//! exist: `/install.sh`, `/manifest.json`, `/manifest.json.minisig`,
+//! `/channels/{stable,beta}` and `/v{version}/{file}`; names with `..`, slashes or a leading
+//! dot are refused, and the resolved file must stay inside the directory.
+
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::api::Hub;
+use crate::error::ApiError;
+
+/// Routes for the release files.
+pub fn routes() -> Router<Arc<Hub>> {
+    Router::new()
+        .route(
+            "/install.sh",
+            get(|s: State<Arc<Hub>>| serve(s, "install.sh".into())),
+        )
+        .route(
+            "/manifest.json",
+            get(|s: State<Arc<Hub>>| serve(s, "manifest.json".into())),
+        )
+        .route(
+            "/manifest.json.minisig",
+            get(|s: State<Arc<Hub>>| serve(s, "manifest.json.minisig".into())),
+        )
+        .route("/channels/{name}", get(channel))
+        .route("/{dir}/{file}", get(versioned))
+}
+
+/// A safe single path component: `[A-Za-z0-9._+-]`, not starting with a dot.
+pub fn safe_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 200
+        && !s.starts_with('.')
+        && !s.contains("..")
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'))
+}
+
+/// `v1.2.3` or `v1.2.3-rc.1`: a `v` then a digit then safe characters.
+pub fn version_dir(s: &str) -> bool {
+    s.strip_prefix('v')
+        .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()) && safe_name(v))
+}
+
+fn content_type(rel: &str) -> &'static str {
+    if rel.starts_with("channels/") || rel.ends_with("/SHA256SUMS") {
+        return "text/plain; charset=utf-8";
+    }
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    if name.ends_with(".sh") {
+        "text/x-shellscript; charset=utf-8"
+    } else if name.ends_with(".json") {
+        "application/json"
+    } else if [".minisig", ".sha256", ".txt", ".asc"]
+        .iter()
+        .any(|x| name.ends_with(x))
+    {
+        "text/plain; charset=utf-8"
+    } else if name.ends_with(".gz") || name.ends_with(".tgz") {
+        "application/gzip"
+    } else if name.ends_with(".zst") {
+        "application/zstd"
+    } else {
+        "application/octet-stream"
+    }
+}
+
+async fn channel(s: State<Arc<Hub>>, Path(name): Path<String>) -> Response {
+    if name != "stable" && name != "beta" {
+        return ApiError::not_found("no such channel").into_response();
+    }
+    serve(s, format!("channels/{name}")).await
+}
+
+async fn versioned(s: State<Arc<Hub>>, Path((dir, file)): Path<(String, String)>) -> Response {
+    if !version_dir(&dir) || !safe_name(&file) {
+        return ApiError::not_found("no such path").into_response();
+    }
+    serve(s, format!("{dir}/{file}")).await
+}
+
+fn inside(root: &FsPath, p: &FsPath) -> Option<PathBuf> {
+    let c = std::fs::canonicalize(p).ok()?;
+    (c.starts_with(root) && c.is_file()).then_some(c)
+}
+
+async fn serve(State(hub): State<Arc<Hub>>, rel: String) -> Response {
+    let root = hub.releases.clone();
+    let ct = content_type(&rel);
+    let joined = root.join(&rel);
+    let found = tokio::task::spawn_blocking(move || inside(&root, &joined))
+        .await
+        .ok()
+        .flatten();
+    let Some(path) = found else {
+        return ApiError::not_found(format!("/{rel} is not published")).into_response();
+    };
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => {
+            let mut r = bytes.into_response();
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            let cache = if rel.starts_with('v') {
+                "public, max-age=86400, immutable"
+            } else {
+                "no-cache"
+            };
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+            r
+        }
+        Err(_) => ApiError::not_found(format!("/{rel} is not published")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(version_dir("v1.2.0"));
+        assert!(version_dir("v1.2.0-rc.1+b5"));
+        for bad in ["v", "vx", "1.2.0", "v..", "v1/../x", "v1.2.0/x", "api"] {
+            assert!(!version_dir(bad), "{bad}");
+        }
+        assert!(safe_name("outpost-x86_64-linux.tar.gz"));
+        for bad in ["", ".", "..", ".hidden", "a/b", "a\\b", "..%2f", "a..b"] {
+            assert!(!safe_name(bad), "{bad}");
+        }
+        assert_eq!(
+            content_type("install.sh"),
+            "text/x-shellscript; charset=utf-8"
+        );
+        assert_eq!(content_type("channels/stable"), "text/plain; charset=utf-8");
+        assert_eq!(content_type("v1.2.0/outpost"), "application/octet-stream");
+        assert_eq!(
+            content_type("v1.2.0/SHA256SUMS"),
+            "text/plain; charset=utf-8"
+        );
+        assert_eq!(
+            content_type("v1.2.0/SHA256SUMS.minisig"),
+            "text/plain; charset=utf-8"
+        );
+    }
+}

@@ -1,0 +1,726 @@
+//! `outpost upgrade`: stage → smoke → record → stop → swap → start → health gate, with
+//! automatic rollback, and crash-safe resolution of an interrupted upgrade.
+//!
+//! Downloading, verifying, unpacking and the smoke test all happen before the service is
+//! touched, so the downtime is only stop + swap + start + READY.
+pub mod decide;
+pub mod record;
+pub mod stage;
+
+use crate::apply::Host;
+use crate::error::{Error, Result};
+use crate::fsx;
+use crate::layout::{Layout, Mode};
+use crate::receipt::Receipt;
+use crate::svc::{ServiceManager, UnitStatus};
+use decide::{Resolution, Target, Topology};
+use outpost_agent::journal::Journal;
+use record::{Record, Step};
+use semver::Version;
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where upgrades come from: the release host (see [`stage::ReleaseStager`]).
+pub trait Stager {
+    /// Newest version on `channel`.
+    fn newest(&self, channel: &str) -> Result<Option<Version>>;
+    /// Download, verify and unpack `version` into `versions_dir/<version>`; returns that dir.
+    /// Must not leave a partial version under its final name.
+    fn stage(&self, version: &Version, versions_dir: &Path) -> Result<PathBuf>;
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UpgradeArgs {
+    pub mode: Option<Mode>,
+    pub target: Option<Version>,
+    pub channel: Option<String>,
+    pub no_restart: bool,
+    pub dry_run: bool,
+    pub json: bool,
+    pub root: PathBuf,
+}
+
+/// The version `current` points at (`versions/<ver>`).
+pub fn current_version(layout: &Layout) -> Result<Option<Version>> {
+    let link = layout.host(&layout.current_link());
+    match std::fs::read_link(&link) {
+        Ok(t) => {
+            let name = t
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Version::parse(&name).map(Some).map_err(|_| {
+                Error::failed(
+                    format!(
+                        "{} points at {}, which is not a version",
+                        link.display(),
+                        t.display()
+                    ),
+                    "re-run `outpost install` to repair it",
+                )
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", &link, e)),
+    }
+}
+
+fn swap_current(layout: &Layout, version: &str) -> Result<()> {
+    let link = layout.host(&layout.current_link());
+    fsx::symlink_atomic(&PathBuf::from("versions").join(version), &link)
+        .map_err(|e| Error::io("swap", &link, e))
+}
+
+/// Per-step timings, carried by every event.
+#[derive(Default)]
+struct Timings(Vec<(&'static str, u128)>, Option<(&'static str, Instant)>);
+
+impl Timings {
+    fn begin(&mut self, step: &'static str) {
+        self.end();
+        self.1 = Some((step, Instant::now()));
+    }
+    fn end(&mut self) {
+        if let Some((s, t)) = self.1.take() {
+            self.0.push((s, t.elapsed().as_millis()));
+        }
+    }
+    fn json(&mut self) -> serde_json::Value {
+        self.end();
+        let mut m = serde_json::Map::new();
+        let mut total = 0;
+        for (s, ms) in &self.0 {
+            m.insert(format!("{s}_ms"), json!(ms));
+            total += ms;
+        }
+        m.insert("total_ms".into(), json!(total));
+        serde_json::Value::Object(m)
+    }
+}
+
+fn event(layout: &Layout, kind: &str, data: serde_json::Value, out: &mut dyn Write) {
+    let journal = Journal::open(&layout.host(&layout.state_dir));
+    if let Err(e) = journal.append(kind, data) {
+        writeln!(
+            out,
+            "warning: cannot write event {kind} to the journal: {e}"
+        )
+        .ok();
+    }
+}
+
+fn owner_of(dir: &Path) -> fsx::Owner {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|m| (m.uid(), m.gid()))
+}
+
+fn save_record(layout: &Layout, r: &Record) -> Result<()> {
+    let sd = layout.host(&layout.state_dir);
+    record::save(&sd, r, owner_of(&sd))
+        .map_err(|e| Error::io("record the upgrade in", &record::path(&sd), e))
+}
+
+/// Run `versions/V/outpost self-test` with the live config, as the service user.
+fn smoke(
+    layout: &Layout,
+    version_dir: &Path,
+    service_ids: Option<(u32, u32)>,
+) -> std::result::Result<String, String> {
+    let bin = version_dir.join("outpost");
+    // As root, run it as the service user (without root's groups) so a state dir the service
+    // could not write fails here, not after the swap.
+    let drop_to = service_ids.filter(|(uid, _)| *uid != 0 && rustix::process::geteuid().is_root());
+    let mut cmd = match drop_to {
+        Some((uid, gid)) => {
+            let mut c = std::process::Command::new("setpriv");
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={gid}"))
+                .arg("--clear-groups")
+                .arg("--")
+                .arg(&bin);
+            c
+        }
+        None => std::process::Command::new(&bin),
+    };
+    cmd.arg("self-test")
+        .arg("--config")
+        .arg(layout.host(&layout.config_file))
+        .arg("--state-dir")
+        .arg(layout.host(&layout.state_dir))
+        .arg("--mode")
+        .arg(layout.mode.as_str())
+        .env_remove(outpost_agent::env::CONFIG)
+        .env_remove(outpost_agent::env::STATE_DIR);
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .trim()
+    .to_string();
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!(
+            "{} self-test failed ({}): {text}",
+            bin.display(),
+            out.status
+        ))
+    }
+}
+
+/// Soak: the unit must stay healthy for `soak`; with a hub, the first heartbeat after
+/// `since` must be accepted too.
+fn health_gate(
+    svc: &dyn ServiceManager,
+    layout: &Layout,
+    soak: Duration,
+    hub: bool,
+    since: std::time::SystemTime,
+) -> std::result::Result<UnitStatus, String> {
+    let unit = crate::UNIT;
+    let base = svc.status(unit).map_err(|e| e.to_string())?;
+    decide::health(&base, &base)?;
+    let start = Instant::now();
+    let hub_deadline = soak.max(Duration::from_secs(20));
+    let mut heartbeat_ok = !hub;
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = svc.status(unit).map_err(|e| e.to_string())?;
+        decide::health(&base, &now)?;
+        if !heartbeat_ok {
+            heartbeat_ok = heartbeat_accepted_since(layout, since)?;
+        }
+        if start.elapsed() >= soak && heartbeat_ok {
+            return Ok(now);
+        }
+        if start.elapsed() >= hub_deadline {
+            return Err("no heartbeat accepted by the hub".into());
+        }
+    }
+}
+
+fn heartbeat_accepted_since(
+    layout: &Layout,
+    since: std::time::SystemTime,
+) -> std::result::Result<bool, String> {
+    let p = layout.host(&layout.state_dir).join("heartbeat.json");
+    let Ok(text) = std::fs::read_to_string(&p) else {
+        return Ok(false);
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Ok(false);
+    };
+    let fresh = std::fs::metadata(&p)
+        .and_then(|m| m.modified())
+        .map(|m| m >= since)
+        .unwrap_or(false);
+    if !fresh {
+        return Ok(false);
+    }
+    match v.get("ok").and_then(|b| b.as_bool()) {
+        Some(true) => Ok(true),
+        // A refusal (revoked token) fails the gate at once; a network error may still recover.
+        Some(false)
+            if v.get("error")
+                .and_then(|e| e.as_str())
+                .is_some_and(|e| e.contains("revoked")) =>
+        {
+            Err("the hub refused the heartbeat (token revoked)".into())
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Keep `current`, `last-good`, `from` and the newest `keep` versions; remove the rest.
+fn prune(layout: &Layout, keep: usize, protect: &[&str]) -> Vec<String> {
+    let dir = layout.host(&layout.versions_dir());
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return vec![];
+    };
+    let mut versions: Vec<Version> = rd
+        .flatten()
+        .filter_map(|e| Version::parse(&e.file_name().to_string_lossy()).ok())
+        .collect();
+    versions.sort();
+    versions.reverse();
+    let mut removed = Vec::new();
+    for (i, v) in versions.iter().enumerate() {
+        let name = v.to_string();
+        if i < keep || protect.contains(&name.as_str()) {
+            continue;
+        }
+        if fs_err::remove_dir_all(dir.join(&name)).is_ok() {
+            removed.push(name);
+        }
+    }
+    removed
+}
+
+/// `<base>/last-good` → the version last confirmed healthy; the unit's ExecStartPre resolver
+/// runs from there so a broken new binary cannot break its own rollback.
+pub fn set_last_good(layout: &Layout, version: &str) -> Result<()> {
+    let link = layout.host(&layout.last_good_link());
+    fsx::symlink_atomic(&PathBuf::from("versions").join(version), &link)
+        .map_err(|e| Error::io("update", &link, e))
+}
+
+/// Bring the install receipt in line with `versions/`, `current` and `last-good` after an
+/// upgrade, a rollback or a resolution, so `uninstall` still removes exactly what outpost
+/// put there.
+pub fn sync_receipt(layout: &Layout) -> Result<()> {
+    use crate::receipt::{Entry, Kind, Role};
+    let Some(mut r) = Receipt::load(layout)? else {
+        return Ok(());
+    };
+    let vdir = layout.versions_dir();
+    let present: Vec<String> = std::fs::read_dir(layout.host(&vdir))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| Version::parse(n).is_ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // drop versions that are gone
+    r.entries.retain(|e| match e.path.strip_prefix(&vdir) {
+        Ok(rest) => rest
+            .components()
+            .next()
+            .is_some_and(|c| present.iter().any(|p| c.as_os_str() == p.as_str())),
+        Err(_) => true,
+    });
+    for v in &present {
+        let d = vdir.join(v);
+        let bin = d.join("outpost");
+        if r.entry(&d).is_none() {
+            r.upsert(Entry {
+                kind: Kind::Dir,
+                role: Role::Dir,
+                path: d.clone(),
+                sha256: None,
+                mode: Some(0o755),
+                target: None,
+            });
+        }
+        for entry in std::fs::read_dir(layout.host(&d))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let p = d.join(entry.file_name());
+            if r.entry(&p).is_none() {
+                let sha = fsx::sha256_file(&layout.host(&p)).ok();
+                let _ = &bin;
+                r.upsert(Entry {
+                    kind: Kind::File,
+                    role: Role::Binary,
+                    path: p,
+                    sha256: sha,
+                    mode: None,
+                    target: None,
+                });
+            }
+        }
+    }
+    for link in [layout.current_link(), layout.last_good_link()] {
+        if let Ok(t) = std::fs::read_link(layout.host(&link)) {
+            r.upsert(Entry {
+                kind: Kind::Symlink,
+                role: Role::Link,
+                path: link,
+                sha256: None,
+                mode: None,
+                target: Some(t),
+            });
+        }
+    }
+    if let Some(v) = current_version(layout)? {
+        r.version = v.to_string();
+    }
+    let sd = layout.host(&layout.state_dir);
+    r.save(layout, owner_of(&sd))?;
+    Ok(())
+}
+
+/// Run `outpost upgrade`.
+pub fn run(
+    args: &UpgradeArgs,
+    probe: &dyn crate::detect::Probe,
+    host: &dyn Host,
+    stager: &dyn Stager,
+    out: &mut dyn Write,
+) -> Result<i32> {
+    let euid = probe.euid();
+    let (layout, receipt) = crate::uninstall::find_install(probe, &args.root, args.mode)?;
+    let receipt: Option<Receipt> = receipt.filter(|r| r.uninstalled_at.is_none());
+    let current = current_version(&layout)?.ok_or_else(|| {
+        Error::failed(
+            format!(
+                "outpost is not installed here ({} has no `current` link)",
+                layout.base.display()
+            ),
+            "install it first: `sudo outpost install` or the install.sh one-liner",
+        )
+    })?;
+    let config = outpost_agent::Config::load(&layout.host(&layout.config_file))?;
+    let versions_dir = layout.host(&layout.versions_dir());
+    let can_write = rustix::fs::access(&versions_dir, rustix::fs::Access::WRITE_OK).is_ok();
+    let scope = crate::uninstall::scope(&layout, euid);
+    let svc = host.service_manager(scope).ok();
+    let unit_loaded = match &svc {
+        Some(s) => s.status(crate::UNIT)?.is_loaded(),
+        None => false,
+    };
+    let topo = decide::topology(
+        receipt.as_ref().map(|r| r.mode),
+        unit_loaded,
+        euid,
+        can_write,
+        args.no_restart,
+    );
+    if let Topology::Refused { message, hint } = &topo {
+        return Err(Error::usage(message.clone(), hint.clone()));
+    }
+    if let Some(r) = record::load(&layout.host(&layout.state_dir))
+        .map_err(|e| Error::failed(e.to_string(), "remove the file if no upgrade is running"))?
+    {
+        if record::upgrader_alive(&r) {
+            return Err(Error::failed(
+                format!(
+                    "an upgrade from {} to {} is already running (pid {})",
+                    r.from, r.to, r.upgrader_pid
+                ),
+                "wait for it to finish; `outpost events --follow` shows its progress",
+            ));
+        }
+    }
+    let channel = args
+        .channel
+        .clone()
+        .unwrap_or_else(|| config.release.channel.clone());
+    let newest = match &args.target {
+        Some(_) => None,
+        None => stager.newest(&channel)?,
+    };
+    let target = match decide::choose_target(&current, args.target.as_ref(), newest.as_ref()) {
+        Target::Nothing { reason } => {
+            writeln!(out, "nothing to do: {reason}").ok();
+            return Ok(outpost_agent::exit::OK);
+        }
+        Target::Upgrade(v) | Target::Downgrade(v) => v,
+    };
+    let orchestrated = matches!(topo, Topology::Orchestrated);
+    let how = match &topo {
+        Topology::Orchestrated => {
+            "stop → swap → start → health gate, rollback on failure".to_string()
+        }
+        Topology::PackageOnly { reason } => format!("package only ({reason})"),
+        Topology::Refused { .. } => unreachable!("refused above"),
+    };
+    if args.dry_run {
+        if args.json {
+            writeln!(out, "{}", json!({"from": current.to_string(), "to": target.to_string(), "orchestrated": orchestrated, "how": how})).ok();
+        } else {
+            writeln!(
+                out,
+                "would upgrade outpost from {current} to {target} ({} mode; {how})",
+                layout.mode
+            )
+            .ok();
+        }
+        return Ok(outpost_agent::exit::OK);
+    }
+    let to = target.to_string();
+    let from = current.to_string();
+    let mut t = Timings::default();
+    let abort = |t: &mut Timings, reason: String, hint: String, out: &mut dyn Write| -> Error {
+        event(
+            &layout,
+            "upgrade_aborted",
+            json!({"from": from, "to": to, "reason": reason, "timings": t.json()}),
+            out,
+        );
+        Error::failed(
+            format!("upgrade to {to} aborted: {reason}; the service was not touched"),
+            hint,
+        )
+    };
+
+    // 1. download, verify, unpack — the service is untouched
+    t.begin("fetch");
+    writeln!(out, "fetching and verifying outpost {to}").ok();
+    let vdir = match stager.stage(&target, &versions_dir) {
+        Ok(d) => d,
+        Err(e) => {
+            let hint = e.hint();
+            return Err(abort(&mut t, e.to_string(), hint, out));
+        }
+    };
+    // 2. pre-swap smoke test with the live config
+    t.begin("smoke");
+    let service_ids = receipt
+        .as_ref()
+        .and_then(|r| host.user_ids(&r.service_user));
+    if let Err(e) = smoke(&layout, &vdir, service_ids) {
+        return Err(abort(&mut t, e, "the new version cannot run with this host's config; fix the config or pick another version".into(), out));
+    }
+    if !orchestrated {
+        t.begin("swap");
+        swap_current(&layout, &to)?;
+        let data = json!({"from": from, "to": to, "reason": how, "timings": t.json()});
+        event(&layout, "package_upgraded", data, out);
+        sync_receipt(&layout)?;
+        let restart = match layout.mode {
+            Mode::System => "sudo systemctl restart outpost.service",
+            Mode::User => "systemctl --user restart outpost.service",
+        };
+        writeln!(out, "upgraded the package from {from} to {to}; the running service was not restarted ({how})").ok();
+        writeln!(out, "next: `{restart}` to run {to}").ok();
+        return Ok(outpost_agent::exit::OK);
+    }
+    // Invariant: Orchestrated implies the service manager connected (unit_loaded was read through it).
+    let svc = svc.expect("orchestrated upgrade has a service manager");
+    let me = std::process::id();
+    let mut rec = Record {
+        from: from.clone(),
+        to: to.clone(),
+        step: Step::Pending,
+        started_at: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        upgrader_pid: me,
+        upgrader_start: record::process_start(me).unwrap_or(0),
+        starts: 0,
+        orchestrated: true,
+    };
+    let step = |rec: &mut Record, s: Step| -> Result<()> {
+        rec.step = s;
+        save_record(&layout, rec)?;
+        // Test builds only: stop here so the suite can kill us at exactly this step.
+        crate::fault::pause_at(&layout, s);
+        Ok(())
+    };
+    // 3. record pending
+    step(&mut rec, Step::Pending)?;
+    let soak = Duration::from_secs(config.upgrade.soak_secs);
+    let hub = config.hub.url.is_some();
+    // 4. stop
+    t.begin("stop");
+    step(&mut rec, Step::Stopping)?;
+    let down_since = Instant::now();
+    let mut downtime_ms: u128 = 0;
+    let attempt = (|| -> std::result::Result<UnitStatus, String> {
+        svc.stop(crate::UNIT).map_err(|e| e.to_string())?;
+        // 5. swap
+        t.begin("swap");
+        step(&mut rec, Step::Swapping).map_err(|e| e.to_string())?;
+        swap_current(&layout, &to).map_err(|e| e.to_string())?;
+        step(&mut rec, Step::Swapped).map_err(|e| e.to_string())?;
+        // 6. start
+        t.begin("start");
+        step(&mut rec, Step::Starting).map_err(|e| e.to_string())?;
+        let since = std::time::SystemTime::now();
+        svc.reset_failed(crate::UNIT).map_err(|e| e.to_string())?;
+        // Type=notify: the start job ends at READY; a version that never sends it fails here.
+        svc.start_within(crate::UNIT, soak + Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        downtime_ms = down_since.elapsed().as_millis();
+        // 7. health gate
+        t.begin("health");
+        step(&mut rec, Step::HealthCheck).map_err(|e| e.to_string())?;
+        health_gate(svc.as_ref(), &layout, soak, hub, since)
+    })();
+    match attempt {
+        Ok(_) => {
+            step(&mut rec, Step::Confirmed)?;
+            set_last_good(&layout, &to)?;
+            let removed = prune(&layout, config.upgrade.keep_versions.max(1), &[&to, &from]);
+            let data = json!({"from": from, "to": to, "downtime_ms": downtime_ms, "timings": t.json(), "removed_versions": removed});
+            event(&layout, "service_upgraded", data, out);
+            record::clear(&layout.host(&layout.state_dir)).map_err(|e| {
+                Error::io("clear", &record::path(&layout.host(&layout.state_dir)), e)
+            })?;
+            sync_receipt(&layout)?;
+            writeln!(
+                out,
+                "upgraded outpost from {from} to {to}: service healthy for {}s",
+                soak.as_secs()
+            )
+            .ok();
+            Ok(outpost_agent::exit::OK)
+        }
+        Err(reason) => {
+            writeln!(
+                out,
+                "the new version {to} is not healthy: {reason}; rolling back to {from}"
+            )
+            .ok();
+            t.begin("rollback");
+            rec.step = Step::RollingBack;
+            save_record(&layout, &rec)?;
+            let failed_at = Instant::now();
+            let mut restored_ms: u128 = 0;
+            let back = (|| -> std::result::Result<(), String> {
+                let _ = svc.stop(crate::UNIT);
+                swap_current(&layout, &from).map_err(|e| e.to_string())?;
+                svc.reset_failed(crate::UNIT).map_err(|e| e.to_string())?;
+                svc.start(crate::UNIT).map_err(|e| e.to_string())?;
+                restored_ms = failed_at.elapsed().as_millis();
+                health_gate(
+                    svc.as_ref(),
+                    &layout,
+                    Duration::from_secs(1).min(soak),
+                    false,
+                    std::time::SystemTime::now(),
+                )
+                .map(|_| ())
+            })();
+            match back {
+                Ok(()) => {
+                    // restored_ms: health failure → old version active and READY again.
+                    let data = json!({"from": from, "to": to, "reason": reason, "restored_ms": restored_ms, "timings": t.json()});
+                    event(&layout, "service_upgrade_rolled_back", data, out);
+                    record::clear(&layout.host(&layout.state_dir)).ok();
+                    sync_receipt(&layout)?;
+                    Err(Error::failed(
+                        format!("upgrade to {to} failed ({reason}); rolled back, {from} is running again"),
+                        format!("see `journalctl {}-u outpost -n 50` for why {to} failed", if layout.mode == Mode::User { "--user " } else { "" }),
+                    ))
+                }
+                Err(e2) => {
+                    let data = json!({"from": from, "to": to, "reason": reason, "rollback_error": e2, "timings": t.json()});
+                    event(&layout, "service_upgrade_rollback_failed", data, out);
+                    let sudo = if layout.mode == Mode::System {
+                        "sudo "
+                    } else {
+                        ""
+                    };
+                    let user = if layout.mode == Mode::User {
+                        "--user "
+                    } else {
+                        ""
+                    };
+                    writeln!(out, "ROLLBACK FAILED: {e2}").ok();
+                    writeln!(out, "recover by hand:").ok();
+                    writeln!(
+                        out,
+                        "  {sudo}ln -sfn versions/{from} {}",
+                        layout.current_link().display()
+                    )
+                    .ok();
+                    writeln!(out, "  {sudo}systemctl {user}reset-failed outpost.service").ok();
+                    writeln!(out, "  {sudo}systemctl {user}start outpost.service").ok();
+                    writeln!(out, "  journalctl {user}-u outpost -n 100").ok();
+                    Err(Error::Usage {
+                        message: format!("upgrade to {to} failed ({reason}) and the rollback to {from} failed too ({e2})"),
+                        hint: "the host has no working agent: run the commands printed above".into(),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// Where a pending upgrade is resolved from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResolveContext {
+    /// The unit's `ExecStartPre=` (a start job is running: only fix files, never call systemd).
+    ServiceStart,
+    /// Any CLI command: fix files and bring the service back to a running state.
+    Cli,
+}
+
+/// Resolve an upgrade record left by an interrupted upgrader. Returns what was done.
+pub fn resolve_pending(
+    layout: &Layout,
+    host: &dyn Host,
+    euid: u32,
+    ctx: ResolveContext,
+    out: &mut dyn Write,
+) -> Result<Resolution> {
+    let sd = layout.host(&layout.state_dir);
+    let rec = record::load(&sd)
+        .map_err(|e| Error::failed(e.to_string(), "remove the file if no upgrade is running"))?;
+    let Some(mut rec) = rec else {
+        return Ok(Resolution::Nothing);
+    };
+    let alive = record::upgrader_alive(&rec);
+    let res = decide::resolve(Some(&rec), alive);
+    match &res {
+        Resolution::Nothing => {}
+        Resolution::InProgress { .. } => {
+            if ctx == ResolveContext::ServiceStart && rec.step >= Step::Swapped {
+                // Boot counting: the upgrader is alive but the new version keeps being restarted.
+                rec.starts += 1;
+                if rec.starts > decide::MAX_UNCONFIRMED_STARTS {
+                    swap_current(layout, &rec.from)?;
+                    event(
+                        layout,
+                        "service_upgrade_rolled_back",
+                        json!({"from": rec.from, "to": rec.to, "reason": format!("{} unconfirmed starts", rec.starts), "by": "start counter"}),
+                        out,
+                    );
+                    rec.step = Step::RollingBack;
+                }
+                save_record(layout, &rec)?;
+            }
+        }
+        Resolution::Abandon | Resolution::Drop => {
+            record::clear(&sd).map_err(|e| Error::io("clear", &record::path(&sd), e))?;
+            event(
+                layout,
+                "upgrade_aborted",
+                json!({"from": rec.from, "to": rec.to, "reason": format!("upgrader interrupted at step {:?}", rec.step), "resolved_by": format!("{ctx:?}")}),
+                out,
+            );
+        }
+        Resolution::Revert => {
+            swap_current(layout, &rec.from)?;
+            record::clear(&sd).map_err(|e| Error::io("clear", &record::path(&sd), e))?;
+            event(
+                layout,
+                "service_upgrade_rolled_back",
+                json!({"from": rec.from, "to": rec.to, "reason": format!("upgrader interrupted at step {:?}, {} never confirmed healthy", rec.step, rec.to), "resolved_by": format!("{ctx:?}")}),
+                out,
+            );
+            writeln!(
+                out,
+                "resolved an interrupted upgrade: {} was never confirmed healthy, back on {}",
+                rec.to, rec.from
+            )
+            .ok();
+        }
+        Resolution::Finish => {
+            set_last_good(layout, &rec.to)?;
+            record::clear(&sd).map_err(|e| Error::io("clear", &record::path(&sd), e))?;
+            event(
+                layout,
+                "service_upgraded",
+                json!({"from": rec.from, "to": rec.to, "resolved_by": format!("{ctx:?}")}),
+                out,
+            );
+        }
+    }
+    if matches!(res, Resolution::Revert | Resolution::Finish) {
+        sync_receipt(layout)?;
+    }
+    if ctx == ResolveContext::Cli && matches!(res, Resolution::Revert | Resolution::Abandon) {
+        // Bring the service back: it may have been stopped (or be running the reverted version).
+        if let Ok(svc) = host.service_manager(crate::uninstall::scope(layout, euid)) {
+            let st = svc.status(crate::UNIT)?;
+            if st.is_loaded() {
+                svc.reset_failed(crate::UNIT)?;
+                if res == Resolution::Revert || !st.is_active() {
+                    svc.restart(crate::UNIT)?;
+                }
+            }
+        }
+    }
+    Ok(res)
+}

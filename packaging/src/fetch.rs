@@ -1,0 +1,650 @@
+//! Getting a release: from an http(s) host, a directory (or `file://` URL) laid out like
+//! one, or an offline bundle file. Everything is verified before anything is unpacked.
+use crate::error::{Error, Result};
+use crate::manifest::{tarball_file_name, Manifest, Want, MAX_MANIFEST_BYTES};
+use crate::verify::{ReplayState, TrustedComment, TrustedKeys, MAX_SIG_BYTES};
+use crate::{fsx, MANIFEST};
+use sha2::{Digest, Sha256};
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Hard cap on a tarball, whatever the manifest says.
+pub const MAX_TARBALL_BYTES: u64 = 256 << 20;
+
+/// Where releases come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `https://host/path` (the release root; `http://` too, for a LAN mirror: signatures
+    /// make transport security optional). `ca_file`: PEM roots that replace the built-in
+    /// (Mozilla) roots, for a mirror behind a private CA. Proxies come from `HTTPS_PROXY`,
+    /// `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`.
+    Http {
+        base: String,
+        ca_file: Option<PathBuf>,
+    },
+    /// A directory laid out like the release root (or a `file://` URL of one).
+    Dir(PathBuf),
+    /// An offline bundle made by `outpost-release bundle`.
+    Bundle(PathBuf),
+}
+
+impl Source {
+    /// `https://…`/`http://…` → Http; `file:///dir` or a path → Dir, or Bundle if it is a file.
+    pub fn parse(s: &str) -> Result<Source> {
+        let bad = |detail: &str| Error::Source {
+            source_text: s.to_string(),
+            detail: detail.to_string(),
+        };
+        let t = s.trim();
+        if t.is_empty() {
+            return Err(bad("empty"));
+        }
+        if t.starts_with("https://") || t.starts_with("http://") {
+            return Ok(Source::Http {
+                base: t.trim_end_matches('/').to_string(),
+                ca_file: None,
+            });
+        }
+        let path = match t.strip_prefix("file://") {
+            Some(p) if p.starts_with('/') => PathBuf::from(p),
+            Some(_) => {
+                return Err(bad(
+                    "a file:// URL needs an absolute path (file:///srv/outpost)",
+                ))
+            }
+            None if t.contains("://") => {
+                return Err(bad("only https://, http:// and file:// URLs are supported"))
+            }
+            None => PathBuf::from(t),
+        };
+        Ok(if path.is_file() {
+            Source::Bundle(path)
+        } else {
+            Source::Dir(path)
+        })
+    }
+
+    /// Use the PEM certificates in `ca_file` as the trusted roots for an https source.
+    pub fn with_ca_file(self, ca_file: Option<PathBuf>) -> Source {
+        match self {
+            Source::Http { base, .. } => Source::Http { base, ca_file },
+            other => other,
+        }
+    }
+
+    /// Human-readable location of `rel` in this source, for messages.
+    pub fn location(&self, rel: &str) -> String {
+        match self {
+            Source::Http { base, .. } => format!("{base}/{rel}"),
+            Source::Dir(d) => d.join(rel).display().to_string(),
+            Source::Bundle(b) => format!("{}:{rel}", b.display()),
+        }
+    }
+
+    pub(crate) fn reader(&self) -> Result<Reader<'_>> {
+        let agent = match self {
+            Source::Http { ca_file, .. } => Some(http_agent(ca_file.as_deref())?),
+            _ => None,
+        };
+        Ok(Reader {
+            source: self,
+            agent,
+        })
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Http { base, .. } => f.write_str(base),
+            Source::Dir(d) | Source::Bundle(d) => write!(f, "{}", d.display()),
+        }
+    }
+}
+
+fn http_agent(ca_file: Option<&Path>) -> Result<ureq::Agent> {
+    let mut cfg = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_recv_response(Some(Duration::from_secs(60)))
+        .timeout_per_read(Some(Duration::from_secs(60)))
+        .user_agent(format!("outpost/{}", crate::VERSION));
+    if let Some(ca) = ca_file {
+        let pem = fsx::read(ca)?;
+        let certs = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                Error::usage(
+                    format!("cannot read ca_file {}: {e}", ca.display()),
+                    "ca_file must be a PEM file with one or more CERTIFICATE blocks",
+                )
+            })?;
+        if certs.is_empty() {
+            return Err(Error::usage(
+                format!("ca_file {} has no certificate", ca.display()),
+                "ca_file must be a PEM file with one or more CERTIFICATE blocks",
+            ));
+        }
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+            .build();
+        cfg = cfg.tls_config(tls);
+    }
+    Ok(cfg.build().into())
+}
+
+/// Reads files of one source.
+pub(crate) struct Reader<'a> {
+    source: &'a Source,
+    agent: Option<ureq::Agent>,
+}
+
+/// Refuse a relative path that could leave the release root.
+fn check_rel(rel: &str) -> Result<()> {
+    let ok = !rel.is_empty()
+        && Path::new(rel)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Manifest {
+            location: rel.to_string(),
+            detail: "path leaves the release root".into(),
+        })
+    }
+}
+
+impl Reader<'_> {
+    pub(crate) fn location(&self, rel: &str) -> String {
+        self.source.location(rel)
+    }
+
+    /// Copy `rel` into `out`, refusing more than `limit` bytes. Returns the byte count.
+    pub(crate) fn copy_to(
+        &self,
+        rel: &str,
+        limit: u64,
+        out: &mut dyn Write,
+        progress: Option<&mut Progress>,
+    ) -> Result<u64> {
+        check_rel(rel)?;
+        let location = self.location(rel);
+        let not_found = || Error::NotFound {
+            location: location.clone(),
+        };
+        match (self.source, &self.agent) {
+            (Source::Http { base, .. }, Some(agent)) => {
+                let url = format!("{base}/{rel}");
+                let resp = agent.get(&url).call().map_err(|e| match e {
+                    ureq::Error::StatusCode(404) => not_found(),
+                    e => Error::Http {
+                        url: url.clone(),
+                        detail: e.to_string(),
+                    },
+                })?;
+                let reader = resp
+                    .into_body()
+                    .into_with_config()
+                    .limit(limit.saturating_add(1))
+                    .reader();
+                copy_capped(reader, limit, out, &location, progress, |e| Error::Http {
+                    url: url.clone(),
+                    detail: e.to_string(),
+                })
+            }
+            (Source::Dir(dir), _) => {
+                let path = dir.join(rel);
+                let f = match fs_err::File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
+                    Err(e) => return Err(Error::io("open", &path, e)),
+                };
+                copy_capped(f, limit, out, &location, progress, |e| {
+                    Error::io("read", &path, e)
+                })
+            }
+            (Source::Bundle(bundle), _) => {
+                let f = fs_err::File::open(bundle).map_err(|e| Error::io("open", bundle, e))?;
+                let mut ar = tar::Archive::new(f);
+                let archive_err = |e: std::io::Error| Error::Archive {
+                    archive: bundle.clone(),
+                    detail: e.to_string(),
+                };
+                for entry in ar.entries().map_err(archive_err)? {
+                    let entry = entry.map_err(archive_err)?;
+                    let name = entry.path().map_err(archive_err)?.into_owned();
+                    let name = name.strip_prefix("./").unwrap_or(&name);
+                    if name == Path::new(rel) && entry.header().entry_type().is_file() {
+                        return copy_capped(entry, limit, out, &location, progress, archive_err);
+                    }
+                }
+                Err(not_found())
+            }
+            (Source::Http { .. }, None) => unreachable!("Source::reader builds an agent for Http"),
+        }
+    }
+
+    /// A small file (manifest, signature) into memory.
+    pub(crate) fn bytes(&self, rel: &str, limit: u64) -> Result<Vec<u8>> {
+        let mut v = Vec::new();
+        self.copy_to(rel, limit, &mut v, None)?;
+        Ok(v)
+    }
+
+    /// Download `rel` to `dest` (atomically), requiring exactly `size` bytes; returns sha256.
+    /// On any error `dest` is not created.
+    pub(crate) fn download(
+        &self,
+        rel: &str,
+        size: u64,
+        dest: &Path,
+        show_progress: bool,
+    ) -> Result<String> {
+        let limit = size.min(MAX_TARBALL_BYTES);
+        let mut progress = Progress::new(rel, size, show_progress);
+        let mut sha = None;
+        let mut inner_err = None;
+        let r = fsx::write_atomic_with(dest, 0o644, |f| {
+            let mut w = HashingWriter {
+                inner: f,
+                hash: Sha256::new(),
+            };
+            let result = self
+                .copy_to(rel, limit, &mut w, Some(&mut progress))
+                .and_then(|n| match n == size {
+                    true => Ok(()),
+                    false => Err(Error::SizeMismatch {
+                        location: self.location(rel),
+                        expected: size,
+                        actual: n,
+                    }),
+                });
+            match result {
+                Ok(()) => {
+                    sha = Some(hex::encode(w.hash.finalize()));
+                    Ok(())
+                }
+                Err(e) => {
+                    inner_err = Some(e);
+                    Err(std::io::Error::other("download failed"))
+                }
+            }
+        });
+        progress.finish();
+        if let Some(e) = inner_err {
+            return Err(e);
+        }
+        r?;
+        // Invariant: write_atomic_with succeeded, so the closure ran to its Ok branch.
+        Ok(sha.expect("sha set on success"))
+    }
+}
+
+struct HashingWriter<'f> {
+    inner: &'f mut fs_err::File,
+    hash: Sha256,
+}
+
+impl Write for HashingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn copy_capped<R: Read, E: Fn(std::io::Error) -> Error>(
+    mut r: R,
+    limit: u64,
+    out: &mut dyn Write,
+    location: &str,
+    mut progress: Option<&mut Progress>,
+    read_err: E,
+) -> Result<u64> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total: u64 = 0;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // ureq reports its body limit as an error: that is our cap.
+            Err(e) if total >= limit && e.to_string().contains("limit") => {
+                return Err(Error::TooLarge {
+                    location: location.to_string(),
+                    limit,
+                })
+            }
+            Err(e) => return Err(read_err(e)),
+        };
+        total += n as u64;
+        if total > limit {
+            return Err(Error::TooLarge {
+                location: location.to_string(),
+                limit,
+            });
+        }
+        out.write_all(&buf[..n]).map_err(|e| Error::Io {
+            what: "write download of",
+            path: PathBuf::from(location),
+            source: e,
+        })?;
+        if let Some(p) = progress.as_deref_mut() {
+            p.advance(n as u64);
+        }
+    }
+}
+
+/// A one-line progress display on stderr, only when stderr is a terminal.
+pub(crate) struct Progress {
+    name: String,
+    total: u64,
+    done: u64,
+    last: Option<Instant>,
+    enabled: bool,
+}
+
+impl Progress {
+    pub(crate) fn new(name: &str, total: u64, wanted: bool) -> Progress {
+        Progress {
+            name: name.rsplit('/').next().unwrap_or(name).to_string(),
+            total,
+            done: 0,
+            last: None,
+            enabled: wanted && std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn advance(&mut self, n: u64) {
+        self.done += n;
+        if !self.enabled {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(100))
+            && self.done < self.total
+        {
+            return;
+        }
+        self.last = Some(now);
+        let pct = (self.done * 100)
+            .checked_div(self.total)
+            .unwrap_or(100)
+            .min(100);
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let _ = write!(
+            std::io::stderr(),
+            "\rdownloading {} {pct:>3}% ({:.1}/{:.1} MiB)",
+            self.name,
+            mib(self.done),
+            mib(self.total)
+        );
+    }
+
+    fn finish(&mut self) {
+        if self.enabled && self.last.is_some() {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
+/// A release whose tarball is on disk and verified: size, sha256 from the signed manifest,
+/// and the tarball's own signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub version: semver::Version,
+    pub target: String,
+    pub tarball_path: PathBuf,
+    pub sha256: String,
+    /// The signed manifest's timestamp (now recorded in the replay state).
+    pub manifest_timestamp: u64,
+}
+
+/// Fetch `manifest.json` and its signature, verify the signature with `keys`, check the
+/// trusted comment's timestamp against `state` (refusing replays), and record it.
+pub fn fetch_manifest(
+    source: &Source,
+    keys: &TrustedKeys,
+    state: &ReplayState,
+) -> Result<Manifest> {
+    let reader = source.reader()?;
+    fetch_manifest_with(&reader, keys, state)
+}
+
+pub(crate) fn fetch_manifest_with(
+    reader: &Reader<'_>,
+    keys: &TrustedKeys,
+    state: &ReplayState,
+) -> Result<Manifest> {
+    let location = reader.location(MANIFEST);
+    if keys.is_empty() {
+        return Err(Error::NoTrustedKeys { location });
+    }
+    let body = reader.bytes(MANIFEST, MAX_MANIFEST_BYTES)?;
+    let sig_rel = format!("{MANIFEST}.minisig");
+    let sig = reader.bytes(&sig_rel, MAX_SIG_BYTES)?;
+    let sig = String::from_utf8(sig).map_err(|_| Error::BadSignature {
+        location: location.clone(),
+        detail: "the .minisig is not text".into(),
+    })?;
+    let comment = TrustedComment::parse(&keys.verify(&body, &sig, &location)?);
+    let bad = |detail: String| Error::BadSignature {
+        location: location.clone(),
+        detail,
+    };
+    if comment.file.as_deref().is_some_and(|f| f != MANIFEST) {
+        return Err(bad(format!(
+            "the signature is for {:?}, not {MANIFEST}",
+            comment.file.unwrap_or_default()
+        )));
+    }
+    let ts = comment.timestamp.ok_or_else(|| {
+        bad("the trusted comment has no timestamp (sign it with `outpost-release publish`)".into())
+    })?;
+    let manifest = Manifest::parse(&body, &location)?;
+    if manifest.timestamp != ts {
+        return Err(bad(format!(
+            "the signed timestamp {ts} differs from the manifest's {}",
+            manifest.timestamp
+        )));
+    }
+    state.check_and_record(ts, &location)?;
+    Ok(manifest)
+}
+
+/// Download and verify a release tarball into `staging_dir` (created if missing; it should
+/// be on the same filesystem as the install, e.g. next to `versions/`). Nothing is unpacked:
+/// see [`crate::extract`]. Steps: signed manifest (+ replay check), pick `want` for
+/// `target`, download with a size cap, sha256 against the manifest, then the tarball's own
+/// `.minisig`. A progress line is shown on stderr when it is a terminal.
+pub fn fetch_release(
+    source: &Source,
+    keys: &TrustedKeys,
+    state: &ReplayState,
+    want: &Want,
+    target: &str,
+    staging_dir: &Path,
+) -> Result<Verified> {
+    let reader = source.reader()?;
+    let manifest = fetch_manifest_with(&reader, keys, state)?;
+    let release = manifest.pick(want, &reader.location(MANIFEST))?;
+    let artifact = release.artifact(target)?;
+    fsx::create_dir_all(staging_dir)?;
+    let file_name = tarball_file_name(&release.version, target);
+    let dest = staging_dir.join(&file_name);
+    let result = download_verified(&reader, keys, artifact, &file_name, &dest, true);
+    if result.is_err() {
+        let _ = fs_err::remove_file(&dest); // best effort: never leave an unverified tarball
+    }
+    let sha256 = result?;
+    Ok(Verified {
+        version: release.version.clone(),
+        target: target.to_string(),
+        tarball_path: dest,
+        sha256,
+        manifest_timestamp: manifest.timestamp,
+    })
+}
+
+/// Download `artifact` to `dest` and check size, sha256 and signature; returns the sha256.
+pub(crate) fn download_verified(
+    reader: &Reader<'_>,
+    keys: &TrustedKeys,
+    artifact: &crate::manifest::Artifact,
+    file_name: &str,
+    dest: &Path,
+    show_progress: bool,
+) -> Result<String> {
+    let part = crate::fsx::tmp_name(dest, "part");
+    let result = verify_download(reader, keys, artifact, file_name, &part, show_progress);
+    let result = result.and_then(|sha| {
+        fs_err::rename(&part, dest).map_err(|e| Error::io("rename", dest, e))?;
+        fsx::fsync_dir(fsx::parent(dest))?;
+        Ok(sha)
+    });
+    if result.is_err() {
+        let _ = fs_err::remove_file(&part); // best effort: the partial download is ours
+    }
+    result
+}
+
+fn verify_download(
+    reader: &Reader<'_>,
+    keys: &TrustedKeys,
+    artifact: &crate::manifest::Artifact,
+    file_name: &str,
+    dest: &Path,
+    show_progress: bool,
+) -> Result<String> {
+    let location = reader.location(&artifact.name);
+    let sha = reader.download(&artifact.name, artifact.size, dest, show_progress)?;
+    if sha != artifact.sha256 {
+        return Err(Error::ShaMismatch {
+            location,
+            expected: artifact.sha256.clone(),
+            actual: sha,
+        });
+    }
+    let sig_rel = format!("{}.minisig", artifact.name);
+    let sig_path = crate::fsx::tmp_name(dest, "minisig");
+    let sig = reader.bytes(&sig_rel, MAX_SIG_BYTES)?;
+    fsx::write_atomic(&sig_path, &sig, 0o644)?;
+    let verified = keys.verify_file(dest, &sig_path);
+    let _ = fs_err::remove_file(&sig_path);
+    let comment = TrustedComment::parse(&verified.map_err(|e| match e {
+        Error::BadSignature { detail, .. } => Error::BadSignature {
+            location: location.clone(),
+            detail,
+        },
+        e => e,
+    })?);
+    if let Some(f) = comment.file.filter(|f| f != file_name) {
+        return Err(Error::BadSignature {
+            location,
+            detail: format!("the signature is for {f:?}"),
+        });
+    }
+    Ok(sha)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_parse_table() {
+        let d = tempfile::tempdir().unwrap();
+        let bundle = d.path().join("b.tar");
+        std::fs::write(&bundle, b"").unwrap();
+        let b = bundle.display().to_string();
+        let cases: Vec<(String, Option<Source>)> = vec![
+            (
+                "https://r.example.com/outpost/".into(),
+                Some(Source::Http {
+                    base: "https://r.example.com/outpost".into(),
+                    ca_file: None,
+                }),
+            ),
+            (
+                "http://10.0.0.1:8080".into(),
+                Some(Source::Http {
+                    base: "http://10.0.0.1:8080".into(),
+                    ca_file: None,
+                }),
+            ),
+            (
+                "file:///srv/outpost".into(),
+                Some(Source::Dir("/srv/outpost".into())),
+            ),
+            (
+                "/srv/outpost".into(),
+                Some(Source::Dir("/srv/outpost".into())),
+            ),
+            (b.clone(), Some(Source::Bundle(bundle.clone()))),
+            (format!("file://{b}"), Some(Source::Bundle(bundle.clone()))),
+            ("file://relative".into(), None),
+            ("ftp://x/y".into(), None),
+            ("".into(), None),
+        ];
+        for (s, want) in cases {
+            assert_eq!(Source::parse(&s).ok(), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn rel_paths_cannot_escape() {
+        for bad in ["../x", "/etc/passwd", "a/../../b", "", "./x"] {
+            assert!(check_rel(bad).is_err(), "{bad}");
+        }
+        assert!(check_rel("v1.0.0/outpost-1.0.0-x.tar.gz").is_ok());
+    }
+
+    #[test]
+    fn dir_source_caps_size() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("big"), vec![7u8; 1000]).unwrap();
+        let src = Source::Dir(d.path().to_path_buf());
+        let r = src.reader().unwrap();
+        assert_eq!(r.bytes("big", 1000).unwrap().len(), 1000);
+        assert!(matches!(r.bytes("big", 999), Err(Error::TooLarge { .. })));
+        assert!(matches!(
+            r.bytes("missing", 10),
+            Err(Error::NotFound { .. })
+        ));
+        // exact size required
+        let dest = d.path().join("out");
+        assert!(matches!(
+            r.download("big", 1001, &dest, false),
+            Err(Error::SizeMismatch { .. })
+        ));
+        assert!(!dest.exists());
+        assert!(matches!(
+            r.download("big", 10, &dest, false),
+            Err(Error::TooLarge { .. })
+        ));
+        assert!(!dest.exists());
+        assert_eq!(
+            r.download("big", 1000, &dest, false).unwrap(),
+            fsx::sha256_bytes(&[7u8; 1000])
+        );
+    }
+
+    #[test]
+    fn no_keys_refused_before_reading() {
+        let d = tempfile::tempdir().unwrap(); // empty: would be NotFound if read
+        let src = Source::Dir(d.path().to_path_buf());
+        let err = fetch_manifest(&src, &TrustedKeys::empty(), &ReplayState::none()).unwrap_err();
+        assert!(matches!(err, Error::NoTrustedKeys { .. }), "{err}");
+    }
+}

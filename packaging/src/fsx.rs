@@ -1,0 +1,128 @@
+//! Atomic, durable writes: temp file in the same directory, fsync, rename, fsync of the
+//! directory. A reader sees the old file or the new one, never half of one.
+use crate::error::{Error, Result};
+use fs_err::os::unix::fs::OpenOptionsExt;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// A unique hidden name next to `path` for a temp file or directory.
+pub(crate) fn tmp_name(path: &Path, tag: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    path.with_file_name(format!(".{name}.{tag}-{}-{nanos}", std::process::id()))
+}
+
+pub(crate) fn parent(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// fsync a directory so renames inside it are durable.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    fs_err::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io("sync directory", dir, e))
+}
+
+/// Write `contents` to `path` atomically with `mode`.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    write_atomic_with(path, mode, |f| f.write_all(contents))
+}
+
+/// Create `path` atomically with `mode`, its contents written by `fill`.
+pub fn write_atomic_with(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut fs_err::File) -> std::io::Result<()>,
+) -> Result<()> {
+    let tmp = tmp_name(path, "outpost-tmp");
+    let result = (|| {
+        let mut f = fs_err::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        fill(&mut f)?;
+        // The umask may have narrowed the mode given to open(2).
+        f.file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.sync_all()?;
+        drop(f);
+        fs_err::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp); // best effort: the temp file is ours
+        return Err(Error::io("write", path, e));
+    }
+    fsync_dir(parent(path))
+}
+
+/// Create a directory and its missing parents (mode 0755).
+pub fn create_dir_all(path: &Path) -> Result<()> {
+    fs_err::create_dir_all(path).map_err(|e| Error::io("create directory", path, e))
+}
+
+pub fn sha256_bytes(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = fs_err::File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| Error::io("read", path, e))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
+    fs_err::read(path).map_err(|e| Error::io("read", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn atomic_write_sets_mode_replaces_and_leaves_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("manifest.json");
+        write_atomic(&p, b"a", 0o600).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+        write_atomic(&p, b"bb", 0o644).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"bb");
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o644);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn failed_fill_keeps_old_file_and_removes_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        write_atomic(&p, b"old", 0o644).unwrap();
+        let err = write_atomic_with(&p, 0o644, |f| {
+            f.write_all(b"half")?;
+            Err(std::io::Error::other("disk full"))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+        assert_eq!(std::fs::read(&p).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn sha256_known_value() {
+        assert_eq!(
+            sha256_bytes(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}
