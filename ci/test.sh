@@ -9,8 +9,11 @@ main() {
   cargo fmt --all -- --check
   shellcheck -x ci/*.sh
   shellcheck -s sh scripts/install.sh
-  local bin
+  local bin variants
   bin=$(bash ci/build-release.sh)
+  # Test builds at several versions (upgrade/rollback suites) and the outpost-release packager.
+  variants=$(bash ci/build-variants.sh)
+  export OUTPOST_E2E_VARIANTS=$variants
   # e2e suites must run, never skip, here: CI=true / OUTPOST_E2E_REQUIRED make a missing testbed fatal.
   export OUTPOST_E2E_REQUIRED=1
   local log

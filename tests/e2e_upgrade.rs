@@ -132,7 +132,7 @@ fn e2e_upgrade_and_rollback_system_mode() {
     // refused before the stop: tampered tarball, unreachable host — service never interrupted
     let pid = main_pid(&c);
     c.must_sh(&format!(
-        "cp -a {REL} /srv/tampered && printf 'x' >> /srv/tampered/v1.2.0/outpost-1.2.0-{}.tar.gz",
+        "cp -a {REL} /srv/tampered && printf 'x' | dd of=/srv/tampered/v1.2.0/outpost-1.2.0-{}.tar.gz bs=1 seek=4096 conv=notrunc status=none",
         release::TARGET
     ));
     let o = c.sh_as(

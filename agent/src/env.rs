@@ -18,6 +18,11 @@ pub const ENV_FILE: &str = "OUTPOST_ENV_FILE";
 pub const HUB_URL: &str = "OUTPOST_HUB_URL";
 /// Release host (`outpost upgrade --from`, install.sh).
 pub const RELEASE_URL: &str = "OUTPOST_RELEASE_URL";
+/// Trusted release public keys, one minisign base64 line each (install.sh passes the keys
+/// embedded at publish time; `install` records them in a new config).
+pub const RELEASE_PUBKEYS: &str = "OUTPOST_RELEASE_PUBKEYS";
+/// Extra CA bundle (PEM) for the release host and hub (`install --ca-file`).
+pub const CA_FILE: &str = "OUTPOST_CA_FILE";
 /// User the system service runs as (`install --run-as`).
 pub const RUN_AS: &str = "OUTPOST_RUN_AS";
 /// Build-time only: overrides the version baked into the binary.

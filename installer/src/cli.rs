@@ -69,6 +69,13 @@ enum Command {
         /// Control-plane URL written into a new config
         #[arg(long, value_name = "URL", env = env::HUB_URL)]
         hub: Option<String>,
+        /// Verify this binary against the signed release at URL and record URL in a new config
+        /// (install.sh passes it; trusted keys come from OUTPOST_RELEASE_PUBKEYS and the build)
+        #[arg(long, value_name = "URL", env = env::RELEASE_URL)]
+        release_url: Option<String>,
+        /// PEM file of extra CAs for the release host and hub (recorded in a new config)
+        #[arg(long, value_name = "PEM", env = env::CA_FILE)]
+        ca_file: Option<PathBuf>,
         /// Install and enable, but do not start the service
         #[arg(long)]
         no_start: bool,
@@ -407,6 +414,8 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
             run_as,
             admin_group,
             hub,
+            release_url,
+            ca_file,
             no_start,
             dry_run,
             json,
@@ -435,6 +444,17 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
                 json,
                 root,
                 binary: None,
+                release_url,
+                release_keys: std::env::var(env::RELEASE_PUBKEYS)
+                    .map(|v| {
+                        v.lines()
+                            .map(str::trim)
+                            .filter(|l| !l.is_empty())
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                ca_file,
             };
             install::run(&args, &probe, &host, out)?;
             Ok(exit::OK)

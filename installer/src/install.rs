@@ -26,6 +26,100 @@ pub struct InstallArgs {
     pub root: PathBuf,
     /// Binary to install; default: the running executable.
     pub binary: Option<PathBuf>,
+    /// Verify this binary against the signed release at this URL (install.sh passes it), and
+    /// write it as `[release] url` into a new config.
+    pub release_url: Option<String>,
+    /// Trusted release public keys (added to the built-in ones; written into a new config).
+    pub release_keys: Vec<String>,
+    /// Extra CA bundle for the release host and hub (written into a new config).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A verified copy of this version's binary, unpacked from the signed release; removed on drop.
+pub struct VerifiedBinary {
+    dir: PathBuf,
+    pub binary: PathBuf,
+}
+
+impl Drop for VerifiedBinary {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir); // best effort: our temp dir
+    }
+}
+
+/// Fetch this version's tarball from the signed release (manifest signature and replay check,
+/// sha256, tarball signature), unpack it, and check that the running binary is byte for byte
+/// the released one. Fail closed: no trusted key, no install.
+pub fn verify_against_release(
+    url: &str,
+    extra_keys: &[String],
+    ca_file: Option<&Path>,
+    running: &Path,
+) -> Result<VerifiedBinary> {
+    use outpost_packaging::{
+        extract, fetch_release, ExtractLimits, ReplayState, Source, TrustedKeys, Want,
+    };
+    let pkg = |e: outpost_packaging::Error| {
+        let hint = e.hint();
+        Error::failed(
+            format!(
+                "cannot verify outpost {} against the release: {e}",
+                outpost_packaging::VERSION
+            ),
+            hint,
+        )
+    };
+    let source = Source::parse(url)
+        .map_err(pkg)?
+        .with_ca_file(ca_file.map(Path::to_path_buf));
+    let mut keys = TrustedKeys::builtin();
+    for (i, k) in extra_keys.iter().enumerate() {
+        keys.add_text(k, &format!("release key #{}", i + 1))
+            .map_err(|e| {
+                Error::usage(
+                    e.to_string(),
+                    "pass minisign public keys (base64) in OUTPOST_RELEASE_PUBKEYS",
+                )
+            })?;
+    }
+    if keys.is_empty() {
+        return Err(Error::failed(
+            "no trusted release key: nothing to verify the release against",
+            "pass the release's minisign public key in OUTPOST_RELEASE_PUBKEYS (install.sh does this)",
+        ));
+    }
+    let dir = std::env::temp_dir().join(format!("outpost-verify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let guard = VerifiedBinary {
+        binary: dir.join("staging").join("outpost"),
+        dir: dir.clone(),
+    };
+    let version = outpost_packaging::version();
+    let v = fetch_release(
+        &source,
+        &keys,
+        &ReplayState::none(),
+        &Want::Exact(version.clone()),
+        crate::upgrade::stage::this_target(),
+        &dir.join("download"),
+    )
+    .map_err(pkg)?;
+    extract::extract_tarball(
+        &v.tarball_path,
+        &dir.join("staging"),
+        &ExtractLimits::default(),
+    )
+    .map_err(pkg)?;
+    let released =
+        crate::fsx::sha256_file(&guard.binary).map_err(|e| Error::io("read", &guard.binary, e))?;
+    let mine = crate::fsx::sha256_file(running).map_err(|e| Error::io("read", running, e))?;
+    if released != mine {
+        return Err(Error::failed(
+            format!("{} is not the outpost {version} of the signed release (sha256 {mine}, release has {released})", running.display()),
+            "download the release again with install.sh; do not install a binary the release does not list",
+        ));
+    }
+    Ok(guard)
 }
 
 /// Pick the mode and check the caller may use it.
@@ -154,7 +248,13 @@ pub fn prepare(
     args: &InstallArgs,
     probe: &dyn Probe,
     host: &dyn Host,
-) -> Result<(Detection, InstallPlan, Option<Receipt>, u32)> {
+) -> Result<(
+    Detection,
+    InstallPlan,
+    Option<Receipt>,
+    u32,
+    Option<VerifiedBinary>,
+)> {
     let det = detect::probe::detect(probe);
     if let Some(reason) = &det.unsupported {
         return Err(Error::failed(
@@ -186,7 +286,7 @@ pub fn prepare(
     let prior = Receipt::load(&layout)?;
     let su = service_user(&det, mode, args, &args.root, prior.as_ref())?;
 
-    let binary = match &args.binary {
+    let running = match &args.binary {
         Some(b) => b.clone(),
         None => std::env::current_exe().map_err(|e| {
             Error::failed(
@@ -195,6 +295,39 @@ pub fn prepare(
             )
         })?,
     };
+    for k in &args.release_keys {
+        if k.chars()
+            .any(|c| c.is_whitespace() || c == '"' || c == '\\' || c.is_control())
+        {
+            return Err(Error::usage(
+                format!("invalid release public key {k:?}"),
+                "pass the base64 line of the minisign .pub file",
+            ));
+        }
+    }
+    if let Some(url) = &args.release_url {
+        let local = url.starts_with("file:///") && !url.chars().any(|c| c.is_control() || c == '"');
+        (if local { Ok(()) } else { validate_hub_url(url) }).map_err(|_| {
+            Error::usage(
+                format!("invalid release url {url:?}: expected http(s)://HOST[/PATH]"),
+                "pass --release-url https://releases.example.com/outpost",
+            )
+        })?;
+    }
+    // With a release URL, what gets installed is the verified copy from the signed release.
+    let verified = match &args.release_url {
+        Some(url) => Some(verify_against_release(
+            url,
+            &args.release_keys,
+            args.ca_file.as_deref(),
+            &running,
+        )?),
+        None => None,
+    };
+    let binary = verified
+        .as_ref()
+        .map(|v| v.binary.clone())
+        .unwrap_or(running);
     let binary_sha256 =
         crate::fsx::sha256_file(&binary).map_err(|e| Error::io("read", &binary, e))?;
     let version = outpost_packaging::VERSION.to_string();
@@ -234,13 +367,19 @@ pub fn prepare(
         hub_url: args.hub_url.clone(),
         enroll_key: args.enroll_key.clone(),
         start: !args.no_start,
+        release: plan::ConfigSeed {
+            hub_url: None,
+            release_url: args.release_url.clone(),
+            release_keys: args.release_keys.clone(),
+            ca_file: args.ca_file.clone(),
+        },
     };
     crate::render::validate(&plan::unit_params(&inputs)).map_err(|e| {
         Error::usage(e.to_string(), "install paths must be absolute, printable and free of control characters; use --system if the home directory is unusual")
     })?;
     let mut p = plan::plan_install(&inputs, &obs);
     p.warnings.splice(0..0, det.warnings.iter().cloned());
-    Ok((det, p, prior, euid))
+    Ok((det, p, prior, euid, verified))
 }
 
 /// Human-readable plan, one line per change.
@@ -322,7 +461,7 @@ pub fn run(
     host: &dyn Host,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let (_det, plan, prior, euid) = prepare(args, probe, host)?;
+    let (_det, plan, prior, euid, _verified) = prepare(args, probe, host)?;
     if args.dry_run {
         if args.json {
             writeln!(

@@ -199,6 +199,8 @@ pub struct InstallInputs {
     pub hub_url: Option<String>,
     pub enroll_key: Option<String>,
     pub start: bool,
+    /// Release settings for a new config (install.sh passes them).
+    pub release: ConfigSeed,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -314,16 +316,53 @@ pub fn unit_params(inp: &InstallInputs) -> UnitParams {
 }
 
 /// The config file `install` writes when there is none.
-pub fn initial_config(hub_url: Option<&str>) -> String {
-    let t = outpost_agent::Config::TEMPLATE;
-    match hub_url {
-        Some(url) => t.replacen(
+/// Settings a new config starts with (from `install` flags and install.sh).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigSeed {
+    pub hub_url: Option<String>,
+    pub release_url: Option<String>,
+    pub release_keys: Vec<String>,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The config file `install` writes when there is none: the template, with the seed's
+/// settings filled in (values were validated by the caller: no quotes or control characters).
+pub fn initial_config(seed: &ConfigSeed) -> String {
+    let mut t = outpost_agent::Config::TEMPLATE.to_string();
+    if let Some(url) = &seed.hub_url {
+        t = t.replacen(
             "# url = \"https://hub.example.com\"",
             &format!("url = \"{url}\""),
             1,
-        ),
-        None => t.to_string(),
+        );
     }
+    if let Some(url) = &seed.release_url {
+        t = t.replacen(
+            "# url = \"https://releases.example.com/outpost\"",
+            &format!("url = \"{url}\""),
+            1,
+        );
+    }
+    if !seed.release_keys.is_empty() {
+        let keys: Vec<String> = seed
+            .release_keys
+            .iter()
+            .map(|k| format!("\"{k}\""))
+            .collect();
+        t = t.replacen(
+            "# public_keys = []",
+            &format!("public_keys = [{}]", keys.join(", ")),
+            1,
+        );
+    }
+    if let Some(ca) = &seed.ca_file {
+        t = t.replacen(
+            "# ca_file = \"/etc/outpost/ca.pem\"",
+            &format!("ca_file = \"{}\"", ca.display()),
+            1,
+        );
+    }
+    t
 }
 
 /// The secrets file `install` writes when there is none.
@@ -475,20 +514,34 @@ pub fn plan_install(inp: &InstallInputs, obs: &Observed) -> InstallPlan {
         PathBuf::from("versions").join(&inp.version),
         Role::Link,
     ));
+    items.push(link_item(
+        obs,
+        &l.last_good_link(),
+        PathBuf::from("versions").join(&inp.version),
+        Role::Link,
+    ));
     items.push(link_item(obs, &l.bin_link, l.current_binary(), Role::Link));
 
+    let (cfg_mode, cfg_owner) = if system {
+        (0o770, OwnerSpec::RootServiceGroup)
+    } else {
+        (0o755, OwnerSpec::Invoker)
+    };
     items.push(dir_item(
         obs,
         &l.config_dir,
-        0o755,
-        OwnerSpec::Invoker,
+        cfg_mode,
+        cfg_owner,
         Role::Config,
     ));
     items.push(text_item(
         obs,
         &l.config_file,
         Role::Config,
-        initial_config(inp.hub_url.as_deref()),
+        initial_config(&ConfigSeed {
+            hub_url: inp.hub_url.clone(),
+            ..inp.release.clone()
+        }),
         0o644,
         OwnerSpec::Invoker,
     ));

@@ -103,33 +103,56 @@ impl std::fmt::Display for Source {
     }
 }
 
+/// System CA bundles, first one found wins (Debian/Ubuntu, Fedora/RHEL, Alpine/others).
+const SYSTEM_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+fn pem_certs(pem: &[u8]) -> std::result::Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    ureq::tls::parse_pem(pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e.to_string())),
+        })
+        .collect()
+}
+
+/// Trust: the host's CA bundle (where operators add private CAs) plus `ca_file`; the
+/// built-in Mozilla roots only when the host has no bundle and no `ca_file` is given.
 fn http_agent(ca_file: Option<&Path>) -> Result<ureq::Agent> {
     let mut cfg = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_recv_response(Some(Duration::from_secs(60)))
         .timeout_per_read(Some(Duration::from_secs(60)))
         .user_agent(format!("outpost/{}", crate::VERSION));
+    let mut certs = Vec::new();
     if let Some(ca) = ca_file {
         let pem = fsx::read(ca)?;
-        let certs = ureq::tls::parse_pem(&pem)
-            .filter_map(|item| match item {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
-                Ok(_) => None,
-                Err(e) => Some(Err(e)),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                Error::usage(
-                    format!("cannot read ca_file {}: {e}", ca.display()),
-                    "ca_file must be a PEM file with one or more CERTIFICATE blocks",
-                )
-            })?;
-        if certs.is_empty() {
+        let mine = pem_certs(&pem).map_err(|e| {
+            Error::usage(
+                format!("cannot read ca_file {}: {e}", ca.display()),
+                "ca_file must be a PEM file with one or more CERTIFICATE blocks",
+            )
+        })?;
+        if mine.is_empty() {
             return Err(Error::usage(
                 format!("ca_file {} has no certificate", ca.display()),
                 "ca_file must be a PEM file with one or more CERTIFICATE blocks",
             ));
         }
+        certs.extend(mine);
+    }
+    if let Some(pem) = SYSTEM_BUNDLES.iter().find_map(|p| std::fs::read(p).ok()) {
+        // A damaged system bundle is not ours to refuse: take what parses.
+        certs.extend(ureq::tls::parse_pem(&pem).filter_map(|i| match i {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        }));
+    }
+    if !certs.is_empty() {
         let tls = ureq::tls::TlsConfig::builder()
             .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
             .build();

@@ -173,6 +173,7 @@ fn inputs(b: &Bed, version: &str, create_user: bool) -> InstallInputs {
         hub_url: None,
         enroll_key: Some("k-123".into()),
         start: true,
+        release: ConfigSeed::default(),
     }
 }
 
@@ -535,4 +536,34 @@ fn user_mode_plan_enables_linger_and_creates_home_dirs() {
             ..
         }
     )));
+}
+
+#[test]
+fn initial_config_carries_the_seed_and_parses() {
+    let seed = ConfigSeed {
+        hub_url: Some("https://hub.example.net".into()),
+        release_url: Some("https://rel.example.net/outpost".into()),
+        release_keys: vec!["RWQk1".into(), "RWQk2".into()],
+        ca_file: Some("/etc/outpost/ca.pem".into()),
+    };
+    let text = initial_config(&seed);
+    let c = outpost_agent::Config::parse(&text, Path::new("t")).unwrap();
+    assert_eq!(c.hub.url.as_deref(), Some("https://hub.example.net"));
+    assert_eq!(
+        c.release.url.as_deref(),
+        Some("https://rel.example.net/outpost")
+    );
+    assert_eq!(
+        c.release.public_keys,
+        vec!["RWQk1".to_string(), "RWQk2".to_string()]
+    );
+    assert_eq!(
+        c.release.ca_file.as_deref(),
+        Some(Path::new("/etc/outpost/ca.pem"))
+    );
+    assert_eq!(
+        outpost_agent::Config::parse(&initial_config(&ConfigSeed::default()), Path::new("t"))
+            .unwrap(),
+        outpost_agent::Config::default()
+    );
 }
