@@ -32,9 +32,13 @@
 # embedded public key(s) as well. A version published after this script has no embedded
 # sha256: then minisign is required to verify the signed SHA256SUMS, or use the newer
 # release's own install.sh.
+# Then `outpost install` itself, given OUTPOST_RELEASE_URL and the embedded keys
+# (OUTPOST_RELEASE_PUBKEYS), checks the signed manifest (and its replay guard) and that its own
+# sha256 is the one published for its version and target, before it changes anything.
 #
 # Exit codes: 0 ok, 1 failure, 2 bad input or unsupported host. Nothing is prompted for and
-# nothing sleeps. The last line of this file runs main, so a truncated download runs nothing.
+# nothing sleeps. Only the last line runs anything (main, in braces), so a truncated download
+# runs nothing.
 set -eu
 
 # Filled in by `outpost-release publish`.
@@ -64,8 +68,13 @@ cleanup() {
 }
 
 usage() {
-    sed -n '2,/^set -eu/p' "$0" 2>/dev/null | sed -e '/^set -eu/d' -e 's/^# \{0,1\}//' ||
+    # Piped into a shell, $0 is the shell, not this file: print the short form then.
+    if [ -f "$0" ] && grep -q '^# outpost installer' "$0" 2>/dev/null; then
+        sed -n '2,/^set -eu/p' "$0" | sed -e '/^set -eu/d' -e 's/^# \{0,1\}//'
+    else
         echo "usage: install.sh [--version X] [--bundle FILE] [--dry-run] [--uninstall [--purge]]"
+        echo "settings: OUTPOST_VERSION OUTPOST_CHANNEL OUTPOST_RELEASE_URL OUTPOST_HUB_URL OUTPOST_ENROLL_KEY OUTPOST_MODE OUTPOST_RUN_AS"
+    fi
 }
 
 parse_args() {
@@ -303,6 +312,15 @@ run_install() {
     if [ -n "${OUTPOST_RUN_AS:-}" ]; then set -- "$@" --run-as "$OUTPOST_RUN_AS"; fi
     if [ "$ARG_DRY_RUN" = 1 ]; then set -- "$@" --dry-run; fi
     # OUTPOST_ENROLL_KEY reaches outpost through the environment, never argv.
+    if [ -n "$ARG_BUNDLE" ]; then
+        "$OUTPOST_BIN" "$@"
+        return
+    fi
+    # outpost checks the signed manifest itself (against the keys embedded here, with its
+    # replay guard) and that its own sha256 is the one published for its version and target.
+    OUTPOST_RELEASE_URL=$(release_url)
+    OUTPOST_RELEASE_PUBKEYS=$OUTPOST_EMBEDDED_PUBKEYS
+    export OUTPOST_RELEASE_URL OUTPOST_RELEASE_PUBKEYS
     "$OUTPOST_BIN" "$@"
 }
 
@@ -315,10 +333,13 @@ main() {
     fi
     pick_downloader
     TMP_DIR=$(mktemp -d "${TMPDIR:-/tmp}/outpost-install.XXXXXX")
-    trap cleanup EXIT INT TERM
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
     if [ -z "$ARG_BUNDLE" ]; then resolve_version; fi
     fetch_release
     run_install
 }
 
-main "$@"
+# In braces: a download cut anywhere in this line is a syntax error, never a bare `main`.
+{ main "$@"; }

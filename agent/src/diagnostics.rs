@@ -115,7 +115,8 @@ pub fn check_skew(skew: Option<i64>) -> Check {
     }
 }
 
-/// The identity file must be mode 0600 and owned by the user running the agent.
+/// The identity file must be mode 0600 and owned by the user running the agent: the owner
+/// of the state directory (the service user), whoever runs this check.
 pub fn check_identity_meta(path: &Path, mode: u32, uid: u32, my_uid: u32) -> Check {
     let mode = mode & 0o7777;
     let detail = format!("{} mode {mode:04o} owner uid {uid}", path.display());
@@ -130,7 +131,7 @@ pub fn check_identity_meta(path: &Path, mode: u32, uid: u32, my_uid: u32) -> Che
             "identity_file",
             detail,
             format!(
-                "run diagnostics as the service user, or chown it to that user (uid {my_uid} runs this check)"
+                "chown it to the service user (uid {my_uid}, the owner of the state directory)"
             ),
         )
     } else {
@@ -174,8 +175,11 @@ fn check_identity(config: &Config, state_dir: &Path) -> (Check, Option<Identity>
             )
         }
     };
-    let me = rustix::process::getuid().as_raw();
-    let check = check_identity_meta(&path, meta.mode(), meta.uid(), me);
+    // The agent runs as the state directory's owner; the check may run as root.
+    let agent_uid = std::fs::metadata(state_dir)
+        .map(|m| m.uid())
+        .unwrap_or_else(|_| rustix::process::getuid().as_raw());
+    let check = check_identity_meta(&path, meta.mode(), meta.uid(), agent_uid);
     match enroll::load_identity(state_dir) {
         Ok(id) => (check, id),
         Err(e) => (Check::fail("identity_file", e.to_string(), e.hint()), None),

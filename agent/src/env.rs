@@ -14,6 +14,9 @@ pub const ENROLL_KEY: &str = "OUTPOST_ENROLL_KEY";
 /// Path of the 0600 secrets file (`outpost.env`); the agent removes the used enrollment key
 /// from it after enrolling. Set by the unit.
 pub const ENV_FILE: &str = "OUTPOST_ENV_FILE";
+/// A file holding the enrollment key (safer through sudo than the variable itself, which
+/// `sudo --preserve-env` logs).
+pub const ENROLL_KEY_FILE: &str = "OUTPOST_ENROLL_KEY_FILE";
 /// Control-plane URL written into the config by `install --hub`.
 pub const HUB_URL: &str = "OUTPOST_HUB_URL";
 /// Release host (`outpost upgrade --from`, install.sh).

@@ -80,7 +80,130 @@ pub enum KeysCmd {
         /// URL hosts use to reach the hub in the printed one-liner (default: --hub).
         #[arg(long)]
         public_url: Option<String>,
+        #[command(flatten)]
+        cloud_init: CloudInitArgs,
     },
+}
+
+/// `keys create --cloud-init`: print user-data for one host instead of the one-liner.
+#[derive(Debug, Args)]
+pub struct CloudInitArgs {
+    /// Print cloud-init user-data (#cloud-config) that installs a pinned, verified release and
+    /// enrolls one host with the new key, instead of the one-liner (stdout: only the user-data).
+    #[arg(long)]
+    pub cloud_init: bool,
+    /// cloud-init: release root the host downloads from (default: the public hub URL).
+    #[arg(long, value_name = "URL", requires = "cloud_init")]
+    pub release_url: Option<String>,
+    /// cloud-init: pin this exact version (default: the channel's current one).
+    #[arg(
+        long,
+        value_name = "X.Y.Z",
+        requires = "cloud_init",
+        conflicts_with = "channel"
+    )]
+    pub version: Option<String>,
+    /// cloud-init: channel whose current version to pin (default stable).
+    #[arg(long, value_name = "CHANNEL", requires = "cloud_init", value_parser = ["stable", "beta"])]
+    pub channel: Option<String>,
+    /// cloud-init: target of the host.
+    #[arg(long, value_name = "TRIPLE", requires = "cloud_init", default_value = "x86_64-unknown-linux-musl", value_parser = outpost_packaging::TARGETS)]
+    pub target: String,
+    /// cloud-init: trust this release public key (minisign base64 line) besides the compiled-in
+    /// ones; repeatable (OUTPOST_RELEASE_PUBKEYS: one per line).
+    #[arg(
+        long = "release-pubkey",
+        value_name = "KEY",
+        env = "OUTPOST_RELEASE_PUBKEYS",
+        value_delimiter = '\n'
+    )]
+    pub release_pubkeys: Vec<String>,
+    /// cloud-init: service mode on the host.
+    #[arg(long, value_name = "MODE", requires = "cloud_init", default_value = "system", value_parser = ["system", "user"])]
+    pub mode: String,
+    /// cloud-init: service user (system mode: default a new `outpost` user; user mode: required).
+    #[arg(long, value_name = "USER", requires = "cloud_init")]
+    pub run_as: Option<String>,
+    /// PEM CA of the hub and release host: trusted by this command, and (with --cloud-init)
+    /// written to the host for curl and outpost.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn release_err(e: outpost_packaging::Error) -> HubError {
+    let hint = e.hint();
+    match e {
+        outpost_packaging::Error::Usage { message, .. } => HubError::usage(message, hint),
+        e @ outpost_packaging::Error::BadKey { .. } => HubError::usage(e.to_string(), hint),
+        e => HubError::Release {
+            msg: e.to_string(),
+            hint,
+        },
+    }
+}
+
+/// Pin the release for the user-data before a key is minted: nothing is wasted when the
+/// release host is unreachable or its signatures do not verify. Returns params whose key is
+/// still empty.
+fn cloud_init_params(
+    a: &CloudInitArgs,
+    hub_url: &str,
+) -> Result<outpost_packaging::cloudinit::Params, HubError> {
+    use outpost_packaging::cloudinit::{self, Mode, Params};
+    let mode: Mode = a.mode.parse().map_err(release_err)?;
+    let release_url = a.release_url.clone().unwrap_or_else(|| hub_url.to_string());
+    let extra: Vec<String> = a
+        .release_pubkeys
+        .iter()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    let keys = cloudinit::trusted_keys(&extra).map_err(release_err)?;
+    if keys.is_empty() {
+        return Err(HubError::usage(
+            "no trusted release key: nothing to verify the release against",
+            "pass the release's minisign public key with --release-pubkey (or OUTPOST_RELEASE_PUBKEYS)",
+        ));
+    }
+    let want: outpost_packaging::Want = match (&a.version, &a.channel) {
+        (Some(v), _) => v.parse().map_err(release_err)?,
+        (None, c) => outpost_packaging::Want::Channel(c.clone().unwrap_or_else(|| "stable".into())),
+    };
+    let ca_pem = match &a.ca_file {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|source| HubError::Io {
+            path: p.display().to_string(),
+            source,
+        })?),
+        None => None,
+    };
+    let mut params = Params {
+        hub_url: hub_url.to_string(),
+        enroll_key: "opk_placeholder".into(),
+        release_url: release_url.clone(),
+        release: cloudinit::Pinned {
+            version: semver::Version::new(0, 0, 0),
+            target: a.target.clone(),
+            sha256: "0".repeat(64),
+            minisig: "untrusted comment: placeholder\n".into(),
+            pubkeys: keys.base64_keys(),
+        },
+        mode,
+        run_as: a.run_as.clone(),
+        ca_pem,
+    };
+    // Input errors first, without a download.
+    cloudinit::render_bootstrap(&params).map_err(release_err)?;
+    if !(release_url.starts_with("https://") || release_url.starts_with("http://")) {
+        return Err(HubError::usage(
+            format!("--release-url {release_url:?} is not an http(s) URL the host can reach"),
+            "pass --release-url https://releases.example.com/outpost",
+        ));
+    }
+    params.release =
+        cloudinit::resolve(&release_url, &keys, a.ca_file.as_deref(), &want, &a.target)
+            .map_err(release_err)?;
+    params.enroll_key = String::new();
+    Ok(params)
 }
 
 #[derive(Debug, Args)]
@@ -190,8 +313,50 @@ struct Client {
     agent: ureq::Agent,
 }
 
+/// Roots for a hub behind a private CA: the host's CA bundle plus `ca_file`.
+fn tls_with_ca(ca_file: &std::path::Path) -> Result<ureq::tls::TlsConfig, HubError> {
+    let io = |source| HubError::Io {
+        path: ca_file.display().to_string(),
+        source,
+    };
+    let pem = std::fs::read(ca_file).map_err(io)?;
+    let mut certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+        .filter_map(|i| match i {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(HubError::usage(
+            format!("--ca-file {} has no PEM certificate", ca_file.display()),
+            "pass a PEM file with one or more CERTIFICATE blocks",
+        ));
+    }
+    for bundle in [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+        "/etc/ssl/cert.pem",
+    ] {
+        if let Ok(pem) = std::fs::read(bundle) {
+            certs.extend(ureq::tls::parse_pem(&pem).filter_map(|i| match i {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            }));
+            break;
+        }
+    }
+    Ok(ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+        .build())
+}
+
 impl Client {
     fn new(c: &ClientArgs) -> Result<Client, HubError> {
+        Client::with_ca(c, None)
+    }
+
+    /// Like [`Client::new`], also trusting the PEM CA in `ca_file`.
+    fn with_ca(c: &ClientArgs, ca_file: Option<&std::path::Path>) -> Result<Client, HubError> {
         let token = admin_token(c.admin_token_file.as_ref())?;
         let base = c.hub.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
@@ -200,11 +365,13 @@ impl Client {
                 "pass e.g. --hub https://hub.example.com:8443",
             ));
         }
-        let agent = ureq::Agent::config_builder()
+        let mut cfg = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(std::time::Duration::from_secs(30)))
-            .build()
-            .into();
+            .timeout_global(Some(std::time::Duration::from_secs(30)));
+        if let Some(ca) = ca_file {
+            cfg = cfg.tls_config(tls_with_ca(ca)?);
+        }
+        let agent = cfg.build().into();
         Ok(Client { base, token, agent })
     }
 
@@ -290,6 +457,7 @@ pub fn run_client(cmd: Cmd) -> Result<(), HubError> {
                     group,
                     labels,
                     public_url,
+                    cloud_init,
                 },
         } => {
             let ttl_secs = parse_secs(&ttl).ok_or_else(|| {
@@ -299,17 +467,43 @@ pub fn run_client(cmd: Cmd) -> Result<(), HubError> {
                 )
             })?;
             let labels = parse_labels(&labels)?;
-            let c = Client::new(&client)?;
+            let c = Client::with_ca(&client, cloud_init.ca_file.as_deref())?;
+            let public = public_url
+                .as_deref()
+                .unwrap_or(&c.base)
+                .trim_end_matches('/')
+                .to_string();
+            let pinned = if cloud_init.cloud_init {
+                Some(cloud_init_params(&cloud_init, &public)?)
+            } else {
+                None
+            };
             let (_, v) = c.call(
                 "POST",
                 "/api/v1/keys",
                 Some(json!({"ttl_secs": ttl_secs, "group": group, "labels": labels})),
             )?;
             let key = v.get("key").and_then(Value::as_str).unwrap_or_default();
-            let public = public_url
-                .as_deref()
-                .unwrap_or(&c.base)
-                .trim_end_matches('/');
+            if let Some(mut params) = pinned {
+                params.enroll_key = key.to_string();
+                let text = outpost_packaging::cloudinit::render(&params).map_err(release_err)?;
+                // stdout is the user-data alone (`> host1.yaml`); the rest goes to stderr.
+                print!("{text}");
+                eprintln!(
+                    "key {} (expires {}) is in the user-data: keep the file secret; it enrolls exactly one host",
+                    v.get("id").and_then(Value::as_str).unwrap_or_default(),
+                    v.get("expires_at").and_then(Value::as_str).unwrap_or_default()
+                );
+                eprintln!(
+                    "pinned outpost {} ({}, sha256 {}) from {}",
+                    params.release.version,
+                    params.release.target,
+                    params.release.sha256,
+                    params.release_url
+                );
+                return Ok(());
+            }
+            let public = public.as_str();
             println!("key:     {key}");
             println!(
                 "id:      {}",
@@ -323,9 +517,11 @@ pub fn run_client(cmd: Cmd) -> Result<(), HubError> {
             );
             println!("(the key is shown only once; it enrolls exactly one host)");
             println!();
-            println!("install on a host:");
+            // The key goes through a 0600 file: `sudo --preserve-env=VAR` would log its value
+            // to the auth log, and a command-line argument shows up in `ps`.
+            println!("install on a host (the key file keeps the key out of ps and sudo's log):");
             println!(
-                "export OUTPOST_ENROLL_KEY={key}; curl -sSL {public}/install.sh | sudo --preserve-env=OUTPOST_ENROLL_KEY OUTPOST_HUB_URL={public} sh"
+                "(umask 077; printf '%s' '{key}' > /tmp/outpost.key) && curl -sSL {public}/install.sh | sudo OUTPOST_ENROLL_KEY_FILE=/tmp/outpost.key OUTPOST_HUB_URL={public} sh; rm -f /tmp/outpost.key"
             );
             Ok(())
         }

@@ -55,6 +55,9 @@ pub enum HubError {
     /// The hub could not be reached (CLI).
     #[error("cannot reach the hub at {url}: {detail}")]
     Unreachable { url: String, detail: String },
+    /// The release to pin in cloud-init user-data could not be resolved or verified (CLI).
+    #[error("{msg}")]
+    Release { msg: String, hint: String },
     /// The hub answered with an error (CLI).
     #[error("hub refused: {code}: {message}")]
     Api {
@@ -96,7 +99,7 @@ impl HubError {
             HubError::Random(_) => "the kernel random source is unavailable; check /dev/urandom".into(),
             HubError::Internal(_) => "this is a bug; please report it with the log".into(),
             HubError::Unreachable { .. } => "start it with `outpost-hub serve`, or point --hub / OUTPOST_HUB_URL at it".into(),
-            HubError::Api { hint, .. } => hint.clone(),
+            HubError::Api { hint, .. } | HubError::Release { hint, .. } => hint.clone(),
         }
     }
 }

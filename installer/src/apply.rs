@@ -415,7 +415,7 @@ pub fn apply_install(
                 l,
                 resolve_owner(OwnerSpec::ServiceUser, service_ids, l.mode),
             )?;
-            return Err(Error::Svc(e));
+            return Err(explain_start_failure(l, e));
         }
     };
     receipt.save(
@@ -428,6 +428,38 @@ pub fn apply_install(
         service,
         receipt,
     })
+}
+
+/// A service that failed to start often said why in the journal (a refused enrollment key):
+/// turn that into the error, instead of a bare job result.
+fn explain_start_failure(l: &Layout, e: SvcError) -> Error {
+    let journal = outpost_agent::journal::Journal::open(&l.host(&l.state_dir));
+    let last = journal.read_all().ok().and_then(|r| r.into_iter().last());
+    match last {
+        Some(r) if r.kind == outpost_agent::journal::kind::ENROLL_REFUSED => {
+            let code = r
+                .data
+                .get("code")
+                .and_then(|c| c.as_str())
+                .unwrap_or("refused");
+            let hub = r
+                .data
+                .get("hub_url")
+                .and_then(|c| c.as_str())
+                .unwrap_or("the hub");
+            let why = match code {
+                "key_used" => "the key has already been used (keys enroll exactly one host)",
+                "key_expired" => "the key has expired",
+                "key_unknown" => "the hub does not know this key",
+                _ => "the key was refused",
+            };
+            Error::failed(
+                format!("{hub} refused the enrollment key ({code}): {why}; the service is installed but not running"),
+                format!("mint a new key (`outpost-hub keys create`), write it to {} as OUTPOST_ENROLL_KEY=…, then `outpost start`", l.env_file.display()),
+            )
+        }
+        _ => Error::Svc(e),
+    }
 }
 
 /// Remove `dir` if it holds nothing but (nested) empty directories; fails otherwise.

@@ -134,6 +134,32 @@ enum Command {
         #[arg(long, hide = true)]
         resolve_pending: bool,
     },
+    /// Check this host's agent: hub reachable, TLS, clock skew, token file, disk, memory,
+    /// unit, linger, journal (non-zero exit when a check fails)
+    Diagnostics {
+        #[command(flatten)]
+        mode: ModeFlags,
+        #[arg(long)]
+        json: bool,
+        /// Also upload the report to the hub
+        #[arg(long)]
+        send: bool,
+    },
+    /// Ask the running agent to heartbeat now and print the result
+    Heartbeat {
+        #[command(flatten)]
+        mode: ModeFlags,
+        /// Heartbeat now (required: there is no other mode yet)
+        #[arg(long, required = true)]
+        now: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Audit the event journal
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Show the event journal (upgrades, enrollment, revocation)
     Events {
         #[command(flatten)]
@@ -163,6 +189,11 @@ enum Command {
     },
     /// Print the man page (roff)
     Man,
+    /// Render cloud-init user-data that bootstraps an enrolled host
+    CloudInit {
+        #[command(subcommand)]
+        command: crate::cloudinit::CloudInitCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -185,6 +216,17 @@ struct AgentPaths {
     /// Mode the service was installed in
     #[arg(long, env = env::MODE, value_name = "MODE", value_parser = ["system", "user"])]
     mode: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verify the journal's hash chain; names the first broken record
+    Verify {
+        #[command(flatten)]
+        mode: ModeFlags,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -212,6 +254,49 @@ pub fn main() -> i32 {
             eprintln!("hint: {}", e.hint());
             e.exit_code()
         }
+    }
+}
+
+/// The enrollment key: `OUTPOST_ENROLL_KEY`, or the file `OUTPOST_ENROLL_KEY_FILE` names
+/// (the safer way through sudo: `--preserve-env=VAR` makes sudo log the value).
+fn enroll_key_from_env() -> Result<Option<String>> {
+    let direct = std::env::var(env::ENROLL_KEY)
+        .ok()
+        .filter(|k| !k.trim().is_empty());
+    let file = std::env::var_os(env::ENROLL_KEY_FILE)
+        .filter(|f| !f.is_empty())
+        .map(PathBuf::from);
+    match (direct, file) {
+        (Some(_), Some(_)) => Err(Error::usage(
+            format!(
+                "both {} and {} are set",
+                env::ENROLL_KEY,
+                env::ENROLL_KEY_FILE
+            ),
+            "set only one of them",
+        )),
+        (Some(k), None) => Ok(Some(k.trim().to_string())),
+        (None, Some(f)) => {
+            let text = fs_err::read_to_string(&f).map_err(|e| {
+                Error::usage(
+                    format!(
+                        "cannot read the enrollment key file {}: {}",
+                        f.display(),
+                        e.kind()
+                    ),
+                    "write the key into that file (mode 0600) first",
+                )
+            })?;
+            let k = text.trim().to_string();
+            if k.is_empty() {
+                return Err(Error::usage(
+                    format!("the enrollment key file {} is empty", f.display()),
+                    "write the key printed by `outpost-hub keys create` into it",
+                ));
+            }
+            Ok(Some(k))
+        }
+        (None, None) => Ok(None),
     }
 }
 
@@ -388,6 +473,15 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
             };
             crate::upgrade::run(&args, &probe, &host, &stager, out)
         }
+        Command::Diagnostics { mode, json, send } => {
+            crate::agentctl::diagnostics(&probe, &host, &root, mode.mode(), json, send, out)
+        }
+        Command::Heartbeat { mode, now: _, json } => {
+            crate::agentctl::heartbeat_now(&probe, &host, &root, mode.mode(), json, out)
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { mode, json },
+        } => crate::agentctl::audit_verify(&probe, &root, mode.mode(), json, out),
         Command::Events { mode, follow, json } => {
             crate::status::events(&probe, &root, mode.mode(), follow, json, out)
         }
@@ -420,9 +514,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
             dry_run,
             json,
         } => {
-            let enroll_key = std::env::var(env::ENROLL_KEY)
-                .ok()
-                .filter(|k| !k.trim().is_empty());
+            let enroll_key = enroll_key_from_env()?;
             if let Some(k) = &enroll_key {
                 if k.chars().any(|c| {
                     c.is_whitespace() || c.is_control() || c == '"' || c == '\'' || c == '\\'
@@ -510,6 +602,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
             }
             Ok(exit::OK)
         }
+        Command::CloudInit { command } => crate::cloudinit::run(command, out),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "outpost", out);

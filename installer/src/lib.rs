@@ -4,8 +4,10 @@
 //! inputs (os-release text, `systemctl show`-style properties, a root directory); [`apply`]
 //! is the one executor. Side effects sit behind two seams: the filesystem root carried by
 //! [`layout::Layout`] and the service manager trait in [`svc`].
+pub mod agentctl;
 pub mod apply;
 pub mod cli;
+pub mod cloudinit;
 pub mod detect;
 pub mod error;
 pub mod fault;

@@ -23,6 +23,7 @@ struct StatusReport<'a> {
     installed_at: Option<&'a str>,
     unit: Option<&'a UnitStatus>,
     unit_error: Option<String>,
+    agent: crate::agentctl::AgentStatus,
     paths: &'a Layout,
 }
 
@@ -53,6 +54,7 @@ pub fn run(
         installed_at: receipt.as_ref().map(|r| r.installed_at.as_str()),
         unit: unit.as_ref(),
         unit_error,
+        agent: crate::agentctl::agent_status(&layout),
         paths: &layout,
     };
     let running = receipt.is_some() && unit.as_ref().is_some_and(|u| u.is_active());
@@ -118,6 +120,7 @@ pub fn run(
     writeln!(out, "  config     {}", layout.config_file.display()).ok();
     writeln!(out, "  secrets    {}", layout.env_file.display()).ok();
     writeln!(out, "  state      {}", layout.state_dir.display()).ok();
+    crate::agentctl::render_agent_status(&report.agent, out);
     if !running {
         let j = if layout.mode == crate::layout::Mode::User {
             "journalctl --user -u outpost -n 50"

@@ -19,7 +19,9 @@
 //! (to anything but `false`/`0`) or `OUTPOST_E2E_REQUIRED=1`: then it panics.
 #![allow(dead_code)]
 
+pub mod hub;
 pub mod release;
+pub mod tls;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

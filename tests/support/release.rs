@@ -148,3 +148,43 @@ impl Drop for Release {
 pub fn config(url: &str, pubkey: &str, soak_secs: u64) -> String {
     format!("[release]\nurl = \"{url}\"\npublic_keys = [\"{pubkey}\"]\n\n[upgrade]\nsoak_secs = {soak_secs}\n")
 }
+
+impl Release {
+    /// Like `publish`, with `--base-url url` baked into install.sh (e2e_release: the one-liner
+    /// needs to know where it was served from).
+    pub fn publish_with_base_url(&self, versions: &[&str], channel: &str, url: &str) -> &Release {
+        for v in versions {
+            run(&[
+                "build",
+                "--version",
+                v,
+                "--target",
+                TARGET,
+                "--binary",
+                bin(v).to_str().unwrap(),
+                "--out",
+                self.build.to_str().unwrap(),
+            ]);
+        }
+        run(&[
+            "sign",
+            "--key",
+            self.key.to_str().unwrap(),
+            self.build.to_str().unwrap(),
+        ]);
+        run(&[
+            "publish",
+            "--from",
+            self.build.to_str().unwrap(),
+            "--to",
+            self.root.to_str().unwrap(),
+            "--key",
+            self.key.to_str().unwrap(),
+            "--channel",
+            channel,
+            "--base-url",
+            url,
+        ]);
+        self
+    }
+}

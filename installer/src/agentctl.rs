@@ -1,0 +1,268 @@
+//! Agent-facing commands: `diagnostics`, `heartbeat --now`, `audit verify`, and the agent
+//! half of `status` (enrollment, last heartbeat, pending upgrade).
+use crate::apply::Host;
+use crate::detect::Probe;
+use crate::error::{Error, Result};
+use crate::layout::{Layout, Mode};
+use outpost_agent::diagnostics::{self, Check};
+use outpost_agent::exit;
+use serde::Serialize;
+use serde_json::json;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+/// The agent's view for `outpost status`.
+#[derive(Debug, Serialize)]
+pub struct AgentStatus {
+    pub hub: Option<String>,
+    pub enrolled: bool,
+    pub agent_id: Option<String>,
+    pub last_heartbeat: Option<serde_json::Value>,
+    pub last_heartbeat_age_secs: Option<u64>,
+    pub pending_upgrade: Option<serde_json::Value>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn agent_status(layout: &Layout) -> AgentStatus {
+    let sd = layout.host(&layout.state_dir);
+    let config = outpost_agent::Config::load(&layout.host(&layout.config_file)).ok();
+    let identity = outpost_agent::enroll::load_identity(&sd).ok().flatten();
+    let hb = outpost_agent::run::read_heartbeat_state(&sd);
+    let pending = crate::upgrade::record::load(&sd).ok().flatten();
+    AgentStatus {
+        hub: config.and_then(|c| c.hub.url.clone()),
+        enrolled: identity.is_some(),
+        agent_id: identity.map(|i| i.agent_id),
+        last_heartbeat_age_secs: hb.as_ref().map(|h| now_ms().saturating_sub(h.at_ms) / 1000),
+        last_heartbeat: hb.map(|h| json!({"at": h.at, "ok": h.ok, "error": h.error, "interval_secs": h.interval_secs, "failures": h.failures})),
+        pending_upgrade: pending.map(|r| json!({"from": r.from, "to": r.to, "step": r.step})),
+    }
+}
+
+pub fn render_agent_status(a: &AgentStatus, out: &mut dyn Write) {
+    match (&a.hub, &a.agent_id) {
+        (None, _) => writeln!(out, "  hub        none configured ([hub] url)").ok(),
+        (Some(h), Some(id)) => writeln!(out, "  hub        {h} (enrolled as {id})").ok(),
+        (Some(h), None) => writeln!(out, "  hub        {h} (not enrolled yet)").ok(),
+    };
+    if let (Some(hb), Some(age)) = (&a.last_heartbeat, a.last_heartbeat_age_secs) {
+        let res = if hb["ok"] == true {
+            "accepted".to_string()
+        } else {
+            format!("failed: {}", hb["error"].as_str().unwrap_or("?"))
+        };
+        writeln!(out, "  heartbeat  {age}s ago, {res}").ok();
+    }
+    if let Some(p) = &a.pending_upgrade {
+        writeln!(
+            out,
+            "  upgrade    pending {} → {} (step {})",
+            p["from"].as_str().unwrap_or("?"),
+            p["to"].as_str().unwrap_or("?"),
+            p["step"].as_str().unwrap_or("?")
+        )
+        .ok();
+    }
+}
+
+/// `outpost diagnostics [--json] [--send]`: non-zero exit when a check fails.
+pub fn diagnostics(
+    probe: &dyn Probe,
+    host: &dyn Host,
+    root: &Path,
+    mode: Option<Mode>,
+    json_out: bool,
+    send: bool,
+    out: &mut dyn Write,
+) -> Result<i32> {
+    let (layout, _) = crate::uninstall::find_install(probe, root, mode)?;
+    let sd = layout.host(&layout.state_dir);
+    let config = outpost_agent::Config::load(&layout.host(&layout.config_file))?;
+    let mut report = diagnostics::run_checks(&config, &sd);
+    let scope = crate::uninstall::scope(&layout, probe.euid());
+    let unit = host
+        .service_manager(scope)
+        .and_then(|s| s.status(crate::UNIT));
+    report.checks.push(match unit {
+        Ok(u) if u.is_active() => Check {
+            name: "unit".into(),
+            ok: true,
+            detail: format!(
+                "{} active ({}), {} restart(s)",
+                crate::UNIT,
+                u.sub_state,
+                u.n_restarts
+            ),
+            hint: None,
+        },
+        Ok(u) => Check {
+            name: "unit".into(),
+            ok: false,
+            detail: format!("{} is {} ({})", crate::UNIT, u.active_state, u.sub_state),
+            hint: Some("see `journalctl -u outpost -n 50`; `outpost start` starts it".into()),
+        },
+        Err(e) => Check {
+            name: "unit".into(),
+            ok: false,
+            detail: e.to_string(),
+            hint: Some(e.hint()),
+        },
+    });
+    if layout.mode == Mode::User {
+        let det = crate::detect::probe::detect(probe);
+        let linger = det.topology.target_user.as_ref().is_some_and(|t| t.linger);
+        report.checks.push(Check {
+            name: "linger".into(),
+            ok: linger,
+            detail: if linger {
+                "on: the user service runs without a login".into()
+            } else {
+                "off: the user service stops at logout".into()
+            },
+            hint: (!linger).then(|| {
+                "run `loginctl enable-linger $USER` (or `sudo loginctl enable-linger USER`)".into()
+            }),
+        });
+    }
+    let mut sent = None;
+    if send {
+        sent = Some(diagnostics::send(&report, &config, &sd).map_err(|e| e.to_string()));
+    }
+    if json_out {
+        let mut v = serde_json::to_value(&report).unwrap_or_default();
+        v["ok"] = json!(report.ok());
+        if let Some(s) = &sent {
+            v["sent"] = json!(s.is_ok());
+            if let Err(e) = s {
+                v["send_error"] = json!(e);
+            }
+        }
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        )
+        .ok();
+    } else {
+        for c in &report.checks {
+            writeln!(
+                out,
+                "{} {:<12} {}",
+                if c.ok { "ok  " } else { "FAIL" },
+                c.name,
+                c.detail
+            )
+            .ok();
+            if let (false, Some(h)) = (c.ok, &c.hint) {
+                writeln!(out, "     hint: {h}").ok();
+            }
+        }
+        match &sent {
+            Some(Ok(())) => writeln!(out, "report sent to the hub").ok(),
+            Some(Err(e)) => writeln!(out, "could not send the report: {e}").ok(),
+            None => None,
+        };
+    }
+    if let Some(Err(e)) = sent {
+        return Err(Error::failed(
+            format!("cannot send diagnostics: {e}"),
+            "check the hub checks above",
+        ));
+    }
+    Ok(if report.ok() { exit::OK } else { exit::FAILURE })
+}
+
+/// `outpost heartbeat --now`: signal the running agent and print the exchange's result.
+pub fn heartbeat_now(
+    probe: &dyn Probe,
+    host: &dyn Host,
+    root: &Path,
+    mode: Option<Mode>,
+    json_out: bool,
+    out: &mut dyn Write,
+) -> Result<i32> {
+    let (layout, _) = crate::uninstall::find_install(probe, root, mode)?;
+    let svc = host.service_manager(crate::uninstall::scope(&layout, probe.euid()))?;
+    let st = svc.status(crate::UNIT)?;
+    if !st.is_active() || st.main_pid == 0 {
+        return Err(Error::failed(
+            format!("{} is not running ({})", crate::UNIT, st.active_state),
+            "start it with `outpost start`",
+        ));
+    }
+    let sd = layout.host(&layout.state_dir);
+    let hb = outpost_agent::run::heartbeat_now(st.main_pid as i32, &sd, Duration::from_secs(20))
+        .map_err(|e| {
+            let hint = e.hint();
+            Error::failed(e.to_string(), hint)
+        })?;
+    if json_out {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&hb).unwrap_or_default()
+        )
+        .ok();
+    } else if hb.ok {
+        writeln!(
+            out,
+            "heartbeat accepted by {} (next in {}s)",
+            hb.hub_url, hb.interval_secs
+        )
+        .ok();
+    } else {
+        writeln!(
+            out,
+            "heartbeat failed: {}",
+            hb.error.as_deref().unwrap_or("unknown error")
+        )
+        .ok();
+    }
+    Ok(if hb.ok { exit::OK } else { exit::FAILURE })
+}
+
+/// `outpost audit verify`: check the journal's hash chain; names the first broken record.
+pub fn audit_verify(
+    probe: &dyn Probe,
+    root: &Path,
+    mode: Option<Mode>,
+    json_out: bool,
+    out: &mut dyn Write,
+) -> Result<i32> {
+    let (layout, _) = crate::uninstall::find_install(probe, root, mode)?;
+    let journal = outpost_agent::journal::Journal::open(&layout.host(&layout.state_dir));
+    match journal.verify() {
+        Ok(r) => {
+            if json_out {
+                writeln!(out, "{}", json!({"ok": true, "records": r.records, "head": r.head.as_ref().map(|(s, h)| json!({"seq": s, "hash": h})), "torn_tail": r.torn_tail})).ok();
+            } else {
+                let head = r
+                    .head
+                    .map(|(s, h)| format!(", head #{s} {}", &h[..16.min(h.len())]))
+                    .unwrap_or_default();
+                writeln!(
+                    out,
+                    "journal {} intact: {} record(s){head}",
+                    journal.path().display(),
+                    r.records
+                )
+                .ok();
+                if r.torn_tail {
+                    writeln!(out, "note: the last line is incomplete (a crash mid-write); the next append repairs it").ok();
+                }
+            }
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            let hint = e.hint();
+            Err(Error::failed(e.to_string(), hint))
+        }
+    }
+}

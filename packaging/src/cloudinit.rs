@@ -1,0 +1,489 @@
+//! cloud-init user-data that installs a pinned, verified outpost release on a fresh host and
+//! enrolls it with the hub (docs/HETZNER.md). The templates live in `cloud-init/` (variables:
+//! cloud-init/README.md) and are compiled in.
+//!
+//! Rendering ([`render`]) is pure, so `outpost cloud-init render` and `outpost-hub keys create
+//! --cloud-init` produce the same bytes. [`resolve`] pins the version: it reads the signed
+//! manifest (verified with the given keys), downloads and verifies the tarball like an
+//! install would, and returns its sha256 and `.minisig` for the user-data to check again on
+//! the host.
+//!
+//! The enrollment key appears exactly once in the output: in the `write_files` entry of the
+//! 0600 secrets file, never in `runcmd` or a command line.
+use crate::error::{Error, Result};
+use crate::fetch::{fetch_release, Source};
+use crate::manifest::{Want, TARGETS};
+use crate::verify::{TrustedKeys, MAX_SIG_BYTES};
+use std::path::{Path, PathBuf};
+
+/// Hetzner Cloud's (and a common) limit on user-data: 32 KiB.
+pub const MAX_USER_DATA_BYTES: usize = 32 * 1024;
+/// Where system mode's user-data writes the key: the service's own secrets file.
+pub const SECRETS_FILE_SYSTEM: &str = "/etc/outpost/outpost.env";
+/// User mode: a root-only staging file on tmpfs; `outpost install --user` copies the key into
+/// the user's secrets file and the bootstrap removes this one.
+pub const SECRETS_FILE_USER: &str = "/run/outpost-cloud-init/enroll.env";
+/// Where the user-data writes `--ca-file` (passed on to `outpost install --ca-file`).
+pub const CA_FILE: &str = "/etc/outpost/ca.pem";
+/// Directory of the bootstrap script and the tarball's signature on the host.
+pub const HOST_DIR: &str = "/usr/local/lib/outpost/cloud-init";
+
+const USER_DATA_TEMPLATE: &str = include_str!("../../cloud-init/user-data.yaml");
+const CA_ENTRY_TEMPLATE: &str = include_str!("../../cloud-init/ca-entry.yaml");
+/// The bootstrap script template (`cloud-init/bootstrap.sh`).
+pub const BOOTSTRAP_TEMPLATE: &str = include_str!("../../cloud-init/bootstrap.sh");
+
+/// Which service the host gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    System,
+    User,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::System => "system",
+            Mode::User => "user",
+        })
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Mode> {
+        match s {
+            "system" => Ok(Mode::System),
+            "user" => Ok(Mode::User),
+            _ => Err(Error::usage(
+                format!("invalid mode {s:?}"),
+                "use --mode system or --mode user",
+            )),
+        }
+    }
+}
+
+/// A release pinned for the user-data: everything the host needs to check the download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinned {
+    pub version: semver::Version,
+    pub target: String,
+    /// sha256 of the tarball, from the signed manifest.
+    pub sha256: String,
+    /// The tarball's `.minisig` (text).
+    pub minisig: String,
+    /// Public keys (base64 lines) the host checks the signatures with.
+    pub pubkeys: Vec<String>,
+}
+
+/// Everything the user-data is rendered from. `Debug` hides the key.
+#[derive(Clone)]
+pub struct Params {
+    /// Hub URL the agent enrolls with (`outpost install --hub`).
+    pub hub_url: String,
+    /// Single-use enrollment key (secret).
+    pub enroll_key: String,
+    /// Release root the host downloads from (http or https).
+    pub release_url: String,
+    pub release: Pinned,
+    pub mode: Mode,
+    /// System mode: the service user (default: a new `outpost` system user). User mode: the
+    /// (existing) user whose service it is; required.
+    pub run_as: Option<String>,
+    /// PEM CA certificate(s) the host trusts for the release host and hub.
+    pub ca_pem: Option<String>,
+}
+
+impl std::fmt::Debug for Params {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Params")
+            .field("hub_url", &self.hub_url)
+            .field("enroll_key", &"<redacted>")
+            .field("release_url", &self.release_url)
+            .field("release", &self.release)
+            .field("mode", &self.mode)
+            .field("run_as", &self.run_as)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<pem>"))
+            .finish()
+    }
+}
+
+/// An http(s) URL that is safe inside single quotes, YAML and a comment line.
+fn check_url(url: &str, flag: &str) -> Result<String> {
+    let u = url.trim().trim_end_matches('/');
+    let rest = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"));
+    let ok = rest.is_some_and(|r| {
+        !r.is_empty()
+            && !r.starts_with('/')
+            && u.chars()
+                .all(|c| c.is_ascii_graphic() && !"'\"\\`$<>{}|^".contains(c))
+    });
+    if ok {
+        Ok(u.to_string())
+    } else {
+        Err(Error::usage(
+            format!("invalid {flag} {url:?}: expected http(s)://HOST[:PORT][/PATH] without quotes or spaces"),
+            format!("pass {flag} https://host.example.com"),
+        ))
+    }
+}
+
+fn check_key(key: &str) -> Result<()> {
+    let ok = !key.is_empty()
+        && key.len() <= 256
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::usage(
+            "invalid enrollment key: expected letters, digits, `_` and `-` only",
+            "copy the key exactly as `outpost-hub keys create` printed it (opk_…)",
+        ))
+    }
+}
+
+/// A POSIX user name (as `useradd` accepts it by default).
+fn check_user(name: &str) -> Result<()> {
+    let b = name.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 32
+        && (b[0].is_ascii_lowercase() || b[0] == b'_')
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::usage(
+            format!("invalid --run-as {name:?}: not a valid user name"),
+            "pass a user name such as `outpost` or `deploy`",
+        ))
+    }
+}
+
+/// Printable ASCII lines (tab allowed), ending with exactly one newline; CRLF becomes LF.
+fn text_block(text: &str, what: &str, limit: usize) -> Result<String> {
+    let t = text.replace("\r\n", "\n");
+    let t = t.trim_end_matches('\n');
+    let ok = !t.trim().is_empty()
+        && t.len() <= limit
+        && t.chars()
+            .all(|c| c == '\n' || c == '\t' || (' '..='~').contains(&c))
+        && !t
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .starts_with([' ', '\t']);
+    if ok {
+        Ok(format!("{t}\n"))
+    } else {
+        Err(Error::usage(
+            format!("{what} is not plain text of at most {limit} bytes"),
+            format!("check the {what}"),
+        ))
+    }
+}
+
+fn validate(p: &Params) -> Result<(String, String, String, Option<String>)> {
+    let hub = check_url(&p.hub_url, "--hub")?;
+    let rel = check_url(&p.release_url, "--release-url")?;
+    check_key(&p.enroll_key)?;
+    let r = &p.release;
+    if !TARGETS.contains(&r.target.as_str()) {
+        return Err(Error::usage(
+            format!("unknown target {:?}", r.target),
+            format!("use one of {}", TARGETS.join(", ")),
+        ));
+    }
+    if r.sha256.len() != 64
+        || !r
+            .sha256
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(Error::usage(
+            format!("invalid sha256 {:?}", r.sha256),
+            "the sha256 comes from the signed manifest: 64 lowercase hex digits",
+        ));
+    }
+    if r.pubkeys.is_empty() {
+        return Err(Error::NoTrustedKeys {
+            location: "the user-data".into(),
+        });
+    }
+    for k in &r.pubkeys {
+        let b64 = !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
+        if !b64 {
+            return Err(Error::BadKey {
+                origin: "the release keys".into(),
+                detail: format!("{k:?} is not one base64 key line"),
+            });
+        }
+        TrustedKeys::parse(k, "the release keys")?;
+    }
+    let minisig = text_block(
+        &r.minisig,
+        "tarball signature (.minisig)",
+        MAX_SIG_BYTES as usize,
+    )?;
+    if !minisig.starts_with("untrusted comment:") {
+        return Err(Error::usage(
+            "the tarball signature is not a minisign .minisig",
+            "resolve the release again",
+        ));
+    }
+    match (&p.mode, &p.run_as) {
+        (Mode::User, None) => {
+            return Err(Error::usage(
+                "user mode needs --run-as USER (the user whose service it is)",
+                "pass --run-as USER, or use --mode system",
+            ))
+        }
+        (_, Some(u)) => check_user(u)?,
+        _ => {}
+    }
+    let ca = match &p.ca_pem {
+        Some(pem) => {
+            let pem = text_block(pem, "CA file", 24 * 1024)?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(Error::usage(
+                    "the CA file holds no PEM certificate",
+                    "pass a PEM file with one or more CERTIFICATE blocks",
+                ));
+            }
+            Some(pem)
+        }
+        None => None,
+    };
+    Ok((hub, rel, minisig, ca))
+}
+
+/// `'…'` for POSIX sh.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Indent every non-empty line by `n` spaces (a YAML literal block's content).
+fn indent(text: &str, n: usize) -> String {
+    let pad = " ".repeat(n);
+    text.lines()
+        .map(|l| {
+            if l.is_empty() {
+                String::new()
+            } else {
+                format!("{pad}{l}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// One pass over `template`: each `@NAME@` of `vars` becomes its value (values are never
+/// scanned again, so a value cannot pull in another one).
+fn fill(template: &str, vars: &[(&str, String)]) -> String {
+    let mut out = String::with_capacity(template.len() * 2);
+    let mut rest = template;
+    while let Some(at) = rest.find('@') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let hit = vars
+            .iter()
+            .find(|(name, _)| after.starts_with(name) && after[name.len()..].starts_with('@'));
+        match hit {
+            Some((name, value)) => {
+                out.push_str(value);
+                rest = &after[name.len() + 1..];
+            }
+            None => {
+                out.push('@');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Replace the line `NAME=""` (present exactly once) with `NAME='value'`.
+fn set_var(script: &str, name: &str, value: &str) -> String {
+    let line = format!("\n{name}=\"\"\n");
+    debug_assert_eq!(script.matches(&line).count(), 1, "{name} in bootstrap.sh");
+    script.replacen(&line, &format!("\n{name}={}\n", sh_quote(value)), 1)
+}
+
+/// The bootstrap script with its variables filled in.
+pub fn render_bootstrap(p: &Params) -> Result<String> {
+    let (hub, rel, _, ca) = validate(p)?;
+    Ok(bootstrap(p, &hub, &rel, ca.is_some()))
+}
+
+fn minisig_path(r: &Pinned) -> String {
+    format!(
+        "{HOST_DIR}/outpost-{}-{}.tar.gz.minisig",
+        r.version, r.target
+    )
+}
+
+fn secrets_file(mode: Mode) -> &'static str {
+    match mode {
+        Mode::System => SECRETS_FILE_SYSTEM,
+        Mode::User => SECRETS_FILE_USER,
+    }
+}
+
+fn bootstrap(p: &Params, hub: &str, rel: &str, with_ca: bool) -> String {
+    let r = &p.release;
+    let mut s = BOOTSTRAP_TEMPLATE.to_string();
+    for (name, value) in [
+        ("HUB_URL", hub.to_string()),
+        ("RELEASE_URL", rel.to_string()),
+        ("VERSION", r.version.to_string()),
+        ("TARGET", r.target.clone()),
+        ("SHA256", r.sha256.clone()),
+        ("PUBKEYS", r.pubkeys.join("\n")),
+        ("MODE", p.mode.to_string()),
+        ("RUN_AS", p.run_as.clone().unwrap_or_default()),
+        (
+            "CA_FILE",
+            if with_ca {
+                CA_FILE.to_string()
+            } else {
+                String::new()
+            },
+        ),
+        ("SECRETS_FILE", secrets_file(p.mode).to_string()),
+        ("MINISIG_FILE", minisig_path(r)),
+    ] {
+        s = set_var(&s, name, &value);
+    }
+    s
+}
+
+/// The `#cloud-config` user-data. Fails on invalid input and when the result would exceed
+/// [`MAX_USER_DATA_BYTES`].
+pub fn render(p: &Params) -> Result<String> {
+    let (hub, rel, minisig, ca) = validate(p)?;
+    let r = &p.release;
+    let ca_entry = match &ca {
+        Some(pem) => fill(
+            CA_ENTRY_TEMPLATE,
+            &[("CA_FILE", CA_FILE.to_string()), ("CA_PEM", indent(pem, 6))],
+        ),
+        None => String::new(),
+    };
+    let out = fill(
+        USER_DATA_TEMPLATE,
+        &[
+            ("VERSION", r.version.to_string()),
+            ("TARGET", r.target.clone()),
+            ("HUB_URL", hub.clone()),
+            ("MODE", p.mode.to_string()),
+            ("SECRETS_FILE", secrets_file(p.mode).to_string()),
+            ("MINISIG_FILE", minisig_path(r)),
+            ("CA_ENTRY", ca_entry),
+            ("MINISIG", indent(&minisig, 6)),
+            (
+                "BOOTSTRAP",
+                indent(&bootstrap(p, &hub, &rel, ca.is_some()), 6),
+            ),
+            ("ENROLL_KEY", p.enroll_key.clone()),
+        ],
+    );
+    if out.len() > MAX_USER_DATA_BYTES {
+        return Err(Error::usage(
+            format!(
+                "the user-data is {} bytes, more than the {MAX_USER_DATA_BYTES} bytes cloud providers accept",
+                out.len()
+            ),
+            "use a smaller --ca-file (only the CA that signs the hub and release host)",
+        ));
+    }
+    Ok(out)
+}
+
+/// Pin `want` (a version or a channel) for `target` from the signed release at `release`
+/// (an http(s) URL; a directory or `file://` URL works too, for tests and air gaps):
+/// the manifest's signature is checked with `keys` (no replay state: this machine is not the
+/// host), the tarball is downloaded and checked (size, sha256, signature) as an install would,
+/// and its sha256 and `.minisig` are returned with the keys to embed.
+pub fn resolve(
+    release: &str,
+    keys: &TrustedKeys,
+    ca_file: Option<&Path>,
+    want: &Want,
+    target: &str,
+) -> Result<Pinned> {
+    if !TARGETS.contains(&target) {
+        return Err(Error::usage(
+            format!("unknown target {target:?}"),
+            format!("use one of {}", TARGETS.join(", ")),
+        ));
+    }
+    let source = Source::parse(release)?.with_ca_file(ca_file.map(Path::to_path_buf));
+    let dir = TempDir::new()?;
+    let v = fetch_release(
+        &source,
+        keys,
+        &crate::verify::ReplayState::none(),
+        want,
+        target,
+        &dir.0,
+    )?;
+    let name = crate::manifest::artifact_name(&v.version, target);
+    let sig = source
+        .reader()?
+        .bytes(&format!("{name}.minisig"), MAX_SIG_BYTES)?;
+    let sig_path = dir.0.join("tarball.minisig");
+    crate::fsx::write_atomic(&sig_path, &sig, 0o644)?;
+    keys.verify_file(&v.tarball_path, &sig_path)?;
+    let minisig = String::from_utf8(sig).map_err(|_| Error::BadSignature {
+        location: source.location(&format!("{name}.minisig")),
+        detail: "the .minisig is not text".into(),
+    })?;
+    Ok(Pinned {
+        version: v.version,
+        target: target.to_string(),
+        sha256: v.sha256,
+        minisig,
+        pubkeys: keys.base64_keys(),
+    })
+}
+
+/// The trusted keys for [`resolve`]: the compiled-in ones plus `extra` (key lines or `.pub`
+/// file contents, e.g. from `--release-pubkey` or `OUTPOST_RELEASE_PUBKEYS`).
+pub fn trusted_keys(extra: &[String]) -> Result<TrustedKeys> {
+    let mut keys = TrustedKeys::builtin();
+    for (i, k) in extra.iter().enumerate() {
+        keys.add_text(k, &format!("release key #{}", i + 1))?;
+    }
+    Ok(keys)
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<TempDir> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let p =
+            std::env::temp_dir().join(format!("outpost-cloud-init-{}-{nanos}", std::process::id()));
+        fs_err::create_dir_all(&p).map_err(|e| Error::io("create directory", &p, e))?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0); // best effort: our own temp dir
+    }
+}
+
+#[cfg(test)]
+mod tests;
