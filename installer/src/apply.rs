@@ -365,6 +365,9 @@ pub fn apply_install(
         }
         if plan.enable {
             svc.enable(unit)?;
+            // Like `systemctl enable`: reload so the target picks up its new `.wants/` link
+            // (otherwise an inactive unit is garbage-collected and loses its state).
+            svc.daemon_reload()?;
         }
         match &plan.service {
             ServiceAction::Start => {

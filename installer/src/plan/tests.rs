@@ -262,6 +262,7 @@ fn fresh_install_creates_everything_and_starts() {
         vec![
             "daemon-reload",
             "enable outpost.service",
+            "daemon-reload",
             "start outpost.service"
         ]
     );
