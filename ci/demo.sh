@@ -1,44 +1,141 @@
 #!/usr/bin/env bash
-# The README's demo: boots a real systemd host (nspawn testbed), installs outpost in it the
-# way an operator would (`sudo outpost install` as a normal user), and shows `outpost status`.
-# The container keeps running afterwards so you can look around; the script says how.
+# The README's demo, end to end on this machine:
+#   1. a signed release of the static outpost binary (throwaway key),
+#   2. outpost-hub on https://127.0.0.1 as control plane *and* release host (throwaway CA),
+#   3. a real systemd host (nspawn testbed container) where a normal user runs the one-liner
+#        curl -sSL https://HUB/install.sh | sudo OUTPOST_ENROLL_KEY_FILE=… OUTPOST_HUB_URL=… sh
+#   4. the agent online at the hub, `outpost status` on the host.
+# Everything keeps running afterwards; the script prints how to look around and stop it.
 set -euo pipefail
 
 NAME=${OUTPOST_DEMO_NAME:-outpost-demo}
+WORK=${OUTPOST_DEMO_DIR:-target/demo}
+PORT=${OUTPOST_DEMO_PORT:-8443}
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+die() {
+  printf 'error: %s\n' "$1" >&2
+  [ -n "${2:-}" ] && printf 'hint: %s\n' "$2" >&2
+  exit 1
+}
+
+stop_previous() {
+  if [ -f "$WORK/hub.pid" ] && kill -0 "$(cat "$WORK/hub.pid")" 2>/dev/null; then
+    kill "$(cat "$WORK/hub.pid")" || true
+    sleep 0.5
+  fi
+  bash ci/testbed.sh halt "$NAME" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+  mkdir -p "$WORK"
+}
+
+build() {
+  step "setting up this machine (packages, rust targets)"
+  bash ci/setup.sh
+  step "building the static release binary, outpost-hub and outpost-release"
+  BIN=$(bash ci/build-release.sh)
+  cargo build --locked --release -p outpost-hub --bin outpost-hub >&2
+  cargo build --locked --release -p outpost-packaging --features tools --bin outpost-release >&2
+  HUB=target/release/outpost-hub
+  REL=target/release/outpost-release
+  VERSION=$("$BIN" --version | awk '{print $2}')
+}
+
+make_tls() {
+  step "making a throwaway CA and a certificate for 127.0.0.1"
+  local d=$WORK/tls
+  mkdir -p "$d"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$d/ca.key" \
+    -out "$d/ca.crt" -days 7 -subj "/CN=outpost demo CA" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$d/server.key" \
+    -out "$d/server.csr" -subj "/CN=127.0.0.1" 2>/dev/null
+  printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+    "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1,DNS:localhost" >"$d/server.ext"
+  openssl x509 -req -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+    -out "$d/leaf.crt" -days 7 -extfile "$d/server.ext" 2>/dev/null
+  cat "$d/leaf.crt" "$d/ca.crt" >"$d/server.crt"
+}
+
+make_release() {
+  step "signing and publishing release $VERSION (throwaway minisign key)"
+  "$REL" keygen --unencrypted --out "$WORK/keys" >/dev/null
+  "$REL" build --version "$VERSION" --target x86_64-unknown-linux-musl --binary "$BIN" --out "$WORK/build" >/dev/null
+  "$REL" sign --key "$WORK/keys/outpost-release.key" "$WORK/build" >/dev/null
+  "$REL" publish --from "$WORK/build" --to "$WORK/site" --key "$WORK/keys/outpost-release.key" \
+    --channel stable --base-url "https://127.0.0.1:$PORT" >/dev/null
+  "$REL" verify "$WORK/site" --pubkey "$WORK/keys/outpost-release.pub"
+}
+
+start_hub() {
+  step "starting outpost-hub on https://127.0.0.1:$PORT (control plane + release host)"
+  OUTPOST_HUB_ADMIN_TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  export OUTPOST_HUB_ADMIN_TOKEN OUTPOST_HUB_URL="https://127.0.0.1:$PORT" OUTPOST_HUB_CA_FILE="$WORK/tls/ca.crt"
+  printf '%s\n' "$OUTPOST_HUB_ADMIN_TOKEN" >"$WORK/admin-token"
+  chmod 600 "$WORK/admin-token"
+  nohup "$HUB" serve --listen "127.0.0.1:$PORT" --db "$WORK/hub.db" --releases "$WORK/site" \
+    --tls-cert "$WORK/tls/server.crt" --tls-key "$WORK/tls/server.key" --heartbeat-interval 10 \
+    >"$WORK/hub.log" 2>&1 &
+  echo $! >"$WORK/hub.pid"
+  for _ in $(seq 1 100); do
+    grep -q "listening on" "$WORK/hub.log" && return 0
+    sleep 0.1
+  done
+  cat "$WORK/hub.log" >&2
+  die "outpost-hub did not start" "see $WORK/hub.log; is port $PORT free? set OUTPOST_DEMO_PORT"
+}
+
+boot_host() {
+  step "booting host '$NAME' (Debian 12, systemd as PID 1) and trusting the demo CA there"
+  bash ci/testbed.sh image >/dev/null
+  bash ci/testbed.sh boot "$NAME"
+  bash ci/testbed.sh cp-in "$NAME" "$WORK/tls/ca.crt" /usr/local/share/ca-certificates/outpost-demo.crt
+  bash ci/testbed.sh exec "$NAME" -- update-ca-certificates >/dev/null
+}
+
+one_liner() {
+  step "minting a single-use enrollment key"
+  local key
+  key=$("$HUB" keys create --ttl 1h | grep -o 'opk_[0-9a-f]*' | head -n 1)
+  [ -n "$key" ] || die "could not mint a key" "see $WORK/hub.log"
+  # The key reaches the host in a 0600 file: never on a command line, never in sudo's log.
+  # shellcheck disable=SC2016 # expanded by the container's shell
+  printf '%s' "$key" | bash ci/testbed.sh exec "$NAME" -- sh -c 'umask 077; cat > /home/alice/outpost.key; chown alice /home/alice/outpost.key'
+  step "alice@$NAME\$ curl -sSL $OUTPOST_HUB_URL/install.sh | sudo OUTPOST_ENROLL_KEY_FILE=~/outpost.key OUTPOST_HUB_URL=$OUTPOST_HUB_URL sh"
+  bash ci/testbed.sh run-as "$NAME" alice -- sh -c "curl -sSL $OUTPOST_HUB_URL/install.sh | sudo OUTPOST_ENROLL_KEY_FILE=/home/alice/outpost.key OUTPOST_HUB_URL=$OUTPOST_HUB_URL sh && rm -f /home/alice/outpost.key"
+}
+
+show() {
+  sleep 1
+  step "alice@$NAME\$ outpost status"
+  bash ci/testbed.sh run-as "$NAME" alice -- outpost status || true
+  step "outpost-hub agents"
+  "$HUB" agents || true
+  cat <<MSG
+
+Running now:
+  hub       $OUTPOST_HUB_URL (dashboard in a browser that trusts $WORK/tls/ca.crt; admin token in $WORK/admin-token)
+  host      '$NAME' with outpost.service enrolled at the hub
+Try:
+  bash ci/testbed.sh run-as $NAME alice -- outpost status --json
+  bash ci/testbed.sh run-as $NAME alice -- sudo outpost diagnostics
+  bash ci/testbed.sh run-as $NAME alice -- sudo outpost events
+  OUTPOST_HUB_ADMIN_TOKEN=\$(cat $WORK/admin-token) OUTPOST_HUB_CA_FILE=$WORK/tls/ca.crt $HUB agents --hub $OUTPOST_HUB_URL
+Stop everything:
+  kill \$(cat $WORK/hub.pid); bash ci/testbed.sh halt $NAME
+MSG
+}
 
 main() {
   cd "$(dirname "$0")/.."
-  step "setting up this machine (packages, rust target)"
-  bash ci/setup.sh
-  step "building the static release binary"
-  local bin
-  bin=$(bash ci/build-release.sh)
-  step "building (or reusing) the testbed image and booting host '$NAME'"
-  bash ci/testbed.sh image >/dev/null
-  bash ci/testbed.sh halt "$NAME" >/dev/null 2>&1 || true
-  bash ci/testbed.sh boot "$NAME"
-  bash ci/testbed.sh cp-in "$NAME" "$bin" /srv/dist/outpost
-  step "alice@$NAME\$ outpost detect"
-  bash ci/testbed.sh run-as "$NAME" alice -- /srv/dist/outpost detect
-  step "alice@$NAME\$ sudo outpost install"
-  bash ci/testbed.sh run-as "$NAME" alice -- sudo /srv/dist/outpost install
-  step "alice@$NAME\$ outpost status"
-  bash ci/testbed.sh run-as "$NAME" alice -- outpost status
-  step "alice@$NAME\$ outpost restart   (no sudo: outpost's polkit rule allows exactly this)"
-  bash ci/testbed.sh run-as "$NAME" alice -- outpost restart
-  step "root@$NAME# journalctl -u outpost"
-  bash ci/testbed.sh exec "$NAME" -- journalctl -u outpost.service --no-pager -o short-monotonic -n 8
-  cat <<MSG
-
-The host '$NAME' is still running. Try:
-  bash ci/testbed.sh run-as $NAME alice -- outpost status --json
-  bash ci/testbed.sh run-as $NAME alice -- sudo outpost uninstall --dry-run
-  bash ci/testbed.sh exec $NAME -- systemctl status outpost
-Stop it with:
-  bash ci/testbed.sh halt $NAME
-MSG
+  stop_previous
+  build
+  make_tls
+  make_release
+  start_hub
+  boot_host
+  one_liner
+  show
 }
 
 main "$@"

@@ -11,11 +11,17 @@ use support::release::{self, Release};
 use support::{require_testbed, Container};
 
 fn runs() -> usize {
-    std::env::var("OUTPOST_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(10)
+    std::env::var("OUTPOST_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10)
 }
 
 fn show_u64(c: &Container, prop: &str) -> u64 {
-    c.must_sh(&format!("systemctl show -p {prop} --value outpost.service")).trim().parse().unwrap_or(0)
+    c.must_sh(&format!("systemctl show -p {prop} --value outpost.service"))
+        .trim()
+        .parse()
+        .unwrap_or(0)
 }
 
 fn last_event(c: &Container, kind: &str) -> serde_json::Value {
@@ -53,7 +59,10 @@ fn bench_upgrade() {
     c.cp_in(&r.root, "/srv/release");
     c.must_sh("/srv/dist/outpost install --run-as alice >/dev/null");
     // soak 1 s: excluded from the figures below (it is configuration, not work)
-    c.must_sh(&format!("cat > /etc/outpost/config.toml <<'EOF'\n{}EOF", release::config("file:///srv/release", &r.pubkey, 1)));
+    c.must_sh(&format!(
+        "cat > /etc/outpost/config.toml <<'EOF'\n{}EOF",
+        release::config("file:///srv/release", &r.pubkey, 1)
+    ));
 
     let n = runs();
     let (mut downtime_unit, mut downtime_upgrader, mut total) = (vec![], vec![], vec![]);
@@ -89,5 +98,9 @@ fn bench_upgrade() {
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("upgrade.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("upgrade.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
+    )
+    .unwrap();
 }

@@ -214,6 +214,9 @@ pub struct ClientArgs {
     /// File holding the admin token (default: $OUTPOST_HUB_ADMIN_TOKEN).
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
+    /// PEM CA to trust for an https hub behind a private CA.
+    #[arg(long = "hub-ca-file", env = "OUTPOST_HUB_CA_FILE", value_name = "PEM")]
+    pub hub_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -352,7 +355,7 @@ fn tls_with_ca(ca_file: &std::path::Path) -> Result<ureq::tls::TlsConfig, HubErr
 
 impl Client {
     fn new(c: &ClientArgs) -> Result<Client, HubError> {
-        Client::with_ca(c, None)
+        Client::with_ca(c, c.hub_ca_file.as_deref())
     }
 
     /// Like [`Client::new`], also trusting the PEM CA in `ca_file`.

@@ -464,7 +464,7 @@ fn cli_manages_keys_and_agents() {
         .trim()
         .to_string();
     assert!(out.contains(&format!(
-        "export OUTPOST_ENROLL_KEY={key}; curl -sSL https://hub.example/install.sh | sudo --preserve-env=OUTPOST_ENROLL_KEY OUTPOST_HUB_URL=https://hub.example sh"
+        "(umask 077; printf '%s' '{key}' > /tmp/outpost.key) && curl -sSL https://hub.example/install.sh | sudo OUTPOST_ENROLL_KEY_FILE=/tmp/outpost.key OUTPOST_HUB_URL=https://hub.example sh; rm -f /tmp/outpost.key"
     )), "{out}");
     let (s, e) = hub.enroll(&key, "cli-host");
     assert_eq!(s, 201);

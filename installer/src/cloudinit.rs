@@ -247,7 +247,7 @@ mod tests {
 
     #[test]
     fn bad_input_fails_before_any_download() {
-        let a = match parse(&[
+        let CloudInitCommand::Render(a) = parse(&[
             "render",
             "--hub",
             "https://h x",
@@ -259,10 +259,7 @@ mod tests {
             "https://unreachable.invalid",
         ])
         .unwrap()
-        .c
-        {
-            CloudInitCommand::Render(a) => a,
-        };
+        .c;
         let e = render(&a).unwrap_err();
         assert_eq!(e.exit_code(), exit::USAGE, "{e}");
         assert!(e.to_string().contains("--hub"), "{e}");

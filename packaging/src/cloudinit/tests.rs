@@ -129,10 +129,14 @@ fn ca_and_several_keys_stay_under_the_limit() {
     assert!(body.contains("RUN_AS='deploy'"));
     // a CA bundle that would push it over 32 KiB is refused, not truncated
     p.ca_pem = Some(CA.repeat(130));
-    let e = render(&p).err().expect("a 24 KiB CA renders over 32 KiB");
+    let Err(e) = render(&p) else {
+        panic!("a 24 KiB CA renders over 32 KiB")
+    };
     assert!(e.to_string().contains("32768 bytes"), "{e}");
     p.ca_pem = Some(CA.repeat(400));
-    let e = render(&p).err().expect("a 70 KiB CA is refused");
+    let Err(e) = render(&p) else {
+        panic!("a 70 KiB CA is refused")
+    };
     assert!(e.to_string().contains("CA file"), "{e}");
 }
 
@@ -155,7 +159,8 @@ fn user_mode_stages_the_key_on_tmpfs_and_needs_a_user() {
 
 #[test]
 fn hostile_values_are_refused_or_inert() {
-    let bad: Vec<(&str, Box<dyn Fn(&mut Params)>)> = vec![
+    type Mutate = Box<dyn Fn(&mut Params)>;
+    let bad: Vec<(&str, Mutate)> = vec![
         (
             "quote in hub",
             Box::new(|p| p.hub_url = "https://h'; rm -rf /".into()),
