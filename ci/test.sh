@@ -1,26 +1,37 @@
 #!/usr/bin/env bash
-# The test command (README): sets up the machine, builds the static release binary once,
-# lints, and runs every test: unit, CLI and the real-systemd end-to-end suites.
+# The test command (README): sets up the machine, builds every binary once, lints, builds and
+# verifies a signed two-architecture release, and runs every test: unit, CLI, API and the
+# real-systemd end-to-end suites.
 set -euo pipefail
+
+phase() { printf '\n=== [%4ds] %s\n' "$SECONDS" "$*" >&2; }
 
 main() {
   cd "$(dirname "$0")/.."
+  phase "setup"
   bash ci/setup.sh
+  phase "lint"
   cargo fmt --all -- --check
   shellcheck -x ci/*.sh
   shellcheck -s sh scripts/install.sh
-  local bin variants
+  local bin variants site status=0 log
+  phase "static release binary (x86_64)"
   bin=$(bash ci/build-release.sh)
-  # Test builds at several versions (upgrade/rollback suites) and the outpost-release packager.
+  phase "release pipeline: aarch64 cross build + qemu smoke, sign, publish, verify"
+  site=$(bash ci/release.sh "$PWD/target/release-site")
+  echo "release site: $site" >&2
+  phase "test builds of several versions (upgrade suites) and outpost-release"
   variants=$(bash ci/build-variants.sh)
   export OUTPOST_E2E_VARIANTS=$variants
   # e2e suites must run, never skip, here: CI=true / OUTPOST_E2E_REQUIRED make a missing testbed fatal.
   export OUTPOST_E2E_REQUIRED=1
-  local log
+  phase "cargo test (unit, CLI, API, real-systemd e2e)"
   log=$(mktemp)
-  OUTPOST_E2E_BIN="$PWD/$bin" cargo test --workspace --locked -- --test-threads=2 2>&1 | tee "$log"
+  OUTPOST_E2E_BIN="$PWD/$bin" cargo test --workspace --locked --no-fail-fast -- --test-threads=2 2>&1 | tee "$log" || status=$?
+  phase "done"
   summary "$log"
   rm -f "$log"
+  return "$status"
 }
 
 # One closing line over every test binary (the last cargo line is often a doc-test run of 0).

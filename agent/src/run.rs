@@ -714,7 +714,11 @@ impl<'a> Loop<'a> {
 
     fn schedule_failure(&mut self) -> Duration {
         self.failures = self.failures.saturating_add(1);
-        let d = backoff_delay(self.failures, fastrand::f64());
+        // Exponential with full jitter, but never longer than one heartbeat interval: retries
+        // are then never more frequent than the backoff schedule allows, and an agent is back
+        // online within one interval of the hub's return (the 5 min cap applies to longer
+        // intervals).
+        let d = backoff_delay(self.failures, fastrand::f64()).min(self.interval);
         self.next_due = Some(Instant::now() + d);
         d
     }
