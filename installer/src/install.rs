@@ -306,13 +306,17 @@ pub fn prepare(
         }
     }
     if let Some(url) = &args.release_url {
-        let local = url.starts_with("file:///") && !url.chars().any(|c| c.is_control() || c == '"');
-        (if local { Ok(()) } else { validate_hub_url(url) }).map_err(|_| {
-            Error::usage(
-                format!("invalid release url {url:?}: expected http(s)://HOST[/PATH]"),
+        // Any source the release reader understands (https://, http://, file:///, github:O/R),
+        // and nothing that could break out of the TOML string it is recorded in.
+        let printable = !url
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '"' || c == '\\');
+        if !printable || outpost_packaging::Source::parse(url).is_err() {
+            return Err(Error::usage(
+                format!("invalid release url {url:?}: expected https://HOST[/PATH], file:///DIR or github:OWNER/REPO"),
                 "pass --release-url https://releases.example.com/outpost",
-            )
-        })?;
+            ));
+        }
     }
     // With a release URL, what gets installed is the verified copy from the signed release.
     let verified = match &args.release_url {

@@ -1,5 +1,11 @@
-//! Getting a release: from an http(s) host, a directory (or `file://` URL) laid out like
-//! one, or an offline bundle file. Everything is verified before anything is unpacked.
+//! Getting a release: from an http(s) host, GitHub Releases (`github:OWNER/REPO`), a
+//! directory (or `file://` URL) laid out like one, or an offline bundle file. Everything is
+//! verified before anything is unpacked.
+//!
+//! For GitHub the base URL is `https://github.com`, or the value of the environment
+//! variable `OUTPOST_GITHUB_URL` ([`GITHUB_URL_ENV`]) when set at parse time: a GitHub
+//! Enterprise server (`https://ghe.example.com`), or a loopback `http://127.0.0.1:PORT`
+//! stand-in for tests. Any other `http://` base is refused.
 use crate::error::{Error, Result};
 use crate::manifest::{tarball_file_name, Manifest, Want, MAX_MANIFEST_BYTES};
 use crate::verify::{ReplayState, TrustedComment, TrustedKeys, MAX_SIG_BYTES};
@@ -12,6 +18,15 @@ use std::time::{Duration, Instant};
 /// Hard cap on a tarball, whatever the manifest says.
 pub const MAX_TARBALL_BYTES: u64 = 256 << 20;
 
+/// Base URL of a `github:OWNER/REPO` source unless [`GITHUB_URL_ENV`] says otherwise.
+pub const GITHUB_URL: &str = "https://github.com";
+/// Environment variable overriding [`GITHUB_URL`] (GitHub Enterprise, tests), read by
+/// [`Source::parse`].
+pub const GITHUB_URL_ENV: &str = "OUTPOST_GITHUB_URL";
+/// Redirects followed per request (GitHub sends `latest/download` to the release, and
+/// every asset to its object store).
+const MAX_REDIRECTS: u32 = 10;
+
 /// Where releases come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -23,6 +38,17 @@ pub enum Source {
         base: String,
         ca_file: Option<PathBuf>,
     },
+    /// GitHub Releases of `owner/repo` (`github:OWNER/REPO`): one release per version,
+    /// tagged `vV`, whose assets are the files of `vV/`; the root files are assets of the
+    /// latest release (`channels/NAME` as `channel-NAME`). See [`Source::location`].
+    /// `base` is the web URL without a trailing `/` ([`GITHUB_URL`] by default). Redirects
+    /// are followed and, for an https base, must stay on https.
+    GitHub {
+        owner: String,
+        repo: String,
+        base: String,
+        ca_file: Option<PathBuf>,
+    },
     /// A directory laid out like the release root (or a `file://` URL of one).
     Dir(PathBuf),
     /// An offline bundle made by `outpost-release bundle`.
@@ -30,8 +56,15 @@ pub enum Source {
 }
 
 impl Source {
-    /// `https://…`/`http://…` → Http; `file:///dir` or a path → Dir, or Bundle if it is a file.
+    /// `https://…`/`http://…` → Http; `github:OWNER/REPO` → GitHub (base from
+    /// `OUTPOST_GITHUB_URL`, else `https://github.com`); `file:///dir` or a path → Dir, or
+    /// Bundle if it is a file.
     pub fn parse(s: &str) -> Result<Source> {
+        Source::parse_with_github_url(s, std::env::var(GITHUB_URL_ENV).ok().as_deref())
+    }
+
+    /// [`Source::parse`] with the GitHub base URL given (`None` or empty: [`GITHUB_URL`]).
+    pub fn parse_with_github_url(s: &str, github_url: Option<&str>) -> Result<Source> {
         let bad = |detail: &str| Error::Source {
             source_text: s.to_string(),
             detail: detail.to_string(),
@@ -39,6 +72,9 @@ impl Source {
         let t = s.trim();
         if t.is_empty() {
             return Err(bad("empty"));
+        }
+        if let Some(spec) = t.strip_prefix("github:") {
+            return parse_github(spec, github_url).map_err(|d| bad(&d));
         }
         if t.starts_with("https://") || t.starts_with("http://") {
             return Ok(Source::Http {
@@ -54,7 +90,9 @@ impl Source {
                 ))
             }
             None if t.contains("://") => {
-                return Err(bad("only https://, http:// and file:// URLs are supported"))
+                return Err(bad(
+                    "only https://, http://, file:// URLs and github:OWNER/REPO are supported",
+                ))
             }
             None => PathBuf::from(t),
         };
@@ -69,14 +107,29 @@ impl Source {
     pub fn with_ca_file(self, ca_file: Option<PathBuf>) -> Source {
         match self {
             Source::Http { base, .. } => Source::Http { base, ca_file },
+            Source::GitHub {
+                owner, repo, base, ..
+            } => Source::GitHub {
+                owner,
+                repo,
+                base,
+                ca_file,
+            },
             other => other,
         }
     }
 
-    /// Human-readable location of `rel` in this source, for messages.
+    /// Human-readable location of `rel` in this source, for messages. For GitHub it is the
+    /// URL fetched: `vV/FILE` → `BASE/OWNER/REPO/releases/download/vV/FILE`; a root file
+    /// `NAME` → `BASE/OWNER/REPO/releases/latest/download/NAME`, and `channels/NAME` →
+    /// `…/latest/download/channel-NAME`.
     pub fn location(&self, rel: &str) -> String {
         match self {
             Source::Http { base, .. } => format!("{base}/{rel}"),
+            Source::GitHub {
+                owner, repo, base, ..
+            } => github_url(base, owner, repo, rel)
+                .unwrap_or_else(|| format!("github:{owner}/{repo}:{rel}")),
             Source::Dir(d) => d.join(rel).display().to_string(),
             Source::Bundle(b) => format!("{}:{rel}", b.display()),
         }
@@ -84,7 +137,11 @@ impl Source {
 
     pub(crate) fn reader(&self) -> Result<Reader<'_>> {
         let agent = match self {
-            Source::Http { ca_file, .. } => Some(http_agent(ca_file.as_deref())?),
+            Source::Http { ca_file, .. } => Some(http_agent(ca_file.as_deref(), false)?),
+            Source::GitHub { base, ca_file, .. } => Some(http_agent(
+                ca_file.as_deref(),
+                base.starts_with("https://"),
+            )?),
             _ => None,
         };
         Ok(Reader {
@@ -98,8 +155,66 @@ impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Source::Http { base, .. } => f.write_str(base),
+            Source::GitHub { owner, repo, .. } => write!(f, "github:{owner}/{repo}"),
             Source::Dir(d) | Source::Bundle(d) => write!(f, "{}", d.display()),
         }
+    }
+}
+
+/// `OWNER/REPO` of a `github:` source, and the base URL to use.
+fn parse_github(spec: &str, github_url: Option<&str>) -> std::result::Result<Source, String> {
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n != "."
+            && n != ".."
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    let (owner, repo) = spec
+        .trim_end_matches('/')
+        .split_once('/')
+        .filter(|(o, r)| name_ok(o) && name_ok(r))
+        .ok_or("expected github:OWNER/REPO (letters, digits, '-', '_', '.')")?;
+    let base = match github_url.map(str::trim).filter(|u| !u.is_empty()) {
+        None => GITHUB_URL.to_string(),
+        Some(u) => {
+            let u = u.trim_end_matches('/');
+            let ok = match u.strip_prefix("http://") {
+                Some(rest) => ["127.0.0.1", "localhost", "[::1]"].iter().any(|h| {
+                    rest.strip_prefix(h)
+                        .is_some_and(|after| after.is_empty() || after.starts_with([':', '/']))
+                }),
+                None => u.len() > "https://".len() && u.starts_with("https://"),
+            };
+            if !ok {
+                return Err(format!(
+                    "{GITHUB_URL_ENV}={u:?} must be an https:// URL (http:// only on loopback)"
+                ));
+            }
+            u.to_string()
+        }
+    };
+    Ok(Source::GitHub {
+        owner: owner.to_string(),
+        repo: repo.to_string(),
+        base,
+        ca_file: None,
+    })
+}
+
+/// The GitHub URL of release-root path `rel` (see [`Source::location`]); `None` for a path
+/// the layout has no asset for.
+fn github_url(base: &str, owner: &str, repo: &str, rel: &str) -> Option<String> {
+    let releases = format!("{base}/{owner}/{repo}/releases");
+    match rel.split('/').collect::<Vec<_>>().as_slice() {
+        [name] if !name.is_empty() => Some(format!("{releases}/latest/download/{name}")),
+        ["channels", ch] if !ch.is_empty() => {
+            Some(format!("{releases}/latest/download/channel-{ch}"))
+        }
+        [tag, name] if tag.len() > 1 && tag.starts_with('v') && !name.is_empty() => {
+            Some(format!("{releases}/download/{tag}/{name}"))
+        }
+        _ => None,
     }
 }
 
@@ -122,8 +237,12 @@ fn pem_certs(pem: &[u8]) -> std::result::Result<Vec<ureq::tls::Certificate<'stat
 
 /// Trust: the host's CA bundle (where operators add private CAs) plus `ca_file`; the
 /// built-in Mozilla roots only when the host has no bundle and no `ca_file` is given.
-fn http_agent(ca_file: Option<&Path>) -> Result<ureq::Agent> {
+/// Redirects are followed (up to [`MAX_REDIRECTS`]); `https_only` refuses any `http://`
+/// request, redirects included.
+fn http_agent(ca_file: Option<&Path>, https_only: bool) -> Result<ureq::Agent> {
     let mut cfg = ureq::Agent::config_builder()
+        .max_redirects(MAX_REDIRECTS)
+        .https_only(https_only)
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_recv_response(Some(Duration::from_secs(60)))
         .timeout_per_read(Some(Duration::from_secs(60)))
@@ -201,9 +320,15 @@ impl Reader<'_> {
         let not_found = || Error::NotFound {
             location: location.clone(),
         };
-        match (self.source, &self.agent) {
-            (Source::Http { base, .. }, Some(agent)) => {
-                let url = format!("{base}/{rel}");
+        let url = match self.source {
+            Source::Http { base, .. } => Some(format!("{base}/{rel}")),
+            Source::GitHub {
+                owner, repo, base, ..
+            } => Some(github_url(base, owner, repo, rel).ok_or_else(not_found)?),
+            Source::Dir(_) | Source::Bundle(_) => None,
+        };
+        match (self.source, &self.agent, url) {
+            (Source::Http { .. } | Source::GitHub { .. }, Some(agent), Some(url)) => {
                 let resp = agent.get(&url).call().map_err(|e| match e {
                     ureq::Error::StatusCode(404) => not_found(),
                     e => Error::Http {
@@ -221,7 +346,7 @@ impl Reader<'_> {
                     detail: e.to_string(),
                 })
             }
-            (Source::Dir(dir), _) => {
+            (Source::Dir(dir), _, _) => {
                 let path = dir.join(rel);
                 let f = match fs_err::File::open(&path) {
                     Ok(f) => f,
@@ -232,7 +357,7 @@ impl Reader<'_> {
                     Error::io("read", &path, e)
                 })
             }
-            (Source::Bundle(bundle), _) => {
+            (Source::Bundle(bundle), _, _) => {
                 let f = fs_err::File::open(bundle).map_err(|e| Error::io("open", bundle, e))?;
                 let mut ar = tar::Archive::new(f);
                 let archive_err = |e: std::io::Error| Error::Archive {
@@ -249,7 +374,9 @@ impl Reader<'_> {
                 }
                 Err(not_found())
             }
-            (Source::Http { .. }, None) => unreachable!("Source::reader builds an agent for Http"),
+            (Source::Http { .. } | Source::GitHub { .. }, _, _) => {
+                unreachable!("Source::reader builds an agent for Http and GitHub")
+            }
         }
     }
 
@@ -623,6 +750,110 @@ mod tests {
         for (s, want) in cases {
             assert_eq!(Source::parse(&s).ok(), want, "{s}");
         }
+    }
+
+    #[test]
+    fn github_source_parse() {
+        let gh = |owner: &str, repo: &str, base: &str| Source::GitHub {
+            owner: owner.into(),
+            repo: repo.into(),
+            base: base.into(),
+            ca_file: None,
+        };
+        let cases: Vec<(&str, Option<&str>, Option<Source>)> = vec![
+            ("github:o/r", None, Some(gh("o", "r", GITHUB_URL))),
+            ("github:o/r", Some(""), Some(gh("o", "r", GITHUB_URL))),
+            (
+                " github:My-Org/out_post.rs/ ",
+                None,
+                Some(gh("My-Org", "out_post.rs", GITHUB_URL)),
+            ),
+            (
+                "github:o/r",
+                Some("https://ghe.example.com/"),
+                Some(gh("o", "r", "https://ghe.example.com")),
+            ),
+            (
+                "github:o/r",
+                Some("http://127.0.0.1:8080"),
+                Some(gh("o", "r", "http://127.0.0.1:8080")),
+            ),
+            (
+                "github:o/r",
+                Some("http://[::1]:80/gh"),
+                Some(gh("o", "r", "http://[::1]:80/gh")),
+            ),
+            ("github:o/r", Some("http://ghe.example.com"), None),
+            ("github:o/r", Some("http://127.0.0.1.evil.com"), None),
+            ("github:o/r", Some("https://"), None),
+            ("github:o/r", Some("ftp://x"), None),
+            ("github:o", None, None),
+            ("github:/r", None, None),
+            ("github:o/", None, None),
+            ("github:o/r/x", None, None),
+            ("github:../r", None, None),
+            ("github:o/..", None, None),
+            ("github:o/r?x", None, None),
+            ("github:o w/r", None, None),
+            ("github:", None, None),
+        ];
+        for (s, url, want) in cases {
+            assert_eq!(
+                Source::parse_with_github_url(s, url).ok(),
+                want,
+                "{s} {url:?}"
+            );
+        }
+        let src = gh("o", "r", GITHUB_URL).with_ca_file(Some("/ca.pem".into()));
+        assert!(matches!(
+            &src,
+            Source::GitHub {
+                ca_file: Some(_),
+                ..
+            }
+        ));
+        assert_eq!(src.to_string(), "github:o/r");
+    }
+
+    #[test]
+    fn github_layout_mapping() {
+        let src = Source::parse_with_github_url("github:o/r", None).unwrap();
+        let d = "https://github.com/o/r/releases";
+        for (rel, want) in [
+            (
+                "v1.2.3/outpost-1.2.3-x86_64-unknown-linux-musl.tar.gz",
+                format!("{d}/download/v1.2.3/outpost-1.2.3-x86_64-unknown-linux-musl.tar.gz"),
+            ),
+            (
+                "v1.2.3/SHA256SUMS.minisig",
+                format!("{d}/download/v1.2.3/SHA256SUMS.minisig"),
+            ),
+            (
+                "manifest.json",
+                format!("{d}/latest/download/manifest.json"),
+            ),
+            (
+                "manifest.json.minisig",
+                format!("{d}/latest/download/manifest.json.minisig"),
+            ),
+            (
+                "channels/stable",
+                format!("{d}/latest/download/channel-stable"),
+            ),
+            ("channels/beta", format!("{d}/latest/download/channel-beta")),
+            ("install.sh", format!("{d}/latest/download/install.sh")),
+        ] {
+            assert_eq!(src.location(rel), want, "{rel}");
+        }
+        // no asset for deeper or non-version paths: not found, without a request
+        let r = src.reader().unwrap();
+        for rel in ["a/b/c", "x/y", "v/y"] {
+            assert!(
+                matches!(r.bytes(rel, 10), Err(Error::NotFound { .. })),
+                "{rel}"
+            );
+        }
+        assert!(r.bytes("../x", 10).is_err());
     }
 
     #[test]
