@@ -35,7 +35,18 @@
 # cloud-init (NoCloud) disabled by /etc/cloud/cloud-init.disabled.
 set -euo pipefail
 
-readonly SUITE=bookworm
+# Debian release of the image: bookworm (default) or trixie (OUTPOST_TESTBED_SUITE=trixie).
+readonly SUITE=${OUTPOST_TESTBED_SUITE:-bookworm}
+case $SUITE in
+bookworm | trixie) ;;
+*)
+    echo "error: OUTPOST_TESTBED_SUITE=$SUITE is not supported" >&2
+    echo "hint: use bookworm or trixie" >&2
+    exit 2
+    ;;
+esac
+# The host's apt sources name the Debian mirror under its own suite; every suite lives there.
+readonly MIRROR_SUITE=bookworm
 # Bump when changing build_image_tree (the guest script and package lists are
 # hashed directly).
 readonly RECIPE_VERSION=1
@@ -101,7 +112,7 @@ detect_mirror() {
     local f uri
     for f in /etc/apt/sources.list.d/*.sources; do
         [[ -f $f ]] || continue
-        uri=$(awk -v suite="$SUITE" '
+        uri=$(awk -v suite="$MIRROR_SUITE" '
             BEGIN { RS=""; FS="\n" }
             {
                 uris=""; ok=0
@@ -115,12 +126,12 @@ detect_mirror() {
     done
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
         [[ -f $f ]] || continue
-        uri=$(awk -v suite="$SUITE" '$1 == "deb" {
+        uri=$(awk -v suite="$MIRROR_SUITE" '$1 == "deb" {
                 i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
                 if ($(i+1) == suite) { print $i; exit } }' "$f")
         [[ -n $uri ]] && { printf '%s\n' "$uri"; return; }
     done
-    die "no '$SUITE' Debian mirror found in /etc/apt/sources*; set OUTPOST_TESTBED_MIRROR"
+    die "no '$MIRROR_SUITE' Debian mirror found in /etc/apt/sources*; set OUTPOST_TESTBED_MIRROR"
 }
 
 # Runs inside the chroot (as a bash -c script). Part of the recipe hash.

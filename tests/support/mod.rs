@@ -77,6 +77,8 @@ impl From<std::process::Output> for Output {
 #[derive(Clone, Debug)]
 pub struct Testbed {
     script: PathBuf,
+    /// Debian suite of the image (`None`: the default, bookworm).
+    suite: Option<String>,
 }
 
 fn script_path() -> PathBuf {
@@ -172,16 +174,45 @@ pub fn require_testbed() -> Option<Testbed> {
     if let Some(reason) = unavailable_reason(&script) {
         return skip_or_panic(&reason);
     }
-    let tb = Testbed { script };
+    let tb = Testbed {
+        script,
+        suite: None,
+    };
     match tb.image() {
         Ok(_) => Some(tb),
         Err(e) => skip_or_panic(&format!("image build failed: {e}")),
     }
 }
 
+/// Like [`require_testbed`], with an image of another Debian suite (`trixie`).
+pub fn require_testbed_suite(suite: &str) -> Option<Testbed> {
+    let script = script_path();
+    if let Some(reason) = unavailable_reason(&script) {
+        return skip_or_panic(&reason);
+    }
+    let tb = Testbed {
+        script,
+        suite: Some(suite.to_string()),
+    };
+    let o = tb.run(&["image"], None);
+    if o.success() {
+        Some(tb)
+    } else {
+        skip_or_panic(&format!("{suite} image build failed: {o:?}"))
+    }
+}
+
 impl Testbed {
     /// Builds (or reuses) the cached image; path of the tarball.
     pub fn image(&self) -> Result<PathBuf, String> {
+        if self.suite.is_some() {
+            let o = self.run(&["image"], None);
+            return if o.success() {
+                Ok(PathBuf::from(o.out()))
+            } else {
+                Err(format!("{o:?}"))
+            };
+        }
         IMAGE
             .get_or_init(|| {
                 let o = self.run(&["image"], None);
@@ -211,6 +242,11 @@ impl Testbed {
             .arg(secs.to_string())
             .arg("bash")
             .arg(&self.script)
+            .envs(
+                self.suite
+                    .iter()
+                    .map(|s| ("OUTPOST_TESTBED_SUITE", s.as_str())),
+            )
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
