@@ -14,14 +14,6 @@ pub const OVERALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest response body read (the hub's answers are a few hundred bytes).
 const BODY_LIMIT: u64 = 1 << 20;
 
-/// System CA bundles tried, in order, when `ca_file` is set (its CAs are added to them).
-const SYSTEM_BUNDLES: [&str; 4] = [
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/ca-bundle.pem",
-    "/etc/ssl/cert.pem",
-];
-
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     #[error("hub url {url:?} is invalid: {reason}")]
@@ -223,37 +215,6 @@ pub struct HubClient {
     agent: ureq::Agent,
 }
 
-/// Load `ca_file`'s certificates plus the first system bundle found.
-fn root_certs(ca_file: &Path) -> Result<ureq::tls::RootCerts, HubError> {
-    let bad = |reason: String| HubError::CaFile {
-        path: ca_file.to_path_buf(),
-        reason,
-    };
-    let pem = fs_err::read(ca_file).map_err(|e| bad(e.kind().to_string()))?;
-    let mut certs = Vec::new();
-    for item in ureq::tls::parse_pem(&pem) {
-        if let ureq::tls::PemItem::Certificate(c) = item.map_err(|e| bad(e.to_string()))? {
-            certs.push(c);
-        }
-    }
-    if certs.is_empty() {
-        return Err(bad("no PEM certificate in it".into()));
-    }
-    // ureq 3 cannot add to its built-in Mozilla roots, so "extra CAs" means ca_file plus the
-    // host's bundle (a private hub's CA is usually all that matters).
-    if let Some(sys) = SYSTEM_BUNDLES.iter().find_map(|p| std::fs::read(p).ok()) {
-        certs.extend(
-            ureq::tls::parse_pem(&sys)
-                .filter_map(Result::ok)
-                .filter_map(|i| match i {
-                    ureq::tls::PemItem::Certificate(c) => Some(c),
-                    _ => None,
-                }),
-        );
-    }
-    Ok(ureq::tls::RootCerts::from(certs))
-}
-
 impl HubClient {
     /// A client for the hub at `url` (`https://…`, or `http://` for loopback tests), trusting
     /// `ca_file` in addition to the usual roots.
@@ -271,9 +232,15 @@ impl HubClient {
                 reason: "it has no host",
             });
         }
+        // The same trust as the release reader: the host's CA bundle plus `ca_file`.
         let mut tls = ureq::tls::TlsConfig::builder();
-        if let Some(ca) = ca_file {
-            tls = tls.root_certs(root_certs(ca)?);
+        let roots =
+            outpost_packaging::fetch::trust_roots(ca_file).map_err(|reason| HubError::CaFile {
+                path: ca_file.map(Path::to_path_buf).unwrap_or_default(),
+                reason,
+            })?;
+        if let Some(roots) = roots {
+            tls = tls.root_certs(roots);
         }
         let config = ureq::Agent::config_builder()
             .timeout_connect(Some(CONNECT_TIMEOUT))
@@ -479,7 +446,7 @@ mod tests {
         ));
         std::fs::write(&missing, "not a pem").unwrap();
         let e = HubClient::new("https://h", Some(&missing)).err().unwrap();
-        assert!(e.to_string().contains("no PEM certificate"), "{e}");
+        assert!(e.to_string().contains("no PEM CERTIFICATE"), "{e}");
     }
 
     #[test]

@@ -371,7 +371,7 @@ impl Client {
         let mut cfg = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(std::time::Duration::from_secs(30)));
-        if let Some(ca) = ca_file {
+        if let Some(ca) = ca_file.or(c.hub_ca_file.as_deref()) {
             cfg = cfg.tls_config(tls_with_ca(ca)?);
         }
         let agent = cfg.build().into();

@@ -225,14 +225,34 @@ const SYSTEM_BUNDLES: &[&str] = &[
     "/etc/ssl/cert.pem",
 ];
 
-fn pem_certs(pem: &[u8]) -> std::result::Result<Vec<ureq::tls::Certificate<'static>>, String> {
-    ureq::tls::parse_pem(pem)
-        .filter_map(|item| match item {
-            Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
-            Ok(_) => None,
-            Err(e) => Some(Err(e.to_string())),
-        })
-        .collect()
+/// The roots outpost trusts for https (release host *and* hub): the host's CA bundle (where
+/// operators add private CAs) plus `ca_file`. `Ok(None)`: neither exists, use ureq's
+/// built-in Mozilla roots. `Err(reason)`: `ca_file` is unreadable or holds no certificate.
+pub fn trust_roots(
+    ca_file: Option<&Path>,
+) -> std::result::Result<Option<ureq::tls::RootCerts>, String> {
+    let mut certs = Vec::new();
+    if let Some(ca) = ca_file {
+        let pem = std::fs::read(ca).map_err(|e| format!("cannot read it: {}", e.kind()))?;
+        let mut n = 0;
+        for item in ureq::tls::parse_pem(&pem) {
+            if let ureq::tls::PemItem::Certificate(c) = item.map_err(|e| e.to_string())? {
+                certs.push(c);
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return Err("it holds no PEM CERTIFICATE block".into());
+        }
+    }
+    if let Some(pem) = SYSTEM_BUNDLES.iter().find_map(|p| std::fs::read(p).ok()) {
+        // A damaged system bundle is not ours to refuse: take what parses.
+        certs.extend(ureq::tls::parse_pem(&pem).filter_map(|i| match i {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        }));
+    }
+    Ok((!certs.is_empty()).then(|| ureq::tls::RootCerts::new_with_certs(&certs)))
 }
 
 /// Trust: the host's CA bundle (where operators add private CAs) plus `ca_file`; the
@@ -247,35 +267,17 @@ fn http_agent(ca_file: Option<&Path>, https_only: bool) -> Result<ureq::Agent> {
         .timeout_recv_response(Some(Duration::from_secs(60)))
         .timeout_per_read(Some(Duration::from_secs(60)))
         .user_agent(format!("outpost/{}", crate::VERSION));
-    let mut certs = Vec::new();
-    if let Some(ca) = ca_file {
-        let pem = fsx::read(ca)?;
-        let mine = pem_certs(&pem).map_err(|e| {
-            Error::usage(
-                format!("cannot read ca_file {}: {e}", ca.display()),
-                "ca_file must be a PEM file with one or more CERTIFICATE blocks",
-            )
-        })?;
-        if mine.is_empty() {
-            return Err(Error::usage(
-                format!("ca_file {} has no certificate", ca.display()),
-                "ca_file must be a PEM file with one or more CERTIFICATE blocks",
-            ));
-        }
-        certs.extend(mine);
-    }
-    if let Some(pem) = SYSTEM_BUNDLES.iter().find_map(|p| std::fs::read(p).ok()) {
-        // A damaged system bundle is not ours to refuse: take what parses.
-        certs.extend(ureq::tls::parse_pem(&pem).filter_map(|i| match i {
-            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-            _ => None,
-        }));
-    }
-    if !certs.is_empty() {
-        let tls = ureq::tls::TlsConfig::builder()
-            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
-            .build();
-        cfg = cfg.tls_config(tls);
+    let roots = trust_roots(ca_file).map_err(|why| {
+        Error::usage(
+            format!(
+                "ca_file {} is not usable: {why}",
+                ca_file.map(|p| p.display().to_string()).unwrap_or_default()
+            ),
+            "ca_file must be a readable PEM file with one or more CERTIFICATE blocks",
+        )
+    })?;
+    if let Some(roots) = roots {
+        cfg = cfg.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build());
     }
     Ok(cfg.build().into())
 }
