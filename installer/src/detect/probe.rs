@@ -557,7 +557,7 @@ mod tests {
                     polkit: None,
                     container: Some("docker"),
                     warnings: &[
-                        "running inside a container (docker): the service only survives a restart if the container's own systemd runs it",
+                        "running inside a container (docker): outpost installs into the container's own systemd, so the service lives and dies with the container",
                         "polkit not found: the service user cannot restart outpost.service without sudo",
                     ],
                     unsupported: Some("outpost needs systemd as PID 1; found Alpine Linux 3.20.3 (OpenRC). supported: Debian 12/13, Ubuntu 22.04/24.04, Raspberry Pi OS, DietPi, other systemd distros (untested)"),
@@ -567,7 +567,7 @@ mod tests {
             (
                 "nspawn container with systemd",
                 Fake::booted("debian-12", 0).file("/run/systemd/container", "systemd-nspawn\n"),
-                Want { container: Some("systemd-nspawn"), warnings: &["running inside a container (systemd-nspawn): the service only survives a restart if the container's own systemd runs it"], ..base.clone() },
+                Want { container: Some("systemd-nspawn"), warnings: &["running inside a container (systemd-nspawn): outpost installs into the container's own systemd, so the service lives and dies with the container"], ..base.clone() },
             ),
             (
                 "systemd in comm but not booted",
