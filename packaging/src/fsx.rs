@@ -1,10 +1,7 @@
 //! Atomic, durable writes: temp file in the same directory, fsync, rename, fsync of the
 //! directory. A reader sees the old file or the new one, never half of one.
 use crate::error::{Error, Result};
-use fs_err::os::unix::fs::OpenOptionsExt;
 use sha2::{Digest, Sha256};
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// A unique hidden name next to `path` for a temp file or directory.
@@ -20,22 +17,16 @@ pub(crate) fn tmp_name(path: &Path, tag: &str) -> PathBuf {
     path.with_file_name(format!(".{name}.{tag}-{}-{nanos}", std::process::id()))
 }
 
-pub(crate) fn parent(path: &Path) -> &Path {
-    path.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-}
+pub(crate) use crate::atomic::parent;
 
 /// fsync a directory so renames inside it are durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
-    fs_err::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io("sync directory", dir, e))
+    crate::atomic::fsync_dir(dir).map_err(|e| Error::io("sync directory", dir, e))
 }
 
 /// Write `contents` to `path` atomically with `mode`.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    write_atomic_with(path, mode, |f| f.write_all(contents))
+    crate::atomic::write_atomic(path, contents, mode, None).map_err(|e| Error::io("write", path, e))
 }
 
 /// Create `path` atomically with `mode`, its contents written by `fill`.
@@ -44,26 +35,8 @@ pub fn write_atomic_with(
     mode: u32,
     fill: impl FnOnce(&mut fs_err::File) -> std::io::Result<()>,
 ) -> Result<()> {
-    let tmp = tmp_name(path, "outpost-tmp");
-    let result = (|| {
-        let mut f = fs_err::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        fill(&mut f)?;
-        // The umask may have narrowed the mode given to open(2).
-        f.file()
-            .set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.sync_all()?;
-        drop(f);
-        fs_err::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp); // best effort: the temp file is ours
-        return Err(Error::io("write", path, e));
-    }
-    fsync_dir(parent(path))
+    crate::atomic::write_atomic_with(path, mode, None, fill)
+        .map_err(|e| Error::io("write", path, e))
 }
 
 /// Create a directory and its missing parents (mode 0755).
@@ -71,9 +44,7 @@ pub fn create_dir_all(path: &Path) -> Result<()> {
     fs_err::create_dir_all(path).map_err(|e| Error::io("create directory", path, e))
 }
 
-pub fn sha256_bytes(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
-}
+pub use crate::atomic::sha256_bytes;
 
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut f = fs_err::File::open(path).map_err(|e| Error::io("open", path, e))?;
@@ -85,6 +56,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::os::unix::fs::MetadataExt;
 
     #[test]

@@ -5,6 +5,7 @@
 //! the `tools` feature that only the `outpost-release` packager enables.
 //! The format is a public contract: docs/RELEASES.md.
 
+pub mod atomic;
 mod b64;
 pub mod bundle;
 pub mod cloudinit;

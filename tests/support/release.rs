@@ -97,7 +97,20 @@ impl Release {
 
     /// Build, sign and publish `versions` (from the test builds); `channel` moves to the newest.
     pub fn publish(&self, versions: &[&str], channel: &str) -> &Release {
+        self.publish_inner(versions, channel, None)
+    }
+
+    /// Like `publish`, with `--base-url url` baked into install.sh (e2e_release: the one-liner
+    /// needs to know where it was served from).
+    pub fn publish_with_base_url(&self, versions: &[&str], channel: &str, url: &str) -> &Release {
+        self.publish_inner(versions, channel, Some(url))
+    }
+
+    fn publish_inner(&self, versions: &[&str], channel: &str, base_url: Option<&str>) -> &Release {
+        let build = self.build.to_str().unwrap();
+        let key = self.key.to_str().unwrap();
         for v in versions {
+            let binary = bin(v);
             run(&[
                 "build",
                 "--version",
@@ -105,28 +118,27 @@ impl Release {
                 "--target",
                 TARGET,
                 "--binary",
-                bin(v).to_str().unwrap(),
+                binary.to_str().unwrap(),
                 "--out",
-                self.build.to_str().unwrap(),
+                build,
             ]);
         }
-        run(&[
-            "sign",
-            "--key",
-            self.key.to_str().unwrap(),
-            self.build.to_str().unwrap(),
-        ]);
-        run(&[
+        run(&["sign", "--key", key, build]);
+        let mut args = vec![
             "publish",
             "--from",
-            self.build.to_str().unwrap(),
+            build,
             "--to",
             self.root.to_str().unwrap(),
             "--key",
-            self.key.to_str().unwrap(),
+            key,
             "--channel",
             channel,
-        ]);
+        ];
+        if let Some(url) = base_url {
+            args.extend(["--base-url", url]);
+        }
+        run(&args);
         self
     }
 
@@ -147,44 +159,4 @@ impl Drop for Release {
 /// The `[release]` + `[upgrade]` config for a release root at `url`.
 pub fn config(url: &str, pubkey: &str, soak_secs: u64) -> String {
     format!("[release]\nurl = \"{url}\"\npublic_keys = [\"{pubkey}\"]\n\n[upgrade]\nsoak_secs = {soak_secs}\n")
-}
-
-impl Release {
-    /// Like `publish`, with `--base-url url` baked into install.sh (e2e_release: the one-liner
-    /// needs to know where it was served from).
-    pub fn publish_with_base_url(&self, versions: &[&str], channel: &str, url: &str) -> &Release {
-        for v in versions {
-            run(&[
-                "build",
-                "--version",
-                v,
-                "--target",
-                TARGET,
-                "--binary",
-                bin(v).to_str().unwrap(),
-                "--out",
-                self.build.to_str().unwrap(),
-            ]);
-        }
-        run(&[
-            "sign",
-            "--key",
-            self.key.to_str().unwrap(),
-            self.build.to_str().unwrap(),
-        ]);
-        run(&[
-            "publish",
-            "--from",
-            self.build.to_str().unwrap(),
-            "--to",
-            self.root.to_str().unwrap(),
-            "--key",
-            self.key.to_str().unwrap(),
-            "--channel",
-            channel,
-            "--base-url",
-            url,
-        ]);
-        self
-    }
 }

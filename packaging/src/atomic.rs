@@ -1,0 +1,211 @@
+//! Atomic, durable filesystem writes: temp file in the same directory, fsync, rename,
+//! fsync of the directory. Every write outpost makes goes through here — the installer
+//! (`outpost_installer::fsx` re-exports this module), the agent and the release tools.
+use fs_err::os::unix::fs::OpenOptionsExt;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Owner to give a new file or directory (`None`: whoever runs outpost).
+pub type Owner = Option<(u32, u32)>;
+
+fn tmp_name(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    path.with_file_name(format!(
+        ".{name}.outpost-tmp-{}-{nanos}",
+        std::process::id()
+    ))
+}
+
+/// The directory of `path` (`.` for a bare name).
+pub fn parent(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// fsync a directory so a rename inside it is durable.
+pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    fs_err::File::open(dir)?.sync_all()
+}
+
+fn chown(path: &Path, owner: Owner) -> std::io::Result<()> {
+    if let Some((uid, gid)) = owner {
+        // SAFETY-free: rustix wraps fchownat; the ids come from the passwd database.
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            path,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| {
+            std::io::Error::new(
+                std::io::Error::from(e).kind(),
+                format!("cannot chown {}: {e}", path.display()),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Write `contents` to `path` atomically with `mode` (and owner).
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32, owner: Owner) -> std::io::Result<()> {
+    write_atomic_with(path, mode, owner, |f| f.write_all(contents))
+}
+
+/// Create `path` atomically with `mode` (and owner), its contents written by `fill`.
+pub fn write_atomic_with(
+    path: &Path,
+    mode: u32,
+    owner: Owner,
+    fill: impl FnOnce(&mut fs_err::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let tmp = tmp_name(path);
+    let result = (|| {
+        let mut f = fs_err::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        fill(&mut f)?;
+        // The umask may have narrowed the mode given to open(2).
+        f.file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))?;
+        chown(&tmp, owner)?;
+        f.sync_all()?;
+        drop(f);
+        fs_err::rename(&tmp, path)?;
+        fsync_dir(parent(path))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp); // best effort: the temp file is ours
+    }
+    result
+}
+
+/// Point the symlink `link` at `target`, atomically replacing whatever `link` was.
+pub fn symlink_atomic(target: &Path, link: &Path) -> std::io::Result<()> {
+    let tmp = tmp_name(link);
+    let result = (|| {
+        std::os::unix::fs::symlink(target, &tmp).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot create symlink {}: {e}", tmp.display()),
+            )
+        })?;
+        fs_err::rename(&tmp, link)?;
+        fsync_dir(parent(link))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp); // best effort: the temp link is ours
+    }
+    result
+}
+
+/// Create `path` and missing parents with `mode`; returns the directories it created,
+/// outermost first.
+pub fn create_dirs(path: &Path, mode: u32, owner: Owner) -> std::io::Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut cur = Some(path);
+    while let Some(p) = cur {
+        if p.as_os_str().is_empty() || p.exists() {
+            break;
+        }
+        missing.push(p.to_path_buf());
+        cur = p.parent();
+    }
+    missing.reverse();
+    for d in &missing {
+        fs_err::create_dir(d)?;
+        fs_err::set_permissions(d, std::fs::Permissions::from_mode(mode))?;
+        chown(d, owner)?;
+        fsync_dir(parent(d))?;
+    }
+    Ok(missing)
+}
+
+/// Set mode and owner of an existing path.
+pub fn set_mode_owner(path: &Path, mode: u32, owner: Owner) -> std::io::Result<()> {
+    fs_err::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    chown(path, owner)
+}
+
+pub fn sha256_bytes(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = fs_err::File::open(path)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Remove a file or symlink and fsync its directory; a missing path is not an error.
+pub fn remove_file(path: &Path) -> std::io::Result<bool> {
+    match fs_err::remove_file(path) {
+        Ok(()) => {
+            fsync_dir(parent(path))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn atomic_write_sets_mode_and_replaces() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("secret.env");
+        write_atomic(&p, b"a", 0o600, None).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+        write_atomic(&p, b"bb", 0o644, None).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"bb");
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o644);
+        // no temp files left behind
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn symlink_replaces_atomically() {
+        let d = tempfile::tempdir().unwrap();
+        let l = d.path().join("current");
+        symlink_atomic(Path::new("versions/1.0.0"), &l).unwrap();
+        symlink_atomic(Path::new("versions/1.1.0"), &l).unwrap();
+        assert_eq!(std::fs::read_link(&l).unwrap(), Path::new("versions/1.1.0"));
+    }
+
+    #[test]
+    fn create_dirs_reports_only_new() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a/b/c");
+        let made = create_dirs(&p, 0o755, None).unwrap();
+        assert_eq!(
+            made,
+            vec![d.path().join("a"), d.path().join("a/b"), p.clone()]
+        );
+        assert!(create_dirs(&p, 0o755, None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn sha256_known_value() {
+        assert_eq!(
+            sha256_bytes(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}
