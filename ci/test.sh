@@ -14,6 +14,7 @@ main() {
   cargo fmt --all -- --check
   shellcheck -x ci/*.sh
   shellcheck -s sh scripts/install.sh
+  cargo clippy --workspace --all-targets --locked -- -D warnings
   local bin variants site status=0 log
   phase "static release binary (x86_64)"
   bin=$(bash ci/build-release.sh)

@@ -4,6 +4,7 @@
 //!   (Type=notify: after READY), from systemd's own monotonic timestamps;
 //! * total upgrade time (the upgrader's `total_ms`, without the configured soak);
 //! * rollback time: health failure → old version active and READY (`restored_ms`).
+//!
 //! Figures go to stdout and target/bench/upgrade.json; docs/PERFORMANCE.md records them.
 mod support;
 
@@ -28,8 +29,7 @@ fn last_event(c: &Container, kind: &str) -> serde_json::Value {
     let out = c.must_sh("outpost events --json");
     out.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["kind"] == kind)
-        .last()
+        .rfind(|e| e["kind"] == kind)
         .unwrap_or_else(|| panic!("no {kind} event"))
 }
 

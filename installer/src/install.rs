@@ -243,18 +243,18 @@ fn service_user(
     })
 }
 
-/// Everything install decides before touching anything. Shared with `--dry-run`.
-pub fn prepare(
-    args: &InstallArgs,
-    probe: &dyn Probe,
-    host: &dyn Host,
-) -> Result<(
+/// What [`prepare`] decided: detection, the plan, the previous receipt, the caller's euid,
+/// and the verified binary (kept alive until the install is done).
+pub type Prepared = (
     Detection,
     InstallPlan,
     Option<Receipt>,
     u32,
     Option<VerifiedBinary>,
-)> {
+);
+
+/// Everything install decides before touching anything. Shared with `--dry-run`.
+pub fn prepare(args: &InstallArgs, probe: &dyn Probe, host: &dyn Host) -> Result<Prepared> {
     let det = detect::probe::detect(probe);
     if let Some(reason) = &det.unsupported {
         return Err(Error::failed(

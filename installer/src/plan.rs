@@ -555,13 +555,13 @@ pub fn plan_install(inp: &InstallInputs, obs: &Observed) -> InstallPlan {
     ));
     items.push(dir_item(obs, &l.state_dir, 0o750, svc_owner, Role::State));
 
-    if inp.hub_url.is_some() && matches!(obs.get(&l.config_file), Some(_)) {
+    if inp.hub_url.is_some() && obs.get(&l.config_file).is_some() {
         warnings.push(format!(
             "{} exists and is kept as it is: set [hub] url there if it should change",
             l.config_file.display()
         ));
     }
-    if inp.enroll_key.is_some() && matches!(obs.get(&l.env_file), Some(_)) {
+    if inp.enroll_key.is_some() && obs.get(&l.env_file).is_some() {
         warnings.push(format!(
             "{} exists and is kept as it is: the new enrollment key was not written (edit the file to replace it)",
             l.env_file.display()
@@ -726,7 +726,9 @@ pub fn plan_uninstall(
     dir_has_foreign: &dyn Fn(&Path, &[PathBuf]) -> bool,
 ) -> UninstallPlan {
     let mut removals: Vec<Removal> = Vec::new();
-    let mut entries: Vec<(PathBuf, Kind, Role, Option<String>, Option<PathBuf>)> = receipt
+    // (path, kind, role, recorded sha256, recorded symlink target)
+    type Recorded = (PathBuf, Kind, Role, Option<String>, Option<PathBuf>);
+    let mut entries: Vec<Recorded> = receipt
         .entries
         .iter()
         .map(|e| {

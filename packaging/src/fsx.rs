@@ -53,6 +53,12 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// Read a whole file; the error names the path.
+#[cfg_attr(not(feature = "tools"), allow(dead_code))]
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
+    fs_err::read(path).map_err(|e| Error::io("read", path, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,10 +99,4 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
-}
-
-/// Read a whole file; the error names the path.
-#[cfg_attr(not(feature = "tools"), allow(dead_code))]
-pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
-    fs_err::read(path).map_err(|e| Error::io("read", path, e))
 }
