@@ -13,7 +13,7 @@ main() {
   phase "lint"
   cargo fmt --all -- --check
   shellcheck -x ci/*.sh
-  shellcheck -s sh scripts/install.sh
+  shellcheck -s sh scripts/install.sh cloud-init/bootstrap.sh
   cargo clippy --workspace --all-targets --locked -- -D warnings
   local bin variants site status=0 log
   phase "static release binary (x86_64)"
