@@ -15,7 +15,7 @@ use support::tls::{hub_bin, Hub, TestCa};
 use support::{require_testbed, Container, Output};
 
 /// The admin token `support::tls::Hub` starts the hub with.
-const ADMIN_TOKEN: &str = "e2e-release-admin-token-0123456789";
+use support::hub::ADMIN_TOKEN;
 const SEED: &str = "/var/lib/cloud/seed/nocloud";
 
 fn hub_cli(hub: &Hub, args: &[&str]) -> Output {
@@ -136,7 +136,7 @@ fn e2e_cloud_init_enrolls_a_new_host_once() {
     let ca = TestCa::new("ci-enroll");
     let rel = Release::new("ci-enroll");
     rel.publish(&["1.0.0", "1.1.0"], "stable");
-    let hub = Hub::start(&ca, &rel.root);
+    let hub = Hub::start_tls(&ca, &rel.root);
     let ca_file = ca.ca_cert.to_str().unwrap();
 
     // the hub mints the key and pins the channel's version from the signed manifest
@@ -229,7 +229,7 @@ fn e2e_cloud_init_wrong_sha256_fails_loudly_and_installs_nothing() {
     let ca = TestCa::new("ci-badsha");
     let rel = Release::new("ci-badsha");
     rel.publish(&["1.0.0", "1.1.0"], "stable");
-    let hub = Hub::start(&ca, &rel.root);
+    let hub = Hub::start_tls(&ca, &rel.root);
     let ca_file = ca.ca_cert.to_str().unwrap();
     let o = hub_cli(
         &hub,
@@ -320,7 +320,7 @@ fn e2e_cloud_init_user_mode() {
     let ca = TestCa::new("ci-user");
     let rel = Release::new("ci-user");
     rel.publish(&["1.0.0", "1.1.0"], "stable");
-    let hub = Hub::start(&ca, &rel.root);
+    let hub = Hub::start_tls(&ca, &rel.root);
     let o = hub_cli(
         &hub,
         &[

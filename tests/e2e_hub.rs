@@ -149,14 +149,16 @@ fn e2e_agent_and_hub() {
     );
     hub.start_again();
     let back = Instant::now();
-    hub.wait_agents(3 + 2, |a| {
+    // one interval (3 s) + slack for a loaded 2-core machine (process start, scheduling)
+    hub.wait_agents(3 + 4, |a| {
         a.iter()
             .any(|x| x["id"] == id2.as_str() && x["status"] == "online")
     })
     .unwrap_or_else(|| {
         panic!(
-            "agent not back online within one interval: {:?}",
-            hub.agents()
+            "agent not back online within one interval: {:?}\n{}",
+            hub.agents(),
+            c.sh("cat /var/lib/outpost/heartbeat.json; journalctl -u outpost --no-pager -n 60 -o short-monotonic | grep -v hint:; date +%T.%N").stdout
         )
     });
     eprintln!(

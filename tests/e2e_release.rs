@@ -156,7 +156,7 @@ fn e2e_one_liner_lifecycle() {
     };
     let rel = Release::new("lifecycle");
     std::fs::create_dir_all(&rel.root).unwrap();
-    let hub = Hub::start(&ca, &rel.root);
+    let hub = Hub::start_tls(&ca, &rel.root);
     rel.publish_with_base_url(&["1.0.0", "1.1.0"], "stable", &hub.url);
     let url = hub.url.clone();
     let script = std::fs::read(rel.root.join("install.sh")).unwrap();
@@ -297,7 +297,7 @@ fn e2e_one_liner_refuses_tampered_releases() {
         return;
     };
     let served = tmp_dir("served");
-    let hub = Hub::start(&ca, &served);
+    let hub = Hub::start_tls(&ca, &served);
     let url = hub.url.clone();
     let rel = Release::new("tamper");
     rel.publish_with_base_url(&["1.0.0", "1.1.0"], "stable", &url);

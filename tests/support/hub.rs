@@ -16,6 +16,10 @@ pub struct Hub {
     port: u16,
     dir: PathBuf,
     interval: u64,
+    /// Release root it serves.
+    pub releases: PathBuf,
+    /// (certificate chain, key) when serving https.
+    tls: Option<(PathBuf, PathBuf)>,
     pub log: Arc<Mutex<String>>,
 }
 
@@ -27,33 +31,60 @@ fn free_port() -> u16 {
 impl Hub {
     /// Start a hub with heartbeat interval `interval` seconds and an empty release dir.
     pub fn start(name: &str, interval: u64) -> Hub {
+        Hub::start_with(name, interval, None, None)
+    }
+
+    /// A hub serving `releases` (default: an empty dir), over https with `tls` = (cert, key).
+    pub fn start_with(
+        name: &str,
+        interval: u64,
+        releases: Option<&std::path::Path>,
+        tls: Option<(PathBuf, PathBuf)>,
+    ) -> Hub {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir =
-            std::env::temp_dir().join(format!("outpost-e2e-hub-{name}-{}", std::process::id()));
+            std::env::temp_dir().join(format!("outpost-e2e-hub-{name}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("releases")).unwrap();
         let port = free_port();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let releases = releases
+            .map(|p| p.to_path_buf())
+            .unwrap_or_else(|| dir.join("releases"));
         let mut hub = Hub {
             child: None,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             port,
             dir,
             interval,
+            releases,
+            tls,
             log: Default::default(),
         };
         hub.start_again();
         hub
     }
 
+    /// What the hub wrote on stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
     /// (Re)start on the same port and database.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "hub already running");
-        let mut child = Command::new(super::tls::hub_bin())
-            .arg("serve")
+        let mut cmd = Command::new(super::tls::hub_bin());
+        cmd.arg("serve");
+        if let Some((cert, key)) = &self.tls {
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
+        let mut child = cmd
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .arg("--db")
             .arg(self.dir.join("hub.db"))
             .arg("--releases")
-            .arg(self.dir.join("releases"))
+            .arg(&self.releases)
             .args(["--heartbeat-interval", &self.interval.to_string()])
             .env("OUTPOST_HUB_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdin(Stdio::null())

@@ -9,12 +9,9 @@
 //! ```
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -191,104 +188,28 @@ pub fn hub_bin() -> PathBuf {
         .clone()
 }
 
-/// A running `outpost-hub serve` over HTTPS; killed on drop.
-pub struct Hub {
-    child: Child,
-    pub url: String,
-    pub releases: PathBuf,
-    db_dir: PathBuf,
-    log: std::sync::Arc<Mutex<String>>,
-}
+/// A running `outpost-hub serve` over HTTPS with the CA's server certificate, serving
+/// `releases`; killed on drop (see [`super::hub::Hub`]).
+pub type Hub = super::hub::Hub;
 
-impl Hub {
-    /// Serve `releases` (an existing directory, read on every request) over HTTPS with the
-    /// CA's server certificate, on a free port of 127.0.0.1.
-    pub fn start(ca: &TestCa, releases: &Path) -> Hub {
-        let db_dir = tempfile::Builder::new()
-            .prefix("outpost-e2e-hubdb-")
-            .tempdir()
-            .expect("temp dir")
-            .keep();
-        let mut child = Command::new(hub_bin())
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .arg("--db")
-            .arg(db_dir.join("hub.db"))
-            .arg("--releases")
-            .arg(releases)
-            .arg("--tls-cert")
-            .arg(&ca.server_cert)
-            .arg("--tls-key")
-            .arg(&ca.server_key)
-            .env(
-                "OUTPOST_HUB_ADMIN_TOKEN",
-                "e2e-release-admin-token-0123456789",
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", hub_bin().display()));
-        let log = std::sync::Arc::new(Mutex::new(String::new()));
-        {
-            let log = log.clone();
-            let mut err = child.stderr.take().unwrap();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = err.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    log.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Some(Ok(line)) = lines.next() {
-                if let Some(url) = line.strip_prefix("outpost-hub listening on ") {
-                    let _ = tx.send(url.trim().to_string());
-                }
-            }
-        });
-        let url = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(u) => u,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "outpost-hub did not print its address within 30 s:\n{}",
-                    log.lock().unwrap()
-                );
-            }
-        };
-        assert!(
-            url.starts_with("https://127.0.0.1:"),
-            "unexpected hub URL {url}"
+impl super::hub::Hub {
+    /// Serve `releases` (read on every request) over HTTPS on a free port of 127.0.0.1.
+    pub fn start_tls(ca: &TestCa, releases: &Path) -> Hub {
+        let name = releases
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let hub = super::hub::Hub::start_with(
+            &format!("tls-{name}"),
+            30,
+            Some(releases),
+            Some((ca.server_cert.clone(), ca.server_key.clone())),
         );
-        Hub {
-            child,
-            url,
-            releases: releases.to_path_buf(),
-            db_dir,
-            log,
-        }
-    }
-
-    /// What the hub wrote on stderr so far.
-    pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.db_dir);
+        assert!(
+            hub.url.starts_with("https://127.0.0.1:"),
+            "unexpected hub URL {}",
+            hub.url
+        );
+        hub
     }
 }
