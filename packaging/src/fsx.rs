@@ -61,21 +61,9 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    // Mode, replacement and sha256 are tested in `crate::atomic`; this is the wrapper's error path.
     use super::*;
     use std::io::Write;
-    use std::os::unix::fs::MetadataExt;
-
-    #[test]
-    fn atomic_write_sets_mode_replaces_and_leaves_no_temp() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("manifest.json");
-        write_atomic(&p, b"a", 0o600).unwrap();
-        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
-        write_atomic(&p, b"bb", 0o644).unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"bb");
-        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o644);
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
-    }
 
     #[test]
     fn failed_fill_keeps_old_file_and_removes_temp() {
@@ -90,13 +78,5 @@ mod tests {
         assert!(err.to_string().contains("disk full"), "{err}");
         assert_eq!(std::fs::read(&p).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn sha256_known_value() {
-        assert_eq!(
-            sha256_bytes(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
     }
 }
