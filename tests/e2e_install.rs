@@ -5,6 +5,8 @@
 //! Skips loudly without root/nspawn; fails instead of skipping when CI is set.
 mod support;
 
+use support::{assert_same_files, LISTING};
+
 use support::{require_testbed, Container};
 
 /// Where the binary under test is copied inside the container.
@@ -21,23 +23,6 @@ fn boot(name: &str) -> Option<Container> {
     c.cp_in(binary(), BIN);
     c.must_sh(&format!("chmod 0755 {BIN}"));
     Some(c)
-}
-
-/// Files an install could touch, for before/after comparisons.
-const LISTING: &str =
-    "find /etc /opt /usr/local /home /var/lib/outpost /var/lib/systemd/linger -xdev 2>/dev/null \
-     | grep -v -e '^/etc/ld.so.cache' -e '/.sudo_as_admin_successful$' | sort";
-
-/// Assert two listings are equal, showing only the difference.
-fn assert_same_files(before: &str, after: &str, what: &str) {
-    let b: std::collections::BTreeSet<&str> = before.lines().collect();
-    let a: std::collections::BTreeSet<&str> = after.lines().collect();
-    let added: Vec<_> = a.difference(&b).collect();
-    let removed: Vec<_> = b.difference(&a).collect();
-    assert!(
-        added.is_empty() && removed.is_empty(),
-        "{what}: added {added:?}, removed {removed:?}"
-    );
 }
 
 fn active(c: &Container, unit_scope: &str) -> String {

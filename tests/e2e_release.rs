@@ -9,6 +9,8 @@
 //! Skips loudly without root/nspawn; fails instead of skipping when CI is set.
 mod support;
 
+use support::{assert_same_files, LISTING};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -18,21 +20,6 @@ use support::{require_testbed, Container, Output};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Files an install could touch, for before/after comparisons.
-const LISTING: &str = "find /etc /opt /usr/local /home /var/lib/outpost /var/lib/systemd/linger \
-     -xdev 2>/dev/null | grep -v -e '^/etc/ld.so.cache' -e '/.sudo_as_admin_successful$' | sort";
-
-fn assert_same_files(before: &str, after: &str, what: &str) {
-    let b: std::collections::BTreeSet<&str> = before.lines().collect();
-    let a: std::collections::BTreeSet<&str> = after.lines().collect();
-    let added: Vec<_> = a.difference(&b).collect();
-    let removed: Vec<_> = b.difference(&a).collect();
-    assert!(
-        added.is_empty() && removed.is_empty(),
-        "{what}: added {added:?}, removed {removed:?}"
-    );
 }
 
 /// A booted container that trusts the test CA.

@@ -465,3 +465,20 @@ impl Drop for Container {
         }
     }
 }
+
+/// Files an install could touch (run in a container), for before/after comparisons.
+pub const LISTING: &str =
+    "find /etc /opt /usr/local /home /var/lib/outpost /var/lib/systemd/linger \
+     -xdev 2>/dev/null | grep -v -e '^/etc/ld.so.cache' -e '/.sudo_as_admin_successful$' | sort";
+
+/// Assert two listings are equal, showing only the difference.
+pub fn assert_same_files(before: &str, after: &str, what: &str) {
+    let b: std::collections::BTreeSet<&str> = before.lines().collect();
+    let a: std::collections::BTreeSet<&str> = after.lines().collect();
+    let added: Vec<_> = a.difference(&b).collect();
+    let removed: Vec<_> = b.difference(&a).collect();
+    assert!(
+        added.is_empty() && removed.is_empty(),
+        "{what}: added {added:?}, removed {removed:?}"
+    );
+}
