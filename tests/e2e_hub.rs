@@ -128,12 +128,18 @@ fn e2e_agent_and_hub() {
     // within one interval of the hub's return; the hub restart keeps its identity
     let key2 = hub.mint_key();
     assert!(install_with_key(&c, &hub, &key2).success());
+    // The purged first agent stays "online" for up to two intervals: pick the new one.
     let agents = hub
-        .wait_agents(5, |a| a.iter().any(|x| x["status"] == "online"))
-        .expect("online");
-    let id2 = agents.iter().find(|x| x["status"] == "online").unwrap()["id"]
-        .as_str()
-        .unwrap()
+        .wait_agents(5, |a| {
+            a.iter()
+                .any(|x| x["id"] != id.as_str() && x["status"] == "online")
+        })
+        .expect("re-enrolled agent online");
+    let id2 = agents
+        .iter()
+        .find(|x| x["id"] != id.as_str() && x["status"] == "online")
+        .and_then(|x| x["id"].as_str())
+        .expect("agent id")
         .to_string();
     hub.stop();
     std::thread::sleep(Duration::from_secs(8));
@@ -149,22 +155,47 @@ fn e2e_agent_and_hub() {
     );
     hub.start_again();
     let back = Instant::now();
-    // Recovery must happen; the "within one interval" target of issue 5 is not met reliably yet
-    // (seen at 6-10 s with a 3 s interval on a loaded 2-core machine): the figure is printed
-    // below and the bound here only proves the agent comes back by itself.
-    hub.wait_agents(60, |a| {
+    // One interval, measured by the agent: from just before the hub process was spawned to
+    // the agent's "hub reachable again" line (journal wall-clock time; the container shares
+    // the kernel's clock), so neither hub start-up nor this test's polling is excused.
+    let interval = Duration::from_secs(3);
+    let line = c
+        .sh("for i in $(seq 1 200); do journalctl -u outpost -o short-unix --no-pager | grep 'hub reachable again' | tail -1 | grep . && exit 0; sleep 0.1; done; exit 1")
+        .stdout;
+    let agent_back: f64 = line
+        .split_whitespace()
+        .next()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "agent never reached the returned hub: {line:?}\n{}",
+                c.sh("cat /var/lib/outpost/heartbeat.json; journalctl -u outpost --no-pager -n 60 -o short-unix | grep -v hint:").stdout
+            )
+        });
+    let hub_back = hub
+        .spawned_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let delay = Duration::from_secs_f64((agent_back - hub_back).max(0.0));
+    eprintln!(
+        "agent reached the hub {} ms after the hub process was started",
+        delay.as_millis()
+    );
+    assert!(
+        delay <= interval,
+        "agent reached the returned hub after {delay:?}, more than one interval ({interval:?}):\n{}",
+        c.sh("journalctl -u outpost --no-pager -n 30 -o short-unix | grep -v hint:").stdout
+    );
+    // ... and the hub lists it online again, with the same identity (the bound adds this
+    // test's polling of the hub CLI to the agent's one interval)
+    hub.wait_agents(interval.as_secs() + 2, |a| {
         a.iter()
             .any(|x| x["id"] == id2.as_str() && x["status"] == "online")
     })
-    .unwrap_or_else(|| {
-        panic!(
-            "agent not back online within one interval: {:?}\n{}",
-            hub.agents(),
-            c.sh("cat /var/lib/outpost/heartbeat.json; journalctl -u outpost --no-pager -n 60 -o short-monotonic | grep -v hint:; date +%T.%N").stdout
-        )
-    });
+    .unwrap_or_else(|| panic!("agent not listed online again: {:?}", hub.agents()));
     eprintln!(
-        "agent back online {} ms after the hub returned",
+        "hub lists the agent online {} ms after it returned",
         back.elapsed().as_millis()
     );
 

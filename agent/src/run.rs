@@ -189,6 +189,18 @@ pub fn backoff_delay(failures: u32, rand01: f64) -> Duration {
         .max(Duration::from_millis(50))
 }
 
+/// Share of the heartbeat interval that a retry never exceeds (see [`retry_delay`]).
+const RETRY_SHARE_OF_INTERVAL: f64 = 0.8;
+
+/// Delay before the next attempt after `failures` failed ones: [`backoff_delay`], but never
+/// longer than 80 % of the heartbeat interval. A hub that comes back is then reached within
+/// 0.8 interval, which leaves the rest of the interval for the exchange itself: the hub sees
+/// every agent again within one interval of its return (issue 5), while retries against a hub
+/// that stays away still back off from 50 ms up to that ceiling with full jitter.
+pub fn retry_delay(failures: u32, interval: Duration, rand01: f64) -> Duration {
+    backoff_delay(failures, rand01).min(interval.mul_f64(RETRY_SHARE_OF_INTERVAL))
+}
+
 /// `interval` ±10 %, per the protocol.
 pub fn jittered(interval: Duration, rand01: f64) -> Duration {
     interval.mul_f64(0.9 + 0.2 * rand01.clamp(0.0, 1.0))
@@ -714,11 +726,10 @@ impl<'a> Loop<'a> {
 
     fn schedule_failure(&mut self) -> Duration {
         self.failures = self.failures.saturating_add(1);
-        // Exponential with full jitter, but never longer than one heartbeat interval: retries
-        // are then never more frequent than the backoff schedule allows, and an agent is back
-        // online within one interval of the hub's return (the 5 min cap applies to longer
-        // intervals).
-        let d = backoff_delay(self.failures, fastrand::f64()).min(self.interval);
+        // Exponential with full jitter, capped below one heartbeat interval so an agent is
+        // back online within one interval of the hub's return (the 5 min cap applies to
+        // longer intervals).
+        let d = retry_delay(self.failures, self.interval, fastrand::f64());
         self.next_due = Some(Instant::now() + d);
         d
     }
@@ -912,6 +923,30 @@ mod tests {
                     "{n}: {d:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn retry_delay_stays_below_one_interval() {
+        // (failures, interval s, rand, expected ms)
+        let cases: &[(u32, u64, f64, u64)] = &[
+            (1, 30, 1.0, 1000),      // early retries follow the backoff
+            (4, 30, 1.0, 8000),      // still below 0.8 × 30 s
+            (6, 30, 1.0, 24_000),    // 32 s capped to 0.8 interval
+            (30, 30, 1.0, 24_000),   // stays there while the hub is away
+            (30, 3, 1.0, 2400),      // short interval: short ceiling
+            (30, 3, 0.5, 2400),      // jitter draws below the interval ceiling still cap
+            (2, 3, 0.5, 1000),       // below the ceiling the draw is the backoff's
+            (30, 600, 1.0, 300_000), // long interval: the 5 min cap rules
+            (1, 3, 0.0, 50),         // never a busy loop
+        ];
+        for &(n, i, r, want) in cases {
+            let d = retry_delay(n, Duration::from_secs(i), r).as_millis() as u64;
+            assert_eq!(d, want, "failures {n} interval {i}s rand {r}");
+        }
+        for n in 1..40 {
+            let d = retry_delay(n, Duration::from_secs(3), fastrand::f64());
+            assert!(d <= Duration::from_millis(2400), "{n}: {d:?}");
         }
     }
 

@@ -21,6 +21,9 @@ pub struct Hub {
     /// (certificate chain, key) when serving https.
     tls: Option<(PathBuf, PathBuf)>,
     pub log: Arc<Mutex<String>>,
+    /// Wall-clock time just before the hub process was last spawned: no request can have
+    /// been served before it.
+    pub spawned_at: std::time::SystemTime,
 }
 
 fn free_port() -> u16 {
@@ -61,6 +64,7 @@ impl Hub {
             releases,
             tls,
             log: Default::default(),
+            spawned_at: std::time::UNIX_EPOCH,
         };
         hub.start_again();
         hub
@@ -74,6 +78,7 @@ impl Hub {
     /// (Re)start on the same port and database.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "hub already running");
+        self.spawned_at = std::time::SystemTime::now();
         let mut cmd = Command::new(super::tls::hub_bin());
         cmd.arg("serve");
         if let Some((cert, key)) = &self.tls {
