@@ -17,6 +17,8 @@ set -eu
 # Filled in by `outpost cloud-init render` (each line exactly once; see cloud-init/README.md).
 HUB_URL=""
 RELEASE_URL=""
+TARBALL_URL=""
+GITHUB_URL=""
 VERSION=""
 TARGET=""
 SHA256=""
@@ -118,7 +120,7 @@ fetch_and_verify() {
     name="outpost-$VERSION-$TARGET.tar.gz"
     tarball="$TMP_DIR/$name"
     say "downloading outpost $VERSION ($TARGET) from $RELEASE_URL"
-    download "$RELEASE_URL/v$VERSION/$name" "$tarball"
+    download "$TARBALL_URL" "$tarball"
     have=$(sha256_of "$tarball")
     [ "$have" = "$SHA256" ] || fail "checksum mismatch for $name: the user-data pins sha256 $SHA256, the download has $have" \
         "nothing was installed. If the release host serves the wrong file, report it to whoever runs it; if the user-data is stale, render it again ('outpost-hub keys create --cloud-init' or 'outpost cloud-init render') and rebuild this server with it"
@@ -133,6 +135,14 @@ fetch_and_verify() {
     tar -xzf "$tarball" -C "$TMP_DIR/unpacked" outpost || fail "cannot unpack $name" "the tarball is damaged; nothing was installed"
     BIN="$TMP_DIR/unpacked/outpost"
     [ -x "$BIN" ] || fail "$name holds no executable outpost binary" "report this to whoever runs the release host"
+}
+
+# A github: release source on GitHub Enterprise (or a test stand-in): outpost needs the base.
+export_github_url() {
+    if [ -n "$GITHUB_URL" ]; then
+        OUTPOST_GITHUB_URL=$GITHUB_URL
+        export OUTPOST_GITHUB_URL
+    fi
 }
 
 # wait_for FILE: up to ENROLL_WAIT_SECS for FILE to exist
@@ -159,6 +169,7 @@ install_system() {
         unset OUTPOST_ENROLL_KEY
         OUTPOST_RELEASE_URL=$RELEASE_URL OUTPOST_RELEASE_PUBKEYS=$PUBKEYS
         export OUTPOST_RELEASE_URL OUTPOST_RELEASE_PUBKEYS
+        export_github_url
         "$BIN" "$@"
     ) || fail "outpost install failed (see above)" "fix what it names and run this script again"
     # The agent runs as the service user and removes the key from the secrets file once it
@@ -202,6 +213,7 @@ install_user() {
         OUTPOST_ENROLL_KEY=$KEY OUTPOST_RELEASE_URL=$RELEASE_URL OUTPOST_RELEASE_PUBKEYS=$PUBKEYS
         export HOME USER LOGNAME XDG_RUNTIME_DIR DBUS_SESSION_BUS_ADDRESS OUTPOST_ENROLL_KEY \
             OUTPOST_RELEASE_URL OUTPOST_RELEASE_PUBKEYS
+        export_github_url
         set -- install --user --hub "$HUB_URL"
         if [ -n "$CA_FILE" ]; then set -- "$@" --ca-file "$CA_FILE"; fi
         exec setpriv --reuid="$uid" --regid="$gid" --init-groups "$BIN" "$@"

@@ -13,7 +13,10 @@
 # Settings (environment variables):
 #   OUTPOST_VERSION      exact version to install (default: the channel's current version)
 #   OUTPOST_CHANNEL      release channel when no version is given: stable (default) or beta
-#   OUTPOST_RELEASE_URL  release host base URL (default: where this script was published)
+#   OUTPOST_RELEASE_URL  release host base URL, or github:OWNER/REPO for GitHub Releases
+#                        (default: where this script was published)
+#   OUTPOST_GITHUB_URL   base URL for github: sources (default https://github.com; GitHub
+#                        Enterprise: https://ghe.example.com)
 #   OUTPOST_HUB_URL      control-plane URL written into a new config (outpost install --hub)
 #   OUTPOST_ENROLL_KEY   single-use enrollment key (secret; see above)
 #   OUTPOST_MODE         system (default when root) or user
@@ -163,10 +166,47 @@ download() {
     esac
 }
 
-release_url() {
-    url=${OUTPOST_RELEASE_URL:-$OUTPOST_EMBEDDED_RELEASE_URL}
-    [ -n "$url" ] || fail 2 "no release URL" "set OUTPOST_RELEASE_URL=https://your-release-host/path"
-    printf '%s' "${url%/}"
+# check_release_source: set RELEASE_SRC (an http(s)/file URL without a trailing slash, or
+# github:OWNER/REPO) and, for GitHub, GITHUB_BASE; refuse anything else.
+check_release_source() {
+    RELEASE_SRC=${OUTPOST_RELEASE_URL:-$OUTPOST_EMBEDDED_RELEASE_URL}
+    RELEASE_SRC=${RELEASE_SRC%/}
+    case "$RELEASE_SRC" in
+        "") fail 2 "no release URL" "set OUTPOST_RELEASE_URL=https://your-release-host/path or github:OWNER/REPO" ;;
+        https://?* | http://?* | file:///*) ;;
+        github:*)
+            repo=${RELEASE_SRC#github:}
+            case "$repo" in
+                */*/* | /* | */ | *[!A-Za-z0-9._/-]* | . | ./* | .. | ../* | */. | */..) fail 2 "invalid release source '$RELEASE_SRC'" "use github:OWNER/REPO (letters, digits, '-', '_', '.')" ;;
+                */*) ;;
+                *) fail 2 "invalid release source '$RELEASE_SRC'" "use github:OWNER/REPO (letters, digits, '-', '_', '.')" ;;
+            esac
+            GITHUB_BASE=${OUTPOST_GITHUB_URL:-https://github.com}
+            GITHUB_BASE=${GITHUB_BASE%/}
+            case "$GITHUB_BASE" in
+                https://?* | http://127.0.0.1 | http://127.0.0.1[:/]* | http://localhost | http://localhost[:/]* | "http://[::1]" | "http://[::1]"[:/]*) ;;
+                *) fail 2 "invalid OUTPOST_GITHUB_URL '$GITHUB_BASE'" "use an https:// URL such as https://ghe.example.com (http:// only on loopback)" ;;
+            esac
+            ;;
+        *) fail 2 "invalid release source '$RELEASE_SRC'" "use an https:// URL, a file:/// URL or github:OWNER/REPO" ;;
+    esac
+}
+
+# asset_url PATH: where PATH of the release-root layout (vV/FILE, channels/C, manifest.json)
+# is fetched from. GitHub Releases hold one release per tag vV; root files are assets of the
+# latest release, and channels/C is the asset channel-C (docs/RELEASES.md).
+asset_url() {
+    case "$RELEASE_SRC" in
+        github:*)
+            gh="$GITHUB_BASE/${RELEASE_SRC#github:}/releases"
+            case "$1" in
+                v*/*) printf '%s/download/%s/%s' "$gh" "${1%%/*}" "${1#*/}" ;;
+                channels/*) printf '%s/latest/download/channel-%s' "$gh" "${1#channels/}" ;;
+                *) printf '%s/latest/download/%s' "$gh" "$1" ;;
+            esac
+            ;;
+        *) printf '%s/%s' "$RELEASE_SRC" "$1" ;;
+    esac
 }
 
 resolve_version() {
@@ -174,7 +214,7 @@ resolve_version() {
         VERSION=$OUTPOST_VERSION
         return
     fi
-    download "$(release_url)/channels/$OUTPOST_CHANNEL" "$TMP_DIR/channel"
+    download "$(asset_url "channels/$OUTPOST_CHANNEL")" "$TMP_DIR/channel"
     VERSION=$(tr -d ' \t\r\n' <"$TMP_DIR/channel")
     case "$VERSION" in
         [0-9]*.[0-9]*.[0-9]*) ;;
@@ -255,15 +295,14 @@ fetch_release() {
             if [ -f "$f" ] && [ "$f" != "$TMP_DIR/$(basename "$f")" ]; then cp "$f" "$TMP_DIR/"; fi
         done
     else
-        base="$(release_url)/v$VERSION"
-        say "downloading outpost $VERSION for $TARGET"
-        download "$base/$name" "$TMP_DIR/$name"
+        say "downloading outpost $VERSION for $TARGET from $RELEASE_SRC"
+        download "$(asset_url "v$VERSION/$name")" "$TMP_DIR/$name"
         if command -v minisign >/dev/null 2>&1; then
-            download "$base/$name.minisig" "$TMP_DIR/$name.minisig"
-            if [ -z "$(embedded_sha256)" ]; then
-                download "$base/SHA256SUMS" "$TMP_DIR/SHA256SUMS"
-                download "$base/SHA256SUMS.minisig" "$TMP_DIR/SHA256SUMS.minisig"
-            fi
+            files="$name.minisig"
+            if [ -z "$(embedded_sha256)" ]; then files="$files SHA256SUMS SHA256SUMS.minisig"; fi
+            for f in $files; do
+                download "$(asset_url "v$VERSION/$f")" "$TMP_DIR/$f"
+            done
         fi
     fi
     verify_tarball "$TMP_DIR/$name" "$name"
@@ -318,9 +357,13 @@ run_install() {
     fi
     # outpost checks the signed manifest itself (against the keys embedded here, with its
     # replay guard) and that its own sha256 is the one published for its version and target.
-    OUTPOST_RELEASE_URL=$(release_url)
+    OUTPOST_RELEASE_URL=$RELEASE_SRC
     OUTPOST_RELEASE_PUBKEYS=$OUTPOST_EMBEDDED_PUBKEYS
     export OUTPOST_RELEASE_URL OUTPOST_RELEASE_PUBKEYS
+    if [ -n "${GITHUB_BASE:-}" ]; then
+        OUTPOST_GITHUB_URL=$GITHUB_BASE
+        export OUTPOST_GITHUB_URL
+    fi
     "$OUTPOST_BIN" "$@"
 }
 
@@ -331,6 +374,7 @@ main() {
         run_uninstall
         return
     fi
+    if [ -z "$ARG_BUNDLE" ]; then check_release_source; fi
     pick_downloader
     TMP_DIR=$(mktemp -d "${TMPDIR:-/tmp}/outpost-install.XXXXXX")
     trap cleanup EXIT

@@ -19,8 +19,13 @@ use support::hub::ADMIN_TOKEN;
 const SEED: &str = "/var/lib/cloud/seed/nocloud";
 
 fn hub_cli(hub: &Hub, args: &[&str]) -> Output {
+    hub_cli_env(hub, args, &[])
+}
+
+fn hub_cli_env(hub: &Hub, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(hub_bin())
         .args(args)
+        .envs(env.iter().copied())
         .env("OUTPOST_HUB_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("OUTPOST_HUB_URL", &hub.url)
         .env_remove("OUTPOST_RELEASE_PUBKEYS")
@@ -321,7 +326,10 @@ fn e2e_cloud_init_user_mode() {
     let rel = Release::new("ci-user");
     rel.publish(&["1.0.0", "1.1.0"], "stable");
     let hub = Hub::start_tls(&ca, &rel.root);
-    let o = hub_cli(
+    // the release comes from GitHub Releases (a stand-in on loopback, so the host is told its
+    // base URL the way a GitHub Enterprise one would be)
+    let gh = support::github::GitHub::serve(&rel.root);
+    let o = hub_cli_env(
         &hub,
         &[
             "keys",
@@ -331,13 +339,23 @@ fn e2e_cloud_init_user_mode() {
             "user",
             "--run-as",
             "alice",
+            "--release-url",
+            "github:o/r",
             "--release-pubkey",
             &rel.pubkey,
             "--ca-file",
             ca.ca_cert.to_str().unwrap(),
         ],
+        &[("OUTPOST_GITHUB_URL", &gh.url)],
     );
     assert!(o.success(), "{o:?}");
+    for want in [
+        "RELEASE_URL='github:o/r'".to_string(),
+        format!("GITHUB_URL='{}'", gh.url),
+    ] {
+        assert!(o.stdout.contains(&want), "user-data lacks {want}");
+    }
+    let before_boot = gh.requests().len();
     let key = key_of(&o.stdout);
     let Some(c) = arm("ci-user", &ca, &o.stdout) else {
         return;
@@ -354,6 +372,23 @@ fn e2e_cloud_init_user_mode() {
         "active"
     );
     one_online_agent(&c, &hub.url);
+    // the host fetched the tarball as a release asset, and outpost checked the signed manifest
+    // through the same source
+    let host_requests = gh.requests()[before_boot..].to_vec();
+    for want in [
+        format!(
+            "/o/r/releases/download/v1.1.0/outpost-1.1.0-{}.tar.gz",
+            support::release::TARGET
+        ),
+        "/o/r/releases/latest/download/manifest.json".to_string(),
+    ] {
+        assert!(
+            host_requests.contains(&want),
+            "host did not fetch {want}: {host_requests:?}"
+        );
+    }
+    let conf = c.must_sh("cat /home/alice/.config/outpost/config.toml");
+    assert!(conf.contains("github:o/r"), "{conf}");
     assert_eq!(
         c.must_sh("stat -c '%a %U' /home/alice/.config/outpost/outpost.env")
             .trim(),

@@ -378,6 +378,102 @@ fn e2e_one_liner_refuses_tampered_releases() {
     let _ = std::fs::remove_dir_all(&good);
 }
 
+/// GitHub Releases as the release host: install.sh published with `--base-url github:o/r`,
+/// fetched from `…/releases/latest/download/install.sh`, downloads every file as a release
+/// asset (through GitHub's redirects), and `outpost install` verifies the signed manifest from
+/// there too. Bad `github:` sources and a tampered asset are refused with nothing changed.
+#[test]
+fn e2e_one_liner_from_github_releases() {
+    let Some(tb) = support::require_testbed() else {
+        return;
+    };
+    let c = tb.boot("rel-github");
+    let rel = Release::new("github");
+    rel.publish_with_base_url(&["1.0.0", "1.1.0"], "stable", "github:o/r");
+    let gh = support::github::GitHub::serve(&rel.root);
+    let env = format!("OUTPOST_GITHUB_URL={}", gh.url);
+    let latest = format!("{}/o/r/releases/latest/download", gh.url);
+    let before = c.must_sh(LISTING);
+
+    // bad sources: one line each, exit 2, nothing changed
+    for (bad_env, want) in [
+        ("OUTPOST_RELEASE_URL=github:o", "github:OWNER/REPO"),
+        ("OUTPOST_RELEASE_URL=github:o/r/x", "github:OWNER/REPO"),
+        ("OUTPOST_RELEASE_URL=github:../r", "github:OWNER/REPO"),
+        ("OUTPOST_RELEASE_URL=ftp://x", "github:OWNER/REPO"),
+        (
+            "OUTPOST_GITHUB_URL=http://example.com",
+            "OUTPOST_GITHUB_URL",
+        ),
+    ] {
+        let o = one_liner(&c, &latest, bad_env, "");
+        assert_eq!(o.code(), Some(2), "{bad_env}: {o:?}");
+        assert_refused(&c, &o, &before, &[want], bad_env);
+    }
+
+    // a tampered tarball (same size) is refused by the embedded sha256
+    let tarball = rel.tarball("1.1.0");
+    let good = std::fs::read(&tarball).unwrap();
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    std::fs::write(&tarball, &bad).unwrap();
+    let o = one_liner(&c, &latest, &env, "");
+    assert_refused(
+        &c,
+        &o,
+        &before,
+        &["checksum mismatch"],
+        "tampered GitHub asset",
+    );
+    std::fs::write(&tarball, &good).unwrap();
+
+    // the one-liner installs the stable channel's version from the release assets
+    let o = one_liner(&c, &latest, &env, "");
+    assert!(o.success(), "install from GitHub Releases failed:\n{o:?}");
+    assert!(
+        all_output(&o).contains("from github:o/r"),
+        "{}",
+        all_output(&o)
+    );
+    assert_eq!(c.sh("systemctl is-active outpost.service").out(), "active");
+    assert!(installed_version(&c).contains("1.1.0"));
+    let conf = c.must_sh("cat /etc/outpost/config.toml");
+    assert!(conf.contains("github:o/r"), "{conf}");
+    let requests = gh.requests();
+    let name = format!("outpost-1.1.0-{TARGET}.tar.gz");
+    for want in [
+        "/o/r/releases/latest/download/install.sh".to_string(),
+        "/o/r/releases/latest/download/channel-stable".to_string(),
+        format!("/o/r/releases/download/v1.1.0/{name}"),
+        // outpost install checks the signed manifest itself, through the same source
+        "/o/r/releases/latest/download/manifest.json".to_string(),
+        "/o/r/releases/download/v1.1.0/manifest.json.minisig".to_string(),
+    ] {
+        assert!(
+            requests.contains(&want),
+            "no request for {want}: {requests:?}"
+        );
+    }
+
+    // pinning an older release reads that release's assets
+    let o = one_liner(&c, &latest, &env, "--uninstall --purge");
+    assert!(o.success(), "{o:?}");
+    let o = one_liner(&c, &latest, &env, "--version 1.0.0");
+    assert!(o.success(), "pinned install from GitHub failed:\n{o:?}");
+    assert!(installed_version(&c).contains("1.0.0"));
+    assert!(gh.requests().contains(&format!(
+        "/o/r/releases/download/v1.0.0/outpost-1.0.0-{TARGET}.tar.gz"
+    )));
+    let o = one_liner(&c, &latest, &env, "--uninstall --purge");
+    assert!(o.success(), "{o:?}");
+    assert_same_files(
+        &before,
+        &c.must_sh(LISTING),
+        "uninstall --purge after GitHub install",
+    );
+}
+
 /// No testbed: the template parses in every shell it may be piped into and is shellcheck-clean.
 #[test]
 fn install_sh_is_portable_sh() {

@@ -93,7 +93,8 @@ pub struct CloudInitArgs {
     /// enrolls one host with the new key, instead of the one-liner (stdout: only the user-data).
     #[arg(long)]
     pub cloud_init: bool,
-    /// cloud-init: release root the host downloads from (default: the public hub URL).
+    /// cloud-init: release root the host downloads from, or github:OWNER/REPO (default: the
+    /// public hub URL).
     #[arg(long, value_name = "URL", requires = "cloud_init")]
     pub release_url: Option<String>,
     /// cloud-init: pin this exact version (default: the channel's current one).
@@ -188,12 +189,6 @@ fn cloud_init_params(
     };
     // Input errors first, without a download.
     cloudinit::render_bootstrap(&params).map_err(release_err)?;
-    if !(release_url.starts_with("https://") || release_url.starts_with("http://")) {
-        return Err(HubError::usage(
-            format!("--release-url {release_url:?} is not an http(s) URL the host can reach"),
-            "pass --release-url https://releases.example.com/outpost",
-        ));
-    }
     params.release =
         cloudinit::resolve(&release_url, &keys, a.ca_file.as_deref(), &want, &a.target)
             .map_err(release_err)?;

@@ -26,7 +26,8 @@ pub struct RenderArgs {
     /// OUTPOST_ENROLL_KEY environment variable: a flag shows up in `ps` and shell history)
     #[arg(long, value_name = "KEY", env = env::ENROLL_KEY, hide_env_values = true)]
     pub enroll_key: String,
-    /// Release root the host downloads from (default: the hub, which serves its releases)
+    /// Release root the host downloads from, or github:OWNER/REPO (default: the hub, which
+    /// serves its releases)
     #[arg(long, value_name = "URL", env = env::RELEASE_URL)]
     pub release_url: Option<String>,
     /// Pin this exact version (its sha256 comes from the signed manifest)
@@ -107,12 +108,6 @@ pub fn render(a: &RenderArgs) -> Result<(String, cloudinit::Pinned)> {
         ca_pem: ca_pem.clone(),
     };
     cloudinit::render_bootstrap(&probe).map_err(pkg)?;
-    if !(release_url.starts_with("https://") || release_url.starts_with("http://")) {
-        return Err(Error::usage(
-            format!("--release-url {release_url:?} is not an http(s) URL the host can reach"),
-            "pass --release-url https://releases.example.com/outpost",
-        ));
-    }
     let pinned = cloudinit::resolve(&release_url, &keys, a.ca_file.as_deref(), &want, &a.target)
         .map_err(pkg)?;
     let text = cloudinit::render(&Params {

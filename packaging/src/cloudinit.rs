@@ -97,7 +97,8 @@ pub struct Params {
     pub hub_url: String,
     /// Single-use enrollment key (secret).
     pub enroll_key: String,
-    /// Release root the host downloads from (http or https).
+    /// Release root the host downloads from: an http(s) URL, or `github:OWNER/REPO` (GitHub
+    /// Releases; the base comes from `OUTPOST_GITHUB_URL` when set, as for any source).
     pub release_url: String,
     pub release: Pinned,
     pub mode: Mode,
@@ -201,9 +202,41 @@ fn text_block(text: &str, what: &str, limit: usize) -> Result<String> {
     }
 }
 
-fn validate(p: &Params) -> Result<(String, String, String, Option<String>)> {
+/// Where a host gets its release: `source` for `outpost install` (`OUTPOST_RELEASE_URL`), the
+/// tarball's download URL for the bootstrap's curl, and the GitHub base for a `github:` source
+/// that does not use github.com (`OUTPOST_GITHUB_URL` on the host).
+struct ReleaseAt {
+    source: String,
+    tarball_url: String,
+    github_url: Option<String>,
+}
+
+fn release_at(url: &str, r: &Pinned) -> Result<ReleaseAt> {
+    let rel_path = crate::manifest::artifact_name(&r.version, &r.target); // vV/outpost-V-T.tar.gz
+    if !url.trim().starts_with("github:") {
+        let rel = check_url(url, "--release-url")?;
+        return Ok(ReleaseAt {
+            tarball_url: format!("{rel}/{rel_path}"),
+            source: rel,
+            github_url: None,
+        });
+    }
+    let source = Source::parse(url)?;
+    let Source::GitHub { base, .. } = &source else {
+        return Err(Error::usage(
+            format!("invalid --release-url {url:?}"),
+            "use an http(s) URL or github:OWNER/REPO",
+        ));
+    };
+    Ok(ReleaseAt {
+        github_url: (base != crate::fetch::GITHUB_URL).then(|| base.clone()),
+        tarball_url: check_url(&source.location(&rel_path), "--release-url")?,
+        source: source.to_string(),
+    })
+}
+
+fn validate(p: &Params) -> Result<(String, ReleaseAt, String, Option<String>)> {
     let hub = check_url(&p.hub_url, "--hub")?;
-    let rel = check_url(&p.release_url, "--release-url")?;
     check_key(&p.enroll_key)?;
     let r = &p.release;
     if !TARGETS.contains(&r.target.as_str()) {
@@ -274,6 +307,7 @@ fn validate(p: &Params) -> Result<(String, String, String, Option<String>)> {
         }
         None => None,
     };
+    let rel = release_at(&p.release_url, r)?;
     Ok((hub, rel, minisig, ca))
 }
 
@@ -350,12 +384,14 @@ fn secrets_file(mode: Mode) -> &'static str {
     }
 }
 
-fn bootstrap(p: &Params, hub: &str, rel: &str, with_ca: bool) -> String {
+fn bootstrap(p: &Params, hub: &str, rel: &ReleaseAt, with_ca: bool) -> String {
     let r = &p.release;
     let mut s = BOOTSTRAP_TEMPLATE.to_string();
     for (name, value) in [
         ("HUB_URL", hub.to_string()),
-        ("RELEASE_URL", rel.to_string()),
+        ("RELEASE_URL", rel.source.clone()),
+        ("TARBALL_URL", rel.tarball_url.clone()),
+        ("GITHUB_URL", rel.github_url.clone().unwrap_or_default()),
         ("VERSION", r.version.to_string()),
         ("TARGET", r.target.clone()),
         ("SHA256", r.sha256.clone()),

@@ -532,13 +532,19 @@ pub fn render_install_sh(
     base_url: Option<&str>,
 ) -> Result<String> {
     if let Some(u) = base_url {
+        // install.sh maps `github:OWNER/REPO` onto release assets itself (docs/RELEASES.md).
+        let github = u.starts_with("github:")
+            && matches!(
+                crate::fetch::Source::parse_with_github_url(u, None),
+                Ok(crate::fetch::Source::GitHub { .. })
+            );
         if u.chars()
             .any(|c| matches!(c, '"' | '$' | '`' | '\\' | '\n' | '\''))
-            || !(u.starts_with("https://") || u.starts_with("http://"))
+            || !(u.starts_with("https://") || u.starts_with("http://") || github)
         {
             return Err(Error::usage(
                 format!("invalid --base-url {u:?}"),
-                "give an http(s) URL without quotes, $, backslashes or backticks",
+                "give an http(s) URL or github:OWNER/REPO, without quotes, $, backslashes or backticks",
             ));
         }
     }
@@ -707,6 +713,18 @@ mod tests {
         assert!(render_install_sh(&dup, &[], &[], None).is_err());
         assert!(render_install_sh(t, &[], &[], Some("https://x/\"; rm -rf /")).is_err());
         assert!(render_install_sh(t, &[], &[], Some("ftp://x")).is_err());
+        // GitHub Releases: github:OWNER/REPO, and nothing that only starts like it
+        let out = render_install_sh(t, &[], &[], Some("github:My-Org/out.post")).unwrap();
+        assert!(out.contains("OUTPOST_EMBEDDED_RELEASE_URL=\"github:My-Org/out.post\"\n"));
+        for bad in [
+            "github:o",
+            "github:o/r/x",
+            "github:o/r;x",
+            "github:/r",
+            "github:",
+        ] {
+            assert!(render_install_sh(t, &[], &[], Some(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]

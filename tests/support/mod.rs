@@ -19,6 +19,7 @@
 //! (to anything but `false`/`0`) or `OUTPOST_E2E_REQUIRED=1`: then it panics.
 #![allow(dead_code)]
 
+pub mod github;
 pub mod hub;
 pub mod release;
 pub mod tls;

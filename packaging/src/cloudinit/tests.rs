@@ -79,6 +79,8 @@ fn renders_cloud_config_with_the_key_only_in_the_secrets_file() {
         "MODE='system'".into(),
         format!("SECRETS_FILE='{SECRETS_FILE_SYSTEM}'"),
         "CA_FILE=''".into(),
+        "TARBALL_URL='https://releases.example.com/outpost/v1.2.0/outpost-1.2.0-x86_64-unknown-linux-musl.tar.gz'".into(),
+        "GITHUB_URL=''".into(),
     ] {
         assert!(body.lines().any(|l| l == want), "bootstrap lacks {want}");
     }
@@ -181,6 +183,14 @@ fn hostile_values_are_refused_or_inert() {
             "ftp release",
             Box::new(|p| p.release_url = "ftp://h".into()),
         ),
+        (
+            "github without repo",
+            Box::new(|p| p.release_url = "github:o".into()),
+        ),
+        (
+            "github with $",
+            Box::new(|p| p.release_url = "github:o/$(id)".into()),
+        ),
         ("empty host", Box::new(|p| p.hub_url = "https://".into())),
         (
             "key with quote",
@@ -238,6 +248,22 @@ fn hostile_values_are_refused_or_inert() {
         !format!("{:?}", params()).contains(KEY),
         "Debug shows the key"
     );
+}
+
+#[test]
+fn github_release_source_maps_onto_release_assets() {
+    let mut p = params();
+    p.release_url = " github:My-Org/out.post/ ".into();
+    let body = render_bootstrap(&p).unwrap();
+    for want in [
+        "RELEASE_URL='github:My-Org/out.post'",
+        "TARBALL_URL='https://github.com/My-Org/out.post/releases/download/v1.2.0/outpost-1.2.0-x86_64-unknown-linux-musl.tar.gz'",
+        // github.com is the default: the host needs no OUTPOST_GITHUB_URL
+        "GITHUB_URL=''",
+    ] {
+        assert!(body.lines().any(|l| l == want), "bootstrap lacks {want}");
+    }
+    yaml(&render(&p).unwrap());
 }
 
 #[test]
