@@ -63,7 +63,7 @@ enum Cmd {
         /// install.sh template [default: scripts/install.sh when it exists].
         #[arg(long)]
         install_template: Option<PathBuf>,
-        /// Release URL baked into install.sh.
+        /// Release URL baked into install.sh: https://HOST/PATH, or github:OWNER/REPO.
         #[arg(long)]
         base_url: Option<String>,
         /// Another public key (file) to embed in install.sh, e.g. the next key of a rotation.
