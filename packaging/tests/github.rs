@@ -7,7 +7,6 @@ use outpost_packaging::tools::{self, BuildInput, PublishOptions, Signer};
 use outpost_packaging::{
     fetch_manifest, fetch_release, Error, ReplayState, Source, TrustedKeys, Want,
 };
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -74,63 +73,28 @@ fn github_releases(work: &Path, versions: &[&str]) -> (TrustedKeys, PathBuf) {
     (signer.trusted_keys(), assets)
 }
 
+#[path = "../../tests/support/http_stub.rs"]
+mod http_stub;
+use http_stub::{safe_segment, Reply};
+
 /// A github.com stand-in on 127.0.0.1 for repository `o/r`: `/o/r/releases/download/TAG/NAME`
 /// serves `assets/TAG/NAME`; `/o/r/releases/latest/download/NAME` redirects (302) to the
 /// `latest` release's asset, as GitHub does. Every request path is logged.
 fn serve_github(assets: PathBuf, latest: &'static str, log: Arc<Mutex<Vec<String>>>) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let origin = format!("http://{}", listener.local_addr().unwrap());
-    let here = origin.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut line = String::new();
-            if r.read_line(&mut line).is_err() {
-                continue;
+    http_stub::serve(log, move |path, origin| {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match parts.as_slice() {
+            ["o", "r", "releases", "latest", "download", name] if safe_segment(name) => {
+                Reply::Found(format!("{origin}/o/r/releases/download/{latest}/{name}"))
             }
-            loop {
-                let mut h = String::new();
-                if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
-                }
+            ["o", "r", "releases", "download", tag, name]
+                if safe_segment(tag) && safe_segment(name) =>
+            {
+                std::fs::read(assets.join(tag).join(name)).map_or(Reply::NotFound, Reply::Ok)
             }
-            let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-            log.lock().unwrap().push(path.clone());
-            let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-            let safe = |p: &str| !p.is_empty() && p != "." && p != "..";
-            let resp = match parts.as_slice() {
-                ["o", "r", "releases", "latest", "download", name] if safe(name) => format!(
-                    "HTTP/1.1 302 Found\r\nLocation: {here}/o/r/releases/download/{latest}/{name}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                )
-                .into_bytes(),
-                ["o", "r", "releases", "download", tag, name] if safe(tag) && safe(name) => {
-                    match std::fs::read(assets.join(tag).join(name)) {
-                        Ok(b) => {
-                            let mut v = format!(
-                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                                b.len()
-                            )
-                            .into_bytes();
-                            v.extend(b);
-                            v
-                        }
-                        Err(_) => not_found(),
-                    }
-                }
-                _ => not_found(),
-            };
-            let _ = s.write_all(&resp);
-            let _ = s.flush();
-            let _ = s.shutdown(std::net::Shutdown::Write);
-            let _ = r.read_to_end(&mut Vec::new());
+            _ => Reply::NotFound,
         }
-    });
-    origin
-}
-
-fn not_found() -> Vec<u8> {
-    b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nNot Found".to_vec()
+    })
 }
 
 /// One test: the environment is set once, before any request (no env races).

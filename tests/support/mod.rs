@@ -20,6 +20,7 @@
 #![allow(dead_code)]
 
 pub mod github;
+pub mod http_stub;
 pub mod hub;
 pub mod release;
 pub mod tls;
