@@ -237,32 +237,25 @@ async fn enroll(State(hub): Shared, body: Bytes) -> Result<Response, ApiError> {
         (r, state)
     })
     .await?;
-    match outcome? {
-        Ok(()) => {}
-        Err(KeyRefusal::Unknown) => {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
+    if let Err(refusal) = outcome? {
+        let (code, message, hint) = match refusal {
+            KeyRefusal::Unknown => (
                 "key_unknown",
                 "unknown enrollment key",
                 "mint a key with `outpost-hub keys create`",
-            ))
-        }
-        Err(KeyRefusal::Expired) => {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
+            ),
+            KeyRefusal::Expired => (
                 "key_expired",
                 "enrollment key expired",
                 "mint a new key with `outpost-hub keys create`",
-            ))
-        }
-        Err(KeyRefusal::Used) => {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
+            ),
+            KeyRefusal::Used => (
                 "key_used",
                 "enrollment key already used",
                 "keys are single use; mint one key per host with `outpost-hub keys create`",
-            ))
-        }
+            ),
+        };
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, code, message, hint));
     }
     hub.registry
         .insert(AgentEntry::new(agent_id.clone(), token_hash, state));

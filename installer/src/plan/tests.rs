@@ -19,60 +19,56 @@ struct FakeState {
 #[derive(Clone, Default)]
 struct Fake(Rc<RefCell<FakeState>>);
 
+impl Fake {
+    /// Record `call` and hand out the state to change.
+    fn call(&self, call: String) -> std::cell::RefMut<'_, FakeState> {
+        let mut s = self.0.borrow_mut();
+        s.calls.push(call);
+        s
+    }
+
+    /// start/restart: fails when `fail_start` is set, else the unit is active.
+    fn run_job(&self, action: &str, u: &str) -> Result<(), SvcError> {
+        let mut s = self.call(format!("{action} {u}"));
+        if s.fail_start {
+            return Err(SvcError::Job {
+                action: action.into(),
+                unit: u.into(),
+                result: "failed".into(),
+            });
+        }
+        s.active = true;
+        Ok(())
+    }
+}
+
 impl ServiceManager for Fake {
     fn scope(&self) -> Scope {
         Scope::System
     }
     fn daemon_reload(&self) -> Result<(), SvcError> {
-        let mut s = self.0.borrow_mut();
-        s.calls.push("daemon-reload".into());
-        s.loaded = true;
+        self.call("daemon-reload".into()).loaded = true;
         Ok(())
     }
     fn enable(&self, u: &str) -> Result<(), SvcError> {
-        let mut s = self.0.borrow_mut();
-        s.calls.push(format!("enable {u}"));
-        s.enabled = true;
+        self.call(format!("enable {u}")).enabled = true;
         Ok(())
     }
     fn disable(&self, u: &str) -> Result<(), SvcError> {
-        let mut s = self.0.borrow_mut();
-        s.calls.push(format!("disable {u}"));
+        let mut s = self.call(format!("disable {u}"));
         s.enabled = false;
         s.loaded = false;
         Ok(())
     }
     fn start(&self, u: &str) -> Result<(), SvcError> {
-        let mut s = self.0.borrow_mut();
-        s.calls.push(format!("start {u}"));
-        if s.fail_start {
-            return Err(SvcError::Job {
-                action: "start".into(),
-                unit: u.into(),
-                result: "failed".into(),
-            });
-        }
-        s.active = true;
-        Ok(())
+        self.run_job("start", u)
     }
     fn stop(&self, u: &str) -> Result<(), SvcError> {
-        let mut s = self.0.borrow_mut();
-        s.calls.push(format!("stop {u}"));
-        s.active = false;
+        self.call(format!("stop {u}")).active = false;
         Ok(())
     }
     fn restart(&self, u: &str) -> Result<(), SvcError> {
-        let mut s = self.0.borrow_mut();
-        s.calls.push(format!("restart {u}"));
-        if s.fail_start {
-            return Err(SvcError::Job {
-                action: "restart".into(),
-                unit: u.into(),
-                result: "failed".into(),
-            });
-        }
-        s.active = true;
-        Ok(())
+        self.run_job("restart", u)
     }
     fn reset_failed(&self, _u: &str) -> Result<(), SvcError> {
         Ok(())
@@ -91,10 +87,7 @@ impl ServiceManager for Fake {
 
 impl Logind for Fake {
     fn set_linger(&self, uid: u32, enable: bool) -> Result<(), SvcError> {
-        self.0
-            .borrow_mut()
-            .calls
-            .push(format!("linger {uid} {enable}"));
+        self.call(format!("linger {uid} {enable}"));
         Ok(())
     }
 }
