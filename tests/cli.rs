@@ -195,36 +195,23 @@ fn completions_and_man() {
 fn self_test_loads_the_config() {
     let d = tempfile::tempdir().unwrap();
     let cfg = d.path().join("config.toml");
+    let self_test = |state: &std::path::Path| {
+        outpost()
+            .args(["self-test", "--config"])
+            .arg(&cfg)
+            .arg("--state-dir")
+            .arg(state)
+            .assert()
+    };
     std::fs::write(&cfg, "[agent]\nlog_interval_secs = 9\n").unwrap();
-    let out = outpost()
-        .args(["self-test", "--config"])
-        .arg(&cfg)
-        .arg("--state-dir")
-        .arg(d.path())
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = self_test(d.path()).success().get_output().stdout.clone();
     assert!(String::from_utf8_lossy(&out).contains("self-test ok"));
     std::fs::write(&cfg, "[agent]\nlog_interval_secs = \"nine\"\n").unwrap();
-    let a = outpost()
-        .args(["self-test", "--config"])
-        .arg(&cfg)
-        .arg("--state-dir")
-        .arg(d.path())
-        .assert()
-        .code(2);
+    let a = self_test(d.path()).code(2);
     assert_error_shape(&a.get_output().stderr);
     // missing state dir: a failure (1), named
     std::fs::write(&cfg, "").unwrap();
-    let a = outpost()
-        .args(["self-test", "--config"])
-        .arg(&cfg)
-        .arg("--state-dir")
-        .arg(d.path().join("nope"))
-        .assert()
-        .code(1);
+    let a = self_test(&d.path().join("nope")).code(1);
     assert!(String::from_utf8_lossy(&a.get_output().stderr).contains("nope"));
 }
 

@@ -484,22 +484,11 @@ pub fn resolve(
         target,
         &dir.0,
     )?;
-    let name = crate::manifest::artifact_name(&v.version, target);
-    let sig = source
-        .reader()?
-        .bytes(&format!("{name}.minisig"), MAX_SIG_BYTES)?;
-    let sig_path = dir.0.join("tarball.minisig");
-    crate::fsx::write_atomic(&sig_path, &sig, 0o644)?;
-    keys.verify_file(&v.tarball_path, &sig_path)?;
-    let minisig = String::from_utf8(sig).map_err(|_| Error::BadSignature {
-        location: source.location(&format!("{name}.minisig")),
-        detail: "the .minisig is not text".into(),
-    })?;
     Ok(Pinned {
         version: v.version,
         target: target.to_string(),
         sha256: v.sha256,
-        minisig,
+        minisig: v.minisig,
         pubkeys: keys.base64_keys(),
     })
 }

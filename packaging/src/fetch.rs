@@ -559,8 +559,16 @@ pub struct Verified {
     pub target: String,
     pub tarball_path: PathBuf,
     pub sha256: String,
+    /// The tarball's `.minisig` (text), as verified.
+    pub minisig: String,
     /// The signed manifest's timestamp (now recorded in the replay state).
     pub manifest_timestamp: u64,
+}
+
+/// What [`download_verified`] checked: the tarball's sha256 and its signature's text.
+pub(crate) struct Downloaded {
+    pub sha256: String,
+    pub minisig: String,
 }
 
 /// Fetch `manifest.json` and its signature, verify the signature with `keys`, check the
@@ -639,17 +647,18 @@ pub fn fetch_release(
     if result.is_err() {
         let _ = fs_err::remove_file(&dest); // best effort: never leave an unverified tarball
     }
-    let sha256 = result?;
+    let Downloaded { sha256, minisig } = result?;
     Ok(Verified {
         version: release.version.clone(),
         target: target.to_string(),
         tarball_path: dest,
         sha256,
+        minisig,
         manifest_timestamp: manifest.timestamp,
     })
 }
 
-/// Download `artifact` to `dest` and check size, sha256 and signature; returns the sha256.
+/// Download `artifact` to `dest` and check size, sha256 and signature.
 pub(crate) fn download_verified(
     reader: &Reader<'_>,
     keys: &TrustedKeys,
@@ -657,13 +666,13 @@ pub(crate) fn download_verified(
     file_name: &str,
     dest: &Path,
     show_progress: bool,
-) -> Result<String> {
+) -> Result<Downloaded> {
     let part = crate::fsx::tmp_name(dest, "part");
     let result = verify_download(reader, keys, artifact, file_name, &part, show_progress);
-    let result = result.and_then(|sha| {
+    let result = result.and_then(|d| {
         fs_err::rename(&part, dest).map_err(|e| Error::io("rename", dest, e))?;
         fsx::fsync_dir(fsx::parent(dest))?;
-        Ok(sha)
+        Ok(d)
     });
     if result.is_err() {
         let _ = fs_err::remove_file(&part); // best effort: the partial download is ours
@@ -678,7 +687,7 @@ fn verify_download(
     file_name: &str,
     dest: &Path,
     show_progress: bool,
-) -> Result<String> {
+) -> Result<Downloaded> {
     let location = reader.location(&artifact.name);
     let sha = reader.download(&artifact.name, artifact.size, dest, show_progress)?;
     if sha != artifact.sha256 {
@@ -707,7 +716,14 @@ fn verify_download(
             detail: format!("the signature is for {f:?}"),
         });
     }
-    Ok(sha)
+    let minisig = String::from_utf8(sig).map_err(|_| Error::BadSignature {
+        location: reader.location(&sig_rel),
+        detail: "the .minisig is not text".into(),
+    })?;
+    Ok(Downloaded {
+        sha256: sha,
+        minisig,
+    })
 }
 
 #[cfg(test)]
