@@ -270,12 +270,7 @@ async fn heartbeat(
 ) -> Result<Response, ApiError> {
     let entry = agent_auth(&hub, &headers)?;
     let hb: Heartbeat = parse(&body)?;
-    if hb.agent_id != entry.id {
-        return Err(ApiError::token_invalid(format!(
-            "token does not belong to agent {}",
-            hb.agent_id
-        )));
-    }
+    same_agent(&entry.id, &hb.agent_id)?;
     let now = now_ms();
     entry.lock().apply(hb, now);
     hub.registry.mark_dirty(&entry);
@@ -283,6 +278,17 @@ async fn heartbeat(
         Json(json!({"interval_secs": hub.interval_secs, "server_time": rfc3339(now)}))
             .into_response(),
     )
+}
+
+/// A body's `agent_id` must be the one the token belongs to.
+fn same_agent(token_owner: &str, claimed: &str) -> Result<(), ApiError> {
+    if claimed == token_owner {
+        Ok(())
+    } else {
+        Err(ApiError::token_invalid(format!(
+            "token does not belong to agent {claimed}"
+        )))
+    }
 }
 
 #[derive(Deserialize)]
@@ -298,12 +304,7 @@ async fn diagnostics(
 ) -> Result<Response, ApiError> {
     let entry = agent_auth(&hub, &headers)?;
     let d: Diagnostics = parse(&body)?;
-    if d.agent_id != entry.id {
-        return Err(ApiError::token_invalid(format!(
-            "token does not belong to agent {}",
-            d.agent_id
-        )));
-    }
+    same_agent(&entry.id, &d.agent_id)?;
     let db = hub.db.clone();
     let report = d.report.to_string();
     blocking(move || db.store_diagnostics(&entry.id, &report, now_ms())).await??;
