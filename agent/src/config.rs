@@ -35,6 +35,10 @@ pub struct HubSection {
     /// Heartbeat interval used until the hub states its own (the hub's `interval_secs` always
     /// wins). Default 30 s, the protocol's default.
     pub heartbeat_secs: Option<u64>,
+    /// Allow a plain `http://` hub URL for a host other than loopback (the token and every
+    /// heartbeat then cross the network unencrypted). Default false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_http: bool,
 }
 
 /// The protocol's default heartbeat interval.
@@ -93,6 +97,43 @@ impl Default for UpgradeSection {
     }
 }
 
+/// Longest `[upgrade] soak_secs` accepted (one hour): the service is stopped for the start
+/// timeout derived from it, so an unbounded value would leave a host without a working agent.
+pub const MAX_SOAK_SECS: u64 = 3600;
+
+/// Check a hub URL: `https://HOST…`, or `http://` only for a loopback host unless `insecure`
+/// (pure; `Err` is the reason).
+pub fn check_hub_url(url: &str, insecure: bool) -> Result<(), String> {
+    if url.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\' || c.is_control()) {
+        return Err("it contains blanks, quotes or control characters".into());
+    }
+    let (rest, plain) = if let Some(r) = url.strip_prefix("https://") {
+        (r, false)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (r, true)
+    } else {
+        return Err("expected https://HOST[:PORT][/PATH]".into());
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    if host.is_empty() || authority.contains('@') {
+        return Err("expected https://HOST[:PORT][/PATH] (no user name or password)".into());
+    }
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if plain && !loopback && !insecure {
+        return Err(format!(
+            "plain http:// to {host} would send the agent's token unencrypted; use https:// (http:// is accepted for loopback only, or with --insecure-http / [hub] insecure_http = true)"
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config file {path} does not exist")]
@@ -104,7 +145,12 @@ pub enum ConfigError {
     },
     #[error("config file {path} is invalid: {message}")]
     Invalid { path: PathBuf, message: String },
+    #[error("{message}")]
+    Untrusted { message: String, hint: String },
 }
+
+/// Largest config file read (1 MiB).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 impl ConfigError {
     /// What the operator should do about it.
@@ -121,6 +167,7 @@ impl ConfigError {
                 "fix {} (see docs/CONFIG.md for the keys), then run the command again",
                 path.display()
             ),
+            ConfigError::Untrusted { hint, .. } => hint.clone(),
         }
     }
 }
@@ -130,11 +177,46 @@ impl Config {
     pub const TEMPLATE: &'static str = include_str!("config.template.toml");
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Invalid {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
             path: path.to_path_buf(),
             // toml's message is multi-line with a caret diagram; keep the first line plus location.
             message: one_line(&e.to_string()),
-        })
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        if c.upgrade.soak_secs > MAX_SOAK_SECS {
+            return Err(invalid(format!(
+                "[upgrade] soak_secs = {} is more than {MAX_SOAK_SECS}",
+                c.upgrade.soak_secs
+            )));
+        }
+        if let Some(url) = c.hub.url() {
+            check_hub_url(url, c.hub.insecure_http)
+                .map_err(|why| invalid(format!("[hub] url {url:?}: {why}")))?;
+        }
+        Ok(c)
+    }
+
+    /// Load a config that decides what root does (`outpost upgrade` trusts its release URL,
+    /// keys and CA file): the file and its directories must pass
+    /// [`crate::trust::check_trusted`] from `root` down.
+    pub fn load_trusted(root: &Path, path: &Path) -> Result<Config, ConfigError> {
+        match crate::trust::read_trusted_string(root, path, MAX_CONFIG_BYTES) {
+            Ok(Some(text)) => Config::parse(&text, path),
+            Ok(None) => Err(ConfigError::Missing {
+                path: path.to_path_buf(),
+            }),
+            Err(e @ crate::trust::TrustError::Io { .. }) => Err(ConfigError::Unreadable {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(strip_path_prefix(&e.to_string())),
+            }),
+            Err(e) => Err(ConfigError::Untrusted {
+                hint: e.hint(),
+                message: e.to_string(),
+            }),
+        }
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -225,5 +307,44 @@ mod tests {
             Config::load(&d),
             Err(ConfigError::Unreadable { .. })
         ));
+    }
+
+    #[test]
+    fn hub_url_table() {
+        // (url, insecure, ok)
+        let cases = [
+            ("https://hub.example.com", false, true),
+            ("https://hub.example.com:8443/base", false, true),
+            ("http://127.0.0.1:8080", false, true),
+            ("http://localhost:8080/x", false, true),
+            ("http://[::1]:9000", false, true),
+            ("http://hub.example.com", false, false),
+            ("http://10.0.0.1:80", false, false),
+            ("http://127.0.0.1.evil.com", false, false),
+            ("http://127.0.0.1@evil.com", false, false),
+            ("http://hub.example.com", true, true),
+            ("ftp://x", false, false),
+            ("https://", false, false),
+            ("https://a b", false, false),
+        ];
+        for (url, insecure, ok) in cases {
+            assert_eq!(check_hub_url(url, insecure).is_ok(), ok, "{url} {insecure}");
+        }
+        let p = Path::new("/etc/outpost/config.toml");
+        let e = Config::parse("[hub]\nurl = \"http://hub.example.com\"\n", p).unwrap_err();
+        assert!(e.to_string().contains("unencrypted"), "{e}");
+        assert!(Config::parse(
+            "[hub]\nurl = \"http://hub.example.com\"\ninsecure_http = true\n",
+            p
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn soak_is_bounded() {
+        let p = Path::new("c.toml");
+        assert!(Config::parse("[upgrade]\nsoak_secs = 3600\n", p).is_ok());
+        let e = Config::parse("[upgrade]\nsoak_secs = 9223372036854775000\n", p).unwrap_err();
+        assert!(e.to_string().contains("soak_secs"), "{e}");
     }
 }

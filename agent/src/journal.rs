@@ -25,11 +25,20 @@
 //!
 //! # Durability
 //!
-//! An append opens the file with `O_APPEND`, takes an exclusive `flock`, reads the last line
-//! for the head, writes the new line with one `write`, `fsync`s the file (and the directory
-//! when it created the file). A torn last line (a crash mid-write, never acknowledged) is cut
-//! off by the next append; [`Journal::verify`] reports it as `torn_tail` rather than as
-//! tampering.
+//! An append takes an exclusive `flock` on the journal's lock file (`events.jsonl.lock`,
+//! 0600, so only the journal's owner can take it: a reader with less privilege can never
+//! block the writer), opens the journal with `O_APPEND | O_NOFOLLOW`, reads the last line for
+//! the head, writes the new line with one `write`, `fsync`s the file (and the directory when
+//! it created the file). A torn last line (a crash mid-write, never acknowledged) is cut off by
+//! the next append; [`Journal::verify`] reports it as `torn_tail` rather than as tampering.
+//!
+//! # Two journals, one writer each (docs/SECURITY.md)
+//!
+//! In system mode the agent's journal (`<state>/agent/events.jsonl`) is written only by the
+//! agent, and root's install and upgrade events go to root's own journal
+//! (`<state>/events.jsonl`). Readers take no lock: they open the file `O_NOFOLLOW`, require a
+//! regular file, stop at a torn last line, bound every line to [`MAX_RECORD_BYTES`] and never
+//! write, so root can display the agent's journal without trusting it.
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -41,6 +50,10 @@ use std::time::Duration;
 
 /// File name inside the state directory.
 pub const FILE: &str = "events.jsonl";
+/// Longest record line accepted by readers (1 MiB); the agent writes far smaller ones.
+pub const MAX_RECORD_BYTES: u64 = 1 << 20;
+/// Most bytes one [`Follow::poll`] reads.
+const MAX_POLL_BYTES: u64 = 16 << 20;
 /// `prev` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -201,6 +214,11 @@ impl JournalError {
     }
 }
 
+/// `O_NOFOLLOW` for `OpenOptionsExt::custom_flags`.
+fn libc_nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
+}
+
 fn fsx_parent(p: &Path) -> &Path {
     crate::fsx::parent(p)
 }
@@ -262,15 +280,38 @@ impl Journal {
         }
     }
 
-    /// Open for reading under a shared lock; `None` when the file does not exist yet.
-    fn lock_shared(&self) -> Result<Option<Locked>, JournalError> {
-        let file = match std::fs::File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(self.io("open")(e)),
-        };
-        flock(&file, rustix::fs::FlockOperation::LockShared).map_err(self.io("lock"))?;
-        Ok(Some(Locked { file }))
+    /// Open for reading (no lock, no link followed, regular files only); `None` when the
+    /// file does not exist yet.
+    fn open_read(&self) -> Result<Option<std::fs::File>, JournalError> {
+        crate::trust::open_untrusted(&self.path).map_err(|e| match e {
+            crate::trust::TrustError::Io { source, .. } => self.io("open")(source),
+            other => self.io("open")(std::io::Error::other(other.to_string())),
+        })
+    }
+
+    /// The lock file that serialises appenders (0600: only the journal's owner can lock it).
+    fn lock_path(&self) -> PathBuf {
+        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+        name.push(".lock");
+        self.path.with_file_name(name)
+    }
+
+    fn lock_exclusive(&self) -> Result<Locked, JournalError> {
+        let path = self.lock_path();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc_nofollow())
+            .open(&path)
+            .map_err(|e| JournalError::Io {
+                op: "open the lock of",
+                path: self.path.clone(),
+                source: e,
+            })?;
+        flock(&file, rustix::fs::FlockOperation::LockExclusive).map_err(self.io("lock"))?;
+        Ok(Locked { file })
     }
 
     /// Append one record and return it.
@@ -278,9 +319,11 @@ impl Journal {
         // A poisoned mutex only means another thread panicked mid-append; the flock-protected
         // file is still consistent, so carry on.
         let _guard = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        let _lock = self.lock_exclusive()?;
         let (file, created) = match std::fs::OpenOptions::new()
             .read(true)
             .append(true)
+            .custom_flags(libc_nofollow())
             .open(&self.path)
         {
             Ok(f) => (f, false),
@@ -288,7 +331,7 @@ impl Journal {
                 let f = std::fs::OpenOptions::new()
                     .read(true)
                     .append(true)
-                    .create(true)
+                    .create_new(true)
                     .mode(0o640)
                     .open(&self.path)
                     .map_err(self.io("create"))?;
@@ -296,7 +339,9 @@ impl Journal {
             }
             Err(e) => return Err(self.io("open")(e)),
         };
-        flock(&file, rustix::fs::FlockOperation::LockExclusive).map_err(self.io("lock"))?;
+        if !file.metadata().map_err(self.io("stat"))?.is_file() {
+            return Err(self.io("open")(std::io::Error::other("not a regular file")));
+        }
         let locked = Locked { file };
         let head = self.tail(&locked.file, true)?;
         let (seq, prev) = match &head {
@@ -389,10 +434,10 @@ impl Journal {
 
     /// `(seq, hash)` of the last record.
     pub fn head(&self) -> Result<Option<(u64, String)>, JournalError> {
-        let Some(l) = self.lock_shared()? else {
+        let Some(file) = self.open_read()? else {
             return Ok(None);
         };
-        Ok(self.tail(&l.file, false)?.map(|r| (r.seq, r.hash)))
+        Ok(self.tail(&file, false)?.map(|r| (r.seq, r.hash)))
     }
 
     /// Every complete record, in order. Does not check the chain (see [`Journal::verify`]).
@@ -409,20 +454,33 @@ impl Journal {
         &self,
         mut f: impl FnMut(u64, Record) -> Result<(), JournalError>,
     ) -> Result<bool, JournalError> {
-        let Some(l) = self.lock_shared()? else {
+        let Some(file) = self.open_read()? else {
             return Ok(false);
         };
-        let mut r = std::io::BufReader::new(&l.file);
+        let mut r = std::io::BufReader::new(&file);
         let mut buf = Vec::new();
         let mut line_no = 0u64;
         loop {
             buf.clear();
-            let n = r.read_until(b'\n', &mut buf).map_err(self.io("read"))?;
+            let n = (&mut r)
+                .take(MAX_RECORD_BYTES + 1)
+                .read_until(b'\n', &mut buf)
+                .map_err(self.io("read"))?;
             if n == 0 {
                 return Ok(false);
             }
             line_no += 1;
             if buf.last() != Some(&b'\n') {
+                if n as u64 > MAX_RECORD_BYTES {
+                    return Err(JournalError::Broken {
+                        path: self.path.clone(),
+                        line: line_no,
+                        seq: None,
+                        reason: BreakReason::BadJson(format!(
+                            "line longer than {MAX_RECORD_BYTES} bytes"
+                        )),
+                    });
+                }
                 return Ok(true); // torn tail
             }
             let rec: Record =
@@ -512,10 +570,11 @@ impl Follow {
             path: self.path.clone(),
             source,
         };
-        let mut f = match std::fs::File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io("open", e)),
+        let mut f = match crate::trust::open_untrusted(&self.path) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(Vec::new()),
+            Err(crate::trust::TrustError::Io { source, .. }) => return Err(io("open", source)),
+            Err(e) => return Err(io("open", std::io::Error::other(e.to_string()))),
         };
         let len = f.metadata().map_err(|e| io("stat", e))?.len();
         if len < self.offset {
@@ -525,14 +584,23 @@ impl Follow {
         if len == self.offset {
             return Ok(Vec::new());
         }
-        let mut buf = Vec::with_capacity((len - self.offset) as usize);
+        let want = (len - self.offset).min(MAX_POLL_BYTES);
+        let mut buf = Vec::with_capacity(want as usize);
         std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(self.offset))
             .map_err(|e| io("seek", e))?;
         (&mut f)
-            .take(len - self.offset)
+            .take(want)
             .read_to_end(&mut buf)
             .map_err(|e| io("read", e))?;
         let complete = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if complete == 0 && buf.len() as u64 > MAX_RECORD_BYTES {
+            return Err(JournalError::Broken {
+                path: self.path.clone(),
+                line: self.line + 1,
+                seq: None,
+                reason: BreakReason::BadJson(format!("line longer than {MAX_RECORD_BYTES} bytes")),
+            });
+        }
         let mut out = Vec::new();
         for raw in buf[..complete].split(|&b| b == b'\n') {
             if raw.is_empty() {

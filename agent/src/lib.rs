@@ -14,5 +14,6 @@ pub mod journal;
 pub mod log;
 pub mod run;
 pub mod selftest;
+pub mod trust;
 
 pub use config::{Config, ConfigError};

@@ -280,3 +280,48 @@ fn missing_dir_is_an_io_error_with_hint() {
     assert!(e.hint().contains("nope"));
     assert_eq!(j.head().unwrap(), None);
 }
+
+#[test]
+fn planted_symlink_is_never_followed() {
+    let d = tempfile::tempdir().unwrap();
+    let victim = d.path().join("victim");
+    std::fs::write(&victim, "root-only line without newline").unwrap();
+    let state = d.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::os::unix::fs::symlink(&victim, state.join(FILE)).unwrap();
+    let j = Journal::open(&state);
+    assert!(j.append("x", serde_json::json!({})).is_err());
+    assert!(j.read_all().is_err());
+    assert!(j.head().is_err());
+    assert!(j.follow(true).unwrap().poll().is_err());
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "root-only line without newline"
+    );
+}
+
+#[test]
+fn oversized_line_is_refused_not_read_whole() {
+    let d = tempfile::tempdir().unwrap();
+    let j = Journal::open(d.path());
+    j.append("x", serde_json::json!({})).unwrap();
+    let big = vec![b'a'; (MAX_RECORD_BYTES + 10) as usize];
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(d.path().join(FILE))
+        .unwrap();
+    std::io::Write::write_all(&mut f, &big).unwrap();
+    std::io::Write::write_all(&mut f, b"\n").unwrap();
+    assert!(j.read_all().is_err());
+    assert!(j.follow(true).unwrap().poll().is_err());
+}
+
+#[test]
+fn lock_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let j = Journal::open(d.path());
+    j.append("x", serde_json::json!({})).unwrap();
+    let m = std::fs::metadata(d.path().join("events.jsonl.lock")).unwrap();
+    assert_eq!(m.permissions().mode() & 0o777, 0o600);
+}
