@@ -4,19 +4,25 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::db::{Db, KeyRefusal, KeyRow};
+use crate::db::{Db, Enrolled as DbEnrolled, KeyRefusal, KeyRow};
 use crate::error::ApiError;
-use crate::state::{now_ms, rfc3339, AgentEntry, AgentState, Facts, Heartbeat, Registry};
+use crate::limits::{
+    check_len, check_opt, field_invalid, Body, ClientIp, RateLimiter, DIAGNOSTICS_BODY,
+    HEARTBEAT_BODY, MAX_FIELD, MAX_ID, MAX_MAP_ENTRIES, MAX_MAP_KEY, SMALL_BODY,
+};
+use crate::state::{
+    now_ms, rfc3339, AgentEntry, AgentState, EnrollRequest, Enrolled, Heartbeat, Registry,
+};
 use crate::token;
+use crate::web::{self, AdminPage, CsrfForm, Web, LOGIN_COOKIE, SESSION_COOKIE};
 
 /// Longest enrollment key lifetime accepted.
 pub const MAX_KEY_TTL_SECS: u64 = 365 * 86_400;
@@ -29,7 +35,41 @@ pub struct Hub {
     pub admin_hash: [u8; 32],
     /// Canonical release directory.
     pub releases: PathBuf,
+    /// Sessions and login forms of the HTML pages.
+    pub web: Web,
+    /// Per-IP limit of `POST /api/v1/enroll`.
+    pub enroll_limit: RateLimiter,
+    /// Per-IP limit of `POST /login`.
+    pub login_limit: RateLimiter,
+    /// Serializes enrollments so that the database and the registry change together (a
+    /// retried enrollment replaces the token of an agent a concurrent one just created).
+    pub enroll_lock: tokio::sync::Mutex<()>,
 }
+
+/// Tunables of [`Hub::load`].
+#[derive(Debug, Clone, Copy)]
+pub struct HubOptions {
+    /// The hub serves TLS itself.
+    pub tls: bool,
+    /// Enrollments per minute and address (0: unlimited).
+    pub enroll_per_min: u32,
+    /// Enrollments an address may make at once.
+    pub enroll_burst: u32,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        HubOptions {
+            tls: false,
+            enroll_per_min: 10,
+            enroll_burst: 20,
+        }
+    }
+}
+
+/// Login attempts per minute and address, and at once.
+pub const LOGIN_PER_MIN: u32 = 10;
+pub const LOGIN_BURST: u32 = 10;
 
 impl Hub {
     /// Builds the hub state, loading every agent from the database.
@@ -38,6 +78,7 @@ impl Hub {
         interval_secs: u64,
         admin_token: &str,
         releases: PathBuf,
+        opts: HubOptions,
     ) -> Result<Hub, crate::error::HubError> {
         let registry = Registry::default();
         let agents = db
@@ -62,6 +103,10 @@ impl Hub {
             interval_secs,
             admin_hash: token::hash(admin_token),
             releases,
+            web: Web::new(opts.tls),
+            enroll_limit: RateLimiter::new(opts.enroll_per_min, opts.enroll_burst),
+            login_limit: RateLimiter::new(LOGIN_PER_MIN, LOGIN_BURST),
+            enroll_lock: tokio::sync::Mutex::new(()),
         })
     }
 }
@@ -72,6 +117,8 @@ type Shared = State<Arc<Hub>>;
 pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
         .route("/", get(dashboard))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
         .route("/healthz", get(healthz))
         .route("/api/v1/keys", post(create_key))
         .route("/api/v1/enroll", post(enroll))
@@ -144,7 +191,7 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"ok": true, "version": crate::VERSION}))
 }
 
-async fn dashboard(State(hub): Shared) -> Response {
+async fn dashboard(State(hub): Shared, AdminPage(session): AdminPage) -> Response {
     let now = now_ms();
     let views: Vec<_> = hub
         .registry
@@ -152,10 +199,91 @@ async fn dashboard(State(hub): Shared) -> Response {
         .iter()
         .map(|e| e.view(now, hub.interval_secs))
         .collect();
-    let mut r = Html(crate::dashboard::render(&views, hub.interval_secs)).into_response();
-    r.headers_mut().insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
+    web::html(
+        StatusCode::OK,
+        crate::dashboard::render(&views, hub.interval_secs, &session),
+    )
+}
+
+/// `GET /login`: the form, with a fresh pre-session (its CSRF token); a logged-in admin is
+/// sent to the dashboard.
+async fn login_page(State(hub): Shared, headers: HeaderMap) -> Response {
+    if web::cookie(&headers, SESSION_COOKIE).is_some_and(|id| hub.web.sessions.get(id).is_some()) {
+        return web::see_other("/");
+    }
+    let form = match hub.web.logins.create() {
+        Ok(f) => f,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let mut r = web::html(StatusCode::OK, crate::dashboard::render_login(&form, None));
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        web::set_cookie(LOGIN_COOKIE, &form.id, web::LOGIN_TTL),
+    );
+    r
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    token: String,
+}
+
+/// `POST /login`: CSRF and origin checked against the pre-session, then the admin token
+/// (constant time). Success: a new session cookie and 303 to `/`; a wrong token: 401 and
+/// the form again.
+async fn login(State(hub): Shared, ClientIp(ip): ClientIp, req: Request) -> Response {
+    if let Err(e) = hub.login_limit.admit(ip) {
+        let mut r = web::error_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many login attempts from this address",
+            "wait a minute, then log in again",
+        );
+        if let Some(s) = e.retry_after {
+            r.headers_mut().insert(header::RETRY_AFTER, s.into());
+        }
+        return r;
+    }
+    let (form, LoginForm { token: given }) =
+        match web::verify_form(req, &hub, &hub.web.logins, LOGIN_COOKIE).await {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+    if !token::ct_eq(&token::hash(given.trim()), &hub.admin_hash) {
+        return web::html(
+            StatusCode::UNAUTHORIZED,
+            crate::dashboard::render_login(&form, Some("wrong admin token")),
+        );
+    }
+    hub.web.logins.remove(&form.id);
+    let session = match hub.web.sessions.create() {
+        Ok(s) => s,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let mut r = web::see_other("/");
+    let h = r.headers_mut();
+    h.append(
+        header::SET_COOKIE,
+        web::set_cookie(SESSION_COOKIE, &session.id, web::SESSION_TTL),
+    );
+    h.append(
+        header::SET_COOKIE,
+        web::set_cookie(LOGIN_COOKIE, "", std::time::Duration::ZERO),
+    );
+    r
+}
+
+#[derive(Deserialize)]
+struct NoFields {}
+
+/// `POST /logout`: ends the session (CSRF checked).
+async fn logout(State(hub): Shared, f: CsrfForm<NoFields>) -> Response {
+    let NoFields {} = f.form;
+    hub.web.sessions.remove(&f.session.id);
+    let mut r = web::see_other("/login");
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        web::set_cookie(SESSION_COOKIE, "", std::time::Duration::ZERO),
     );
     r
 }
@@ -173,7 +301,7 @@ struct CreateKey {
 async fn create_key(
     State(hub): Shared,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body<SMALL_BODY>,
 ) -> Result<Response, ApiError> {
     require_admin(&hub, &headers)?;
     let req: CreateKey = parse(&body)?;
@@ -181,6 +309,17 @@ async fn create_key(
         return Err(ApiError::bad_request(format!(
             "ttl_secs must be between 1 and {MAX_KEY_TTL_SECS}"
         )));
+    }
+    check_opt("group", req.group.as_deref(), MAX_FIELD)?;
+    if req.labels.len() > MAX_MAP_ENTRIES {
+        return Err(field_invalid(
+            "labels",
+            &format!("has more than {MAX_MAP_ENTRIES} entries"),
+        ));
+    }
+    for (k, v) in &req.labels {
+        check_len("labels key", k, MAX_MAP_KEY)?;
+        check_len(&format!("labels.{k}"), v, MAX_FIELD)?;
     }
     let key = token::new_secret(token::KEY_PREFIX)?;
     let now = now_ms();
@@ -203,17 +342,35 @@ async fn create_key(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-#[derive(Deserialize)]
-struct Enroll {
-    key: String,
-    facts: Facts,
+fn key_refused(refusal: KeyRefusal) -> ApiError {
+    let (code, message, hint) = match refusal {
+        KeyRefusal::Unknown => (
+            "key_unknown",
+            "unknown enrollment key",
+            "mint a key with `outpost-hub keys create`",
+        ),
+        KeyRefusal::Expired => (
+            "key_expired",
+            "enrollment key expired",
+            "mint a new key with `outpost-hub keys create`",
+        ),
+        KeyRefusal::Used => (
+            "key_used",
+            "enrollment key already used",
+            "keys are single use; mint one key per host with `outpost-hub keys create`",
+        ),
+    };
+    ApiError::new(StatusCode::UNAUTHORIZED, code, message, hint)
 }
 
-async fn enroll(State(hub): Shared, body: Bytes) -> Result<Response, ApiError> {
-    let req: Enroll = parse(&body)?;
-    if req.facts.hostname.trim().is_empty() {
-        return Err(ApiError::bad_request("facts.hostname must not be empty"));
-    }
+async fn enroll(
+    State(hub): Shared,
+    ClientIp(ip): ClientIp,
+    Body(body): Body<SMALL_BODY>,
+) -> Result<Response, ApiError> {
+    hub.enroll_limit.admit(ip)?;
+    let req: EnrollRequest = parse(&body)?;
+    req.validate()?;
     let agent_id = token::new_id("a_")?;
     let agent_token = token::new_secret(token::TOKEN_PREFIX)?;
     let token_hash = token::hash(&agent_token);
@@ -231,45 +388,62 @@ async fn enroll(State(hub): Shared, body: Bytes) -> Result<Response, ApiError> {
     };
     let db = hub.db.clone();
     let key_hash = token::hash_hex(&req.key);
+    let nonce_hash = req.nonce.as_deref().map(token::hash_hex);
     let (id2, th2) = (agent_id.clone(), hex::encode(token_hash));
+    // Held until the registry matches the database (see `Hub::enroll_lock`).
+    let _serial = hub.enroll_lock.lock().await;
     let (outcome, state) = blocking(move || {
-        let r = db.enroll(&key_hash, &id2, &th2, &mut state, now);
+        let r = db.enroll(
+            &key_hash,
+            nonce_hash.as_deref(),
+            &id2,
+            &th2,
+            &mut state,
+            now,
+        );
         (r, state)
     })
     .await?;
-    if let Err(refusal) = outcome? {
-        let (code, message, hint) = match refusal {
-            KeyRefusal::Unknown => (
-                "key_unknown",
-                "unknown enrollment key",
-                "mint a key with `outpost-hub keys create`",
-            ),
-            KeyRefusal::Expired => (
-                "key_expired",
-                "enrollment key expired",
-                "mint a new key with `outpost-hub keys create`",
-            ),
-            KeyRefusal::Used => (
-                "key_used",
-                "enrollment key already used",
-                "keys are single use; mint one key per host with `outpost-hub keys create`",
-            ),
-        };
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, code, message, hint));
+    let reply = |agent_id: String| Enrolled {
+        agent_id,
+        token: agent_token.clone(),
+        heartbeat_interval_secs: hub.interval_secs,
+    };
+    match outcome?.map_err(key_refused)? {
+        DbEnrolled::Created => {
+            hub.registry
+                .insert(AgentEntry::new(agent_id.clone(), token_hash, state));
+            Ok((StatusCode::CREATED, Json(reply(agent_id))).into_response())
+        }
+        DbEnrolled::Retry { agent_id: existing } => {
+            // The agent never got (or never used) its token: a heartbeat or a revocation
+            // closes the retry window, so a leaked key + nonce cannot take over a live agent.
+            let fresh = hub.registry.by_id(&existing).is_some_and(|e| {
+                let st = e.lock();
+                st.last_heartbeat_ms.is_none() && st.revoked_at_ms.is_none()
+            });
+            if !fresh {
+                return Err(key_refused(KeyRefusal::Used));
+            }
+            let db = hub.db.clone();
+            let (id3, th3) = (existing.clone(), hex::encode(token_hash));
+            if !blocking(move || db.set_token(&id3, &th3)).await?? {
+                return Err(key_refused(KeyRefusal::Used));
+            }
+            hub.registry.replace_token(&existing, token_hash);
+            Ok((StatusCode::OK, Json(reply(existing))).into_response())
+        }
     }
-    hub.registry
-        .insert(AgentEntry::new(agent_id.clone(), token_hash, state));
-    let body = json!({"agent_id": agent_id, "token": agent_token, "heartbeat_interval_secs": hub.interval_secs});
-    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 async fn heartbeat(
     State(hub): Shared,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body<HEARTBEAT_BODY>,
 ) -> Result<Response, ApiError> {
     let entry = agent_auth(&hub, &headers)?;
     let hb: Heartbeat = parse(&body)?;
+    hb.validate()?;
     same_agent(&entry.id, &hb.agent_id)?;
     let now = now_ms();
     entry.lock().apply(hb, now);
@@ -300,10 +474,11 @@ struct Diagnostics {
 async fn diagnostics(
     State(hub): Shared,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body<DIAGNOSTICS_BODY>,
 ) -> Result<Response, ApiError> {
     let entry = agent_auth(&hub, &headers)?;
     let d: Diagnostics = parse(&body)?;
+    check_len("agent_id", &d.agent_id, MAX_ID)?;
     same_agent(&entry.id, &d.agent_id)?;
     let db = hub.db.clone();
     let report = d.report.to_string();

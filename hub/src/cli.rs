@@ -232,6 +232,20 @@ pub struct ServeArgs {
     /// Heartbeat interval told to agents, in seconds.
     #[arg(long, default_value_t = 30)]
     pub heartbeat_interval: u64,
+    /// Concurrent connections at most; past it, connections that have not sent a request
+    /// yet are closed first, then new ones are refused.
+    #[arg(long, default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (also how long an idle keep-alive
+    /// connection stays open) and, separately, its body.
+    #[arg(long, default_value_t = crate::server::DEFAULT_REQUEST_TIMEOUT_SECS)]
+    pub request_timeout: u64,
+    /// Enrollments per minute from one client address (0: unlimited).
+    #[arg(long, default_value_t = 10)]
+    pub enroll_rate: u32,
+    /// Enrollments one client address may make at once.
+    #[arg(long, default_value_t = 20)]
+    pub enroll_burst: u32,
 }
 
 /// The admin token from `file` or the environment.
@@ -276,6 +290,24 @@ pub fn serve_config(a: ServeArgs) -> Result<ServeConfig, HubError> {
             "use a value between 1 and 3600 seconds (default 30)",
         ));
     }
+    if a.max_connections == 0 {
+        return Err(HubError::usage(
+            "--max-connections must be at least 1",
+            "use e.g. --max-connections 1024 (the default)",
+        ));
+    }
+    if a.request_timeout == 0 || a.request_timeout > 3600 {
+        return Err(HubError::usage(
+            format!("--request-timeout {} is out of range", a.request_timeout),
+            "use a value between 1 and 3600 seconds (default 10)",
+        ));
+    }
+    if a.enroll_burst == 0 {
+        return Err(HubError::usage(
+            "--enroll-burst must be at least 1",
+            "use e.g. --enroll-burst 20 (the default)",
+        ));
+    }
     if !a.releases.is_dir() {
         return Err(HubError::usage(
             format!("release directory {} does not exist", a.releases.display()),
@@ -297,6 +329,10 @@ pub fn serve_config(a: ServeArgs) -> Result<ServeConfig, HubError> {
         tls: a.tls_cert.zip(a.tls_key),
         admin_token,
         interval_secs: a.heartbeat_interval,
+        max_connections: a.max_connections,
+        request_timeout: std::time::Duration::from_secs(a.request_timeout),
+        enroll_per_min: a.enroll_rate,
+        enroll_burst: a.enroll_burst,
     })
 }
 
@@ -500,13 +536,15 @@ pub fn run_client(cmd: Cmd) -> Result<(), HubError> {
             println!("key:     {key}");
             println!(
                 "id:      {}",
-                v.get("id").and_then(Value::as_str).unwrap_or_default()
+                terminal_safe(v.get("id").and_then(Value::as_str).unwrap_or_default())
             );
             println!(
                 "expires: {}",
-                v.get("expires_at")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
+                terminal_safe(
+                    v.get("expires_at")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                )
             );
             println!("(the key is shown only once; it enrolls exactly one host)");
             println!();
@@ -544,9 +582,32 @@ pub fn run_client(cmd: Cmd) -> Result<(), HubError> {
     }
 }
 
-/// Formats agents (API JSON) as a table: id, hostname, status, version, age.
+/// `s` safe for a terminal: control characters (C0, DEL, C1) and bidirectional-text
+/// overrides are written as escapes (`\x1b`, `\n`, `\u{9b}`, `\u{202e}`); everything else,
+/// backslashes included, is kept. Every human-readable line with agent-supplied text goes
+/// through this, so a hostname cannot move the cursor, recolour or retitle the terminal.
+pub fn terminal_safe(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if c.is_control() || bidi => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Formats agents (API JSON) as a table: id, hostname, status, version, age. Cells are
+/// [`terminal_safe`].
 pub fn agents_table(agents: &[Value]) -> String {
-    let s = |a: &Value, k: &str| a.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    let s = |a: &Value, k: &str| terminal_safe(a.get(k).and_then(Value::as_str).unwrap_or("-"));
     let mut rows = vec![[
         "ID".to_string(),
         "HOSTNAME".into(),
@@ -600,6 +661,28 @@ mod tests {
             t,
             "ID   HOSTNAME  STATUS  VERSION  AGE\na_1  web-1     online  1.2.0    4s\n"
         );
+    }
+
+    #[test]
+    fn control_characters_are_escaped_in_the_table() {
+        assert_eq!(terminal_safe("a\u{1b}[31mb"), "a\\x1b[31mb");
+        assert_eq!(
+            terminal_safe("x\ny\r\t\u{7}\u{7f}"),
+            "x\\ny\\r\\t\\x07\\x7f"
+        );
+        assert_eq!(
+            terminal_safe("\u{9b}2J\u{202e}txt"),
+            "\\u{9b}2J\\u{202e}txt"
+        );
+        assert_eq!(terminal_safe("héllo\\ ünï"), "héllo\\ ünï");
+        let t = agents_table(&[json!({
+            "id": "a_1", "hostname": "evil\u{1b}]0;pwned\u{7}\u{1b}[2J", "status": "online",
+            "version": "1\n2", "last_heartbeat_age_secs": 4
+        })]);
+        assert!(!t.contains('\u{1b}') && !t.contains('\u{7}'), "{t:?}");
+        assert!(t.contains("evil\\x1b]0;pwned\\x07\\x1b[2J"), "{t}");
+        assert!(t.contains("1\\n2"), "{t}");
+        assert_eq!(t.lines().count(), 2, "{t}");
     }
 
     #[test]

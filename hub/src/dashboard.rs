@@ -1,9 +1,11 @@
-//! The dashboard: one server-rendered HTML page that refreshes itself every 5 s.
+//! The HTML pages: the dashboard (one server-rendered page that refreshes itself every
+//! 5 s), the login form and error pages. No scripts; everything agent-supplied is escaped.
 
 use std::fmt::Write;
 
 use crate::duration::format_age;
 use crate::state::{AgentView, Status};
+use crate::web::{csrf_field, post_button, Session};
 
 /// Escapes text for HTML element content and quoted attribute values.
 pub fn escape(s: &str) -> String {
@@ -28,17 +30,63 @@ th,td{text-align:left;padding:.45rem .7rem;border-bottom:1px solid #d1d9e0;font-
 th{background:#eef1f4;font-weight:600}td.mono{font-family:ui-monospace,monospace;font-size:.8rem}\
 .badge{display:inline-block;padding:.1rem .55rem;border-radius:1rem;font-size:.8rem;font-weight:600;color:#fff}\
 .online{background:#1a7f37}.stale{background:#bf8700}.offline{background:#6e7781}.revoked{background:#cf222e}\
-.flag{color:#cf222e;font-size:.8rem}.summary span{margin-right:1rem}";
+.flag{color:#cf222e;font-size:.8rem}.summary span{margin-right:1rem}\
+header{display:flex;justify-content:space-between;align-items:baseline}form.logout button,form.login button{font:inherit;padding:.3rem .9rem;cursor:pointer}\
+form.login{background:#fff;box-shadow:0 1px 2px #0002;padding:1.2rem;max-width:26rem}form.login label{display:block;margin:0 0 .4rem;font-weight:600}\
+form.login input[type=password]{width:100%;box-sizing:border-box;padding:.4rem;margin:0 0 .8rem;font:inherit}p.error{color:#cf222e;font-weight:600}";
 
-/// Renders the dashboard for `agents`.
-pub fn render(agents: &[AgentView], interval_secs: u64) -> String {
-    let count = |s: Status| agents.iter().filter(|a| a.status == s).count();
-    let mut h = String::with_capacity(1024 + agents.len() * 512);
+fn head(h: &mut String, title: &str, refresh: bool) {
     h.push_str("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">");
-    h.push_str("<meta http-equiv=\"refresh\" content=\"5\"><meta name=\"viewport\" content=\"width=device-width\">");
-    h.push_str("<title>outpost hub</title><style>");
+    if refresh {
+        h.push_str("<meta http-equiv=\"refresh\" content=\"5\">");
+    }
+    h.push_str("<meta name=\"viewport\" content=\"width=device-width\"><title>");
+    h.push_str(&escape(title));
+    h.push_str("</title><style>");
     h.push_str(STYLE);
-    h.push_str("</style></head><body><h1>outpost hub</h1>");
+    h.push_str("</style></head><body>");
+}
+
+/// The login form; `error` is shown above it (after a wrong token).
+pub fn render_login(form: &Session, error: Option<&str>) -> String {
+    let mut h = String::with_capacity(2048);
+    head(&mut h, "outpost hub: log in", false);
+    h.push_str("<h1>outpost hub</h1><p class=\"sub\">Log in with the hub's admin token (OUTPOST_HUB_ADMIN_TOKEN or --admin-token-file).</p>");
+    if let Some(e) = error {
+        let _ = write!(h, "<p class=\"error\" id=\"login-error\">{}</p>", escape(e));
+    }
+    let _ = write!(
+        h,
+        "<form method=\"post\" action=\"/login\" class=\"login\">{}<label for=\"token\">admin token</label><input type=\"password\" id=\"token\" name=\"token\" autocomplete=\"current-password\" required autofocus><button type=\"submit\" id=\"login\">log in</button></form>",
+        csrf_field(form)
+    );
+    h.push_str("</body></html>\n");
+    h
+}
+
+/// A page with one message and a hint (errors, refusals).
+pub fn render_message(message: &str, hint: &str) -> String {
+    let mut h = String::with_capacity(1024);
+    head(&mut h, "outpost hub", false);
+    let _ = write!(
+        h,
+        "<h1>outpost hub</h1><p class=\"error\" id=\"message\">{}</p><p>{}</p><p><a href=\"/\">dashboard</a> · <a href=\"/login\">log in</a></p></body></html>\n",
+        escape(message),
+        escape(hint)
+    );
+    h
+}
+
+/// Renders the dashboard for `agents`, for the admin `session` (its logout button).
+pub fn render(agents: &[AgentView], interval_secs: u64, session: &Session) -> String {
+    let count = |s: Status| agents.iter().filter(|a| a.status == s).count();
+    let mut h = String::with_capacity(2048 + agents.len() * 512);
+    head(&mut h, "outpost hub", true);
+    let _ = write!(
+        h,
+        "<header><h1>outpost hub</h1>{}</header>",
+        post_button(session, "/logout", "log out", "logout")
+    );
     let _ = write!(
         h,
         "<p class=\"sub summary\"><span>{} agents</span><span>{} online</span><span>{} stale</span><span>{} offline</span><span>{} revoked</span><span>heartbeat every {}s</span></p>",
@@ -118,7 +166,12 @@ mod tests {
             last_upgrade: None,
             flags: vec![],
         };
-        let html = render(&[v], 30);
+        let session = crate::web::Store::new(std::time::Duration::from_secs(60), 1)
+            .create()
+            .unwrap();
+        let html = render(&[v], 30, &session);
+        assert!(html.contains(&format!("value=\"{}\"", session.csrf)));
+        assert!(html.contains("action=\"/logout\""));
         assert!(!html.contains("<script>"));
         assert!(html.contains("&lt;script&gt;"));
         assert!(html.contains("badge online"));

@@ -48,6 +48,8 @@ const MIGRATIONS: &[&str] = &[
         diagnostics TEXT,
         diagnostics_at INTEGER
     );",
+    // 2: idempotent enrollment: the sha256 of the nonce the key was used with.
+    "ALTER TABLE enroll_keys ADD COLUMN nonce_hash TEXT;",
 ];
 
 /// The schema version this hub writes.
@@ -64,8 +66,26 @@ pub struct KeyRow {
     pub labels: BTreeMap<String, String>,
 }
 
-/// `(id, expires_at, used_at, grp, labels)` of an enrollment key.
-type KeyLookup = (String, i64, Option<i64>, Option<String>, String);
+/// `(id, expires_at, used_at, grp, labels, used_by, nonce_hash)` of an enrollment key.
+type KeyLookup = (
+    String,
+    i64,
+    Option<i64>,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+);
+
+/// What an accepted enrollment did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enrolled {
+    /// A new agent was created with the given id.
+    Created,
+    /// The key was used before with the same nonce and is not expired: this is a retry of
+    /// agent `agent_id`'s enrollment. Nothing was changed.
+    Retry { agent_id: String },
+}
 
 /// Why an enrollment was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,37 +228,62 @@ impl Db {
     }
 
     /// Enrolls an agent with the key whose hash is `key_hash`: in one transaction, marks the
-    /// key used (only if still unused) and inserts the agent. `state` gets the key's group and
-    /// labels. Exactly one of many concurrent callers with the same key succeeds.
+    /// key used (only if still unused, recording `nonce_hash`) and inserts the agent. `state`
+    /// gets the key's group and labels. Exactly one of many concurrent callers with the same
+    /// key creates an agent; a later caller with the same nonce hash, before the key
+    /// expires, gets [`Enrolled::Retry`] (the caller decides whether to honour it), any other
+    /// gets [`KeyRefusal::Used`].
     pub fn enroll(
         &self,
         key_hash: &str,
+        nonce_hash: Option<&str>,
         agent_id: &str,
         token_hash: &str,
         state: &mut AgentState,
         now_ms: i64,
-    ) -> rusqlite::Result<Result<(), KeyRefusal>> {
+    ) -> rusqlite::Result<Result<Enrolled, KeyRefusal>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let key: Option<KeyLookup> = tx
             .query_row(
-                "SELECT id, expires_at, used_at, grp, labels FROM enroll_keys WHERE key_hash = ?1",
+                "SELECT id, expires_at, used_at, grp, labels, used_by, nonce_hash
+                 FROM enroll_keys WHERE key_hash = ?1",
                 [key_hash],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                },
             )
             .optional()?;
-        let Some((key_id, expires_at, used_at, grp, labels)) = key else {
+        let Some((key_id, expires_at, used_at, grp, labels, used_by, stored_nonce)) = key else {
             return Ok(Err(KeyRefusal::Unknown));
         };
         if used_at.is_some() {
-            return Ok(Err(KeyRefusal::Used));
+            let same_nonce = match (nonce_hash, stored_nonce.as_deref()) {
+                (Some(a), Some(b)) => crate::token::ct_eq_hex(a, b),
+                _ => false,
+            };
+            return Ok(match used_by {
+                Some(agent_id) if same_nonce && expires_at > now_ms => {
+                    Ok(Enrolled::Retry { agent_id })
+                }
+                _ => Err(KeyRefusal::Used),
+            });
         }
         if expires_at <= now_ms {
             return Ok(Err(KeyRefusal::Expired));
         }
         let marked = tx.execute(
-            "UPDATE enroll_keys SET used_at = ?1, used_by = ?2 WHERE id = ?3 AND used_at IS NULL",
-            params![now_ms, agent_id, key_id],
+            "UPDATE enroll_keys SET used_at = ?1, used_by = ?2, nonce_hash = ?3
+             WHERE id = ?4 AND used_at IS NULL",
+            params![now_ms, agent_id, nonce_hash, key_id],
         )?;
         if marked != 1 {
             return Ok(Err(KeyRefusal::Used));
@@ -265,7 +310,16 @@ impl Db {
             ],
         )?;
         tx.commit()?;
-        Ok(Ok(()))
+        Ok(Ok(Enrolled::Created))
+    }
+
+    /// Replaces agent `id`'s token hash; false when there is no such agent.
+    pub fn set_token(&self, id: &str, token_hash: &str) -> rusqlite::Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE agents SET token_hash = ?1 WHERE id = ?2",
+            params![token_hash, id],
+        )?;
+        Ok(n == 1)
     }
 
     /// Marks an agent revoked; false when there is no such agent.
@@ -382,15 +436,39 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            db.enroll("nope", "a_1", "t1", &mut st, 1).unwrap(),
+            db.enroll("nope", None, "a_1", "t1", &mut st, 1).unwrap(),
             Err(KeyRefusal::Unknown)
         );
-        assert_eq!(db.enroll("h", "a_1", "t1", &mut st, 1).unwrap(), Ok(()));
+        let n1 = crate::token::hash_hex("nonce-1");
+        let n2 = crate::token::hash_hex("nonce-2");
+        assert_eq!(
+            db.enroll("h", Some(&n1), "a_1", "t1", &mut st, 1).unwrap(),
+            Ok(Enrolled::Created)
+        );
         assert_eq!(st.group.as_deref(), Some("edge"));
         assert_eq!(
-            db.enroll("h", "a_2", "t2", &mut st, 2).unwrap(),
+            db.enroll("h", None, "a_2", "t2", &mut st, 2).unwrap(),
             Err(KeyRefusal::Used)
         );
+        assert_eq!(
+            db.enroll("h", Some(&n2), "a_2", "t2", &mut st, 2).unwrap(),
+            Err(KeyRefusal::Used)
+        );
+        // The same nonce before expiry: a retry of a_1, nothing created.
+        assert_eq!(
+            db.enroll("h", Some(&n1), "a_2", "t2", &mut st, 3).unwrap(),
+            Ok(Enrolled::Retry {
+                agent_id: "a_1".into()
+            })
+        );
+        // After expiry: used.
+        assert_eq!(
+            db.enroll("h", Some(&n1), "a_2", "t2", &mut st, 10_000)
+                .unwrap(),
+            Err(KeyRefusal::Used)
+        );
+        assert!(db.set_token("a_1", "t9").unwrap());
+        assert!(!db.set_token("a_x", "t9").unwrap());
         let k2 = KeyRow {
             id: "k_2".into(),
             key_hash: "h2".into(),
@@ -398,11 +476,12 @@ mod tests {
         };
         db.insert_key(&k2).unwrap();
         assert_eq!(
-            db.enroll("h2", "a_3", "t3", &mut st, 10_000).unwrap(),
+            db.enroll("h2", None, "a_3", "t3", &mut st, 10_000).unwrap(),
             Err(KeyRefusal::Expired)
         );
         let agents = db.load_agents().unwrap();
         assert_eq!(agents.len(), 1);
+        assert_eq!(agents[0].1, "t9");
         assert_eq!(agents[0].2.labels.get("a").map(String::as_str), Some("b"));
     }
 }

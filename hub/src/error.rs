@@ -112,6 +112,10 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub hint: &'static str,
+    /// The request field at fault (`field_too_long`, `field_invalid`).
+    pub field: Option<String>,
+    /// Seconds for a `Retry-After` header (429).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -126,7 +130,27 @@ impl ApiError {
             code,
             message: message.into(),
             hint,
+            field: None,
+            retry_after: None,
         }
+    }
+
+    /// The same error with another code.
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
+    }
+
+    /// The same error naming the request field at fault.
+    pub fn with_field(mut self, field: &str) -> Self {
+        self.field = Some(field.to_string());
+        self
+    }
+
+    /// The same error with a `Retry-After` header.
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -200,8 +224,16 @@ impl From<HubError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
+        let mut body =
             serde_json::json!({"error": self.code, "message": self.message, "hint": self.hint});
-        (self.status, axum::Json(body)).into_response()
+        if let (Some(f), Some(obj)) = (self.field, body.as_object_mut()) {
+            obj.insert("field".into(), serde_json::Value::String(f));
+        }
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        r
     }
 }

@@ -10,10 +10,12 @@ pub mod dashboard;
 pub mod db;
 pub mod duration;
 pub mod error;
+pub mod limits;
 pub mod releases;
 pub mod server;
 pub mod state;
 pub mod token;
+pub mod web;
 
 /// The hub's version, reported by `/healthz`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,7 +1,7 @@
 //! `outpost-hub`: see `outpost-hub --help` and docs/PROTOCOL.md.
 
 use clap::Parser;
-use outpost_hub::cli::{run_client, serve_config, Cli, Cmd};
+use outpost_hub::cli::{run_client, serve_config, terminal_safe, Cli, Cmd};
 use outpost_hub::error::HubError;
 
 fn run(cli: Cli) -> Result<(), HubError> {
@@ -24,8 +24,9 @@ fn run(cli: Cli) -> Result<(), HubError> {
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
-        eprintln!("error: {e}");
-        eprintln!("hint: {}", e.hint());
+        // The message may quote what a hub (or through it an agent) sent: keep it inert.
+        eprintln!("error: {}", terminal_safe(&e.to_string()));
+        eprintln!("hint: {}", terminal_safe(&e.hint()));
         std::process::exit(e.exit_code());
     }
 }

@@ -103,11 +103,19 @@ async fn serve(State(hub): State<Arc<Hub>>, rel: String) -> Response {
     let Some(path) = found else {
         return ApiError::not_found(format!("/{rel} is not published")).into_response();
     };
-    match tokio::fs::read(&path).await {
-        Ok(bytes) => {
-            let mut r = bytes.into_response();
+    // Streamed in chunks (a release tarball is never held in memory whole).
+    let opened = match tokio::fs::File::open(&path).await {
+        Ok(f) => f.metadata().await.map(|m| (f, m.len())),
+        Err(e) => Err(e),
+    };
+    match opened {
+        Ok((file, len)) => {
+            let stream = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024);
+            let mut r = axum::body::Body::from_stream(stream).into_response();
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             let cache = if rel.starts_with('v') {
                 "public, max-age=86400, immutable"
             } else {

@@ -1,20 +1,31 @@
 //! The serving loop: listener (plain or TLS), per-connection HTTP/1.1, the batching writer
 //! task, and shutdown on SIGINT/SIGTERM with a final flush.
+//!
+//! Connections are capped ([`ServeConfig::max_connections`]). At the cap, a new connection
+//! pushes out the oldest one that has not sent a complete request head yet (an idle or
+//! slow-loris connection); when every connection has sent a request, the new one is closed
+//! at once. Request heads (and so idle keep-alive connections) and bodies each get
+//! [`ServeConfig::request_timeout`].
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 
-use crate::api::{router, Hub};
+use crate::api::{router, Hub, HubOptions};
 use crate::db::Db;
 use crate::error::HubError;
 
@@ -31,6 +42,127 @@ pub struct ServeConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub admin_token: String,
     pub interval_secs: u64,
+    /// Concurrent connections at most.
+    pub max_connections: usize,
+    /// Time allowed for a request head (also the keep-alive idle time) and for a body.
+    pub request_timeout: Duration,
+    /// Enrollments per minute and client address (0: unlimited).
+    pub enroll_per_min: u32,
+    /// Enrollments a client address may make at once.
+    pub enroll_burst: u32,
+}
+
+/// Default of `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default of `--request-timeout`, in seconds.
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 10;
+
+/// One live connection.
+struct Slot {
+    /// A complete request head arrived on it.
+    served: AtomicBool,
+    /// Closes it.
+    kill: Notify,
+}
+
+/// The live connections, oldest first.
+struct Conns {
+    cap: usize,
+    inner: Mutex<(u64, BTreeMap<u64, Arc<Slot>>)>,
+}
+
+impl Conns {
+    fn new(cap: usize) -> Conns {
+        Conns {
+            cap: cap.max(1),
+            inner: Mutex::new((0, BTreeMap::new())),
+        }
+    }
+
+    /// A slot for a new connection: a free one, or the oldest that never sent a request
+    /// head (which is closed); `None` at the cap.
+    fn admit(&self) -> Option<(u64, Arc<Slot>)> {
+        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let (next, live) = &mut *g;
+        if live.len() >= self.cap {
+            let victim = live
+                .iter()
+                .find(|(_, s)| !s.served.load(Ordering::Relaxed))
+                .map(|(id, _)| *id)?;
+            if let Some(s) = live.remove(&victim) {
+                s.kill.notify_one();
+            }
+        }
+        *next += 1;
+        let slot = Arc::new(Slot {
+            served: AtomicBool::new(false),
+            kill: Notify::new(),
+        });
+        live.insert(*next, slot.clone());
+        Some((*next, slot))
+    }
+
+    fn release(&self, id: u64) {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1
+            .remove(&id);
+    }
+}
+
+/// Releases a connection's slot when its task ends (normally or not).
+struct SlotGuard {
+    conns: Arc<Conns>,
+    id: u64,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.conns.release(self.id);
+    }
+}
+
+/// The router for one connection: records the peer address and that a request arrived.
+#[derive(Clone)]
+struct ConnService {
+    app: Router,
+    peer: SocketAddr,
+    slot: Arc<Slot>,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+
+    fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
+        self.slot.served.store(true, Ordering::Relaxed);
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        let mut app = self.app.clone();
+        tower::Service::call(&mut app, req)
+    }
+}
+
+/// Raises the soft open-file limit to the hard one so the connection cap, not EMFILE,
+/// decides; warns when even that is too low.
+fn raise_nofile(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
+            eprintln!("outpost-hub: cannot raise the open file limit: {e}");
+        }
+    }
+    let now = getrlimit(Resource::Nofile).current;
+    let need = max_connections as u64 + 64;
+    if now.is_some_and(|n| n < need) {
+        eprintln!(
+            "outpost-hub: warning: the open file limit ({}) is below --max-connections + 64 ({need}); raise LimitNOFILE= or lower --max-connections",
+            now.unwrap_or(0)
+        );
+    }
 }
 
 fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, HubError> {
@@ -114,7 +246,14 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), HubError> {
         cfg.interval_secs,
         &cfg.admin_token,
         releases,
+        HubOptions {
+            tls: acceptor.is_some(),
+            enroll_per_min: cfg.enroll_per_min,
+            enroll_burst: cfg.enroll_burst,
+        },
     )?);
+    raise_nofile(cfg.max_connections);
+    crate::limits::set_body_timeout(cfg.request_timeout);
     let listener = TcpListener::bind(&cfg.listen)
         .await
         .map_err(|source| HubError::Listen {
@@ -150,10 +289,12 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), HubError> {
     });
 
     let app = router(hub.clone());
+    let conns = Arc::new(Conns::new(cfg.max_connections));
+    let timeout = cfg.request_timeout;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -165,29 +306,79 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), HubError> {
                 }
             },
         };
+        let Some((id, slot)) = conns.admit() else {
+            // At the cap and every connection is busy: close this one at once.
+            drop(stream);
+            continue;
+        };
+        let guard = SlotGuard {
+            conns: conns.clone(),
+            id,
+        };
         let _ = stream.set_nodelay(true);
-        let svc = TowerToHyperService::new(app.clone());
+        let svc = ConnService {
+            app: app.clone(),
+            peer,
+            slot: slot.clone(),
+        };
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
+            let _guard = guard;
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
+                .header_read_timeout(timeout)
                 .keep_alive(true);
-            let result = match acceptor {
-                Some(acc) => {
-                    match tokio::time::timeout(Duration::from_secs(10), acc.accept(stream)).await {
-                        Ok(Ok(tls)) => builder.serve_connection(TokioIo::new(tls), svc).await,
-                        _ => return,
+            let serve = async {
+                match acceptor {
+                    Some(acc) => {
+                        if let Ok(Ok(tls)) = tokio::time::timeout(timeout, acc.accept(stream)).await
+                        {
+                            let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+                        }
+                    }
+                    None => {
+                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
                     }
                 }
-                None => builder.serve_connection(TokioIo::new(stream), svc).await,
             };
-            drop(result);
+            tokio::select! {
+                _ = serve => {}
+                _ = slot.kill.notified() => {}
+            }
         });
     }
     writer.abort();
     flush(&hub).await;
     eprintln!("outpost-hub: stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_evicts_the_oldest_connection_without_a_request() {
+        let c = Conns::new(3);
+        let (a, sa) = c.admit().unwrap();
+        let (_b, sb) = c.admit().unwrap();
+        let (_c, sc) = c.admit().unwrap();
+        sa.served.store(true, Ordering::Relaxed);
+        // Full: the oldest idle one (b) goes, a (served) stays.
+        let (_d, _) = c.admit().unwrap();
+        let live: Vec<u64> = c.inner.lock().unwrap().1.keys().copied().collect();
+        assert_eq!(live.len(), 3);
+        assert!(live.contains(&a));
+        assert!(!live.contains(&_b));
+        drop(sb);
+        // Everyone served: refused.
+        sc.served.store(true, Ordering::Relaxed);
+        for s in c.inner.lock().unwrap().1.values() {
+            s.served.store(true, Ordering::Relaxed);
+        }
+        assert!(c.admit().is_none());
+        c.release(a);
+        assert!(c.admit().is_some());
+    }
 }

@@ -62,6 +62,76 @@ pub struct Facts {
     pub mode: String,
 }
 
+impl Facts {
+    /// Field caps: every string at most [`crate::limits::MAX_FIELD`] bytes, hostname
+    /// non-empty.
+    pub fn validate(&self) -> Result<(), crate::error::ApiError> {
+        use crate::limits::{check_len, MAX_FIELD};
+        if self.hostname.trim().is_empty() {
+            return Err(crate::limits::field_invalid(
+                "facts.hostname",
+                "must not be empty",
+            ));
+        }
+        for (name, v) in [
+            ("facts.hostname", &self.hostname),
+            ("facts.machine_id", &self.machine_id),
+            ("facts.distro", &self.distro),
+            ("facts.arch", &self.arch),
+            ("facts.version", &self.version),
+            ("facts.mode", &self.mode),
+        ] {
+            check_len(name, v, MAX_FIELD)?;
+        }
+        Ok(())
+    }
+}
+
+/// Shortest enrollment nonce accepted.
+pub const MIN_NONCE: usize = 16;
+
+/// The body of `POST /api/v1/enroll`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EnrollRequest {
+    pub key: String,
+    /// A random value the agent generates once per host and reuses for every retry: the
+    /// same key with the same nonce returns the same agent id (docs/PROTOCOL.md). Optional
+    /// for older agents, which then get `key_used` on a retry.
+    #[serde(default)]
+    pub nonce: Option<String>,
+    pub facts: Facts,
+}
+
+impl EnrollRequest {
+    /// Field caps and the nonce's shape (16 to 128 of `[A-Za-z0-9_-]`).
+    pub fn validate(&self) -> Result<(), crate::error::ApiError> {
+        use crate::limits::{check_len, field_invalid, MAX_ID};
+        check_len("key", &self.key, MAX_ID)?;
+        if let Some(n) = &self.nonce {
+            check_len("nonce", n, MAX_ID)?;
+            if n.len() < MIN_NONCE
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(field_invalid(
+                    "nonce",
+                    "must be 16 to 128 characters of [A-Za-z0-9_-]",
+                ));
+            }
+        }
+        self.facts.validate()
+    }
+}
+
+/// The reply to `POST /api/v1/enroll` (201 new, 200 the same identity again).
+#[derive(Debug, Clone, Serialize)]
+pub struct Enrolled {
+    pub agent_id: String,
+    pub token: String,
+    pub heartbeat_interval_secs: u64,
+}
+
 /// A heartbeat body (docs/PROTOCOL.md). Only `agent_id` is required; absent fields keep
 /// their stored value.
 #[derive(Debug, Clone, Deserialize)]
@@ -85,6 +155,34 @@ pub struct Heartbeat {
     pub journal_head: Option<JournalHead>,
     #[serde(default)]
     pub last_upgrade: Option<Value>,
+}
+
+impl Heartbeat {
+    /// Field caps: strings at most [`crate::limits::MAX_FIELD`] bytes, capabilities and
+    /// last_upgrade flat objects of bounded size.
+    pub fn validate(&self) -> Result<(), crate::error::ApiError> {
+        use crate::limits::{check_flat_object, check_len, check_opt, MAX_FIELD, MAX_ID};
+        check_len("agent_id", &self.agent_id, MAX_ID)?;
+        for (name, v) in [
+            ("version", &self.version),
+            ("distro", &self.distro),
+            ("kernel", &self.kernel),
+            ("arch", &self.arch),
+            ("mode", &self.mode),
+        ] {
+            check_opt(name, v.as_deref(), MAX_FIELD)?;
+        }
+        if let Some(j) = &self.journal_head {
+            check_len("journal_head.hash", &j.hash, MAX_ID)?;
+        }
+        if let Some(c) = &self.capabilities {
+            check_flat_object("capabilities", c)?;
+        }
+        if let Some(u) = &self.last_upgrade {
+            check_flat_object("last_upgrade", u)?;
+        }
+        Ok(())
+    }
 }
 
 /// Everything the hub knows about one agent.
@@ -312,6 +410,22 @@ impl Registry {
         Some(e)
     }
 
+    /// Gives agent `id` a new token hash: the old token stops working at once. Returns the
+    /// new entry, `None` when there is no such agent.
+    pub fn replace_token(&self, id: &str, token_hash: [u8; 32]) -> Option<Arc<AgentEntry>> {
+        let mut m = self.write();
+        let old = m.by_id.get(id)?.clone();
+        let entry = Arc::new(AgentEntry::new(
+            old.id.clone(),
+            token_hash,
+            old.lock().clone(),
+        ));
+        m.by_token.remove(&old.token_hash);
+        m.by_token.insert(token_hash, entry.clone());
+        m.by_id.insert(entry.id.clone(), entry.clone());
+        Some(entry)
+    }
+
     pub fn by_token(&self, token_hash: &[u8; 32]) -> Option<Arc<AgentEntry>> {
         self.read().by_token.get(token_hash).cloned()
     }
@@ -404,6 +518,52 @@ mod tests {
             ..st
         };
         assert_eq!(r.status(0, 30), Status::Revoked);
+    }
+
+    #[test]
+    fn replace_token_moves_the_agent() {
+        let reg = Registry::default();
+        reg.insert(AgentEntry::new(
+            "a_1".into(),
+            [1; 32],
+            AgentState {
+                hostname: "h".into(),
+                ..Default::default()
+            },
+        ));
+        let e = reg.replace_token("a_1", [2; 32]).unwrap();
+        assert_eq!(e.lock().hostname, "h");
+        assert!(reg.by_token(&[1; 32]).is_none());
+        assert_eq!(reg.by_token(&[2; 32]).unwrap().id, "a_1");
+        assert_eq!(reg.len(), 1);
+        assert!(reg.replace_token("a_2", [3; 32]).is_none());
+    }
+
+    #[test]
+    fn heartbeat_fields_are_capped() {
+        let ok: Heartbeat = serde_json::from_value(serde_json::json!({
+            "agent_id": "a_1", "kernel": "k".repeat(255),
+            "capabilities": {"cpus": 2, "docker_version": null}
+        }))
+        .unwrap();
+        assert!(ok.validate().is_ok());
+        let long: Heartbeat = serde_json::from_value(serde_json::json!({
+            "agent_id": "a_1", "kernel": "k".repeat(256)
+        }))
+        .unwrap();
+        let e = long.validate().unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            ("field_too_long", Some("kernel"))
+        );
+        let f = Facts {
+            hostname: "h".repeat(256),
+            ..Default::default()
+        };
+        assert_eq!(
+            f.validate().unwrap_err().field.as_deref(),
+            Some("facts.hostname")
+        );
     }
 
     #[test]

@@ -44,6 +44,15 @@ pub fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
         == 0
 }
 
+/// Compares two hex digests (as stored) without an early exit; false unless both are
+/// valid sha256 hex.
+pub fn ct_eq_hex(a: &str, b: &str) -> bool {
+    let (mut x, mut y) = ([0u8; 32], [0u8; 32]);
+    hex::decode_to_slice(a, &mut x).is_ok()
+        && hex::decode_to_slice(b, &mut y).is_ok()
+        && ct_eq(&x, &y)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +66,8 @@ mod tests {
         assert_eq!(hash_hex(&a).len(), 64);
         assert!(ct_eq(&hash(&a), &hash(&a)));
         assert!(!ct_eq(&hash(&a), &hash(&b)));
+        assert!(ct_eq_hex(&hash_hex(&a), &hash_hex(&a)));
+        assert!(!ct_eq_hex(&hash_hex(&a), &hash_hex(&b)));
+        assert!(!ct_eq_hex("zz", "zz"));
     }
 }
