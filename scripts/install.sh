@@ -1,14 +1,17 @@
 #!/bin/sh
 # outpost installer: downloads a verified outpost release and installs it as a systemd service.
 #
-#   curl -sSL https://RELEASES/install.sh | sudo bash
+#   curl -sSL https://RELEASES/install.sh | sudo sh
 #   curl -sSL https://RELEASES/install.sh | sudo OUTPOST_HUB_URL=https://hub.example.com sh
 #
-# The enrollment key is a secret: keep it off command lines (they show up in `ps` and shell
-# history). Export it and let sudo pass it through:
-#   export OUTPOST_ENROLL_KEY=...   # e.g. read -rs OUTPOST_ENROLL_KEY
-#   curl -sSL https://RELEASES/install.sh | sudo --preserve-env=OUTPOST_ENROLL_KEY sh
-# outpost writes it only to the 0600 secrets file (/etc/outpost/outpost.env).
+# The enrollment key is a secret: keep it out of command lines and environments (they show
+# up in `ps`, shell history and sudo's log). Type or paste it at a silent prompt into a
+# private temp file (mktemp: mode 0600, unpredictable name) and pass only the file's name:
+#   f=$(mktemp) && printf 'enrollment key: ' && read -rs k && printf '%s\n' "$k" >"$f" &&
+#     unset k && echo && curl -sSL https://RELEASES/install.sh |
+#     sudo OUTPOST_ENROLL_KEY_FILE="$f" OUTPOST_HUB_URL=https://hub.example.com sh; rm -f "$f"
+# (`read -rs` is bash/zsh; the prompt reads from your terminal, never from the piped script.)
+# outpost copies the key only into the 0600 secrets file (/etc/outpost/outpost.env).
 #
 # Settings (environment variables):
 #   OUTPOST_VERSION      exact version to install (default: the channel's current version)
@@ -18,7 +21,7 @@
 #   OUTPOST_GITHUB_URL   base URL for github: sources (default https://github.com; GitHub
 #                        Enterprise: https://ghe.example.com)
 #   OUTPOST_HUB_URL      control-plane URL written into a new config (outpost install --hub)
-#   OUTPOST_ENROLL_KEY   single-use enrollment key (secret; see above)
+#   OUTPOST_ENROLL_KEY_FILE  file holding the single-use enrollment key (secret; see above)
 #   OUTPOST_MODE         system (default when root) or user
 #   OUTPOST_RUN_AS       system mode: user the service runs as (default: SUDO_USER, else `outpost`)
 #
@@ -30,14 +33,19 @@
 #   --purge          with --uninstall: remove config, secrets and state too
 #   --help           this text
 #
-# Verification: the tarball's sha256 must match the value embedded below at publish time (a
-# mismatch is fatal). When `minisign` is installed, its signature is checked against the
-# embedded public key(s) as well. A version published after this script has no embedded
-# sha256: then minisign is required to verify the signed SHA256SUMS, or use the newer
-# release's own install.sh.
-# Then `outpost install` itself, given OUTPOST_RELEASE_URL and the embedded keys
-# (OUTPOST_RELEASE_PUBKEYS), checks the signed manifest (and its replay guard) and that its own
-# sha256 is the one published for its version and target, before it changes anything.
+# Verification: the channel file (channels/NAME) is not signed, so a version read from it must
+# be the channel's head embedded below at publish time, or one published after this script
+# (a version this script knows that is not the head is a stale or forged channel: a
+# downgrade, refused). The tarball's sha256 must match the value embedded below (a mismatch
+# is fatal). When `minisign` is installed, its signature is checked against the embedded
+# public key(s) as well. A version published after this script has no embedded sha256: then
+# minisign is required to verify the signed SHA256SUMS, or use the newer release's own
+# install.sh.
+# Then `outpost install` itself, given OUTPOST_RELEASE_URL (the release URL, or the bundle
+# file with --bundle), the embedded keys (OUTPOST_RELEASE_PUBKEYS) and the channel it was
+# resolved from (OUTPOST_RELEASE_CHANNEL), checks the signed manifest (and its replay guard),
+# that the channel's signed head is its version, and that its own sha256 is the one published
+# for its version and target, before it changes anything.
 #
 # Exit codes: 0 ok, 1 failure, 2 bad input or unsupported host. Nothing is prompted for and
 # nothing sleeps. Only the last line runs anything (main, in braces), so a truncated download
@@ -48,8 +56,11 @@ set -eu
 OUTPOST_EMBEDDED_RELEASE_URL=""
 OUTPOST_EMBEDDED_PUBKEYS=""
 OUTPOST_EMBEDDED_SHA256S=""
+OUTPOST_EMBEDDED_CHANNELS=""
 
 TMP_DIR=""
+RESOLVED_CHANNEL=""
+BUNDLE_PATH=""
 ARG_VERSION=""
 ARG_BUNDLE=""
 ARG_DRY_RUN=0
@@ -76,7 +87,7 @@ usage() {
         sed -n '2,/^set -eu/p' "$0" | sed -e '/^set -eu/d' -e 's/^# \{0,1\}//'
     else
         echo "usage: install.sh [--version X] [--bundle FILE] [--dry-run] [--uninstall [--purge]]"
-        echo "settings: OUTPOST_VERSION OUTPOST_CHANNEL OUTPOST_RELEASE_URL OUTPOST_HUB_URL OUTPOST_ENROLL_KEY OUTPOST_MODE OUTPOST_RUN_AS"
+        echo "settings: OUTPOST_VERSION OUTPOST_CHANNEL OUTPOST_RELEASE_URL OUTPOST_HUB_URL OUTPOST_ENROLL_KEY_FILE OUTPOST_MODE OUTPOST_RUN_AS"
     fi
 }
 
@@ -220,6 +231,40 @@ resolve_version() {
         [0-9]*.[0-9]*.[0-9]*) ;;
         *) fail 1 "channel $OUTPOST_CHANNEL names no valid version ('$VERSION')" "set OUTPOST_VERSION explicitly" ;;
     esac
+    check_channel_head
+    RESOLVED_CHANNEL=$OUTPOST_CHANNEL
+}
+
+# embedded_channel_head CHANNEL: the channel's version when this script was published
+embedded_channel_head() {
+    printf '%s\n' "$OUTPOST_EMBEDDED_CHANNELS" | while read -r c v; do
+        if [ "$c" = "$1" ]; then
+            printf '%s' "$v"
+            break
+        fi
+    done
+}
+
+# embedded_version V: prints V if this script was published with a checksum for a build of V
+embedded_version() {
+    printf '%s\n' "$OUTPOST_EMBEDDED_SHA256S" | while read -r v t s; do
+        if [ "$v" = "$1" ]; then
+            printf '%s' "$v"
+            break
+        fi
+    done
+}
+
+# The channel file is unsigned: it may name the head this script was published with, or a
+# version published after it (outpost then checks the signed manifest's head itself), but not
+# another version this script knows: that is a stale or forged channel file (a downgrade).
+check_channel_head() {
+    head=$(embedded_channel_head "$OUTPOST_CHANNEL")
+    if [ -z "$head" ] || [ "$VERSION" = "$head" ] || [ -z "$(embedded_version "$VERSION")" ]; then
+        return 0
+    fi
+    fail 1 "channel $OUTPOST_CHANNEL names outpost $VERSION, but its head was $head when this install.sh was published: refusing a stale or forged channel file (a downgrade)" \
+        "nothing was installed. The release host or a mirror serves an old or forged channels/$OUTPOST_CHANNEL: fetch install.sh from the release host again (or pin a version on purpose: OUTPOST_VERSION=$head), and report it to whoever runs the mirror if it persists"
 }
 
 sha256_of() {
@@ -279,21 +324,68 @@ verify_tarball() {
     say "verified $name (sha256 $have)"
 }
 
+# check_bundle: set BUNDLE_PATH (absolute), VERSION and BUNDLE_MEMBER (the tarball's entry)
+# from the bundle's listing. A bundle holds only release-root files (docs/RELEASES.md): any
+# other entry, a path with `..`, or two builds for this target is refused before extracting.
+check_bundle() {
+    if [ ! -f "$ARG_BUNDLE" ] || [ ! -r "$ARG_BUNDLE" ]; then
+        fail 2 "cannot read bundle $ARG_BUNDLE" "pass the path of a file made by 'outpost-release bundle'"
+    fi
+    case "$ARG_BUNDLE" in
+        /*) BUNDLE_PATH=$ARG_BUNDLE ;;
+        *) BUNDLE_PATH=$(pwd)/$ARG_BUNDLE ;;
+    esac
+    # outpost records it as [release] url: no spaces, quotes or other characters TOML or sh mind
+    case "$BUNDLE_PATH" in
+        *[!A-Za-z0-9._/+@:=,~-]*) fail 2 "the bundle path $BUNDLE_PATH has characters outpost does not accept in a release source" "move or rename the bundle to a path of letters, digits and . _ - / only" ;;
+    esac
+    tar -tf "$BUNDLE_PATH" >"$TMP_DIR/bundle-members" 2>/dev/null || fail 1 "bundle $BUNDLE_PATH is not a valid tar file" "make it again with 'outpost-release bundle'"
+    BUNDLE_MEMBER=""
+    while IFS= read -r m; do
+        rel=${m#./}
+        case "$rel" in
+            *..*) fail 1 "bundle $BUNDLE_PATH holds the entry '$m', which leaves the bundle" "nothing was installed; this is not a bundle made by 'outpost-release bundle'" ;;
+            "" | v[0-9]*/) ;;
+            manifest.json | manifest.json.minisig | v[0-9]*/SHA256SUMS | v[0-9]*/SHA256SUMS.minisig | v[0-9]*/outpost-*.tar.gz.minisig) ;;
+            v[0-9]*/outpost-*-"$TARGET".tar.gz)
+                [ -z "$BUNDLE_MEMBER" ] || fail 1 "bundle $BUNDLE_PATH holds more than one build for $TARGET" "nothing was installed; make a bundle of one version with 'outpost-release bundle'"
+                BUNDLE_MEMBER=$m
+                ;;
+            v[0-9]*/outpost-*.tar.gz) ;;
+            *) fail 1 "bundle $BUNDLE_PATH holds an unexpected entry '$m'" "nothing was installed; a bundle holds only release files: make it again with 'outpost-release bundle'" ;;
+        esac
+    done <"$TMP_DIR/bundle-members"
+    [ -n "$BUNDLE_MEMBER" ] || fail 1 "bundle $BUNDLE_PATH has no build for $TARGET" "make a bundle with --target $TARGET"
+    name=${BUNDLE_MEMBER##*/}
+    VERSION=${name#outpost-}
+    VERSION=${VERSION%-"$TARGET".tar.gz}
+    case "${BUNDLE_MEMBER#./}" in
+        "v$VERSION/$name") ;;
+        *) fail 1 "bundle $BUNDLE_PATH holds $name in the wrong directory ($BUNDLE_MEMBER)" "nothing was installed; make the bundle again with 'outpost-release bundle'" ;;
+    esac
+}
+
+# bundle_extract MEMBER DEST: one regular file of the bundle (only if listed)
+bundle_extract() {
+    grep -qxF -- "$1" "$TMP_DIR/bundle-members" || return 0
+    mkdir -p "$TMP_DIR/bundle"
+    tar -xf "$BUNDLE_PATH" -C "$TMP_DIR/bundle" -- "$1" || fail 1 "cannot extract $1 from bundle $BUNDLE_PATH" "the bundle is damaged; make it again with 'outpost-release bundle'"
+    if [ ! -f "$TMP_DIR/bundle/$1" ] || [ -h "$TMP_DIR/bundle/$1" ]; then
+        fail 1 "$1 in bundle $BUNDLE_PATH is not a regular file" "nothing was installed; make the bundle again with 'outpost-release bundle'"
+    fi
+    mv -f "$TMP_DIR/bundle/$1" "$2"
+}
+
 fetch_release() {
     name="outpost-$VERSION-$TARGET.tar.gz"
     if [ -n "$ARG_BUNDLE" ]; then
-        [ -r "$ARG_BUNDLE" ] || fail 2 "cannot read bundle $ARG_BUNDLE" "pass the path of a file made by 'outpost-release bundle'"
-        tar -xf "$ARG_BUNDLE" -C "$TMP_DIR" || fail 1 "bundle $ARG_BUNDLE is not a valid tar file" "make it again with 'outpost-release bundle'"
-        found=$(find "$TMP_DIR" -name "outpost-*-$TARGET.tar.gz" | head -n 1)
-        [ -n "$found" ] || fail 1 "bundle has no build for $TARGET" "make a bundle with --target $TARGET"
-        name=$(basename "$found")
-        VERSION=${name#outpost-}
-        VERSION=${VERSION%-"$TARGET".tar.gz}
-        dir=$(dirname "$found")
-        cp "$found" "$TMP_DIR/$name"
-        for f in "$found.minisig" "$dir/SHA256SUMS" "$dir/SHA256SUMS.minisig"; do
-            if [ -f "$f" ] && [ "$f" != "$TMP_DIR/$(basename "$f")" ]; then cp "$f" "$TMP_DIR/"; fi
-        done
+        dir=${BUNDLE_MEMBER%/*}
+        bundle_extract "$BUNDLE_MEMBER" "$TMP_DIR/$name"
+        [ -f "$TMP_DIR/$name" ] || fail 1 "cannot extract $BUNDLE_MEMBER from bundle $BUNDLE_PATH" "the bundle is damaged; make it again with 'outpost-release bundle'"
+        bundle_extract "$BUNDLE_MEMBER.minisig" "$TMP_DIR/$name.minisig"
+        bundle_extract "$dir/SHA256SUMS" "$TMP_DIR/SHA256SUMS"
+        bundle_extract "$dir/SHA256SUMS.minisig" "$TMP_DIR/SHA256SUMS.minisig"
+        say "read outpost $VERSION for $TARGET from bundle $BUNDLE_PATH"
     else
         say "downloading outpost $VERSION for $TARGET from $RELEASE_SRC"
         download "$(asset_url "v$VERSION/$name")" "$TMP_DIR/$name"
@@ -309,7 +401,9 @@ fetch_release() {
     mkdir "$TMP_DIR/unpacked"
     tar -xzf "$TMP_DIR/$name" -C "$TMP_DIR/unpacked" outpost || fail 1 "cannot unpack $name" "the tarball is damaged; nothing was installed"
     OUTPOST_BIN="$TMP_DIR/unpacked/outpost"
-    [ -x "$OUTPOST_BIN" ] || fail 1 "$name holds no executable outpost binary" "report this to whoever runs the release host"
+    if [ ! -f "$OUTPOST_BIN" ] || [ -h "$OUTPOST_BIN" ] || [ ! -x "$OUTPOST_BIN" ]; then
+        fail 1 "$name holds no executable outpost binary" "report this to whoever runs the release host"
+    fi
 }
 
 installed_binary() {
@@ -350,16 +444,29 @@ run_install() {
     if [ -n "${OUTPOST_HUB_URL:-}" ]; then set -- "$@" --hub "$OUTPOST_HUB_URL"; fi
     if [ -n "${OUTPOST_RUN_AS:-}" ]; then set -- "$@" --run-as "$OUTPOST_RUN_AS"; fi
     if [ "$ARG_DRY_RUN" = 1 ]; then set -- "$@" --dry-run; fi
-    # OUTPOST_ENROLL_KEY reaches outpost through the environment, never argv.
+    # The enrollment key reaches outpost through OUTPOST_ENROLL_KEY_FILE (or the environment),
+    # never argv.
+    # outpost checks the signed manifest itself (against the keys embedded here, with its
+    # replay guard), that a channel's signed head is the version resolved from it, and that its
+    # own sha256 is the one published for its version and target: from the release source, or
+    # from the bundle exactly the same way.
+    if [ -n "$ARG_BUNDLE" ]; then
+        OUTPOST_RELEASE_URL=$BUNDLE_PATH
+    else
+        OUTPOST_RELEASE_URL=$RELEASE_SRC
+    fi
+    OUTPOST_RELEASE_PUBKEYS=$OUTPOST_EMBEDDED_PUBKEYS
+    export OUTPOST_RELEASE_URL OUTPOST_RELEASE_PUBKEYS
+    if [ -n "$RESOLVED_CHANNEL" ]; then
+        OUTPOST_RELEASE_CHANNEL=$RESOLVED_CHANNEL
+        export OUTPOST_RELEASE_CHANNEL
+    else
+        unset OUTPOST_RELEASE_CHANNEL
+    fi
     if [ -n "$ARG_BUNDLE" ]; then
         "$OUTPOST_BIN" "$@"
         return
     fi
-    # outpost checks the signed manifest itself (against the keys embedded here, with its
-    # replay guard) and that its own sha256 is the one published for its version and target.
-    OUTPOST_RELEASE_URL=$RELEASE_SRC
-    OUTPOST_RELEASE_PUBKEYS=$OUTPOST_EMBEDDED_PUBKEYS
-    export OUTPOST_RELEASE_URL OUTPOST_RELEASE_PUBKEYS
     if [ -n "${GITHUB_BASE:-}" ]; then
         OUTPOST_GITHUB_URL=$GITHUB_BASE
         export OUTPOST_GITHUB_URL
@@ -380,7 +487,7 @@ main() {
     trap cleanup EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
-    if [ -z "$ARG_BUNDLE" ]; then resolve_version; fi
+    if [ -n "$ARG_BUNDLE" ]; then check_bundle; else resolve_version; fi
     fetch_release
     run_install
 }

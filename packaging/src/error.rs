@@ -56,6 +56,15 @@ pub enum Error {
         seen: u64,
         got: u64,
     },
+    /// A version resolved from a channel file that the signed manifest does not name as
+    /// that channel's head: a stale or forged channel file (a downgrade).
+    #[error("channel {channel} of the signed manifest {location} is {}, not {version}: refusing a stale or forged channel file (a downgrade)", head.as_deref().unwrap_or("not set"))]
+    ChannelMismatch {
+        channel: String,
+        location: String,
+        head: Option<String>,
+        version: String,
+    },
     /// A sha256 that does not match.
     #[error("sha256 mismatch for {location}: expected {expected}, got {actual}")]
     ShaMismatch {
@@ -127,6 +136,10 @@ impl Error {
             Error::BadKey { .. } => "a key is the base64 line of a minisign .pub file (RWQ...), or the whole file".into(),
             Error::UnknownKey { .. } => "if the release key was rotated, add the new public key to the trusted keys; otherwise the release is not genuine".into(),
             Error::BadSignature { .. } => "the file or its .minisig was altered or is damaged: nothing was installed; do not use this release".into(),
+            Error::ChannelMismatch { channel, head, .. } => match head {
+                Some(h) => format!("nothing was installed: the release host or a mirror serves a stale or forged channel file for {channel}; run the release host's current install.sh again, or pin a version on purpose with OUTPOST_VERSION={h}"),
+                None => format!("nothing was installed: the signed manifest has no channel {channel}; pin a version with OUTPOST_VERSION, or use another channel"),
+            },
             Error::Replay { .. } => "the release host serves an older manifest than one already seen (mirror lagging, or an attack); wait for it to catch up or use another mirror".into(),
             Error::UnsafeEntry { .. } => "the tarball is not a genuine outpost release: nothing was installed".into(),
             Error::Archive { .. } => "the file is damaged or truncated: download it again".into(),
@@ -160,6 +173,18 @@ mod tests {
             },
             Error::NoTrustedKeys {
                 location: "manifest.json".into(),
+            },
+            Error::ChannelMismatch {
+                channel: "stable".into(),
+                location: "https://h/manifest.json".into(),
+                head: Some("1.1.0".into()),
+                version: "1.0.0".into(),
+            },
+            Error::ChannelMismatch {
+                channel: "beta".into(),
+                location: "https://h/manifest.json".into(),
+                head: None,
+                version: "1.0.0".into(),
             },
             Error::UnsafeEntry {
                 archive: "/t.tar.gz".into(),

@@ -11,6 +11,7 @@ use crate::manifest::{tarball_file_name, Manifest, Want, MAX_MANIFEST_BYTES};
 use crate::verify::{ReplayState, TrustedComment, TrustedKeys, MAX_SIG_BYTES};
 use crate::{fsx, MANIFEST};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -366,15 +367,38 @@ impl Reader<'_> {
                     archive: bundle.clone(),
                     detail: e.to_string(),
                 };
+                // The whole bundle is read: a name held twice (tar -x would take the last
+                // copy, this reader the first) or held as a link is refused, not guessed at.
+                let mut copied = None;
+                let mut progress = progress;
                 for entry in ar.entries().map_err(archive_err)? {
                     let entry = entry.map_err(archive_err)?;
                     let name = entry.path().map_err(archive_err)?.into_owned();
                     let name = name.strip_prefix("./").unwrap_or(&name);
-                    if name == Path::new(rel) && entry.header().entry_type().is_file() {
-                        return copy_capped(entry, limit, out, &location, progress, archive_err);
+                    if name != Path::new(rel) {
+                        continue;
                     }
+                    let detail = if copied.is_some() {
+                        format!("it holds {rel} twice")
+                    } else if !entry.header().entry_type().is_file() {
+                        format!("{rel} is not a regular file")
+                    } else {
+                        copied = Some(copy_capped(
+                            entry,
+                            limit,
+                            out,
+                            &location,
+                            progress.take(),
+                            archive_err,
+                        )?);
+                        continue;
+                    };
+                    return Err(Error::Archive {
+                        archive: bundle.clone(),
+                        detail,
+                    });
                 }
-                Err(not_found())
+                copied.ok_or_else(not_found)
             }
             (Source::Http { .. } | Source::GitHub { .. }, _, _) => {
                 unreachable!("Source::reader builds an agent for Http and GitHub")
@@ -563,6 +587,62 @@ pub struct Verified {
     pub minisig: String,
     /// The signed manifest's timestamp (now recorded in the replay state).
     pub manifest_timestamp: u64,
+    /// The signed manifest's channel heads (channel → version), as verified.
+    pub channels: BTreeMap<String, semver::Version>,
+    /// Where the signed manifest was read from (for messages).
+    pub manifest_location: String,
+}
+
+/// Environment variable in which install.sh names the channel it resolved the version from
+/// (unset when a version was asked for): [`Verified::check_channel_from_env`].
+pub const CHANNEL_ENV: &str = "OUTPOST_RELEASE_CHANNEL";
+
+impl Verified {
+    /// Refuse unless the signed manifest names this version as the head of `channel`: the
+    /// channel file (`channels/NAME`, `channel-NAME` on GitHub) is not signed, so a version
+    /// resolved from it is only trusted once the signed manifest agrees. A stale or forged
+    /// channel file (a downgrade to an older, genuinely signed version) fails here.
+    pub fn check_channel_head(&self, channel: &str) -> Result<()> {
+        check_channel_head(
+            &self.channels,
+            channel,
+            &self.version,
+            &self.manifest_location,
+        )
+    }
+
+    /// [`Verified::check_channel_head`] for the channel named in [`CHANNEL_ENV`], when set
+    /// (install.sh sets it when it resolved the version from a channel file).
+    pub fn check_channel_from_env(&self) -> Result<()> {
+        match std::env::var(CHANNEL_ENV) {
+            Ok(c) if !c.trim().is_empty() => self.check_channel_head(c.trim()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Refuse unless `channels` (a signed manifest's) names `version` as the head of `channel`.
+pub fn check_channel_head(
+    channels: &BTreeMap<String, semver::Version>,
+    channel: &str,
+    version: &semver::Version,
+    location: &str,
+) -> Result<()> {
+    if !crate::manifest::CHANNELS.contains(&channel) {
+        return Err(Error::usage(
+            format!("unknown release channel {channel:?} in {CHANNEL_ENV}"),
+            "use stable or beta (install.sh sets it from OUTPOST_CHANNEL)",
+        ));
+    }
+    match channels.get(channel) {
+        Some(head) if head == version => Ok(()),
+        head => Err(Error::ChannelMismatch {
+            channel: channel.to_string(),
+            location: location.to_string(),
+            head: head.map(ToString::to_string),
+            version: version.to_string(),
+        }),
+    }
 }
 
 /// What [`download_verified`] checked: the tarball's sha256 and its signature's text.
@@ -655,6 +735,8 @@ pub fn fetch_release(
         sha256,
         minisig,
         manifest_timestamp: manifest.timestamp,
+        channels: manifest.channels.clone(),
+        manifest_location: reader.location(MANIFEST),
     })
 }
 
@@ -910,6 +992,43 @@ mod tests {
             r.download("big", 1000, &dest, false).unwrap(),
             fsx::sha256_bytes(&[7u8; 1000])
         );
+    }
+
+    #[test]
+    fn channel_head_table() {
+        let v = |s: &str| semver::Version::parse(s).unwrap();
+        let channels: BTreeMap<String, semver::Version> = [
+            ("stable".to_string(), v("1.1.0")),
+            ("beta".to_string(), v("1.2.0-rc.1")),
+        ]
+        .into();
+        let cases = [
+            ("stable", "1.1.0", true),
+            ("stable", "1.0.0", false), // a forged channel file: downgrade
+            ("stable", "1.2.0-rc.1", false),
+            ("beta", "1.2.0-rc.1", true),
+            ("beta", "1.1.0", false),
+        ];
+        for (channel, version, ok) in cases {
+            let r = check_channel_head(&channels, channel, &v(version), "https://h/manifest.json");
+            assert_eq!(r.is_ok(), ok, "{channel} {version}: {r:?}");
+            if let Err(e) = r {
+                assert!(matches!(e, Error::ChannelMismatch { .. }), "{e}");
+                let m = e.to_string();
+                assert!(
+                    m.contains("https://h/manifest.json") && m.contains("downgrade"),
+                    "{m}"
+                );
+                assert!(e.hint().contains("OUTPOST_VERSION="), "{}", e.hint());
+            }
+        }
+        // a channel the manifest does not carry, and one that does not exist
+        let only_stable: BTreeMap<String, semver::Version> =
+            [("stable".to_string(), v("1.1.0"))].into();
+        let e = check_channel_head(&only_stable, "beta", &v("1.1.0"), "m").unwrap_err();
+        assert!(e.to_string().contains("not set"), "{e}");
+        let e = check_channel_head(&channels, "nightly", &v("1.1.0"), "m").unwrap_err();
+        assert!(matches!(e, Error::Usage { .. }), "{e}");
     }
 
     #[test]

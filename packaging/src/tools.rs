@@ -509,28 +509,49 @@ pub fn publish(signer: &Signer, opts: &PublishOptions) -> Result<Manifest> {
                 shas.push(format!("{} {t} {}", r.version, a.sha256));
             }
         }
-        let script = render_install_sh(&template, &pubkeys, &shas, opts.base_url.as_deref())
-            .map_err(|e| match e {
-                Error::Usage { message, hint } => Error::Usage {
-                    message: format!("{}: {message}", t.display()),
-                    hint,
-                },
-                e => e,
-            })?;
+        let heads: Vec<String> = manifest
+            .channels
+            .iter()
+            .map(|(c, v)| format!("{c} {v}"))
+            .collect();
+        let embed = Embedded {
+            pubkeys: &pubkeys,
+            sha_lines: &shas,
+            channel_heads: &heads,
+            base_url: opts.base_url.as_deref(),
+        };
+        let script = render_install_sh(&template, &embed).map_err(|e| match e {
+            Error::Usage { message, hint } => Error::Usage {
+                message: format!("{}: {message}", t.display()),
+                hint,
+            },
+            e => e,
+        })?;
         fsx::write_atomic(&opts.to.join("install.sh"), script.as_bytes(), 0o755)?;
     }
     Ok(manifest)
 }
 
-/// Fill the install.sh template: the lines `OUTPOST_EMBEDDED_PUBKEYS=""` and
-/// `OUTPOST_EMBEDDED_SHA256S=""` (each must appear exactly once) get the newline-separated
-/// keys and `V T SHA256` lines; `OUTPOST_EMBEDDED_RELEASE_URL=""` gets `base_url` if given.
-pub fn render_install_sh(
-    template: &str,
-    pubkeys: &[String],
-    sha_lines: &[String],
-    base_url: Option<&str>,
-) -> Result<String> {
+/// What `publish` embeds in install.sh.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Embedded<'a> {
+    /// Trusted public keys (base64 lines).
+    pub pubkeys: &'a [String],
+    /// `V T SHA256` per published artifact.
+    pub sha_lines: &'a [String],
+    /// `CHANNEL V` per channel: the heads of the signed manifest at publish time, so the
+    /// script refuses a channel file naming an older version it knows (a downgrade).
+    pub channel_heads: &'a [String],
+    /// `OUTPOST_EMBEDDED_RELEASE_URL`, when given.
+    pub base_url: Option<&'a str>,
+}
+
+/// Fill the install.sh template: the lines `OUTPOST_EMBEDDED_PUBKEYS=""`,
+/// `OUTPOST_EMBEDDED_SHA256S=""` and `OUTPOST_EMBEDDED_CHANNELS=""` (each must appear
+/// exactly once) get the newline-separated keys, `V T SHA256` lines and `CHANNEL V` lines;
+/// `OUTPOST_EMBEDDED_RELEASE_URL=""` gets the base URL if given.
+pub fn render_install_sh(template: &str, embed: &Embedded<'_>) -> Result<String> {
+    let base_url = embed.base_url;
     if let Some(u) = base_url {
         // install.sh maps `github:OWNER/REPO` onto release assets itself (docs/RELEASES.md).
         let github = u.starts_with("github:")
@@ -548,16 +569,45 @@ pub fn render_install_sh(
             ));
         }
     }
-    let fills: [(&str, Option<String>, bool); 3] = [
-        ("OUTPOST_EMBEDDED_PUBKEYS", Some(pubkeys.join("\n")), true),
-        ("OUTPOST_EMBEDDED_SHA256S", Some(sha_lines.join("\n")), true),
+    for line in embed
+        .pubkeys
+        .iter()
+        .chain(embed.sha_lines)
+        .chain(embed.channel_heads)
+    {
+        if line
+            .chars()
+            .any(|c| matches!(c, '"' | '$' | '`' | '\\' | '\n') || c.is_control())
+        {
+            return Err(Error::usage(
+                format!("refusing to embed {line:?} in install.sh"),
+                "keys, checksums and versions never hold quotes, $, backticks or backslashes: check the release root",
+            ));
+        }
+    }
+    let fills: [(&str, Option<String>, bool); 4] = [
+        (
+            "OUTPOST_EMBEDDED_PUBKEYS",
+            Some(embed.pubkeys.join("\n")),
+            true,
+        ),
+        (
+            "OUTPOST_EMBEDDED_SHA256S",
+            Some(embed.sha_lines.join("\n")),
+            true,
+        ),
+        (
+            "OUTPOST_EMBEDDED_CHANNELS",
+            Some(embed.channel_heads.join("\n")),
+            true,
+        ),
         (
             "OUTPOST_EMBEDDED_RELEASE_URL",
             base_url.map(|u| u.trim_end_matches('/').to_string()),
             false,
         ),
     ];
-    let mut counts = [0usize; 3];
+    let mut counts = [0usize; 4];
     let mut out = String::with_capacity(template.len() + 4096);
     for line in template.split_inclusive('\n') {
         let bare = line.trim_end_matches('\n');
@@ -692,29 +742,48 @@ mod tests {
 
     #[test]
     fn install_sh_rendering() {
-        let t = "#!/bin/sh\nOUTPOST_EMBEDDED_RELEASE_URL=\"\"\nOUTPOST_EMBEDDED_PUBKEYS=\"\"\nOUTPOST_EMBEDDED_SHA256S=\"\"\necho \"$OUTPOST_EMBEDDED_PUBKEYS\"\n";
-        let out = render_install_sh(
-            t,
-            &["K1".into(), "K2".into()],
-            &["1.0.0 x86 abc".into()],
-            Some("https://r.example/"),
-        )
-        .unwrap();
+        let t = "#!/bin/sh\nOUTPOST_EMBEDDED_RELEASE_URL=\"\"\nOUTPOST_EMBEDDED_PUBKEYS=\"\"\nOUTPOST_EMBEDDED_SHA256S=\"\"\nOUTPOST_EMBEDDED_CHANNELS=\"\"\necho \"$OUTPOST_EMBEDDED_PUBKEYS\"\n";
+        let keys = ["K1".to_string(), "K2".to_string()];
+        let shas = ["1.0.0 x86 abc".to_string()];
+        let heads = ["beta 1.1.0-rc.1".to_string(), "stable 1.0.0".to_string()];
+        let embed = |base_url| Embedded {
+            pubkeys: &keys,
+            sha_lines: &shas,
+            channel_heads: &heads,
+            base_url,
+        };
+        let out = render_install_sh(t, &embed(Some("https://r.example/"))).unwrap();
         assert_eq!(
             out,
-            "#!/bin/sh\nOUTPOST_EMBEDDED_RELEASE_URL=\"https://r.example\"\nOUTPOST_EMBEDDED_PUBKEYS=\"K1\nK2\"\nOUTPOST_EMBEDDED_SHA256S=\"1.0.0 x86 abc\"\necho \"$OUTPOST_EMBEDDED_PUBKEYS\"\n"
+            "#!/bin/sh\nOUTPOST_EMBEDDED_RELEASE_URL=\"https://r.example\"\nOUTPOST_EMBEDDED_PUBKEYS=\"K1\nK2\"\nOUTPOST_EMBEDDED_SHA256S=\"1.0.0 x86 abc\"\nOUTPOST_EMBEDDED_CHANNELS=\"beta 1.1.0-rc.1\nstable 1.0.0\"\necho \"$OUTPOST_EMBEDDED_PUBKEYS\"\n"
         );
         // URL placeholder kept when no base URL
-        let out = render_install_sh(t, &["K".into()], &[], None).unwrap();
+        let out = render_install_sh(t, &embed(None)).unwrap();
         assert!(out.contains("OUTPOST_EMBEDDED_RELEASE_URL=\"\"\n"));
-        // missing / duplicated placeholder, hostile URL
-        assert!(render_install_sh("#!/bin/sh\n", &[], &[], None).is_err());
-        let dup = format!("{t}OUTPOST_EMBEDDED_SHA256S=\"\"\n");
-        assert!(render_install_sh(&dup, &[], &[], None).is_err());
-        assert!(render_install_sh(t, &[], &[], Some("https://x/\"; rm -rf /")).is_err());
-        assert!(render_install_sh(t, &[], &[], Some("ftp://x")).is_err());
+        // every placeholder but the URL is required, once: a template without the channel
+        // line would silently lose the downgrade check
+        for (name, template) in [
+            ("empty", "#!/bin/sh\n".to_string()),
+            (
+                "no channels",
+                t.replace("OUTPOST_EMBEDDED_CHANNELS=\"\"\n", ""),
+            ),
+            ("duplicate", format!("{t}OUTPOST_EMBEDDED_SHA256S=\"\"\n")),
+        ] {
+            let err = render_install_sh(&template, &embed(None)).unwrap_err();
+            assert!(err.to_string().contains("exactly once"), "{name}: {err}");
+        }
+        // hostile URL or values
+        assert!(render_install_sh(t, &embed(Some("https://x/\"; rm -rf /"))).is_err());
+        assert!(render_install_sh(t, &embed(Some("ftp://x"))).is_err());
+        let evil = ["stable 1.0.0\"; rm -rf / #".to_string()];
+        let bad = Embedded {
+            channel_heads: &evil,
+            ..embed(None)
+        };
+        assert!(render_install_sh(t, &bad).is_err());
         // GitHub Releases: github:OWNER/REPO, and nothing that only starts like it
-        let out = render_install_sh(t, &[], &[], Some("github:My-Org/out.post")).unwrap();
+        let out = render_install_sh(t, &embed(Some("github:My-Org/out.post"))).unwrap();
         assert!(out.contains("OUTPOST_EMBEDDED_RELEASE_URL=\"github:My-Org/out.post\"\n"));
         for bad in [
             "github:o",
@@ -723,7 +792,7 @@ mod tests {
             "github:/r",
             "github:",
         ] {
-            assert!(render_install_sh(t, &[], &[], Some(bad)).is_err(), "{bad}");
+            assert!(render_install_sh(t, &embed(Some(bad))).is_err(), "{bad}");
         }
     }
 

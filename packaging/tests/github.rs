@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 const X86: &str = "x86_64-unknown-linux-musl";
-const TEMPLATE: &str = "#!/bin/sh\nOUTPOST_EMBEDDED_RELEASE_URL=\"\"\nOUTPOST_EMBEDDED_PUBKEYS=\"\"\nOUTPOST_EMBEDDED_SHA256S=\"\"\n";
+const TEMPLATE: &str = "#!/bin/sh\nOUTPOST_EMBEDDED_RELEASE_URL=\"\"\nOUTPOST_EMBEDDED_PUBKEYS=\"\"\nOUTPOST_EMBEDDED_SHA256S=\"\"\nOUTPOST_EMBEDDED_CHANNELS=\"\"\n";
 
 /// Files at the release root and their GitHub asset names.
 const ROOT_FILES: &[(&str, &str)] = &[

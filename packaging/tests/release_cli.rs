@@ -13,7 +13,7 @@ const X86: &str = "x86_64-unknown-linux-musl";
 const ARM: &str = "aarch64-unknown-linux-musl";
 
 /// A template shaped like scripts/install.sh's placeholder block.
-const TEMPLATE: &str = "#!/bin/sh\nset -eu\n# Filled in by `outpost-release publish`.\nOUTPOST_EMBEDDED_RELEASE_URL=\"\"\nOUTPOST_EMBEDDED_PUBKEYS=\"\"\nOUTPOST_EMBEDDED_SHA256S=\"\"\nprintf '%s\\n' \"$OUTPOST_EMBEDDED_SHA256S\" | while read -r v t s; do echo \"$v $t $s\"; done\n";
+const TEMPLATE: &str = "#!/bin/sh\nset -eu\n# Filled in by `outpost-release publish`.\nOUTPOST_EMBEDDED_RELEASE_URL=\"\"\nOUTPOST_EMBEDDED_PUBKEYS=\"\"\nOUTPOST_EMBEDDED_SHA256S=\"\"\nOUTPOST_EMBEDDED_CHANNELS=\"\"\nprintf '%s\\n' \"$OUTPOST_EMBEDDED_SHA256S\" | while read -r v t s; do echo \"$v $t $s\"; done\n";
 
 /// True when the real minisign CLI is there. Missing: a loud skip locally, a failure in CI.
 fn have_minisign() -> bool {
@@ -200,6 +200,11 @@ fn pipeline_interoperates_with_minisign_and_sha256sum() {
     assert!(script.contains(&format!("1.0.0 {X86} {sha}")), "{script}");
     assert!(
         script.contains("OUTPOST_EMBEDDED_RELEASE_URL=\"https://releases.example.com/outpost\"")
+    );
+    // the channel heads of the signed manifest, for install.sh's downgrade check
+    assert!(
+        script.contains("OUTPOST_EMBEDDED_CHANNELS=\"beta 1.0.0\nstable 1.0.0\"\n"),
+        "{script}"
     );
     ok(Command::new("sh").arg("-n").arg(rel.join("install.sh")));
     let listed = ok(Command::new("sh").arg(rel.join("install.sh")));
@@ -680,4 +685,322 @@ fn fetch_over_http_with_size_cap() {
         matches!(err, Error::NotFound { .. }) && err.to_string().contains("/nope/manifest.json"),
         "{err}"
     );
+}
+
+/// The entries of a tar (bundle), in order.
+fn tar_entries(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut ar = tar::Archive::new(std::fs::File::open(path).unwrap());
+    ar.entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().display().to_string();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            (name, data)
+        })
+        .collect()
+}
+
+/// Write `entries` as a tar (regular files, mode 0644).
+fn write_tar(path: &Path, entries: &[(String, Vec<u8>)]) {
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    for (name, data) in entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        b.append(&h, &data[..]).unwrap();
+    }
+    b.finish().unwrap();
+}
+
+fn entry<'a>(entries: &'a mut [(String, Vec<u8>)], name: &str) -> &'a mut Vec<u8> {
+    &mut entries
+        .iter_mut()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no {name} in the bundle"))
+        .1
+}
+
+/// Flip one base64 character of a `.minisig`'s signature line.
+fn damage_signature(sig: &mut [u8]) {
+    let text = String::from_utf8(sig.to_vec()).unwrap();
+    let at = text.find('\n').unwrap() + 40;
+    sig[at] = if sig[at] == b'A' { b'B' } else { b'A' };
+}
+
+/// A bundle is verified exactly like a release host: a tampered manifest, manifest
+/// signature, tarball or tarball signature, a signature made for another file, and a bundle
+/// holding a file twice are all refused by `fetch_release` and by `outpost-release verify`,
+/// and nothing is left in the staging directory.
+#[test]
+fn tampered_bundles_are_refused() {
+    let f = Fixture::new();
+    // 1.0.0 and 1.1.0 of the same binary: byte-identical tarballs, signed under their own names
+    f.build("1.0.0", X86);
+    f.build("1.1.0", X86);
+    f.publish("stable");
+    let keys = f.keys();
+    let bundle = f.root.join("outpost-1.1.0.bundle.tar");
+    let out = ok(release_tool()
+        .arg("bundle")
+        .arg("--release")
+        .arg(f.rel())
+        .args(["--version", "1.1.0", "--target", X86, "--out"])
+        .arg(&bundle)
+        .arg("--pubkey")
+        .arg(&f.pubkey));
+    assert!(!out.contains("warning"), "{out}");
+    let good = tar_entries(&bundle);
+    let names: Vec<&str> = good.iter().map(|(n, _)| n.as_str()).collect();
+    let tarball = format!("v1.1.0/outpost-1.1.0-{X86}.tar.gz");
+    let tarball_sig = format!("{tarball}.minisig");
+    assert_eq!(
+        names,
+        [
+            "manifest.json",
+            "manifest.json.minisig",
+            "v1.1.0/SHA256SUMS",
+            "v1.1.0/SHA256SUMS.minisig",
+            tarball_sig.as_str(),
+            tarball.as_str(),
+        ]
+    );
+    // a valid manifest signature by a key nobody trusts
+    let other = f.root.join("other");
+    ok(release_tool()
+        .args(["keygen", "--unencrypted", "--out"])
+        .arg(&other));
+    let stranger =
+        outpost_packaging::tools::Signer::load(&other.join("outpost-release.key"), || {
+            unreachable!("unencrypted key")
+        })
+        .unwrap();
+    let manifest = good[0].1.clone();
+    let ts = serde_json::from_slice::<serde_json::Value>(&manifest).unwrap()["timestamp"]
+        .as_u64()
+        .unwrap();
+    let stranger_sig = stranger
+        .sign_bytes(
+            &manifest,
+            &outpost_packaging::TrustedComment::for_manifest(ts),
+        )
+        .unwrap();
+    let old_sig = std::fs::read(
+        f.rel()
+            .join(format!("v1.0.0/outpost-1.0.0-{X86}.tar.gz.minisig")),
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(f.rel().join(format!("v1.0.0/outpost-1.0.0-{X86}.tar.gz"))).unwrap(),
+        *entry(&mut good.clone(), &tarball),
+        "the two versions' tarballs should be the same bytes"
+    );
+    type Tamper = Box<dyn Fn(&mut Vec<(String, Vec<u8>)>)>;
+    let t = tarball.clone();
+    let ts_ = tarball_sig.clone();
+    let ts2 = tarball_sig.clone();
+    let t2 = tarball.clone();
+    let t3 = tarball.clone();
+    let cases: Vec<(&str, Tamper, &str)> = vec![
+        (
+            "manifest edited",
+            Box::new(|e| {
+                let m = entry(e, "manifest.json");
+                let text = String::from_utf8(m.clone()).unwrap();
+                *m = text.replacen("\"stable\"", " \"stable\"", 1).into_bytes();
+            }),
+            "signature check failed",
+        ),
+        (
+            "manifest signed by an untrusted key",
+            Box::new(move |e| *entry(e, "manifest.json.minisig") = stranger_sig.clone().into()),
+            "not trusted",
+        ),
+        (
+            "manifest signature damaged",
+            Box::new(|e| damage_signature(entry(e, "manifest.json.minisig"))),
+            "signature check failed",
+        ),
+        (
+            "tarball byte flipped",
+            Box::new(move |e| entry(e, &t)[30] ^= 1),
+            "sha256 mismatch",
+        ),
+        (
+            "tarball signature damaged",
+            Box::new(move |e| damage_signature(entry(e, &ts_))),
+            "signature check failed",
+        ),
+        (
+            "tarball signature made for another file name",
+            Box::new(move |e| *entry(e, &ts2) = old_sig.clone()),
+            "the signature is for",
+        ),
+        (
+            "manifest twice",
+            Box::new(|e| {
+                let m = e[0].clone();
+                e.push(m);
+            }),
+            "twice",
+        ),
+        (
+            "tarball twice",
+            Box::new(move |e| {
+                let data = entry(e, &t2).clone();
+                e.insert(0, (t2.clone(), data));
+            }),
+            "twice",
+        ),
+        (
+            "tarball missing",
+            Box::new(move |e| e.retain(|(n, _)| *n != t3)),
+            "not found",
+        ),
+    ];
+    let want = Want::Exact("1.1.0".parse().unwrap());
+    for (name, tamper, why) in cases {
+        let mut entries = good.clone();
+        tamper(&mut entries);
+        let bad = f.root.join("bad.bundle.tar");
+        write_tar(&bad, &entries);
+        let work = tempfile::tempdir().unwrap();
+        let staging = work.path().join("dl");
+        let err = fetch_release(
+            &Source::parse(bad.to_str().unwrap()).unwrap(),
+            &keys,
+            &ReplayState::none(),
+            &want,
+            X86,
+            &staging,
+        )
+        .expect_err(name);
+        assert!(err.to_string().contains(why), "{name}: {err}");
+        let left: Vec<_> = std::fs::read_dir(&staging)
+            .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{name}: left {left:?}");
+        let out = run(release_tool()
+            .arg("verify")
+            .arg(&bad)
+            .arg("--pubkey")
+            .arg(&f.pubkey));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {out:?}");
+        assert!(
+            err.contains("error:") && err.contains("hint:") && err.contains(why),
+            "{name}: {err}"
+        );
+    }
+    // control: the untampered entries, rewritten the same way, verify
+    let copy = f.root.join("copy.bundle.tar");
+    write_tar(&copy, &good);
+    ok(release_tool()
+        .arg("verify")
+        .arg(&copy)
+        .arg("--pubkey")
+        .arg(&f.pubkey));
+    // `outpost-release bundle` verifies what it wrote: from a tampered root it fails and
+    // leaves no bundle behind
+    let m = f.rel().join("manifest.json");
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(&m, text.replacen("\"stable\"", " \"stable\"", 1)).unwrap();
+    let refused = f.root.join("refused.bundle.tar");
+    let out = run(release_tool()
+        .arg("bundle")
+        .arg("--release")
+        .arg(f.rel())
+        .args(["--version", "1.1.0", "--target", X86, "--out"])
+        .arg(&refused)
+        .arg("--pubkey")
+        .arg(&f.pubkey));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("signature check failed"),
+        "{out:?}"
+    );
+    assert!(
+        !refused.exists(),
+        "a bundle that fails verification was left"
+    );
+}
+
+/// The channel file is not signed; the signed manifest's channel heads are. A version that a
+/// forged (or stale) channel file names is fetched fine (pinning is allowed), but
+/// `check_channel_head` refuses it as the channel's answer: from a release root and from a
+/// bundle, and through `OUTPOST_RELEASE_CHANNEL` as install.sh sets it.
+#[test]
+fn signed_channel_head_refuses_a_forged_channel() {
+    let f = Fixture::new();
+    f.build("1.0.0", X86);
+    f.publish("stable");
+    f.build("1.1.0", X86);
+    f.publish("stable");
+    let keys = f.keys();
+    // the attacker serves the old channel answer next to the current signed manifest
+    std::fs::write(f.rel().join("channels/stable"), "1.0.0\n").unwrap();
+    let out = run(release_tool()
+        .arg("verify")
+        .arg(f.rel())
+        .arg("--pubkey")
+        .arg(&f.pubkey));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("channels/stable"),
+        "{out:?}"
+    );
+    let bundle = f.root.join("old.bundle.tar");
+    ok(release_tool()
+        .arg("bundle")
+        .arg("--release")
+        .arg(f.rel())
+        .args(["--version", "1.0.0", "--target", X86, "--out"])
+        .arg(&bundle)
+        .arg("--pubkey")
+        .arg(&f.pubkey));
+    for (name, source) in [
+        ("dir", Source::Dir(f.rel())),
+        ("bundle", Source::Bundle(bundle.clone())),
+    ] {
+        let work = tempfile::tempdir().unwrap();
+        let fetch = |v: &str| {
+            fetch_release(
+                &source,
+                &keys,
+                &ReplayState::none(),
+                &Want::Exact(v.parse().unwrap()),
+                X86,
+                work.path(),
+            )
+            .unwrap()
+        };
+        let old = fetch("1.0.0");
+        let err = old.check_channel_head("stable").unwrap_err();
+        assert!(
+            matches!(err, Error::ChannelMismatch { .. }),
+            "{name}: {err}"
+        );
+        let m = err.to_string();
+        assert!(
+            m.contains("downgrade") && m.contains("1.1.0") && m.contains("manifest.json"),
+            "{name}: {m}"
+        );
+        assert!(err.hint().contains("OUTPOST_VERSION=1.1.0"), "{name}");
+        // beta moved with stable: 1.0.0 is no head at all
+        assert!(old.check_channel_head("beta").is_err(), "{name}");
+        if name == "dir" {
+            // the head itself is accepted
+            fetch("1.1.0").check_channel_head("stable").unwrap();
+        }
+        // install.sh hands the channel it resolved to outpost in OUTPOST_RELEASE_CHANNEL
+        std::env::set_var(outpost_packaging::fetch::CHANNEL_ENV, "stable");
+        let from_env = old.check_channel_from_env();
+        std::env::remove_var(outpost_packaging::fetch::CHANNEL_ENV);
+        assert!(from_env.is_err(), "{name}: {from_env:?}");
+        old.check_channel_from_env().unwrap(); // unset: a pinned version, nothing to check
+    }
 }

@@ -70,7 +70,9 @@ enum Cmd {
         #[arg(long)]
         extra_pubkey: Vec<PathBuf>,
     },
-    /// Write an offline bundle (one tar) of VERSION for TARGET from a release root or URL.
+    /// Write an offline bundle (one tar) of VERSION for TARGET from a release root or URL,
+    /// then verify it as an install would (signed manifest, sha256, signatures) when a
+    /// trusted key is given or compiled in.
     Bundle {
         #[arg(long)]
         release: String,
@@ -80,6 +82,9 @@ enum Cmd {
         target: String,
         #[arg(long)]
         out: PathBuf,
+        /// Trusted public key file(s) [default: the keys compiled into this binary].
+        #[arg(long)]
+        pubkey: Vec<PathBuf>,
     },
     /// Check a release root, URL or bundle end to end: manifest signature, every tarball's
     /// sha256 and signature, SHA256SUMS signatures, channels.
@@ -210,8 +215,16 @@ fn run(cli: Cli) -> Result<(), Error> {
             version,
             target,
             out,
+            pubkey,
         } => {
+            let keys = trusted_keys(&pubkey)?;
             bundle::write_bundle(&Source::parse(&release)?, &version, &target, &out)?;
+            if keys.is_empty() {
+                eprintln!("warning: {} is not verified: no --pubkey and no compiled-in key (`outpost-release verify` it, or pass --pubkey)", out.display());
+            } else if let Err(e) = tools::verify_release(&Source::Bundle(out.clone()), &keys) {
+                let _ = fs_err::remove_file(&out); // best effort: never leave a bad bundle
+                return Err(e);
+            }
             println!("{}", out.display());
         }
         Cmd::Verify {
@@ -219,14 +232,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             pubkey,
             ca_file,
         } => {
-            let mut keys = if pubkey.is_empty() {
-                TrustedKeys::builtin()
-            } else {
-                TrustedKeys::empty()
-            };
-            for p in &pubkey {
-                keys.add_file(p)?;
-            }
+            let keys = trusted_keys(&pubkey)?;
             let source = Source::parse(&release)?.with_ca_file(ca_file);
             for line in tools::verify_release(&source, &keys)? {
                 println!("ok {line}");
@@ -234,6 +240,18 @@ fn run(cli: Cli) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The keys of `files`, or the compiled-in keys when none is given.
+fn trusted_keys(files: &[PathBuf]) -> Result<TrustedKeys, Error> {
+    if files.is_empty() {
+        return Ok(TrustedKeys::builtin());
+    }
+    let mut keys = TrustedKeys::empty();
+    for p in files {
+        keys.add_file(p)?;
+    }
+    Ok(keys)
 }
 
 fn main() -> ExitCode {
