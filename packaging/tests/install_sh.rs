@@ -214,7 +214,7 @@ fn forged_channel_downgrade_is_refused() {
         r.assert_refused(1, "downgrade", &format!("forged {channel}"));
         assert!(
             r.text()
-                .contains(&format!("names outpost 1.0.0, but its head was 1.1.0")),
+                .contains("names outpost 1.0.0, but its head was 1.1.0"),
             "{}",
             r.text()
         );
