@@ -231,7 +231,8 @@ fn identity_survives_restart_and_crash() {
 
 #[test]
 fn one_key_used_by_100_agents_enrolls_exactly_one() {
-    let hub = Arc::new(Hub::start());
+    // 100 enrollments from one address at once: above the default per-IP burst.
+    let hub = Arc::new(Hub::start_with(&["--enroll-burst", "200"]));
     let key = Arc::new(hub.mint(3600));
     let barrier = Arc::new(Barrier::new(100));
     let threads: Vec<_> = (0..100)
@@ -252,6 +253,262 @@ fn one_key_used_by_100_agents_enrolls_exactly_one() {
     assert_eq!((created, used), (1, 99), "{results:?}");
     let (_, list) = hub.admin("GET", "/api/v1/agents", None);
     assert_eq!(list.as_array().unwrap().len(), 1);
+}
+
+const NONCE: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+#[test]
+fn lost_enrollment_response_retried_gives_the_same_agent() {
+    let hub = Hub::start();
+    let key = hub.mint(3600);
+    // The first answer is lost: the request goes out, the client hangs up before reading.
+    let facts = json!({"hostname": "flaky-net", "machine_id": "m", "distro": "d", "arch": "a",
+                       "version": "1", "mode": "system"});
+    let body = json!({"key": key, "nonce": NONCE, "facts": facts}).to_string();
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(&hub.addr).unwrap();
+        write!(
+            s,
+            "POST /api/v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        s.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    // The retry (same key, same nonce): one agent, a usable token.
+    let (s1, first) = hub.enroll_nonce(&key, Some(NONCE), "flaky-net");
+    assert!(s1 == 200 || s1 == 201, "{s1} {first}");
+    let (s2, again) = hub.enroll_nonce(&key, Some(NONCE), "flaky-net");
+    assert_eq!(s2, 200, "{again}");
+    assert_eq!(again["agent_id"], first["agent_id"]);
+    assert_eq!(again["heartbeat_interval_secs"], 30);
+    let id = first["agent_id"].as_str().unwrap();
+    let (old, token) = (
+        first["token"].as_str().unwrap(),
+        again["token"].as_str().unwrap(),
+    );
+    assert_ne!(old, token, "a retry issues a fresh token");
+    let (_, list) = hub.admin("GET", "/api/v1/agents", None);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    // Only the newest token works.
+    assert_eq!(hub.heartbeat(id, old, 1, "a").1["error"], "token_invalid");
+    assert_eq!(hub.heartbeat(id, token, 1, "a").0, 200);
+    // Once the agent has used its token, the nonce opens nothing any more.
+    let (s, v) = hub.enroll_nonce(&key, Some(NONCE), "flaky-net");
+    assert_eq!((s, v["error"].as_str()), (401, Some("key_used")), "{v}");
+    assert_eq!(hub.heartbeat(id, token, 2, "b").0, 200, "token unharmed");
+
+    // Another nonce, or none, for a used key: key_used as before.
+    let key2 = hub.mint(3600);
+    let (s, e) = hub.enroll_nonce(&key2, Some(NONCE), "host-2");
+    assert_eq!(s, 201, "{e}");
+    for n in [Some("fedcba9876543210fedcba9876543210"), None] {
+        let (s, v) = hub.enroll_nonce(&key2, n, "host-2");
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (401, Some("key_used")),
+            "{n:?}: {v}"
+        );
+    }
+    // A revoked agent cannot be re-issued either.
+    let id2 = e["agent_id"].as_str().unwrap();
+    assert_eq!(
+        hub.admin("POST", &format!("/api/v1/agents/{id2}/revoke"), None)
+            .0,
+        200
+    );
+    let (s, v) = hub.enroll_nonce(&key2, Some(NONCE), "host-2");
+    assert_eq!((s, v["error"].as_str()), (401, Some("key_used")), "{v}");
+
+    // Past the key's TTL the retry window is closed.
+    let key3 = hub.mint(1);
+    let (s, _) = hub.enroll_nonce(&key3, Some(NONCE), "host-3");
+    assert_eq!(s, 201);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (s, v) = hub.enroll_nonce(&key3, Some(NONCE), "host-3");
+    assert_eq!((s, v["error"].as_str()), (401, Some("key_used")), "{v}");
+
+    // Malformed nonces are a 400 naming the field.
+    let key4 = hub.mint(60);
+    for bad in ["short", "has spaces in it, sixteen+", &"x".repeat(129)] {
+        let (s, v) = hub.enroll_nonce(&key4, Some(bad), "host-4");
+        assert_eq!(s, 400, "{bad}: {v}");
+        assert_eq!(v["field"], "nonce", "{v}");
+    }
+    // The retry survives a hub restart (the nonce is stored hashed with the key).
+    let mut hub = hub;
+    let key5 = hub.mint(3600);
+    let (_, a) = hub.enroll_nonce(&key5, Some(NONCE), "host-5");
+    hub.crash();
+    hub.restart();
+    let (s, b) = hub.enroll_nonce(&key5, Some(NONCE), "host-5");
+    assert_eq!((s, &b["agent_id"]), (200, &a["agent_id"]), "{b}");
+    assert_eq!(
+        hub.heartbeat(
+            b["agent_id"].as_str().unwrap(),
+            b["token"].as_str().unwrap(),
+            1,
+            "x"
+        )
+        .0,
+        200
+    );
+    let raw = std::fs::read(hub.db()).unwrap();
+    assert!(
+        !raw.windows(NONCE.len()).any(|w| w == NONCE.as_bytes()),
+        "the nonce is stored hashed only"
+    );
+}
+
+#[test]
+fn oversized_fields_are_refused_while_heartbeats_keep_working() {
+    let hub = Arc::new(Hub::start());
+    let (id, token) = hub.new_agent("steady");
+    assert_eq!(hub.heartbeat(&id, &token, 1, "a").0, 200);
+    let ten_mb = "x".repeat(10 * 1024 * 1024);
+    // Heartbeats go on while 10 MB bodies are being refused.
+    let beat = {
+        let (hub, id, token) = (hub.clone(), id.clone(), token.clone());
+        std::thread::spawn(move || {
+            (2..40u64)
+                .map(|seq| hub.heartbeat(&id, &token, seq, "h").0)
+                .collect::<Vec<_>>()
+        })
+    };
+    let key = hub.mint(600);
+    let huge_enroll = json!({"key": key, "facts": {"hostname": ten_mb}}).to_string();
+    let r = hub.raw(
+        "POST",
+        "/api/v1/enroll",
+        &[("Content-Type", "application/json")],
+        huge_enroll.as_bytes(),
+    );
+    assert_eq!(r.status, 413, "{}", r.head);
+    assert_eq!(r.json()["error"], "payload_too_large");
+    let mut hb = heartbeat_body(&id, 50, "z");
+    hb["kernel"] = json!(ten_mb);
+    let auth = format!("Bearer {token}");
+    let r = hub.raw(
+        "POST",
+        "/api/v1/heartbeat",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &auth),
+        ],
+        hb.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 413, "{}", r.head);
+    let diag = json!({"agent_id": id, "report": {"blob": ten_mb}}).to_string();
+    let r = hub.raw(
+        "POST",
+        "/api/v1/diagnostics",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &auth),
+        ],
+        diag.as_bytes(),
+    );
+    assert_eq!(r.status, 413, "diagnostics are capped at 2 MiB: {}", r.head);
+    assert!(beat.join().unwrap().iter().all(|s| *s == 200));
+
+    // Within the body limit, each over-long field is a 400 naming it.
+    let (s, v) = hub.enroll(&key, &"h".repeat(256));
+    assert_eq!(
+        (s, v["error"].as_str(), v["field"].as_str()),
+        (400, Some("field_too_long"), Some("facts.hostname")),
+        "{v}"
+    );
+    let long = "v".repeat(256);
+    for (field, body) in [
+        ("kernel", json!({"agent_id": id, "kernel": long})),
+        ("distro", json!({"agent_id": id, "distro": long})),
+        ("version", json!({"agent_id": id, "version": long})),
+        ("arch", json!({"agent_id": id, "arch": long})),
+        ("mode", json!({"agent_id": id, "mode": long})),
+        (
+            "capabilities.docker_version",
+            json!({"agent_id": id, "capabilities": {"docker_version": long}}),
+        ),
+        (
+            "journal_head.hash",
+            json!({"agent_id": id, "journal_head": {"seq": 1, "hash": long}}),
+        ),
+        (
+            "last_upgrade.to",
+            json!({"agent_id": id, "last_upgrade": {"to": long}}),
+        ),
+    ] {
+        let (s, v) = hub.req("POST", "/api/v1/heartbeat", Some(&token), Some(&body));
+        assert_eq!((s, v["field"].as_str()), (400, Some(field)), "{v}");
+        assert!(v["message"].as_str().unwrap().contains(field), "{v}");
+    }
+    let many: serde_json::Map<String, Value> =
+        (0..100).map(|i| (format!("k{i}"), json!(i))).collect();
+    let (s, v) = hub.req(
+        "POST",
+        "/api/v1/heartbeat",
+        Some(&token),
+        Some(&json!({"agent_id": id, "capabilities": many})),
+    );
+    assert_eq!((s, v["field"].as_str()), (400, Some("capabilities")), "{v}");
+    for f in ["machine_id", "distro", "arch", "version", "mode"] {
+        let body = json!({"key": key, "facts": {"hostname": "ok", f: long}});
+        let (s, v) = hub.req("POST", "/api/v1/enroll", None, Some(&body));
+        assert_eq!(
+            v["field"].as_str(),
+            Some(format!("facts.{f}").as_str()),
+            "{s} {v}"
+        );
+    }
+    // Nothing of it was stored, and the agent is fine.
+    let (_, v) = hub.admin("GET", &format!("/api/v1/agents/{id}"), None);
+    assert_eq!(v["kernel"], "6.1.0-test");
+    assert_eq!(hub.heartbeat(&id, &token, 60, "q").0, 200);
+    assert_eq!(hub.enroll(&key, "fits").0, 201, "the key was not used up");
+}
+
+#[test]
+fn enroll_is_rate_limited_per_address() {
+    let hub = Hub::start();
+    let (id, token) = hub.new_agent("beating");
+    // The default: a burst of 20 (new_agent took one), then 429 with Retry-After.
+    for i in 0..19 {
+        let (s, v) = hub.enroll("opk_nope", &format!("h{i}"));
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (401, Some("key_unknown")),
+            "attempt {i}"
+        );
+    }
+    let facts = json!({"key": "opk_nope", "facts": {"hostname": "h"}}).to_string();
+    let r = hub.raw(
+        "POST",
+        "/api/v1/enroll",
+        &[("Content-Type", "application/json")],
+        facts.as_bytes(),
+    );
+    assert_eq!(r.status, 429, "{}", r.head);
+    let v = r.json();
+    assert_eq!(v["error"], "rate_limited", "{v}");
+    assert!(v["hint"]
+        .as_str()
+        .is_some_and(|h| h.contains("Retry-After")));
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (1..=7).contains(&wait),
+        "10/min: a token every 6 s, got {wait}"
+    );
+    // A valid key is limited too, and heartbeats are not.
+    let key = hub.mint(600);
+    assert_eq!(hub.enroll(&key, "later").0, 429);
+    assert_eq!(hub.heartbeat(&id, &token, 1, "a").0, 200);
+    // Off with --enroll-rate 0.
+    let free = Hub::start_with(&["--enroll-rate", "0"]);
+    for i in 0..40 {
+        assert_eq!(free.enroll("opk_nope", "x").0, 401, "attempt {i}");
+    }
 }
 
 #[test]
@@ -342,6 +599,17 @@ fn release_files_are_served_and_traversal_refused() {
         );
         assert_eq!(got, body, "{path}");
     }
+    // A large file arrives whole (streamed, with its length).
+    let big: Vec<u8> = (0..9 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(r.join("v1.2.0/big.bin"), &big).unwrap();
+    let (s, head, got) = hub.raw_get("/v1.2.0/big.bin");
+    assert_eq!(s, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("content-length: {}", big.len())),
+        "{head}"
+    );
+    assert!(got == big, "big file differs ({} bytes)", got.len());
     for path in [
         "/channels/beta",
         "/channels/nightly",
@@ -477,11 +745,36 @@ fn cli_manages_keys_and_agents() {
         out.contains(id) && out.contains("cli-host") && out.contains("online"),
         "{out}"
     );
+    // Agent-supplied control characters reach the terminal escaped, never raw.
+    let evil = hub.mint(600);
+    let (s, _) = hub.enroll(
+        &evil,
+        "evil\u{1b}]0;owned\u{7}\u{1b}[2J\u{9b}31m\nfake-line",
+    );
+    assert_eq!(s, 201);
+    let (code, out, _) = cli(&["agents"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        !out.contains('\u{1b}') && !out.contains('\u{7}') && !out.contains('\u{9b}'),
+        "{out:?}"
+    );
+    assert!(
+        out.contains("evil\\x1b]0;owned\\x07\\x1b[2J\\u{9b}31m\\nfake-line"),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 3, "{out}");
     let (code, out, _) = cli(&["agents", "--json"]);
+    assert!(!out.contains('\u{1b}'), "json escapes too: {out:?}");
     assert_eq!(code, Some(0));
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v[0]["group"], "g1");
-    assert_eq!(v[0]["labels"]["env"], "prod");
+    let cli_agent = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == id)
+        .unwrap();
+    assert_eq!(cli_agent["group"], "g1");
+    assert_eq!(cli_agent["labels"]["env"], "prod");
 
     assert_eq!(cli(&["revoke", id]).0, Some(0));
     assert_eq!(

@@ -180,14 +180,42 @@ impl Hub {
     }
 
     pub fn enroll(&self, key: &str, hostname: &str) -> (u16, Value) {
+        self.enroll_nonce(key, None, hostname)
+    }
+
+    /// Enrolls with an idempotency nonce.
+    pub fn enroll_nonce(&self, key: &str, nonce: Option<&str>, hostname: &str) -> (u16, Value) {
         let facts = json!({"hostname": hostname, "machine_id": "m-1", "distro": "debian 12",
                            "arch": "x86_64", "version": "1.2.0", "mode": "system"});
-        self.req(
+        let mut body = json!({"key": key, "facts": facts});
+        if let Some(n) = nonce {
+            body["nonce"] = json!(n);
+        }
+        self.req("POST", "/api/v1/enroll", None, Some(&body))
+    }
+
+    /// Logs in through the form like a browser would (pre-session cookie, CSRF token,
+    /// Origin); returns the session cookie's value.
+    pub fn login(&self) -> String {
+        let page = self.raw("GET", "/login", &[], b"");
+        assert_eq!(page.status, 200, "{}", page.head);
+        let (pre, _) = page.cookie("outpost_login").expect("login cookie");
+        let csrf = csrf_of(&page.text());
+        let origin = self.url.clone();
+        let cookie = format!("outpost_login={pre}");
+        let body = format!("csrf={csrf}&token={ADMIN}");
+        let r = self.raw(
             "POST",
-            "/api/v1/enroll",
-            None,
-            Some(&json!({"key": key, "facts": facts})),
-        )
+            "/login",
+            &[
+                ("Origin", &origin),
+                ("Cookie", &cookie),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 303, "{}\n{}", r.head, r.text());
+        r.cookie("outpost_session").expect("session cookie").0
     }
 
     /// Mints a key and enrolls `hostname`; returns (agent id, token).
@@ -212,20 +240,99 @@ impl Hub {
 
     /// A raw HTTP/1.1 GET with the path sent byte for byte (no client-side normalisation).
     pub fn raw_get(&self, path: &str) -> (u16, String, Vec<u8>) {
+        let r = self.raw("GET", path, &[("Host", "x")], b"");
+        (r.status, r.head, r.body)
+    }
+
+    /// A raw HTTP/1.1 request on a new connection (`Connection: close`; `Content-Length`
+    /// added for a non-empty body). No redirects are followed.
+    pub fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Raw {
         let mut s = TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req.push_str(&format!("Host: {}\r\n", self.addr));
+        }
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        // The hub may refuse early (413) and close while a large body is still going out.
+        let _ = s.write_all(&bytes);
         let mut buf = Vec::new();
-        s.read_to_end(&mut buf).unwrap();
-        let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let _ = s.read_to_end(&mut buf);
+        Raw::parse(&buf)
+    }
+}
+
+/// A raw HTTP response.
+#[derive(Debug, Clone)]
+pub struct Raw {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Raw {
+    pub fn parse(buf: &[u8]) -> Raw {
+        let split = buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(buf)));
         let head = String::from_utf8_lossy(&buf[..split]).to_string();
         let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (status, head, buf[split + 4..].to_vec())
+        Raw {
+            status,
+            head,
+            body: buf[split + 4..].to_vec(),
+        }
     }
+
+    /// Every value of header `name`.
+    pub fn headers(&self, name: &str) -> Vec<String> {
+        self.head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+            .collect()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers(name).into_iter().next()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).to_string()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The value `name` is set to by a `Set-Cookie` header, with that header's attributes.
+    pub fn cookie(&self, name: &str) -> Option<(String, String)> {
+        self.headers("set-cookie").into_iter().find_map(|c| {
+            let (kv, attrs) = c.split_once(';').unwrap_or((c.as_str(), ""));
+            let (k, v) = kv.split_once('=')?;
+            (k.trim() == name).then(|| (v.trim().to_string(), attrs.trim().to_string()))
+        })
+    }
+}
+
+/// The value of the hidden `csrf` field in a page.
+pub fn csrf_of(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .unwrap_or_else(|| panic!("no csrf field in {html}"));
+    let rest = &html[at + "name=\"csrf\" value=\"".len()..];
+    rest[..rest.find('"').unwrap()].to_string()
 }
 
 impl Drop for Hub {
