@@ -104,7 +104,10 @@ pub const MAX_SOAK_SECS: u64 = 3600;
 /// Check a hub URL: `https://HOST…`, or `http://` only for a loopback host unless `insecure`
 /// (pure; `Err` is the reason).
 pub fn check_hub_url(url: &str, insecure: bool) -> Result<(), String> {
-    if url.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\' || c.is_control()) {
+    if url
+        .chars()
+        .any(|c| c.is_whitespace() || c == '"' || c == '\\' || c.is_control())
+    {
         return Err("it contains blanks, quotes or control characters".into());
     }
     let (rest, plain) = if let Some(r) = url.strip_prefix("https://") {

@@ -3,16 +3,22 @@
 
 /// Path of the config file (the unit sets it; default depends on the mode).
 pub const CONFIG: &str = "OUTPOST_CONFIG";
-/// State directory (receipt, journal, token).
+/// The agent's state directory (token, heartbeat state, its journal).
 pub const STATE_DIR: &str = "OUTPOST_STATE_DIR";
+/// Root's journal of install and upgrade events (the unit sets it): the agent follows it,
+/// read-only, to report the last upgrade's result in heartbeats.
+pub const INSTALL_JOURNAL: &str = "OUTPOST_INSTALL_JOURNAL";
 /// `system` or `user`: the mode the service was installed in (the unit sets it).
 pub const MODE: &str = "OUTPOST_MODE";
-/// Filesystem root for every path outpost reads or writes (default `/`). A test seam.
+/// Filesystem root for every path outpost reads or writes (default `/`). A test seam: read
+/// only by test builds (debug assertions or the `fault-injection` feature); release builds
+/// ignore it and refuse `--root`.
 pub const ROOT: &str = "OUTPOST_ROOT";
 /// Single-use enrollment key, only ever read from the environment or the 0600 secrets file.
 pub const ENROLL_KEY: &str = "OUTPOST_ENROLL_KEY";
 /// Path of the 0600 secrets file (`outpost.env`); the agent removes the used enrollment key
-/// from it after enrolling. Set by the unit.
+/// from it after enrolling when it can (user mode; in system mode the file is root's and the
+/// root resolver removes the key at the next start). Set by the unit.
 pub const ENV_FILE: &str = "OUTPOST_ENV_FILE";
 /// A file holding the enrollment key (safer through sudo than the variable itself, which
 /// `sudo --preserve-env` logs).

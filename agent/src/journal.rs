@@ -268,6 +268,15 @@ impl Journal {
         }
     }
 
+    /// The journal file at `path` (another journal than a state dir's, e.g. root's
+    /// install journal that the agent follows read-only).
+    pub fn at(path: &Path) -> Journal {
+        Journal {
+            path: path.to_path_buf(),
+            local: Mutex::new(()),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

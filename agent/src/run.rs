@@ -369,35 +369,49 @@ impl Worker {
 struct JournalView {
     journal: Arc<Journal>,
     follow: Option<crate::journal::Follow>,
+    /// Root's install journal (`OUTPOST_INSTALL_JOURNAL`), where upgrades are recorded: read
+    /// only, for `last_upgrade`.
+    install: Option<crate::journal::Follow>,
     head: Option<JournalHead>,
     last_upgrade: Option<LastUpgrade>,
 }
 
 impl JournalView {
-    fn new(journal: Arc<Journal>) -> JournalView {
+    fn new(journal: Arc<Journal>, install_journal: Option<&Path>) -> JournalView {
         let follow = journal.follow(true).ok();
+        let install = install_journal.and_then(|p| Journal::at(p).follow(true).ok());
         JournalView {
             journal,
             follow,
+            install,
             head: None,
             last_upgrade: None,
         }
     }
 
+    fn note_upgrade(&mut self, r: &crate::journal::Record) {
+        if kind::UPGRADE_RESULTS.contains(&r.kind.as_str()) {
+            let s = |k: &str| r.data.get(k).and_then(|v| v.as_str()).map(String::from);
+            self.last_upgrade = Some(LastUpgrade {
+                from: s("from"),
+                to: s("to"),
+                result: r.kind.clone(),
+                at: r.time.clone(),
+            });
+        }
+    }
+
     fn refresh(&mut self) {
+        if let Some(Ok(recs)) = self.install.as_mut().map(|f| f.poll()) {
+            for r in &recs {
+                self.note_upgrade(r);
+            }
+        }
         let polled = self.follow.as_mut().map(|f| f.poll());
         match polled {
             Some(Ok(recs)) => {
                 for r in recs {
-                    if kind::UPGRADE_RESULTS.contains(&r.kind.as_str()) {
-                        let s = |k: &str| r.data.get(k).and_then(|v| v.as_str()).map(String::from);
-                        self.last_upgrade = Some(LastUpgrade {
-                            from: s("from"),
-                            to: s("to"),
-                            result: r.kind.clone(),
-                            at: r.time.clone(),
-                        });
-                    }
+                    self.note_upgrade(&r);
                     self.head = Some(JournalHead {
                         seq: r.seq,
                         hash: r.hash,
@@ -498,7 +512,12 @@ impl<'a> Loop<'a> {
             enroll_key: r.enroll_key.as_deref(),
             interval: Duration::from_secs(config.hub.initial_interval_secs()),
             next_due: hub.as_ref().map(|_| now),
-            view: JournalView::new(Arc::clone(&journal)),
+            view: JournalView::new(
+                Arc::clone(&journal),
+                std::env::var_os(crate::env::INSTALL_JOURNAL)
+                    .map(PathBuf::from)
+                    .as_deref(),
+            ),
             worker: Worker::spawn(r.tx.clone()).map_err(RunError::Signals)?,
             next_log: now + log_interval(&config),
             config,

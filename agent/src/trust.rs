@@ -73,7 +73,11 @@ pub fn strict_modes(uid: u32, mode: u32, is_dir: bool, euid: u32) -> Option<Stri
         let what = if is_dir { "directory" } else { "file" };
         return Some(format!(
             "{what} is writable by {} (mode {:04o})",
-            if mode & 0o002 != 0 { "others" } else { "its group" },
+            if mode & 0o002 != 0 {
+                "others"
+            } else {
+                "its group"
+            },
             mode & 0o7777
         ));
     }
@@ -217,10 +221,12 @@ pub fn read_trusted_string(
     let euid = rustix::process::geteuid().as_raw();
     match read_trusted(root, path, euid, max)? {
         None => Ok(None),
-        Some(b) => String::from_utf8(b).map(Some).map_err(|_| TrustError::Unsafe {
-            path: path.to_path_buf(),
-            why: "not valid UTF-8".into(),
-        }),
+        Some(b) => String::from_utf8(b)
+            .map(Some)
+            .map_err(|_| TrustError::Unsafe {
+                path: path.to_path_buf(),
+                why: "not valid UTF-8".into(),
+            }),
     }
 }
 

@@ -30,12 +30,24 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A small JSON file the agent wrote, for display: `None` when missing, unsafe or invalid.
+fn read_agent_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Option<T> {
+    let bytes = outpost_agent::trust::read_untrusted(path, None, 64 << 10).ok()??;
+    serde_json::from_slice(&bytes).ok()
+}
+
 pub fn agent_status(layout: &Layout) -> AgentStatus {
     let sd = layout.host(&layout.state_dir);
+    let ad = layout.host(&layout.agent_dir);
     let config = outpost_agent::Config::load(&layout.host(&layout.config_file)).ok();
-    let identity = outpost_agent::enroll::load_identity(&sd).ok().flatten();
-    let hb = outpost_agent::run::read_heartbeat_state(&sd);
-    let pending = crate::upgrade::record::load(&sd).ok().flatten();
+    // The agent's files: read without following links, bounded, parsed, never written.
+    let identity: Option<outpost_agent::enroll::Identity> =
+        read_agent_json(&ad.join(outpost_agent::enroll::IDENTITY_FILE));
+    let hb: Option<outpost_agent::run::HeartbeatState> =
+        read_agent_json(&ad.join(outpost_agent::run::HEARTBEAT_FILE));
+    let pending = crate::upgrade::record::load(&layout.root, &sd)
+        .ok()
+        .flatten();
     AgentStatus {
         hub: config.and_then(|c| c.hub.url.clone()),
         enrolled: identity.is_some(),
@@ -83,7 +95,7 @@ pub fn diagnostics(
     out: &mut dyn Write,
 ) -> Result<i32> {
     let (layout, _) = crate::uninstall::find_install(probe, root, mode)?;
-    let sd = layout.host(&layout.state_dir);
+    let sd = layout.host(&layout.agent_dir);
     let config = outpost_agent::Config::load(&layout.host(&layout.config_file))?;
     let mut report = diagnostics::run_checks(&config, &sd);
     let scope = crate::uninstall::scope(&layout, probe.euid());
@@ -197,7 +209,7 @@ pub fn heartbeat_now(
             "start it with `outpost start`",
         ));
     }
-    let sd = layout.host(&layout.state_dir);
+    let sd = layout.host(&layout.agent_dir);
     let hb = outpost_agent::run::heartbeat_now(st.main_pid as i32, &sd, Duration::from_secs(20))
         .map_err(|e| {
             let hint = e.hint();
@@ -237,32 +249,46 @@ pub fn audit_verify(
     out: &mut dyn Write,
 ) -> Result<i32> {
     let (layout, _) = crate::uninstall::find_install(probe, root, mode)?;
-    let journal = outpost_agent::journal::Journal::open(&layout.host(&layout.state_dir));
-    match journal.verify() {
-        Ok(r) => {
-            if json_out {
-                writeln!(out, "{}", json!({"ok": true, "records": r.records, "head": r.head.as_ref().map(|(s, h)| json!({"seq": s, "hash": h})), "torn_tail": r.torn_tail})).ok();
-            } else {
-                let head = r
-                    .head
-                    .map(|(s, h)| format!(", head #{s} {}", &h[..16.min(h.len())]))
-                    .unwrap_or_default();
-                writeln!(
-                    out,
-                    "journal {} intact: {} record(s){head}",
-                    journal.path().display(),
-                    r.records
-                )
-                .ok();
-                if r.torn_tail {
-                    writeln!(out, "note: the last line is incomplete (a crash mid-write); the next append repairs it").ok();
-                }
+    let mut reports = Vec::new();
+    let mut failed = None;
+    for dir in [&layout.state_dir, &layout.agent_dir] {
+        let journal = outpost_agent::journal::Journal::open(&layout.host(dir));
+        match journal.verify() {
+            Ok(r) => reports.push((journal.path().to_path_buf(), r)),
+            Err(e) => {
+                failed = Some(e);
+                break;
             }
-            Ok(exit::OK)
-        }
-        Err(e) => {
-            let hint = e.hint();
-            Err(Error::failed(e.to_string(), hint))
         }
     }
+    if let Some(e) = failed {
+        let hint = e.hint();
+        return Err(Error::failed(e.to_string(), hint));
+    }
+    if json_out {
+        let v: Vec<_> = reports.iter().map(|(p, r)| json!({"journal": p, "ok": true, "records": r.records, "head": r.head.as_ref().map(|(s, h)| json!({"seq": s, "hash": h})), "torn_tail": r.torn_tail})).collect();
+        writeln!(out, "{}", json!({"ok": true, "journals": v})).ok();
+        return Ok(exit::OK);
+    }
+    for (path, r) in reports {
+        let head = r
+            .head
+            .map(|(s, h)| format!(", head #{s} {}", &h[..16.min(h.len())]))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "journal {} intact: {} record(s){head}",
+            path.display(),
+            r.records
+        )
+        .ok();
+        if r.torn_tail {
+            writeln!(
+                out,
+                "note: the last line is incomplete (a crash mid-write); the next append repairs it"
+            )
+            .ok();
+        }
+    }
+    Ok(exit::OK)
 }

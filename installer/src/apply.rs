@@ -133,9 +133,93 @@ impl Drop for Transaction {
 fn resolve_owner(spec: OwnerSpec, service_ids: Option<(u32, u32)>, mode: Mode) -> fsx::Owner {
     match (spec, mode) {
         (OwnerSpec::ServiceUser, Mode::System) => service_ids,
-        (OwnerSpec::RootServiceGroup, Mode::System) => service_ids.map(|(_, gid)| (0, gid)),
+        (OwnerSpec::Invoker, Mode::System) => Some((0, 0)),
         _ => None,
     }
+}
+
+/// System mode: what root uses must be root's. Records an earlier layout left to the service
+/// user (the receipt, the upgrade record) are set aside unread, `outpost.env` is taken back
+/// (root, 0600; a symlink is refused), and the agent's own files move from the state dir
+/// into its agent dir. (`config.toml` is checked before anything changes, in `prepare`.)
+fn repair_privilege_split(l: &Layout, out: &mut dyn Write) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if l.mode != Mode::System {
+        return Ok(());
+    }
+    let sd = l.host(&l.state_dir);
+    let ad = l.host(&l.agent_dir);
+    for name in [
+        outpost_agent::enroll::IDENTITY_FILE,
+        outpost_agent::run::HEARTBEAT_FILE,
+        outpost_agent::journal::FILE,
+    ] {
+        let from = sd.join(name);
+        let Ok(m) = std::fs::symlink_metadata(&from) else {
+            continue;
+        };
+        if m.uid() == 0 {
+            continue; // root's own journal
+        }
+        let to = ad.join(name);
+        if std::fs::symlink_metadata(&to).is_ok() {
+            // Both exist: the agent dir's copy wins; the old one is set aside, not deleted.
+            let aside = sd.join(format!("{name}.pre-agent-dir"));
+            fs_err::rename(&from, &aside).map_err(|e| Error::io("move aside", &from, e))?;
+            writeln!(
+                out,
+                "moved the agent's old {name} aside to {}",
+                aside.display()
+            )
+            .ok();
+            continue;
+        }
+        // rename(2) moves the entry itself (a symlink stays a symlink, never followed).
+        fs_err::rename(&from, &to).map_err(|e| Error::io("move", &from, e))?;
+        writeln!(
+            out,
+            "moved the agent's {name} into {}",
+            l.agent_dir.display()
+        )
+        .ok();
+    }
+    // Root's records that the service user could have written are never trusted: set aside
+    // (install writes a new receipt; an upgrade record is then simply gone).
+    for p in [
+        l.host(&l.receipt_file()),
+        l.host(&crate::upgrade::record::path(&l.state_dir)),
+    ] {
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if m.uid() != 0 || m.mode() & 0o022 != 0 || !m.is_file() {
+            let mut aside = p.clone().into_os_string();
+            aside.push(".untrusted");
+            fs_err::rename(&p, &aside).map_err(|e| Error::io("move aside", &p, e))?;
+            writeln!(
+                out,
+                "set aside {} (not root's): nothing in it is used",
+                p.display()
+            )
+            .ok();
+        }
+    }
+    // The secrets file: systemd reads it as root; it becomes root's (0600).
+    let env = l.host(&l.env_file);
+    if let Ok(m) = std::fs::symlink_metadata(&env) {
+        if m.file_type().is_symlink() || !m.is_file() {
+            return Err(Error::failed(
+                format!("refusing {}: it is not a regular file (a symlink?)", env.display()),
+                format!("check who replaced it, remove it (`sudo rm {}`) and re-run `sudo outpost install`", env.display()),
+            ));
+        }
+        if m.uid() != 0 || m.gid() != 0 || m.mode() & 0o077 != 0 {
+            fsx::set_mode_owner(&env, 0o600, Some((0, 0)))
+                .map_err(|e| Error::io("take back", &env, e))?;
+            writeln!(out, "{} now belongs to root (0600)", env.display()).ok();
+        }
+    }
+    Ok(())
 }
 
 fn now_rfc3339() -> String {
@@ -214,8 +298,12 @@ pub fn apply_install(
         ));
     }
 
-    for item in &plan.items {
+    for (i, item) in plan.items.iter().enumerate() {
         let host_path = |p: &Path| l.host(p);
+        // Once the agent dir exists, take root's files back and move the agent's into it.
+        if i > 0 && matches!(&plan.items[i - 1].op, Op::Dir { path, .. } if path == &l.agent_dir) {
+            repair_privilege_split(l, out)?;
+        }
         match (&item.op, item.change) {
             (
                 Op::Dir {
@@ -414,17 +502,11 @@ pub fn apply_install(
             }
             // A fresh install: keep the files so the operator can look at the failure.
             tx.commit();
-            receipt.save(
-                l,
-                resolve_owner(OwnerSpec::ServiceUser, service_ids, l.mode),
-            )?;
+            receipt.save(l, resolve_owner(OwnerSpec::Invoker, service_ids, l.mode))?;
             return Err(explain_start_failure(l, e));
         }
     };
-    receipt.save(
-        l,
-        resolve_owner(OwnerSpec::ServiceUser, service_ids, l.mode),
-    )?;
+    receipt.save(l, resolve_owner(OwnerSpec::Invoker, service_ids, l.mode))?;
     tx.commit();
     Ok(InstallOutcome {
         changed,
@@ -436,7 +518,7 @@ pub fn apply_install(
 /// A service that failed to start often said why in the journal (a refused enrollment key):
 /// turn that into the error, instead of a bare job result.
 fn explain_start_failure(l: &Layout, e: SvcError) -> Error {
-    let journal = outpost_agent::journal::Journal::open(&l.host(&l.state_dir));
+    let journal = outpost_agent::journal::Journal::open(&l.host(&l.agent_dir));
     let last = journal.read_all().ok().and_then(|r| r.into_iter().last());
     match last {
         Some(r) if r.kind == outpost_agent::journal::kind::ENROLL_REFUSED => {

@@ -21,8 +21,15 @@ use std::path::PathBuf;
     disable_help_subcommand = true
 )]
 pub struct Cli {
-    /// Filesystem root to operate on (a test seam; default /).
-    #[arg(long, global = true, env = env::ROOT, default_value = "/", hide = true)]
+    /// Filesystem root to operate on (a test seam of test builds only; default /).
+    #[cfg_attr(
+        any(debug_assertions, feature = "fault-injection"),
+        arg(long, global = true, env = env::ROOT, default_value = "/", hide = true)
+    )]
+    #[cfg_attr(
+        not(any(debug_assertions, feature = "fault-injection")),
+        arg(long, global = true, default_value = "/", hide = true)
+    )]
     root: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -133,6 +140,10 @@ enum Command {
         /// Resolve an interrupted upgrade and exit (the unit's ExecStartPre runs this)
         #[arg(long, hide = true)]
         resolve_pending: bool,
+        /// Watch a running upgrade and finish or revert it if its upgrader dies (the
+        /// upgrader starts this in a transient unit)
+        #[arg(long, hide = true, conflicts_with = "resolve_pending")]
+        guard: bool,
     },
     /// Check this host's agent: hub reachable, TLS, clock skew, token file, disk, memory,
     /// unit, linger, journal (non-zero exit when a check fails)
@@ -370,7 +381,7 @@ fn default_paths(
         paths
             .state_dir
             .clone()
-            .unwrap_or_else(|| layout.host(&layout.state_dir)),
+            .unwrap_or_else(|| layout.host(&layout.agent_dir)),
         mode.to_string(),
     ))
 }
@@ -407,7 +418,35 @@ fn resolve_interrupted(
     }
 }
 
+/// Whether this build has the test seams (`--root`/`OUTPOST_ROOT`, fault knobs).
+pub const TEST_SEAMS: bool = cfg!(any(debug_assertions, feature = "fault-injection"));
+
+/// The root resolver and the upgrade guard act as root on what the unit says, nothing else:
+/// drop every inherited variable but PATH before anything reads one.
+fn scrub_environment() {
+    for (k, _) in std::env::vars_os() {
+        if k != "PATH" {
+            std::env::remove_var(k);
+        }
+    }
+}
+
 fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
+    if matches!(
+        cli.command,
+        Command::Upgrade {
+            resolve_pending: true,
+            ..
+        } | Command::Upgrade { guard: true, .. }
+    ) {
+        scrub_environment();
+    }
+    if !TEST_SEAMS && cli.root != std::path::Path::new("/") {
+        return Err(Error::usage(
+            "--root is a test seam and this is a release build",
+            "drop --root; outpost always acts on this host's /",
+        ));
+    }
     let root = cli.root.clone();
     let probe = HostProbe { root: root.clone() };
     let host = RealHost { root: root.clone() };
@@ -422,6 +461,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
         Command::Upgrade {
             mode,
             resolve_pending: false,
+            guard: false,
             ..
         } => resolve_interrupted(&probe, &host, &root, mode.mode()),
         _ => {}
@@ -446,6 +486,14 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
             Ok(exit::OK)
         }
         Command::Upgrade {
+            mode, guard: true, ..
+        } => {
+            let (layout, _) = uninstall::find_install(&probe, &root, mode.mode())?;
+            let r = crate::upgrade::guard(&layout, &host, probe.euid(), out)?;
+            writeln!(out, "upgrade guard: {r:?}").ok();
+            Ok(exit::OK)
+        }
+        Command::Upgrade {
             mode,
             target,
             channel,
@@ -454,9 +502,13 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
             dry_run,
             json,
             resolve_pending: false,
+            guard: false,
         } => {
             let (layout, _) = uninstall::find_install(&probe, &root, mode.mode())?;
-            let config = outpost_agent::Config::load(&layout.host(&layout.config_file))?;
+            let config = outpost_agent::Config::load_trusted(
+                &layout.root,
+                &layout.host(&layout.config_file),
+            )?;
             let stager = crate::upgrade::stage::ReleaseStager::from_config(
                 &config,
                 from.as_deref(),

@@ -55,6 +55,13 @@ impl Error {
         match self {
             Error::Usage { hint, .. } | Error::Failed { hint, .. } => hint.clone(),
             Error::Svc(e) => e.hint(),
+            Error::Receipt(crate::receipt::ReceiptError::Untrusted(t)) => t.hint(),
+            Error::Receipt(crate::receipt::ReceiptError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                "this install belongs to root: run the command with sudo".into()
+            }
+            Error::Receipt(crate::receipt::ReceiptError::Foreign { .. }) => "the receipt was altered: check who wrote it, move it aside and re-run `sudo outpost install` to write a new one".into(),
             Error::Receipt(_) => "the receipt is outpost's record of what it installed; re-run `outpost install` to rewrite it".into(),
             Error::Config(e) => e.hint(),
             Error::Run(e) => e.hint(),

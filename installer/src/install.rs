@@ -35,16 +35,12 @@ pub struct InstallArgs {
     pub ca_file: Option<PathBuf>,
 }
 
-/// A verified copy of this version's binary, unpacked from the signed release; removed on drop.
+/// A verified copy of this version's binary, unpacked from the signed release into a fresh
+/// private temp dir (mkdtemp, 0700: nobody else can pre-create or swap anything in it);
+/// removed on drop.
 pub struct VerifiedBinary {
-    dir: PathBuf,
+    _dir: tempfile::TempDir,
     pub binary: PathBuf,
-}
-
-impl Drop for VerifiedBinary {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir); // best effort: our temp dir
-    }
 }
 
 /// Fetch this version's tarball from the signed release (manifest signature and replay check,
@@ -55,10 +51,9 @@ pub fn verify_against_release(
     extra_keys: &[String],
     ca_file: Option<&Path>,
     running: &Path,
+    replay: &outpost_packaging::ReplayState,
 ) -> Result<VerifiedBinary> {
-    use outpost_packaging::{
-        extract, fetch_release, ExtractLimits, ReplayState, Source, TrustedKeys, Want,
-    };
+    use outpost_packaging::{extract, fetch_release, ExtractLimits, Source, TrustedKeys, Want};
     let pkg = |e: outpost_packaging::Error| {
         let hint = e.hint();
         Error::failed(
@@ -88,17 +83,20 @@ pub fn verify_against_release(
             "pass the release's minisign public key in OUTPOST_RELEASE_PUBKEYS (install.sh does this)",
         ));
     }
-    let dir = std::env::temp_dir().join(format!("outpost-verify-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::Builder::new()
+        .prefix("outpost-verify-")
+        .tempdir()
+        .map_err(|e| Error::io("create a private temp dir in", &std::env::temp_dir(), e))?;
+    let dir = tmp.path().to_path_buf();
     let guard = VerifiedBinary {
         binary: dir.join("staging").join("outpost"),
-        dir: dir.clone(),
+        _dir: tmp,
     };
     let version = outpost_packaging::version();
     let v = fetch_release(
         &source,
         &keys,
-        &ReplayState::none(),
+        replay,
         &Want::Exact(version.clone()),
         crate::upgrade::stage::this_target(),
         &dir.join("download"),
@@ -120,6 +118,40 @@ pub fn verify_against_release(
         ));
     }
     Ok(guard)
+}
+
+/// System mode: `config.toml` decides what root trusts (release URL, keys, CA), so it must
+/// be root's own regular file, writable by root only. (Its directory is repaired by install.)
+fn config_is_roots(cfg: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::symlink_metadata(cfg) else {
+        return Ok(());
+    };
+    let why = if m.file_type().is_symlink() {
+        Some("it is a symlink".to_string())
+    } else if !m.is_file() {
+        Some("not a regular file".to_string())
+    } else {
+        outpost_agent::trust::strict_modes(m.uid(), m.mode(), false, 0)
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(Error::failed(
+            format!("refusing {}: {why}", cfg.display()),
+            format!("it may have been replaced by another user: review it (its [release] url, public_keys and ca_file decide what root installs), then `sudo chown root:root {p} && sudo chmod 644 {p}` and re-run", p = cfg.display()),
+        )),
+    }
+}
+
+/// The replay guard install shares with `upgrade` (root's state dir), when that dir exists
+/// and is trusted; a first install has seen no manifest yet, so it records nothing.
+fn install_replay_state(layout: &Layout) -> outpost_packaging::ReplayState {
+    let sd = layout.host(&layout.state_dir);
+    let euid = rustix::process::geteuid().as_raw();
+    match outpost_agent::trust::check_trusted(&layout.root, &sd, euid) {
+        Ok(true) => outpost_packaging::ReplayState::at(sd.join(crate::upgrade::stage::REPLAY_FILE)),
+        _ => outpost_packaging::ReplayState::none(),
+    }
 }
 
 /// Pick the mode and check the caller may use it.
@@ -208,6 +240,12 @@ fn service_user(
             ));
         }
         let ids = lookup(name)?;
+        if name == "root" || ids.is_some_and(|(uid, _)| uid == 0) {
+            return Err(Error::usage(
+                format!("--run-as {name}: the agent never runs as root"),
+                "omit --run-as to use the `outpost` system user, or name an unprivileged user",
+            ));
+        }
         return match ids {
             Some(ids) => Ok(ServiceUser { name: name.clone(), ids: Some(ids), create: false }),
             None if name == DEFAULT_SYSTEM_USER => Ok(ServiceUser { name: name.clone(), ids: None, create: true }),
@@ -219,7 +257,7 @@ fn service_user(
     }
     if let Some(prior) = prior {
         // Re-install keeps whoever the service already runs as.
-        if let Some(ids) = lookup(&prior.service_user)? {
+        if let Some(ids) = lookup(&prior.service_user)?.filter(|(uid, _)| *uid != 0) {
             let create = prior.created_user.as_deref() == Some(prior.service_user.as_str());
             return Ok(ServiceUser {
                 name: prior.service_user.clone(),
@@ -228,7 +266,7 @@ fn service_user(
             });
         }
     }
-    if let Some(a) = &det.topology.sudo_user {
+    if let Some(a) = det.topology.sudo_user.as_ref().filter(|a| a.uid != 0) {
         return Ok(ServiceUser {
             name: a.name.clone(),
             ids: Some((a.uid, a.gid)),
@@ -280,10 +318,26 @@ pub fn prepare(args: &InstallArgs, probe: &dyn Probe, host: &dyn Host) -> Result
     let layout = layout_for(&det, mode, &args.root)?;
     // The operator's config must load with this binary before anything changes.
     let cfg = layout.host(&layout.config_file);
+    if mode == Mode::System {
+        config_is_roots(&cfg)?;
+    }
     if cfg.exists() {
         outpost_agent::Config::load(&cfg)?;
     }
-    let prior = Receipt::load(&layout)?;
+    let prior = match Receipt::load(&layout) {
+        Ok(r) => r,
+        // Not root's (an earlier layout gave it to the service user) or unreadable: nothing in
+        // it is trusted; install plans from what is on disk and writes a new one.
+        Err(
+            e @ (crate::receipt::ReceiptError::Untrusted(_)
+            | crate::receipt::ReceiptError::Corrupt { .. }
+            | crate::receipt::ReceiptError::Foreign { .. }),
+        ) => {
+            eprintln!("warning: ignoring the install receipt: {e}\nhint: install writes a new, root-owned one");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
     let su = service_user(&det, mode, args, &args.root, prior.as_ref())?;
 
     let running = match &args.binary {
@@ -325,6 +379,7 @@ pub fn prepare(args: &InstallArgs, probe: &dyn Probe, host: &dyn Host) -> Result
             &args.release_keys,
             args.ca_file.as_deref(),
             &running,
+            &install_replay_state(&layout),
         )?),
         None => None,
     };
@@ -334,7 +389,7 @@ pub fn prepare(args: &InstallArgs, probe: &dyn Probe, host: &dyn Host) -> Result
         .unwrap_or(running);
     let binary_sha256 =
         crate::fsx::sha256_file(&binary).map_err(|e| Error::io("read", &binary, e))?;
-    let version = outpost_packaging::VERSION.to_string();
+    let version = outpost_packaging::version();
 
     let enable_linger = match (mode, &det.topology.target_user) {
         (Mode::User, Some(t)) if !t.linger => Some((t.account.name.clone(), t.account.uid)),
@@ -516,7 +571,10 @@ pub fn run(
         writeln!(
             out,
             "  binary   {}",
-            l.version_dir(&plan.version).join("outpost").display()
+            l.versions_dir()
+                .join(&plan.version)
+                .join("outpost")
+                .display()
         )
         .ok();
         writeln!(out, "  command  {}", l.bin_link.display()).ok();

@@ -40,7 +40,12 @@ pub struct Layout {
     pub config_file: PathBuf,
     /// Secrets as `KEY=value` lines, mode 0600 (system mode only has a separate dir owner).
     pub env_file: PathBuf,
+    /// Root's state (system mode: root-owned, 0755): the receipt, the upgrade record, the
+    /// replay state and root's own journal. Nothing here is writable by the service user.
     pub state_dir: PathBuf,
+    /// The agent's own writable state (`<state>/agent`, owned by the service user, 0700): its
+    /// token, heartbeat state and journal. Root only ever reads it, without following links.
+    pub agent_dir: PathBuf,
     pub unit_dir: PathBuf,
     pub unit_file: PathBuf,
     /// Hardening drop-in (system mode only).
@@ -59,6 +64,7 @@ impl Layout {
             config_file: p("/etc/outpost/config.toml"),
             env_file: p("/etc/outpost/outpost.env"),
             state_dir: p("/var/lib/outpost"),
+            agent_dir: p("/var/lib/outpost/agent"),
             unit_dir: p("/etc/systemd/system"),
             unit_file: p("/etc/systemd/system/outpost.service"),
             dropin_file: Some(p("/etc/systemd/system/outpost.service.d/10-hardening.conf")),
@@ -77,6 +83,7 @@ impl Layout {
             config_file: h(".config/outpost/config.toml"),
             env_file: h(".config/outpost/outpost.env"),
             state_dir: h(".local/state/outpost"),
+            agent_dir: h(".local/state/outpost/agent"),
             unit_dir: h(".config/systemd/user"),
             unit_file: h(".config/systemd/user/outpost.service"),
             dropin_file: None,
@@ -86,8 +93,14 @@ impl Layout {
     pub fn versions_dir(&self) -> PathBuf {
         self.base.join("versions")
     }
-    pub fn version_dir(&self, version: &str) -> PathBuf {
-        self.versions_dir().join(version)
+    /// `versions/<ver>`: built only from a parsed version, whose text (digits, letters, `.`,
+    /// `-`, `+`) can never name another directory.
+    pub fn version_dir(&self, version: &semver::Version) -> PathBuf {
+        self.versions_dir().join(version.to_string())
+    }
+    /// `versions/<ver>` relative to the base: what `current` and `last-good` point at.
+    pub fn version_link_target(version: &semver::Version) -> PathBuf {
+        PathBuf::from("versions").join(version.to_string())
     }
     /// `current` → `versions/<ver>` (relative symlink).
     pub fn current_link(&self) -> PathBuf {
@@ -108,8 +121,17 @@ impl Layout {
     pub fn receipt_file(&self) -> PathBuf {
         self.state_dir.join("receipt.json")
     }
+    /// Root's journal (install and upgrade events).
     pub fn events_file(&self) -> PathBuf {
         self.state_dir.join("events.jsonl")
+    }
+    /// The agent's journal.
+    pub fn agent_events_file(&self) -> PathBuf {
+        self.agent_dir.join("events.jsonl")
+    }
+    /// The agent's last heartbeat result (read by the health gate).
+    pub fn heartbeat_file(&self) -> PathBuf {
+        self.agent_dir.join(outpost_agent::run::HEARTBEAT_FILE)
     }
 
     /// Map a host path onto the filesystem root seam.

@@ -101,9 +101,6 @@ pub enum OwnerSpec {
     Invoker,
     /// The service user (system mode).
     ServiceUser,
-    /// root, with the service user's group (system mode: `/etc/outpost`, so the agent can
-    /// rewrite its secrets file but the directory stays root's).
-    RootServiceGroup,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -187,7 +184,7 @@ pub struct ServiceUser {
 #[derive(Debug, Clone)]
 pub struct InstallInputs {
     pub layout: Layout,
-    pub version: String,
+    pub version: semver::Version,
     /// The binary to install (normally the running executable) and its sha256.
     pub binary: PathBuf,
     pub binary_sha256: String,
@@ -231,7 +228,7 @@ impl InstallPlan {
 }
 
 /// Every path an install plan may look at, for [`observe_paths`].
-pub fn install_paths(layout: &Layout, version: &str) -> Vec<PathBuf> {
+pub fn install_paths(layout: &Layout, version: &semver::Version) -> Vec<PathBuf> {
     let mut v = vec![
         layout.base.clone(),
         layout.versions_dir(),
@@ -244,6 +241,7 @@ pub fn install_paths(layout: &Layout, version: &str) -> Vec<PathBuf> {
         layout.config_file.clone(),
         layout.env_file.clone(),
         layout.state_dir.clone(),
+        layout.agent_dir.clone(),
         layout.unit_dir.clone(),
         layout.unit_file.clone(),
     ];
@@ -306,7 +304,8 @@ pub fn unit_params(inp: &InstallInputs) -> UnitParams {
         exec: l.current_binary(),
         resolver: l.resolver_binary(),
         config_file: l.config_file.clone(),
-        state_dir: l.state_dir.clone(),
+        state_dir: l.agent_dir.clone(),
+        install_journal: l.events_file(),
         env_file: l.env_file.clone(),
         user: (l.mode == Mode::System).then(|| inp.service_user.name.clone()),
         group: None,
@@ -472,7 +471,7 @@ pub fn plan_install(inp: &InstallInputs, obs: &Observed) -> InstallPlan {
         items.push(Item {
             op: Op::CreateUser {
                 name: inp.service_user.name.clone(),
-                home: l.state_dir.clone(),
+                home: l.agent_dir.clone(),
             },
             change,
         });
@@ -511,27 +510,24 @@ pub fn plan_install(inp: &InstallInputs, obs: &Observed) -> InstallPlan {
     items.push(link_item(
         obs,
         &l.current_link(),
-        PathBuf::from("versions").join(&inp.version),
+        Layout::version_link_target(&inp.version),
         Role::Link,
     ));
     items.push(link_item(
         obs,
         &l.last_good_link(),
-        PathBuf::from("versions").join(&inp.version),
+        Layout::version_link_target(&inp.version),
         Role::Link,
     ));
     items.push(link_item(obs, &l.bin_link, l.current_binary(), Role::Link));
 
-    let (cfg_mode, cfg_owner) = if system {
-        (0o770, OwnerSpec::RootServiceGroup)
-    } else {
-        (0o755, OwnerSpec::Invoker)
-    };
+    // Root's: config, secrets (systemd reads them as root) and the state dir holding the
+    // receipt, the upgrade record and the replay state. The agent writes only its agent dir.
     items.push(dir_item(
         obs,
         &l.config_dir,
-        cfg_mode,
-        cfg_owner,
+        0o755,
+        OwnerSpec::Invoker,
         Role::Config,
     ));
     items.push(text_item(
@@ -551,9 +547,16 @@ pub fn plan_install(inp: &InstallInputs, obs: &Observed) -> InstallPlan {
         Role::Secrets,
         initial_env(inp.enroll_key.as_deref()),
         0o600,
-        svc_owner,
+        OwnerSpec::Invoker,
     ));
-    items.push(dir_item(obs, &l.state_dir, 0o750, svc_owner, Role::State));
+    items.push(dir_item(
+        obs,
+        &l.state_dir,
+        0o755,
+        OwnerSpec::Invoker,
+        Role::State,
+    ));
+    items.push(dir_item(obs, &l.agent_dir, 0o700, svc_owner, Role::State));
 
     if inp.hub_url.is_some() && obs.get(&l.config_file).is_some() {
         warnings.push(format!(
@@ -651,7 +654,7 @@ pub fn plan_install(inp: &InstallInputs, obs: &Observed) -> InstallPlan {
 
     InstallPlan {
         mode: l.mode,
-        version: inp.version.clone(),
+        version: inp.version.to_string(),
         layout: l.clone(),
         service_user: inp.service_user.clone(),
         items,

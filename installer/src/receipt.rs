@@ -1,11 +1,35 @@
 //! The install receipt: what `install` created, so `uninstall` removes exactly that.
 //!
-//! Stored as JSON in the state directory (`receipt.json`), written atomically.
+//! Stored as JSON in root's state directory (`receipt.json`, root-owned in system mode),
+//! written atomically and read only through [`outpost_agent::trust::read_trusted`]. A loaded
+//! receipt is also checked against the layout ([`Receipt::validate`]): every path it lists
+//! must be one outpost manages, and every user name a valid non-root name, so even a receipt
+//! that got past the ownership checks cannot make `uninstall` delete anything else.
 use crate::layout::{Layout, Mode};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub const SCHEMA: u32 = 1;
+/// Largest receipt read (4 MiB).
+pub const MAX_BYTES: u64 = 4 << 20;
+
+/// The paths a receipt may list (and everything below them).
+fn managed_paths(l: &Layout) -> Vec<PathBuf> {
+    let mut v = vec![
+        l.base.clone(),
+        l.bin_link.clone(),
+        l.config_dir.clone(),
+        l.state_dir.clone(),
+        l.unit_file.clone(),
+    ];
+    if let Some(d) = &l.dropin_file {
+        v.extend(d.parent().map(Path::to_path_buf));
+    }
+    if l.mode == Mode::System {
+        v.push(PathBuf::from(crate::plan::POLKIT_RULES));
+    }
+    v
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -87,6 +111,10 @@ pub enum ReceiptError {
     },
     #[error("install receipt {path} is corrupt: {message}")]
     Corrupt { path: PathBuf, message: String },
+    #[error("{0}")]
+    Untrusted(outpost_agent::trust::TrustError),
+    #[error("install receipt {path} lists {what}, which outpost does not manage")]
+    Foreign { path: PathBuf, what: String },
     #[error("cannot write install receipt {path}: {source}")]
     Write {
         path: PathBuf,
@@ -114,11 +142,13 @@ impl Receipt {
 
     /// Load the receipt for `layout`; `Ok(None)` when there is none.
     pub fn load(layout: &Layout) -> Result<Option<Receipt>, ReceiptError> {
+        use outpost_agent::trust::{read_trusted_string, TrustError};
         let path = layout.host(&layout.receipt_file());
-        let text = match fs_err::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(ReceiptError::Read { path, source: e }),
+        let text = match read_trusted_string(&layout.root, &path, MAX_BYTES) {
+            Ok(Some(t)) => t,
+            Ok(None) => return Ok(None),
+            Err(TrustError::Io { source, .. }) => return Err(ReceiptError::Read { path, source }),
+            Err(e) => return Err(ReceiptError::Untrusted(e)),
         };
         let r: Receipt = serde_json::from_str(&text).map_err(|e| ReceiptError::Corrupt {
             path: path.clone(),
@@ -133,7 +163,60 @@ impl Receipt {
                 ),
             });
         }
+        r.validate(layout)?;
         Ok(Some(r))
+    }
+
+    /// Every entry must be a path outpost manages for `layout` (or, for a directory, one of
+    /// their ancestors, which uninstall removes only when empty); every user name valid and
+    /// not root.
+    pub fn validate(&self, layout: &Layout) -> Result<(), ReceiptError> {
+        let foreign = |what: String| ReceiptError::Foreign {
+            path: layout.host(&layout.receipt_file()),
+            what,
+        };
+        if self.mode != layout.mode {
+            return Err(foreign(format!("mode {}", self.mode)));
+        }
+        let managed = managed_paths(layout);
+        for e in &self.entries {
+            let p = &e.path;
+            let clean = p.is_absolute()
+                && p.components().all(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::RootDir | std::path::Component::Normal(_)
+                    )
+                });
+            let under = managed.iter().any(|m| p.starts_with(m));
+            let ancestor = e.kind == Kind::Dir
+                && e.role == Role::Dir
+                && managed
+                    .iter()
+                    .any(|m| m.starts_with(p) && p != Path::new("/"));
+            if !clean || !(under || ancestor) {
+                return Err(foreign(format!("{}", p.display())));
+            }
+        }
+        for (what, name) in [
+            ("service user", Some(&self.service_user)),
+            ("created user", self.created_user.as_ref()),
+            ("linger user", self.linger_enabled_for.as_ref()),
+        ] {
+            if let Some(n) = name {
+                if !crate::users::valid_username(n) || n == "root" {
+                    return Err(foreign(format!("{what} {n:?}")));
+                }
+            }
+        }
+        if let Some(c) = &self.created_user {
+            if c != &self.service_user {
+                return Err(foreign(format!(
+                    "created user {c:?} (not the service user)"
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub fn save(&self, layout: &Layout, owner: crate::fsx::Owner) -> Result<(), ReceiptError> {
@@ -199,6 +282,66 @@ mod tests {
         .unwrap();
         let e = Receipt::load(&l).unwrap_err().to_string();
         assert!(e.contains("schema 99"), "{e}");
+    }
+
+    #[test]
+    fn foreign_paths_and_users_are_refused() {
+        let l = Layout::system(Path::new("/"));
+        assert!(sample().validate(&l).is_ok());
+        let entry = |kind, role, path: &str| Entry {
+            kind,
+            role,
+            path: path.into(),
+            sha256: None,
+            mode: None,
+            target: None,
+        };
+        // (entry, ok)
+        let cases = [
+            (
+                entry(
+                    Kind::File,
+                    Role::Binary,
+                    "/opt/outpost/versions/1.0.0/outpost",
+                ),
+                true,
+            ),
+            (entry(Kind::Dir, Role::Dir, "/opt"), true),
+            (entry(Kind::Dir, Role::Dir, "/usr/local/bin"), true),
+            (
+                entry(
+                    Kind::File,
+                    Role::Polkit,
+                    "/etc/polkit-1/rules.d/50-outpost.rules",
+                ),
+                true,
+            ),
+            (entry(Kind::File, Role::Config, "/etc/shadow"), false),
+            (entry(Kind::Dir, Role::State, "/home"), false),
+            (entry(Kind::Dir, Role::Dir, "/"), false),
+            (entry(Kind::Dir, Role::State, "/opt"), false),
+            (
+                entry(Kind::File, Role::Binary, "/opt/outpost/../../etc/shadow"),
+                false,
+            ),
+            (entry(Kind::File, Role::Binary, "opt/outpost/x"), false),
+            (entry(Kind::File, Role::Binary, "/opt/outpostx"), false),
+        ];
+        for (e, ok) in cases {
+            let mut r = sample();
+            let p = e.path.clone();
+            r.entries.push(e);
+            assert_eq!(r.validate(&l).is_ok(), ok, "{}", p.display());
+        }
+        for (svc, created) in [("root", None), ("alice", Some("bob")), ("a b", None)] {
+            let mut r = sample();
+            r.service_user = svc.into();
+            r.created_user = created.map(String::from);
+            assert!(r.validate(&l).is_err(), "{svc} {created:?}");
+        }
+        let mut r = sample();
+        r.mode = Mode::User;
+        assert!(r.validate(&l).is_err());
     }
 
     #[test]

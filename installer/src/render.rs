@@ -11,6 +11,9 @@ use outpost_agent::{env, exit};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+/// The whole environment of the `ExecStartPre=` resolver.
+pub const RESOLVER_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Default `WatchdogSec=`.
 pub const DEFAULT_WATCHDOG_SEC: u32 = 30;
 
@@ -23,7 +26,10 @@ pub struct UnitParams {
     /// (`ExecStartPre=`), from the version last confirmed healthy.
     pub resolver: PathBuf,
     pub config_file: PathBuf,
+    /// The agent's own writable state dir (`<state>/agent`).
     pub state_dir: PathBuf,
+    /// Root's journal of install and upgrade events (the agent reads it, never writes it).
+    pub install_journal: PathBuf,
     pub env_file: PathBuf,
     /// System mode `User=` (ignored in user mode).
     pub user: Option<String>,
@@ -41,7 +47,8 @@ impl UnitParams {
             exec: layout.current_binary(),
             resolver: layout.resolver_binary(),
             config_file: layout.config_file.clone(),
-            state_dir: layout.state_dir.clone(),
+            state_dir: layout.agent_dir.clone(),
+            install_journal: layout.events_file(),
             env_file: layout.env_file.clone(),
             user,
             group,
@@ -66,6 +73,7 @@ pub fn validate(p: &UnitParams) -> Result<(), RenderError> {
         &p.resolver,
         &p.config_file,
         &p.state_dir,
+        &p.install_journal,
         &p.env_file,
     ] {
         check_path(path)?;
@@ -169,8 +177,10 @@ pub fn unit(p: &UnitParams) -> String {
     line("Type=notify".into());
     line("NotifyAccess=main".into());
     // `-`: a resolver failure must not block the start; `+`: it may fix root-owned files.
+    // `env -i`: the resolver runs with a fixed environment, never the service's (which
+    // includes `EnvironmentFile=`), so nothing but the unit decides what it does.
     line(format!(
-        "ExecStartPre=-+{} upgrade --resolve-pending --{}",
+        "ExecStartPre=-+/usr/bin/env -i {RESOLVER_PATH} {} upgrade --resolve-pending --{}",
         word(&path_str(&p.resolver), true),
         p.mode.as_str()
     ));
@@ -182,6 +192,7 @@ pub fn unit(p: &UnitParams) -> String {
         (env::MODE, p.mode.as_str().into()),
         (env::CONFIG, path_str(&p.config_file)),
         (env::STATE_DIR, path_str(&p.state_dir)),
+        (env::INSTALL_JOURNAL, path_str(&p.install_journal)),
         (env::ENV_FILE, path_str(&p.env_file)),
     ] {
         line(format!("Environment={}", word(&format!("{k}={v}"), false)));
@@ -217,18 +228,9 @@ pub fn unit(p: &UnitParams) -> String {
 /// its state directory, the network and `/proc/meminfo` (hence no `ProcSubset=pid`).
 pub fn hardening_dropin(p: &UnitParams) -> String {
     debug_assert!(validate(p).is_ok(), "unvalidated unit params {p:?}");
-    // The secrets file's directory too: after enrolling, the agent scrubs the one-time key
-    // from it with an atomic rewrite (a temp file next to it, then rename).
-    let secrets_dir = p
-        .env_file
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| p.state_dir.clone());
-    let rw = format!(
-        "ReadWritePaths={} {}",
-        word(&path_str(&p.state_dir), false),
-        word(&path_str(&secrets_dir), false)
-    );
+    // Only the agent's own state dir: config, secrets and root's state stay read-only to it
+    // (and are root's on disk too).
+    let rw = format!("ReadWritePaths={}", word(&path_str(&p.state_dir), false));
     let settings: [(&str, &str); 26] = [
         (
             "NoNewPrivileges=yes",
@@ -238,10 +240,7 @@ pub fn hardening_dropin(p: &UnitParams) -> String {
             "ProtectSystem=strict",
             "the whole file system is read-only…",
         ),
-        (
-            &rw,
-            "…except the state directory and the secrets file's directory",
-        ),
+        (&rw, "…except the agent's own state directory"),
         ("ProtectHome=yes", "no access to /home, /root, /run/user"),
         ("PrivateTmp=yes", "own /tmp and /var/tmp"),
         (
@@ -374,8 +373,10 @@ mod tests {
             "ExecStart=/opt/outpost/current/outpost agent run",
             "Environment=OUTPOST_MODE=system",
             "Environment=OUTPOST_CONFIG=/etc/outpost/config.toml",
-            "Environment=OUTPOST_STATE_DIR=/var/lib/outpost",
+            "Environment=OUTPOST_STATE_DIR=/var/lib/outpost/agent",
+            "Environment=OUTPOST_INSTALL_JOURNAL=/var/lib/outpost/events.jsonl",
             "EnvironmentFile=-/etc/outpost/outpost.env",
+            "ExecStartPre=-+/usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin /opt/outpost/last-good/outpost upgrade --resolve-pending --system",
             "User=outpost",
             "Group=outpost",
             "Restart=always",
@@ -417,7 +418,7 @@ mod tests {
             "ExecStart=/home/alice/.local/share/outpost/current/outpost agent run",
             "Environment=OUTPOST_MODE=user",
             "Environment=OUTPOST_CONFIG=/home/alice/.config/outpost/config.toml",
-            "Environment=OUTPOST_STATE_DIR=/home/alice/.local/state/outpost",
+            "Environment=OUTPOST_STATE_DIR=/home/alice/.local/state/outpost/agent",
             "EnvironmentFile=-/home/alice/.config/outpost/outpost.env",
             "WantedBy=default.target",
             "Type=notify",
@@ -481,9 +482,7 @@ mod tests {
         }
         let mut p = system();
         p.state_dir = PathBuf::from("/srv/out post");
-        assert!(
-            lines(&hardening_dropin(&p)).contains(&"ReadWritePaths=\"/srv/out post\" /etc/outpost")
-        );
+        assert!(lines(&hardening_dropin(&p)).contains(&"ReadWritePaths=\"/srv/out post\""));
     }
 
     #[test]
@@ -544,7 +543,7 @@ mod tests {
         for want in [
             "NoNewPrivileges=yes",
             "ProtectSystem=strict",
-            "ReadWritePaths=/var/lib/outpost /etc/outpost",
+            "ReadWritePaths=/var/lib/outpost/agent",
             "ProtectHome=yes",
             "PrivateTmp=yes",
             "PrivateDevices=yes",

@@ -225,31 +225,101 @@ pub fn events(
 ) -> Result<i32> {
     use outpost_agent::journal::{Journal, Record};
     let (layout, _) = crate::uninstall::find_install(probe, root, mode)?;
-    let journal = Journal::open(&layout.host(&layout.state_dir));
-    let show = |r: &Record, out: &mut dyn Write| {
+    // Root's journal (install and upgrade events) and the agent's own, merged by time.
+    let journals = [
+        ("install", Journal::open(&layout.host(&layout.state_dir))),
+        ("agent", Journal::open(&layout.host(&layout.agent_dir))),
+    ];
+    let show = |src: &str, r: &Record, out: &mut dyn Write| {
         if json {
-            writeln!(out, "{}", serde_json::to_string(r).unwrap_or_default()).ok();
+            let mut v = serde_json::to_value(r).unwrap_or_default();
+            v["journal"] = serde_json::json!(src);
+            writeln!(out, "{v}").ok();
         } else {
-            writeln!(out, "{}  #{:<4} {:<32} {}", r.time, r.seq, r.kind, r.data).ok();
+            // Agent-written strings reach a terminal: control characters are escaped.
+            let data = escape_controls(&r.data.to_string());
+            let kind = escape_controls(&r.kind);
+            writeln!(
+                out,
+                "{}  {:<7} #{:<4} {:<32} {}",
+                escape_controls(&r.time),
+                src,
+                r.seq,
+                kind,
+                data
+            )
+            .ok();
         }
         out.flush().ok();
     };
     let j_err = |e: outpost_agent::journal::JournalError| {
         crate::error::Error::failed(e.to_string(), e.hint())
     };
-    if !follow {
-        for r in journal.read_all().map_err(j_err)? {
-            show(&r, out);
+    let mut all: Vec<(&str, Record)> = Vec::new();
+    for (src, j) in &journals {
+        match j.read_all() {
+            Ok(recs) => all.extend(recs.into_iter().map(|r| (*src, r))),
+            // The agent's journal may be unreadable for this user: show root's anyway.
+            Err(e) if !follow && *src == "agent" => {
+                writeln!(out, "note: cannot read the agent's journal: {e}").ok();
+            }
+            Err(e) => return Err(j_err(e)),
         }
+    }
+    all.sort_by(|a, b| a.1.time.cmp(&b.1.time));
+    for (src, r) in &all {
+        show(src, r, out);
+    }
+    if !follow {
         return Ok(exit::OK);
     }
-    let mut f = journal.follow(true).map_err(j_err)?;
+    let mut cursors = journals
+        .iter()
+        .map(|(src, j)| j.follow(false).map(|f| (*src, f)))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(j_err)?;
     loop {
-        for r in f
-            .wait(std::time::Duration::from_millis(250), || false)
-            .map_err(j_err)?
-        {
-            show(&r, out);
+        let mut any = false;
+        for (src, f) in cursors.iter_mut() {
+            for r in f.poll().map_err(j_err)? {
+                any = true;
+                show(src, &r, out);
+            }
+        }
+        if !any {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    }
+}
+
+/// Escape control characters (ESC, CR, BEL, …) so text another program wrote cannot drive
+/// the operator's terminal; everything else is kept as it is.
+pub fn escape_controls(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod escape_tests {
+    #[test]
+    fn controls_are_escaped() {
+        for (i, want) in [
+            ("plain host", "plain host"),
+            ("a\u{1b}[2Jb", "a\\u{1b}[2Jb"),
+            ("x\ry", "x\\u{d}y"),
+            ("ünïcode", "ünïcode"),
+        ] {
+            assert_eq!(super::escape_controls(i), want);
         }
     }
 }

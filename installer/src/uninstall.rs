@@ -37,8 +37,19 @@ pub fn find_install(
         (None, _) => user_layout.into_iter().chain([system]).collect(),
     };
     for l in &candidates {
-        if let Some(r) = Receipt::load(l)? {
-            return Ok((l.clone(), Some(r)));
+        match Receipt::load(l) {
+            Ok(Some(r)) => return Ok((l.clone(), Some(r))),
+            Ok(None) => {}
+            // A receipt that is merely unreadable JSON (a torn disk) must not block every
+            // command: say so and carry on without it (install writes a new one; uninstall
+            // refuses). An unsafe or altered one is refused outright.
+            Err(e @ crate::receipt::ReceiptError::Corrupt { .. }) => {
+                eprintln!(
+                    "warning: {e}\nhint: `sudo outpost install` rewrites it; until then uninstall cannot run"
+                );
+                return Ok((l.clone(), None));
+            }
+            Err(e) => return Err(e.into()),
         }
     }
     let l = candidates

@@ -73,6 +73,10 @@ impl ServiceManager for Fake {
     fn reset_failed(&self, _u: &str) -> Result<(), SvcError> {
         Ok(())
     }
+    fn start_transient(&self, u: &str, _d: &str, argv: &[String]) -> Result<(), SvcError> {
+        self.call(format!("start-transient {u} {}", argv.join(" ")));
+        Ok(())
+    }
     fn status(&self, _u: &str) -> Result<UnitStatus, SvcError> {
         let s = self.0.borrow();
         Ok(UnitStatus {
@@ -152,7 +156,7 @@ fn inputs(b: &Bed, version: &str, create_user: bool) -> InstallInputs {
     );
     InstallInputs {
         layout: Layout::system(b.dir.path()),
-        version: version.into(),
+        version: version.parse().unwrap(),
         binary: b.bin.clone(),
         binary_sha256: crate::fsx::sha256_file(&b.bin).unwrap(),
         service_user: ServiceUser {
@@ -340,7 +344,7 @@ fn new_version_swaps_current_and_restarts() {
         Path::new("versions/1.1.0")
     );
     assert!(
-        l.host(&l.version_dir("1.0.0")).exists(),
+        l.host(&l.version_dir(&"1.0.0".parse().unwrap())).exists(),
         "old version kept for rollback"
     );
 }

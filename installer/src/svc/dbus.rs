@@ -63,6 +63,14 @@ mod proxies {
         ) -> zbus::Result<(bool, Changes)>;
         fn disable_unit_files(&self, files: &[&str], runtime: bool) -> zbus::Result<Changes>;
         fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+        #[allow(clippy::type_complexity)]
+        fn start_transient_unit(
+            &self,
+            name: &str,
+            mode: &str,
+            properties: &[(&str, zbus::zvariant::Value<'_>)],
+            aux: &[(&str, Vec<(&str, zbus::zvariant::Value<'_>)>)],
+        ) -> zbus::Result<OwnedObjectPath>;
         fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
         fn get_unit_file_state(&self, file: &str) -> zbus::Result<String>;
         fn subscribe(&self) -> zbus::Result<()>;
@@ -461,6 +469,43 @@ impl ServiceManager for SystemdBus {
             // Nothing loaded means nothing failed.
             Err(e) if classify(error_parts(&e).0.as_deref()) == ErrorKind::NoSuchUnit => Ok(()),
             Err(e) => Err(map_error(&e, self.scope, "reset-failed", unit)),
+        }
+    }
+
+    fn start_transient(
+        &self,
+        unit: &str,
+        description: &str,
+        argv: &[String],
+    ) -> Result<(), SvcError> {
+        use zbus::zvariant::Value;
+        let Some(exe) = argv.first() else {
+            return Err(SvcError::Job {
+                action: "start".into(),
+                unit: unit.into(),
+                result: "empty command".into(),
+            });
+        };
+        let exec = vec![(exe.clone(), argv.to_vec(), false)];
+        let props: Vec<(&str, Value<'_>)> = vec![
+            ("Description", Value::from(description)),
+            ("ExecStart", Value::from(exec)),
+            // Garbage-collect it whatever its result, so the name is free for the next upgrade.
+            ("CollectMode", Value::from("inactive-or-failed")),
+        ];
+        match self
+            .manager("start", unit)?
+            .start_transient_unit(unit, "fail", &props, &[])
+        {
+            Ok(_) => Ok(()),
+            // A guard from an earlier upgrade still runs: it watches whichever upgrader the
+            // record names, so it covers this one too.
+            Err(e)
+                if error_parts(&e).0.as_deref() == Some("org.freedesktop.systemd1.UnitExists") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(map_error(&e, self.scope, "start", unit)),
         }
     }
 

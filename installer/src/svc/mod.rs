@@ -120,6 +120,15 @@ pub trait ServiceManager {
     fn reset_failed(&self, unit: &str) -> Result<(), SvcError>;
     /// State of a unit; a unit systemd does not know reports `load_state = "not-found"`.
     fn status(&self, unit: &str) -> Result<UnitStatus, SvcError>;
+    /// Start `argv` as the transient service `unit` (in this manager, outside the caller's
+    /// session, so signals to the caller do not reach it). Returns once the job is queued; a
+    /// unit of that name that already runs counts as started.
+    fn start_transient(
+        &self,
+        unit: &str,
+        description: &str,
+        argv: &[String],
+    ) -> Result<(), SvcError>;
 }
 
 /// logind, for lingering users in user mode.

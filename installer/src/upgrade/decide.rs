@@ -149,6 +149,25 @@ pub fn health(base: &UnitStatus, now: &UnitStatus) -> Result<(), String> {
     Ok(())
 }
 
+/// The health gate's view of the agent's heartbeat state: `Ok(true)` once a heartbeat that
+/// ended at or after `since_ms` was accepted, `Err` when the hub refused it for good (revoked
+/// token), `Ok(false)` while it may still come.
+pub fn heartbeat_verdict(
+    hb: &outpost_agent::run::HeartbeatState,
+    since_ms: u64,
+) -> Result<bool, String> {
+    if hb.at_ms < since_ms {
+        return Ok(false);
+    }
+    match (hb.ok, hb.error.as_deref()) {
+        (true, _) => Ok(true),
+        (false, Some(e)) if e.contains("revoked") => {
+            Err("the hub refused the heartbeat (token revoked)".into())
+        }
+        _ => Ok(false),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,8 +228,8 @@ mod tests {
     #[test]
     fn resolution_table() {
         let rec = |step, orchestrated| Record {
-            from: "1.0.0".into(),
-            to: "1.1.0".into(),
+            from: "1.0.0".parse().unwrap(),
+            to: "1.1.0".parse().unwrap(),
             step,
             started_at: String::new(),
             upgrader_pid: 4242,
@@ -266,5 +285,31 @@ mod tests {
             .unwrap_err()
             .contains("main process"));
         assert!(health(&base, &st("failed", 0, 0)).is_err());
+    }
+
+    #[test]
+    fn heartbeat_verdict_table() {
+        let hb = |at_ms, ok, error: Option<&str>| outpost_agent::run::HeartbeatState {
+            at: String::new(),
+            at_ms,
+            ok,
+            error: error.map(String::from),
+            interval_secs: 30,
+            agent_id: None,
+            hub_url: String::new(),
+            clock_skew_secs: None,
+            failures: 0,
+        };
+        // (state, since, verdict)
+        let cases = [
+            (hb(100, true, None), 100, Ok(true)),
+            (hb(99, true, None), 100, Ok(false)),
+            (hb(200, false, Some("connection refused")), 100, Ok(false)),
+            (hb(200, false, Some("token revoked")), 100, Err(())),
+            (hb(50, false, Some("token revoked")), 100, Ok(false)),
+        ];
+        for (h, since, want) in cases {
+            assert_eq!(heartbeat_verdict(&h, since).map_err(|_| ()), want, "{h:?}");
+        }
     }
 }

@@ -44,32 +44,62 @@ pub struct UpgradeArgs {
 
 /// The version `current` points at (`versions/<ver>`).
 pub fn current_version(layout: &Layout) -> Result<Option<Version>> {
-    let link = layout.host(&layout.current_link());
-    match std::fs::read_link(&link) {
-        Ok(t) => {
-            let name = t
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            Version::parse(&name).map(Some).map_err(|_| {
-                Error::failed(
-                    format!(
-                        "{} points at {}, which is not a version",
-                        link.display(),
-                        t.display()
-                    ),
-                    "re-run `outpost install` to repair it",
-                )
-            })
+    link_version(layout, &layout.current_link())
+}
+
+/// The version `last-good` points at.
+pub fn last_good_version(layout: &Layout) -> Result<Option<Version>> {
+    link_version(layout, &layout.last_good_link())
+}
+
+/// Read `current` or `last-good`: the link and its directories must pass the StrictModes
+/// checks (owned by root or the caller, not group/other-writable), and it must point at
+/// exactly `versions/<semver>`.
+fn link_version(layout: &Layout, link: &Path) -> Result<Option<Version>> {
+    use std::os::unix::fs::MetadataExt;
+    let host = layout.host(link);
+    let euid = rustix::process::geteuid().as_raw();
+    let untrusted = |e: outpost_agent::trust::TrustError| Error::failed(e.to_string(), e.hint());
+    if let Some(dir) = host.parent() {
+        outpost_agent::trust::check_trusted(&layout.root, dir, euid).map_err(untrusted)?;
+    }
+    let meta = match std::fs::symlink_metadata(&host) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", &host, e)),
+    };
+    if meta.uid() != 0 && meta.uid() != euid {
+        return Err(untrusted(outpost_agent::trust::TrustError::Unsafe {
+            path: host.clone(),
+            why: format!("owned by uid {}, not root", meta.uid()),
+        }));
+    }
+    let t = std::fs::read_link(&host).map_err(|e| Error::io("read", &host, e))?;
+    let bad = || {
+        Error::failed(
+            format!(
+                "{} points at {}, which is not versions/<version>",
+                host.display(),
+                t.display()
+            ),
+            "re-run `sudo outpost install` to repair it",
+        )
+    };
+    let mut parts = t.components();
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(std::path::Component::Normal(v)), Some(std::path::Component::Normal(name)), None)
+            if v == "versions" =>
+        {
+            let version = Version::parse(&name.to_string_lossy()).map_err(|_| bad())?;
+            Ok(Some(version))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("read", &link, e)),
+        _ => Err(bad()),
     }
 }
 
-fn swap_current(layout: &Layout, version: &str) -> Result<()> {
+fn swap_current(layout: &Layout, version: &Version) -> Result<()> {
     let link = layout.host(&layout.current_link());
-    fsx::symlink_atomic(&PathBuf::from("versions").join(version), &link)
+    fsx::symlink_atomic(&Layout::version_link_target(version), &link)
         .map_err(|e| Error::io("swap", &link, e))
 }
 
@@ -148,7 +178,7 @@ fn smoke(
         .arg("--config")
         .arg(layout.host(&layout.config_file))
         .arg("--state-dir")
-        .arg(layout.host(&layout.state_dir))
+        .arg(layout.host(&layout.agent_dir))
         .arg("--mode")
         .arg(layout.mode.as_str())
         .env_remove(outpost_agent::env::CONFIG)
@@ -205,36 +235,31 @@ fn health_gate(
     }
 }
 
+/// Largest heartbeat state read (the agent writes a few hundred bytes).
+const MAX_HEARTBEAT_BYTES: u64 = 64 << 10;
+
+/// The agent's heartbeat state: written by the service user, so read without following
+/// links, owner-checked, bounded and schema-validated; never modified.
 fn heartbeat_accepted_since(
     layout: &Layout,
     since: std::time::SystemTime,
 ) -> std::result::Result<bool, String> {
-    let p = layout.host(&layout.state_dir).join("heartbeat.json");
-    let Ok(text) = std::fs::read_to_string(&p) else {
+    use std::os::unix::fs::MetadataExt;
+    let p = layout.host(&layout.heartbeat_file());
+    let owner = std::fs::symlink_metadata(layout.host(&layout.agent_dir))
+        .ok()
+        .map(|m| m.uid());
+    let Ok(Some(bytes)) = outpost_agent::trust::read_untrusted(&p, owner, MAX_HEARTBEAT_BYTES)
+    else {
         return Ok(false);
     };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+    let Ok(hb) = serde_json::from_slice::<outpost_agent::run::HeartbeatState>(&bytes) else {
         return Ok(false);
     };
-    let fresh = std::fs::metadata(&p)
-        .and_then(|m| m.modified())
-        .map(|m| m >= since)
-        .unwrap_or(false);
-    if !fresh {
-        return Ok(false);
-    }
-    match v.get("ok").and_then(|b| b.as_bool()) {
-        Some(true) => Ok(true),
-        // A refusal (revoked token) fails the gate at once; a network error may still recover.
-        Some(false)
-            if v.get("error")
-                .and_then(|e| e.as_str())
-                .is_some_and(|e| e.contains("revoked")) =>
-        {
-            Err("the hub refused the heartbeat (token revoked)".into())
-        }
-        _ => Ok(false),
-    }
+    let since_ms = since
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Ok(decide::heartbeat_verdict(&hb, since_ms)?)
 }
 
 /// Keep `current`, `last-good`, `from` and the newest `keep` versions; remove the rest.
@@ -264,9 +289,9 @@ fn prune(layout: &Layout, keep: usize, protect: &[&str]) -> Vec<String> {
 
 /// `<base>/last-good` → the version last confirmed healthy; the unit's ExecStartPre resolver
 /// runs from there so a broken new binary cannot break its own rollback.
-pub fn set_last_good(layout: &Layout, version: &str) -> Result<()> {
+pub fn set_last_good(layout: &Layout, version: &Version) -> Result<()> {
     let link = layout.host(&layout.last_good_link());
-    fsx::symlink_atomic(&PathBuf::from("versions").join(version), &link)
+    fsx::symlink_atomic(&Layout::version_link_target(version), &link)
         .map_err(|e| Error::io("update", &link, e))
 }
 
@@ -368,7 +393,8 @@ pub fn run(
             "install it first: `sudo outpost install` or the install.sh one-liner",
         )
     })?;
-    let config = outpost_agent::Config::load(&layout.host(&layout.config_file))?;
+    let config =
+        outpost_agent::Config::load_trusted(&layout.root, &layout.host(&layout.config_file))?;
     let versions_dir = layout.host(&layout.versions_dir());
     let can_write = rustix::fs::access(&versions_dir, rustix::fs::Access::WRITE_OK).is_ok();
     let scope = crate::uninstall::scope(&layout, euid);
@@ -387,9 +413,7 @@ pub fn run(
     if let Topology::Refused { message, hint } = &topo {
         return Err(Error::usage(message.clone(), hint.clone()));
     }
-    if let Some(r) = record::load(&layout.host(&layout.state_dir))
-        .map_err(|e| Error::failed(e.to_string(), "remove the file if no upgrade is running"))?
-    {
+    if let Some(r) = load_record(&layout)? {
         if record::upgrader_alive(&r) {
             return Err(Error::failed(
                 format!(
@@ -436,8 +460,8 @@ pub fn run(
         }
         return Ok(outpost_agent::exit::OK);
     }
-    let to = target.to_string();
-    let from = current.to_string();
+    let to = target.clone();
+    let from = current.clone();
     let mut t = Timings::default();
     let abort = |t: &mut Timings, reason: String, hint: String, out: &mut dyn Write| -> Error {
         event(
@@ -486,6 +510,17 @@ pub fn run(
     }
     // Invariant: Orchestrated implies the service manager connected (unit_loaded was read through it).
     let svc = svc.expect("orchestrated upgrade has a service manager");
+    // From here on the upgrade must not depend on this process staying alive: a guard in its
+    // own transient unit resolves the record as soon as this process is gone (Ctrl-C, SSH
+    // drop, OOM kill, panic), so the service is never left stopped or unconfirmed.
+    if let Err(e) = start_guard(svc.as_ref(), &layout) {
+        return Err(abort(
+            &mut t,
+            format!("cannot start the upgrade guard unit: {e}"),
+            "check `systemctl status outpost-upgrade-guard.service`; the upgrade needs it to finish or revert if this command is interrupted".into(),
+            out,
+        ));
+    }
     let me = std::process::id();
     let mut rec = Record {
         from: from.clone(),
@@ -508,7 +543,13 @@ pub fn run(
     };
     // 3. record pending
     step(&mut rec, Step::Pending)?;
-    let soak = Duration::from_secs(config.upgrade.soak_secs);
+    // Bounded by Config::parse (MAX_SOAK_SECS), so the start timeout below cannot overflow.
+    let soak = Duration::from_secs(
+        config
+            .upgrade
+            .soak_secs
+            .min(outpost_agent::config::MAX_SOAK_SECS),
+    );
     let hub = config.hub.url.is_some();
     // 4. stop
     t.begin("stop");
@@ -540,7 +581,11 @@ pub fn run(
         Ok(_) => {
             step(&mut rec, Step::Confirmed)?;
             set_last_good(&layout, &to)?;
-            let removed = prune(&layout, config.upgrade.keep_versions.max(1), &[&to, &from]);
+            let removed = prune(
+                &layout,
+                config.upgrade.keep_versions.max(1),
+                &[&to.to_string(), &from.to_string()],
+            );
             let data = json!({"from": from, "to": to, "downtime_ms": downtime_ms, "timings": t.json(), "removed_versions": removed});
             event(&layout, "service_upgraded", data, out);
             record::clear(&layout.host(&layout.state_dir)).map_err(|e| {
@@ -636,6 +681,19 @@ pub enum ResolveContext {
     Cli,
 }
 
+/// Load the upgrade record. An untrusted one (wrong owner, writable by others, a link) is
+/// refused and never acted on; a corrupt one is moved aside by [`resolve_pending`].
+pub fn load_record(layout: &Layout) -> Result<Option<Record>> {
+    let sd = layout.host(&layout.state_dir);
+    record::load(&layout.root, &sd).map_err(|e| match e {
+        record::LoadError::Untrusted(t) => Error::failed(t.to_string(), t.hint()),
+        e @ record::LoadError::Corrupt { .. } => Error::failed(
+            e.to_string(),
+            "any `sudo outpost` command moves it aside and puts `current` back on `last-good`",
+        ),
+    })
+}
+
 /// Resolve an upgrade record left by an interrupted upgrader. Returns what was done.
 pub fn resolve_pending(
     layout: &Layout,
@@ -645,8 +703,16 @@ pub fn resolve_pending(
     out: &mut dyn Write,
 ) -> Result<Resolution> {
     let sd = layout.host(&layout.state_dir);
-    let rec = record::load(&sd)
-        .map_err(|e| Error::failed(e.to_string(), "remove the file if no upgrade is running"))?;
+    if ctx == ResolveContext::ServiceStart {
+        scrub_used_key(layout, out);
+    }
+    let rec = match record::load(&layout.root, &sd) {
+        Ok(r) => r,
+        Err(record::LoadError::Untrusted(t)) => return Err(Error::failed(t.to_string(), t.hint())),
+        Err(e @ record::LoadError::Corrupt { .. }) => {
+            return resolve_corrupt(layout, host, euid, ctx, &e.to_string(), out)
+        }
+    };
     let Some(mut rec) = rec else {
         return Ok(Resolution::Nothing);
     };
@@ -711,16 +777,169 @@ pub fn resolve_pending(
         sync_receipt(layout)?;
     }
     if ctx == ResolveContext::Cli && matches!(res, Resolution::Revert | Resolution::Abandon) {
-        // Bring the service back: it may have been stopped (or be running the reverted version).
-        if let Ok(svc) = host.service_manager(crate::uninstall::scope(layout, euid)) {
-            let st = svc.status(crate::UNIT)?;
-            if st.is_loaded() {
-                svc.reset_failed(crate::UNIT)?;
-                if res == Resolution::Revert || !st.is_active() {
-                    svc.restart(crate::UNIT)?;
-                }
+        bring_service_back(layout, host, euid, res == Resolution::Revert)?;
+    }
+    Ok(res)
+}
+
+/// Bring the service back after a resolution: it may have been stopped (or be running the
+/// reverted version, `restart`).
+fn bring_service_back(layout: &Layout, host: &dyn Host, euid: u32, restart: bool) -> Result<()> {
+    if let Ok(svc) = host.service_manager(crate::uninstall::scope(layout, euid)) {
+        let st = svc.status(crate::UNIT)?;
+        if st.is_loaded() {
+            svc.reset_failed(crate::UNIT)?;
+            if restart || !st.is_active() {
+                svc.restart(crate::UNIT)?;
             }
         }
     }
-    Ok(res)
+    Ok(())
+}
+
+/// A record that is trusted (root's) but unreadable: move it aside and go back to the
+/// version last confirmed healthy, which is always safe.
+fn resolve_corrupt(
+    layout: &Layout,
+    host: &dyn Host,
+    euid: u32,
+    ctx: ResolveContext,
+    why: &str,
+    out: &mut dyn Write,
+) -> Result<Resolution> {
+    let sd = layout.host(&layout.state_dir);
+    let aside =
+        record::quarantine(&sd).map_err(|e| Error::io("move aside", &record::path(&sd), e))?;
+    let current = current_version(layout)?;
+    let good = last_good_version(layout)?;
+    let revert = match (&current, &good) {
+        (Some(c), Some(g)) if c != g => {
+            swap_current(layout, g)?;
+            true
+        }
+        _ => false,
+    };
+    writeln!(
+        out,
+        "warning: {why}; moved it to {}{}",
+        aside.display(),
+        if revert {
+            format!(
+                ", and put `current` back on the last version confirmed healthy ({})",
+                good.as_ref().map(|g| g.to_string()).unwrap_or_default()
+            )
+        } else {
+            String::new()
+        }
+    )
+    .ok();
+    event(
+        layout,
+        "upgrade_record_corrupt",
+        json!({"moved_to": aside, "reverted_to": if revert { good.as_ref().map(|g| g.to_string()) } else { None }, "resolved_by": format!("{ctx:?}")}),
+        out,
+    );
+    if revert {
+        sync_receipt(layout)?;
+    }
+    if ctx == ResolveContext::Cli {
+        bring_service_back(layout, host, euid, revert)?;
+    }
+    Ok(if revert {
+        Resolution::Revert
+    } else {
+        Resolution::Drop
+    })
+}
+
+/// System mode: the secrets file is root's (the agent cannot rewrite it), so once the agent
+/// holds a token the root resolver removes the used single-use key from it. What the agent
+/// wrote (its identity file) only decides whether root deletes a line from root's own file.
+fn scrub_used_key(layout: &Layout, out: &mut dyn Write) {
+    if layout.mode != Mode::System || !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let identity = layout
+        .host(&layout.agent_dir)
+        .join(outpost_agent::enroll::IDENTITY_FILE);
+    let enrolled = matches!(
+        outpost_agent::trust::read_untrusted(&identity, None, 64 << 10),
+        Ok(Some(b)) if serde_json::from_slice::<serde_json::Value>(&b).is_ok_and(|v| v.get("agent_id").is_some())
+    );
+    if !enrolled {
+        return;
+    }
+    let env_file = layout.host(&layout.env_file);
+    if outpost_agent::trust::check_trusted(&layout.root, &env_file, 0).is_err() {
+        return;
+    }
+    match outpost_agent::enroll::scrub_env_key(&env_file, outpost_agent::env::ENROLL_KEY) {
+        Ok(true) => {
+            writeln!(
+                out,
+                "removed the used enrollment key from {}",
+                env_file.display()
+            )
+            .ok();
+        }
+        Ok(false) => {}
+        Err(e) => {
+            writeln!(out, "warning: {e}").ok();
+        }
+    }
+}
+
+/// Name of the transient unit that finishes or reverts an upgrade whose upgrader died.
+pub const GUARD_UNIT: &str = "outpost-upgrade-guard.service";
+
+/// Start [`GUARD_UNIT`]: `last-good/outpost upgrade --guard --<mode>` in its own unit, outside
+/// the upgrader's session, so no signal to the upgrader reaches it.
+fn start_guard(svc: &dyn ServiceManager, layout: &Layout) -> std::result::Result<(), String> {
+    let bin = layout.host(&layout.resolver_binary());
+    let mut argv = vec![
+        bin.to_string_lossy().into_owned(),
+        "upgrade".into(),
+        "--guard".into(),
+        format!("--{}", layout.mode.as_str()),
+    ];
+    if layout.root != Path::new("/") {
+        argv.extend(["--root".into(), layout.root.to_string_lossy().into_owned()]);
+    }
+    svc.start_transient(GUARD_UNIT, "outpost upgrade guard", &argv)
+        .map_err(|e| e.to_string())
+}
+
+/// `outpost upgrade --guard`: wait while the upgrader recorded in `upgrade.json` runs; when
+/// it is gone with the record still there, resolve it (CLI context: revert or finish, and
+/// bring the service back). Exits when there is no record.
+pub fn guard(
+    layout: &Layout,
+    host: &dyn Host,
+    euid: u32,
+    out: &mut dyn Write,
+) -> Result<Resolution> {
+    // Longest an upgrade can legitimately take after the stop: start timeout + soak + gate.
+    let limit = Duration::from_secs(2 * outpost_agent::config::MAX_SOAK_SECS + 120);
+    let started = Instant::now();
+    loop {
+        let Some(rec) = load_record(layout)? else {
+            return Ok(Resolution::Nothing);
+        };
+        if !record::upgrader_alive(&rec) {
+            return resolve_pending(layout, host, euid, ResolveContext::Cli, out);
+        }
+        if started.elapsed() > limit {
+            writeln!(
+                out,
+                "upgrade guard: the upgrader (pid {}) still runs after {}s; leaving it",
+                rec.upgrader_pid,
+                limit.as_secs()
+            )
+            .ok();
+            return Ok(Resolution::InProgress {
+                pid: rec.upgrader_pid,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -1,10 +1,17 @@
 //! The upgrade record: `upgrade.json` in the state dir, rewritten atomically at every step so
 //! that whatever kills the upgrader (SIGKILL, power loss), the next `outpost` that runs knows
 //! exactly where it stopped.
+//!
+//! The record lives in root's state dir (system mode) and is loaded only through
+//! [`outpost_agent::trust::read_trusted`]; its versions are `semver::Version`, so a "version"
+//! can never be a path.
+use semver::Version;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub const FILE: &str = "upgrade.json";
+/// Largest record read (64 KiB; a real one is a few hundred bytes).
+pub const MAX_BYTES: u64 = 64 << 10;
 
 /// Steps in order. Everything up to and including `Stopping` happened while `current` still
 /// pointed at `from`; from `Swapped` on it points at `to`.
@@ -28,9 +35,10 @@ pub enum Step {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Record {
-    pub from: String,
-    pub to: String,
+    pub from: Version,
+    pub to: Version,
     pub step: Step,
     pub started_at: String,
     /// The upgrader process and its start time (jiffies since boot, /proc/PID/stat field 22),
@@ -53,18 +61,39 @@ pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE)
 }
 
-pub fn load(state_dir: &Path) -> std::io::Result<Option<Record>> {
+/// Why a record could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Unsafe owner/mode/link, or unreadable: never acted on, never touched.
+    #[error(transparent)]
+    Untrusted(#[from] outpost_agent::trust::TrustError),
+    /// Trusted but not a record (a torn disk, a hand edit): the resolver moves it aside.
+    #[error("upgrade record {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// Load the record from `state_dir` (under the filesystem `root`, which bounds the
+/// ownership walk).
+pub fn load(root: &Path, state_dir: &Path) -> Result<Option<Record>, LoadError> {
     let p = path(state_dir);
-    match fs_err::read_to_string(&p) {
-        Ok(t) => serde_json::from_str(&t).map(Some).map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{} is corrupt: {e}", p.display()),
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+    let euid = rustix::process::geteuid().as_raw();
+    let Some(bytes) = outpost_agent::trust::read_trusted(root, &p, euid, MAX_BYTES)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| LoadError::Corrupt {
+            path: p,
+            reason: e.to_string(),
+        })
+}
+
+/// Move a corrupt record aside (`upgrade.json.corrupt`) so it no longer blocks anything.
+pub fn quarantine(state_dir: &Path) -> std::io::Result<PathBuf> {
+    let to = state_dir.join(format!("{FILE}.corrupt"));
+    fs_err::rename(path(state_dir), &to)?;
+    crate::fsx::fsync_dir(state_dir)?;
+    Ok(to)
 }
 
 pub fn save(state_dir: &Path, r: &Record, owner: crate::fsx::Owner) -> std::io::Result<()> {
@@ -97,10 +126,10 @@ mod tests {
     #[test]
     fn roundtrip_and_clear() {
         let d = tempfile::tempdir().unwrap();
-        assert!(load(d.path()).unwrap().is_none());
+        assert!(load(d.path(), d.path()).unwrap().is_none());
         let r = Record {
-            from: "1.0.0".into(),
-            to: "1.1.0".into(),
+            from: "1.0.0".parse().unwrap(),
+            to: "1.1.0".parse().unwrap(),
             step: Step::Swapped,
             started_at: "t".into(),
             upgrader_pid: 1,
@@ -108,12 +137,45 @@ mod tests {
             starts: 0,
             orchestrated: true,
         };
+        let root = d.path();
         save(d.path(), &r, None).unwrap();
-        assert_eq!(load(d.path()).unwrap().unwrap(), r);
+        assert_eq!(load(root, d.path()).unwrap().unwrap(), r);
         clear(d.path()).unwrap();
-        assert!(load(d.path()).unwrap().is_none());
+        assert!(load(root, d.path()).unwrap().is_none());
         std::fs::write(path(d.path()), "{").unwrap();
-        assert!(load(d.path()).is_err());
+        assert!(matches!(
+            load(root, d.path()),
+            Err(LoadError::Corrupt { .. })
+        ));
+        quarantine(d.path()).unwrap();
+        assert!(load(root, d.path()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_path_is_never_a_version() {
+        let d = tempfile::tempdir().unwrap();
+        for bad in ["/var/lib/outpost/x", "../../tmp/x", "1.0.0/../../x", "x"] {
+            let text = format!(
+                r#"{{"from":"1.0.0","to":"{bad}","step":"confirmed","started_at":"t","upgrader_pid":1,"upgrader_start":2}}"#
+            );
+            std::fs::write(path(d.path()), text).unwrap();
+            assert!(
+                matches!(load(d.path(), d.path()), Err(LoadError::Corrupt { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_record_the_service_user_could_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(path(d.path()), "{}").unwrap();
+        std::fs::set_permissions(path(d.path()), std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(matches!(
+            load(d.path(), d.path()),
+            Err(LoadError::Untrusted(_))
+        ));
     }
 
     #[test]

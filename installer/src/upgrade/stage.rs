@@ -15,6 +15,9 @@ pub fn this_target() -> &'static str {
     }
 }
 
+/// The replay state's file in root's state dir.
+pub const REPLAY_FILE: &str = "release-replay";
+
 pub struct ReleaseStager {
     pub source: Source,
     pub keys: TrustedKeys,
@@ -66,7 +69,7 @@ impl ReleaseStager {
         Ok(ReleaseStager {
             source,
             keys,
-            replay: ReplayState::at(state_dir.join("release-replay")),
+            replay: ReplayState::at(state_dir.join(REPLAY_FILE)),
             target: this_target().to_string(),
         })
     }
@@ -79,10 +82,16 @@ impl super::Stager for ReleaseStager {
     }
 
     fn stage(&self, version: &Version, versions_dir: &Path) -> Result<PathBuf> {
-        let dest = versions_dir.join(version.to_string());
-        if dest.join("outpost").is_file() {
-            // Kept from an earlier install or upgrade, verified when it was staged.
-            return Ok(dest);
+        // A kept `versions/V` is never trusted as it is: the release is fetched and verified
+        // again, and `install_version` keeps the directory only when it is identical to the
+        // verified one (else it is exchanged for it).
+        let swept = sweep_stale(versions_dir);
+        if !swept.is_empty() {
+            eprintln!(
+                "removed {} leftover staging director{} of interrupted upgrades",
+                swept.len(),
+                if swept.len() == 1 { "y" } else { "ies" }
+            );
         }
         let download_dir = versions_dir.join(format!(".{version}.download-{}", std::process::id()));
         let result = (|| {
@@ -102,5 +111,80 @@ impl super::Stager for ReleaseStager {
         })();
         let _ = fs_err::remove_dir_all(&download_dir); // best effort: only the verified tarball was in it
         result
+    }
+}
+
+/// The pid in a staging or download name (`.V.staging-PID-NANOS`, `.V.download-PID`).
+pub fn staging_pid(name: &str) -> Option<u32> {
+    if !name.starts_with('.') {
+        return None;
+    }
+    let (_, rest) = name
+        .rsplit_once(".staging-")
+        .or_else(|| name.rsplit_once(".download-"))?;
+    rest.split('-').next()?.parse().ok()
+}
+
+/// Remove staging and download directories left in `versions_dir` by upgraders that no
+/// longer run (killed, power cut). Returns what was removed.
+pub fn sweep_stale(versions_dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(versions_dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = staging_pid(&name) else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let p = e.path();
+        let gone = match e.file_type() {
+            Ok(t) if t.is_dir() => fs_err::remove_dir_all(&p).is_ok(),
+            Ok(_) => fs_err::remove_file(&p).is_ok(),
+            Err(_) => false,
+        };
+        if gone {
+            removed.push(p);
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_pid_table() {
+        let cases = [
+            (".1.2.0.staging-1234-5678", Some(1234)),
+            (".1.2.0.download-99", Some(99)),
+            (".1.2.0-rc.1.staging-7-1", Some(7)),
+            ("1.2.0", None),
+            (".1.2.0.outpost-tmp-5-6", None),
+            (".x.staging-abc", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(staging_pid(name), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn sweep_removes_only_dead_upgraders_leftovers() {
+        let d = tempfile::tempdir().unwrap();
+        let dead = d.path().join(".1.1.0.staging-4194300-1");
+        let mine = d
+            .path()
+            .join(format!(".1.1.0.staging-{}-1", std::process::id()));
+        let kept = d.path().join("1.1.0");
+        for p in [&dead, &mine, &kept] {
+            std::fs::create_dir(p).unwrap();
+            std::fs::write(p.join("outpost"), "x").unwrap();
+        }
+        assert_eq!(sweep_stale(d.path()), vec![dead.clone()]);
+        assert!(!dead.exists() && mine.exists() && kept.exists());
     }
 }
