@@ -68,9 +68,9 @@ pub fn render_login(form: &Session, error: Option<&str>) -> String {
 pub fn render_message(message: &str, hint: &str) -> String {
     let mut h = String::with_capacity(1024);
     head(&mut h, "outpost hub", false);
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<h1>outpost hub</h1><p class=\"error\" id=\"message\">{}</p><p>{}</p><p><a href=\"/\">dashboard</a> · <a href=\"/login\">log in</a></p></body></html>\n",
+        "<h1>outpost hub</h1><p class=\"error\" id=\"message\">{}</p><p>{}</p><p><a href=\"/\">dashboard</a> · <a href=\"/login\">log in</a></p></body></html>",
         escape(message),
         escape(hint)
     );

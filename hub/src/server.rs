@@ -144,6 +144,33 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
     }
 }
 
+/// Accept queue length asked for (the kernel caps it at `net.core.somaxconn`): a burst of
+/// new connections waits there instead of being dropped (std's default is 128).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` (the first address it resolves to that binds) with [`LISTEN_BACKLOG`].
+async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let sock = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        sock.set_reuseaddr(true)?;
+        match sock.bind(a).and_then(|()| sock.listen(LISTEN_BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "address resolves to nothing",
+        )
+    }))
+}
+
 /// Raises the soft open-file limit to the hard one so the connection cap, not EMFILE,
 /// decides; warns when even that is too low.
 fn raise_nofile(max_connections: usize) {
@@ -254,12 +281,10 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), HubError> {
     )?);
     raise_nofile(cfg.max_connections);
     crate::limits::set_body_timeout(cfg.request_timeout);
-    let listener = TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(|source| HubError::Listen {
-            addr: cfg.listen.clone(),
-            source,
-        })?;
+    let listener = bind(&cfg.listen).await.map_err(|source| HubError::Listen {
+        addr: cfg.listen.clone(),
+        source,
+    })?;
     let addr: SocketAddr = listener.local_addr().map_err(|source| HubError::Listen {
         addr: cfg.listen.clone(),
         source,
