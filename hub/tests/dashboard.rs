@@ -1,45 +1,46 @@
-//! Dashboard test with headless Debian chromium: the page lists a live agent as online, and
-//! a screenshot lands in target/test-artifacts/dashboard.png. Without chromium the test is
-//! skipped loudly, unless CI is set (then it fails: ci/setup.sh must install chromium).
+//! The dashboard in headless Debian chromium, driven over the DevTools protocol (tests/cdp):
+//! the login form is typed into and submitted by the browser, the session cookie is checked
+//! as the browser stored it, the dashboard lists the fleet, a tampered CSRF token is refused,
+//! and logout ends the session. Screenshots land in target/test-artifacts/. Without chromium
+//! the tests are skipped loudly, unless CI is set (then they fail: ci/setup.sh installs it).
 
+mod cdp;
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
-use common::{target_dir, Hub};
+use cdp::{Browser, CHROMIUM};
+use common::{target_dir, Hub, ADMIN};
 use serde_json::json;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
+fn have_chromium(test: &str) -> bool {
+    if Browser::available() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{CHROMIUM} is missing and CI is set: add `chromium` to ci/setup.sh packages");
+    }
+    eprintln!("\n\n!!!!! SKIPPED {test}: {CHROMIUM} not installed (apt-get install -y chromium) !!!!!\n\n");
+    false
+}
 
-fn chromium(url: &str, extra: &[&str]) -> std::process::Output {
-    let profile = tempfile::tempdir().unwrap();
-    Command::new(CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--window-size=1280,800",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(extra)
-        .arg(url)
-        .output()
-        .unwrap()
+fn artifact(name: &str) -> std::path::PathBuf {
+    let dir = target_dir().join("test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// Logs in through the form: types the token and clicks the button.
+fn login(page: &mut cdp::Page<'_>, hub: &Hub, token: &str) {
+    page.goto(&format!("{}/login", hub.url));
+    page.wait_for("document.querySelector('#token')");
+    page.type_into("#token", token);
+    page.click("#login");
 }
 
 #[test]
 fn dashboard_lists_live_agent_in_chromium() {
-    if !Path::new(CHROMIUM).exists() {
-        if std::env::var_os("CI").is_some() {
-            panic!("{CHROMIUM} is missing and CI is set: add `chromium` to ci/setup.sh packages");
-        }
-        eprintln!("\n\n!!!!! SKIPPED dashboard_lists_live_agent_in_chromium: {CHROMIUM} not installed (apt-get install -y chromium) !!!!!\n\n");
+    if !have_chromium("dashboard_lists_live_agent_in_chromium") {
         return;
     }
     let hub = Hub::start();
@@ -60,13 +61,11 @@ fn dashboard_lists_live_agent_in_chromium() {
     );
     assert_eq!(s, 202);
 
-    let dom = chromium(&format!("{}/", hub.url), &["--dump-dom"]);
-    let html = String::from_utf8_lossy(&dom.stdout);
-    assert!(
-        dom.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&dom.stderr)
-    );
+    let mut browser = Browser::launch();
+    let mut page = browser.page();
+    login(&mut page, &hub, ADMIN);
+    page.wait_for("location.pathname === '/' && document.querySelector('table')");
+    let html = page.html();
     assert!(
         html.contains("dash-host-1"),
         "hostname missing from the DOM:\n{html}"
@@ -84,25 +83,94 @@ fn dashboard_lists_live_agent_in_chromium() {
         "hostname not escaped:\n{html}"
     );
     assert!(html.contains("6.1.0-test") && html.contains("debian 12"));
+    page.screenshot(&artifact("dashboard.png"));
+}
 
-    let dir = target_dir().join("test-artifacts");
-    std::fs::create_dir_all(&dir).unwrap();
-    let png = dir.join("dashboard.png");
-    let _ = std::fs::remove_file(&png);
-    let shot = chromium(
-        &format!("{}/", hub.url),
-        &[&format!("--screenshot={}", png.display())],
-    );
+#[test]
+fn login_session_csrf_and_logout_in_chromium() {
+    if !have_chromium("login_session_csrf_and_logout_in_chromium") {
+        return;
+    }
+    let hub = Hub::start();
+    let (id, token) = hub.new_agent("browser-host");
+    assert_eq!(hub.heartbeat(&id, &token, 1, "a").0, 200);
+    let mut browser = Browser::launch();
+    let mut page = browser.page();
+
+    // Anonymous: the dashboard sends the browser to the login form.
+    page.goto(&format!("{}/", hub.url));
+    page.wait_for("location.pathname === '/login' && document.querySelector('#token')");
+    assert!(!page.html().contains("browser-host"));
+    page.screenshot(&artifact("login.png"));
+
+    // A wrong token: refused, still on the form, no session.
+    login(&mut page, &hub, "not-the-admin-token-000000");
+    page.wait_for("document.querySelector('#login-error')");
+    assert!(page.html().contains("wrong admin token"));
+    assert_eq!(page.path(), "/login");
     assert!(
-        shot.status.success(),
-        "chromium screenshot failed: {}",
-        String::from_utf8_lossy(&shot.stderr)
+        !page
+            .cookies(&hub.url)
+            .iter()
+            .any(|c| c["name"] == "outpost_session"),
+        "a wrong token must not get a session"
     );
-    let bytes = std::fs::read(&png).unwrap();
+    assert!(page.statuses(&format!("{}/login", hub.url)).contains(&401));
+    page.screenshot(&artifact("login-refused.png"));
+
+    // The right token: the browser stores a Secure, HttpOnly, SameSite=Strict session
+    // cookie (Secure works on http://127.0.0.1: loopback is a secure context).
+    login(&mut page, &hub, ADMIN);
+    page.wait_for("location.pathname === '/' && document.querySelector('table')");
+    assert!(page.html().contains("browser-host"));
+    let cookies = page.cookies(&hub.url);
+    let session = cookies
+        .iter()
+        .find(|c| c["name"] == "outpost_session")
+        .unwrap_or_else(|| panic!("no session cookie in {cookies:?}"));
+    assert_eq!(session["httpOnly"], true, "{session}");
+    assert_eq!(session["secure"], true, "{session}");
+    assert_eq!(session["sameSite"], "Strict", "{session}");
+    assert_eq!(session["path"], "/", "{session}");
+    assert_eq!(session["value"].as_str().unwrap().len(), 64);
+    // Scripts cannot read it.
+    assert_eq!(
+        page.eval("document.cookie.includes('outpost_session')"),
+        json!(false)
+    );
+    page.screenshot(&artifact("dashboard-logged-in.png"));
+
+    // The session holds across page loads.
+    page.goto(&format!("{}/", hub.url));
+    page.wait_for("document.querySelector('table')");
+    assert_eq!(page.path(), "/");
+
+    // A tampered CSRF token on the logout button: 403, and the session lives on.
+    page.eval(&format!(
+        "document.querySelector('form.logout input[name=csrf]').value = '{}'",
+        "0".repeat(64)
+    ));
+    page.click("form.logout button");
+    page.wait_for("location.pathname === '/logout' && document.querySelector('#message')");
+    assert!(page.html().contains("request refused"), "{}", page.html());
+    assert!(page.statuses(&format!("{}/logout", hub.url)).contains(&403));
+    page.screenshot(&artifact("csrf-refused.png"));
+    page.goto(&format!("{}/", hub.url));
+    page.wait_for("document.querySelector('table')");
+    assert!(page.html().contains("browser-host"), "still logged in");
+
+    // Logout: back to the form, the cookie is gone, the dashboard is closed again.
+    page.click("form.logout button");
+    page.wait_for("location.pathname === '/login' && document.querySelector('#token')");
     assert!(
-        bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 5000,
-        "bad screenshot {}",
-        png.display()
+        !page
+            .cookies(&hub.url)
+            .iter()
+            .any(|c| c["name"] == "outpost_session"),
+        "logout must delete the cookie"
     );
-    eprintln!("dashboard screenshot: {}", png.display());
+    page.goto(&format!("{}/", hub.url));
+    page.wait_for("location.pathname === '/login'");
+    assert!(!page.html().contains("browser-host"));
+    page.screenshot(&artifact("logged-out.png"));
 }
