@@ -210,7 +210,7 @@ fn e2e_cloud_init_enrolls_a_new_host_once() {
     let agent = one_online_agent(&c, &hub.url);
     let id = agent["id"].as_str().unwrap().to_string();
     assert!(c
-        .must_sh("cat /var/lib/outpost/identity.json")
+        .must_sh("cat /var/lib/outpost/agent/identity.json")
         .contains(&id));
 
     // a reboot neither runs the bootstrap again nor enrolls a second time

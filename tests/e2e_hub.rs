@@ -77,22 +77,29 @@ fn e2e_agent_and_hub() {
         agents[0]
     );
 
-    // the key is gone from the secrets file; the token is 0600, owned by the service user;
+    // the secrets file is root's, so the agent cannot scrub the used key itself: the root
+    // resolver removes it at the next start. The token is 0600, owned by the service user;
     // neither key nor token shows up in argv, logs or the journal
+    assert_eq!(
+        c.must_sh("stat -c '%U %a' /etc/outpost/outpost.env").trim(),
+        "root 600"
+    );
+    c.must_sh("systemctl restart outpost.service");
     let env = c.must_sh("cat /etc/outpost/outpost.env");
     assert!(!env.contains(&key), "key still in outpost.env:\n{env}");
     assert_eq!(
-        c.must_sh("stat -c '%U %a' /var/lib/outpost/identity.json")
+        c.must_sh("stat -c '%U %a' /var/lib/outpost/agent/identity.json")
             .trim(),
         "alice 600"
     );
     let token = c
-        .must_sh("sed -n 's/.*\"token\": *\"\\([^\"]*\\)\".*/\\1/p' /var/lib/outpost/identity.json")
+        .must_sh("sed -n 's/.*\"token\": *\"\\([^\"]*\\)\".*/\\1/p' /var/lib/outpost/agent/identity.json")
         .trim()
         .to_string();
     assert!(token.starts_with("opt_"), "{token}");
-    let logs =
-        c.must_sh("journalctl --no-pager -o cat; cat /var/lib/outpost/events.jsonl; ps -eo args");
+    let logs = c.must_sh(
+        "journalctl --no-pager -o cat; cat /var/lib/outpost/agent/events.jsonl; ps -eo args",
+    );
     let leaks: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains(&key) || l.contains(&token))
@@ -143,7 +150,7 @@ fn e2e_agent_and_hub() {
         .to_string();
     hub.stop();
     std::thread::sleep(Duration::from_secs(8));
-    let hbs = c.must_sh("cat /var/lib/outpost/heartbeat.json");
+    let hbs = c.must_sh("cat /var/lib/outpost/agent/heartbeat.json");
     assert!(
         hbs.contains("\"ok\": false"),
         "agent did not notice the outage: {hbs}"
@@ -169,7 +176,7 @@ fn e2e_agent_and_hub() {
         .unwrap_or_else(|| {
             panic!(
                 "agent never reached the returned hub: {line:?}\n{}",
-                c.sh("cat /var/lib/outpost/heartbeat.json; journalctl -u outpost --no-pager -n 60 -o short-unix | grep -v hint:").stdout
+                c.sh("cat /var/lib/outpost/agent/heartbeat.json; journalctl -u outpost --no-pager -n 60 -o short-unix | grep -v hint:").stdout
             )
         });
     let hub_back = hub
@@ -223,7 +230,7 @@ fn e2e_agent_and_hub() {
     let v = c.must_sh("outpost audit verify");
     assert!(v.contains("intact"), "{v}");
     c.must_sh(
-        "sed -i '1s/\"kind\":\"[a-z_]*\"/\"kind\":\"forged\"/' /var/lib/outpost/events.jsonl",
+        "sed -i '1s/\"kind\":\"[a-z_]*\"/\"kind\":\"forged\"/' /var/lib/outpost/agent/events.jsonl",
     );
     let o = c.sh("outpost audit verify");
     assert_eq!(o.code(), Some(1), "{o:?}");

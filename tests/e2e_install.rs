@@ -269,7 +269,10 @@ fn e2e_root_install_creates_system_user_and_purge_removes_it() {
             .trim(),
         "outpost"
     );
-    assert_eq!(c.must_sh("stat -c %U /var/lib/outpost").trim(), "outpost");
+    assert_eq!(
+        c.must_sh("stat -c %U /var/lib/outpost/agent").trim(),
+        "outpost"
+    );
     // the admin group (alice is in sudo) may restart outpost without sudo; bob may not
     c.must_sh_as(
         "alice",

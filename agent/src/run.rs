@@ -760,8 +760,14 @@ impl<'a> Loop<'a> {
                     "enrolled with {} as agent {}",
                     e.identity.hub_url, e.identity.agent_id
                 ));
-                if let Some((msg, hint)) = &e.scrub_warning {
-                    log::warn(msg, hint);
+                match (&e.scrub_warning, self.opts.mode.as_str()) {
+                    // System mode: the secrets file is root's; the root resolver removes the
+                    // used (single-use, now consumed) key at the service's next start.
+                    (Some(_), "system") => log::info(
+                        "the used enrollment key stays in the root-owned secrets file until the next start, when root removes it",
+                    ),
+                    (Some((msg, hint)), _) => log::warn(msg, hint),
+                    (None, _) => {}
                 }
                 if let Some(s) = e.heartbeat_interval_secs {
                     self.set_interval(s);

@@ -473,6 +473,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
             ..
         } => {
             let (layout, _) = uninstall::find_install(&probe, &root, mode.mode())?;
+            crate::fault::dump_start_environment(&layout);
             let r = crate::upgrade::resolve_pending(
                 &layout,
                 &host,

@@ -27,3 +27,20 @@ pub fn pause_at(layout: &Layout, step: Step) {
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn pause_at(_layout: &Layout, _step: Step) {}
+
+/// With `<state>/fault-dump-env` present, the resolver copies the environment it was started
+/// with (`/proc/self/environ`) to `<state>/resolver-environ`, so the privilege-separation
+/// suite can prove what reaches it. Test builds only.
+#[cfg(feature = "fault-injection")]
+pub fn dump_start_environment(layout: &Layout) {
+    let sd = layout.host(&layout.state_dir);
+    if sd.join("fault-dump-env").exists() {
+        if let Ok(env) = std::fs::read("/proc/self/environ") {
+            let _ = std::fs::write(sd.join("resolver-environ"), env);
+        }
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn dump_start_environment(_layout: &Layout) {}

@@ -57,7 +57,7 @@ pub fn run(
         agent: crate::agentctl::agent_status(&layout),
         paths: &layout,
     };
-    let running = receipt.is_some() && unit.as_ref().is_some_and(|u| u.is_active());
+    let running = unit.as_ref().is_some_and(|u| u.is_active());
     if json {
         writeln!(
             out,
@@ -68,6 +68,20 @@ pub fn run(
         return Ok(if running { exit::OK } else { NOT_RUNNING });
     }
     let Some(r) = &receipt else {
+        if let Some(u) = unit.as_ref().filter(|u| u.is_loaded()) {
+            writeln!(
+                out,
+                "{} is {} ({}), but there is no readable install receipt at {} ({} mode)",
+                crate::UNIT,
+                u.active_state,
+                u.sub_state,
+                layout.receipt_file().display(),
+                layout.mode
+            )
+            .ok();
+            writeln!(out, "next: `sudo outpost install` writes a new receipt (config, secrets and state are kept)").ok();
+            return Ok(if running { exit::OK } else { NOT_RUNNING });
+        }
         writeln!(
             out,
             "outpost is not installed ({} mode: no receipt at {})",

@@ -510,17 +510,6 @@ pub fn run(
     }
     // Invariant: Orchestrated implies the service manager connected (unit_loaded was read through it).
     let svc = svc.expect("orchestrated upgrade has a service manager");
-    // From here on the upgrade must not depend on this process staying alive: a guard in its
-    // own transient unit resolves the record as soon as this process is gone (Ctrl-C, SSH
-    // drop, OOM kill, panic), so the service is never left stopped or unconfirmed.
-    if let Err(e) = start_guard(svc.as_ref(), &layout) {
-        return Err(abort(
-            &mut t,
-            format!("cannot start the upgrade guard unit: {e}"),
-            "check `systemctl status outpost-upgrade-guard.service`; the upgrade needs it to finish or revert if this command is interrupted".into(),
-            out,
-        ));
-    }
     let me = std::process::id();
     let mut rec = Record {
         from: from.clone(),
@@ -543,6 +532,19 @@ pub fn run(
     };
     // 3. record pending
     step(&mut rec, Step::Pending)?;
+    // From here on the upgrade must not depend on this process staying alive: a guard in its
+    // own transient unit (started once the record exists) resolves the record as soon as this
+    // process is gone (Ctrl-C, SSH drop, OOM kill, panic), so the service is never left
+    // stopped or running a version nobody confirmed.
+    if let Err(e) = start_guard(svc.as_ref(), &layout) {
+        record::clear(&layout.host(&layout.state_dir)).ok();
+        return Err(abort(
+            &mut t,
+            format!("cannot start the upgrade guard unit {GUARD_UNIT}: {e}"),
+            "the upgrade needs it to finish or revert if this command is interrupted; check `systemctl status` for the manager's state".into(),
+            out,
+        ));
+    }
     // Bounded by Config::parse (MAX_SOAK_SECS), so the start timeout below cannot overflow.
     let soak = Duration::from_secs(
         config
