@@ -8,6 +8,12 @@
 //! every other line and the file's mode and owner. A secrets file the service cannot write
 //! (ProtectSystem=, root-owned) is a warning, not a failure: the key is used up anyway.
 //!
+//! Enrollment is idempotent: before the first attempt the agent stores a random nonce
+//! (`enroll-nonce`, 32 bytes from the kernel, hex, mode 0600) in the state directory and
+//! sends it with every attempt; when a 201 is lost on the way and the agent retries, the hub
+//! recognises the same key + nonce and answers with the same agent id (and a fresh token).
+//! The nonce is deleted once `identity.json` is saved.
+//!
 //! A refused key (401 `key_unknown`/`key_expired`/`key_used`) is journaled as
 //! `enroll_refused`; the run loop then exits with [`crate::exit::FAILURE`]. Decision: FAILURE
 //! rather than REVOKED because the operator's fix is to put a new key in the secrets file,
@@ -20,6 +26,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 pub const IDENTITY_FILE: &str = "identity.json";
+/// The enrollment nonce, kept from before the first attempt until the identity is saved.
+pub const NONCE_FILE: &str = "enroll-nonce";
 
 /// The agent's credentials. `Debug` hides the token.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,13 +64,19 @@ pub enum EnrollError {
     Invalid { path: PathBuf, reason: String },
     #[error("no enrollment key: {} is not set", crate::env::ENROLL_KEY)]
     NoKey,
+    #[error("cannot {op} enrollment nonce {path}: {source}")]
+    Nonce {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl EnrollError {
     pub fn hint(&self) -> String {
         match self {
             EnrollError::Hub(e) => e.hint(),
-            EnrollError::Io { path, .. } => format!(
+            EnrollError::Io { path, .. } | EnrollError::Nonce { path, .. } => format!(
                 "the state directory {} must be writable by the service user; re-run `outpost install`",
                 crate::fsx::parent(path).display()
             ),
@@ -125,6 +139,63 @@ pub fn save_identity(state_dir: &Path, id: &Identity) -> Result<(), EnrollError>
     })
 }
 
+pub fn nonce_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(NONCE_FILE)
+}
+
+/// The enrollment nonce: the stored one, or a new one (32 random bytes from the kernel, as
+/// 64 hex) written atomically with mode 0600 before it is first sent. A stored file that is
+/// not 64 hex is replaced.
+pub fn load_or_create_nonce(state_dir: &Path) -> Result<String, EnrollError> {
+    let path = nonce_path(state_dir);
+    let err = |op, source| EnrollError::Nonce {
+        op,
+        path: path.clone(),
+        source,
+    };
+    match fs_err::read_to_string(&path) {
+        Ok(t) => {
+            let t = t.trim();
+            if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(t.to_string());
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(err(
+                "read",
+                std::io::Error::new(e.kind(), e.kind().to_string()),
+            ))
+        }
+    }
+    let mut raw = [0u8; 32];
+    {
+        use std::io::Read;
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut raw))
+            .map_err(|e| err("generate", e))?;
+    }
+    let nonce = hex::encode(raw);
+    crate::fsx::write_atomic(&path, format!("{nonce}\n").as_bytes(), 0o600)
+        .map_err(|e| err("write", e))?;
+    Ok(nonce)
+}
+
+/// Deletes the enrollment nonce (after the identity is saved). A failure is a warning: a
+/// leftover nonce only matters to a retry of the same key, which the hub refuses once the
+/// agent has heartbeated.
+pub fn remove_nonce(state_dir: &Path) {
+    let path = nonce_path(state_dir);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => crate::log::warn(
+            &format!("cannot remove the enrollment nonce {}: {e}", path.display()),
+            "delete it by hand; it is of no use after enrollment",
+        ),
+    }
+}
+
 /// The key from the process environment (empty counts as absent).
 pub fn key_from_env() -> Option<String> {
     std::env::var(crate::env::ENROLL_KEY)
@@ -159,7 +230,9 @@ pub struct Enrollment {
 
 /// Enroll, store the identity, journal it and scrub the key. See the module docs.
 pub fn enroll(req: EnrollRequest<'_>) -> Result<Enrollment, EnrollError> {
-    let (resp, _meta) = match req.hub.enroll(req.key, &req.facts) {
+    // Persisted before the first attempt: a retry after a lost answer sends the same one.
+    let nonce = load_or_create_nonce(req.state_dir)?;
+    let (resp, _meta) = match req.hub.enroll(req.key, Some(&nonce), &req.facts) {
         Ok(r) => r,
         Err(e @ HubError::KeyRefused { .. }) => {
             let data = serde_json::json!({
@@ -180,6 +253,7 @@ pub fn enroll(req: EnrollRequest<'_>) -> Result<Enrollment, EnrollError> {
         enrolled_at: crate::clock::now_rfc3339(),
     };
     save_identity(req.state_dir, &identity)?;
+    remove_nonce(req.state_dir);
     let data = serde_json::json!({"agent_id": identity.agent_id, "hub_url": identity.hub_url});
     if let Err(je) = req.journal.append(kind::ENROLLED, data) {
         crate::log::warn(&je.to_string(), &je.hint());
@@ -334,6 +408,26 @@ mod tests {
     fn missing_file_is_an_error() {
         let d = tempfile::tempdir().unwrap();
         assert!(scrub_env_key(&d.path().join("none"), "X").is_err());
+    }
+
+    #[test]
+    fn nonce_is_random_0600_kept_until_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let a = load_or_create_nonce(d.path()).unwrap();
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        let m = std::fs::metadata(nonce_path(d.path())).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o600);
+        assert_eq!(load_or_create_nonce(d.path()).unwrap(), a, "reused");
+        remove_nonce(d.path());
+        assert!(!nonce_path(d.path()).exists());
+        remove_nonce(d.path());
+        let b = load_or_create_nonce(d.path()).unwrap();
+        assert_ne!(a, b, "a new one after removal");
+        std::fs::write(nonce_path(d.path()), "garbage").unwrap();
+        let c = load_or_create_nonce(d.path()).unwrap();
+        assert_eq!(c.len(), 64);
+        assert_ne!(c, b);
     }
 
     #[test]

@@ -131,6 +131,21 @@ impl Meta {
     }
 }
 
+/// Longest string field the hub accepts (`field_too_long` past it): longer host facts are
+/// cut at a character boundary before sending, so an odd host still enrolls.
+pub const MAX_FIELD: usize = 255;
+
+/// `s` cut to at most [`MAX_FIELD`] bytes at a character boundary.
+pub fn cap(s: &mut String) {
+    if s.len() > MAX_FIELD {
+        let mut end = MAX_FIELD;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
 /// Enrollment facts (`Facts` in the protocol: all strings).
 #[derive(Debug, Clone, Serialize)]
 pub struct EnrollFacts {
@@ -140,6 +155,34 @@ pub struct EnrollFacts {
     pub arch: String,
     pub version: String,
     pub mode: String,
+}
+
+impl EnrollFacts {
+    /// Every field within [`MAX_FIELD`].
+    pub fn capped(mut self) -> Self {
+        for f in [
+            &mut self.hostname,
+            &mut self.machine_id,
+            &mut self.distro,
+            &mut self.arch,
+            &mut self.version,
+            &mut self.mode,
+        ] {
+            cap(f);
+        }
+        self
+    }
+}
+
+/// The body of `POST /api/v1/enroll` (`EnrollRequest` in the protocol).
+#[derive(Debug, Clone, Serialize)]
+pub struct EnrollRequest<'a> {
+    pub key: &'a str,
+    /// The per-host idempotency nonce: a retry with the same key and nonce gets the same
+    /// agent id back (see docs/PROTOCOL.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<&'a str>,
+    pub facts: EnrollFacts,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -172,6 +215,32 @@ pub struct LastUpgrade {
     /// The journal kind: `service_upgraded`, `service_upgrade_rolled_back`, `package_upgraded`.
     pub result: String,
     pub at: String,
+}
+
+impl Heartbeat {
+    /// Every string within [`MAX_FIELD`].
+    pub fn capped(mut self) -> Self {
+        for f in [
+            &mut self.version,
+            &mut self.distro,
+            &mut self.kernel,
+            &mut self.arch,
+            &mut self.mode,
+        ] {
+            cap(f);
+        }
+        if let Some(d) = &mut self.capabilities.docker_version {
+            cap(d);
+        }
+        if let Some(u) = &mut self.last_upgrade {
+            for f in [u.from.as_mut(), u.to.as_mut()].into_iter().flatten() {
+                cap(f);
+            }
+            cap(&mut u.result);
+            cap(&mut u.at);
+        }
+        self
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -332,10 +401,23 @@ impl HubClient {
         }
     }
 
-    /// `POST /api/v1/enroll`.
-    pub fn enroll(&self, key: &str, facts: &EnrollFacts) -> Result<(Enrolled, Meta), HubError> {
+    /// `POST /api/v1/enroll` with the idempotency `nonce` (200 or 201: the identity).
+    pub fn enroll(
+        &self,
+        key: &str,
+        nonce: Option<&str>,
+        facts: &EnrollFacts,
+    ) -> Result<(Enrolled, Meta), HubError> {
         const P: &str = "/api/v1/enroll";
-        let body = serde_json::json!({"key": key, "facts": facts}).to_string();
+        let req = EnrollRequest {
+            key,
+            nonce,
+            facts: facts.clone().capped(),
+        };
+        let body = serde_json::to_string(&req).map_err(|e| HubError::BadResponse {
+            path: P,
+            reason: e.to_string(),
+        })?;
         let (status, text, meta) = self.exchange(P, None, Some(body))?;
         match status {
             200 | 201 => Ok((Self::parse(P, &text)?, meta)),
@@ -346,10 +428,11 @@ impl HubClient {
     /// `POST /api/v1/heartbeat`.
     pub fn heartbeat(&self, token: &str, hb: &Heartbeat) -> Result<(HeartbeatAck, Meta), HubError> {
         const P: &str = "/api/v1/heartbeat";
-        let body = serde_json::to_string(hb).map_err(|e| HubError::BadResponse {
-            path: P,
-            reason: e.to_string(),
-        })?;
+        let body =
+            serde_json::to_string(&hb.clone().capped()).map_err(|e| HubError::BadResponse {
+                path: P,
+                reason: e.to_string(),
+            })?;
         let (status, text, meta) = self.exchange(P, Some(token), Some(body))?;
         match status {
             200 => Ok((Self::parse(P, &text)?, meta)),
@@ -424,6 +507,30 @@ mod tests {
             assert!(!e.to_string().contains('\n'));
             assert!(!e.hint().is_empty());
         }
+    }
+
+    #[test]
+    fn long_facts_are_cut_at_char_boundaries() {
+        let f = EnrollFacts {
+            hostname: "é".repeat(200),
+            machine_id: "m".into(),
+            distro: "d".repeat(300),
+            arch: String::new(),
+            version: "1".into(),
+            mode: "system".into(),
+        }
+        .capped();
+        assert_eq!(f.hostname.len(), 254, "no half character");
+        assert_eq!(f.distro.len(), 255);
+        assert_eq!(f.machine_id, "m");
+        let body = serde_json::to_value(EnrollRequest {
+            key: "k",
+            nonce: None,
+            facts: f,
+        })
+        .unwrap();
+        assert!(body.get("nonce").is_none(), "no nonce, no field: {body}");
+        assert_eq!(body["key"], "k");
     }
 
     #[test]

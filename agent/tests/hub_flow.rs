@@ -21,8 +21,22 @@ struct Req {
     body: serde_json::Value,
 }
 
+/// The real hub's idempotent enrollment, in miniature: the first `lose` answers are lost
+/// (connection closed after the request is processed); the same nonce then gets the same
+/// agent id, another nonce `key_used`.
+#[derive(Default)]
+struct Idempotent {
+    lose: usize,
+    /// nonce → agent id
+    issued: Vec<(String, String)>,
+    /// Where the agent keeps its nonce: its mode and content are recorded at each request.
+    nonce_file: Option<PathBuf>,
+    seen_file: Vec<Option<(u32, String)>>,
+}
+
 #[derive(Default)]
 struct Script {
+    idempotent: Option<Idempotent>,
     enroll: VecDeque<(u16, String)>,
     heartbeat: VecDeque<(u16, String)>,
     heartbeat_default: Option<(u16, String)>,
@@ -120,7 +134,50 @@ fn serve(conn: TcpStream, script: &Mutex<Script>) {
                 auth,
                 body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
             });
+            let body: serde_json::Value =
+                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
             match path.as_str() {
+                "/api/v1/enroll" if s.idempotent.is_some() => {
+                    let Some(idem) = s.idempotent.as_mut() else {
+                        unreachable!()
+                    };
+                    let seen = idem.nonce_file.as_ref().and_then(|p| {
+                        let mode = std::fs::metadata(p).ok()?.permissions().mode() & 0o777;
+                        Some((mode, std::fs::read_to_string(p).ok()?.trim().to_string()))
+                    });
+                    idem.seen_file.push(seen);
+                    let nonce = body["nonce"].as_str().unwrap_or_default().to_string();
+                    let known = idem.issued.iter().find(|(n, _)| *n == nonce).cloned();
+                    let answer = match known {
+                        Some((_, id)) => (
+                            200,
+                            format!(
+                                r#"{{"agent_id":"{id}","token":"{TOKEN}","heartbeat_interval_secs":3600}}"#
+                            ),
+                        ),
+                        None if idem.issued.is_empty() && !nonce.is_empty() => {
+                            let id = format!("a_{:016x}", fastrand::u64(..));
+                            idem.issued.push((nonce, id.clone()));
+                            (
+                                201,
+                                format!(
+                                    r#"{{"agent_id":"{id}","token":"{TOKEN}","heartbeat_interval_secs":3600}}"#
+                                ),
+                            )
+                        }
+                        None => (
+                            401,
+                            r#"{"error":"key_used","message":"enrollment key already used"}"#
+                                .into(),
+                        ),
+                    };
+                    if idem.lose > 0 {
+                        idem.lose -= 1;
+                        (0, String::new())
+                    } else {
+                        answer
+                    }
+                }
                 "/api/v1/enroll" => s.enroll.pop_front().unwrap_or((500, "{}".into())),
                 "/api/v1/heartbeat" => s
                     .heartbeat
@@ -132,6 +189,11 @@ fn serve(conn: TcpStream, script: &Mutex<Script>) {
                 _ => (404, r#"{"error":"not_found"}"#.into()),
             }
         };
+        if status == 0 {
+            // The answer is lost: hang up without a response.
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+            return;
+        }
         let resp = format!(
             "HTTP/1.1 {status} X\r\nDate: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
             http_date(),
@@ -504,4 +566,67 @@ fn diagnostics_against_the_fake_hub() {
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].body["agent_id"], "a_pre");
     assert!(sent[0].body["report"]["checks"].is_array());
+}
+
+#[test]
+fn lost_enrollment_answer_is_retried_with_the_same_nonce_and_gets_the_same_agent() {
+    outpost_agent::log::capture_start();
+    let hub = FakeHub::start(Script {
+        heartbeat_default: Some(hb_ok(3600)),
+        ..Script::default()
+    });
+    let e = setup(&hub.url, "");
+    hub.script.lock().unwrap().idempotent = Some(Idempotent {
+        lose: 2,
+        nonce_file: Some(e.state.join("enroll-nonce")),
+        ..Idempotent::default()
+    });
+    let r = runner(&e);
+    let h = r.handle();
+    let t = std::thread::spawn(move || r.run());
+    let hb = wait_for(Duration::from_secs(20), || {
+        read_heartbeat_state(&e.state).filter(|s| s.ok)
+    })
+    .expect("heartbeat after the retried enrollment");
+    h.stop();
+    t.join().unwrap().unwrap();
+
+    let enr = hub.requests("/api/v1/enroll");
+    assert_eq!(enr.len(), 3, "two lost answers, then the identity: {enr:?}");
+    let nonce = enr[0].body["nonce"]
+        .as_str()
+        .expect("a nonce is sent")
+        .to_string();
+    assert_eq!(nonce.len(), 64);
+    assert!(nonce.bytes().all(|b| b.is_ascii_hexdigit()));
+    for r in &enr {
+        assert_eq!(
+            r.body["nonce"],
+            nonce.as_str(),
+            "every retry reuses the nonce"
+        );
+        assert_eq!(r.body["key"], KEY);
+    }
+    let (issued, seen) = {
+        let s = hub.script.lock().unwrap();
+        let idem = s.idempotent.as_ref().unwrap();
+        (idem.issued.clone(), idem.seen_file.clone())
+    };
+    // The nonce was on disk, 0600, before the first attempt left.
+    for s in &seen {
+        assert_eq!(s.as_ref(), Some(&(0o600, nonce.clone())), "{seen:?}");
+    }
+    // The identity is the one the hub created on the first (lost) attempt.
+    assert_eq!(issued.len(), 1);
+    let id: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(e.state.join("identity.json")).unwrap())
+            .unwrap();
+    assert_eq!(id["agent_id"], issued[0].1.as_str());
+    assert_eq!(hb.agent_id.as_deref(), Some(issued[0].1.as_str()));
+    // The nonce is gone once the identity is saved; the key is scrubbed.
+    assert!(!e.state.join("enroll-nonce").exists());
+    assert!(!std::fs::read_to_string(&e.env_file).unwrap().contains(KEY));
+    assert_no_secrets("log", &outpost_agent::log::captured());
+    let journal = std::fs::read_to_string(e.state.join("events.jsonl")).unwrap();
+    assert!(!journal.contains(&nonce), "the nonce is not journaled");
 }
