@@ -341,7 +341,7 @@ impl Journal {
                     .read(true)
                     .append(true)
                     .create_new(true)
-                    .mode(0o640)
+                    .mode(0o644)
                     .open(&self.path)
                     .map_err(self.io("create"))?;
                 (f, true)

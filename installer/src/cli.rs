@@ -76,6 +76,10 @@ enum Command {
         /// Control-plane URL written into a new config
         #[arg(long, value_name = "URL", env = env::HUB_URL)]
         hub: Option<String>,
+        /// Accept a plain http:// hub URL for a host other than loopback (the token then
+        /// crosses the network unencrypted); recorded as `[hub] insecure_http = true`
+        #[arg(long)]
+        insecure_http: bool,
         /// Verify this binary against the signed release at URL and record URL in a new config
         /// (install.sh passes it; trusted keys come from OUTPOST_RELEASE_PUBKEYS and the build)
         #[arg(long, value_name = "URL", env = env::RELEASE_URL)]
@@ -561,6 +565,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
             run_as,
             admin_group,
             hub,
+            insecure_http,
             release_url,
             ca_file,
             no_start,
@@ -583,6 +588,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
                 run_as,
                 admin_group,
                 hub_url: hub,
+                insecure_http,
                 enroll_key,
                 no_start,
                 dry_run,

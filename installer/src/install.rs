@@ -19,6 +19,8 @@ pub struct InstallArgs {
     pub run_as: Option<String>,
     pub admin_group: Option<String>,
     pub hub_url: Option<String>,
+    /// `--insecure-http`: allow `http://` to a non-loopback hub.
+    pub insecure_http: bool,
     pub enroll_key: Option<String>,
     pub no_start: bool,
     pub dry_run: bool,
@@ -175,20 +177,13 @@ pub fn choose_mode(det: &Detection, requested: Option<Mode>, euid: u32) -> Resul
     }
 }
 
-pub fn validate_hub_url(url: &str) -> Result<()> {
-    let ok = (url.starts_with("https://") || url.starts_with("http://"))
-        && url.len() > "https://".len()
-        && !url
-            .chars()
-            .any(|c| c.is_whitespace() || c == '"' || c == '\\' || c.is_control());
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::usage(
-            format!("invalid hub url {url:?}: expected http(s)://HOST[:PORT][/PATH]"),
-            "pass --hub https://hub.example.com",
-        ))
-    }
+pub fn validate_hub_url(url: &str, insecure_http: bool) -> Result<()> {
+    outpost_agent::config::check_hub_url(url, insecure_http).map_err(|why| {
+        Error::usage(
+            format!("invalid hub url {url:?}: {why}"),
+            "pass --hub https://hub.example.com (plain http:// only to 127.0.0.1/localhost, or with --insecure-http)",
+        )
+    })
 }
 
 /// Layout for `mode` on this host.
@@ -303,7 +298,7 @@ pub fn prepare(args: &InstallArgs, probe: &dyn Probe, host: &dyn Host) -> Result
     let euid = probe.euid();
     let mode = choose_mode(&det, args.mode, euid)?;
     if let Some(url) = &args.hub_url {
-        validate_hub_url(url)?;
+        validate_hub_url(url, args.insecure_http)?;
     }
     if let Some(g) = &args.admin_group {
         let exists = crate::users::group_exists(&args.root, g)
@@ -428,6 +423,7 @@ pub fn prepare(args: &InstallArgs, probe: &dyn Probe, host: &dyn Host) -> Result
         start: !args.no_start,
         release: plan::ConfigSeed {
             hub_url: None,
+            insecure_http: args.insecure_http,
             release_url: args.release_url.clone(),
             release_keys: args.release_keys.clone(),
             ca_file: args.ca_file.clone(),

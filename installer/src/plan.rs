@@ -319,6 +319,8 @@ pub fn unit_params(inp: &InstallInputs) -> UnitParams {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConfigSeed {
     pub hub_url: Option<String>,
+    /// `[hub] insecure_http = true` (install `--insecure-http`).
+    pub insecure_http: bool,
     pub release_url: Option<String>,
     pub release_keys: Vec<String>,
     pub ca_file: Option<PathBuf>,
@@ -331,7 +333,14 @@ pub fn initial_config(seed: &ConfigSeed) -> String {
     if let Some(url) = &seed.hub_url {
         t = t.replacen(
             "# url = \"https://hub.example.com\"",
-            &format!("url = \"{url}\""),
+            &format!(
+                "url = \"{url}\"{}",
+                if seed.insecure_http {
+                    "\ninsecure_http = true"
+                } else {
+                    ""
+                }
+            ),
             1,
         );
     }

@@ -69,7 +69,7 @@ fn append_chains_and_verifies() {
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(j.path()).unwrap().permissions(),
     );
-    assert_eq!(mode & 0o777, 0o640);
+    assert_eq!(mode & 0o777, 0o644);
 }
 
 /// Each case edits the lines of a 5-record journal; verify must name the first broken line.

@@ -540,6 +540,7 @@ fn user_mode_plan_enables_linger_and_creates_home_dirs() {
 fn initial_config_carries_the_seed_and_parses() {
     let seed = ConfigSeed {
         hub_url: Some("https://hub.example.net".into()),
+        insecure_http: false,
         release_url: Some("https://rel.example.net/outpost".into()),
         release_keys: vec!["RWQk1".into(), "RWQk2".into()],
         ca_file: Some("/etc/outpost/ca.pem".into()),
@@ -564,4 +565,20 @@ fn initial_config_carries_the_seed_and_parses() {
             .unwrap(),
         outpost_agent::Config::default()
     );
+}
+
+#[test]
+fn initial_config_records_insecure_http() {
+    let seed = ConfigSeed {
+        hub_url: Some("http://10.1.2.3:8080".into()),
+        insecure_http: true,
+        ..Default::default()
+    };
+    let c = outpost_agent::Config::parse(&initial_config(&seed), Path::new("t")).unwrap();
+    assert!(c.hub.insecure_http);
+    let refused = ConfigSeed {
+        insecure_http: false,
+        ..seed
+    };
+    assert!(outpost_agent::Config::parse(&initial_config(&refused), Path::new("t")).is_err());
 }
