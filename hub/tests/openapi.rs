@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{heartbeat_body, Hub, ADMIN};
+use common::{csrf_of, heartbeat_body, Hub, ADMIN};
 use serde_json::{json, Value};
 
 fn spec() -> Value {
@@ -91,6 +91,19 @@ fn check(spec: &Value, schema: &Value, value: &Value, at: &str, errs: &mut Vec<S
         Some("string") if !value.is_string() => {
             errs.push(format!("{at}: expected string, got {value}"))
         }
+        Some("string") => {
+            let len = value.as_str().map_or(0, str::len) as u64;
+            if let Some(max) = schema.get("maxLength").and_then(Value::as_u64) {
+                if len > max {
+                    errs.push(format!("{at}: {len} bytes, maxLength {max}"));
+                }
+            }
+            if let Some(min) = schema.get("minLength").and_then(Value::as_u64) {
+                if len < min {
+                    errs.push(format!("{at}: {len} bytes, minLength {min}"));
+                }
+            }
+        }
         Some("integer") if !value.is_u64() && !value.is_i64() => {
             errs.push(format!("{at}: expected integer, got {value}"))
         }
@@ -146,6 +159,8 @@ fn spec_parses_and_lists_the_protocol_endpoints() {
         "/api/v1/agents/{id}/revoke",
         "/healthz",
         "/",
+        "/login",
+        "/logout",
     ] {
         assert!(
             s["paths"].get(p).is_some(),
@@ -255,6 +270,81 @@ fn server_matches_openapi() {
     let (s, v) = hub.req("GET", "/healthz", None, None);
     c.response("/healthz", "GET", s, &v);
 
+    // Idempotent enrollment: a retry with the same nonce is a documented 200.
+    let (_, k2) = hub.admin("POST", "/api/v1/keys", Some(&json!({"ttl_secs": 600})));
+    let nonce = "n0nce-0123456789abcdef";
+    let body = json!({"key": k2["key"], "nonce": nonce, "facts": facts});
+    let (s, first) = hub.req("POST", "/api/v1/enroll", None, Some(&body));
+    c.response("/api/v1/enroll", "POST", s, &first);
+    assert_eq!(s, 201);
+    let (s, again) = hub.req("POST", "/api/v1/enroll", None, Some(&body));
+    c.response("/api/v1/enroll", "POST", s, &again);
+    assert_eq!((s, &again["agent_id"]), (200, &first["agent_id"]));
+    // Field caps and body limits, with the field named.
+    let long = json!({"key": k2["key"], "facts": {"hostname": "h".repeat(300)}});
+    let (s, v) = hub.req("POST", "/api/v1/enroll", None, Some(&long));
+    c.response("/api/v1/enroll", "POST", s, &v);
+    assert_eq!((s, v["field"].as_str()), (400, Some("facts.hostname")));
+    let t2 = again["token"].as_str().unwrap();
+    let a2 = again["agent_id"].as_str().unwrap();
+    let mut big = heartbeat_body(a2, 1, "x");
+    big["kernel"] = json!("k".repeat(100 * 1024));
+    let (s, v) = hub.req("POST", "/api/v1/heartbeat", Some(t2), Some(&big));
+    c.response("/api/v1/heartbeat", "POST", s, &v);
+    assert_eq!((s, v["error"].as_str()), (413, Some("payload_too_large")));
+
+    // The HTML pages: anonymous, login, logout (raw HTTP: no redirects followed).
+    let r = hub.raw("GET", "/", &[], b"");
+    c.response("/", "GET", r.status, &Value::Null);
+    assert_eq!(r.status, 303);
+    let page = hub.raw("GET", "/login", &[], b"");
+    c.response("/login", "GET", page.status, &Value::Null);
+    let (pre, _) = page.cookie("outpost_login").unwrap();
+    let csrf = csrf_of(&page.text());
+    let form = |csrf: &str, token: &str| format!("csrf={csrf}&token={token}");
+    let login_headers = |cookie: &str| {
+        vec![
+            (
+                "Content-Type".to_string(),
+                "application/x-www-form-urlencoded".to_string(),
+            ),
+            ("Origin".to_string(), hub.url.clone()),
+            ("Cookie".to_string(), cookie.to_string()),
+        ]
+    };
+    let pre_cookie = format!("outpost_login={pre}");
+    let h = login_headers(&pre_cookie);
+    let h: Vec<(&str, &str)> = h.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    for (body, want) in [
+        (form("0", ADMIN), 403),
+        (form(&csrf, "wrong-token-wrong-token"), 401),
+        (form(&csrf, ADMIN), 303),
+    ] {
+        let r = hub.raw("POST", "/login", &h, body.as_bytes());
+        c.response("/login", "POST", r.status, &Value::Null);
+        assert_eq!(r.status, want, "{body}: {}", r.head);
+        if want == 303 {
+            let session = r.cookie("outpost_session").unwrap().0;
+            let sc = format!("outpost_session={session}");
+            let r = hub.raw("GET", "/login", &[("Cookie", &sc)], b"");
+            c.response("/login", "GET", r.status, &Value::Null);
+            let dash = hub.raw("GET", "/", &[("Cookie", &sc)], b"");
+            c.response("/", "GET", dash.status, &Value::Null);
+            assert_eq!(dash.status, 200);
+            let lh = login_headers(&sc);
+            let lh: Vec<(&str, &str)> = lh.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+            let token = csrf_of(&dash.text());
+            for (body, want) in [
+                (format!("csrf={csrf}"), 403),
+                (format!("csrf={token}"), 303),
+            ] {
+                let r = hub.raw("POST", "/logout", &lh, body.as_bytes());
+                c.response("/logout", "POST", r.status, &Value::Null);
+                assert_eq!(r.status, want, "{}", r.head);
+            }
+        }
+    }
+
     // Every documented path + method exists: it answers neither 404 nor 405.
     let paths = spec["paths"].as_object().unwrap();
     let mut deletes = Vec::new();
@@ -318,4 +408,16 @@ fn server_matches_openapi() {
         })
         .collect();
     assert_eq!(documented, c.covered);
+
+    // Last (it locks this address out of enrollment): the rate limit's 429.
+    let mut limited = None;
+    for _ in 0..30 {
+        let (s, v) = hub.enroll("opk_nope", "x");
+        if s == 429 {
+            limited = Some(v);
+            break;
+        }
+    }
+    let v = limited.expect("no 429 within 30 enrollments");
+    c.response("/api/v1/enroll", "POST", 429, &v);
 }
