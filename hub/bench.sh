@@ -22,7 +22,8 @@ trap cleanup EXIT
 mkdir "$work/releases"
 OUTPOST_HUB_ADMIN_TOKEN="bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 export OUTPOST_HUB_ADMIN_TOKEN
-"$bin/outpost-hub" serve --listen 127.0.0.1:0 --db "$work/hub.db" --releases "$work/releases" \
+# --enroll-rate 0: the bench enrolls all its agents from one loopback address.
+"$bin/outpost-hub" serve --listen 127.0.0.1:0 --db "$work/hub.db" --releases "$work/releases" --enroll-rate 0 \
   >"$work/hub.out" 2>"$work/hub.err" &
 hub_pid=$!
 
