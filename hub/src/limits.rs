@@ -172,6 +172,21 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     }
 }
 
+/// The address a bucket is kept for: IPv4 (also IPv4-mapped IPv6) as is, other IPv6 by
+/// its /64 (one host usually owns a whole /64 and could rotate through it).
+fn bucket_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 /// One token bucket.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -207,6 +222,7 @@ impl RateLimiter {
         if self.per_min == 0 {
             return Ok(());
         }
+        let ip = bucket_key(ip);
         let rate = f64::from(self.per_min) / 60.0; // tokens per second
         let burst = f64::from(self.burst);
         let mut map = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
@@ -276,6 +292,22 @@ mod tests {
             assert!(rl.check(ip, later).is_ok());
         }
         assert!(rl.check(ip, later).is_err());
+    }
+
+    #[test]
+    fn ipv6_shares_a_bucket_per_64() {
+        let rl = RateLimiter::new(10, 1);
+        let t0 = Instant::now();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(rl.check(a, t0).is_ok());
+        assert!(rl.check(b, t0).is_err(), "same /64");
+        assert!(rl.check(c, t0).is_ok(), "another /64");
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert!(rl.check(v4, t0).is_ok());
+        assert!(rl.check(mapped, t0).is_err(), "mapped is the same address");
     }
 
     #[test]

@@ -231,3 +231,30 @@ fn slow_heads_and_bodies_are_cut_off() {
     );
     assert_eq!(hub.heartbeat(&id, &token, 2, "y").0, 200);
 }
+
+#[test]
+fn chunked_bodies_over_the_limit_are_413() {
+    let hub = Hub::start();
+    let (id, token) = hub.new_agent("chunky");
+    // No Content-Length: the limit is enforced while reading.
+    let mut s = TcpStream::connect(&hub.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /api/v1/heartbeat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let chunk = "x".repeat(8192);
+    for _ in 0..16 {
+        if write!(s, "{:x}\r\n{chunk}\r\n", chunk.len()).is_err() {
+            break;
+        }
+    }
+    let _ = s.write_all(b"0\r\n\r\n");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let r = Raw::parse(&buf);
+    assert_eq!(r.status, 413, "{}", r.head);
+    assert_eq!(r.json()["error"], "payload_too_large");
+    assert_eq!(hub.heartbeat(&id, &token, 1, "a").0, 200);
+}
