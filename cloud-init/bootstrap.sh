@@ -8,7 +8,11 @@
 # minisign signature when `minisign` is installed), unpack it, `outpost install` (which checks
 # the signed manifest and its own sha256 again), start the service, wait for the enrollment,
 # then replace the enrollment key with REDACTED in cloud-init's cached copies of the user-data.
-# The key never appears on a command line or in this script's output.
+# The key never appears on a command line (/proc/PID/cmdline is readable by every local
+# user), in the environment of a command, or in this script's output: it is read with shell
+# builtins, and grep and sed get it from 0600 files (printf, a builtin, under umask 077) in a
+# private directory on /run (tmpfs) that is removed on exit. In user mode outpost reads it
+# from a 0600 file of the user's there (OUTPOST_ENROLL_KEY_FILE).
 #
 # Exit codes: 0 enrolled, 1 failure (cloud-init then reports an error: `cloud-init status
 # --long`, /var/log/cloud-init-output.log).
@@ -30,8 +34,14 @@ SECRETS_FILE=""
 MINISIG_FILE=""
 
 ENROLL_WAIT_SECS=60
+# Where cloud-init keeps copies of the user-data (scrubbed of the key on exit).
+CLOUD_DIRS="/var/lib/cloud /run/cloud-init"
+# Parent of KEY_DIR: tmpfs, so files holding the key never reach a disk.
+KEY_PARENT=/run
 TMP_DIR=""
+KEY_DIR=""
 KEY=""
+CR=$(printf '\r')
 
 say() { printf 'outpost-cloud-init: %s\n' "$*"; }
 
@@ -43,6 +53,19 @@ fail() {
     exit 1
 }
 
+# key_files: KEY_DIR, a fresh 0700 directory holding the key as a grep pattern (key.grep) and
+# a sed script that redacts it (key.sed), written by printf (a builtin) under umask 077: grep
+# and sed read the key from there, never from their arguments.
+key_files() {
+    [ -z "$KEY_DIR" ] || return 0
+    KEY_DIR=$(mktemp -d "$KEY_PARENT/outpost-key.XXXXXX") || return 1
+    (
+        umask 077
+        printf '%s\n' "$KEY" >"$KEY_DIR/key.grep"
+        printf 's/%s/REDACTED/g\n' "$KEY" >"$KEY_DIR/key.sed"
+    )
+}
+
 # The key is used up (or still in the secrets file for a re-run): cloud-init's copies go.
 scrub_cloud_init() {
     [ -n "$KEY" ] || return 0
@@ -52,17 +75,23 @@ scrub_cloud_init() {
             return 0
             ;;
     esac
-    for d in /var/lib/cloud /run/cloud-init; do
+    key_files || {
+        say "warning: cannot create a private directory under $KEY_PARENT: not scrubbing cloud-init's cache"
+        return 0
+    }
+    left=""
+    for d in $CLOUD_DIRS; do
         [ -d "$d" ] || continue
-        grep -rlF -- "$KEY" "$d" 2>/dev/null | while IFS= read -r f; do
+        grep -rlF -f "$KEY_DIR/key.grep" -- "$d" 2>/dev/null | while IFS= read -r f; do
             case "$f" in
-                *.pkl) rm -f "$f" ;; # pickled datasource: cloud-init rebuilds it at next boot
-                *) sed -i "s/$KEY/REDACTED/g" "$f" ;;
+                *.pkl) rm -f -- "$f" ;; # pickled datasource: cloud-init rebuilds it at next boot
+                *) sed -i -f "$KEY_DIR/key.sed" -- "$f" ;;
             esac
         done
+        if grep -rqF -f "$KEY_DIR/key.grep" -- "$d" 2>/dev/null; then left="$left $d"; fi
     done
-    if grep -rqF -- "$KEY" /var/lib/cloud /run/cloud-init 2>/dev/null; then
-        say "warning: the enrollment key is still in a file under /var/lib/cloud or /run/cloud-init"
+    if [ -n "$left" ]; then
+        say "warning: the enrollment key is still in a file under$left"
     else
         say "removed the enrollment key from cloud-init's cached user-data"
     fi
@@ -72,13 +101,52 @@ cleanup() {
     status=$?
     if [ -n "$TMP_DIR" ] && [ -d "$TMP_DIR" ]; then rm -rf "$TMP_DIR"; fi
     scrub_cloud_init || true
+    if [ -n "$KEY_DIR" ] && [ -d "$KEY_DIR" ]; then rm -rf "$KEY_DIR"; fi
     exit "$status"
 }
 
+# set_key VALUE: KEY is VALUE without quotes, blanks and carriage returns (builtins only)
+set_key() {
+    rest=$1
+    KEY=""
+    while [ -n "$rest" ]; do
+        c=${rest%"${rest#?}"}
+        rest=${rest#?}
+        case "$c" in
+            '"' | "'" | ' ' | '	' | "$CR") ;;
+            *) KEY=$KEY$c ;;
+        esac
+    done
+}
+
+# read_key: KEY from the first OUTPOST_ENROLL_KEY= line of the secrets file, with builtins
+# only (read, case, parameter expansion): no command ever gets the key as an argument.
 read_key() {
     [ -f "$SECRETS_FILE" ] || fail "the secrets file $SECRETS_FILE is missing" \
         "it is written by the user-data's write_files; check 'cloud-init schema --system' and /var/log/cloud-init.log, or write OUTPOST_ENROLL_KEY=KEY into it (mode 0600) with a new key from 'outpost-hub keys create'"
-    KEY=$(sed -n 's/^[[:space:]]*OUTPOST_ENROLL_KEY=[[:space:]]*//p' "$SECRETS_FILE" | head -n 1 | tr -d '"'"'"' \r')
+    KEY=""
+    line=""
+    while IFS= read -r line || [ -n "$line" ]; do
+        case "$line" in
+            *OUTPOST_ENROLL_KEY=*) ;;
+            *) continue ;;
+        esac
+        case "${line%%OUTPOST_ENROLL_KEY=*}" in
+            *[![:space:]]*) continue ;; # something before the name: not the assignment
+        esac
+        set_key "${line#*OUTPOST_ENROLL_KEY=}"
+        return 0
+    done <"$SECRETS_FILE"
+}
+
+# write_user_key FILE UID GID: the key alone in FILE (0600, owned by UID:GID), for
+# OUTPOST_ENROLL_KEY_FILE: outpost install --user reads it there, not from its environment.
+write_user_key() {
+    (
+        umask 077
+        printf '%s\n' "$KEY" >"$1"
+    )
+    chown "$2:$3" "$1"
 }
 
 # download URL FILE: curl with retries (the network may still be settling at first boot)
@@ -206,20 +274,27 @@ install_user() {
         i=$((i + 1))
     done
     chmod 0755 "$TMP_DIR" "$TMP_DIR/unpacked"
+    # The key goes to outpost as a file of the user's (0600) in KEY_DIR (tmpfs; 0711 so the
+    # user reaches only that file by name), removed on exit.
+    key_files || fail "cannot create a private directory under $KEY_PARENT" "check that $KEY_PARENT is writable by root"
+    chmod 0711 "$KEY_DIR"
+    write_user_key "$KEY_DIR/enroll.key" "$uid" "$gid"
     (
         cd /
+        unset OUTPOST_ENROLL_KEY
         HOME=$home USER=$RUN_AS LOGNAME=$RUN_AS XDG_RUNTIME_DIR=/run/user/$uid
         DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/$uid/bus
-        OUTPOST_ENROLL_KEY=$KEY OUTPOST_RELEASE_URL=$RELEASE_URL OUTPOST_RELEASE_PUBKEYS=$PUBKEYS
-        export HOME USER LOGNAME XDG_RUNTIME_DIR DBUS_SESSION_BUS_ADDRESS OUTPOST_ENROLL_KEY \
+        OUTPOST_ENROLL_KEY_FILE=$KEY_DIR/enroll.key
+        OUTPOST_RELEASE_URL=$RELEASE_URL OUTPOST_RELEASE_PUBKEYS=$PUBKEYS
+        export HOME USER LOGNAME XDG_RUNTIME_DIR DBUS_SESSION_BUS_ADDRESS OUTPOST_ENROLL_KEY_FILE \
             OUTPOST_RELEASE_URL OUTPOST_RELEASE_PUBKEYS
         export_github_url
         set -- install --user --hub "$HUB_URL"
         if [ -n "$CA_FILE" ]; then set -- "$@" --ca-file "$CA_FILE"; fi
         exec setpriv --reuid="$uid" --regid="$gid" --init-groups "$BIN" "$@"
     ) || fail "outpost install --user failed (see above)" "fix what it names and run this script again"
-    # install wrote the key into the user's own secrets file; the staging copy goes.
-    rm -f "$SECRETS_FILE"
+    # install wrote the key into the user's own secrets file; the staging copies go.
+    rm -f "$SECRETS_FILE" "$KEY_DIR/enroll.key"
     wait_for "$home/.local/state/outpost/identity.json" ||
         enroll_failed "journalctl --user -u outpost (as $RUN_AS)" "$home/.config/outpost/outpost.env" "outpost restart (as $RUN_AS)"
 }
