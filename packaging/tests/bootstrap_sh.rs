@@ -151,14 +151,14 @@ scrub_cloud_init
     // the point: the wrappers saw grep and sed do the work, and never saw the key
     let argv = std::fs::read_to_string(log.join("argv")).unwrap();
     assert!(
+        !argv.contains(KEY),
+        "the key was in a command line:\n{argv}"
+    );
+    assert!(
         argv.contains("grep -rlF -f "),
         "grep was not wrapped:\n{argv}"
     );
     assert!(argv.contains("sed -i -f "), "sed was not wrapped:\n{argv}");
-    assert!(
-        !argv.contains(KEY),
-        "the key was in a command line:\n{argv}"
-    );
     let env = std::fs::read_to_string(log.join("env")).unwrap();
     assert!(!env.contains(KEY), "the key was in a command's environment");
 }
