@@ -2,17 +2,21 @@
 //! task, and shutdown on SIGINT/SIGTERM with a final flush.
 //!
 //! Connections are capped ([`ServeConfig::max_connections`]). At the cap, a new connection
-//! pushes out the oldest one that has not sent a complete request head yet (an idle or
-//! slow-loris connection); when every connection has sent a request, the new one is closed
-//! at once. Request heads (and so idle keep-alive connections) and bodies each get
-//! [`ServeConfig::request_timeout`].
+//! pushes out the oldest one that has never sent a complete request head (an idle or
+//! slow-loris connection), else the oldest keep-alive connection between requests; when
+//! every connection has a request in flight, the new one is closed at once. A request is in
+//! flight from its complete head until its response body is sent. Request heads (and so idle
+//! keep-alive connections) and bodies each get [`ServeConfig::request_timeout`].
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -61,8 +65,24 @@ pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 10;
 struct Slot {
     /// A complete request head arrived on it.
     served: AtomicBool,
+    /// Requests whose response is not sent yet.
+    in_flight: AtomicUsize,
     /// Closes it.
     kill: Notify,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            served: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            kill: Notify::new(),
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
 }
 
 /// The live connections, oldest first.
@@ -79,25 +99,26 @@ impl Conns {
         }
     }
 
-    /// A slot for a new connection: a free one, or the oldest that never sent a request
-    /// head (which is closed); `None` at the cap.
+    /// A slot for a new connection: a free one, or one taken from the oldest connection that
+    /// never sent a request head, else from the oldest idle keep-alive connection (which is
+    /// closed); `None` at the cap with every connection busy.
     fn admit(&self) -> Option<(u64, Arc<Slot>)> {
         let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let (next, live) = &mut *g;
         if live.len() >= self.cap {
-            let victim = live
-                .iter()
-                .find(|(_, s)| !s.served.load(Ordering::Relaxed))
-                .map(|(id, _)| *id)?;
+            let never = || {
+                live.iter()
+                    .find(|(_, s)| !s.served.load(Ordering::Acquire) && s.idle())
+                    .map(|(id, _)| *id)
+            };
+            let between = || live.iter().find(|(_, s)| s.idle()).map(|(id, _)| *id);
+            let victim = never().or_else(between)?;
             if let Some(s) = live.remove(&victim) {
                 s.kill.notify_one();
             }
         }
         *next += 1;
-        let slot = Arc::new(Slot {
-            served: AtomicBool::new(false),
-            kill: Notify::new(),
-        });
+        let slot = Arc::new(Slot::new());
         live.insert(*next, slot.clone());
         Some((*next, slot))
     }
@@ -123,7 +144,55 @@ impl Drop for SlotGuard {
     }
 }
 
-/// The router for one connection: records the peer address and that a request arrived.
+/// Counts a request in flight on its connection until dropped (with the response body, once
+/// it is sent, or with the request when the connection goes away).
+struct InFlight(Arc<Slot>);
+
+impl InFlight {
+    fn start(slot: &Arc<Slot>) -> InFlight {
+        slot.served.store(true, Ordering::Release);
+        slot.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(slot.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted in flight until it is sent.
+struct TrackedBody {
+    inner: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+type ResponseFuture = Pin<
+    Box<dyn Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send>,
+>;
+
+/// The router for one connection: records the peer address and which requests are in flight.
 #[derive(Clone)]
 struct ConnService {
     app: Router,
@@ -134,13 +203,22 @@ struct ConnService {
 impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
     type Response = axum::response::Response;
     type Error = std::convert::Infallible;
-    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+    type Future = ResponseFuture;
 
     fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
-        self.slot.served.store(true, Ordering::Relaxed);
+        let in_flight = InFlight::start(&self.slot);
         req.extensions_mut().insert(ConnectInfo(self.peer));
         let mut app = self.app.clone();
-        tower::Service::call(&mut app, req)
+        let fut = tower::Service::call(&mut app, req);
+        Box::pin(async move {
+            let res = fut.await?;
+            Ok(res.map(|inner| {
+                axum::body::Body::new(TrackedBody {
+                    inner,
+                    _in_flight: in_flight,
+                })
+            }))
+        })
     }
 }
 
@@ -384,26 +462,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cap_evicts_the_oldest_connection_without_a_request() {
+    fn cap_evicts_never_served_then_idle_connections_never_busy_ones() {
         let c = Conns::new(3);
         let (a, sa) = c.admit().unwrap();
-        let (_b, sb) = c.admit().unwrap();
-        let (_c, sc) = c.admit().unwrap();
-        sa.served.store(true, Ordering::Relaxed);
-        // Full: the oldest idle one (b) goes, a (served) stays.
-        let (_d, _) = c.admit().unwrap();
-        let live: Vec<u64> = c.inner.lock().unwrap().1.keys().copied().collect();
-        assert_eq!(live.len(), 3);
-        assert!(live.contains(&a));
-        assert!(!live.contains(&_b));
-        drop(sb);
-        // Everyone served: refused.
-        sc.served.store(true, Ordering::Relaxed);
-        for s in c.inner.lock().unwrap().1.values() {
-            s.served.store(true, Ordering::Relaxed);
-        }
+        let (b, _sb) = c.admit().unwrap();
+        let (d, sd) = c.admit().unwrap();
+        let live = |c: &Conns| -> Vec<u64> { c.inner.lock().unwrap().1.keys().copied().collect() };
+        // a: idle keep-alive (served, nothing in flight); b: never served; d: busy.
+        drop(InFlight::start(&sa));
+        let busy_d = InFlight::start(&sd);
+        // Full: the never-served one goes first, although a is older.
+        let (e, se) = c.admit().unwrap();
+        assert_eq!(live(&c), vec![a, d, e]);
+        assert!(!live(&c).contains(&b));
+        // e is new too: it goes next.
+        let (f, sf) = c.admit().unwrap();
+        assert_eq!(live(&c), vec![a, d, f]);
+        drop(se);
+        // f busy: the idle keep-alive a goes; d (busy) stays.
+        let busy_f = InFlight::start(&sf);
+        let (g, sg) = c.admit().unwrap();
+        assert_eq!(live(&c), vec![d, f, g]);
+        // Everyone busy: refused.
+        let busy_g = InFlight::start(&sg);
         assert!(c.admit().is_none());
-        c.release(a);
+        assert_eq!(live(&c), vec![d, f, g]);
+        // A response sent: that connection is idle and can make room.
+        drop(busy_d);
         assert!(c.admit().is_some());
+        assert!(!live(&c).contains(&d));
+        drop((busy_f, busy_g));
+        c.release(f);
+        assert_eq!(live(&c).len(), 2);
     }
 }

@@ -121,49 +121,100 @@ fn idle_connection_flood_is_capped_and_agents_keep_heartbeating() {
     assert_eq!((s, v["ok"].as_bool()), (200, Some(true)));
 }
 
+/// Sends a heartbeat's head and the first half of its body: the request is in flight.
+fn start_heartbeat(hub: &Hub, id: &str, token: &str) -> (TcpStream, String) {
+    let body = heartbeat_body(id, 7, "k").to_string();
+    let mut s = TcpStream::connect(&hub.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /api/v1/heartbeat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        body.len(),
+        &body[..body.len() / 2]
+    )
+    .unwrap();
+    (s, body[body.len() / 2..].to_string())
+}
+
+/// Reads one response (head, then exactly Content-Length bytes) from a keep-alive stream.
+fn read_response(s: &mut TcpStream) -> u16 {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1, "closed mid-response");
+        head.push(b[0]);
+    }
+    let r = Raw::parse(&head);
+    let len: usize = r.header("content-length").unwrap().parse().unwrap();
+    let mut rest = vec![0u8; len];
+    s.read_exact(&mut rest).unwrap();
+    r.status
+}
+
+fn keepalive_heartbeat(s: &mut TcpStream, id: &str, token: &str, seq: u64) -> u16 {
+    let body = heartbeat_body(id, seq, "k").to_string();
+    write!(
+        s,
+        "POST /api/v1/heartbeat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    read_response(s)
+}
+
+fn wait_closed(s: &TcpStream) -> bool {
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        if closed_by_peer(s) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 #[test]
-fn existing_busy_connections_survive_a_full_cap() {
-    // A keep-alive connection in use is never pushed out: at the cap with every connection
-    // busy, new ones are closed at once.
-    let hub = Hub::start_with(&["--max-connections", "4", "--request-timeout", "2"]);
+fn a_full_cap_closes_new_then_idle_connections_never_busy_ones() {
+    let hub = Hub::start_with(&["--max-connections", "4", "--request-timeout", "5"]);
     let (id, token) = hub.new_agent("keepalive");
-    // The harness's pooled client connection is idle now: let the hub close it.
-    std::thread::sleep(Duration::from_millis(2600));
-    let mut keep = TcpStream::connect(&hub.addr).unwrap();
-    keep.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let beat = |s: &mut TcpStream, seq: u64| -> u16 {
-        let body = heartbeat_body(&id, seq, "k").to_string();
+    // The harness's pooled client connection is idle keep-alive: it may be pushed out.
+    // c1: idle keep-alive (one heartbeat answered). c2, c3: a heartbeat in flight.
+    let mut c1 = TcpStream::connect(&hub.addr).unwrap();
+    c1.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(keepalive_heartbeat(&mut c1, &id, &token, 1), 200);
+    let (mut c2, rest2) = start_heartbeat(&hub, &id, &token);
+    let (mut c3, rest3) = start_heartbeat(&hub, &id, &token);
+    std::thread::sleep(Duration::from_millis(200));
+    // c4 never sends anything; c5 then takes its place (it is the oldest never-served one
+    // once the harness's connection is gone), c6 takes c1's (idle keep-alive).
+    let c4 = TcpStream::connect(&hub.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut c5 = TcpStream::connect(&hub.addr).unwrap();
+    c5.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert!(
+        wait_closed(&c4),
+        "the never-served connection was not closed"
+    );
+    assert_eq!(keepalive_heartbeat(&mut c5, &id, &token, 2), 200);
+    let (mut c6, rest6) = start_heartbeat(&hub, &id, &token);
+    assert!(
+        wait_closed(&c1),
+        "the idle keep-alive connection was not closed"
+    );
+    // c5 busy too: now all four (c2, c3, c5, c6) have a request in flight.
+    let (mut c5b, rest5) = (c5.try_clone().unwrap(), {
+        let body = heartbeat_body(&id, 8, "k").to_string();
         write!(
-            s,
-            "POST /api/v1/heartbeat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
+            c5,
+            "POST /api/v1/heartbeat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+            body.len(),
+            &body[..body.len() / 2]
         )
         .unwrap();
-        // One response: head, then exactly Content-Length bytes.
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            assert_eq!(s.read(&mut b).unwrap(), 1, "closed mid-response");
-            head.push(b[0]);
-        }
-        let r = Raw::parse(&head);
-        let len: usize = r.header("content-length").unwrap().parse().unwrap();
-        let mut rest = vec![0u8; len];
-        s.read_exact(&mut rest).unwrap();
-        r.status
-    };
-    assert_eq!(beat(&mut keep, 1), 200);
-    // Three more connections that each sent a request (busy, keep-alive): the cap is full.
-    let mut busy: Vec<TcpStream> = (0..3)
-        .map(|i| {
-            let mut s = TcpStream::connect(&hub.addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            assert_eq!(beat(&mut s, 10 + i), 200);
-            s
-        })
-        .collect();
-    // A fifth is closed without an answer.
+        body[body.len() / 2..].to_string()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    // A new connection is closed at once, without an answer.
     let mut extra = TcpStream::connect(&hub.addr).unwrap();
     extra
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -176,11 +227,16 @@ fn existing_busy_connections_survive_a_full_cap() {
         "over the cap: {:?}",
         String::from_utf8_lossy(&buf)
     );
-    // The existing ones keep working.
-    assert_eq!(beat(&mut keep, 2), 200);
-    assert_eq!(beat(&mut busy[0], 20), 200);
-    drop(busy);
-    drop(keep);
+    // Every request in flight completes.
+    for (s, rest) in [
+        (&mut c2, rest2),
+        (&mut c3, rest3),
+        (&mut c6, rest6),
+        (&mut c5b, rest5),
+    ] {
+        s.write_all(rest.as_bytes()).unwrap();
+        assert_eq!(read_response(s), 200);
+    }
 }
 
 #[test]
