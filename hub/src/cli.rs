@@ -560,7 +560,10 @@ pub fn run_client(cmd: Cmd) -> Result<(), HubError> {
             let c = Client::new(&client)?;
             let (_, v) = c.call("GET", "/api/v1/agents", None)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                println!(
+                    "{}",
+                    json_terminal_safe(&serde_json::to_string_pretty(&v).unwrap_or_default())
+                );
                 return Ok(());
             }
             print!(
@@ -589,7 +592,7 @@ pub fn run_client(cmd: Cmd) -> Result<(), HubError> {
 pub fn terminal_safe(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
-        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        let bidi = bidi_control(c);
         match c {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
@@ -599,6 +602,25 @@ pub fn terminal_safe(s: &str) -> String {
             }
             c if c.is_control() || bidi => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
             c => out.push(c),
+        }
+    }
+    out
+}
+
+fn bidi_control(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Serialized JSON safe for a terminal: serde_json already escapes C0 controls; DEL, C1
+/// controls and bidirectional overrides (which can only occur inside strings) become
+/// `\uXXXX` escapes too, so the text stays valid JSON with the same value.
+pub fn json_terminal_safe(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c == '\u{7f}' || ('\u{80}'..='\u{9f}').contains(&c) || bidi_control(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
         }
     }
     out
@@ -683,6 +705,19 @@ mod tests {
         assert!(t.contains("evil\\x1b]0;pwned\\x07\\x1b[2J"), "{t}");
         assert!(t.contains("1\\n2"), "{t}");
         assert_eq!(t.lines().count(), 2, "{t}");
+    }
+
+    #[test]
+    fn json_output_escapes_what_serde_leaves_raw() {
+        let v = json!({"hostname": "a\u{1b}b\u{9b}c\u{202e}d\u{7f}é"});
+        let out = json_terminal_safe(&serde_json::to_string(&v).unwrap());
+        assert!(out.chars().all(|c| !c.is_control()), "{out:?}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&out).unwrap(),
+            v,
+            "same value"
+        );
+        assert!(out.contains("\\u009b") && out.contains("\\u202e") && out.contains('é'));
     }
 
     #[test]
