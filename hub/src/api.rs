@@ -67,8 +67,9 @@ impl Default for HubOptions {
     }
 }
 
-/// Login attempts per minute and address, and at once.
+/// Login attempts per minute and address.
 pub const LOGIN_PER_MIN: u32 = 10;
+/// Login attempts an address may make at once.
 pub const LOGIN_BURST: u32 = 10;
 
 impl Hub {
