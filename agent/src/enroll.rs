@@ -144,8 +144,10 @@ pub fn nonce_path(state_dir: &Path) -> PathBuf {
 }
 
 /// The enrollment nonce: the stored one, or a new one (32 random bytes from the kernel, as
-/// 64 hex) written atomically with mode 0600 before it is first sent. A stored file that is
-/// not 64 hex is replaced.
+/// 64 hex) written atomically with mode 0600 before it is first sent. The stored file is
+/// read like every file the agent wrote ([`crate::trust::read_untrusted`]: no symlink, a
+/// regular file of this user, bounded); one that is not that, or not 64 hex, is replaced
+/// (the atomic rename replaces a symlink, it never writes through it).
 pub fn load_or_create_nonce(state_dir: &Path) -> Result<String, EnrollError> {
     let path = nonce_path(state_dir);
     let err = |op, source| EnrollError::Nonce {
@@ -153,18 +155,22 @@ pub fn load_or_create_nonce(state_dir: &Path) -> Result<String, EnrollError> {
         path: path.clone(),
         source,
     };
-    match fs_err::read_to_string(&path) {
-        Ok(t) => {
+    let me = rustix::process::getuid().as_raw();
+    match crate::trust::read_untrusted(&path, Some(me), 256) {
+        Ok(Some(bytes)) => {
+            let t = String::from_utf8_lossy(&bytes);
             let t = t.trim();
             if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Ok(t.to_string());
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
+        Ok(None)
+        | Err(crate::trust::TrustError::Unsafe { .. })
+        | Err(crate::trust::TrustError::TooLarge { .. }) => {}
+        Err(crate::trust::TrustError::Io { source, .. }) => {
             return Err(err(
                 "read",
-                std::io::Error::new(e.kind(), e.kind().to_string()),
+                std::io::Error::new(source.kind(), source.kind().to_string()),
             ))
         }
     }
@@ -428,6 +434,18 @@ mod tests {
         let c = load_or_create_nonce(d.path()).unwrap();
         assert_eq!(c.len(), 64);
         assert_ne!(c, b);
+        // A planted symlink is neither followed nor written through.
+        let target = d.path().join("elsewhere");
+        std::fs::write(&target, "f".repeat(64)).unwrap();
+        std::fs::remove_file(nonce_path(d.path())).unwrap();
+        std::os::unix::fs::symlink(&target, nonce_path(d.path())).unwrap();
+        let e = load_or_create_nonce(d.path()).unwrap();
+        assert_ne!(e, "f".repeat(64));
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "f".repeat(64));
+        assert!(!std::fs::symlink_metadata(nonce_path(d.path()))
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 
     #[test]
