@@ -176,4 +176,45 @@ mod tests {
         assert!(html.contains("&lt;script&gt;"));
         assert!(html.contains("badge online"));
     }
+
+    #[test]
+    fn every_agent_supplied_field_is_escaped() {
+        let x = "\"'><img src=x onerror=alert(1)>";
+        let v = AgentView {
+            id: x.into(),
+            hostname: x.into(),
+            status: Status::Stale,
+            version: x.into(),
+            distro: x.into(),
+            arch: x.into(),
+            kernel: x.into(),
+            mode: x.into(),
+            group: Some(x.into()),
+            labels: Default::default(),
+            machine_id: x.into(),
+            enrolled_at: String::new(),
+            revoked_at: None,
+            last_heartbeat_at: None,
+            last_heartbeat_age_secs: None,
+            uptime_secs: None,
+            capabilities: None,
+            journal_head: None,
+            last_upgrade: None,
+            flags: vec![x.into()],
+        };
+        let session = crate::web::Store::new(std::time::Duration::from_secs(60), 1)
+            .create()
+            .unwrap();
+        let html = render(&[v], 30, &session);
+        assert!(!html.contains("<img"), "{html}");
+        assert!(!html.contains("'>"), "{html}");
+        assert!(
+            html.matches("&lt;img src=x onerror=alert(1)&gt;").count() >= 8,
+            "{html}"
+        );
+        let login = render_login(&session, Some(x));
+        assert!(!login.contains("<img"), "{login}");
+        let msg = render_message(x, x);
+        assert!(!msg.contains("<img"), "{msg}");
+    }
 }
