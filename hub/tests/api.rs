@@ -694,6 +694,29 @@ fn serve_refuses_to_start_without_admin_token() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("hint: "));
+    // The limits' flags are checked too.
+    for bad in [
+        ["--max-connections", "0"],
+        ["--request-timeout", "0"],
+        ["--request-timeout", "3601"],
+        ["--enroll-burst", "0"],
+    ] {
+        let out = Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+            .arg(dir.path().join("hub.db"))
+            .arg("--releases")
+            .arg(dir.path())
+            .args(bad)
+            .env("OUTPOST_HUB_ADMIN_TOKEN", ADMIN)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {err}");
+        assert!(
+            err.starts_with("error: --") && err.contains("\nhint: "),
+            "{bad:?}: {err}"
+        );
+    }
 }
 
 #[test]
