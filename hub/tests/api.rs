@@ -873,6 +873,43 @@ fn serves_https_with_rustls() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{out:?}"));
     assert_eq!(v["ok"], true);
 
+    // Login over TLS: the Origin must be https://<host>; http:// is refused.
+    let curl = |args: &[&str]| -> String {
+        let out = Command::new("curl")
+            .args(["-sk", "--max-time", "10", "-i"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let status = |resp: &str| -> u16 { resp.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0) };
+    assert_eq!(status(&curl(&[&format!("{}/", hub.url)])), 303);
+    let page = curl(&[&format!("{}/login", hub.url)]);
+    let pre = page
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: outpost_login="))
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_else(|| panic!("{page}"))
+        .to_string();
+    let csrf = common::csrf_of(&page);
+    let form = format!("csrf={csrf}&token={ADMIN}");
+    let post = |origin: &str| {
+        curl(&[
+            "-H",
+            &format!("Origin: {origin}"),
+            "-H",
+            &format!("Cookie: outpost_login={pre}"),
+            "--data",
+            &form,
+            &format!("{}/login", hub.url),
+        ])
+    };
+    let plain = hub.url.replacen("https://", "http://", 1);
+    assert_eq!(status(&post(&plain)), 403, "http origin on a TLS hub");
+    let ok = post(&hub.url);
+    assert_eq!(status(&ok), 303, "{ok}");
+    assert!(ok.contains("set-cookie: outpost_session="), "{ok}");
+
     // A key file that is not a key: exit 2 with a hint.
     let bad = Command::new(bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--db"])
