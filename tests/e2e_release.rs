@@ -378,6 +378,244 @@ fn e2e_one_liner_refuses_tampered_releases() {
     let _ = std::fs::remove_dir_all(&good);
 }
 
+/// The README's key-file one-liner: the lines after `# on the host` in its code block.
+fn readme_key_line() -> String {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = &readme[readme
+        .find("## Installing on a host")
+        .expect("README has the one-liner section")..];
+    let from = &section[section
+        .find("# on the host")
+        .expect("README: # on the host")..];
+    let body = &from[from.find('\n').unwrap() + 1..from.find("```").unwrap()];
+    assert!(
+        body.contains("mktemp")
+            && body.contains("OUTPOST_ENROLL_KEY_FILE")
+            && !body.contains("/tmp/"),
+        "README one-liner is not the key-file way:\n{body}"
+    );
+    body.to_string()
+}
+
+/// Rewrite bundle `from` into `to` (same entries, same order) after `edit` changed the
+/// extracted files.
+fn rebundle(from: &Path, to: &Path, edit: &dyn Fn(&Path)) {
+    let d = tmp_dir("rebundle");
+    let list = Command::new("tar").arg("-tf").arg(from).output().unwrap();
+    assert!(list.status.success());
+    let names: Vec<String> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let st = Command::new("tar")
+        .arg("-xf")
+        .arg(from)
+        .arg("-C")
+        .arg(&d)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    edit(&d);
+    let st = Command::new("tar")
+        .args(["--owner=0", "--group=0", "--mtime=@0", "-cf"])
+        .arg(to)
+        .arg("-C")
+        .arg(&d)
+        .args(&names)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Flip one character well inside a `.minisig`'s signature line.
+fn damage_minisig(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut b: Vec<u8> = lines[1].clone().into_bytes();
+    b[40] = if b[40] == b'A' { b'B' } else { b'A' };
+    lines[1] = String::from_utf8(b).unwrap();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+/// j, k, l: a forged channel file (a downgrade to the older, genuinely signed 1.0.0) and
+/// bundles with a tampered manifest, tarball or tarball signature are refused with nothing
+/// changed; a good bundle installs (outpost verified it like a release host); and the README's
+/// key-file line, with a real single-use key typed into it, installs and enrolls without the
+/// key showing up in the journal (sudo's log) or in a file left behind.
+#[test]
+fn e2e_one_liner_refuses_forged_channel_and_tampered_bundles() {
+    let ca = TestCa::new("forged");
+    let Some(c) = boot("rel-forged", &ca) else {
+        return;
+    };
+    let served = tmp_dir("forged-served");
+    let hub = Hub::start_tls(&ca, &served);
+    let url = hub.url.clone();
+    let rel = Release::new("forged");
+    rel.publish_with_base_url(&["1.0.0", "1.1.0"], "stable", &url);
+    let good = tmp_dir("forged-good");
+    copy_tree(&rel.root, &good);
+    let before = c.must_sh(LISTING);
+
+    // (j) the unsigned channel file says 1.0.0; install.sh was published with stable = 1.1.0
+    serve_copy(&good, &served);
+    std::fs::write(served.join("channels/stable"), "1.0.0\n").unwrap();
+    let o = one_liner(&c, &url, "", "");
+    assert_refused(
+        &c,
+        &o,
+        &before,
+        &["downgrade", "channel stable names outpost 1.0.0"],
+        "forged channel file",
+    );
+    serve_copy(&good, &served);
+
+    // (k) offline bundles, verified by outpost against the signed manifest like a host
+    let work = tmp_dir("forged-bundles");
+    let bundle = rel.bundle("1.1.0", &work.join("good.tar"));
+    let tarball = format!("v1.1.0/outpost-1.1.0-{TARGET}.tar.gz");
+    let t1 = tarball.clone();
+    let t2 = tarball.clone();
+    type Edit = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Edit, &[&str])> = vec![
+        (
+            "bundle with a tampered manifest",
+            Box::new(|d: &Path| {
+                let m = d.join("manifest.json");
+                let mut v: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(&m).unwrap()).unwrap();
+                v["generated_at"] = serde_json::Value::String("2000-01-01T00:00:00Z".into());
+                std::fs::write(&m, serde_json::to_string_pretty(&v).unwrap() + "\n").unwrap();
+            }),
+            &["signature", "manifest"],
+        ),
+        (
+            "bundle with a tampered tarball",
+            Box::new(move |d: &Path| {
+                let p = d.join(&t1);
+                let mut b = std::fs::read(&p).unwrap();
+                let last = b.len() - 1;
+                b[last] ^= 0xff;
+                std::fs::write(&p, b).unwrap();
+            }),
+            &["checksum mismatch"],
+        ),
+        (
+            "bundle with a tampered tarball signature",
+            Box::new(move |d: &Path| damage_minisig(&d.join(format!("{t2}.minisig")))),
+            &["signature"],
+        ),
+    ];
+    for (what, edit, want) in &cases {
+        let bad = work.join("bad.tar");
+        rebundle(&bundle, &bad, edit.as_ref());
+        c.cp_in(&bad, "/srv/bundle.tar");
+        let o = one_liner(&c, &url, "", "--bundle /srv/bundle.tar");
+        assert_refused(&c, &o, &before, want, what);
+    }
+    // control: the good bundle installs, and is recorded as the release source
+    c.cp_in(&bundle, "/srv/bundle.tar");
+    let o = one_liner(&c, &url, "", "--bundle /srv/bundle.tar");
+    assert!(o.success(), "good bundle install failed:\n{o:?}");
+    assert!(installed_version(&c).contains("1.1.0"));
+    assert_eq!(c.sh("systemctl is-active outpost.service").out(), "active");
+    let conf = c.must_sh("cat /etc/outpost/config.toml");
+    assert!(conf.contains("url = \"/srv/bundle.tar\""), "{conf}");
+    let o = one_liner(&c, &url, "", "--uninstall --purge");
+    assert!(o.success(), "{o:?}");
+    assert_same_files(
+        &before,
+        &c.must_sh(LISTING),
+        "purge after the bundle install",
+    );
+    c.must_sh("rm -f /srv/bundle.tar");
+
+    // (l) the README's line, the key typed at its prompt (stdin here): enrolls
+    let o = hub.cli(&[
+        "keys",
+        "create",
+        "--ttl",
+        "1h",
+        "--ca-file",
+        ca.ca_cert.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "keys create: {o:?}");
+    let key = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("key:"))
+        .expect("keys create prints key:")
+        .trim()
+        .to_string();
+    let line = readme_key_line().replace("https://HUB", &url);
+    let put = |path: &str, text: &str| {
+        let o = c.exec_with_stdin(
+            &[
+                "sh",
+                "-c",
+                &format!("umask 077; cat > {path}; chown alice {path}"),
+            ],
+            text.as_bytes(),
+        );
+        assert!(o.success(), "writing {path}: {o:?}");
+    };
+    put("/srv/oneliner.sh", &line);
+    put("/srv/key.in", &format!("{key}\n"));
+    let tmp_before = c.must_sh("ls -A /tmp | grep -v ^systemd-private-");
+    let o = c.sh_as("alice", "bash /srv/oneliner.sh < /srv/key.in");
+    c.must_sh("rm -f /srv/oneliner.sh /srv/key.in");
+    assert!(
+        o.success(),
+        "README one-liner failed:\n{o:?}\nhub log:\n{}",
+        hub.log()
+    );
+    assert_eq!(c.sh("systemctl is-active outpost.service").out(), "active");
+    let enrolled = c.sh(
+        "for i in $(seq 60); do journalctl -u outpost --no-pager -o cat | grep -q '^enrolled with' && exit 0; sleep 1; done; exit 1",
+    );
+    assert!(
+        enrolled.success(),
+        "the host did not enroll:\n{}\nhub log:\n{}",
+        c.sh("journalctl -u outpost --no-pager | tail -20").stdout,
+        hub.log()
+    );
+    assert_eq!(
+        c.must_sh("ls -A /tmp | grep -v ^systemd-private-"),
+        tmp_before,
+        "the one-liner left a file in /tmp"
+    );
+    let sudo_log = c.must_sh("journalctl -b --no-pager -o cat _COMM=sudo");
+    assert!(
+        sudo_log.contains("COMMAND="),
+        "no sudo entry in the journal to check:\n{sudo_log}"
+    );
+    let journal = c.must_sh("journalctl -b --no-pager -o cat");
+    assert!(!journal.contains(&key), "the key is in the journal");
+    // the used key stays only in the root-owned 0600 secrets file (until the next start)
+    assert_eq!(
+        c.must_sh("stat -c '%a %U' /etc/outpost/outpost.env").trim(),
+        "600 root"
+    );
+    let o = c.sh(&format!(
+        "grep -rlF -- {key} /etc /home /tmp /var/tmp /var/log 2>/dev/null | grep -vx /etc/outpost/outpost.env"
+    ));
+    assert!(
+        o.stdout.trim().is_empty(),
+        "the key is left in {}",
+        o.stdout
+    );
+    let o = one_liner(&c, &url, "", "--uninstall --purge");
+    assert!(o.success(), "{o:?}");
+    assert_same_files(
+        &before,
+        &c.must_sh(LISTING),
+        "purge after the README install",
+    );
+    let _ = std::fs::remove_dir_all(&served);
+    let _ = std::fs::remove_dir_all(&good);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
 /// GitHub Releases as the release host: install.sh published with `--base-url github:o/r`,
 /// fetched from `…/releases/latest/download/install.sh`, downloads every file as a release
 /// asset (through GitHub's redirects), and `outpost install` verifies the signed manifest from

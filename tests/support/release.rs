@@ -142,6 +142,26 @@ impl Release {
         self
     }
 
+    /// `outpost-release bundle` of `version` (TARGET) from the root into `out`, verified with
+    /// this release's key as it is written.
+    pub fn bundle(&self, version: &str, out: &std::path::Path) -> PathBuf {
+        let pubkey = self.key.with_file_name("outpost-release.pub");
+        run(&[
+            "bundle",
+            "--release",
+            self.root.to_str().unwrap(),
+            "--version",
+            version,
+            "--target",
+            TARGET,
+            "--out",
+            out.to_str().unwrap(),
+            "--pubkey",
+            pubkey.to_str().unwrap(),
+        ]);
+        out.to_path_buf()
+    }
+
     /// Path of a version's tarball in the root.
     pub fn tarball(&self, version: &str) -> PathBuf {
         self.root
