@@ -441,3 +441,41 @@ fn e2e_privsep_status_without_root() {
         assert!(o.stderr.contains("sudo outpost uninstall"), "{user}: {o:?}");
     }
 }
+
+/// The release binary (what CI publishes) has no test seams: `--root` is refused and
+/// `OUTPOST_ROOT` is not read, so no environment can redirect what root acts on.
+#[test]
+fn e2e_privsep_release_build_has_no_test_seams() {
+    let Some(bin) = std::env::var_os("OUTPOST_E2E_BIN") else {
+        assert!(
+            std::env::var("CI").is_err() && std::env::var("OUTPOST_E2E_REQUIRED").is_err(),
+            "OUTPOST_E2E_BIN (the release binary) must be set in CI"
+        );
+        eprintln!("\n!!!!! SKIPPED e2e_privsep_release_build_has_no_test_seams: OUTPOST_E2E_BIN not set !!!!!\n");
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(&bin)
+        .args(["--root", &d.path().to_string_lossy(), "detect"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.starts_with("error: --root is a test seam"), "{err}");
+    assert!(err.contains("\nhint: "), "{err}");
+    // OUTPOST_ROOT is ignored: detection reads this host's /, not the scratch root.
+    let o = std::process::Command::new(&bin)
+        .args(["detect", "--json"])
+        .env("OUTPOST_ROOT", d.path())
+        .output()
+        .unwrap();
+    // (exit 1 on a host without systemd as PID 1; the report is printed either way)
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o:?}"));
+    assert!(
+        v["os_release"]["id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "detect did not read this host's os-release: {v}"
+    );
+}

@@ -259,7 +259,7 @@ fn heartbeat_accepted_since(
     let since_ms = since
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    Ok(decide::heartbeat_verdict(&hb, since_ms)?)
+    decide::heartbeat_verdict(&hb, since_ms)
 }
 
 /// Keep `current`, `last-good`, `from` and the newest `keep` versions; remove the rest.
