@@ -122,17 +122,25 @@ fn key_of(user_data: &str) -> String {
         .to_string()
 }
 
-/// The key is in none of cloud-init's files (and, with `etc`, not in /etc/outpost either).
+/// The key is in none of cloud-init's files, nor left in /run or /tmp by the bootstrap (its
+/// private key directory, /run/outpost-key.*, is gone) (and, with `etc`, not in /etc/outpost
+/// either).
 fn assert_key_gone(c: &Container, key: &str, when: &str, etc: bool) {
     let etc = if etc { "/etc/outpost" } else { "" };
     let o = c.sh(&format!(
-        "grep -rlF -- '{key}' /var/lib/cloud /run/cloud-init /var/log/cloud-init.log \
+        "grep -rlF -D skip -- '{key}' /var/lib/cloud /run /tmp /var/log/cloud-init.log \
          /var/log/cloud-init-output.log {etc}"
     ));
     assert_eq!(
         o.code(),
         Some(1),
         "{when}: the enrollment key is still on disk in:\n{o:?}"
+    );
+    let left = c.sh("ls -d /run/outpost-key.* 2>/dev/null");
+    assert!(
+        left.stdout.trim().is_empty(),
+        "{when}: the bootstrap left its key directory: {}",
+        left.stdout
     );
 }
 

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::fetch::{fetch_release, Source};
 use crate::manifest::{Want, TARGETS};
 use crate::verify::{TrustedKeys, MAX_SIG_BYTES};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Hetzner Cloud's (and a common) limit on user-data: 32 KiB.
 pub const MAX_USER_DATA_BYTES: usize = 32 * 1024;
@@ -475,14 +475,14 @@ pub fn resolve(
         ));
     }
     let source = Source::parse(release)?.with_ca_file(ca_file.map(Path::to_path_buf));
-    let dir = TempDir::new()?;
+    let dir = crate::fsx::PrivateTempDir::new("cloud-init")?;
     let v = fetch_release(
         &source,
         keys,
         &crate::verify::ReplayState::none(),
         want,
         target,
-        &dir.0,
+        dir.path(),
     )?;
     Ok(Pinned {
         version: v.version,
@@ -501,27 +501,6 @@ pub fn trusted_keys(extra: &[String]) -> Result<TrustedKeys> {
         keys.add_text(k, &format!("release key #{}", i + 1))?;
     }
     Ok(keys)
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<TempDir> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default();
-        let p =
-            std::env::temp_dir().join(format!("outpost-cloud-init-{}-{nanos}", std::process::id()));
-        fs_err::create_dir_all(&p).map_err(|e| Error::io("create directory", &p, e))?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0); // best effort: our own temp dir
-    }
 }
 
 #[cfg(test)]

@@ -649,8 +649,8 @@ pub fn verify_release(source: &Source, keys: &TrustedKeys) -> Result<Vec<String>
         "{MANIFEST}: signature ok, timestamp {}",
         manifest.timestamp
     )];
-    let tmp = fsx::tmp_name(&std::env::temp_dir().join("outpost-verify"), "dir");
-    fsx::create_dir_all(&tmp)?;
+    let tmp_dir = fsx::PrivateTempDir::new("verify")?;
+    let tmp = tmp_dir.path();
     let result = (|| {
         let bundle = matches!(source, Source::Bundle(_));
         let mut tarballs = 0;
@@ -710,7 +710,7 @@ pub fn verify_release(source: &Source, keys: &TrustedKeys) -> Result<Vec<String>
         }
         Ok(ok)
     })();
-    let _ = fs_err::remove_dir_all(&tmp);
+    drop(tmp_dir);
     result
 }
 
