@@ -132,7 +132,10 @@ fn e2e_upgrade_and_rollback_system_mode() {
     // refused before the stop: tampered tarball, unreachable host — service never interrupted
     let pid = main_pid(&c);
     c.must_sh(&format!(
-        "cp -a {REL} /srv/tampered && printf 'x' | dd of=/srv/tampered/v1.2.0/outpost-1.2.0-{}.tar.gz bs=1 seek=4096 conv=notrunc status=none",
+        // Flip every bit of one byte (writing a fixed byte is a no-op when it is already there).
+        "cp -a {REL} /srv/tampered && perl -e 'open(F, \"+<\", $ARGV[0]) or die; seek(F, 4096, 0); read(F, $c, 1); seek(F, 4096, 0); print F chr(ord($c) ^ 0xff)' /srv/tampered/v1.2.0/outpost-1.2.0-{}.tar.gz && ! cmp -s {REL}/v1.2.0/outpost-1.2.0-{}.tar.gz /srv/tampered/v1.2.0/outpost-1.2.0-{}.tar.gz",
+        release::TARGET,
+        release::TARGET,
         release::TARGET
     ));
     let o = c.sh_as(
