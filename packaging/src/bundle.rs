@@ -5,6 +5,14 @@
 //! manifest.json  manifest.json.minisig
 //! vV/outpost-V-T.tar.gz  vV/outpost-V-T.tar.gz.minisig  vV/SHA256SUMS  vV/SHA256SUMS.minisig
 //! ```
+//!
+//! A bundle is verified exactly like a release host, by whoever reads it through
+//! [`Source::Bundle`]: the manifest's signature with the trusted keys (and the replay guard),
+//! the artifact's size and sha256 from the signed manifest, the tarball's signature and the
+//! file name in its trusted comment ([`crate::fetch_release`]). The reader refuses a bundle
+//! that holds a wanted name twice or as anything but a regular file (`tar -x` would take the
+//! last copy, the reader the first). install.sh `--bundle` hands the bundle to `outpost
+//! install` as its release source, so the installed binary is checked the same way.
 use crate::error::{Error, Result};
 use crate::fetch::{Source, MAX_TARBALL_BYTES};
 use crate::manifest::{artifact_name, MAX_MANIFEST_BYTES};
@@ -26,7 +34,8 @@ pub fn bundle_members(version: &semver::Version, target: &str) -> Vec<String> {
 
 /// Write a bundle for `version`/`target` from `release` (a release directory or URL) to
 /// `out`, atomically. Entries get fixed metadata (mode 0644, mtime 0, owner 0) so the same
-/// release gives the same bundle. Nothing is verified here: the reader verifies.
+/// release gives the same bundle. Nothing is verified here: the reader verifies, and
+/// `outpost-release bundle` runs `tools::verify_release` on the result.
 pub fn write_bundle(
     release: &Source,
     version: &semver::Version,
