@@ -245,8 +245,8 @@ fn forged_channel_downgrade_is_refused() {
         "{}",
         r.text()
     );
-    // and the old script itself refuses going back from its own head... to nothing older:
-    // 1.0.0 is its head, so it installs 1.0.0 when the channel says so
+    // the old script accepts its own head (1.0.0); the signed manifest says 1.1.0 by now, which
+    // only outpost itself can check (Verified::check_channel_from_env)
     std::fs::write(site.path("rel/channels/stable"), "1.0.0\n").unwrap();
     site.run(&old_script, &[], &["--dry-run"])
         .assert_ok("verified outpost-1.0.0-", "old script, its own head");
