@@ -141,7 +141,7 @@ pub fn check_identity_meta(path: &Path, mode: u32, uid: u32, my_uid: u32) -> Che
 
 fn check_identity(config: &Config, state_dir: &Path) -> (Check, Option<Identity>) {
     let path = enroll::identity_path(state_dir);
-    let meta = match fs_err::metadata(&path) {
+    let meta = match fs_err::symlink_metadata(&path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return if config.hub.url().is_some() {

@@ -26,6 +26,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 pub const IDENTITY_FILE: &str = "identity.json";
+/// Largest identity file read (a real one is a few hundred bytes).
+pub const MAX_IDENTITY_BYTES: u64 = 64 << 10;
 /// The enrollment nonce, kept from before the first attempt until the identity is saved.
 pub const NONCE_FILE: &str = "enroll-nonce";
 
@@ -100,18 +102,25 @@ pub fn identity_path(state_dir: &Path) -> PathBuf {
 /// The stored identity, `None` when not enrolled yet.
 pub fn load_identity(state_dir: &Path) -> Result<Option<Identity>, EnrollError> {
     let path = identity_path(state_dir);
-    let text = match fs_err::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
+    // Root reads this file too (status, diagnostics): never through a link, bounded.
+    let text = match crate::trust::read_untrusted(&path, None, MAX_IDENTITY_BYTES) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Ok(None),
+        Err(crate::trust::TrustError::Io { source: e, .. }) => {
             return Err(EnrollError::Io {
                 op: "read",
                 path,
                 source: std::io::Error::new(e.kind(), e.kind().to_string()),
             })
         }
+        Err(e) => {
+            return Err(EnrollError::Invalid {
+                reason: e.to_string(),
+                path,
+            })
+        }
     };
-    serde_json::from_str(&text)
+    serde_json::from_slice(&text)
         .map(Some)
         .map_err(|e| EnrollError::Invalid {
             path,

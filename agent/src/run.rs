@@ -106,8 +106,10 @@ pub struct HeartbeatState {
 pub const HEARTBEAT_FILE: &str = "heartbeat.json";
 
 pub fn read_heartbeat_state(state_dir: &Path) -> Option<HeartbeatState> {
-    let text = std::fs::read_to_string(state_dir.join(HEARTBEAT_FILE)).ok()?;
-    serde_json::from_str(&text).ok()
+    // Root reads it too (`heartbeat --now`, status): never through a link, bounded.
+    let bytes =
+        crate::trust::read_untrusted(&state_dir.join(HEARTBEAT_FILE), None, 64 << 10).ok()??;
+    serde_json::from_slice(&bytes).ok()
 }
 
 fn write_heartbeat_state(state_dir: &Path, s: &HeartbeatState) {
