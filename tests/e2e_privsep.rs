@@ -361,7 +361,13 @@ fn e2e_privsep_interrupted_upgrade_is_never_orphaned() {
     install(&c, &r, "alice", soak);
     let mut n = 0;
     for sig in ["INT", "HUP", "KILL"] {
-        for step in ["stopping", "swapped", "starting", "health-check"] {
+        for step in [
+            "stopping",
+            "swapping",
+            "swapped",
+            "starting",
+            "health-check",
+        ] {
             n += 1;
             let from = c.must_sh("readlink /opt/outpost/current");
             let from = from.trim().trim_start_matches("versions/").to_string();

@@ -548,11 +548,11 @@ pub fn run_client(cmd: Cmd) -> Result<(), HubError> {
             );
             println!("(the key is shown only once; it enrolls exactly one host)");
             println!();
-            // The key goes through a 0600 file: `sudo --preserve-env=VAR` would log its value
-            // to the auth log, and a command-line argument shows up in `ps`.
-            println!("install on a host (the key file keeps the key out of ps and sudo's log):");
+            // The key goes through a private mktemp file read from the terminal: not in shell
+            // history, `ps`, sudo's environment or its log, and not at a predictable path.
+            println!("install on a host (paste the key above at the silent prompt):");
             println!(
-                "(umask 077; printf '%s' '{key}' > /tmp/outpost.key) && curl -sSL {public}/install.sh | sudo OUTPOST_ENROLL_KEY_FILE=/tmp/outpost.key OUTPOST_HUB_URL={public} sh; rm -f /tmp/outpost.key"
+                "f=$(mktemp) && printf 'enrollment key: ' && read -rs k && printf '%s\\n' \"$k\" >\"$f\" && unset k && echo && curl -sSL {public}/install.sh | sudo OUTPOST_ENROLL_KEY_FILE=\"$f\" OUTPOST_HUB_URL={public} sh; rm -f \"$f\""
             );
             Ok(())
         }

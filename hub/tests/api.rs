@@ -754,9 +754,11 @@ fn cli_manages_keys_and_agents() {
         .unwrap()
         .trim()
         .to_string();
-    assert!(out.contains(&format!(
-        "(umask 077; printf '%s' '{key}' > /tmp/outpost.key) && curl -sSL https://hub.example/install.sh | sudo OUTPOST_ENROLL_KEY_FILE=/tmp/outpost.key OUTPOST_HUB_URL=https://hub.example sh; rm -f /tmp/outpost.key"
-    )), "{out}");
+    assert!(out.contains(
+        "f=$(mktemp) && printf 'enrollment key: ' && read -rs k && printf '%s\\n' \"$k\" >\"$f\" && unset k && echo && curl -sSL https://hub.example/install.sh | sudo OUTPOST_ENROLL_KEY_FILE=\"$f\" OUTPOST_HUB_URL=https://hub.example sh; rm -f \"$f\""
+    ), "{out}");
+    // the key itself is printed once, never inside the command line
+    assert_eq!(out.matches(key.as_str()).count(), 1, "{out}");
     let (s, e) = hub.enroll(&key, "cli-host");
     assert_eq!(s, 201);
     let id = e["agent_id"].as_str().unwrap();
