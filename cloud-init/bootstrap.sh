@@ -240,24 +240,16 @@ install_system() {
         export_github_url
         "$BIN" "$@"
     ) || fail "outpost install failed (see above)" "fix what it names and run this script again"
-    # The agent runs as the service user and removes the key from the secrets file once it
-    # has enrolled: the file must be that user's (mode 0600), as install makes it.
-    owner=$(stat -c %u:%g /var/lib/outpost)
-    chown "$owner" "$SECRETS_FILE"
+    # The secrets file is root's (0600; systemd reads it as root): the agent cannot rewrite
+    # it, so once the agent has enrolled, this script (root) removes the used key.
+    chown 0:0 "$SECRETS_FILE"
     chmod 0600 "$SECRETS_FILE"
     /usr/local/bin/outpost start --system || fail "outpost.service did not start" "read 'journalctl -u outpost'"
-    wait_for /var/lib/outpost/identity.json || enroll_failed "journalctl -u outpost" "$SECRETS_FILE" "outpost restart"
-    # The agent drops the used key from the secrets file right after enrolling.
-    i=0
-    while grep -q '^[[:space:]]*OUTPOST_ENROLL_KEY=' "$SECRETS_FILE" 2>/dev/null; do
-        if [ "$i" -ge 10 ]; then
-            sed -i '/^[[:space:]]*OUTPOST_ENROLL_KEY=/d' "$SECRETS_FILE"
-            say "removed the used enrollment key from $SECRETS_FILE"
-            break
-        fi
-        sleep 1
-        i=$((i + 1))
-    done
+    wait_for /var/lib/outpost/agent/identity.json || enroll_failed "journalctl -u outpost" "$SECRETS_FILE" "outpost restart"
+    if grep -q '^[[:space:]]*OUTPOST_ENROLL_KEY=' "$SECRETS_FILE" 2>/dev/null; then
+        sed -i '/^[[:space:]]*OUTPOST_ENROLL_KEY=/d' "$SECRETS_FILE"
+        say "removed the used enrollment key from $SECRETS_FILE"
+    fi
 }
 
 install_user() {
@@ -295,14 +287,14 @@ install_user() {
     ) || fail "outpost install --user failed (see above)" "fix what it names and run this script again"
     # install wrote the key into the user's own secrets file; the staging copies go.
     rm -f "$SECRETS_FILE" "$KEY_DIR/enroll.key"
-    wait_for "$home/.local/state/outpost/identity.json" ||
+    wait_for "$home/.local/state/outpost/agent/identity.json" ||
         enroll_failed "journalctl --user -u outpost (as $RUN_AS)" "$home/.config/outpost/outpost.env" "outpost restart (as $RUN_AS)"
 }
 
 main() {
     [ "$(id -u)" = 0 ] || fail "this script must run as root" "cloud-init runs it as root; by hand: sudo sh $0"
-    if [ "$MODE" = system ] && [ -s /var/lib/outpost/identity.json ]; then
-        say "already enrolled (/var/lib/outpost/identity.json exists): nothing to do"
+    if [ "$MODE" = system ] && [ -s /var/lib/outpost/agent/identity.json ]; then
+        say "already enrolled (/var/lib/outpost/agent/identity.json exists): nothing to do"
         if [ -f "$SECRETS_FILE" ]; then read_key; fi
         scrub_cloud_init
         exit 0
