@@ -202,9 +202,10 @@ fn e2e_cloud_init_enrolls_a_new_host_once() {
     assert!(c
         .must_sh("/usr/local/bin/outpost --version")
         .contains("1.1.0"));
-    // the secrets file: 0600, the service user's, and the used key is gone from it
+    // the secrets file: 0600, root's (systemd reads it as root; the agent cannot rewrite it),
+    // and the used key is gone from it
     let st = c.must_sh("stat -c '%a %U' /etc/outpost/outpost.env");
-    assert_eq!(st.trim(), "600 outpost");
+    assert_eq!(st.trim(), "600 root");
     assert!(
         !c.must_sh("cat /etc/outpost/outpost.env")
             .contains("OUTPOST_ENROLL_KEY"),
@@ -212,7 +213,7 @@ fn e2e_cloud_init_enrolls_a_new_host_once() {
     );
     assert_eq!(
         c.must_sh("stat -c '%a %U:%G' /etc/outpost").trim(),
-        "770 root:outpost"
+        "755 root:root"
     );
     assert_key_gone(&c, &key, "after enrollment", true);
     let agent = one_online_agent(&c, &hub.url);
