@@ -514,11 +514,21 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
                 &layout.root,
                 &layout.host(&layout.config_file),
             )?;
-            let stager = crate::upgrade::stage::ReleaseStager::from_config(
+            let mut stager = crate::upgrade::stage::ReleaseStager::from_config(
                 &config,
                 from.as_deref(),
                 &layout.host(&layout.state_dir),
             )?;
+            // The replay state decides which manifests root accepts: root's dir only, and a
+            // dry run checks it without recording anything.
+            let sd = layout.host(&layout.state_dir);
+            outpost_agent::trust::check_trusted(&layout.root, &sd, probe.euid())
+                .map_err(|e| Error::failed(e.to_string(), e.hint()))?;
+            if dry_run {
+                stager.replay = outpost_packaging::ReplayState::checking(
+                    sd.join(crate::upgrade::stage::REPLAY_FILE),
+                );
+            }
             let args = crate::upgrade::UpgradeArgs {
                 mode: mode.mode(),
                 target,

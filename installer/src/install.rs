@@ -147,11 +147,13 @@ fn config_is_roots(cfg: &Path) -> Result<()> {
 
 /// The replay guard install shares with `upgrade` (root's state dir), when that dir exists
 /// and is trusted; a first install has seen no manifest yet, so it records nothing.
-fn install_replay_state(layout: &Layout) -> outpost_packaging::ReplayState {
+fn install_replay_state(layout: &Layout, dry_run: bool) -> outpost_packaging::ReplayState {
     let sd = layout.host(&layout.state_dir);
     let euid = rustix::process::geteuid().as_raw();
+    let path = sd.join(crate::upgrade::stage::REPLAY_FILE);
     match outpost_agent::trust::check_trusted(&layout.root, &sd, euid) {
-        Ok(true) => outpost_packaging::ReplayState::at(sd.join(crate::upgrade::stage::REPLAY_FILE)),
+        Ok(true) if dry_run => outpost_packaging::ReplayState::checking(path),
+        Ok(true) => outpost_packaging::ReplayState::at(path),
         _ => outpost_packaging::ReplayState::none(),
     }
 }
@@ -374,7 +376,7 @@ pub fn prepare(args: &InstallArgs, probe: &dyn Probe, host: &dyn Host) -> Result
             &args.release_keys,
             args.ca_file.as_deref(),
             &running,
-            &install_replay_state(&layout),
+            &install_replay_state(&layout, args.dry_run),
         )?),
         None => None,
     };

@@ -245,6 +245,8 @@ impl TrustedComment {
 #[derive(Debug, Clone)]
 pub struct ReplayState {
     path: Option<PathBuf>,
+    /// Check against the state but never write it (`--dry-run`).
+    read_only: bool,
 }
 
 impl ReplayState {
@@ -252,12 +254,25 @@ impl ReplayState {
     pub fn at(path: impl Into<PathBuf>) -> ReplayState {
         ReplayState {
             path: Some(path.into()),
+            read_only: false,
+        }
+    }
+
+    /// Like [`ReplayState::at`], but only checks: a newer timestamp is not recorded (for
+    /// dry runs, which must change nothing).
+    pub fn checking(path: impl Into<PathBuf>) -> ReplayState {
+        ReplayState {
+            path: Some(path.into()),
+            read_only: true,
         }
     }
 
     /// No memory: nothing refused on age. For one-shot tools (`outpost-release verify`).
     pub fn none() -> ReplayState {
-        ReplayState { path: None }
+        ReplayState {
+            path: None,
+            read_only: false,
+        }
     }
 
     /// The newest timestamp seen (0 if none).
@@ -291,7 +306,7 @@ impl ReplayState {
                 got,
             });
         }
-        if let (Some(path), true) = (&self.path, got > seen) {
+        if let (Some(path), true, false) = (&self.path, got > seen, self.read_only) {
             fsx::write_atomic(path, format!("{got}\n").as_bytes(), 0o644)?;
         }
         Ok(())
@@ -431,6 +446,17 @@ mod tests {
             TrustedComment::for_manifest(5),
             "timestamp:5 file:manifest.json"
         );
+    }
+
+    #[test]
+    fn checking_state_is_never_written() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("release-replay");
+        std::fs::write(&p, "5\n").unwrap();
+        let st = ReplayState::checking(&p);
+        assert!(st.check_and_record(9, "m").is_ok());
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "5\n");
+        assert!(st.check_and_record(4, "m").is_err());
     }
 
     #[test]
