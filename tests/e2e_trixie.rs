@@ -1,5 +1,6 @@
 //! End-to-end on Debian 13 (trixie): the rendered cloud-init user-data passes trixie's
-//! `cloud-init schema`, and `sudo outpost install` / `uninstall --purge` work there too.
+//! `cloud-init schema`, `sudo outpost install` / `uninstall --purge` work there, and install
+//! and upgrade (with rollback) work in both modes.
 //! (bookworm is covered by the other suites.)
 mod support;
 
@@ -108,4 +109,74 @@ fn e2e_trixie_cloud_init_schema_and_install() {
         a.difference(&b).collect::<Vec<_>>(),
         b.difference(&a).collect::<Vec<_>>()
     );
+}
+
+/// Install and upgrade on Debian 13 in both modes: system (sudo user) and user (linger),
+/// each upgraded to the channel's newest and rolled back with `--target`, on the privilege
+/// split layout.
+#[test]
+fn e2e_trixie_install_and_upgrade_both_modes() {
+    let Some(tb) = support::require_testbed_suite("trixie") else {
+        return;
+    };
+    let c = tb.boot("trixie-upg");
+    for v in ["1.0.0", "1.1.0"] {
+        c.cp_in(support::release::bin(v), &format!("/srv/dist/{v}/outpost"));
+    }
+    let r = Release::new("trixie-upg");
+    r.publish(&["1.0.0", "1.1.0"], "stable");
+    c.cp_in(&r.root, "/srv/release");
+    c.must_sh("chmod -R a+rX /srv/release /srv/dist");
+    let config = support::release::config("file:///srv/release", &r.pubkey, 1);
+
+    // system mode
+    c.must_sh_as("alice", "sudo /srv/dist/1.0.0/outpost install");
+    c.must_sh(&format!(
+        "cat > /etc/outpost/config.toml <<'EOF'\n{config}EOF"
+    ));
+    assert_eq!(
+        c.must_sh("stat -c '%U %a' /var/lib/outpost /var/lib/outpost/agent /etc/outpost")
+            .trim(),
+        "root 755\nalice 700\nroot 755"
+    );
+    let out = c.must_sh_as("alice", "sudo outpost upgrade");
+    assert!(
+        out.contains("upgraded outpost from 1.0.0 to 1.1.0"),
+        "{out}"
+    );
+    assert_eq!(c.sh("systemctl is-active outpost.service").out(), "active");
+    assert_eq!(
+        c.must_sh("readlink /opt/outpost/current /opt/outpost/last-good")
+            .trim(),
+        "versions/1.1.0\nversions/1.1.0"
+    );
+    let out = c.must_sh_as("alice", "sudo outpost upgrade --target 1.0.0");
+    assert!(out.contains("from 1.1.0 to 1.0.0"), "{out}");
+    assert_eq!(c.sh("systemctl is-active outpost.service").out(), "active");
+    c.must_sh_as("alice", "sudo outpost uninstall --purge");
+
+    // user mode
+    c.must_sh_as("bob", "/srv/dist/1.0.0/outpost install --user");
+    c.must_sh_as(
+        "bob",
+        &format!("cat > ~/.config/outpost/config.toml <<'EOF'\n{config}EOF"),
+    );
+    let out = c.must_sh_as("bob", "~/.local/bin/outpost upgrade");
+    assert!(
+        out.contains("upgraded outpost from 1.0.0 to 1.1.0"),
+        "{out}"
+    );
+    assert_eq!(
+        c.must_sh_as("bob", "systemctl --user is-active outpost.service")
+            .trim(),
+        "active"
+    );
+    let out = c.must_sh_as("bob", "~/.local/bin/outpost upgrade --target 1.0.0");
+    assert!(out.contains("from 1.1.0 to 1.0.0"), "{out}");
+    assert_eq!(
+        c.must_sh_as("bob", "readlink ~/.local/share/outpost/current")
+            .trim(),
+        "versions/1.0.0"
+    );
+    c.must_sh_as("bob", "~/.local/bin/outpost uninstall --purge");
 }
