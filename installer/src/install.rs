@@ -104,6 +104,9 @@ pub fn verify_against_release(
         &dir.join("download"),
     )
     .map_err(pkg)?;
+    // install.sh resolved this version from a channel file, which is not signed: the signed
+    // manifest must name it as that channel's head (a forged channel is a downgrade).
+    v.check_channel_from_env().map_err(pkg)?;
     extract::extract_tarball(
         &v.tarball_path,
         &dir.join("staging"),
