@@ -438,9 +438,10 @@ fn damage_minisig(path: &Path) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
-/// j, k, l: a forged channel file (a downgrade to the older, genuinely signed 1.0.0) and
-/// bundles with a tampered manifest, tarball or tarball signature are refused with nothing
-/// changed; a good bundle installs (outpost verified it like a release host); and the README's
+/// j, k, l: a forged channel file (a downgrade to the older, genuinely signed 1.0.0) is
+/// refused by install.sh, and through a stale install.sh (whose own head is 1.0.0) by the
+/// downloaded outpost against the signed manifest; bundles with a tampered manifest, tarball
+/// or tarball signature are refused with nothing changed; a good bundle installs (outpost verified it like a release host); and the README's
 /// key-file line, with a real single-use key typed into it, installs and enrolls without the
 /// key showing up in the journal (sudo's log) or in a file left behind.
 #[test]
@@ -453,9 +454,14 @@ fn e2e_one_liner_refuses_forged_channel_and_tampered_bundles() {
     let hub = Hub::start_tls(&ca, &served);
     let url = hub.url.clone();
     let rel = Release::new("forged");
+    // an install.sh saved when 1.0.0 was stable (a stale copy: its head is 1.0.0)
+    rel.publish_with_base_url(&["1.0.0"], "stable", &url);
+    let stale_script = rel.work.join("install-1.0.0.sh");
+    std::fs::copy(rel.root.join("install.sh"), &stale_script).unwrap();
     rel.publish_with_base_url(&["1.0.0", "1.1.0"], "stable", &url);
     let good = tmp_dir("forged-good");
     copy_tree(&rel.root, &good);
+    c.cp_in(&stale_script, "/srv/install-1.0.0.sh");
     let before = c.must_sh(LISTING);
 
     // (j) the unsigned channel file says 1.0.0; install.sh was published with stable = 1.1.0
@@ -468,6 +474,40 @@ fn e2e_one_liner_refuses_forged_channel_and_tampered_bundles() {
         &before,
         &["downgrade", "channel stable names outpost 1.0.0"],
         "forged channel file",
+    );
+    // ...and through the stale install.sh, which takes 1.0.0 (its own head) for the answer:
+    // the downloaded outpost then refuses, since the signed manifest's stable is 1.1.0
+    let stale = |env: &str| {
+        c.sh_as(
+            "alice",
+            &format!("sudo env {env} bash /srv/install-1.0.0.sh"),
+        )
+    };
+    let o = stale("OUTPOST_CHANNEL=stable");
+    assert_refused(
+        &c,
+        &o,
+        &before,
+        &[
+            "downgrade",
+            "channel stable of the signed manifest",
+            "is 1.1.0, not 1.0.0",
+        ],
+        "forged channel file through a stale install.sh",
+    );
+    // control: pinning 1.0.0 on purpose through the same script installs it
+    let o = stale("OUTPOST_VERSION=1.0.0");
+    assert!(
+        o.success(),
+        "pinned install with the stale script failed:\n{o:?}"
+    );
+    assert!(installed_version(&c).contains("1.0.0"));
+    let o = one_liner(&c, &url, "", "--uninstall --purge");
+    assert!(o.success(), "{o:?}");
+    assert_same_files(
+        &before,
+        &c.must_sh(LISTING),
+        "purge after the pinned install",
     );
     serve_copy(&good, &served);
 
