@@ -98,11 +98,14 @@ one_liner() {
   local key
   key=$("$HUB" keys create --ttl 1h | grep -o 'opk_[0-9a-f]*' | head -n 1)
   [ -n "$key" ] || die "could not mint a key" "see $WORK/hub.log"
-  # The key reaches the host in a 0600 file: never on a command line, never in sudo's log.
+  # The key reaches the host in a private mktemp file of alice's (0600, unpredictable name):
+  # never on a command line, never in sudo's environment or log.
+  local f
+  f=$(bash ci/testbed.sh exec "$NAME" -- runuser -u alice -- mktemp) || die "cannot create the key file" "see the container's console"
   # shellcheck disable=SC2016 # expanded by the container's shell
-  printf '%s' "$key" | bash ci/testbed.sh exec "$NAME" -- sh -c 'umask 077; cat > /home/alice/outpost.key; chown alice /home/alice/outpost.key'
-  step "alice@$NAME\$ curl -sSL $OUTPOST_HUB_URL/install.sh | sudo OUTPOST_ENROLL_KEY_FILE=~/outpost.key OUTPOST_HUB_URL=$OUTPOST_HUB_URL sh"
-  bash ci/testbed.sh run-as "$NAME" alice -- sh -c "curl -sSL $OUTPOST_HUB_URL/install.sh | sudo OUTPOST_ENROLL_KEY_FILE=/home/alice/outpost.key OUTPOST_HUB_URL=$OUTPOST_HUB_URL sh && rm -f /home/alice/outpost.key"
+  printf '%s' "$key" | bash ci/testbed.sh exec "$NAME" -- runuser -u alice -- sh -c 'cat > "$1"' sh "$f"
+  step "alice@$NAME\$ curl -sSL $OUTPOST_HUB_URL/install.sh | sudo OUTPOST_ENROLL_KEY_FILE=\"\$f\" OUTPOST_HUB_URL=$OUTPOST_HUB_URL sh; rm -f \"\$f\""
+  bash ci/testbed.sh run-as "$NAME" alice -- sh -c "curl -sSL $OUTPOST_HUB_URL/install.sh | sudo OUTPOST_ENROLL_KEY_FILE=$f OUTPOST_HUB_URL=$OUTPOST_HUB_URL sh; rc=\$?; rm -f $f; exit \$rc"
 }
 
 show() {
