@@ -193,16 +193,7 @@ pub fn read_trusted(
         return Ok(None);
     };
     // Re-check the opened file itself: the path may have been replaced since the walk.
-    let meta = file.metadata().map_err(|e| TrustError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    if !meta.is_file() {
-        return Err(TrustError::Unsafe {
-            path: path.to_path_buf(),
-            why: "not a regular file".into(),
-        });
-    }
+    let meta = regular(&file, path)?;
     if let Some(why) = strict_modes(meta.uid(), meta.mode(), false, euid) {
         return Err(TrustError::Unsafe {
             path: path.to_path_buf(),
@@ -237,36 +228,39 @@ pub fn read_untrusted(
     owner: Option<u32>,
     max: u64,
 ) -> Result<Option<Vec<u8>>, TrustError> {
-    let Some(file) = open_nofollow(path)? else {
+    let Some(file) = open_untrusted(path)? else {
         return Ok(None);
     };
-    let meta = file.metadata().map_err(|e| TrustError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    if !meta.is_file() {
-        return Err(TrustError::Unsafe {
-            path: path.to_path_buf(),
-            why: "not a regular file".into(),
-        });
-    }
     if let Some(uid) = owner {
-        if meta.uid() != uid && meta.uid() != 0 {
+        let found = file
+            .metadata()
+            .map_err(|e| TrustError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })?
+            .uid();
+        if found != uid && found != 0 {
             return Err(TrustError::Unsafe {
                 path: path.to_path_buf(),
-                why: format!("owned by uid {}, expected {uid}", meta.uid()),
+                why: format!("owned by uid {found}, expected {uid}"),
             });
         }
     }
     read_bounded(file, path, max).map(Some)
 }
 
-/// Open a file the agent wrote for reading, the way [`read_untrusted`] does, and return the
-/// handle (for incremental readers like the journal). `Ok(None)` when it does not exist.
+/// Open a file the agent wrote for reading, without following a link, and only when it is a
+/// regular file (for incremental readers like the journal). `Ok(None)` when it does not exist.
 pub fn open_untrusted(path: &Path) -> Result<Option<std::fs::File>, TrustError> {
     let Some(file) = open_nofollow(path)? else {
         return Ok(None);
     };
+    regular(&file, path)?;
+    Ok(Some(file))
+}
+
+/// The opened file's metadata, refusing anything but a regular file.
+fn regular(file: &std::fs::File, path: &Path) -> Result<std::fs::Metadata, TrustError> {
     let meta = file.metadata().map_err(|e| TrustError::Io {
         path: path.to_path_buf(),
         source: e,
@@ -277,7 +271,7 @@ pub fn open_untrusted(path: &Path) -> Result<Option<std::fs::File>, TrustError> 
             why: "not a regular file".into(),
         });
     }
-    Ok(Some(file))
+    Ok(meta)
 }
 
 #[cfg(test)]
