@@ -101,41 +101,7 @@ impl Default for UpgradeSection {
 /// timeout derived from it, so an unbounded value would leave a host without a working agent.
 pub const MAX_SOAK_SECS: u64 = 3600;
 
-/// Check a hub URL: `https://HOST…`, or `http://` only for a loopback host unless `insecure`
-/// (pure; `Err` is the reason).
-pub fn check_hub_url(url: &str, insecure: bool) -> Result<(), String> {
-    if url
-        .chars()
-        .any(|c| c.is_whitespace() || c == '"' || c == '\\' || c.is_control())
-    {
-        return Err("it contains blanks, quotes or control characters".into());
-    }
-    let (rest, plain) = if let Some(r) = url.strip_prefix("https://") {
-        (r, false)
-    } else if let Some(r) = url.strip_prefix("http://") {
-        (r, true)
-    } else {
-        return Err("expected https://HOST[:PORT][/PATH]".into());
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-    };
-    if host.is_empty() || authority.contains('@') {
-        return Err("expected https://HOST[:PORT][/PATH] (no user name or password)".into());
-    }
-    let loopback = host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if plain && !loopback && !insecure {
-        return Err(format!(
-            "plain http:// to {host} would send the agent's token unencrypted; use https:// (http:// is accepted for loopback only, or with --insecure-http / [hub] insecure_http = true)"
-        ));
-    }
-    Ok(())
-}
+pub use outpost_packaging::url::check_hub_url;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -313,26 +279,7 @@ mod tests {
     }
 
     #[test]
-    fn hub_url_table() {
-        // (url, insecure, ok)
-        let cases = [
-            ("https://hub.example.com", false, true),
-            ("https://hub.example.com:8443/base", false, true),
-            ("http://127.0.0.1:8080", false, true),
-            ("http://localhost:8080/x", false, true),
-            ("http://[::1]:9000", false, true),
-            ("http://hub.example.com", false, false),
-            ("http://10.0.0.1:80", false, false),
-            ("http://127.0.0.1.evil.com", false, false),
-            ("http://127.0.0.1@evil.com", false, false),
-            ("http://hub.example.com", true, true),
-            ("ftp://x", false, false),
-            ("https://", false, false),
-            ("https://a b", false, false),
-        ];
-        for (url, insecure, ok) in cases {
-            assert_eq!(check_hub_url(url, insecure).is_ok(), ok, "{url} {insecure}");
-        }
+    fn hub_url_is_checked_at_parse() {
         let p = Path::new("/etc/outpost/config.toml");
         let e = Config::parse("[hub]\nurl = \"http://hub.example.com\"\n", p).unwrap_err();
         assert!(e.to_string().contains("unencrypted"), "{e}");

@@ -237,6 +237,12 @@ fn release_at(url: &str, r: &Pinned) -> Result<ReleaseAt> {
 
 fn validate(p: &Params) -> Result<(String, ReleaseAt, String, Option<String>)> {
     let hub = check_url(&p.hub_url, "--hub")?;
+    crate::url::check_hub_url(&hub, false).map_err(|why| {
+        Error::usage(
+            format!("invalid --hub {:?}: {why}", p.hub_url),
+            "pass --hub https://hub.example.com (the new host sends its token there)",
+        )
+    })?;
     check_key(&p.enroll_key)?;
     let r = &p.release;
     if !TARGETS.contains(&r.target.as_str()) {

@@ -180,13 +180,7 @@ fn parse_github(spec: &str, github_url: Option<&str>) -> std::result::Result<Sou
         None => GITHUB_URL.to_string(),
         Some(u) => {
             let u = u.trim_end_matches('/');
-            let ok = match u.strip_prefix("http://") {
-                Some(rest) => ["127.0.0.1", "localhost", "[::1]"].iter().any(|h| {
-                    rest.strip_prefix(h)
-                        .is_some_and(|after| after.is_empty() || after.starts_with([':', '/']))
-                }),
-                None => u.len() > "https://".len() && u.starts_with("https://"),
-            };
+            let ok = crate::url::https_or_loopback(u);
             if !ok {
                 return Err(format!(
                     "{GITHUB_URL_ENV}={u:?} must be an https:// URL (http:// only on loopback)"

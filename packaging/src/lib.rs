@@ -16,6 +16,7 @@ pub mod fsx;
 pub mod manifest;
 #[cfg(feature = "tools")]
 pub mod tools;
+pub mod url;
 pub mod verify;
 
 pub use error::{Error, Result};

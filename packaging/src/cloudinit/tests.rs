@@ -193,6 +193,10 @@ fn hostile_values_are_refused_or_inert() {
         ),
         ("empty host", Box::new(|p| p.hub_url = "https://".into())),
         (
+            "plain http to a remote hub (the token would cross unencrypted)",
+            Box::new(|p| p.hub_url = "http://hub.example.com".into()),
+        ),
+        (
             "key with quote",
             Box::new(|p| p.enroll_key = "opk_'x".into()),
         ),
