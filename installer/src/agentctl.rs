@@ -21,6 +21,9 @@ pub struct AgentStatus {
     pub last_heartbeat: Option<serde_json::Value>,
     pub last_heartbeat_age_secs: Option<u64>,
     pub pending_upgrade: Option<serde_json::Value>,
+    /// The agent's own state dir could be read by this caller (it is the service user's,
+    /// 0700: other users see no enrollment or heartbeat).
+    pub agent_state_readable: bool,
 }
 
 fn now_ms() -> u64 {
@@ -55,6 +58,7 @@ pub fn agent_status(layout: &Layout) -> AgentStatus {
         last_heartbeat_age_secs: hb.as_ref().map(|h| now_ms().saturating_sub(h.at_ms) / 1000),
         last_heartbeat: hb.map(|h| json!({"at": h.at, "ok": h.ok, "error": h.error, "interval_secs": h.interval_secs, "failures": h.failures})),
         pending_upgrade: pending.map(|r| json!({"from": r.from, "to": r.to, "step": r.step})),
+        agent_state_readable: std::fs::read_dir(&ad).is_ok(),
     }
 }
 
@@ -62,6 +66,11 @@ pub fn render_agent_status(a: &AgentStatus, out: &mut dyn Write) {
     match (&a.hub, &a.agent_id) {
         (None, _) => writeln!(out, "  hub        none configured ([hub] url)").ok(),
         (Some(h), Some(id)) => writeln!(out, "  hub        {h} (enrolled as {id})").ok(),
+        (Some(h), None) if !a.agent_state_readable => writeln!(
+            out,
+            "  hub        {h} (enrollment: the agent's state is not readable by you; `sudo outpost status` shows it)"
+        )
+        .ok(),
         (Some(h), None) => writeln!(out, "  hub        {h} (not enrolled yet)").ok(),
     };
     if let (Some(hb), Some(age)) = (&a.last_heartbeat, a.last_heartbeat_age_secs) {
