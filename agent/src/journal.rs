@@ -202,7 +202,7 @@ impl JournalError {
                 fsx_parent(path).display()
             ),
             JournalError::BadHead { path, .. } => format!(
-                "run `outpost journal verify` to find the damage in {}",
+                "run `outpost audit verify` to find the damage in {}",
                 path.display()
             ),
             JournalError::Broken { path, line, .. } => format!(

@@ -299,18 +299,10 @@ fn ancestors_to_create(layout: &Layout) -> Vec<PathBuf> {
 
 pub fn unit_params(inp: &InstallInputs) -> UnitParams {
     let l = &inp.layout;
+    let user = (l.mode == Mode::System).then(|| inp.service_user.name.clone());
     UnitParams {
-        mode: l.mode,
-        exec: l.current_binary(),
-        resolver: l.resolver_binary(),
-        config_file: l.config_file.clone(),
-        state_dir: l.agent_dir.clone(),
-        install_journal: l.events_file(),
-        env_file: l.env_file.clone(),
-        user: (l.mode == Mode::System).then(|| inp.service_user.name.clone()),
-        group: None,
         watchdog_sec: WATCHDOG_SEC,
-        revoked_exit_code: outpost_agent::exit::REVOKED,
+        ..UnitParams::from_layout(l, user, None)
     }
 }
 

@@ -33,9 +33,6 @@ pub const SHA256SUMS: &str = "SHA256SUMS";
 /// The version this binary was built as (Cargo.toml, or `OUTPOST_BUILD_VERSION` at build time).
 pub const VERSION: &str = env!("OUTPOST_VERSION");
 
-/// The target triple this binary was built for.
-pub const TARGET_ARCH: &str = std::env::consts::ARCH;
-
 /// Parsed form of [`VERSION`].
 pub fn version() -> semver::Version {
     // Invariant: build.rs refuses to build with a VERSION that does not parse.

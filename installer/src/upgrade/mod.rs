@@ -322,7 +322,6 @@ pub fn sync_receipt(layout: &Layout) -> Result<()> {
     });
     for v in &present {
         let d = vdir.join(v);
-        let bin = d.join("outpost");
         if r.entry(&d).is_none() {
             r.upsert(Entry {
                 kind: Kind::Dir,
@@ -341,7 +340,6 @@ pub fn sync_receipt(layout: &Layout) -> Result<()> {
             let p = d.join(entry.file_name());
             if r.entry(&p).is_none() {
                 let sha = fsx::sha256_file(&layout.host(&p)).ok();
-                let _ = &bin;
                 r.upsert(Entry {
                     kind: Kind::File,
                     role: Role::Binary,

@@ -7,12 +7,18 @@ use outpost_packaging::{
 use semver::Version;
 use std::path::{Path, PathBuf};
 
-/// The target triple of this build (what `install.sh` and the manifest call it).
-pub fn this_target() -> &'static str {
-    match std::env::consts::ARCH {
-        "aarch64" => "aarch64-unknown-linux-musl",
-        _ => "x86_64-unknown-linux-musl",
-    }
+/// The target triple of this build (what `install.sh` and the manifest call it); an error
+/// on an architecture outpost is not released for (never silently another one's build).
+pub fn this_target() -> Result<&'static str> {
+    outpost_packaging::manifest::current_target().ok_or_else(|| {
+        Error::failed(
+            format!(
+                "outpost is not released for this architecture ({})",
+                std::env::consts::ARCH
+            ),
+            "releases exist for x86_64 and aarch64; build from source for others",
+        )
+    })
 }
 
 /// The replay state's file in root's state dir.
@@ -70,7 +76,7 @@ impl ReleaseStager {
             source,
             keys,
             replay: ReplayState::at(state_dir.join(REPLAY_FILE)),
-            target: this_target().to_string(),
+            target: this_target()?.to_string(),
         })
     }
 }
