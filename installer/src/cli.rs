@@ -639,9 +639,9 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
         Command::Status { mode, json } => {
             crate::status::run(&probe, &host, &root, mode.mode(), json, out)
         }
-        Command::Start(a) => control("start", a, &probe, &host, &root, out),
-        Command::Stop(a) => control("stop", a, &probe, &host, &root, out),
-        Command::Restart(a) => control("restart", a, &probe, &host, &root, out),
+        Command::Start(a) => control(Verb::Start, a, &probe, &host, &root, out),
+        Command::Stop(a) => control(Verb::Stop, a, &probe, &host, &root, out),
+        Command::Restart(a) => control(Verb::Restart, a, &probe, &host, &root, out),
         Command::Agent {
             command: AgentCommand::Run { paths },
         } => {
@@ -690,8 +690,26 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
     }
 }
 
+/// What `outpost start|stop|restart` does to the unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl std::fmt::Display for Verb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verb::Start => "start",
+            Verb::Stop => "stop",
+            Verb::Restart => "restart",
+        })
+    }
+}
+
 fn control(
-    verb: &str,
+    verb: Verb,
     a: ControlArgs,
     probe: &dyn Probe,
     host: &dyn Host,
@@ -724,9 +742,9 @@ fn control(
         ));
     }
     match verb {
-        "start" => svc.start(crate::UNIT)?,
-        "stop" => svc.stop(crate::UNIT)?,
-        _ => svc.restart(crate::UNIT)?,
+        Verb::Start => svc.start(crate::UNIT)?,
+        Verb::Stop => svc.stop(crate::UNIT)?,
+        Verb::Restart => svc.restart(crate::UNIT)?,
     }
     let st = svc.status(crate::UNIT)?;
     writeln!(
