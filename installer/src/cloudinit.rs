@@ -61,14 +61,7 @@ pub struct RenderArgs {
 }
 
 fn pkg(e: outpost_packaging::Error) -> Error {
-    let hint = e.hint();
-    match e {
-        outpost_packaging::Error::Usage { message, .. } => Error::usage(message, hint),
-        e @ (outpost_packaging::Error::BadKey { .. } | outpost_packaging::Error::Source { .. }) => {
-            Error::usage(e.to_string(), hint)
-        }
-        e => Error::failed(e.to_string(), hint),
-    }
+    Error::from(e)
 }
 
 /// Resolve the release and render the user-data for `a` (no output written).

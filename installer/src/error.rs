@@ -77,4 +77,35 @@ impl Error {
     }
 }
 
+/// The one place a release error (`outpost_packaging::Error`) becomes a command's error and
+/// exit code: bad input (a malformed source, key or value) is exit 2, the rest exit 1.
+impl From<outpost_packaging::Error> for Error {
+    fn from(e: outpost_packaging::Error) -> Error {
+        let hint = e.hint();
+        match e {
+            outpost_packaging::Error::Usage { message, .. } => Error::usage(message, hint),
+            e @ (outpost_packaging::Error::BadKey { .. }
+            | outpost_packaging::Error::Source { .. }) => Error::usage(e.to_string(), hint),
+            e => Error::failed(e.to_string(), hint),
+        }
+    }
+}
+
+impl Error {
+    /// Prefix the message with what was being done (`cannot verify …: <error>`).
+    pub fn context(self, what: &str) -> Error {
+        match self {
+            Error::Usage { message, hint } => Error::Usage {
+                message: format!("{what}: {message}"),
+                hint,
+            },
+            Error::Failed { message, hint } => Error::Failed {
+                message: format!("{what}: {message}"),
+                hint,
+            },
+            other => other,
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

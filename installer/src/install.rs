@@ -57,14 +57,10 @@ pub fn verify_against_release(
 ) -> Result<VerifiedBinary> {
     use outpost_packaging::{extract, fetch_release, ExtractLimits, Source, TrustedKeys, Want};
     let pkg = |e: outpost_packaging::Error| {
-        let hint = e.hint();
-        Error::failed(
-            format!(
-                "cannot verify outpost {} against the release: {e}",
-                outpost_packaging::VERSION
-            ),
-            hint,
-        )
+        Error::from(e).context(&format!(
+            "cannot verify outpost {} against the release",
+            outpost_packaging::VERSION
+        ))
     };
     let source = Source::parse(url)
         .map_err(pkg)?

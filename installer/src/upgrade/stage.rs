@@ -32,8 +32,7 @@ pub struct ReleaseStager {
 }
 
 fn pkg_err(e: outpost_packaging::Error) -> Error {
-    let hint = e.hint();
-    Error::failed(e.to_string(), hint)
+    Error::from(e)
 }
 
 impl ReleaseStager {
