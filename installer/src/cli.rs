@@ -398,9 +398,13 @@ fn resolve_interrupted(
     root: &std::path::Path,
     mode: Option<Mode>,
 ) {
-    let Ok((layout, Some(_))) = uninstall::find_install(probe, root, mode) else {
-        return;
-    };
+    if let Ok((layout, Some(_))) = uninstall::find_install(probe, root, mode) {
+        resolve_interrupted_at(&layout, host, probe.euid());
+    }
+}
+
+/// [`resolve_interrupted`] for an install already located.
+fn resolve_interrupted_at(layout: &Layout, host: &dyn Host, euid: u32) {
     if !layout
         .host(&crate::upgrade::record::path(&layout.state_dir))
         .exists()
@@ -409,9 +413,9 @@ fn resolve_interrupted(
     }
     let mut err = std::io::stderr();
     if let Err(e) = crate::upgrade::resolve_pending(
-        &layout,
+        layout,
         host,
-        probe.euid(),
+        euid,
         crate::upgrade::ResolveContext::Cli,
         &mut err,
     ) {
@@ -462,12 +466,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
         Command::Start(a) | Command::Stop(a) | Command::Restart(a) => {
             resolve_interrupted(&probe, &host, &root, a.mode.mode())
         }
-        Command::Upgrade {
-            mode,
-            resolve_pending: false,
-            guard: false,
-            ..
-        } => resolve_interrupted(&probe, &host, &root, mode.mode()),
+        // `upgrade` locates the install once and resolves with it (below).
         _ => {}
     }
     match cli.command {
@@ -509,13 +508,14 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
             resolve_pending: false,
             guard: false,
         } => {
-            let (layout, _) = uninstall::find_install(&probe, &root, mode.mode())?;
-            let config = outpost_agent::Config::load_trusted(
-                &layout.root,
-                &layout.host(&layout.config_file),
-            )?;
+            // Detect the host, find the install and load its config once.
+            let loc = crate::upgrade::Located::find(&probe, &root, mode.mode())?;
+            if loc.receipt.is_some() {
+                resolve_interrupted_at(&loc.layout, &host, loc.euid);
+            }
+            let layout = &loc.layout;
             let mut stager = crate::upgrade::stage::ReleaseStager::from_config(
-                &config,
+                &loc.config,
                 from.as_deref(),
                 &layout.host(&layout.state_dir),
             )?;
@@ -530,15 +530,13 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
                 );
             }
             let args = crate::upgrade::UpgradeArgs {
-                mode: mode.mode(),
                 target,
                 channel,
                 no_restart,
                 dry_run,
                 json,
-                root,
             };
-            crate::upgrade::run(&args, &probe, &host, &stager, out)
+            crate::upgrade::run(&args, &loc, &host, &stager, out)
         }
         Command::Diagnostics { mode, json, send } => {
             crate::agentctl::diagnostics(&probe, &host, &root, mode.mode(), json, send, out)

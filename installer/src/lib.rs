@@ -19,6 +19,8 @@ pub mod receipt;
 pub mod render;
 pub mod status;
 pub mod svc;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod uninstall;
 pub mod upgrade;
 pub mod users;

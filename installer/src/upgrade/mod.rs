@@ -4,8 +4,11 @@
 //! Downloading, verifying, unpacking and the smoke test all happen before the service is
 //! touched, so the downtime is only stop + swap + start + READY.
 pub mod decide;
+mod orchestrate;
 pub mod record;
 pub mod stage;
+
+pub use orchestrate::{run, Located};
 
 use crate::apply::Host;
 use crate::error::{Error, Result};
@@ -13,7 +16,7 @@ use crate::fsx;
 use crate::layout::{Layout, Mode};
 use crate::receipt::Receipt;
 use crate::svc::{ServiceManager, UnitStatus};
-use decide::{Resolution, Target, Topology};
+use decide::Resolution;
 use outpost_agent::journal::Journal;
 use record::{Record, Step};
 use semver::Version;
@@ -33,13 +36,11 @@ pub trait Stager {
 
 #[derive(Debug, Clone, Default)]
 pub struct UpgradeArgs {
-    pub mode: Option<Mode>,
     pub target: Option<Version>,
     pub channel: Option<String>,
     pub no_restart: bool,
     pub dry_run: bool,
     pub json: bool,
-    pub root: PathBuf,
 }
 
 /// The version `current` points at (`versions/<ver>`).
@@ -371,307 +372,6 @@ pub fn sync_receipt(layout: &Layout) -> Result<()> {
     Ok(())
 }
 
-/// Run `outpost upgrade`.
-pub fn run(
-    args: &UpgradeArgs,
-    probe: &dyn crate::detect::Probe,
-    host: &dyn Host,
-    stager: &dyn Stager,
-    out: &mut dyn Write,
-) -> Result<i32> {
-    let euid = probe.euid();
-    let (layout, receipt) = crate::uninstall::find_install(probe, &args.root, args.mode)?;
-    let receipt: Option<Receipt> = receipt.filter(|r| r.uninstalled_at.is_none());
-    let current = current_version(&layout)?.ok_or_else(|| {
-        Error::failed(
-            format!(
-                "outpost is not installed here ({} has no `current` link)",
-                layout.base.display()
-            ),
-            "install it first: `sudo outpost install` or the install.sh one-liner",
-        )
-    })?;
-    let config =
-        outpost_agent::Config::load_trusted(&layout.root, &layout.host(&layout.config_file))?;
-    let versions_dir = layout.host(&layout.versions_dir());
-    let can_write = rustix::fs::access(&versions_dir, rustix::fs::Access::WRITE_OK).is_ok();
-    let scope = crate::uninstall::scope(&layout, euid);
-    let svc = host.service_manager(scope).ok();
-    let unit_loaded = match &svc {
-        Some(s) => s.status(crate::UNIT)?.is_loaded(),
-        None => false,
-    };
-    let topo = decide::topology(
-        receipt.as_ref().map(|r| r.mode),
-        unit_loaded,
-        euid,
-        can_write,
-        args.no_restart,
-    );
-    if let Topology::Refused { message, hint } = &topo {
-        return Err(Error::usage(message.clone(), hint.clone()));
-    }
-    if let Some(r) = load_record(&layout)? {
-        if record::upgrader_alive(&r) {
-            return Err(Error::failed(
-                format!(
-                    "an upgrade from {} to {} is already running (pid {})",
-                    r.from, r.to, r.upgrader_pid
-                ),
-                "wait for it to finish; `outpost events --follow` shows its progress",
-            ));
-        }
-    }
-    let channel = args
-        .channel
-        .clone()
-        .unwrap_or_else(|| config.release.channel.clone());
-    let newest = match &args.target {
-        Some(_) => None,
-        None => stager.newest(&channel)?,
-    };
-    let target = match decide::choose_target(&current, args.target.as_ref(), newest.as_ref()) {
-        Target::Nothing { reason } => {
-            writeln!(out, "nothing to do: {reason}").ok();
-            return Ok(outpost_agent::exit::OK);
-        }
-        Target::Upgrade(v) | Target::Downgrade(v) => v,
-    };
-    let orchestrated = matches!(topo, Topology::Orchestrated);
-    let how = match &topo {
-        Topology::Orchestrated => {
-            "stop → swap → start → health gate, rollback on failure".to_string()
-        }
-        Topology::PackageOnly { reason } => format!("package only ({reason})"),
-        Topology::Refused { .. } => unreachable!("refused above"),
-    };
-    if args.dry_run {
-        if args.json {
-            writeln!(out, "{}", json!({"from": current.to_string(), "to": target.to_string(), "orchestrated": orchestrated, "how": how})).ok();
-        } else {
-            writeln!(
-                out,
-                "would upgrade outpost from {current} to {target} ({} mode; {how})",
-                layout.mode
-            )
-            .ok();
-        }
-        return Ok(outpost_agent::exit::OK);
-    }
-    let to = target.clone();
-    let from = current.clone();
-    let mut t = Timings::default();
-    let abort = |t: &mut Timings, reason: String, hint: String, out: &mut dyn Write| -> Error {
-        event(
-            &layout,
-            "upgrade_aborted",
-            json!({"from": from, "to": to, "reason": reason, "timings": t.json()}),
-            out,
-        );
-        Error::failed(
-            format!("upgrade to {to} aborted: {reason}; the service was not touched"),
-            hint,
-        )
-    };
-
-    // 1. download, verify, unpack — the service is untouched
-    t.begin("fetch");
-    writeln!(out, "fetching and verifying outpost {to}").ok();
-    let vdir = match stager.stage(&target, &versions_dir) {
-        Ok(d) => d,
-        Err(e) => {
-            let hint = e.hint();
-            return Err(abort(&mut t, e.to_string(), hint, out));
-        }
-    };
-    // 2. pre-swap smoke test with the live config
-    t.begin("smoke");
-    let service_ids = receipt
-        .as_ref()
-        .and_then(|r| host.user_ids(&r.service_user));
-    if let Err(e) = smoke(&layout, &vdir, service_ids) {
-        return Err(abort(&mut t, e, "the new version cannot run with this host's config; fix the config or pick another version".into(), out));
-    }
-    if !orchestrated {
-        t.begin("swap");
-        swap_current(&layout, &to)?;
-        let data = json!({"from": from, "to": to, "reason": how, "timings": t.json()});
-        event(&layout, "package_upgraded", data, out);
-        sync_receipt(&layout)?;
-        let restart = match layout.mode {
-            Mode::System => "sudo systemctl restart outpost.service",
-            Mode::User => "systemctl --user restart outpost.service",
-        };
-        writeln!(out, "upgraded the package from {from} to {to}; the running service was not restarted ({how})").ok();
-        writeln!(out, "next: `{restart}` to run {to}").ok();
-        return Ok(outpost_agent::exit::OK);
-    }
-    // Invariant: Orchestrated implies the service manager connected (unit_loaded was read through it).
-    let svc = svc.expect("orchestrated upgrade has a service manager");
-    let me = std::process::id();
-    let mut rec = Record {
-        from: from.clone(),
-        to: to.clone(),
-        step: Step::Pending,
-        started_at: time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default(),
-        upgrader_pid: me,
-        upgrader_start: record::process_start(me).unwrap_or(0),
-        starts: 0,
-        orchestrated: true,
-    };
-    let step = |rec: &mut Record, s: Step| -> Result<()> {
-        rec.step = s;
-        save_record(&layout, rec)?;
-        // Test builds only: stop here so the suite can kill us at exactly this step.
-        crate::fault::pause_at(&layout, s);
-        Ok(())
-    };
-    // 3. record pending
-    step(&mut rec, Step::Pending)?;
-    // From here on the upgrade must not depend on this process staying alive: a guard in its
-    // own transient unit (started once the record exists) resolves the record as soon as this
-    // process is gone (Ctrl-C, SSH drop, OOM kill, panic), so the service is never left
-    // stopped or running a version nobody confirmed.
-    if let Err(e) = start_guard(svc.as_ref(), &layout) {
-        record::clear(&layout.host(&layout.state_dir)).ok();
-        return Err(abort(
-            &mut t,
-            format!("cannot start the upgrade guard unit {GUARD_UNIT}: {e}"),
-            "the upgrade needs it to finish or revert if this command is interrupted; check `systemctl status` for the manager's state".into(),
-            out,
-        ));
-    }
-    // Bounded by Config::parse (MAX_SOAK_SECS), so the start timeout below cannot overflow.
-    let soak = Duration::from_secs(
-        config
-            .upgrade
-            .soak_secs
-            .min(outpost_agent::config::MAX_SOAK_SECS),
-    );
-    let hub = config.hub.url.is_some();
-    // 4. stop
-    t.begin("stop");
-    step(&mut rec, Step::Stopping)?;
-    let down_since = Instant::now();
-    let mut downtime_ms: u128 = 0;
-    let attempt = (|| -> std::result::Result<UnitStatus, String> {
-        svc.stop(crate::UNIT).map_err(|e| e.to_string())?;
-        // 5. swap
-        t.begin("swap");
-        step(&mut rec, Step::Swapping).map_err(|e| e.to_string())?;
-        swap_current(&layout, &to).map_err(|e| e.to_string())?;
-        step(&mut rec, Step::Swapped).map_err(|e| e.to_string())?;
-        // 6. start
-        t.begin("start");
-        step(&mut rec, Step::Starting).map_err(|e| e.to_string())?;
-        let since = std::time::SystemTime::now();
-        svc.reset_failed(crate::UNIT).map_err(|e| e.to_string())?;
-        // Type=notify: the start job ends at READY; a version that never sends it fails here.
-        svc.start_within(crate::UNIT, soak + Duration::from_secs(10))
-            .map_err(|e| e.to_string())?;
-        downtime_ms = down_since.elapsed().as_millis();
-        // 7. health gate
-        t.begin("health");
-        step(&mut rec, Step::HealthCheck).map_err(|e| e.to_string())?;
-        health_gate(svc.as_ref(), &layout, soak, hub, since)
-    })();
-    match attempt {
-        Ok(_) => {
-            step(&mut rec, Step::Confirmed)?;
-            set_last_good(&layout, &to)?;
-            let removed = prune(
-                &layout,
-                config.upgrade.keep_versions.max(1),
-                &[&to.to_string(), &from.to_string()],
-            );
-            let data = json!({"from": from, "to": to, "downtime_ms": downtime_ms, "timings": t.json(), "removed_versions": removed});
-            event(&layout, "service_upgraded", data, out);
-            record::clear(&layout.host(&layout.state_dir)).map_err(|e| {
-                Error::io("clear", &record::path(&layout.host(&layout.state_dir)), e)
-            })?;
-            sync_receipt(&layout)?;
-            writeln!(
-                out,
-                "upgraded outpost from {from} to {to}: service healthy for {}s",
-                soak.as_secs()
-            )
-            .ok();
-            Ok(outpost_agent::exit::OK)
-        }
-        Err(reason) => {
-            writeln!(
-                out,
-                "the new version {to} is not healthy: {reason}; rolling back to {from}"
-            )
-            .ok();
-            t.begin("rollback");
-            rec.step = Step::RollingBack;
-            save_record(&layout, &rec)?;
-            let failed_at = Instant::now();
-            let mut restored_ms: u128 = 0;
-            let back = (|| -> std::result::Result<(), String> {
-                let _ = svc.stop(crate::UNIT);
-                swap_current(&layout, &from).map_err(|e| e.to_string())?;
-                svc.reset_failed(crate::UNIT).map_err(|e| e.to_string())?;
-                svc.start(crate::UNIT).map_err(|e| e.to_string())?;
-                restored_ms = failed_at.elapsed().as_millis();
-                health_gate(
-                    svc.as_ref(),
-                    &layout,
-                    Duration::from_secs(1).min(soak),
-                    false,
-                    std::time::SystemTime::now(),
-                )
-                .map(|_| ())
-            })();
-            match back {
-                Ok(()) => {
-                    // restored_ms: health failure → old version active and READY again.
-                    let data = json!({"from": from, "to": to, "reason": reason, "restored_ms": restored_ms, "timings": t.json()});
-                    event(&layout, "service_upgrade_rolled_back", data, out);
-                    record::clear(&layout.host(&layout.state_dir)).ok();
-                    sync_receipt(&layout)?;
-                    Err(Error::failed(
-                        format!("upgrade to {to} failed ({reason}); rolled back, {from} is running again"),
-                        format!("see `journalctl {}-u outpost -n 50` for why {to} failed", if layout.mode == Mode::User { "--user " } else { "" }),
-                    ))
-                }
-                Err(e2) => {
-                    let data = json!({"from": from, "to": to, "reason": reason, "rollback_error": e2, "timings": t.json()});
-                    event(&layout, "service_upgrade_rollback_failed", data, out);
-                    let sudo = if layout.mode == Mode::System {
-                        "sudo "
-                    } else {
-                        ""
-                    };
-                    let user = if layout.mode == Mode::User {
-                        "--user "
-                    } else {
-                        ""
-                    };
-                    writeln!(out, "ROLLBACK FAILED: {e2}").ok();
-                    writeln!(out, "recover by hand:").ok();
-                    writeln!(
-                        out,
-                        "  {sudo}ln -sfn versions/{from} {}",
-                        layout.current_link().display()
-                    )
-                    .ok();
-                    writeln!(out, "  {sudo}systemctl {user}reset-failed outpost.service").ok();
-                    writeln!(out, "  {sudo}systemctl {user}start outpost.service").ok();
-                    writeln!(out, "  journalctl {user}-u outpost -n 100").ok();
-                    Err(Error::Usage {
-                        message: format!("upgrade to {to} failed ({reason}) and the rollback to {from} failed too ({e2})"),
-                        hint: "the host has no working agent: run the commands printed above".into(),
-                    })
-                }
-            }
-        }
-    }
-}
-
 /// Where a pending upgrade is resolved from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResolveContext {
@@ -943,3 +643,6 @@ pub fn guard(
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,165 @@
+//! Test doubles shared by the installer's unit tests: a recording service manager, logind
+//! and host (`Fake`), and a stager serving stub releases (`FakeStager`).
+use crate::apply::Host;
+use crate::svc::{Logind, Scope, ServiceManager, SvcError, UnitStatus};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+#[derive(Default)]
+pub struct FakeState {
+    pub calls: Vec<String>,
+    pub active: bool,
+    pub enabled: bool,
+    pub loaded: bool,
+    pub users: BTreeMap<String, (u32, u32)>,
+    pub fail_start: bool,
+    /// Fail only this many start/restart jobs, then succeed.
+    pub fail_next_starts: u32,
+}
+
+#[derive(Clone, Default)]
+pub struct Fake(pub Rc<RefCell<FakeState>>);
+
+impl Fake {
+    /// Record `call` and hand out the state to change.
+    pub fn call(&self, call: String) -> std::cell::RefMut<'_, FakeState> {
+        let mut s = self.0.borrow_mut();
+        s.calls.push(call);
+        s
+    }
+
+    /// start/restart: fails when `fail_start` is set, else the unit is active.
+    fn run_job(&self, action: &str, u: &str) -> Result<(), SvcError> {
+        let mut s = self.call(format!("{action} {u}"));
+        let once = s.fail_next_starts > 0;
+        if once {
+            s.fail_next_starts -= 1;
+        }
+        if s.fail_start || once {
+            return Err(SvcError::Job {
+                action: action.into(),
+                unit: u.into(),
+                result: "failed".into(),
+            });
+        }
+        s.active = true;
+        Ok(())
+    }
+}
+
+impl ServiceManager for Fake {
+    fn scope(&self) -> Scope {
+        Scope::System
+    }
+    fn daemon_reload(&self) -> Result<(), SvcError> {
+        self.call("daemon-reload".into()).loaded = true;
+        Ok(())
+    }
+    fn enable(&self, u: &str) -> Result<(), SvcError> {
+        self.call(format!("enable {u}")).enabled = true;
+        Ok(())
+    }
+    fn disable(&self, u: &str) -> Result<(), SvcError> {
+        let mut s = self.call(format!("disable {u}"));
+        s.enabled = false;
+        s.loaded = false;
+        Ok(())
+    }
+    fn start(&self, u: &str) -> Result<(), SvcError> {
+        self.run_job("start", u)
+    }
+    fn stop(&self, u: &str) -> Result<(), SvcError> {
+        self.call(format!("stop {u}")).active = false;
+        Ok(())
+    }
+    fn restart(&self, u: &str) -> Result<(), SvcError> {
+        self.run_job("restart", u)
+    }
+    fn reset_failed(&self, _u: &str) -> Result<(), SvcError> {
+        Ok(())
+    }
+    fn start_transient(&self, u: &str, _d: &str, argv: &[String]) -> Result<(), SvcError> {
+        self.call(format!("start-transient {u} {}", argv.join(" ")));
+        Ok(())
+    }
+    fn status(&self, _u: &str) -> Result<UnitStatus, SvcError> {
+        let s = self.0.borrow();
+        Ok(UnitStatus {
+            load_state: if s.loaded { "loaded" } else { "not-found" }.into(),
+            active_state: if s.active { "active" } else { "inactive" }.into(),
+            sub_state: if s.active { "running" } else { "dead" }.into(),
+            unit_file_state: if s.enabled { "enabled" } else { "disabled" }.into(),
+            main_pid: if s.active { 4242 } else { 0 },
+            ..Default::default()
+        })
+    }
+}
+
+impl Logind for Fake {
+    fn set_linger(&self, uid: u32, enable: bool) -> Result<(), SvcError> {
+        self.call(format!("linger {uid} {enable}"));
+        Ok(())
+    }
+}
+
+impl Host for Fake {
+    fn service_manager(&self, _scope: Scope) -> Result<Box<dyn ServiceManager>, SvcError> {
+        Ok(Box::new(self.clone()))
+    }
+    fn logind(&self) -> Result<Box<dyn Logind>, SvcError> {
+        Ok(Box::new(self.clone()))
+    }
+    fn wait_user_manager(&self, _uid: u32, _t: std::time::Duration) -> Result<(), SvcError> {
+        Ok(())
+    }
+    fn run(&self, argv: &[String]) -> Result<(), String> {
+        let mut s = self.0.borrow_mut();
+        s.calls.push(argv.join(" "));
+        let name = argv.last().cloned().unwrap_or_default();
+        if argv[0] == "useradd" {
+            s.users.insert(name, (999, 999));
+        } else {
+            s.users.remove(&name);
+        }
+        Ok(())
+    }
+    fn user_ids(&self, name: &str) -> Option<(u32, u32)> {
+        self.0.borrow().users.get(name).copied()
+    }
+}
+
+/// A release host with stub builds: `stage` writes `versions/V/outpost`, a script whose
+/// `self-test` succeeds unless the version is in `broken`.
+#[derive(Default)]
+pub struct FakeStager {
+    pub newest: Option<semver::Version>,
+    pub broken: Vec<semver::Version>,
+    pub staged: RefCell<Vec<semver::Version>>,
+}
+
+impl crate::upgrade::Stager for FakeStager {
+    fn newest(&self, _channel: &str) -> crate::error::Result<Option<semver::Version>> {
+        Ok(self.newest.clone())
+    }
+
+    fn stage(
+        &self,
+        version: &semver::Version,
+        versions_dir: &std::path::Path,
+    ) -> crate::error::Result<std::path::PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = versions_dir.join(version.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let code = if self.broken.contains(version) { 1 } else { 0 };
+        let bin = dir.join("outpost");
+        std::fs::write(
+            &bin,
+            format!("#!/bin/sh\necho stub {version}\nexit {code}\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        self.staged.borrow_mut().push(version.clone());
+        Ok(dir)
+    }
+}
