@@ -25,6 +25,41 @@ fn tmp_name(path: &Path) -> PathBuf {
     ))
 }
 
+/// The pid in a temp name [`write_atomic`] or [`symlink_atomic`] made
+/// (`.NAME.outpost-tmp-PID-NANOS`), `None` for any other name.
+pub fn temp_pid(name: &str) -> Option<u32> {
+    if !name.starts_with('.') {
+        return None;
+    }
+    let (_, rest) = name.rsplit_once(".outpost-tmp-")?;
+    let (pid, nanos) = rest.split_once('-')?;
+    nanos.parse::<u32>().ok()?;
+    pid.parse().ok()
+}
+
+/// Remove the temp files and links this module left in `dir` (not below it) for processes
+/// that no longer run (killed, power cut between create and rename). Returns what went.
+pub fn sweep_stale_temps(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = temp_pid(&name) else {
+            continue;
+        };
+        let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(true);
+        if is_dir || pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if fs_err::remove_file(e.path()).is_ok() {
+            removed.push(e.path());
+        }
+    }
+    removed
+}
+
 /// The directory of `path` (`.` for a bare name).
 pub fn parent(path: &Path) -> &Path {
     path.parent()
@@ -164,6 +199,43 @@ pub fn remove_file(path: &Path) -> std::io::Result<bool> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn temp_pid_table() {
+        for (name, want) in [
+            (".receipt.json.outpost-tmp-1234-5678", Some(1234)),
+            (".current.outpost-tmp-7-0", Some(7)),
+            ("receipt.json", None),
+            (".x.outpost-tmp-12", None),
+            (".x.outpost-tmp-a-1", None),
+            (".1.1.0.staging-5-6", None),
+        ] {
+            assert_eq!(temp_pid(name), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn sweep_removes_only_dead_writers_temps() {
+        let d = tempfile::tempdir().unwrap();
+        let dead = d.path().join(".receipt.json.outpost-tmp-4194300-1");
+        let mine = d
+            .path()
+            .join(format!(".x.outpost-tmp-{}-1", std::process::id()));
+        let keep = d.path().join("receipt.json");
+        for p in [&dead, &mine, &keep] {
+            std::fs::write(p, "x").unwrap();
+        }
+        std::os::unix::fs::symlink(
+            "versions/1",
+            d.path().join(".current.outpost-tmp-4194301-2"),
+        )
+        .unwrap();
+        let mut gone = sweep_stale_temps(d.path());
+        gone.sort();
+        assert_eq!(gone.len(), 2, "{gone:?}");
+        assert!(!dead.exists() && mine.exists() && keep.exists());
+    }
+
     use super::*;
     use std::os::unix::fs::MetadataExt;
 

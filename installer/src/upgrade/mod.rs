@@ -406,6 +406,10 @@ pub fn resolve_pending(
     if ctx == ResolveContext::ServiceStart {
         scrub_used_key(layout, out);
     }
+    // Temp files a killed writer left in root's dirs (never the agent's).
+    for dir in [&layout.state_dir, &layout.base] {
+        fsx::sweep_stale_temps(&layout.host(dir));
+    }
     let rec = match record::load(&layout.root, &sd) {
         Ok(r) => r,
         Err(record::LoadError::Untrusted(t)) => return Err(Error::failed(t.to_string(), t.hint())),
