@@ -582,7 +582,12 @@ pub fn run(
         writeln!(out, "  config   {}", l.config_file.display()).ok();
         writeln!(out, "  secrets  {} (0600)", l.env_file.display()).ok();
         writeln!(out, "  state    {}", l.state_dir.display()).ok();
-        writeln!(out, "  agent    {} (the agent's own state)", l.agent_dir.display()).ok();
+        writeln!(
+            out,
+            "  agent    {} (the agent's own state)",
+            l.agent_dir.display()
+        )
+        .ok();
         writeln!(out, "  unit     {}", l.unit_file.display()).ok();
         writeln!(out, "  service  {} {}", crate::UNIT, outcome.service).ok();
     }
