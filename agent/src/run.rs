@@ -397,8 +397,9 @@ impl JournalView {
             self.last_upgrade = Some(LastUpgrade {
                 from: s("from"),
                 to: s("to"),
-                result: r.kind.clone(),
-                at: r.time.clone(),
+                result: Some(r.kind.clone()),
+                at: Some(r.time.clone()),
+                extra: Default::default(),
             });
         }
     }
@@ -888,19 +889,20 @@ fn heartbeat_body(
 ) -> hub::Heartbeat {
     hub::Heartbeat {
         agent_id,
-        version: outpost_packaging::VERSION.to_string(),
-        distro: f.distro,
-        kernel: f.kernel,
-        arch: f.arch,
-        uptime_secs: f.uptime_secs,
-        mode,
-        capabilities: hub::Capabilities {
-            cpus: f.cpus,
-            mem_total_bytes: f.mem_total_bytes,
-            mem_available_bytes: f.mem_available_bytes,
-            disk_free_bytes: f.disk_free_bytes,
+        version: Some(outpost_packaging::VERSION.to_string()),
+        distro: Some(f.distro),
+        kernel: Some(f.kernel),
+        arch: Some(f.arch),
+        uptime_secs: Some(f.uptime_secs),
+        mode: Some(mode),
+        capabilities: Some(hub::Capabilities {
+            cpus: Some(f.cpus),
+            mem_total_bytes: Some(f.mem_total_bytes),
+            mem_available_bytes: Some(f.mem_available_bytes),
+            disk_free_bytes: Some(f.disk_free_bytes),
             docker_version: f.docker_version,
-        },
+            extra: Default::default(),
+        }),
         journal_head,
         last_upgrade,
     }
