@@ -713,15 +713,7 @@ impl<'a> Loop<'a> {
                 let journal = Arc::clone(&self.journal);
                 let env_file = self.env_file.map(Path::to_path_buf);
                 Box::new(move || {
-                    let f = Facts::collect(&state_dir);
-                    let facts = hub::EnrollFacts {
-                        hostname: f.hostname,
-                        machine_id: f.machine_id,
-                        distro: f.distro,
-                        arch: f.arch,
-                        version: outpost_packaging::VERSION.to_string(),
-                        mode,
-                    };
+                    let facts = enroll_facts(Facts::collect(&state_dir), mode);
                     Outcome::Enrolled(enroll::enroll(enroll::EnrollRequest {
                         hub: &client,
                         key: &key,
@@ -880,7 +872,20 @@ fn log_interval(c: &Config) -> Duration {
     Duration::from_secs(c.agent.log_interval_secs.max(1))
 }
 
-fn heartbeat_body(
+/// The enrollment facts as the agent sends them (`POST /api/v1/enroll`).
+pub fn enroll_facts(f: Facts, mode: String) -> hub::EnrollFacts {
+    hub::EnrollFacts {
+        hostname: f.hostname,
+        machine_id: f.machine_id,
+        distro: f.distro,
+        arch: f.arch,
+        version: outpost_packaging::VERSION.to_string(),
+        mode,
+    }
+}
+
+/// The heartbeat as the run loop sends it (`POST /api/v1/heartbeat`; the client caps it).
+pub fn heartbeat_body(
     agent_id: String,
     mode: String,
     f: Facts,
