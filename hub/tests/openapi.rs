@@ -716,3 +716,441 @@ fn agent_requests_match_openapi() {
         "stored as sent"
     );
 }
+
+/// Arbitrary outpost-proto values, within the caps `validate()` enforces (and the shapes the
+/// hub guarantees for what it sends): they must match the schemas.
+mod arbitrary {
+    use std::collections::BTreeMap;
+
+    use outpost_proto::{
+        AgentDetail, AgentStatus, AgentView, Capabilities, DiagnosticsReport, DiagnosticsUpload,
+        EnrollRequest, Enrolled, ErrorBody, ErrorCode, Facts, FlatValue, Heartbeat, HeartbeatAck,
+        JournalHead, KeyCreated, LastUpgrade,
+    };
+    use proptest::collection::btree_map;
+    use proptest::option;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    /// Any text, cut to the 255-byte cap as the agent cuts it.
+    pub fn text() -> impl Strategy<Value = String> {
+        any::<String>().prop_map(|mut s| {
+            outpost_proto::cap(&mut s);
+            s
+        })
+    }
+
+    pub fn time() -> impl Strategy<Value = String> {
+        (
+            1970u32..2200,
+            1u32..=12,
+            1u32..=28,
+            0u32..24,
+            0u32..60,
+            0u32..60,
+        )
+            .prop_map(|(y, mo, d, h, mi, s)| {
+                format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+            })
+    }
+
+    fn flat_value() -> impl Strategy<Value = FlatValue> {
+        prop_oneof![
+            Just(FlatValue::Null),
+            any::<bool>().prop_map(FlatValue::Bool),
+            any::<u64>().prop_map(FlatValue::UInt),
+            (i64::MIN..0).prop_map(FlatValue::Int),
+            any::<f64>()
+                .prop_filter("json numbers are finite", |f| f.is_finite())
+                .prop_map(FlatValue::Float),
+            text().prop_map(FlatValue::String),
+        ]
+    }
+
+    /// Extra entries of a flat object: keys of at most 64 bytes other than the named ones.
+    fn extra(
+        known: &'static [&'static str],
+        max: usize,
+    ) -> impl Strategy<Value = BTreeMap<String, FlatValue>> {
+        btree_map(
+            "[a-z_]{1,64}".prop_filter("not a named field", move |k| !known.contains(&k.as_str())),
+            flat_value(),
+            0..=max,
+        )
+    }
+
+    pub fn capabilities() -> impl Strategy<Value = Capabilities> {
+        (
+            option::of(any::<u64>()),
+            option::of(any::<u64>()),
+            option::of(any::<u64>()),
+            option::of(any::<u64>()),
+            option::of(text()),
+            extra(
+                &[
+                    "cpus",
+                    "mem_total_bytes",
+                    "mem_available_bytes",
+                    "disk_free_bytes",
+                    "docker_version",
+                ],
+                27,
+            ),
+        )
+            .prop_map(
+                |(
+                    cpus,
+                    mem_total_bytes,
+                    mem_available_bytes,
+                    disk_free_bytes,
+                    docker_version,
+                    extra,
+                )| {
+                    Capabilities {
+                        cpus,
+                        mem_total_bytes,
+                        mem_available_bytes,
+                        disk_free_bytes,
+                        docker_version,
+                        extra,
+                    }
+                },
+            )
+    }
+
+    pub fn last_upgrade() -> impl Strategy<Value = LastUpgrade> {
+        (
+            option::of(text()),
+            option::of(text()),
+            option::of(text()),
+            option::of(time()),
+            extra(&["from", "to", "result", "at"], 28),
+        )
+            .prop_map(|(from, to, result, at, extra)| LastUpgrade {
+                from,
+                to,
+                result,
+                at,
+                extra,
+            })
+    }
+
+    pub fn journal_head() -> impl Strategy<Value = JournalHead> {
+        (any::<u64>(), "[0-9a-f]{64}").prop_map(|(seq, hash)| JournalHead { seq, hash })
+    }
+
+    pub fn agent_id() -> impl Strategy<Value = String> {
+        "a_[0-9a-f]{16}"
+    }
+
+    pub fn heartbeat() -> impl Strategy<Value = Heartbeat> {
+        (
+            agent_id(),
+            (
+                option::of(text()),
+                option::of(text()),
+                option::of(text()),
+                option::of(text()),
+            ),
+            option::of(any::<u64>()),
+            option::of(text()),
+            option::of(capabilities()),
+            option::of(journal_head()),
+            option::of(last_upgrade()),
+        )
+            .prop_map(
+                |(
+                    agent_id,
+                    (version, distro, kernel, arch),
+                    uptime_secs,
+                    mode,
+                    capabilities,
+                    journal_head,
+                    last_upgrade,
+                )| {
+                    Heartbeat {
+                        agent_id,
+                        version,
+                        distro,
+                        kernel,
+                        arch,
+                        uptime_secs,
+                        mode,
+                        capabilities,
+                        journal_head,
+                        last_upgrade,
+                    }
+                },
+            )
+    }
+
+    pub fn enroll_request() -> impl Strategy<Value = EnrollRequest> {
+        (
+            "opk_[0-9a-f]{64}",
+            option::of("[A-Za-z0-9_-]{16,128}"),
+            (
+                text().prop_filter("hostname is required", |h| !h.trim().is_empty()),
+                text(),
+                text(),
+                text(),
+                text(),
+                text(),
+            ),
+        )
+            .prop_map(
+                |(key, nonce, (hostname, machine_id, distro, arch, version, mode))| EnrollRequest {
+                    key,
+                    nonce,
+                    facts: Facts {
+                        hostname,
+                        machine_id,
+                        distro,
+                        arch,
+                        version,
+                        mode,
+                    },
+                },
+            )
+    }
+
+    fn json_leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            ".{0,20}".prop_map(Value::String),
+        ]
+    }
+
+    /// A free-form report: a JSON object.
+    pub fn report() -> impl Strategy<Value = Value> {
+        btree_map(".{0,10}", json_leaf(), 0..5).prop_map(|m| Value::Object(m.into_iter().collect()))
+    }
+
+    pub fn diagnostics_upload() -> impl Strategy<Value = DiagnosticsUpload<Value>> {
+        (agent_id(), report()).prop_map(|(agent_id, report)| DiagnosticsUpload { agent_id, report })
+    }
+
+    pub fn status() -> impl Strategy<Value = AgentStatus> {
+        prop_oneof![
+            Just(AgentStatus::Online),
+            Just(AgentStatus::Stale),
+            Just(AgentStatus::Offline),
+            Just(AgentStatus::Revoked),
+        ]
+    }
+
+    pub fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
+        btree_map("[a-z0-9_.-]{1,64}", text(), 0..=32)
+    }
+
+    fn flags() -> impl Strategy<Value = Vec<String>> {
+        proptest::sample::subsequence(vec!["journal_went_backwards", "journal_forked"], 0..=2)
+            .prop_map(|f| f.into_iter().map(String::from).collect())
+    }
+
+    /// What the hub knows from a heartbeat: nothing before the first one.
+    type Beat = Option<(
+        String,
+        u64,
+        Option<u64>,
+        Option<Capabilities>,
+        Option<JournalHead>,
+        Option<LastUpgrade>,
+    )>;
+
+    fn beat() -> impl Strategy<Value = Beat> {
+        option::of((
+            time(),
+            any::<u64>(),
+            option::of(any::<u64>()),
+            option::of(capabilities()),
+            option::of(journal_head()),
+            option::of(last_upgrade()),
+        ))
+    }
+
+    pub fn agent_view() -> impl Strategy<Value = AgentView> {
+        (
+            (
+                agent_id(),
+                text(),
+                status(),
+                text(),
+                text(),
+                text(),
+                text(),
+                text(),
+            ),
+            (
+                option::of(text()),
+                labels(),
+                text(),
+                time(),
+                option::of(time()),
+            ),
+            beat(),
+            flags(),
+        )
+            .prop_map(
+                |(
+                    (id, hostname, status, version, distro, arch, kernel, mode),
+                    (group, labels, machine_id, enrolled_at, revoked_at),
+                    beat,
+                    flags,
+                )| {
+                    let (
+                        last_heartbeat_at,
+                        last_heartbeat_age_secs,
+                        uptime_secs,
+                        capabilities,
+                        journal_head,
+                        last_upgrade,
+                    ) = match beat {
+                        Some((at, age, up, c, j, u)) => (Some(at), Some(age), up, c, j, u),
+                        None => (None, None, None, None, None, None),
+                    };
+                    AgentView {
+                        id,
+                        hostname,
+                        status,
+                        version,
+                        distro,
+                        arch,
+                        kernel,
+                        mode,
+                        group,
+                        labels,
+                        machine_id,
+                        enrolled_at,
+                        revoked_at,
+                        last_heartbeat_at,
+                        last_heartbeat_age_secs,
+                        uptime_secs,
+                        capabilities,
+                        journal_head,
+                        last_upgrade,
+                        flags,
+                    }
+                },
+            )
+    }
+
+    pub fn agent_detail() -> impl Strategy<Value = AgentDetail<Value>> {
+        (agent_view(), option::of((time(), report()))).prop_map(|(agent, d)| AgentDetail {
+            agent,
+            diagnostics: d.map(|(received_at, report)| DiagnosticsReport {
+                received_at,
+                report,
+            }),
+        })
+    }
+
+    pub fn enrolled() -> impl Strategy<Value = Enrolled> {
+        (agent_id(), "opt_[0-9a-f]{64}", 1u64..=86_400).prop_map(|(agent_id, token, i)| Enrolled {
+            agent_id,
+            token,
+            heartbeat_interval_secs: Some(i),
+        })
+    }
+
+    pub fn heartbeat_ack() -> impl Strategy<Value = HeartbeatAck> {
+        (1u64..=86_400, time()).prop_map(|(interval_secs, t)| HeartbeatAck {
+            interval_secs,
+            server_time: Some(t),
+        })
+    }
+
+    pub fn key_created() -> impl Strategy<Value = KeyCreated> {
+        (
+            "k_[0-9a-f]{16}",
+            "opk_[0-9a-f]{64}",
+            time(),
+            option::of(text()),
+            labels(),
+        )
+            .prop_map(|(id, key, expires_at, group, labels)| KeyCreated {
+                id,
+                key,
+                expires_at,
+                group,
+                labels,
+            })
+    }
+
+    pub fn error_body() -> impl Strategy<Value = ErrorBody> {
+        (
+            proptest::sample::select(ErrorCode::ALL.to_vec()),
+            text(),
+            text(),
+            option::of("[a-z_.]{1,40}"),
+        )
+            .prop_map(|(code, message, hint, field)| ErrorBody {
+                field,
+                ..ErrorBody::new(code, message, hint)
+            })
+    }
+}
+
+mod properties {
+    use super::{arbitrary::*, assert_component};
+    use proptest::prelude::*;
+
+    fn json(v: &impl serde::Serialize) -> serde_json::Value {
+        serde_json::to_value(v).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn heartbeats_match_the_schema(hb in heartbeat()) {
+            prop_assert!(hb.validate().is_ok(), "{:?}", hb.validate());
+            assert_component("Heartbeat", &json(&hb));
+        }
+
+        #[test]
+        fn enroll_requests_match_the_schema(r in enroll_request()) {
+            prop_assert!(r.validate().is_ok(), "{:?}", r.validate());
+            assert_component("EnrollRequest", &json(&r));
+        }
+
+        #[test]
+        fn diagnostics_uploads_match_the_schema(d in diagnostics_upload()) {
+            prop_assert!(d.validate().is_ok());
+            assert_component("DiagnosticsRequest", &json(&d));
+        }
+
+        #[test]
+        fn agent_views_match_the_schema(v in agent_view()) {
+            assert_component("AgentView", &json(&v));
+        }
+
+        #[test]
+        fn agent_details_match_the_schema(d in agent_detail()) {
+            assert_component("AgentDetail", &json(&d));
+        }
+
+        #[test]
+        fn other_replies_match_the_schema(
+            e in enrolled(), a in heartbeat_ack(), k in key_created(), err in error_body()
+        ) {
+            assert_component("Enrolled", &json(&e));
+            assert_component("HeartbeatReply", &json(&a));
+            assert_component("Key", &json(&k));
+            assert_component("Error", &json(&err));
+        }
+
+        /// What the hub stores from a heartbeat and shows again is what the schema allows.
+        #[test]
+        fn capabilities_and_upgrades_round_trip(c in capabilities(), u in last_upgrade()) {
+            prop_assert!(c.validate().is_ok() && u.validate().is_ok());
+            let back: outpost_proto::Capabilities = serde_json::from_value(json(&c)).unwrap();
+            prop_assert_eq!(&back, &c);
+            let back: outpost_proto::LastUpgrade = serde_json::from_value(json(&u)).unwrap();
+            prop_assert_eq!(&back, &u);
+            assert_component("Capabilities", &json(&c));
+            assert_component("LastUpgrade", &json(&u));
+        }
+    }
+}
