@@ -10,12 +10,12 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
-use outpost_proto::{ErrorCode, FieldError};
+use outpost_proto::ErrorCode;
 
 use crate::error::ApiError;
 
-/// The field caps of agent-supplied data live with the wire types (`validate()` there).
-pub use outpost_proto::{MAX_FIELD, MAX_ID, MAX_MAP_ENTRIES, MAX_MAP_KEY};
+// The field caps of agent-supplied data (`MAX_FIELD`, …) live with the wire types in
+// outpost-proto, checked by their `validate()`; a `FieldError` converts into an `ApiError`.
 
 /// Body limit of enroll, key creation and the login form.
 pub const SMALL_BODY: usize = 16 * 1024;
@@ -85,26 +85,6 @@ fn too_large(limit: usize) -> ApiError {
         format!("request body is larger than {limit} bytes"),
         "send a smaller body; see the limits in docs/PROTOCOL.md",
     )
-}
-
-/// 400 `field_too_long` naming `field`.
-pub fn field_too_long(field: &str, max: usize) -> ApiError {
-    FieldError::too_long(field, max).into()
-}
-
-/// 400 `field_invalid` naming `field`.
-pub fn field_invalid(field: &str, why: &str) -> ApiError {
-    FieldError::invalid(field, why).into()
-}
-
-/// `value` is at most `max` bytes.
-pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
-    Ok(outpost_proto::check_len(field, value, max)?)
-}
-
-/// Like [`check_len`] for an optional value.
-pub fn check_opt(field: &str, value: Option<&str>, max: usize) -> Result<(), ApiError> {
-    Ok(outpost_proto::check_opt(field, value, max)?)
 }
 
 /// The TCP peer's address (set per connection by the server; `X-Forwarded-For` is not
@@ -283,8 +263,10 @@ mod tests {
     #[test]
     fn field_errors_name_the_field() {
         // The flat-object caps moved with the wire types (outpost-proto's `flat_objects`).
+        use outpost_proto::{check_len, FieldError, MAX_FIELD};
         assert!(check_len("facts.hostname", &"h".repeat(255), MAX_FIELD).is_ok());
-        let e = check_len("facts.hostname", &"h".repeat(256), MAX_FIELD).unwrap_err();
+        let e =
+            ApiError::from(check_len("facts.hostname", &"h".repeat(256), MAX_FIELD).unwrap_err());
         assert_eq!(
             (e.code, e.field.as_deref(), e.status),
             (
@@ -293,6 +275,10 @@ mod tests {
                 StatusCode::BAD_REQUEST
             )
         );
-        assert_eq!(field_invalid("c", "x").code, ErrorCode::FieldInvalid);
+        let e = ApiError::from(FieldError::invalid("c", "x"));
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (ErrorCode::FieldInvalid, "c x")
+        );
     }
 }
