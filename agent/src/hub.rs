@@ -5,7 +5,7 @@
 //! ([`HubError::KeyRefused`], [`HubError::TokenRevoked`], [`HubError::TokenInvalid`]).
 //! Secrets (enrollment key, agent token) never appear in an error or a log line.
 use crate::clock;
-use serde::{Deserialize, Serialize};
+use outpost_proto::{DiagnosticsUpload, EnrollRequest, ErrorBody, ErrorCode};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -61,9 +61,9 @@ impl HubError {
             HubError::KeyRefused { code, .. } => format!(
                 "the key is {}: create a new one on the hub (POST /api/v1/keys), put it in the \
                  secrets file as {}=..., then restart the service",
-                match code.as_str() {
-                    "key_expired" => "expired",
-                    "key_used" => "already used (keys are single use)",
+                match ErrorCode::parse(code) {
+                    Some(ErrorCode::KeyExpired) => "expired",
+                    Some(ErrorCode::KeyUsed) => "already used (keys are single use)",
                     _ => "unknown to the hub",
                 },
                 crate::env::ENROLL_KEY
@@ -100,8 +100,8 @@ impl HubError {
     pub fn code(&self) -> Option<&str> {
         match self {
             HubError::KeyRefused { code, .. } | HubError::Status { code, .. } => Some(code),
-            HubError::TokenRevoked => Some("token_revoked"),
-            HubError::TokenInvalid => Some("token_invalid"),
+            HubError::TokenRevoked => Some(ErrorCode::TokenRevoked.as_str()),
+            HubError::TokenInvalid => Some(ErrorCode::TokenInvalid.as_str()),
             _ => None,
         }
     }
@@ -131,153 +131,13 @@ impl Meta {
     }
 }
 
-/// Longest string field the hub accepts (`field_too_long` past it): longer host facts are
-/// cut at a character boundary before sending, so an odd host still enrolls.
-pub const MAX_FIELD: usize = 255;
-
-/// `s` cut to at most [`MAX_FIELD`] bytes at a character boundary.
-pub fn cap(s: &mut String) {
-    if s.len() > MAX_FIELD {
-        let mut end = MAX_FIELD;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-}
-
-/// Enrollment facts (`Facts` in the protocol: all strings).
-#[derive(Debug, Clone, Serialize)]
-pub struct EnrollFacts {
-    pub hostname: String,
-    pub machine_id: String,
-    pub distro: String,
-    pub arch: String,
-    pub version: String,
-    pub mode: String,
-}
-
-impl EnrollFacts {
-    /// Every field within [`MAX_FIELD`].
-    pub fn capped(mut self) -> Self {
-        for f in [
-            &mut self.hostname,
-            &mut self.machine_id,
-            &mut self.distro,
-            &mut self.arch,
-            &mut self.version,
-            &mut self.mode,
-        ] {
-            cap(f);
-        }
-        self
-    }
-}
-
-/// The body of `POST /api/v1/enroll` (`EnrollRequest` in the protocol).
-#[derive(Debug, Clone, Serialize)]
-pub struct EnrollRequest<'a> {
-    pub key: &'a str,
-    /// The per-host idempotency nonce: a retry with the same key and nonce gets the same
-    /// agent id back (see docs/PROTOCOL.md).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nonce: Option<&'a str>,
-    pub facts: EnrollFacts,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Enrolled {
-    pub agent_id: String,
-    pub token: String,
-    #[serde(default)]
-    pub heartbeat_interval_secs: Option<u64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Capabilities {
-    pub cpus: u64,
-    pub mem_total_bytes: u64,
-    pub mem_available_bytes: u64,
-    pub disk_free_bytes: u64,
-    pub docker_version: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JournalHead {
-    pub seq: u64,
-    pub hash: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LastUpgrade {
-    pub from: Option<String>,
-    pub to: Option<String>,
-    /// The journal kind: `service_upgraded`, `service_upgrade_rolled_back`, `package_upgraded`.
-    pub result: String,
-    pub at: String,
-}
-
-impl Heartbeat {
-    /// Every string within [`MAX_FIELD`].
-    pub fn capped(mut self) -> Self {
-        for f in [
-            &mut self.version,
-            &mut self.distro,
-            &mut self.kernel,
-            &mut self.arch,
-            &mut self.mode,
-        ] {
-            cap(f);
-        }
-        if let Some(d) = &mut self.capabilities.docker_version {
-            cap(d);
-        }
-        if let Some(u) = &mut self.last_upgrade {
-            for f in [u.from.as_mut(), u.to.as_mut()].into_iter().flatten() {
-                cap(f);
-            }
-            cap(&mut u.result);
-            cap(&mut u.at);
-        }
-        self
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Heartbeat {
-    pub agent_id: String,
-    pub version: String,
-    pub distro: String,
-    pub kernel: String,
-    pub arch: String,
-    pub uptime_secs: u64,
-    pub mode: String,
-    pub capabilities: Capabilities,
-    pub journal_head: Option<JournalHead>,
-    pub last_upgrade: Option<LastUpgrade>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct HeartbeatAck {
-    pub interval_secs: u64,
-    #[serde(default)]
-    pub server_time: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Health {
-    pub ok: bool,
-    #[serde(default)]
-    pub version: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-struct ErrorBody {
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    message: String,
-}
+/// The wire types (docs/PROTOCOL.md), shared with the hub. The hub refuses strings over
+/// [`MAX_FIELD`] (`field_too_long`): the client cuts host facts with the types' `capped()`
+/// at a character boundary before sending, so an odd host still enrolls.
+pub use outpost_proto::{
+    cap, Capabilities, Enrolled, Facts as EnrollFacts, Health, Heartbeat, HeartbeatAck,
+    JournalHead, LastUpgrade, MAX_FIELD,
+};
 
 pub struct HubClient {
     base: String,
@@ -381,10 +241,14 @@ impl HubClient {
 
     fn error(path: &'static str, status: u16, text: &str) -> HubError {
         let b: ErrorBody = serde_json::from_str(text).unwrap_or_default();
-        match (status, b.error.as_str()) {
-            (401, "token_revoked") => HubError::TokenRevoked,
-            (401, "token_invalid") => HubError::TokenInvalid,
-            (401, c) if c.starts_with("key_") => HubError::KeyRefused {
+        // A `key_*` code newer than this agent is a key refusal too.
+        let key_refusal = b
+            .code()
+            .map_or(b.error.starts_with("key_"), |c| c.is_key_refusal());
+        match (status, b.code()) {
+            (401, Some(ErrorCode::TokenRevoked)) => HubError::TokenRevoked,
+            (401, Some(ErrorCode::TokenInvalid)) => HubError::TokenInvalid,
+            (401, _) if key_refusal => HubError::KeyRefused {
                 code: b.error,
                 message: b.message,
             },
@@ -410,8 +274,8 @@ impl HubClient {
     ) -> Result<(Enrolled, Meta), HubError> {
         const P: &str = "/api/v1/enroll";
         let req = EnrollRequest {
-            key,
-            nonce,
+            key: key.to_string(),
+            nonce: nonce.map(String::from),
             facts: facts.clone().capped(),
         };
         let body = serde_json::to_string(&req).map_err(|e| HubError::BadResponse {
@@ -448,7 +312,14 @@ impl HubClient {
         report: &serde_json::Value,
     ) -> Result<Meta, HubError> {
         const P: &str = "/api/v1/diagnostics";
-        let body = serde_json::json!({"agent_id": agent_id, "report": report}).to_string();
+        let upload = DiagnosticsUpload {
+            agent_id: agent_id.to_string(),
+            report,
+        };
+        let body = serde_json::to_string(&upload).map_err(|e| HubError::BadResponse {
+            path: P,
+            reason: e.to_string(),
+        })?;
         let (status, text, meta) = self.exchange(P, Some(token), Some(body))?;
         match status {
             200..=299 => Ok(meta),
@@ -524,7 +395,7 @@ mod tests {
         assert_eq!(f.distro.len(), 255);
         assert_eq!(f.machine_id, "m");
         let body = serde_json::to_value(EnrollRequest {
-            key: "k",
+            key: "k".into(),
             nonce: None,
             facts: f,
         })

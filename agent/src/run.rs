@@ -397,8 +397,9 @@ impl JournalView {
             self.last_upgrade = Some(LastUpgrade {
                 from: s("from"),
                 to: s("to"),
-                result: r.kind.clone(),
-                at: r.time.clone(),
+                result: Some(r.kind.clone()),
+                at: Some(r.time.clone()),
+                extra: Default::default(),
             });
         }
     }
@@ -712,15 +713,7 @@ impl<'a> Loop<'a> {
                 let journal = Arc::clone(&self.journal);
                 let env_file = self.env_file.map(Path::to_path_buf);
                 Box::new(move || {
-                    let f = Facts::collect(&state_dir);
-                    let facts = hub::EnrollFacts {
-                        hostname: f.hostname,
-                        machine_id: f.machine_id,
-                        distro: f.distro,
-                        arch: f.arch,
-                        version: outpost_packaging::VERSION.to_string(),
-                        mode,
-                    };
+                    let facts = enroll_facts(Facts::collect(&state_dir), mode);
                     Outcome::Enrolled(enroll::enroll(enroll::EnrollRequest {
                         hub: &client,
                         key: &key,
@@ -879,7 +872,20 @@ fn log_interval(c: &Config) -> Duration {
     Duration::from_secs(c.agent.log_interval_secs.max(1))
 }
 
-fn heartbeat_body(
+/// The enrollment facts as the agent sends them (`POST /api/v1/enroll`).
+pub fn enroll_facts(f: Facts, mode: String) -> hub::EnrollFacts {
+    hub::EnrollFacts {
+        hostname: f.hostname,
+        machine_id: f.machine_id,
+        distro: f.distro,
+        arch: f.arch,
+        version: outpost_packaging::VERSION.to_string(),
+        mode,
+    }
+}
+
+/// The heartbeat as the run loop sends it (`POST /api/v1/heartbeat`; the client caps it).
+pub fn heartbeat_body(
     agent_id: String,
     mode: String,
     f: Facts,
@@ -888,19 +894,20 @@ fn heartbeat_body(
 ) -> hub::Heartbeat {
     hub::Heartbeat {
         agent_id,
-        version: outpost_packaging::VERSION.to_string(),
-        distro: f.distro,
-        kernel: f.kernel,
-        arch: f.arch,
-        uptime_secs: f.uptime_secs,
-        mode,
-        capabilities: hub::Capabilities {
-            cpus: f.cpus,
-            mem_total_bytes: f.mem_total_bytes,
-            mem_available_bytes: f.mem_available_bytes,
-            disk_free_bytes: f.disk_free_bytes,
+        version: Some(outpost_packaging::VERSION.to_string()),
+        distro: Some(f.distro),
+        kernel: Some(f.kernel),
+        arch: Some(f.arch),
+        uptime_secs: Some(f.uptime_secs),
+        mode: Some(mode),
+        capabilities: Some(hub::Capabilities {
+            cpus: Some(f.cpus),
+            mem_total_bytes: Some(f.mem_total_bytes),
+            mem_available_bytes: Some(f.mem_available_bytes),
+            disk_free_bytes: Some(f.disk_free_bytes),
             docker_version: f.docker_version,
-        },
+            extra: Default::default(),
+        }),
         journal_head,
         last_upgrade,
     }

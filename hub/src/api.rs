@@ -1,6 +1,5 @@
 //! The HTTP API (docs/PROTOCOL.md): router and handlers.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -9,15 +8,16 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use outpost_proto::{
+    AgentDetail, CreateKeyRequest, DiagnosticsReport, DiagnosticsUpload, ErrorCode, Health,
+    HeartbeatAck, KeyCreated,
+};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::db::{Db, Enrolled as DbEnrolled, KeyRefusal, KeyRow};
 use crate::error::ApiError;
-use crate::limits::{
-    check_len, check_opt, field_invalid, Body, ClientIp, RateLimiter, DIAGNOSTICS_BODY,
-    HEARTBEAT_BODY, MAX_FIELD, MAX_ID, MAX_MAP_ENTRIES, MAX_MAP_KEY, SMALL_BODY,
-};
+use crate::limits::{Body, ClientIp, RateLimiter, DIAGNOSTICS_BODY, HEARTBEAT_BODY, SMALL_BODY};
 use crate::state::{
     now_ms, rfc3339, AgentEntry, AgentState, EnrollRequest, Enrolled, Heartbeat, Registry,
 };
@@ -25,7 +25,7 @@ use crate::token;
 use crate::web::{self, AdminPage, CsrfForm, Web, LOGIN_COOKIE, SESSION_COOKIE};
 
 /// Longest enrollment key lifetime accepted.
-pub const MAX_KEY_TTL_SECS: u64 = 365 * 86_400;
+pub use outpost_proto::MAX_KEY_TTL_SECS;
 
 /// Shared state of the running hub.
 pub struct Hub {
@@ -141,7 +141,7 @@ async fn not_found() -> ApiError {
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "method not allowed on this path",
         "see docs/PROTOCOL.md",
     )
@@ -188,8 +188,11 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("task failed: {e}")))
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"ok": true, "version": crate::VERSION}))
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        ok: true,
+        version: Some(crate::VERSION.to_string()),
+    })
 }
 
 async fn dashboard(State(hub): Shared, AdminPage(session): AdminPage) -> Response {
@@ -289,39 +292,14 @@ async fn logout(State(hub): Shared, f: CsrfForm<NoFields>) -> Response {
     r
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateKey {
-    ttl_secs: u64,
-    #[serde(default)]
-    group: Option<String>,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-}
-
 async fn create_key(
     State(hub): Shared,
     headers: HeaderMap,
     Body(body): Body<SMALL_BODY>,
 ) -> Result<Response, ApiError> {
     require_admin(&hub, &headers)?;
-    let req: CreateKey = parse(&body)?;
-    if req.ttl_secs == 0 || req.ttl_secs > MAX_KEY_TTL_SECS {
-        return Err(ApiError::bad_request(format!(
-            "ttl_secs must be between 1 and {MAX_KEY_TTL_SECS}"
-        )));
-    }
-    check_opt("group", req.group.as_deref(), MAX_FIELD)?;
-    if req.labels.len() > MAX_MAP_ENTRIES {
-        return Err(field_invalid(
-            "labels",
-            &format!("has more than {MAX_MAP_ENTRIES} entries"),
-        ));
-    }
-    for (k, v) in &req.labels {
-        check_len("labels key", k, MAX_MAP_KEY)?;
-        check_len(&format!("labels.{k}"), v, MAX_FIELD)?;
-    }
+    let req: CreateKeyRequest = parse(&body)?;
+    req.validate()?;
     let key = token::new_secret(token::KEY_PREFIX)?;
     let now = now_ms();
     let row = KeyRow {
@@ -336,27 +314,30 @@ async fn create_key(
     let db = hub.db.clone();
     let stored = row.clone();
     blocking(move || db.insert_key(&stored)).await??;
-    let body = json!({
-        "id": row.id, "key": key, "expires_at": rfc3339(row.expires_at_ms),
-        "group": row.group, "labels": row.labels,
-    });
+    let body = KeyCreated {
+        id: row.id,
+        key,
+        expires_at: rfc3339(row.expires_at_ms),
+        group: row.group,
+        labels: row.labels,
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 fn key_refused(refusal: KeyRefusal) -> ApiError {
     let (code, message, hint) = match refusal {
         KeyRefusal::Unknown => (
-            "key_unknown",
+            ErrorCode::KeyUnknown,
             "unknown enrollment key",
             "mint a key with `outpost-hub keys create`",
         ),
         KeyRefusal::Expired => (
-            "key_expired",
+            ErrorCode::KeyExpired,
             "enrollment key expired",
             "mint a new key with `outpost-hub keys create`",
         ),
         KeyRefusal::Used => (
-            "key_used",
+            ErrorCode::KeyUsed,
             "enrollment key already used",
             "keys are single use; mint one key per host with `outpost-hub keys create`",
         ),
@@ -408,7 +389,7 @@ async fn enroll(
     let reply = |agent_id: String| Enrolled {
         agent_id,
         token: agent_token.clone(),
-        heartbeat_interval_secs: hub.interval_secs,
+        heartbeat_interval_secs: Some(hub.interval_secs),
     };
     match outcome?.map_err(key_refused)? {
         DbEnrolled::Created => {
@@ -449,10 +430,11 @@ async fn heartbeat(
     let now = now_ms();
     entry.lock().apply(hb, now);
     hub.registry.mark_dirty(&entry);
-    Ok(
-        Json(json!({"interval_secs": hub.interval_secs, "server_time": rfc3339(now)}))
-            .into_response(),
-    )
+    Ok(Json(HeartbeatAck {
+        interval_secs: hub.interval_secs,
+        server_time: Some(rfc3339(now)),
+    })
+    .into_response())
 }
 
 /// A body's `agent_id` must be the one the token belongs to.
@@ -466,20 +448,14 @@ fn same_agent(token_owner: &str, claimed: &str) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Deserialize)]
-struct Diagnostics {
-    agent_id: String,
-    report: serde_json::Value,
-}
-
 async fn diagnostics(
     State(hub): Shared,
     headers: HeaderMap,
     Body(body): Body<DIAGNOSTICS_BODY>,
 ) -> Result<Response, ApiError> {
     let entry = agent_auth(&hub, &headers)?;
-    let d: Diagnostics = parse(&body)?;
-    check_len("agent_id", &d.agent_id, MAX_ID)?;
+    let d: DiagnosticsUpload<serde_json::Value> = parse(&body)?;
+    d.validate()?;
     same_agent(&entry.id, &d.agent_id)?;
     let db = hub.db.clone();
     let report = d.report.to_string();
@@ -514,18 +490,16 @@ async fn get_agent(
     let entry = lookup(&hub, &id)?;
     let db = hub.db.clone();
     let diag = blocking(move || db.diagnostics(&id)).await??;
-    let mut v = serde_json::to_value(entry.view(now_ms(), hub.interval_secs))
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let diag = diag.map(|(report, at)| {
-        json!({"received_at": rfc3339(at), "report": serde_json::from_str::<serde_json::Value>(&report).unwrap_or(serde_json::Value::Null)})
+    let diagnostics = diag.map(|(report, at)| DiagnosticsReport {
+        received_at: rfc3339(at),
+        report: serde_json::from_str::<serde_json::Value>(&report)
+            .unwrap_or(serde_json::Value::Null),
     });
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert(
-            "diagnostics".into(),
-            diag.unwrap_or(serde_json::Value::Null),
-        );
-    }
-    Ok(Json(v).into_response())
+    Ok(Json(AgentDetail {
+        agent: entry.view(now_ms(), hub.interval_secs),
+        diagnostics,
+    })
+    .into_response())
 }
 
 async fn revoke_agent(

@@ -372,7 +372,10 @@ impl Db {
                  WHERE id = ?13",
             )?;
             for (id, s) in batch {
-                let json = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string());
+                // Serializing these types cannot fail (string keys, no foreign types).
+                fn json<T: serde::Serialize>(v: &Option<T>) -> Option<String> {
+                    v.as_ref().and_then(|v| serde_json::to_string(v).ok())
+                }
                 st.execute(params![
                     s.distro,
                     s.arch,

@@ -3,6 +3,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use outpost_proto::{ErrorBody, ErrorCode, FieldError};
 
 /// A failure of the hub process or of a CLI command.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +110,7 @@ impl HubError {
 #[error("{code}: {message}")]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub hint: &'static str,
     /// The request field at fault (`field_too_long`, `field_invalid`).
@@ -121,7 +122,7 @@ pub struct ApiError {
 impl ApiError {
     pub fn new(
         status: StatusCode,
-        code: &'static str,
+        code: ErrorCode,
         message: impl Into<String>,
         hint: &'static str,
     ) -> Self {
@@ -136,7 +137,7 @@ impl ApiError {
     }
 
     /// The same error with another code.
-    pub fn with_code(mut self, code: &'static str) -> Self {
+    pub fn with_code(mut self, code: ErrorCode) -> Self {
         self.code = code;
         self
     }
@@ -156,7 +157,7 @@ impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
-            "bad_request",
+            ErrorCode::BadRequest,
             message,
             "fix the request body; see docs/PROTOCOL.md",
         )
@@ -165,7 +166,7 @@ impl ApiError {
     pub fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "missing or wrong admin token",
             "send Authorization: Bearer <admin token> (OUTPOST_HUB_ADMIN_TOKEN)",
         )
@@ -174,7 +175,7 @@ impl ApiError {
     pub fn token_invalid(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
-            "token_invalid",
+            ErrorCode::TokenInvalid,
             message,
             "re-enroll the agent with a new enrollment key",
         )
@@ -183,7 +184,7 @@ impl ApiError {
     pub fn token_revoked() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
-            "token_revoked",
+            ErrorCode::TokenRevoked,
             "this agent's token was revoked",
             "the agent must stop; enroll it again with a new key if it should come back",
         )
@@ -192,7 +193,7 @@ impl ApiError {
     pub fn not_found(what: impl Into<String>) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             what,
             "check the id or path",
         )
@@ -201,10 +202,18 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             message,
             "see the hub's log",
         )
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        let mut a = ApiError::bad_request(e.message).with_code(e.code);
+        a.field = e.field;
+        a
     }
 }
 
@@ -224,11 +233,10 @@ impl From<HubError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body =
-            serde_json::json!({"error": self.code, "message": self.message, "hint": self.hint});
-        if let (Some(f), Some(obj)) = (self.field, body.as_object_mut()) {
-            obj.insert("field".into(), serde_json::Value::String(f));
-        }
+        let body = ErrorBody {
+            field: self.field,
+            ..ErrorBody::new(self.code, self.message, self.hint)
+        };
         let mut r = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             r.headers_mut()

@@ -10,18 +10,12 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
-use serde_json::Value;
+use outpost_proto::ErrorCode;
 
 use crate::error::ApiError;
 
-/// Longest agent-supplied string (hostname, distro, kernel, version, …), in bytes.
-pub const MAX_FIELD: usize = 255;
-/// Longest id, key, token or nonce accepted in a body.
-pub const MAX_ID: usize = 128;
-/// Most entries in an agent-supplied map (capabilities, last_upgrade) or in key labels.
-pub const MAX_MAP_ENTRIES: usize = 32;
-/// Longest key of such a map.
-pub const MAX_MAP_KEY: usize = 64;
+// The field caps of agent-supplied data (`MAX_FIELD`, …) live with the wire types in
+// outpost-proto, checked by their `validate()`; a `FieldError` converts into an `ApiError`.
 
 /// Body limit of enroll, key creation and the login form.
 pub const SMALL_BODY: usize = 16 * 1024;
@@ -64,7 +58,7 @@ impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for Body<LIMIT> {
         match tokio::time::timeout(body_timeout(), read).await {
             Err(_) => Err(ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
+                ErrorCode::RequestTimeout,
                 "the request body did not arrive in time",
                 "send the whole body at once; see docs/PROTOCOL.md",
             )),
@@ -87,70 +81,10 @@ impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for Body<LIMIT> {
 fn too_large(limit: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
+        ErrorCode::PayloadTooLarge,
         format!("request body is larger than {limit} bytes"),
         "send a smaller body; see the limits in docs/PROTOCOL.md",
     )
-}
-
-/// 400 `field_too_long` naming `field`.
-pub fn field_too_long(field: &str, max: usize) -> ApiError {
-    ApiError::bad_request(format!("{field} is longer than {max} bytes"))
-        .with_code("field_too_long")
-        .with_field(field)
-}
-
-/// 400 `field_invalid` naming `field`.
-pub fn field_invalid(field: &str, why: &str) -> ApiError {
-    ApiError::bad_request(format!("{field} {why}"))
-        .with_code("field_invalid")
-        .with_field(field)
-}
-
-/// `value` is at most `max` bytes.
-pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
-    if value.len() > max {
-        return Err(field_too_long(field, max));
-    }
-    Ok(())
-}
-
-/// Like [`check_len`] for an optional value.
-pub fn check_opt(field: &str, value: Option<&str>, max: usize) -> Result<(), ApiError> {
-    value.map_or(Ok(()), |v| check_len(field, v, max))
-}
-
-/// A flat JSON object (capabilities, last_upgrade): at most [`MAX_MAP_ENTRIES`] entries,
-/// keys of at most [`MAX_MAP_KEY`] bytes, values null, booleans, numbers or strings of at
-/// most [`MAX_FIELD`] bytes. `null` for the whole value is allowed too.
-pub fn check_flat_object(field: &str, v: &Value) -> Result<(), ApiError> {
-    let obj = match v {
-        Value::Null => return Ok(()),
-        Value::Object(o) => o,
-        _ => return Err(field_invalid(field, "must be a json object")),
-    };
-    if obj.len() > MAX_MAP_ENTRIES {
-        return Err(field_invalid(
-            field,
-            &format!("has more than {MAX_MAP_ENTRIES} entries"),
-        ));
-    }
-    for (k, val) in obj {
-        if k.len() > MAX_MAP_KEY {
-            return Err(field_too_long(&format!("{field} key"), MAX_MAP_KEY));
-        }
-        match val {
-            Value::Null | Value::Bool(_) | Value::Number(_) => {}
-            Value::String(s) => check_len(&format!("{field}.{k}"), s, MAX_FIELD)?,
-            _ => {
-                return Err(field_invalid(
-                    &format!("{field}.{k}"),
-                    "must be a string, number, boolean or null",
-                ))
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The TCP peer's address (set per connection by the server; `X-Forwarded-For` is not
@@ -253,7 +187,7 @@ impl RateLimiter {
         self.check(ip, Instant::now()).map_err(|wait| {
             ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                ErrorCode::RateLimited,
                 "too many requests from this address",
                 "wait for the number of seconds in Retry-After, then try again",
             )
@@ -327,30 +261,24 @@ mod tests {
     }
 
     #[test]
-    fn flat_objects() {
-        use serde_json::json;
-        assert!(check_flat_object("c", &json!({"cpus": 2, "d": null, "s": "x"})).is_ok());
-        assert!(check_flat_object("c", &Value::Null).is_ok());
-        let e = check_flat_object("c", &json!({"s": "x".repeat(256)})).unwrap_err();
-        assert_eq!(
-            (e.code, e.field.as_deref()),
-            ("field_too_long", Some("c.s"))
-        );
-        assert_eq!(
-            check_flat_object("c", &json!({"n": {"deep": 1}}))
-                .unwrap_err()
-                .code,
-            "field_invalid"
-        );
-        assert_eq!(
-            check_flat_object("c", &json!([1])).unwrap_err().code,
-            "field_invalid"
-        );
-        let many: serde_json::Map<String, Value> =
-            (0..33).map(|i| (format!("k{i}"), json!(1))).collect();
-        assert!(check_flat_object("c", &Value::Object(many)).is_err());
+    fn field_errors_name_the_field() {
+        // The flat-object caps moved with the wire types (outpost-proto's `flat_objects`).
+        use outpost_proto::{check_len, FieldError, MAX_FIELD};
         assert!(check_len("facts.hostname", &"h".repeat(255), MAX_FIELD).is_ok());
-        let e = check_len("facts.hostname", &"h".repeat(256), MAX_FIELD).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("facts.hostname"));
+        let e =
+            ApiError::from(check_len("facts.hostname", &"h".repeat(256), MAX_FIELD).unwrap_err());
+        assert_eq!(
+            (e.code, e.field.as_deref(), e.status),
+            (
+                ErrorCode::FieldTooLong,
+                Some("facts.hostname"),
+                StatusCode::BAD_REQUEST
+            )
+        );
+        let e = ApiError::from(FieldError::invalid("c", "x"));
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (ErrorCode::FieldInvalid, "c x")
+        );
     }
 }

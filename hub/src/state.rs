@@ -7,8 +7,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+pub use outpost_proto::{
+    AgentStatus as Status, AgentView, Capabilities, EnrollRequest, Enrolled, Facts, Heartbeat,
+    JournalHead, LastUpgrade, MIN_NONCE,
+};
 
 /// Flag: the agent reported a journal sequence number lower than the one stored.
 pub const FLAG_WENT_BACKWARDS: &str = "journal_went_backwards";
@@ -39,152 +41,6 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
 }
 
-/// `(seq, hash)` of the newest entry of an agent's local journal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JournalHead {
-    pub seq: u64,
-    pub hash: String,
-}
-
-/// Host facts sent at enrollment.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct Facts {
-    pub hostname: String,
-    #[serde(default)]
-    pub machine_id: String,
-    #[serde(default)]
-    pub distro: String,
-    #[serde(default)]
-    pub arch: String,
-    #[serde(default)]
-    pub version: String,
-    #[serde(default)]
-    pub mode: String,
-}
-
-impl Facts {
-    /// Field caps: every string at most [`crate::limits::MAX_FIELD`] bytes, hostname
-    /// non-empty.
-    pub fn validate(&self) -> Result<(), crate::error::ApiError> {
-        use crate::limits::{check_len, MAX_FIELD};
-        if self.hostname.trim().is_empty() {
-            return Err(crate::limits::field_invalid(
-                "facts.hostname",
-                "must not be empty",
-            ));
-        }
-        for (name, v) in [
-            ("facts.hostname", &self.hostname),
-            ("facts.machine_id", &self.machine_id),
-            ("facts.distro", &self.distro),
-            ("facts.arch", &self.arch),
-            ("facts.version", &self.version),
-            ("facts.mode", &self.mode),
-        ] {
-            check_len(name, v, MAX_FIELD)?;
-        }
-        Ok(())
-    }
-}
-
-/// Shortest enrollment nonce accepted.
-pub const MIN_NONCE: usize = 16;
-
-/// The body of `POST /api/v1/enroll`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct EnrollRequest {
-    pub key: String,
-    /// A random value the agent generates once per host and reuses for every retry: the
-    /// same key with the same nonce returns the same agent id (docs/PROTOCOL.md). Optional
-    /// for older agents, which then get `key_used` on a retry.
-    #[serde(default)]
-    pub nonce: Option<String>,
-    pub facts: Facts,
-}
-
-impl EnrollRequest {
-    /// Field caps and the nonce's shape (16 to 128 of `[A-Za-z0-9_-]`).
-    pub fn validate(&self) -> Result<(), crate::error::ApiError> {
-        use crate::limits::{check_len, field_invalid, MAX_ID};
-        check_len("key", &self.key, MAX_ID)?;
-        if let Some(n) = &self.nonce {
-            check_len("nonce", n, MAX_ID)?;
-            if n.len() < MIN_NONCE
-                || !n
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
-                return Err(field_invalid(
-                    "nonce",
-                    "must be 16 to 128 characters of [A-Za-z0-9_-]",
-                ));
-            }
-        }
-        self.facts.validate()
-    }
-}
-
-/// The reply to `POST /api/v1/enroll` (201 new, 200 the same identity again).
-#[derive(Debug, Clone, Serialize)]
-pub struct Enrolled {
-    pub agent_id: String,
-    pub token: String,
-    pub heartbeat_interval_secs: u64,
-}
-
-/// A heartbeat body (docs/PROTOCOL.md). Only `agent_id` is required; absent fields keep
-/// their stored value.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Heartbeat {
-    pub agent_id: String,
-    #[serde(default)]
-    pub version: Option<String>,
-    #[serde(default)]
-    pub distro: Option<String>,
-    #[serde(default)]
-    pub kernel: Option<String>,
-    #[serde(default)]
-    pub arch: Option<String>,
-    #[serde(default)]
-    pub uptime_secs: Option<u64>,
-    #[serde(default)]
-    pub mode: Option<String>,
-    #[serde(default)]
-    pub capabilities: Option<Value>,
-    #[serde(default)]
-    pub journal_head: Option<JournalHead>,
-    #[serde(default)]
-    pub last_upgrade: Option<Value>,
-}
-
-impl Heartbeat {
-    /// Field caps: strings at most [`crate::limits::MAX_FIELD`] bytes, capabilities and
-    /// last_upgrade flat objects of bounded size.
-    pub fn validate(&self) -> Result<(), crate::error::ApiError> {
-        use crate::limits::{check_flat_object, check_len, check_opt, MAX_FIELD, MAX_ID};
-        check_len("agent_id", &self.agent_id, MAX_ID)?;
-        for (name, v) in [
-            ("version", &self.version),
-            ("distro", &self.distro),
-            ("kernel", &self.kernel),
-            ("arch", &self.arch),
-            ("mode", &self.mode),
-        ] {
-            check_opt(name, v.as_deref(), MAX_FIELD)?;
-        }
-        if let Some(j) = &self.journal_head {
-            check_len("journal_head.hash", &j.hash, MAX_ID)?;
-        }
-        if let Some(c) = &self.capabilities {
-            check_flat_object("capabilities", c)?;
-        }
-        if let Some(u) = &self.last_upgrade {
-            check_flat_object("last_upgrade", u)?;
-        }
-        Ok(())
-    }
-}
-
 /// Everything the hub knows about one agent.
 #[derive(Debug, Clone, Default)]
 pub struct AgentState {
@@ -201,10 +57,10 @@ pub struct AgentState {
     pub revoked_at_ms: Option<i64>,
     pub last_heartbeat_ms: Option<i64>,
     pub uptime_secs: Option<u64>,
-    pub capabilities: Option<Value>,
+    pub capabilities: Option<Capabilities>,
     pub journal_head: Option<JournalHead>,
     pub flags: Vec<String>,
-    pub last_upgrade: Option<Value>,
+    pub last_upgrade: Option<LastUpgrade>,
 }
 
 impl AgentState {
@@ -232,7 +88,7 @@ impl AgentState {
             self.capabilities = hb.capabilities;
         }
         if hb.last_upgrade.is_some() {
-            self.last_upgrade = hb.last_upgrade.filter(|v| !v.is_null());
+            self.last_upgrade = hb.last_upgrade;
         }
         if let Some(new) = hb.journal_head {
             if let Some(old) = &self.journal_head {
@@ -269,52 +125,6 @@ impl AgentState {
             Status::Offline
         }
     }
-}
-
-/// Agent status as shown by the API and the dashboard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Online,
-    Stale,
-    Offline,
-    Revoked,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Online => "online",
-            Status::Stale => "stale",
-            Status::Offline => "offline",
-            Status::Revoked => "revoked",
-        }
-    }
-}
-
-/// The API view of an agent (`AgentView` in docs/PROTOCOL.md).
-#[derive(Debug, Clone, Serialize)]
-pub struct AgentView {
-    pub id: String,
-    pub hostname: String,
-    pub status: Status,
-    pub version: String,
-    pub distro: String,
-    pub arch: String,
-    pub kernel: String,
-    pub mode: String,
-    pub group: Option<String>,
-    pub labels: BTreeMap<String, String>,
-    pub machine_id: String,
-    pub enrolled_at: String,
-    pub revoked_at: Option<String>,
-    pub last_heartbeat_at: Option<String>,
-    pub last_heartbeat_age_secs: Option<u64>,
-    pub uptime_secs: Option<u64>,
-    pub capabilities: Option<Value>,
-    pub journal_head: Option<JournalHead>,
-    pub last_upgrade: Option<Value>,
-    pub flags: Vec<String>,
 }
 
 /// One agent in the registry.
@@ -554,7 +364,7 @@ mod tests {
         let e = long.validate().unwrap_err();
         assert_eq!(
             (e.code, e.field.as_deref()),
-            ("field_too_long", Some("kernel"))
+            (outpost_proto::ErrorCode::FieldTooLong, Some("kernel"))
         );
         let f = Facts {
             hostname: "h".repeat(256),

@@ -1,11 +1,18 @@
-//! Checks the running hub against docs/openapi.yaml: every documented path + method exists
-//! (does not answer 404/405), and the main calls' responses carry the documented status
-//! codes and required properties (validated against the schemas, `$ref`/`allOf`/`nullable`
-//! aware).
+//! Checks docs/openapi.yaml and the hub against each other:
+//! * the document is a valid OpenAPI 3.0 document (parsed by `openapiv3`, every field
+//!   known to it, every `$ref` resolving);
+//! * every documented path + method exists (does not answer 404/405), and real responses of
+//!   the running hub carry documented status codes and match the documented JSON Schemas
+//!   (validated by `jsonschema`, `$ref`s resolved), including agents before their first
+//!   heartbeat;
+//! * real agent requests (outpost-agent's hub client and bodies, recorded on their way to
+//!   the hub) match the request schemas;
+//! * arbitrary outpost-proto values (proptest) that pass `validate()` match the schemas.
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
 
 use common::{csrf_of, heartbeat_body, Hub, ADMIN};
 use serde_json::{json, Value};
@@ -16,6 +23,7 @@ fn spec() -> Value {
     serde_norway::from_str(&text).unwrap()
 }
 
+/// The object a `$ref` (of a response or parameter) points at.
 fn resolve<'a>(spec: &'a Value, v: &'a Value) -> &'a Value {
     match v.get("$ref").and_then(Value::as_str) {
         Some(r) => {
@@ -30,86 +38,73 @@ fn resolve<'a>(spec: &'a Value, v: &'a Value) -> &'a Value {
     }
 }
 
-/// Validates `value` against `schema`; returns the problems found.
-fn check(spec: &Value, schema: &Value, value: &Value, at: &str, errs: &mut Vec<String>) {
-    let schema = resolve(spec, schema);
-    if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
-        for s in all {
-            check(spec, s, value, at, errs);
+/// An OpenAPI 3.0 schema object as JSON Schema draft 4 (its base dialect): `nullable: true`
+/// becomes `anyOf: [the schema, {type: null}]`.
+fn to_json_schema(v: &Value) -> Value {
+    match v {
+        Value::Object(o) => {
+            let out: serde_json::Map<String, Value> = o
+                .iter()
+                .filter(|(k, _)| *k != "nullable")
+                .map(|(k, v)| (k.clone(), to_json_schema(v)))
+                .collect();
+            if o.get("nullable") == Some(&Value::Bool(true)) {
+                json!({"anyOf": [Value::Object(out), {"type": "null"}]})
+            } else {
+                Value::Object(out)
+            }
         }
-        return;
+        Value::Array(a) => Value::Array(a.iter().map(to_json_schema).collect()),
+        other => other.clone(),
     }
-    if value.is_null() {
-        if schema.get("nullable") != Some(&Value::Bool(true)) && schema.get("type").is_some() {
-            errs.push(format!("{at}: null but not nullable"));
-        }
-        return;
-    }
-    if let Some(en) = schema.get("enum").and_then(Value::as_array) {
-        if !en.contains(value) {
-            errs.push(format!("{at}: {value} not in {en:?}"));
-        }
-    }
-    match schema.get("type").and_then(Value::as_str) {
-        Some("object") => {
-            let Some(obj) = value.as_object() else {
-                errs.push(format!("{at}: expected object, got {value}"));
-                return;
-            };
-            for r in schema
-                .get("required")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let r = r.as_str().unwrap();
-                if !obj.contains_key(r) {
-                    errs.push(format!("{at}: missing required property {r:?}"));
-                }
-            }
-            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-                for (k, s) in props {
-                    if let Some(v) = obj.get(k) {
-                        check(spec, s, v, &format!("{at}.{k}"), errs);
-                    }
-                }
-            }
-            if let Some(ap) = schema.get("additionalProperties").filter(|a| a.is_object()) {
-                for (k, v) in obj {
-                    check(spec, ap, v, &format!("{at}.{k}"), errs);
-                }
-            }
-        }
-        Some("array") => match value.as_array() {
-            Some(items) => {
-                for (i, v) in items.iter().enumerate() {
-                    check(spec, &schema["items"], v, &format!("{at}[{i}]"), errs);
-                }
-            }
-            None => errs.push(format!("{at}: expected array")),
-        },
-        Some("string") if !value.is_string() => {
-            errs.push(format!("{at}: expected string, got {value}"))
-        }
-        Some("string") => {
-            let len = value.as_str().map_or(0, str::len) as u64;
-            if let Some(max) = schema.get("maxLength").and_then(Value::as_u64) {
-                if len > max {
-                    errs.push(format!("{at}: {len} bytes, maxLength {max}"));
-                }
-            }
-            if let Some(min) = schema.get("minLength").and_then(Value::as_u64) {
-                if len < min {
-                    errs.push(format!("{at}: {len} bytes, minLength {min}"));
-                }
-            }
-        }
-        Some("integer") if !value.is_u64() && !value.is_i64() => {
-            errs.push(format!("{at}: expected integer, got {value}"))
-        }
-        Some("boolean") if !value.is_boolean() => errs.push(format!("{at}: expected boolean")),
-        _ => {}
-    }
+}
+
+/// A validator for `schema` (a schema object of the spec), its `#/components/...` refs
+/// resolved against the spec's components.
+fn validator(spec: &Value, schema: &Value) -> jsonschema::Validator {
+    let mut root = match to_json_schema(schema) {
+        Value::Object(o) => o,
+        other => panic!("schema {other} is not an object"),
+    };
+    root.insert("components".into(), to_json_schema(&spec["components"]));
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft4)
+        .should_validate_formats(true)
+        .build(&Value::Object(root))
+        .unwrap_or_else(|e| panic!("schema {schema} does not compile: {e}"))
+}
+
+/// The problems of `value` against `v`, one line each.
+fn problems(v: &jsonschema::Validator, value: &Value) -> Vec<String> {
+    v.iter_errors(value)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect()
+}
+
+/// Validators for the component schemas, built once (proptest runs many cases).
+fn components() -> &'static BTreeMap<String, jsonschema::Validator> {
+    static V: OnceLock<BTreeMap<String, jsonschema::Validator>> = OnceLock::new();
+    V.get_or_init(|| {
+        let spec = spec();
+        spec["components"]["schemas"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|name| {
+                let r = json!({"$ref": format!("#/components/schemas/{name}")});
+                (name.clone(), validator(&spec, &r))
+            })
+            .collect()
+    })
+}
+
+/// Asserts that `value` matches component schema `name`.
+fn assert_component(name: &str, value: &Value) {
+    let v = components()
+        .get(name)
+        .unwrap_or_else(|| panic!("no schema {name}"));
+    let errs = problems(v, value);
+    assert!(errs.is_empty(), "{name}: {errs:#?}\nvalue: {value}");
 }
 
 struct Checker<'a> {
@@ -128,18 +123,26 @@ impl Checker<'_> {
             .unwrap_or_else(|| panic!("{method} {path}: status {status} not documented ({body})"));
         let resp = resolve(self.spec, resp);
         if let Some(schema) = resp.pointer("/content/application~1json/schema") {
-            let mut errs = Vec::new();
-            check(
-                self.spec,
-                schema,
-                body,
-                &format!("{method} {path} {status}"),
-                &mut errs,
+            let errs = problems(&validator(self.spec, schema), body);
+            assert!(
+                errs.is_empty(),
+                "{method} {path} {status}: {errs:#?}\nbody: {body}"
             );
-            assert!(errs.is_empty(), "{errs:#?}\nbody: {body}");
         }
         self.covered.insert((path.to_string(), method.to_string()));
     }
+}
+
+/// Asserts that `body` matches the JSON request body schema of `method path`.
+fn check_request(spec: &Value, path: &str, method: &str, body: &Value) {
+    let schema = spec["paths"][path][method.to_lowercase()]
+        .pointer("/requestBody/content/application~1json/schema")
+        .unwrap_or_else(|| panic!("{method} {path} documents no json request body"));
+    let errs = problems(&validator(spec, schema), body);
+    assert!(
+        errs.is_empty(),
+        "request {method} {path}: {errs:#?}\nbody: {body}"
+    );
 }
 
 #[test]
@@ -420,4 +423,734 @@ fn server_matches_openapi() {
     }
     let v = limited.expect("no 429 within 30 enrollments");
     c.response("/api/v1/enroll", "POST", 429, &v);
+}
+
+/// Every `$ref` in `v` resolves in `spec`; returns how many were seen.
+fn check_refs(spec: &Value, v: &Value, at: &str) -> usize {
+    match v {
+        Value::Object(o) => {
+            let mut n = 0;
+            if let Some(r) = o.get("$ref") {
+                let r = r
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{at}: $ref is not a string"));
+                let p = r
+                    .strip_prefix('#')
+                    .unwrap_or_else(|| panic!("{at}: $ref {r} is not local"));
+                assert!(spec.pointer(p).is_some(), "{at}: dangling $ref {r}");
+                n += 1;
+            }
+            n + o
+                .iter()
+                .map(|(k, v)| check_refs(spec, v, &format!("{at}/{k}")))
+                .sum::<usize>()
+        }
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| check_refs(spec, v, &format!("{at}/{i}")))
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// Every member of `file` is in `parsed` with the same value (`parsed` may add defaults,
+/// such as a parameter's `style`); returns the differences.
+fn missing(file: &Value, parsed: &Value, at: &str, out: &mut Vec<String>) {
+    match (file, parsed) {
+        (Value::Object(f), Value::Object(p)) => {
+            for (k, v) in f {
+                match p.get(k) {
+                    Some(pv) => missing(v, pv, &format!("{at}/{k}"), out),
+                    None => out.push(format!("{at}/{k}: not part of the OpenAPI 3.0 model")),
+                }
+            }
+        }
+        (Value::Array(f), Value::Array(p)) if f.len() == p.len() => {
+            for (i, (a, b)) in f.iter().zip(p).enumerate() {
+                missing(a, b, &format!("{at}/{i}"), out);
+            }
+        }
+        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => {}
+        (a, b) if a == b => {}
+        (a, b) => out.push(format!("{at}: {a} read as {b}")),
+    }
+}
+
+#[test]
+fn spec_is_a_valid_openapi_3_0_document() {
+    let s = spec();
+    let api: openapiv3::OpenAPI = serde_json::from_value(s.clone())
+        .unwrap_or_else(|e| panic!("docs/openapi.yaml is not a valid OpenAPI 3.0 document: {e}"));
+    assert!(api.openapi.starts_with("3.0"), "{}", api.openapi);
+    // Strict: written back, the parsed document says what the file says (no member that
+    // the OpenAPI 3.0 model does not know, such as a 3.1 `type: [object, "null"]`, is lost).
+    let back = serde_json::to_value(&api).unwrap();
+    let mut lost = Vec::new();
+    missing(&s, &back, "#", &mut lost);
+    assert!(
+        lost.is_empty(),
+        "openapiv3 does not read docs/openapi.yaml as written: {lost:#?}"
+    );
+    assert!(check_refs(&s, &s, "#") > 20);
+    // Every component schema compiles as JSON Schema.
+    assert_eq!(
+        components().len(),
+        s["components"]["schemas"].as_object().unwrap().len()
+    );
+}
+
+#[test]
+fn error_codes_are_the_documented_ones() {
+    let s = spec();
+    let documented: BTreeSet<&str> = s["components"]["schemas"]["Error"]["properties"]["error"]
+        ["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let ours: BTreeSet<&str> = outpost_proto::ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    assert_eq!(documented, ours);
+}
+
+#[test]
+fn agents_before_their_first_heartbeat_match_openapi() {
+    let spec = spec();
+    let hub = Hub::start();
+    let mut c = Checker {
+        spec: &spec,
+        covered: BTreeSet::new(),
+    };
+    let (_, key) = hub.admin("POST", "/api/v1/keys", Some(&json!({"ttl_secs": 600})));
+    let (s, e) = hub.enroll(key["key"].as_str().unwrap(), "fresh-1");
+    assert_eq!(s, 201, "{e}");
+    let id = e["agent_id"].as_str().unwrap();
+
+    let (s, v) = hub.admin("GET", "/api/v1/agents", None);
+    let a = &v[0];
+    for f in [
+        "capabilities",
+        "journal_head",
+        "last_upgrade",
+        "last_heartbeat_at",
+        "last_heartbeat_age_secs",
+        "uptime_secs",
+        "revoked_at",
+        "group",
+    ] {
+        assert!(
+            a[f].is_null(),
+            "{f} is null before the first heartbeat: {a}"
+        );
+    }
+    c.response("/api/v1/agents", "GET", s, &v);
+    let (s, v) = hub.admin("GET", &format!("/api/v1/agents/{id}"), None);
+    assert!(
+        v["diagnostics"].is_null() && v["capabilities"].is_null(),
+        "{v}"
+    );
+    c.response("/api/v1/agents/{id}", "GET", s, &v);
+    let (s, v) = hub.admin("POST", &format!("/api/v1/agents/{id}/revoke"), None);
+    assert_eq!((s, v["status"].as_str()), (200, Some("revoked")), "{v}");
+    assert!(v["capabilities"].is_null(), "{v}");
+    c.response("/api/v1/agents/{id}/revoke", "POST", s, &v);
+}
+
+/// A loopback proxy in front of the hub that records each request's path and JSON body on
+/// its way through (one request per connection: it asks both sides to close).
+struct Recorder {
+    url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+}
+
+impl Recorder {
+    fn start(hub_addr: String) -> Recorder {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut c) = conn else { break };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i;
+                    }
+                    let n = c.read(&mut chunk).unwrap();
+                    assert!(n > 0, "request head cut short");
+                    buf.extend_from_slice(&chunk[..n]);
+                };
+                let head = String::from_utf8(buf[..end].to_vec()).unwrap();
+                let mut body = buf[end + 4..].to_vec();
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                while body.len() < len {
+                    let n = c.read(&mut chunk).unwrap();
+                    assert!(n > 0, "request body cut short");
+                    body.extend_from_slice(&chunk[..n]);
+                }
+                let path = head.split(' ').nth(1).unwrap_or_default().to_string();
+                if !body.is_empty() {
+                    log.lock()
+                        .unwrap()
+                        .push((path, serde_json::from_slice(&body).unwrap()));
+                }
+                let head: Vec<&str> = head
+                    .split("\r\n")
+                    .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                    .collect();
+                let mut up = std::net::TcpStream::connect(&hub_addr).unwrap();
+                up.write_all(
+                    format!("{}\r\nconnection: close\r\n\r\n", head.join("\r\n")).as_bytes(),
+                )
+                .unwrap();
+                up.write_all(&body).unwrap();
+                let mut resp = Vec::new();
+                up.read_to_end(&mut resp).unwrap();
+                c.write_all(&resp).unwrap();
+            }
+        });
+        Recorder { url, seen }
+    }
+}
+
+#[test]
+fn agent_requests_match_openapi() {
+    use outpost_agent::facts::Facts;
+    use outpost_agent::hub::{HubClient, JournalHead, LastUpgrade};
+    use outpost_agent::run::{enroll_facts, heartbeat_body};
+    let spec = spec();
+    let hub = Hub::start();
+    let rec = Recorder::start(hub.addr.clone());
+    let client = HubClient::new(&rec.url, None).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let (_, key) = hub.admin("POST", "/api/v1/keys", Some(&json!({"ttl_secs": 600})));
+
+    // Through the agent's own client and bodies; the hub's answers parse as the agent reads
+    // them.
+    let facts = enroll_facts(Facts::collect(state.path()), "system".into());
+    let nonce = "0123456789abcdef".repeat(4);
+    let (me, _) = client
+        .enroll(key["key"].as_str().unwrap(), Some(&nonce), &facts)
+        .unwrap();
+    let beat = |head, last| {
+        heartbeat_body(
+            me.agent_id.clone(),
+            "system".into(),
+            Facts::collect(state.path()),
+            head,
+            last,
+        )
+    };
+    // The first heartbeat (no journal entry, no upgrade yet), then one with both, as the run
+    // loop fills them in from its journals.
+    client.heartbeat(&me.token, &beat(None, None)).unwrap();
+    let upgrade = LastUpgrade {
+        from: None,
+        to: Some("1.2.0".into()),
+        result: Some("service_upgraded".into()),
+        at: Some("2026-01-02T03:04:05Z".into()),
+        extra: Default::default(),
+    };
+    let head = JournalHead {
+        seq: 7,
+        hash: "ab".repeat(32),
+    };
+    let (ack, _) = client
+        .heartbeat(&me.token, &beat(Some(head), Some(upgrade)))
+        .unwrap();
+    assert!(ack.server_time.is_some());
+    let config = outpost_agent::config::Config::parse(
+        &format!("[hub]\nurl = \"{}\"\n", rec.url),
+        std::path::Path::new("test.toml"),
+    )
+    .unwrap();
+    let report = outpost_agent::diagnostics::run_checks(&config, state.path());
+    client
+        .diagnostics(
+            &me.token,
+            &me.agent_id,
+            &serde_json::to_value(&report).unwrap(),
+        )
+        .unwrap();
+
+    let seen = rec.seen.lock().unwrap().clone();
+    let paths: Vec<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/api/v1/enroll",
+            "/api/v1/heartbeat",
+            "/api/v1/heartbeat",
+            "/api/v1/diagnostics"
+        ]
+    );
+    for (path, body) in &seen {
+        check_request(&spec, path, "POST", body);
+    }
+    assert!(seen[1].1["journal_head"].is_null() && seen[1].1["last_upgrade"].is_null());
+    assert_eq!(seen[2].1["last_upgrade"]["from"], Value::Null);
+    // And what the hub then shows of this agent.
+    let (s, v) = hub.admin("GET", &format!("/api/v1/agents/{}", me.agent_id), None);
+    assert_eq!(s, 200);
+    assert_component("AgentDetail", &v);
+    assert_eq!(
+        v["last_upgrade"], seen[2].1["last_upgrade"],
+        "stored as sent"
+    );
+    assert_eq!(
+        v["capabilities"], seen[2].1["capabilities"],
+        "stored as sent"
+    );
+}
+
+/// Arbitrary outpost-proto values, within the caps `validate()` enforces (and the shapes the
+/// hub guarantees for what it sends): they must match the schemas.
+mod arbitrary {
+    use std::collections::BTreeMap;
+
+    use outpost_proto::{
+        AgentDetail, AgentStatus, AgentView, Capabilities, DiagnosticsReport, DiagnosticsUpload,
+        EnrollRequest, Enrolled, ErrorBody, ErrorCode, Facts, FlatValue, Heartbeat, HeartbeatAck,
+        JournalHead, KeyCreated, LastUpgrade,
+    };
+    use proptest::collection::btree_map;
+    use proptest::option;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    /// Any text, cut to the 255-byte cap as the agent cuts it.
+    pub fn text() -> impl Strategy<Value = String> {
+        any::<String>().prop_map(|mut s| {
+            outpost_proto::cap(&mut s);
+            s
+        })
+    }
+
+    pub fn time() -> impl Strategy<Value = String> {
+        (
+            1970u32..2200,
+            1u32..=12,
+            1u32..=28,
+            0u32..24,
+            0u32..60,
+            0u32..60,
+        )
+            .prop_map(|(y, mo, d, h, mi, s)| {
+                format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+            })
+    }
+
+    fn flat_value() -> impl Strategy<Value = FlatValue> {
+        prop_oneof![
+            Just(FlatValue::Null),
+            any::<bool>().prop_map(FlatValue::Bool),
+            any::<u64>().prop_map(FlatValue::UInt),
+            (i64::MIN..0).prop_map(FlatValue::Int),
+            any::<f64>()
+                .prop_filter("json numbers are finite", |f| f.is_finite())
+                .prop_map(FlatValue::Float),
+            text().prop_map(FlatValue::String),
+        ]
+    }
+
+    /// Extra entries of a flat object: keys of at most 64 bytes other than the named ones.
+    fn extra(
+        known: &'static [&'static str],
+        max: usize,
+    ) -> impl Strategy<Value = BTreeMap<String, FlatValue>> {
+        btree_map(
+            "[a-z_]{1,64}".prop_filter("not a named field", move |k| !known.contains(&k.as_str())),
+            flat_value(),
+            0..=max,
+        )
+    }
+
+    pub fn capabilities() -> impl Strategy<Value = Capabilities> {
+        (
+            option::of(any::<u64>()),
+            option::of(any::<u64>()),
+            option::of(any::<u64>()),
+            option::of(any::<u64>()),
+            option::of(text()),
+            extra(
+                &[
+                    "cpus",
+                    "mem_total_bytes",
+                    "mem_available_bytes",
+                    "disk_free_bytes",
+                    "docker_version",
+                ],
+                27,
+            ),
+        )
+            .prop_map(
+                |(
+                    cpus,
+                    mem_total_bytes,
+                    mem_available_bytes,
+                    disk_free_bytes,
+                    docker_version,
+                    extra,
+                )| {
+                    Capabilities {
+                        cpus,
+                        mem_total_bytes,
+                        mem_available_bytes,
+                        disk_free_bytes,
+                        docker_version,
+                        extra,
+                    }
+                },
+            )
+    }
+
+    pub fn last_upgrade() -> impl Strategy<Value = LastUpgrade> {
+        (
+            option::of(text()),
+            option::of(text()),
+            option::of(text()),
+            option::of(time()),
+            extra(&["from", "to", "result", "at"], 28),
+        )
+            .prop_map(|(from, to, result, at, extra)| LastUpgrade {
+                from,
+                to,
+                result,
+                at,
+                extra,
+            })
+    }
+
+    pub fn journal_head() -> impl Strategy<Value = JournalHead> {
+        (any::<u64>(), "[0-9a-f]{64}").prop_map(|(seq, hash)| JournalHead { seq, hash })
+    }
+
+    pub fn agent_id() -> impl Strategy<Value = String> {
+        "a_[0-9a-f]{16}"
+    }
+
+    pub fn heartbeat() -> impl Strategy<Value = Heartbeat> {
+        (
+            agent_id(),
+            (
+                option::of(text()),
+                option::of(text()),
+                option::of(text()),
+                option::of(text()),
+            ),
+            option::of(any::<u64>()),
+            option::of(text()),
+            option::of(capabilities()),
+            option::of(journal_head()),
+            option::of(last_upgrade()),
+        )
+            .prop_map(
+                |(
+                    agent_id,
+                    (version, distro, kernel, arch),
+                    uptime_secs,
+                    mode,
+                    capabilities,
+                    journal_head,
+                    last_upgrade,
+                )| {
+                    Heartbeat {
+                        agent_id,
+                        version,
+                        distro,
+                        kernel,
+                        arch,
+                        uptime_secs,
+                        mode,
+                        capabilities,
+                        journal_head,
+                        last_upgrade,
+                    }
+                },
+            )
+    }
+
+    pub fn enroll_request() -> impl Strategy<Value = EnrollRequest> {
+        (
+            "opk_[0-9a-f]{64}",
+            option::of("[A-Za-z0-9_-]{16,128}"),
+            (
+                text().prop_filter("hostname is required", |h| !h.trim().is_empty()),
+                text(),
+                text(),
+                text(),
+                text(),
+                text(),
+            ),
+        )
+            .prop_map(
+                |(key, nonce, (hostname, machine_id, distro, arch, version, mode))| EnrollRequest {
+                    key,
+                    nonce,
+                    facts: Facts {
+                        hostname,
+                        machine_id,
+                        distro,
+                        arch,
+                        version,
+                        mode,
+                    },
+                },
+            )
+    }
+
+    fn json_leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            ".{0,20}".prop_map(Value::String),
+        ]
+    }
+
+    /// A free-form report: a JSON object.
+    pub fn report() -> impl Strategy<Value = Value> {
+        btree_map(".{0,10}", json_leaf(), 0..5).prop_map(|m| Value::Object(m.into_iter().collect()))
+    }
+
+    pub fn diagnostics_upload() -> impl Strategy<Value = DiagnosticsUpload<Value>> {
+        (agent_id(), report()).prop_map(|(agent_id, report)| DiagnosticsUpload { agent_id, report })
+    }
+
+    pub fn status() -> impl Strategy<Value = AgentStatus> {
+        prop_oneof![
+            Just(AgentStatus::Online),
+            Just(AgentStatus::Stale),
+            Just(AgentStatus::Offline),
+            Just(AgentStatus::Revoked),
+        ]
+    }
+
+    pub fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
+        btree_map("[a-z0-9_.-]{1,64}", text(), 0..=32)
+    }
+
+    fn flags() -> impl Strategy<Value = Vec<String>> {
+        proptest::sample::subsequence(vec!["journal_went_backwards", "journal_forked"], 0..=2)
+            .prop_map(|f| f.into_iter().map(String::from).collect())
+    }
+
+    /// What the hub knows from a heartbeat: nothing before the first one.
+    type Beat = Option<(
+        String,
+        u64,
+        Option<u64>,
+        Option<Capabilities>,
+        Option<JournalHead>,
+        Option<LastUpgrade>,
+    )>;
+
+    fn beat() -> impl Strategy<Value = Beat> {
+        option::of((
+            time(),
+            any::<u64>(),
+            option::of(any::<u64>()),
+            option::of(capabilities()),
+            option::of(journal_head()),
+            option::of(last_upgrade()),
+        ))
+    }
+
+    pub fn agent_view() -> impl Strategy<Value = AgentView> {
+        (
+            (
+                agent_id(),
+                text(),
+                status(),
+                text(),
+                text(),
+                text(),
+                text(),
+                text(),
+            ),
+            (
+                option::of(text()),
+                labels(),
+                text(),
+                time(),
+                option::of(time()),
+            ),
+            beat(),
+            flags(),
+        )
+            .prop_map(
+                |(
+                    (id, hostname, status, version, distro, arch, kernel, mode),
+                    (group, labels, machine_id, enrolled_at, revoked_at),
+                    beat,
+                    flags,
+                )| {
+                    let (
+                        last_heartbeat_at,
+                        last_heartbeat_age_secs,
+                        uptime_secs,
+                        capabilities,
+                        journal_head,
+                        last_upgrade,
+                    ) = match beat {
+                        Some((at, age, up, c, j, u)) => (Some(at), Some(age), up, c, j, u),
+                        None => (None, None, None, None, None, None),
+                    };
+                    AgentView {
+                        id,
+                        hostname,
+                        status,
+                        version,
+                        distro,
+                        arch,
+                        kernel,
+                        mode,
+                        group,
+                        labels,
+                        machine_id,
+                        enrolled_at,
+                        revoked_at,
+                        last_heartbeat_at,
+                        last_heartbeat_age_secs,
+                        uptime_secs,
+                        capabilities,
+                        journal_head,
+                        last_upgrade,
+                        flags,
+                    }
+                },
+            )
+    }
+
+    pub fn agent_detail() -> impl Strategy<Value = AgentDetail<Value>> {
+        (agent_view(), option::of((time(), report()))).prop_map(|(agent, d)| AgentDetail {
+            agent,
+            diagnostics: d.map(|(received_at, report)| DiagnosticsReport {
+                received_at,
+                report,
+            }),
+        })
+    }
+
+    pub fn enrolled() -> impl Strategy<Value = Enrolled> {
+        (agent_id(), "opt_[0-9a-f]{64}", 1u64..=86_400).prop_map(|(agent_id, token, i)| Enrolled {
+            agent_id,
+            token,
+            heartbeat_interval_secs: Some(i),
+        })
+    }
+
+    pub fn heartbeat_ack() -> impl Strategy<Value = HeartbeatAck> {
+        (1u64..=86_400, time()).prop_map(|(interval_secs, t)| HeartbeatAck {
+            interval_secs,
+            server_time: Some(t),
+        })
+    }
+
+    pub fn key_created() -> impl Strategy<Value = KeyCreated> {
+        (
+            "k_[0-9a-f]{16}",
+            "opk_[0-9a-f]{64}",
+            time(),
+            option::of(text()),
+            labels(),
+        )
+            .prop_map(|(id, key, expires_at, group, labels)| KeyCreated {
+                id,
+                key,
+                expires_at,
+                group,
+                labels,
+            })
+    }
+
+    pub fn error_body() -> impl Strategy<Value = ErrorBody> {
+        (
+            proptest::sample::select(ErrorCode::ALL.to_vec()),
+            text(),
+            text(),
+            option::of("[a-z_.]{1,40}"),
+        )
+            .prop_map(|(code, message, hint, field)| ErrorBody {
+                field,
+                ..ErrorBody::new(code, message, hint)
+            })
+    }
+}
+
+mod properties {
+    use super::{arbitrary::*, assert_component};
+    use proptest::prelude::*;
+
+    fn json(v: &impl serde::Serialize) -> serde_json::Value {
+        serde_json::to_value(v).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn heartbeats_match_the_schema(hb in heartbeat()) {
+            prop_assert!(hb.validate().is_ok(), "{:?}", hb.validate());
+            assert_component("Heartbeat", &json(&hb));
+        }
+
+        #[test]
+        fn enroll_requests_match_the_schema(r in enroll_request()) {
+            prop_assert!(r.validate().is_ok(), "{:?}", r.validate());
+            assert_component("EnrollRequest", &json(&r));
+        }
+
+        #[test]
+        fn diagnostics_uploads_match_the_schema(d in diagnostics_upload()) {
+            prop_assert!(d.validate().is_ok());
+            assert_component("DiagnosticsRequest", &json(&d));
+        }
+
+        #[test]
+        fn agent_views_match_the_schema(v in agent_view()) {
+            assert_component("AgentView", &json(&v));
+        }
+
+        #[test]
+        fn agent_details_match_the_schema(d in agent_detail()) {
+            assert_component("AgentDetail", &json(&d));
+        }
+
+        #[test]
+        fn other_replies_match_the_schema(
+            e in enrolled(), a in heartbeat_ack(), k in key_created(), err in error_body()
+        ) {
+            assert_component("Enrolled", &json(&e));
+            assert_component("HeartbeatReply", &json(&a));
+            assert_component("Key", &json(&k));
+            assert_component("Error", &json(&err));
+        }
+
+        /// What the hub stores from a heartbeat and shows again is what the schema allows.
+        #[test]
+        fn capabilities_and_upgrades_round_trip(c in capabilities(), u in last_upgrade()) {
+            prop_assert!(c.validate().is_ok() && u.validate().is_ok());
+            let back: outpost_proto::Capabilities = serde_json::from_value(json(&c)).unwrap();
+            prop_assert_eq!(&back, &c);
+            let back: outpost_proto::LastUpgrade = serde_json::from_value(json(&u)).unwrap();
+            prop_assert_eq!(&back, &u);
+            assert_component("Capabilities", &json(&c));
+            assert_component("LastUpgrade", &json(&u));
+        }
+    }
 }

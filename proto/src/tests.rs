@@ -1,0 +1,162 @@
+use super::*;
+use serde_json::{json, Value};
+
+fn caps(v: Value) -> Capabilities {
+    serde_json::from_value(v).unwrap()
+}
+
+#[test]
+fn error_codes_serialize_as_their_names() {
+    for c in ErrorCode::ALL {
+        assert_eq!(serde_json::to_value(c).unwrap(), json!(c.as_str()));
+        assert_eq!(
+            serde_json::from_value::<ErrorCode>(json!(c.as_str())).unwrap(),
+            c
+        );
+        assert_eq!(ErrorCode::parse(c.as_str()), Some(c));
+    }
+    assert_eq!(ErrorCode::parse("key_from_the_future"), None);
+    let b: ErrorBody = serde_json::from_str(r#"{"error":"key_used","message":"m"}"#).unwrap();
+    assert_eq!(b.code(), Some(ErrorCode::KeyUsed));
+    assert!(ErrorCode::KeyUsed.is_key_refusal() && !ErrorCode::TokenRevoked.is_key_refusal());
+    let sent = serde_json::to_value(ErrorBody::new(ErrorCode::NotFound, "m", "h")).unwrap();
+    assert_eq!(
+        sent,
+        json!({"error": "not_found", "message": "m", "hint": "h"})
+    );
+}
+
+/// Moved from the hub's limits.rs (`check_flat_object`): the same caps on the typed objects.
+#[test]
+fn flat_objects() {
+    assert!(caps(json!({"cpus": 2, "d": null, "s": "x"}))
+        .validate()
+        .is_ok());
+    let e = caps(json!({"s": "x".repeat(256)})).validate().unwrap_err();
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        (ErrorCode::FieldTooLong, Some("capabilities.s"))
+    );
+    let e = caps(json!({"docker_version": "x".repeat(256)}))
+        .validate()
+        .unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("capabilities.docker_version"));
+    let e = caps(json!({"n": {"deep": 1}})).validate().unwrap_err();
+    assert_eq!(
+        (e.code, e.field.as_deref()),
+        (ErrorCode::FieldInvalid, Some("capabilities.n"))
+    );
+    assert_eq!(
+        caps(json!({"n": [1]})).validate().unwrap_err().code,
+        ErrorCode::FieldInvalid
+    );
+    assert!(serde_json::from_value::<Capabilities>(json!([1])).is_err());
+    let many: serde_json::Map<String, Value> =
+        (0..33).map(|i| (format!("k{i}"), json!(1))).collect();
+    let e = caps(Value::Object(many)).validate().unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("capabilities"));
+    let e = caps(json!({"k".repeat(65): 1})).validate().unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("capabilities key"));
+    let u: LastUpgrade = serde_json::from_value(json!({"to": "v".repeat(256)})).unwrap();
+    assert_eq!(
+        u.validate().unwrap_err().field.as_deref(),
+        Some("last_upgrade.to")
+    );
+    assert!(check_len("facts.hostname", &"h".repeat(255), MAX_FIELD).is_ok());
+    let e = check_len("facts.hostname", &"h".repeat(256), MAX_FIELD).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("facts.hostname"));
+    assert_eq!(e.message, "facts.hostname is longer than 255 bytes");
+}
+
+#[test]
+fn flat_values_round_trip() {
+    let v = json!({"cpus": 2, "mem_total_bytes": null, "mem_available_bytes": 1,
+                   "disk_free_bytes": 3, "docker_version": "27.1",
+                   "gpu": true, "load": 0.5, "neg": -3, "s": "x", "n": null});
+    assert_eq!(serde_json::to_value(caps(v.clone())).unwrap(), v);
+    // The named fields are always sent, null when unknown.
+    assert_eq!(
+        serde_json::to_value(caps(json!({"cpus": 1}))).unwrap(),
+        json!({"cpus": 1, "mem_total_bytes": null, "mem_available_bytes": null,
+               "disk_free_bytes": null, "docker_version": null})
+    );
+    let u = json!({"from": null, "to": "1.2.0", "result": "service_upgraded",
+                   "at": "2026-01-01T00:00:00Z"});
+    let lu: LastUpgrade = serde_json::from_value(u.clone()).unwrap();
+    assert_eq!(serde_json::to_value(lu).unwrap(), u);
+}
+
+#[test]
+fn heartbeat_caps_and_cuts() {
+    let hb = Heartbeat {
+        agent_id: "a_1".into(),
+        kernel: Some("é".repeat(200)),
+        capabilities: Some(Capabilities {
+            docker_version: Some("d".repeat(300)),
+            ..Default::default()
+        }),
+        last_upgrade: Some(LastUpgrade {
+            at: Some("t".repeat(300)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        hb.validate().unwrap_err().field.as_deref(),
+        Some("kernel"),
+        "checked before capping"
+    );
+    let hb = hb.capped();
+    assert!(hb.validate().is_ok());
+    assert_eq!(
+        hb.kernel.as_deref().map(str::len),
+        Some(254),
+        "no half character"
+    );
+    // Absent and null fields both keep the stored value.
+    let min: Heartbeat = serde_json::from_value(json!({"agent_id": "a", "kernel": null})).unwrap();
+    assert_eq!(
+        min,
+        Heartbeat {
+            agent_id: "a".into(),
+            ..Default::default()
+        }
+    );
+}
+
+#[test]
+fn enroll_and_key_requests() {
+    let mut r = EnrollRequest {
+        key: "k".into(),
+        nonce: None,
+        facts: Facts {
+            hostname: "h".into(),
+            ..Default::default()
+        },
+    };
+    assert!(r.validate().is_ok());
+    let body = serde_json::to_value(&r).unwrap();
+    assert!(body.get("nonce").is_none(), "no nonce, no field: {body}");
+    r.nonce = Some("short".into());
+    assert_eq!(r.validate().unwrap_err().field.as_deref(), Some("nonce"));
+    r.nonce = Some("n".repeat(64));
+    assert!(r.validate().is_ok());
+    r.facts.hostname = " ".into();
+    assert_eq!(
+        r.validate().unwrap_err().code,
+        ErrorCode::FieldInvalid,
+        "empty hostname"
+    );
+    let k: CreateKeyRequest = serde_json::from_value(json!({"ttl_secs": 0})).unwrap();
+    assert_eq!(
+        (
+            k.validate().unwrap_err().code,
+            k.validate().unwrap_err().field
+        ),
+        (ErrorCode::BadRequest, None)
+    );
+    assert!(serde_json::from_value::<CreateKeyRequest>(json!({"ttl_secs": 1, "x": 1})).is_err());
+    let k: CreateKeyRequest =
+        serde_json::from_value(json!({"ttl_secs": 1, "labels": {"a": "b".repeat(256)}})).unwrap();
+    assert_eq!(k.validate().unwrap_err().field.as_deref(), Some("labels.a"));
+}
