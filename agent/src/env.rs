@@ -48,3 +48,26 @@ pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 pub const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
 /// Home directory of the invoking user (user mode paths).
 pub const HOME: &str = "HOME";
+
+/// Every variable above, for the test that checks docs/ENVIRONMENT.md against this registry.
+pub const ALL: &[&str] = &[
+    CONFIG,
+    STATE_DIR,
+    INSTALL_JOURNAL,
+    MODE,
+    ROOT,
+    ENROLL_KEY,
+    ENV_FILE,
+    ENROLL_KEY_FILE,
+    HUB_URL,
+    RELEASE_URL,
+    RELEASE_CHANNEL,
+    RELEASE_PUBKEYS,
+    CA_FILE,
+    RUN_AS,
+    BUILD_VERSION,
+    SUDO_USER,
+    NOTIFY_SOCKET,
+    WATCHDOG_USEC,
+    HOME,
+];
