@@ -1,19 +1,13 @@
 //! Time helpers: RFC 3339 timestamps and the HTTP `Date` header (IMF-fixdate).
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
 /// `t` as an RFC 3339 UTC string with second precision (`2024-05-01T12:00:00Z`).
 pub fn rfc3339(t: SystemTime) -> String {
     let secs = t
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0);
-    OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|d| d.format(&Rfc3339).ok())
-        // Only reachable for years past 9999; keep a parseable value rather than panic.
-        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
+    outpost_packaging::manifest::rfc3339_secs(secs)
 }
 
 pub fn now_rfc3339() -> String {

@@ -31,14 +31,7 @@ pub fn now_ms() -> i64 {
 
 /// RFC 3339 UTC (second precision) of unix milliseconds.
 pub fn rfc3339(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
+    outpost_packaging::manifest::rfc3339_secs(ms.div_euclid(1000))
 }
 
 /// Everything the hub knows about one agent.

@@ -223,9 +223,7 @@ fn repair_privilege_split(l: &Layout, out: &mut dyn Write) -> Result<()> {
 }
 
 fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| "unknown".into())
+    outpost_agent::clock::now_rfc3339()
 }
 
 fn scope_for(layout: &Layout, uid: u32) -> Scope {

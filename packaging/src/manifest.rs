@@ -208,13 +208,22 @@ pub fn current_target() -> Option<&'static str> {
     }
 }
 
-/// RFC 3339 UTC for unix seconds `t`.
+/// RFC 3339 UTC with second precision for unix seconds `t` (`2024-05-01T12:00:00Z`): the
+/// one formatter of the workspace (the agent's clock and the hub use it too).
 pub fn rfc3339(t: u64) -> String {
-    let dt = time::OffsetDateTime::from_unix_timestamp(t as i64)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    // Invariant: Rfc3339 formats every representable UTC date with a 4-digit year.
-    dt.format(&time::format_description::well_known::Rfc3339)
-        .expect("rfc3339 formatting of a unix timestamp")
+    rfc3339_secs(i64::try_from(t).unwrap_or(i64::MAX))
+}
+
+/// [`rfc3339`] for signed unix seconds; out-of-range times (past 9999) give the epoch rather
+/// than a panic.
+pub fn rfc3339_secs(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
 }
 
 #[cfg(test)]
