@@ -71,11 +71,10 @@ pub fn parse_os_release(text: &str) -> OsRelease {
     let mut pretty = String::new();
     let mut name = String::new();
     for line in text.lines() {
-        let Some((k, v)) = line.trim().split_once('=') else {
+        let Some((k, v)) = outpost_packaging::kv::assignment(line) else {
             continue;
         };
-        let v = unquote(v.trim());
-        match k.trim() {
+        match k {
             "ID" => id = v,
             "VERSION_ID" => version = v,
             "PRETTY_NAME" => pretty = v,
@@ -95,26 +94,6 @@ pub fn parse_os_release(text: &str) -> OsRelease {
         pretty = if name.is_empty() { short.clone() } else { name };
     }
     OsRelease { short, pretty }
-}
-
-fn unquote(v: &str) -> String {
-    let inner = match v.as_bytes() {
-        [q @ (b'"' | b'\''), .., l] if q == l && v.len() >= 2 => &v[1..v.len() - 1],
-        _ => v,
-    };
-    let mut out = String::with_capacity(inner.len());
-    let mut esc = false;
-    for c in inner.chars() {
-        if esc {
-            out.push(c);
-            esc = false;
-        } else if c == '\\' {
-            esc = true;
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// First field of /proc/uptime, whole seconds.
@@ -230,7 +209,9 @@ mod tests {
                 "arch",
                 "Arch Linux",
             ),
-            ("ID='rhel'\nVERSION_ID='9.3'\nPRETTY_NAME='Red Hat \\\"EL\\\" 9'\n", "rhel 9.3", "Red Hat \"EL\" 9"),
+            ("ID='rhel'\nVERSION_ID='9.3'\nPRETTY_NAME=\"Red Hat \\\"EL\\\" 9\"\n", "rhel 9.3", "Red Hat \"EL\" 9"),
+            // single quotes are literal in shell (and os-release(5)): backslashes stay
+            ("ID=x\nPRETTY_NAME='a\\b'\n", "x", "a\\b"),
             ("# comment\n\nID=alpine\nVERSION_ID=3.19.1\n", "alpine 3.19.1", "alpine 3.19.1"),
             ("", "linux", "linux"),
         ];

@@ -918,12 +918,8 @@ pub fn heartbeat_body(
 fn key_from_env_file(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     text.lines().find_map(|l| {
-        let l = l.trim_start();
-        let l = l.strip_prefix("export ").unwrap_or(l);
-        let (k, v) = l.split_once('=')?;
-        (k.trim() == crate::env::ENROLL_KEY)
-            .then(|| v.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
-            .filter(|v| !v.is_empty())
+        let (k, v) = outpost_packaging::kv::assignment(l)?;
+        (k == crate::env::ENROLL_KEY && !v.is_empty()).then_some(v)
     })
 }
 

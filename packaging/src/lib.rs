@@ -13,6 +13,7 @@ pub mod error;
 pub mod extract;
 pub mod fetch;
 pub mod fsx;
+pub mod kv;
 pub mod manifest;
 #[cfg(feature = "tools")]
 pub mod tools;

@@ -24,7 +24,7 @@ pub struct DistroFacts {
 pub fn parse(text: &str) -> OsRelease {
     let mut os = OsRelease::default();
     for line in text.lines() {
-        let Some((key, value)) = parse_line(line) else {
+        let Some((key, value)) = outpost_packaging::kv::assignment(line) else {
             continue;
         };
         let opt = |v: String| if v.is_empty() { None } else { Some(v) };
@@ -42,67 +42,6 @@ pub fn parse(text: &str) -> OsRelease {
         os.id = "linux".to_owned();
     }
     os
-}
-
-/// One `KEY=value` line → `(KEY, unquoted value)`; `None` for blanks, comments and garbage.
-fn parse_line(line: &str) -> Option<(&str, String)> {
-    let line = line.trim_start();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let line = line
-        .strip_prefix("export ")
-        .map(str::trim_start)
-        .unwrap_or(line);
-    let (key, raw) = line.split_once('=')?;
-    let valid_key = key
-        .chars()
-        .enumerate()
-        .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
-    if key.is_empty() || !valid_key {
-        return None;
-    }
-    Some((key, unquote(raw)?))
-}
-
-/// Shell word unquoting: `'…'` literal, `"…"` with `\"` `\\` `\$` `` \` `` escapes, bare
-/// `\x` → `x`. The value ends at the first unquoted blank (anything after it, e.g. a
-/// trailing `# comment`, is ignored). `None` for an unterminated quote.
-fn unquote(raw: &str) -> Option<String> {
-    let mut out = String::new();
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => loop {
-                match chars.next()? {
-                    '\'' => break,
-                    c => out.push(c),
-                }
-            },
-            '"' => loop {
-                match chars.next()? {
-                    '"' => break,
-                    '\\' => match chars.next()? {
-                        c @ ('"' | '\\' | '$' | '`') => out.push(c),
-                        '\n' => {}
-                        c => {
-                            out.push('\\');
-                            out.push(c);
-                        }
-                    },
-                    c => out.push(c),
-                }
-            },
-            '\\' => {
-                if let Some(c) = chars.next() {
-                    out.push(c);
-                }
-            }
-            c if c.is_whitespace() => break,
-            c => out.push(c),
-        }
-    }
-    Some(out)
 }
 
 /// Which distro family this is. Precedence: DietPi marker, Raspberry Pi OS (`ID=raspbian`,
