@@ -40,21 +40,31 @@ pub fn temp_pid(name: &str) -> Option<u32> {
 /// Remove the temp files and links this module left in `dir` (not below it) for processes
 /// that no longer run (killed, power cut between create and rename). Returns what went.
 pub fn sweep_stale_temps(dir: &Path) -> Vec<PathBuf> {
+    sweep_dead_writers(dir, temp_pid, false)
+}
+
+/// Remove the entries of `dir` whose name `pid_of` maps to the pid of a process that no
+/// longer runs (directories too, recursively, when `dirs`). The one sweeper of leftovers.
+pub fn sweep_dead_writers(dir: &Path, pid_of: fn(&str) -> Option<u32>, dirs: bool) -> Vec<PathBuf> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut removed = Vec::new();
     for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = temp_pid(&name) else {
+        let Some(pid) = pid_of(&e.file_name().to_string_lossy()) else {
             continue;
         };
-        let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(true);
-        if is_dir || pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        if fs_err::remove_file(e.path()).is_ok() {
-            removed.push(e.path());
+        let p = e.path();
+        let gone = match e.file_type() {
+            Ok(t) if t.is_dir() => dirs && fs_err::remove_dir_all(&p).is_ok(),
+            Ok(_) => fs_err::remove_file(&p).is_ok(),
+            Err(_) => false,
+        };
+        if gone {
+            removed.push(p);
         }
     }
     removed

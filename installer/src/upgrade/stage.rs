@@ -133,29 +133,7 @@ pub fn staging_pid(name: &str) -> Option<u32> {
 /// Remove staging and download directories left in `versions_dir` by upgraders that no
 /// longer run (killed, power cut). Returns what was removed.
 pub fn sweep_stale(versions_dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(versions_dir) else {
-        return Vec::new();
-    };
-    let mut removed = Vec::new();
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = staging_pid(&name) else {
-            continue;
-        };
-        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        let p = e.path();
-        let gone = match e.file_type() {
-            Ok(t) if t.is_dir() => fs_err::remove_dir_all(&p).is_ok(),
-            Ok(_) => fs_err::remove_file(&p).is_ok(),
-            Err(_) => false,
-        };
-        if gone {
-            removed.push(p);
-        }
-    }
-    removed
+    outpost_packaging::atomic::sweep_dead_writers(versions_dir, staging_pid, true)
 }
 
 #[cfg(test)]

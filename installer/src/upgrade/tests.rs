@@ -94,6 +94,18 @@ impl Bed {
             .map(|r| r.kind)
             .collect()
     }
+    /// 1.1.0 staged; with `swapped`, `current` already points at it (as after the swap).
+    fn stage_1_1_0(&self, swapped: bool) {
+        FakeStager::default()
+            .stage(
+                &v("1.1.0"),
+                &self.loc.layout.host(&self.loc.layout.versions_dir()),
+            )
+            .unwrap();
+        if swapped {
+            swap_current(&self.loc.layout, &v("1.1.0")).unwrap();
+        }
+    }
     fn record_exists(&self) -> bool {
         record::path(&self.loc.layout.host(&self.loc.layout.state_dir)).exists()
     }
