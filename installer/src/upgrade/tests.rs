@@ -324,15 +324,7 @@ fn resolution_table() {
     ];
     for (step, ctx, want, current, restarted) in cases {
         let b = bed();
-        FakeStager::default()
-            .stage(
-                &v("1.1.0"),
-                &b.loc.layout.host(&b.loc.layout.versions_dir()),
-            )
-            .unwrap();
-        if step >= Step::Swapped {
-            swap_current(&b.loc.layout, &v("1.1.0")).unwrap();
-        }
+        b.stage_1_1_0(step >= Step::Swapped);
         leave_record(&b, step);
         let mut out = Vec::new();
         let r = resolve_pending(&b.loc.layout, &b.fake, b.loc.euid, ctx, &mut out).unwrap();
@@ -354,13 +346,7 @@ fn resolution_table() {
 #[test]
 fn a_corrupt_record_is_set_aside_and_current_goes_back_to_last_good() {
     let b = bed();
-    FakeStager::default()
-        .stage(
-            &v("1.1.0"),
-            &b.loc.layout.host(&b.loc.layout.versions_dir()),
-        )
-        .unwrap();
-    swap_current(&b.loc.layout, &v("1.1.0")).unwrap();
+    b.stage_1_1_0(true);
     let sd = b.loc.layout.host(&b.loc.layout.state_dir);
     std::fs::write(record::path(&sd), "{\"to\": \"/var/lib/outpost/agent/x\"").unwrap();
     let mut out = Vec::new();
@@ -382,13 +368,7 @@ fn a_corrupt_record_is_set_aside_and_current_goes_back_to_last_good() {
 #[test]
 fn the_guard_resolves_the_record_of_a_dead_upgrader() {
     let b = bed();
-    FakeStager::default()
-        .stage(
-            &v("1.1.0"),
-            &b.loc.layout.host(&b.loc.layout.versions_dir()),
-        )
-        .unwrap();
-    swap_current(&b.loc.layout, &v("1.1.0")).unwrap();
+    b.stage_1_1_0(true);
     b.fake.0.borrow_mut().active = false;
     leave_record(&b, Step::Starting);
     let mut out = Vec::new();
