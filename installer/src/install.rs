@@ -41,7 +41,7 @@ pub struct InstallArgs {
 /// private temp dir (mkdtemp, 0700: nobody else can pre-create or swap anything in it);
 /// removed on drop.
 pub struct VerifiedBinary {
-    _dir: tempfile::TempDir,
+    _dir: outpost_packaging::fsx::PrivateTempDir,
     pub binary: PathBuf,
 }
 
@@ -81,10 +81,7 @@ pub fn verify_against_release(
             "pass the release's minisign public key in OUTPOST_RELEASE_PUBKEYS (install.sh does this)",
         ));
     }
-    let tmp = tempfile::Builder::new()
-        .prefix("outpost-verify-")
-        .tempdir()
-        .map_err(|e| Error::io("create a private temp dir in", &std::env::temp_dir(), e))?;
+    let tmp = outpost_packaging::fsx::PrivateTempDir::new("verify")?;
     let dir = tmp.path().to_path_buf();
     let guard = VerifiedBinary {
         binary: dir.join("staging").join("outpost"),

@@ -73,16 +73,7 @@ pub fn group_exists(root: &Path, name: &str) -> Result<bool, UsersError> {
         .any(|g| g == name))
 }
 
-/// POSIX-portable user/group name: `[a-z_][a-z0-9_-]{0,31}` (no trailing `$`, no uppercase).
-pub fn valid_username(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 32
-        && (b[0].is_ascii_lowercase() || b[0] == b'_')
-        && b[1..]
-            .iter()
-            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
-}
+pub use outpost_packaging::names::valid_username;
 
 /// argv for creating the system service user with its own group and no login shell.
 /// `name` must satisfy [`valid_username`]; `home` is the host path (not created: the

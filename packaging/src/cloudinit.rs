@@ -163,13 +163,7 @@ fn check_key(key: &str) -> Result<()> {
 
 /// A POSIX user name (as `useradd` accepts it by default).
 fn check_user(name: &str) -> Result<()> {
-    let b = name.as_bytes();
-    let ok = !b.is_empty()
-        && b.len() <= 32
-        && (b[0].is_ascii_lowercase() || b[0] == b'_')
-        && b.iter()
-            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
-    if ok {
+    if crate::names::valid_username(name) {
         Ok(())
     } else {
         Err(Error::usage(

@@ -20,59 +20,29 @@ pub(crate) fn tmp_name(path: &Path, tag: &str) -> PathBuf {
 pub(crate) use crate::atomic::parent;
 
 /// A fresh directory only its owner can enter (0700) under the system temp dir, removed on
-/// drop. Its name (`outpost-TAG-RANDOM`) is created with one `mkdir`, never reused: a path
-/// someone else made first (a planted directory or symlink in a shared /tmp) is skipped, not
-/// entered.
+/// drop: the workspace's one temp dir, `mkdtemp`-style through `tempfile` (a random name
+/// created with one `mkdir`, so a path someone else made first in a shared /tmp is never
+/// entered).
 #[derive(Debug)]
 pub struct PrivateTempDir {
-    path: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl PrivateTempDir {
     pub fn new(tag: &str) -> Result<PrivateTempDir> {
-        use std::os::unix::fs::DirBuilderExt;
         let base = std::env::temp_dir();
-        let mut last = None;
-        for attempt in 0u32..16 {
-            let path = base.join(format!("outpost-{tag}-{}", random_suffix(attempt)));
-            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => return Ok(PrivateTempDir { path }),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
-                Err(e) => return Err(Error::io("create directory", &path, e)),
-            }
-        }
-        Err(Error::io(
-            "create a private directory in",
-            &base,
-            last.unwrap_or_else(|| std::io::Error::other("every name was taken")),
-        ))
+        use std::os::unix::fs::PermissionsExt;
+        tempfile::Builder::new()
+            .prefix(&format!("outpost-{tag}-"))
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir_in(&base)
+            .map(|dir| PrivateTempDir { dir })
+            .map_err(|e| Error::io("create a private directory in", &base, e))
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.dir.path()
     }
-}
-
-impl Drop for PrivateTempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path); // best effort: our own directory
-    }
-}
-
-/// 16 hex digits from /dev/urandom (pid, time and `attempt` if it cannot be read).
-fn random_suffix(attempt: u32) -> String {
-    let mut b = [0u8; 8];
-    let read = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
-    if read.is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let mixed = sha256_bytes(format!("{}-{nanos}-{attempt}", std::process::id()).as_bytes());
-        return mixed[..16].to_string();
-    }
-    hex::encode(b)
 }
 
 /// fsync a directory so renames inside it are durable.

@@ -15,6 +15,7 @@ pub mod fetch;
 pub mod fsx;
 pub mod kv;
 pub mod manifest;
+pub mod names;
 #[cfg(feature = "tools")]
 pub mod tools;
 pub mod url;
