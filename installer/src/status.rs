@@ -238,6 +238,7 @@ pub fn events(
     out: &mut dyn Write,
 ) -> Result<i32> {
     use outpost_agent::journal::{Journal, Record};
+    use outpost_packaging::text::{json_terminal_safe, terminal_safe};
     let (layout, _) = crate::uninstall::find_install(probe, root, mode)?;
     // Root's journal (install and upgrade events) and the agent's own, merged by time.
     let journals = [
@@ -248,15 +249,15 @@ pub fn events(
         if json {
             let mut v = serde_json::to_value(r).unwrap_or_default();
             v["journal"] = serde_json::json!(src);
-            writeln!(out, "{v}").ok();
+            writeln!(out, "{}", json_terminal_safe(&v.to_string())).ok();
         } else {
             // Agent-written strings reach a terminal: control characters are escaped.
-            let data = escape_controls(&r.data.to_string());
-            let kind = escape_controls(&r.kind);
+            let data = json_terminal_safe(&r.data.to_string());
+            let kind = terminal_safe(&r.kind);
             writeln!(
                 out,
                 "{}  {:<7} #{:<4} {:<32} {}",
-                escape_controls(&r.time),
+                terminal_safe(&r.time),
                 src,
                 r.seq,
                 kind,
@@ -302,38 +303,6 @@ pub fn events(
         }
         if !any {
             std::thread::sleep(std::time::Duration::from_millis(250));
-        }
-    }
-}
-
-/// Escape control characters (ESC, CR, BEL, …) so text another program wrote cannot drive
-/// the operator's terminal; everything else is kept as it is.
-pub fn escape_controls(s: &str) -> String {
-    if !s.chars().any(char::is_control) {
-        return s.to_string();
-    }
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_unicode().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod escape_tests {
-    #[test]
-    fn controls_are_escaped() {
-        for (i, want) in [
-            ("plain host", "plain host"),
-            ("a\u{1b}[2Jb", "a\\u{1b}[2Jb"),
-            ("x\ry", "x\\u{d}y"),
-            ("ünïcode", "ünïcode"),
-        ] {
-            assert_eq!(super::escape_controls(i), want);
         }
     }
 }

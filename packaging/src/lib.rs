@@ -16,6 +16,7 @@ pub mod fsx;
 pub mod kv;
 pub mod manifest;
 pub mod names;
+pub mod text;
 #[cfg(feature = "tools")]
 pub mod tools;
 pub mod url;
