@@ -335,6 +335,64 @@ fn attacks(user: &str) {
     );
     let receipt = c.must_sh("cat /var/lib/outpost/receipt.json");
     assert!(receipt.contains("\"entries\""), "{receipt}");
+
+    // Migration from the earlier layout, where the service user owned the state dir and the
+    // secrets file: what it left (a planted link among its files, a receipt and a record of
+    // its own) is moved or set aside unread, never followed; root takes back outpost.env.
+    let before = sentinels(&c);
+    c.must_sh(&format!(
+        "chown {user} /var/lib/outpost/receipt.json /etc/outpost/outpost.env && \
+         ln -s /root/sentinel /var/lib/outpost/heartbeat.json && chown -h {user} /var/lib/outpost/heartbeat.json && \
+         printf '%s' {} > /var/lib/outpost/upgrade.json && chown {user} /var/lib/outpost/upgrade.json && \
+         rm -f /var/lib/outpost/agent/heartbeat.json",
+        q(forged)
+    ));
+    let o = root_cmd(
+        &c,
+        &format!(
+            "/srv/dist/1.0.0/outpost install {}",
+            if user == "alice" {
+                "--run-as alice"
+            } else {
+                ""
+            }
+        ),
+        "install over the earlier layout",
+    );
+    assert!(o.success(), "{o:?}");
+    assert_eq!(c.must_sh("cat /root/sentinel"), "precious\n");
+    assert_eq!(
+        c.must_sh("readlink /var/lib/outpost/agent/heartbeat.json")
+            .trim(),
+        "/root/sentinel",
+        "the planted link was not moved as a link"
+    );
+    for f in ["receipt.json.untrusted", "upgrade.json.untrusted"] {
+        assert!(
+            c.sh(&format!("test -f /var/lib/outpost/{f}")).success(),
+            "{f}: {o:?}"
+        );
+    }
+    assert_eq!(
+        c.must_sh("stat -c '%U %a' /var/lib/outpost/receipt.json /etc/outpost/outpost.env")
+            .trim(),
+        "root 644\nroot 600"
+    );
+    c.must_sh("rm -f /var/lib/outpost/agent/heartbeat.json /var/lib/outpost/*.untrusted");
+    assert_eq!(
+        sentinels(&c).lines().next(),
+        before.lines().next(),
+        "sentinel changed"
+    );
+    // A config.toml that is not root's (it may have been replaced) stops install, named.
+    c.must_sh(&format!("chown {user} /etc/outpost/config.toml"));
+    let o = root_cmd(
+        &c,
+        "/srv/dist/1.0.0/outpost install",
+        "install over a foreign config",
+    );
+    assert!(!o.success() && o.stderr.contains("config.toml"), "{o:?}");
+    c.must_sh("chown root:root /etc/outpost/config.toml");
     assert!(wait_active(&c, 20), "service not active at the end");
     assert_not_pwned(&c, "end");
 }
