@@ -1,5 +1,5 @@
 //! docs/ENVIRONMENT.md against the code: every variable of the registry
-//! (`outpost_agent::env::ALL`) and every `OUTPOST_*` name the sources of any crate mention is
+//! (`outpost_core::env::ALL`) and every `OUTPOST_*` name the sources of any crate mention is
 //! documented there, and the page names no `OUTPOST_*` variable the code never mentions.
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -43,7 +43,7 @@ fn environment_page_matches_the_code() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let doc = std::fs::read_to_string(root.join("docs/ENVIRONMENT.md")).unwrap();
     let documented = names_in(&doc);
-    for v in outpost_agent::env::ALL {
+    for v in outpost_core::env::ALL {
         assert!(
             doc.contains(&format!("`{v}`")),
             "{v} (agent/src/env.rs) is not in docs/ENVIRONMENT.md"

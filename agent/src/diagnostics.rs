@@ -1,10 +1,10 @@
 //! `outpost diagnose`: checks of the agent's side, each `{name, ok, detail, hint}`, and
 //! [`send`] to upload the report to the hub. The installer adds its own checks (unit state,
 //! linger) to [`Report::checks`] before printing or sending.
-use crate::config::Config;
 use crate::enroll::{self, Identity};
 use crate::hub::{HubClient, HubError};
-use crate::journal::Journal;
+use outpost_core::config::Config;
+use outpost_core::journal::Journal;
 use serde::Serialize;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -260,7 +260,7 @@ pub fn run_checks(config: &Config, state_dir: &Path) -> Report {
     checks.push(check_journal(state_dir));
     Report {
         version: outpost_packaging::VERSION.to_string(),
-        at: crate::clock::now_rfc3339(),
+        at: outpost_core::time::now_rfc3339(),
         agent_id: identity.map(|i| i.agent_id),
         checks,
     }
@@ -348,7 +348,7 @@ mod tests {
         );
         let journal = &r.checks[4];
         assert!(journal.ok, "{journal:?}");
-        std::fs::write(d.path().join(crate::journal::FILE), "garbage\n").unwrap();
+        std::fs::write(d.path().join(outpost_core::journal::FILE), "garbage\n").unwrap();
         let r = run_checks(&Config::default(), d.path());
         assert!(!r.checks[4].ok && r.checks[4].detail.contains("line 1"));
         assert!(!r.ok());

@@ -15,21 +15,20 @@
 //! The nonce is deleted once `identity.json` is saved.
 //!
 //! A refused key (401 `key_unknown`/`key_expired`/`key_used`) is journaled as
-//! `enroll_refused`; the run loop then exits with [`crate::exit::FAILURE`]. Decision: FAILURE
+//! `enroll_refused`; the run loop then exits with [`outpost_core::exit::FAILURE`]. Decision: FAILURE
 //! rather than REVOKED because the operator's fix is to put a new key in the secrets file,
 //! and systemd's `Restart=on-failure` picks it up on the next start by itself; the unit's
 //! StartLimitBurst= stops the retries if nobody does. A key is never logged or journaled.
 use crate::hub::{EnrollFacts, HubClient, HubError};
-use crate::journal::{kind, Journal};
+use outpost_core::journal::{kind, Journal};
 use serde::{Deserialize, Serialize};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-pub const IDENTITY_FILE: &str = "identity.json";
+pub use outpost_core::layout::files::IDENTITY as IDENTITY_FILE;
 /// Largest identity file read (a real one is a few hundred bytes).
 pub const MAX_IDENTITY_BYTES: u64 = 64 << 10;
 /// The enrollment nonce, kept from before the first attempt until the identity is saved.
-pub const NONCE_FILE: &str = "enroll-nonce";
+pub use outpost_core::layout::files::ENROLL_NONCE as NONCE_FILE;
 
 /// The agent's credentials. `Debug` hides the token.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,7 +63,7 @@ pub enum EnrollError {
     },
     #[error("identity file {path} is invalid: {reason}")]
     Invalid { path: PathBuf, reason: String },
-    #[error("no enrollment key: {} is not set", crate::env::ENROLL_KEY)]
+    #[error("no enrollment key: {} is not set", outpost_core::env::ENROLL_KEY)]
     NoKey,
     #[error("cannot {op} enrollment nonce {path}: {source}")]
     Nonce {
@@ -89,7 +88,7 @@ impl EnrollError {
             EnrollError::NoKey => format!(
                 "create a key on the hub, add `{}=<key>` to the secrets file (outpost.env) and \
                  restart the service, or re-run `outpost install --hub URL` with the key",
-                crate::env::ENROLL_KEY
+                outpost_core::env::ENROLL_KEY
             ),
         }
     }
@@ -103,10 +102,10 @@ pub fn identity_path(state_dir: &Path) -> PathBuf {
 pub fn load_identity(state_dir: &Path) -> Result<Option<Identity>, EnrollError> {
     let path = identity_path(state_dir);
     // Root reads this file too (status, diagnostics): never through a link, bounded.
-    let text = match crate::trust::read_untrusted(&path, None, MAX_IDENTITY_BYTES) {
+    let text = match outpost_core::trust::read_untrusted(&path, None, MAX_IDENTITY_BYTES) {
         Ok(Some(t)) => t,
         Ok(None) => return Ok(None),
-        Err(crate::trust::TrustError::Io { source: e, .. }) => {
+        Err(outpost_core::trust::TrustError::Io { source: e, .. }) => {
             return Err(EnrollError::Io {
                 op: "read",
                 path,
@@ -154,7 +153,7 @@ pub fn nonce_path(state_dir: &Path) -> PathBuf {
 
 /// The enrollment nonce: the stored one, or a new one (32 random bytes from the kernel, as
 /// 64 hex) written atomically with mode 0600 before it is first sent. The stored file is
-/// read like every file the agent wrote ([`crate::trust::read_untrusted`]: no symlink, a
+/// read like every file the agent wrote ([`outpost_core::trust::read_untrusted`]: no symlink, a
 /// regular file of this user, bounded); one that is not that, or not 64 hex, is replaced
 /// (the atomic rename replaces a symlink, it never writes through it).
 pub fn load_or_create_nonce(state_dir: &Path) -> Result<String, EnrollError> {
@@ -165,7 +164,7 @@ pub fn load_or_create_nonce(state_dir: &Path) -> Result<String, EnrollError> {
         source,
     };
     let me = rustix::process::getuid().as_raw();
-    match crate::trust::read_untrusted(&path, Some(me), 256) {
+    match outpost_core::trust::read_untrusted(&path, Some(me), 256) {
         Ok(Some(bytes)) => {
             let t = String::from_utf8_lossy(&bytes);
             let t = t.trim();
@@ -174,9 +173,9 @@ pub fn load_or_create_nonce(state_dir: &Path) -> Result<String, EnrollError> {
             }
         }
         Ok(None)
-        | Err(crate::trust::TrustError::Unsafe { .. })
-        | Err(crate::trust::TrustError::TooLarge { .. }) => {}
-        Err(crate::trust::TrustError::Io { source, .. }) => {
+        | Err(outpost_core::trust::TrustError::Unsafe { .. })
+        | Err(outpost_core::trust::TrustError::TooLarge { .. }) => {}
+        Err(outpost_core::trust::TrustError::Io { source, .. }) => {
             return Err(err(
                 "read",
                 std::io::Error::new(source.kind(), source.kind().to_string()),
@@ -213,7 +212,7 @@ pub fn remove_nonce(state_dir: &Path) {
 
 /// The key from the process environment (empty counts as absent).
 pub fn key_from_env() -> Option<String> {
-    std::env::var(crate::env::ENROLL_KEY)
+    std::env::var(outpost_core::env::ENROLL_KEY)
         .ok()
         .map(|k| k.trim().to_string())
         .filter(|k| !k.is_empty())
@@ -221,7 +220,7 @@ pub fn key_from_env() -> Option<String> {
 
 /// The secrets file from `OUTPOST_ENV_FILE`.
 pub fn env_file_from_env() -> Option<PathBuf> {
-    std::env::var_os(crate::env::ENV_FILE)
+    std::env::var_os(outpost_core::env::ENV_FILE)
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
 }
@@ -265,7 +264,7 @@ pub fn enroll(req: EnrollRequest<'_>) -> Result<Enrollment, EnrollError> {
         agent_id: resp.agent_id,
         token: resp.token,
         hub_url: req.hub.base_url().to_string(),
-        enrolled_at: crate::clock::now_rfc3339(),
+        enrolled_at: outpost_core::time::now_rfc3339(),
     };
     save_identity(req.state_dir, &identity)?;
     remove_nonce(req.state_dir);
@@ -277,14 +276,14 @@ pub fn enroll(req: EnrollRequest<'_>) -> Result<Enrollment, EnrollError> {
         None => Some((
             format!(
                 "enrolled, but {} is not set, so the used key stays in the secrets file",
-                crate::env::ENV_FILE
+                outpost_core::env::ENV_FILE
             ),
             format!(
                 "remove the {} line from outpost.env by hand",
-                crate::env::ENROLL_KEY
+                outpost_core::env::ENROLL_KEY
             ),
         )),
-        Some(p) => match scrub_env_key(p, crate::env::ENROLL_KEY) {
+        Some(p) => match scrub_env_key(p, outpost_core::env::ENROLL_KEY) {
             Ok(_) => None,
             Err(e) => Some((e.to_string(), e.hint())),
         },
@@ -296,134 +295,12 @@ pub fn enroll(req: EnrollRequest<'_>) -> Result<Enrollment, EnrollError> {
     })
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("cannot remove the used enrollment key from {path}: {reason}")]
-pub struct ScrubError {
-    pub path: PathBuf,
-    pub reason: String,
-}
-
-impl ScrubError {
-    pub fn hint(&self) -> String {
-        format!(
-            "the key is used up and harmless, but delete the {} line from {} by hand \
-             (the service cannot write it: ProtectSystem= or file ownership)",
-            crate::env::ENROLL_KEY,
-            self.path.display()
-        )
-    }
-}
-
-/// Is `line` an assignment of `var` in an EnvironmentFile (`VAR=…`, `export VAR=…`)?
-fn assigns(line: &str, var: &str) -> bool {
-    let l = line.trim_start();
-    let l = l.strip_prefix("export ").map(str::trim_start).unwrap_or(l);
-    l.split_once('=').is_some_and(|(k, _)| k.trim_end() == var)
-}
-
-/// Remove every `var=` line from `path`, keeping all other lines byte for byte and the file's
-/// mode and owner. Returns whether something was removed (a file without the line is left
-/// untouched).
-pub fn scrub_env_key(path: &Path, var: &str) -> Result<bool, ScrubError> {
-    let err = |reason: String| ScrubError {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let meta = fs_err::metadata(path).map_err(|e| err(e.kind().to_string()))?;
-    let text = fs_err::read_to_string(path).map_err(|e| err(e.kind().to_string()))?;
-    let kept: String = text
-        .split_inclusive('\n')
-        .filter(|l| !assigns(l, var))
-        .collect();
-    if kept.len() == text.len() {
-        return Ok(false);
-    }
-    let me = rustix::process::getuid().as_raw();
-    let owner = (meta.uid() != me).then(|| (meta.uid(), meta.gid()));
-    crate::fsx::write_atomic_owned(path, kept.as_bytes(), meta.mode() & 0o7777, owner)
-        .map_err(|e| err(e.kind().to_string()))?;
-    Ok(true)
-}
+pub use outpost_core::kv::{scrub_env_key, ScrubError};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn scrub_table() {
-        let cases: &[(&str, &str, bool)] = &[
-            (
-                "# c\nOUTPOST_ENROLL_KEY=k1\nOTHER=1\n",
-                "# c\nOTHER=1\n",
-                true,
-            ),
-            (
-                "A=1\n  export OUTPOST_ENROLL_KEY = \"k\"\nB=2",
-                "A=1\nB=2",
-                true,
-            ),
-            ("OUTPOST_ENROLL_KEY=k", "", true),
-            (
-                "OUTPOST_ENROLL_KEY_OLD=x\n#OUTPOST_ENROLL_KEY=y\nA=OUTPOST_ENROLL_KEY=z\n",
-                "OUTPOST_ENROLL_KEY_OLD=x\n#OUTPOST_ENROLL_KEY=y\nA=OUTPOST_ENROLL_KEY=z\n",
-                false,
-            ),
-            (
-                "X=1\r\nOUTPOST_ENROLL_KEY=k\r\nY=2\r\n",
-                "X=1\r\nY=2\r\n",
-                true,
-            ),
-            ("", "", false),
-        ];
-        for (mode, (before, after, removed)) in [0o600u32, 0o640].into_iter().cycle().zip(cases) {
-            let d = tempfile::tempdir().unwrap();
-            let p = d.path().join("outpost.env");
-            std::fs::write(&p, before).unwrap();
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-            assert_eq!(
-                scrub_env_key(&p, crate::env::ENROLL_KEY).unwrap(),
-                *removed,
-                "{before:?}"
-            );
-            assert_eq!(&std::fs::read_to_string(&p).unwrap(), after, "{before:?}");
-            assert_eq!(
-                std::fs::metadata(&p).unwrap().mode() & 0o777,
-                mode,
-                "{before:?}"
-            );
-            assert_eq!(
-                std::fs::read_dir(d.path()).unwrap().count(),
-                1,
-                "temp file left"
-            );
-        }
-    }
-
-    #[test]
-    fn scrub_unwritable_dir_is_an_error_with_hint() {
-        // A directory nobody can create files in, even root (this suite runs as root in CI,
-        // where chmod would not stop it): the file seen through /proc/self/fd.
-        use std::os::fd::AsRawFd;
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("outpost.env");
-        std::fs::write(&p, "A=1\nOUTPOST_ENROLL_KEY=k\n").unwrap();
-        let f = std::fs::File::open(&p).unwrap();
-        let via_proc = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
-        let e = scrub_env_key(&via_proc, crate::env::ENROLL_KEY).unwrap_err();
-        assert!(e.hint().contains("by hand"), "{}", e.hint());
-        assert!(!e.to_string().contains("OUTPOST_ENROLL_KEY=k"));
-        assert_eq!(
-            std::fs::read_to_string(&p).unwrap(),
-            "A=1\nOUTPOST_ENROLL_KEY=k\n"
-        );
-    }
-
-    #[test]
-    fn missing_file_is_an_error() {
-        let d = tempfile::tempdir().unwrap();
-        assert!(scrub_env_key(&d.path().join("none"), "X").is_err());
-    }
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn nonce_is_random_0600_kept_until_removed() {

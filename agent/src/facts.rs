@@ -71,7 +71,7 @@ pub fn parse_os_release(text: &str) -> OsRelease {
     let mut pretty = String::new();
     let mut name = String::new();
     for line in text.lines() {
-        let Some((k, v)) = outpost_packaging::kv::assignment(line) else {
+        let Some((k, v)) = outpost_core::kv::assignment(line) else {
             continue;
         };
         match k {

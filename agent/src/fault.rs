@@ -23,13 +23,13 @@ pub fn at_start() {
     match active().as_deref() {
         Some("exit-at-start") => {
             eprintln!("fault injection: exiting at start");
-            std::process::exit(crate::exit::FAILURE);
+            std::process::exit(outpost_core::exit::FAILURE);
         }
         Some("crash-after-3s") => {
             std::thread::spawn(|| {
                 std::thread::sleep(std::time::Duration::from_secs(3));
                 eprintln!("fault injection: crashing after 3 s");
-                std::process::exit(crate::exit::FAILURE);
+                std::process::exit(outpost_core::exit::FAILURE);
             });
         }
         _ => {}

@@ -1,13 +1,13 @@
 //! Atomic, durable file writes for the agent: the workspace's one implementation
-//! (`outpost_packaging::atomic`), with the agent's two-call shape.
+//! (`outpost_core::atomic`), with the agent's two-call shape.
 use std::path::Path;
 
-pub use outpost_packaging::atomic::fsync_dir;
-pub(crate) use outpost_packaging::atomic::parent;
+pub use outpost_core::atomic::fsync_dir;
+pub(crate) use outpost_core::atomic::parent;
 
 /// Write `contents` to `path` atomically with `mode`, owned by the current user.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
-    outpost_packaging::atomic::write_atomic(path, contents, mode, None)
+    outpost_core::atomic::write_atomic(path, contents, mode, None)
 }
 
 /// [`write_atomic`], giving the new file `owner` (uid, gid) before it replaces `path`.
@@ -17,7 +17,7 @@ pub fn write_atomic_owned(
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> std::io::Result<()> {
-    outpost_packaging::atomic::write_atomic(path, contents, mode, owner)
+    outpost_core::atomic::write_atomic(path, contents, mode, owner)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! header ([`Meta`]) so callers can check clock skew. 401 answers map to distinct variants
 //! ([`HubError::KeyRefused`], [`HubError::TokenRevoked`], [`HubError::TokenInvalid`]).
 //! Secrets (enrollment key, agent token) never appear in an error or a log line.
-use crate::clock;
+use outpost_core::time as clock;
 use outpost_proto::{DiagnosticsUpload, EnrollRequest, ErrorBody, ErrorCode};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -66,7 +66,7 @@ impl HubError {
                     Some(ErrorCode::KeyUsed) => "already used (keys are single use)",
                     _ => "unknown to the hub",
                 },
-                crate::env::ENROLL_KEY
+                outpost_core::env::ENROLL_KEY
             ),
             HubError::TokenRevoked => {
                 "an admin revoked this agent on the hub; to rejoin, delete identity.json from the \

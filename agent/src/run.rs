@@ -15,15 +15,15 @@
 //! SIGHUP: reload the config (an invalid one is refused, the old one kept). SIGUSR1: heartbeat
 //! now. Each heartbeat result is written to `heartbeat.json` in the state directory.
 //! A 401 `token_revoked`/`token_invalid` is journaled as `token_revoked` and ends the loop with
-//! [`RunError::Revoked`], whose exit code is [`crate::exit::REVOKED`].
-use crate::config::{Config, ConfigError};
+//! [`RunError::Revoked`], whose exit code is [`outpost_core::exit::REVOKED`].
 use crate::enroll::{self, EnrollError, Enrollment, Identity};
 use crate::facts::Facts;
 use crate::hub::{self, HubClient, HubError, JournalHead, LastUpgrade};
-use crate::journal::{kind, Journal};
 use crate::log;
+use outpost_core::config::{Config, ConfigError};
+use outpost_core::journal::{kind, Journal};
 use sd_notify::NotifyState;
-use serde::{Deserialize, Serialize};
+
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -77,40 +77,17 @@ impl RunError {
     /// The process exit code for this error (docs/EXIT-CODES.md).
     pub fn exit_code(&self) -> i32 {
         match self {
-            RunError::Config(_) => crate::exit::USAGE,
-            RunError::Hub(HubError::BadUrl { .. } | HubError::CaFile { .. }) => crate::exit::USAGE,
-            RunError::Revoked(_) => crate::exit::REVOKED,
-            _ => crate::exit::FAILURE,
+            RunError::Config(_) => outpost_core::exit::USAGE,
+            RunError::Hub(HubError::BadUrl { .. } | HubError::CaFile { .. }) => {
+                outpost_core::exit::USAGE
+            }
+            RunError::Revoked(_) => outpost_core::exit::REVOKED,
+            _ => outpost_core::exit::FAILURE,
         }
     }
 }
 
-/// `heartbeat.json`: the last heartbeat attempt, for `outpost status` and `heartbeat --now`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HeartbeatState {
-    /// RFC 3339 time of the attempt's end.
-    pub at: String,
-    /// The same instant in Unix milliseconds (changes on every attempt: wait on this).
-    pub at_ms: u64,
-    pub ok: bool,
-    pub error: Option<String>,
-    pub interval_secs: u64,
-    pub agent_id: Option<String>,
-    pub hub_url: String,
-    /// Hub clock minus ours, from the response's Date header.
-    pub clock_skew_secs: Option<i64>,
-    /// Consecutive failures so far (0 after a success).
-    pub failures: u32,
-}
-
-pub const HEARTBEAT_FILE: &str = "heartbeat.json";
-
-pub fn read_heartbeat_state(state_dir: &Path) -> Option<HeartbeatState> {
-    // Root reads it too (`heartbeat --now`, status): never through a link, bounded.
-    let bytes =
-        crate::trust::read_untrusted(&state_dir.join(HEARTBEAT_FILE), None, 64 << 10).ok()??;
-    serde_json::from_slice(&bytes).ok()
-}
+pub use outpost_core::state::{read_heartbeat_state, HeartbeatState, HEARTBEAT_FILE};
 
 fn write_heartbeat_state(state_dir: &Path, s: &HeartbeatState) {
     let mut text = serde_json::to_string_pretty(s).unwrap_or_default();
@@ -370,10 +347,10 @@ impl Worker {
 /// The journal's head and last upgrade result, read incrementally (only appended bytes).
 struct JournalView {
     journal: Arc<Journal>,
-    follow: Option<crate::journal::Follow>,
+    follow: Option<outpost_core::journal::Follow>,
     /// Root's install journal (`OUTPOST_INSTALL_JOURNAL`), where upgrades are recorded: read
     /// only, for `last_upgrade`.
-    install: Option<crate::journal::Follow>,
+    install: Option<outpost_core::journal::Follow>,
     head: Option<JournalHead>,
     last_upgrade: Option<LastUpgrade>,
 }
@@ -391,7 +368,7 @@ impl JournalView {
         }
     }
 
-    fn note_upgrade(&mut self, r: &crate::journal::Record) {
+    fn note_upgrade(&mut self, r: &outpost_core::journal::Record) {
         if kind::UPGRADE_RESULTS.contains(&r.kind.as_str()) {
             let s = |k: &str| r.data.get(k).and_then(|v| v.as_str()).map(String::from);
             self.last_upgrade = Some(LastUpgrade {
@@ -517,7 +494,7 @@ impl<'a> Loop<'a> {
             next_due: hub.as_ref().map(|_| now),
             view: JournalView::new(
                 Arc::clone(&journal),
-                std::env::var_os(crate::env::INSTALL_JOURNAL)
+                std::env::var_os(outpost_core::env::INSTALL_JOURNAL)
                     .map(PathBuf::from)
                     .as_deref(),
             ),
@@ -803,7 +780,7 @@ impl<'a> Loop<'a> {
     ) -> Result<(), RunError> {
         let now = SystemTime::now();
         let mut state = HeartbeatState {
-            at: crate::clock::rfc3339(now),
+            at: outpost_core::time::rfc3339(now),
             at_ms: now
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
@@ -918,8 +895,8 @@ pub fn heartbeat_body(
 fn key_from_env_file(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     text.lines().find_map(|l| {
-        let (k, v) = outpost_packaging::kv::assignment(l)?;
-        (k == crate::env::ENROLL_KEY && !v.is_empty()).then_some(v)
+        let (k, v) = outpost_core::kv::assignment(l)?;
+        (k == outpost_core::env::ENROLL_KEY && !v.is_empty()).then_some(v)
     })
 }
 
@@ -1012,7 +989,7 @@ mod tests {
     fn exit_codes() {
         assert_eq!(
             RunError::Revoked(HubError::TokenRevoked).exit_code(),
-            crate::exit::REVOKED
+            outpost_core::exit::REVOKED
         );
         assert_eq!(
             RunError::EnrollRefused(HubError::KeyRefused {
@@ -1020,7 +997,7 @@ mod tests {
                 message: String::new()
             })
             .exit_code(),
-            crate::exit::FAILURE
+            outpost_core::exit::FAILURE
         );
         assert_eq!(
             RunError::Hub(HubError::BadUrl {
@@ -1028,7 +1005,7 @@ mod tests {
                 reason: "r"
             })
             .exit_code(),
-            crate::exit::USAGE
+            outpost_core::exit::USAGE
         );
     }
 }

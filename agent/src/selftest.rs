@@ -2,8 +2,8 @@
 //!
 //! It loads the live config and checks the state directory. The upgrader runs it on a new
 //! version before it stops the old one.
-use crate::config::Config;
 use crate::run::RunError;
+use outpost_core::config::Config;
 use std::path::Path;
 
 /// Check that `dir` exists, is a directory and is writable by the current user.

@@ -1,7 +1,7 @@
 //! The run loop against a fake hub (std TcpListener on 127.0.0.1): enrollment, heartbeats,
 //! revocation, a refused key, a hub outage with backoff and recovery, heartbeat-now.
-use outpost_agent::journal::Journal;
 use outpost_agent::run::{read_heartbeat_state, RunError, RunOptions, Runner};
+use outpost_core::journal::Journal;
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -408,7 +408,7 @@ fn revoked_token_journals_and_exits_revoked() {
     let t0 = Instant::now();
     let err = runner(&e).run().unwrap_err();
     assert!(matches!(err, RunError::Revoked(_)), "{err}");
-    assert_eq!(err.exit_code(), outpost_agent::exit::REVOKED);
+    assert_eq!(err.exit_code(), outpost_core::exit::REVOKED);
     assert!(t0.elapsed() < Duration::from_secs(5));
     assert!(
         hub.requests("/api/v1/enroll").is_empty(),
@@ -443,7 +443,7 @@ fn refused_key_journals_and_fails() {
     let e = setup(&hub.url, "");
     let err = runner(&e).run().unwrap_err();
     assert!(matches!(err, RunError::EnrollRefused(_)), "{err}");
-    assert_eq!(err.exit_code(), outpost_agent::exit::FAILURE);
+    assert_eq!(err.exit_code(), outpost_core::exit::FAILURE);
     assert!(err.hint().contains("already used"), "{}", err.hint());
     let recs = Journal::open(&e.state).read_all().unwrap();
     assert_eq!(recs.len(), 1);
@@ -532,7 +532,7 @@ fn diagnostics_against_the_fake_hub() {
     let hub = FakeHub::start(Script::default());
     let e = setup(&hub.url, "");
     write_identity(&e.state, &hub.url);
-    let config = outpost_agent::Config::load(&e.config).unwrap();
+    let config = outpost_core::Config::load(&e.config).unwrap();
     let report = outpost_agent::diagnostics::run_checks(&config, &e.state);
     let by_name = |n: &str| report.checks.iter().find(|c| c.name == n).unwrap().clone();
     assert!(

@@ -585,7 +585,7 @@ pub fn run_client(cmd: Cmd) -> Result<(), HubError> {
     }
 }
 
-pub use outpost_packaging::text::{json_terminal_safe, terminal_safe};
+pub use outpost_core::text::{json_terminal_safe, terminal_safe};
 
 /// Formats agents (API JSON) as a table: id, hostname, status, version, age. Cells are
 /// [`terminal_safe`].

@@ -673,7 +673,7 @@ fn agent_requests_match_openapi() {
         .heartbeat(&me.token, &beat(Some(head), Some(upgrade)))
         .unwrap();
     assert!(ack.server_time.is_some());
-    let config = outpost_agent::config::Config::parse(
+    let config = outpost_core::config::Config::parse(
         &format!("[hub]\nurl = \"{}\"\n", rec.url),
         std::path::Path::new("test.toml"),
     )

@@ -3,9 +3,9 @@
 use crate::apply::Host;
 use crate::detect::Probe;
 use crate::error::{Error, Result};
-use crate::layout::{Layout, Mode};
 use outpost_agent::diagnostics::{self, Check};
-use outpost_agent::exit;
+use outpost_core::exit;
+use outpost_core::layout::{Layout, Mode};
 use serde::Serialize;
 use serde_json::json;
 use std::io::Write;
@@ -35,19 +35,19 @@ fn now_ms() -> u64 {
 
 /// A small JSON file the agent wrote, for display: `None` when missing, unsafe or invalid.
 fn read_agent_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Option<T> {
-    let bytes = outpost_agent::trust::read_untrusted(path, None, 64 << 10).ok()??;
+    let bytes = outpost_core::trust::read_untrusted(path, None, 64 << 10).ok()??;
     serde_json::from_slice(&bytes).ok()
 }
 
 pub fn agent_status(layout: &Layout) -> AgentStatus {
     let sd = layout.host(&layout.state_dir);
     let ad = layout.host(&layout.agent_dir);
-    let config = outpost_agent::Config::load(&layout.host(&layout.config_file)).ok();
+    let config = outpost_core::Config::load(&layout.host(&layout.config_file)).ok();
     // The agent's files: read without following links, bounded, parsed, never written.
     let identity: Option<outpost_agent::enroll::Identity> =
-        read_agent_json(&ad.join(outpost_agent::enroll::IDENTITY_FILE));
-    let hb: Option<outpost_agent::run::HeartbeatState> =
-        read_agent_json(&ad.join(outpost_agent::run::HEARTBEAT_FILE));
+        read_agent_json(&ad.join(outpost_core::layout::files::IDENTITY));
+    let hb: Option<outpost_core::state::HeartbeatState> =
+        read_agent_json(&ad.join(outpost_core::layout::files::HEARTBEAT));
     let pending = crate::upgrade::record::load(&layout.root, &sd)
         .ok()
         .flatten();
@@ -105,7 +105,7 @@ pub fn diagnostics(
 ) -> Result<i32> {
     let (layout, _) = crate::uninstall::find_install(probe, root, mode)?;
     let sd = layout.host(&layout.agent_dir);
-    let config = outpost_agent::Config::load(&layout.host(&layout.config_file))?;
+    let config = outpost_core::Config::load(&layout.host(&layout.config_file))?;
     let mut report = diagnostics::run_checks(&config, &sd);
     let scope = crate::uninstall::scope(&layout, probe.euid());
     let unit = host
@@ -261,7 +261,7 @@ pub fn audit_verify(
     let mut reports = Vec::new();
     let mut failed = None;
     for dir in [&layout.state_dir, &layout.agent_dir] {
-        let journal = outpost_agent::journal::Journal::open(&layout.host(dir));
+        let journal = outpost_core::journal::Journal::open(&layout.host(dir));
         match journal.verify() {
             Ok(r) => reports.push((journal.path().to_path_buf(), r)),
             Err(e) => {

@@ -5,12 +5,12 @@
 //! the host as it found it.
 use crate::error::{Error, Result};
 use crate::fsx;
-use crate::layout::{Layout, Mode};
 use crate::plan::{
     Change, Content, InstallPlan, Op, OwnerSpec, RemoveAction, ServiceAction, UninstallPlan,
 };
 use crate::receipt::{Entry, Kind, Receipt, Role};
 use crate::svc::{Logind, Scope, ServiceManager, SvcError};
+use outpost_core::layout::{Layout, Mode};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -150,9 +150,9 @@ fn repair_privilege_split(l: &Layout, out: &mut dyn Write) -> Result<()> {
     let sd = l.host(&l.state_dir);
     let ad = l.host(&l.agent_dir);
     for name in [
-        outpost_agent::enroll::IDENTITY_FILE,
-        outpost_agent::run::HEARTBEAT_FILE,
-        outpost_agent::journal::FILE,
+        outpost_core::layout::files::IDENTITY,
+        outpost_core::layout::files::HEARTBEAT,
+        outpost_core::journal::FILE,
     ] {
         let from = sd.join(name);
         let Ok(m) = std::fs::symlink_metadata(&from) else {
@@ -223,7 +223,7 @@ fn repair_privilege_split(l: &Layout, out: &mut dyn Write) -> Result<()> {
 }
 
 fn now_rfc3339() -> String {
-    outpost_agent::clock::now_rfc3339()
+    outpost_core::time::now_rfc3339()
 }
 
 fn scope_for(layout: &Layout, uid: u32) -> Scope {
@@ -516,10 +516,10 @@ pub fn apply_install(
 /// A service that failed to start often said why in the journal (a refused enrollment key):
 /// turn that into the error, instead of a bare job result.
 fn explain_start_failure(l: &Layout, e: SvcError) -> Error {
-    let journal = outpost_agent::journal::Journal::open(&l.host(&l.agent_dir));
+    let journal = outpost_core::journal::Journal::open(&l.host(&l.agent_dir));
     let last = journal.read_all().ok().and_then(|r| r.into_iter().last());
     match last {
-        Some(r) if r.kind == outpost_agent::journal::kind::ENROLL_REFUSED => {
+        Some(r) if r.kind == outpost_core::journal::kind::ENROLL_REFUSED => {
             let code = r
                 .data
                 .get("code")

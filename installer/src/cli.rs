@@ -4,11 +4,11 @@ use crate::apply::{Host, RealHost};
 use crate::detect::{self, HostProbe, Probe};
 use crate::error::{Error, Result};
 use crate::install::{self, InstallArgs};
-use crate::layout::{Layout, Mode};
 use crate::uninstall::{self, UninstallArgs};
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use outpost_agent::env;
-use outpost_agent::exit;
+use outpost_core::env;
+use outpost_core::exit;
+use outpost_core::layout::{Layout, Mode};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -522,7 +522,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
             // The replay state decides which manifests root accepts: root's dir only, and a
             // dry run checks it without recording anything.
             let sd = layout.host(&layout.state_dir);
-            outpost_agent::trust::check_trusted(&layout.root, &sd, probe.euid())
+            outpost_core::trust::check_trusted(&layout.root, &sd, probe.euid())
                 .map_err(|e| Error::failed(e.to_string(), e.hint()))?;
             if dry_run {
                 stager.replay = outpost_packaging::ReplayState::checking(

@@ -3,8 +3,8 @@
 //! `outpost_packaging::cloudinit`, shared with `outpost-hub keys create --cloud-init`.
 use crate::error::{Error, Result};
 use clap::{Args, Subcommand};
-use outpost_agent::env;
-use outpost_agent::exit;
+use outpost_core::env;
+use outpost_core::exit;
 use outpost_packaging::cloudinit::{self, Mode, Params};
 use outpost_packaging::Want;
 use std::io::Write;

@@ -1,6 +1,6 @@
 //! The error a command reports: one lowercase line naming the thing, a `hint:` line saying
 //! what to do, and an exit code (see docs/EXIT-CODES.md).
-use outpost_agent::exit;
+use outpost_core::exit;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -15,7 +15,7 @@ pub enum Error {
     #[error(transparent)]
     Receipt(#[from] crate::receipt::ReceiptError),
     #[error(transparent)]
-    Config(#[from] outpost_agent::ConfigError),
+    Config(#[from] outpost_core::ConfigError),
     #[error(transparent)]
     Run(#[from] outpost_agent::run::RunError),
 }

@@ -1,7 +1,7 @@
 //! Fault injection for the crash-safety tests. Compiled in only with the `fault-injection`
 //! feature (test builds made by `ci/build-variants.sh`); release builds have no knob.
-use crate::layout::Layout;
 use crate::upgrade::record::Step;
+use outpost_core::layout::Layout;
 
 /// With `OUTPOST_FAULT_PAUSE_AT=<step>` (kebab-case step name), the upgrader writes
 /// `<state>/fault-paused` and stops there forever, so a test can SIGKILL it or power-cut the

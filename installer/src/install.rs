@@ -2,10 +2,10 @@
 use crate::apply::{self, Host};
 use crate::detect::{self, Detection, Probe};
 use crate::error::{Error, Result};
-use crate::layout::{Layout, Mode};
 use crate::plan::{self, Change, InstallPlan, Observed, Op, ServiceAction, ServiceUser};
 use crate::receipt::Receipt;
 use crate::svc::Scope;
+use outpost_core::layout::{Layout, Mode};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -81,7 +81,7 @@ pub fn verify_against_release(
             "pass the release's minisign public key in OUTPOST_RELEASE_PUBKEYS (install.sh does this)",
         ));
     }
-    let tmp = outpost_packaging::fsx::PrivateTempDir::new("verify")?;
+    let tmp = outpost_packaging::fsx::private_temp_dir("verify")?;
     let dir = tmp.path().to_path_buf();
     let guard = VerifiedBinary {
         binary: dir.join("staging").join("outpost"),
@@ -130,7 +130,7 @@ fn config_is_roots(cfg: &Path) -> Result<()> {
     } else if !m.is_file() {
         Some("not a regular file".to_string())
     } else {
-        outpost_agent::trust::strict_modes(m.uid(), m.mode(), false, 0)
+        outpost_core::trust::strict_modes(m.uid(), m.mode(), false, 0)
     };
     match why {
         None => Ok(()),
@@ -147,7 +147,7 @@ fn install_replay_state(layout: &Layout, dry_run: bool) -> outpost_packaging::Re
     let sd = layout.host(&layout.state_dir);
     let euid = rustix::process::geteuid().as_raw();
     let path = sd.join(crate::upgrade::stage::REPLAY_FILE);
-    match outpost_agent::trust::check_trusted(&layout.root, &sd, euid) {
+    match outpost_core::trust::check_trusted(&layout.root, &sd, euid) {
         Ok(true) if dry_run => outpost_packaging::ReplayState::checking(path),
         Ok(true) => outpost_packaging::ReplayState::at(path),
         _ => outpost_packaging::ReplayState::none(),
@@ -176,7 +176,7 @@ pub fn choose_mode(det: &Detection, requested: Option<Mode>, euid: u32) -> Resul
 }
 
 pub fn validate_hub_url(url: &str, insecure_http: bool) -> Result<()> {
-    outpost_agent::config::check_hub_url(url, insecure_http).map_err(|why| {
+    outpost_core::config::check_hub_url(url, insecure_http).map_err(|why| {
         Error::usage(
             format!("invalid hub url {url:?}: {why}"),
             "pass --hub https://hub.example.com (plain http:// only to 127.0.0.1/localhost, or with --insecure-http)",
@@ -315,7 +315,7 @@ pub fn prepare(args: &InstallArgs, probe: &dyn Probe, host: &dyn Host) -> Result
         config_is_roots(&cfg)?;
     }
     if cfg.exists() {
-        outpost_agent::Config::load(&cfg)?;
+        outpost_core::Config::load(&cfg)?;
     }
     let prior = match Receipt::load(&layout) {
         Ok(r) => r,

@@ -13,7 +13,6 @@ pub mod error;
 pub mod fault;
 pub mod fsx;
 pub mod install;
-pub mod layout;
 pub mod plan;
 pub mod receipt;
 pub mod render;

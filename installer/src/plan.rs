@@ -4,10 +4,10 @@
 //! is deterministic and unit-tested; `--dry-run` prints a plan, `--json` serializes it, and
 //! [`crate::apply`] executes it.
 use crate::detect::PolkitFlavor;
-use crate::layout::{Layout, Mode};
 use crate::receipt::{Kind, Receipt, Role};
 use crate::render::{self, UnitParams};
 use crate::svc::UnitStatus;
+use outpost_core::layout::{Layout, Mode};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -321,7 +321,7 @@ pub struct ConfigSeed {
 /// The config file `install` writes when there is none: the template, with the seed's
 /// settings filled in (values were validated by the caller: no quotes or control characters).
 pub fn initial_config(seed: &ConfigSeed) -> String {
-    let mut t = outpost_agent::Config::TEMPLATE.to_string();
+    let mut t = outpost_core::Config::TEMPLATE.to_string();
     if let Some(url) = &seed.hub_url {
         t = t.replacen(
             "# url = \"https://hub.example.com\"",
@@ -372,7 +372,7 @@ pub fn initial_env(enroll_key: Option<&str>) -> String {
          # `outpost uninstall` keeps this file; only `--purge` removes it.\n",
     );
     if let Some(k) = enroll_key {
-        s.push_str(&format!("{}={k}\n", outpost_agent::env::ENROLL_KEY));
+        s.push_str(&format!("{}={k}\n", outpost_core::env::ENROLL_KEY));
     }
     s
 }

@@ -1,11 +1,11 @@
 //! The install receipt: what `install` created, so `uninstall` removes exactly that.
 //!
 //! Stored as JSON in root's state directory (`receipt.json`, root-owned in system mode),
-//! written atomically and read only through [`outpost_agent::trust::read_trusted`]. A loaded
+//! written atomically and read only through [`outpost_core::trust::read_trusted`]. A loaded
 //! receipt is also checked against the layout ([`Receipt::validate`]): every path it lists
 //! must be one outpost manages, and every user name a valid non-root name, so even a receipt
 //! that got past the ownership checks cannot make `uninstall` delete anything else.
-use crate::layout::{Layout, Mode};
+use outpost_core::layout::{Layout, Mode};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -112,7 +112,7 @@ pub enum ReceiptError {
     #[error("install receipt {path} is corrupt: {message}")]
     Corrupt { path: PathBuf, message: String },
     #[error("{0}")]
-    Untrusted(outpost_agent::trust::TrustError),
+    Untrusted(outpost_core::trust::TrustError),
     #[error("install receipt {path} lists {what}, which outpost does not manage")]
     Foreign { path: PathBuf, what: String },
     #[error("cannot write install receipt {path}: {source}")]
@@ -142,7 +142,7 @@ impl Receipt {
 
     /// Load the receipt for `layout`; `Ok(None)` when there is none.
     pub fn load(layout: &Layout) -> Result<Option<Receipt>, ReceiptError> {
-        use outpost_agent::trust::{read_trusted_string, TrustError};
+        use outpost_core::trust::{read_trusted_string, TrustError};
         let path = layout.host(&layout.receipt_file());
         let text = match read_trusted_string(&layout.root, &path, MAX_BYTES) {
             Ok(Some(t)) => t,

@@ -5,9 +5,9 @@
 //! (specifiers `%`, quoting of blanks and quotes, `$` in `ExecStart=`); what cannot be
 //! represented at all (relative, non-UTF-8, control characters) is refused by [`validate`],
 //! which the planner calls before rendering.
-use crate::layout::{Layout, Mode};
 use crate::users::valid_username;
-use outpost_agent::{env, exit};
+use outpost_core::layout::{Layout, Mode};
+use outpost_core::{env, exit};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 

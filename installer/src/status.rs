@@ -2,10 +2,10 @@
 use crate::apply::Host;
 use crate::detect::{Detection, Distro, Init, Probe};
 use crate::error::Result;
-use crate::layout::Layout;
 use crate::receipt::Receipt;
 use crate::svc::UnitStatus;
-use outpost_agent::exit;
+use outpost_core::exit;
+use outpost_core::layout::Layout;
 use serde::Serialize;
 use std::io::Write;
 use std::path::Path;
@@ -31,7 +31,7 @@ pub fn run(
     probe: &dyn Probe,
     host: &dyn Host,
     root: &Path,
-    mode: Option<crate::layout::Mode>,
+    mode: Option<outpost_core::layout::Mode>,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<i32> {
@@ -136,7 +136,7 @@ pub fn run(
     writeln!(out, "  state      {}", layout.state_dir.display()).ok();
     crate::agentctl::render_agent_status(&report.agent, out);
     if !running {
-        let j = if layout.mode == crate::layout::Mode::User {
+        let j = if layout.mode == outpost_core::layout::Mode::User {
             "journalctl --user -u outpost -n 50"
         } else {
             "journalctl -u outpost -n 50"
@@ -232,13 +232,13 @@ pub fn render_detection(d: &Detection) -> String {
 pub fn events(
     probe: &dyn Probe,
     root: &Path,
-    mode: Option<crate::layout::Mode>,
+    mode: Option<outpost_core::layout::Mode>,
     follow: bool,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<i32> {
-    use outpost_agent::journal::{Journal, Record};
-    use outpost_packaging::text::{json_terminal_safe, terminal_safe};
+    use outpost_core::journal::{Journal, Record};
+    use outpost_core::text::{json_terminal_safe, terminal_safe};
     let (layout, _) = crate::uninstall::find_install(probe, root, mode)?;
     // Root's journal (install and upgrade events) and the agent's own, merged by time.
     let journals = [
@@ -267,7 +267,7 @@ pub fn events(
         }
         out.flush().ok();
     };
-    let j_err = |e: outpost_agent::journal::JournalError| {
+    let j_err = |e: outpost_core::journal::JournalError| {
         crate::error::Error::failed(e.to_string(), e.hint())
     };
     let mut all: Vec<(&str, Record)> = Vec::new();

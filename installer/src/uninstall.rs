@@ -2,10 +2,10 @@
 use crate::apply::{self, Host};
 use crate::detect::{self, Probe};
 use crate::error::{Error, Result};
-use crate::layout::{Layout, Mode};
 use crate::plan::{self, Observed, RemoveAction};
 use crate::receipt::Receipt;
 use crate::svc::Scope;
+use outpost_core::layout::{Layout, Mode};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -73,7 +73,7 @@ pub fn group_exists(root: &Path, name: &str) -> Result<bool, UsersError> {
         .any(|g| g == name))
 }
 
-pub use outpost_packaging::names::valid_username;
+pub use outpost_core::names::valid_username;
 
 /// argv for creating the system service user with its own group and no login shell.
 /// `name` must satisfy [`valid_username`]; `home` is the host path (not created: the

@@ -163,7 +163,7 @@ fn check_key(key: &str) -> Result<()> {
 
 /// A POSIX user name (as `useradd` accepts it by default).
 fn check_user(name: &str) -> Result<()> {
-    if crate::names::valid_username(name) {
+    if outpost_core::names::valid_username(name) {
         Ok(())
     } else {
         Err(Error::usage(
@@ -231,7 +231,7 @@ fn release_at(url: &str, r: &Pinned) -> Result<ReleaseAt> {
 
 fn validate(p: &Params) -> Result<(String, ReleaseAt, String, Option<String>)> {
     let hub = check_url(&p.hub_url, "--hub")?;
-    crate::url::check_hub_url(&hub, false).map_err(|why| {
+    outpost_core::url::check_hub_url(&hub, false).map_err(|why| {
         Error::usage(
             format!("invalid --hub {:?}: {why}", p.hub_url),
             "pass --hub https://hub.example.com (the new host sends its token there)",
@@ -475,7 +475,7 @@ pub fn resolve(
         ));
     }
     let source = Source::parse(release)?.with_ca_file(ca_file.map(Path::to_path_buf));
-    let dir = crate::fsx::PrivateTempDir::new("cloud-init")?;
+    let dir = crate::fsx::private_temp_dir("cloud-init")?;
     let v = fetch_release(
         &source,
         keys,

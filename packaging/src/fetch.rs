@@ -180,7 +180,7 @@ fn parse_github(spec: &str, github_url: Option<&str>) -> std::result::Result<Sou
         None => GITHUB_URL.to_string(),
         Some(u) => {
             let u = u.trim_end_matches('/');
-            let ok = crate::url::https_or_loopback(u);
+            let ok = outpost_core::url::https_or_loopback(u);
             if !ok {
                 return Err(format!(
                     "{GITHUB_URL_ENV}={u:?} must be an https:// URL (http:// only on loopback)"
@@ -589,7 +589,7 @@ pub struct Verified {
 
 /// Environment variable in which install.sh names the channel it resolved the version from
 /// (unset when a version was asked for): [`Verified::check_channel_from_env`].
-pub const CHANNEL_ENV: &str = "OUTPOST_RELEASE_CHANNEL";
+pub use outpost_core::env::RELEASE_CHANNEL as CHANNEL_ENV;
 
 impl Verified {
     /// Refuse unless the signed manifest names this version as the head of `channel`: the

@@ -17,42 +17,27 @@ pub(crate) fn tmp_name(path: &Path, tag: &str) -> PathBuf {
     path.with_file_name(format!(".{name}.{tag}-{}-{nanos}", std::process::id()))
 }
 
-pub(crate) use crate::atomic::parent;
+pub(crate) use outpost_core::atomic::parent;
 
-/// A fresh directory only its owner can enter (0700) under the system temp dir, removed on
-/// drop: the workspace's one temp dir, `mkdtemp`-style through `tempfile` (a random name
-/// created with one `mkdir`, so a path someone else made first in a shared /tmp is never
-/// entered).
-#[derive(Debug)]
-pub struct PrivateTempDir {
-    dir: tempfile::TempDir,
+/// The workspace's one temp dir ([`outpost_core::tempdir::PrivateTempDir`]), its error as
+/// a release error naming the directory.
+pub fn private_temp_dir(tag: &str) -> Result<PrivateTempDir> {
+    let base = std::env::temp_dir();
+    PrivateTempDir::new_in(&base, tag)
+        .map_err(|e| Error::io("create a private directory in", &base, e))
 }
 
-impl PrivateTempDir {
-    pub fn new(tag: &str) -> Result<PrivateTempDir> {
-        let base = std::env::temp_dir();
-        use std::os::unix::fs::PermissionsExt;
-        tempfile::Builder::new()
-            .prefix(&format!("outpost-{tag}-"))
-            .permissions(std::fs::Permissions::from_mode(0o700))
-            .tempdir_in(&base)
-            .map(|dir| PrivateTempDir { dir })
-            .map_err(|e| Error::io("create a private directory in", &base, e))
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
+pub use outpost_core::tempdir::PrivateTempDir;
 
 /// fsync a directory so renames inside it are durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
-    crate::atomic::fsync_dir(dir).map_err(|e| Error::io("sync directory", dir, e))
+    outpost_core::atomic::fsync_dir(dir).map_err(|e| Error::io("sync directory", dir, e))
 }
 
 /// Write `contents` to `path` atomically with `mode`.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    crate::atomic::write_atomic(path, contents, mode, None).map_err(|e| Error::io("write", path, e))
+    outpost_core::atomic::write_atomic(path, contents, mode, None)
+        .map_err(|e| Error::io("write", path, e))
 }
 
 /// Create `path` atomically with `mode`, its contents written by `fill`.
@@ -61,7 +46,7 @@ pub fn write_atomic_with(
     mode: u32,
     fill: impl FnOnce(&mut fs_err::File) -> std::io::Result<()>,
 ) -> Result<()> {
-    crate::atomic::write_atomic_with(path, mode, None, fill)
+    outpost_core::atomic::write_atomic_with(path, mode, None, fill)
         .map_err(|e| Error::io("write", path, e))
 }
 
@@ -70,7 +55,7 @@ pub fn create_dir_all(path: &Path) -> Result<()> {
     fs_err::create_dir_all(path).map_err(|e| Error::io("create directory", path, e))
 }
 
-pub use crate::atomic::sha256_bytes;
+pub use outpost_core::atomic::sha256_bytes;
 
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut f = fs_err::File::open(path).map_err(|e| Error::io("open", path, e))?;
@@ -87,29 +72,9 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    // Mode, replacement and sha256 are tested in `crate::atomic`; this is the wrapper's error path.
+    // Mode, replacement and sha256 are tested in `outpost_core::atomic`; this is the wrapper's error path.
     use super::*;
     use std::io::Write;
-
-    #[test]
-    fn private_temp_dir_is_new_0700_and_removed() {
-        use std::os::unix::fs::PermissionsExt;
-        let a = PrivateTempDir::new("fsx-test").unwrap();
-        let b = PrivateTempDir::new("fsx-test").unwrap();
-        assert_ne!(a.path(), b.path());
-        let mode = std::fs::metadata(a.path()).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700);
-        assert!(a
-            .path()
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("outpost-fsx-test-"));
-        let p = a.path().to_path_buf();
-        std::fs::write(p.join("f"), b"x").unwrap();
-        drop(a);
-        assert!(!p.exists());
-    }
 
     #[test]
     fn failed_fill_keeps_old_file_and_removes_temp() {

@@ -5,7 +5,6 @@
 //! the `tools` feature that only the `outpost-release` packager enables.
 //! The format is a public contract: docs/RELEASES.md.
 
-pub mod atomic;
 mod b64;
 pub mod bundle;
 pub mod cloudinit;
@@ -13,13 +12,9 @@ pub mod error;
 pub mod extract;
 pub mod fetch;
 pub mod fsx;
-pub mod kv;
 pub mod manifest;
-pub mod names;
-pub mod text;
 #[cfg(feature = "tools")]
 pub mod tools;
-pub mod url;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -208,23 +208,7 @@ pub fn current_target() -> Option<&'static str> {
     }
 }
 
-/// RFC 3339 UTC with second precision for unix seconds `t` (`2024-05-01T12:00:00Z`): the
-/// one formatter of the workspace (the agent's clock and the hub use it too).
-pub fn rfc3339(t: u64) -> String {
-    rfc3339_secs(i64::try_from(t).unwrap_or(i64::MAX))
-}
-
-/// [`rfc3339`] for signed unix seconds; out-of-range times (past 9999) give the epoch rather
-/// than a panic.
-pub fn rfc3339_secs(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
-}
+pub use outpost_core::time::{rfc3339_secs, rfc3339_unix as rfc3339};
 
 #[cfg(test)]
 pub(crate) mod tests {

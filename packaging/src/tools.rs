@@ -649,7 +649,7 @@ pub fn verify_release(source: &Source, keys: &TrustedKeys) -> Result<Vec<String>
         "{MANIFEST}: signature ok, timestamp {}",
         manifest.timestamp
     )];
-    let tmp_dir = fsx::PrivateTempDir::new("verify")?;
+    let tmp_dir = fsx::private_temp_dir("verify")?;
     let tmp = tmp_dir.path();
     let result = (|| {
         let bundle = matches!(source, Source::Bundle(_));

@@ -2,7 +2,7 @@
 //!
 //! Parsing is pure (see the submodules, tested on fixtures under `tests/fixtures/`); the only
 //! I/O goes through [`Probe`], whose production implementation reads under a filesystem root.
-use crate::layout::Mode;
+use outpost_core::layout::Mode;
 use serde::Serialize;
 
 pub mod os_release;

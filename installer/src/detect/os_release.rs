@@ -24,7 +24,7 @@ pub struct DistroFacts {
 pub fn parse(text: &str) -> OsRelease {
     let mut os = OsRelease::default();
     for line in text.lines() {
-        let Some((key, value)) = outpost_packaging::kv::assignment(line) else {
+        let Some((key, value)) = outpost_core::kv::assignment(line) else {
             continue;
         };
         let opt = |v: String| if v.is_empty() { None } else { Some(v) };

@@ -9,12 +9,12 @@ use super::os_release::{self, DistroFacts};
 use super::topology::{container_from, parse_polkit_version, parse_systemd_version, recommend};
 use super::{Account, Detection, Init, Polkit, PolkitFlavor, TargetUser, Topology};
 use crate::users;
-use outpost_agent::env;
+use outpost_core::env;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// The `container` variable systemd and container managers set for PID 1.
-/// (Not in `outpost_agent::env`: it is not an outpost setting, only a hint we read.)
+/// (Not in `outpost_core::env`: it is not an outpost setting, only a hint we read.)
 const ENV_CONTAINER: &str = "container";
 /// Login name, used only when the invoking uid has no `/etc/passwd` entry (directory users).
 const ENV_USER: &str = "USER";
@@ -338,7 +338,7 @@ pub fn detect(p: &dyn Probe) -> Detection {
 mod tests {
     use super::*;
     use crate::detect::Distro;
-    use crate::layout::Mode;
+    use outpost_core::layout::Mode;
     use std::collections::BTreeMap;
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");

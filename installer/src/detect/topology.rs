@@ -1,6 +1,6 @@
 //! Pure parsers for what the probe reads, and the install-mode recommendation.
 use super::{Distro, Init, Polkit, PolkitFlavor, Recommendation, Topology};
-use crate::layout::Mode;
+use outpost_core::layout::Mode;
 
 /// The support statement every "unsupported" message ends with.
 pub const SUPPORTED: &str =

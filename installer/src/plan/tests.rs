@@ -429,7 +429,7 @@ fn initial_config_carries_the_seed_and_parses() {
         ca_file: Some("/etc/outpost/ca.pem".into()),
     };
     let text = initial_config(&seed);
-    let c = outpost_agent::Config::parse(&text, Path::new("t")).unwrap();
+    let c = outpost_core::Config::parse(&text, Path::new("t")).unwrap();
     assert_eq!(c.hub.url.as_deref(), Some("https://hub.example.net"));
     assert_eq!(
         c.release.url.as_deref(),
@@ -444,9 +444,9 @@ fn initial_config_carries_the_seed_and_parses() {
         Some(Path::new("/etc/outpost/ca.pem"))
     );
     assert_eq!(
-        outpost_agent::Config::parse(&initial_config(&ConfigSeed::default()), Path::new("t"))
+        outpost_core::Config::parse(&initial_config(&ConfigSeed::default()), Path::new("t"))
             .unwrap(),
-        outpost_agent::Config::default()
+        outpost_core::Config::default()
     );
 }
 
@@ -457,11 +457,11 @@ fn initial_config_records_insecure_http() {
         insecure_http: true,
         ..Default::default()
     };
-    let c = outpost_agent::Config::parse(&initial_config(&seed), Path::new("t")).unwrap();
+    let c = outpost_core::Config::parse(&initial_config(&seed), Path::new("t")).unwrap();
     assert!(c.hub.insecure_http);
     let refused = ConfigSeed {
         insecure_http: false,
         ..seed
     };
-    assert!(outpost_agent::Config::parse(&initial_config(&refused), Path::new("t")).is_err());
+    assert!(outpost_core::Config::parse(&initial_config(&refused), Path::new("t")).is_err());
 }

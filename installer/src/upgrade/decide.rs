@@ -1,8 +1,8 @@
 //! Pure decisions of the upgrader: which version, which topology, how to resolve an
 //! interrupted upgrade, whether the new version is healthy. Table-tested below.
 use super::record::{Record, Step};
-use crate::layout::Mode;
 use crate::svc::UnitStatus;
+use outpost_core::layout::Mode;
 use semver::Version;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,7 +153,7 @@ pub fn health(base: &UnitStatus, now: &UnitStatus) -> Result<(), String> {
 /// ended at or after `since_ms` was accepted, `Err` when the hub refused it for good (revoked
 /// token), `Ok(false)` while it may still come.
 pub fn heartbeat_verdict(
-    hb: &outpost_agent::run::HeartbeatState,
+    hb: &outpost_core::state::HeartbeatState,
     since_ms: u64,
 ) -> Result<bool, String> {
     if hb.at_ms < since_ms {
@@ -289,7 +289,7 @@ mod tests {
 
     #[test]
     fn heartbeat_verdict_table() {
-        let hb = |at_ms, ok, error: Option<&str>| outpost_agent::run::HeartbeatState {
+        let hb = |at_ms, ok, error: Option<&str>| outpost_core::state::HeartbeatState {
             at: String::new(),
             at_ms,
             ok,

@@ -13,11 +13,11 @@ pub use orchestrate::{run, Located};
 use crate::apply::Host;
 use crate::error::{Error, Result};
 use crate::fsx;
-use crate::layout::{Layout, Mode};
 use crate::receipt::Receipt;
 use crate::svc::{ServiceManager, UnitStatus};
 use decide::Resolution;
-use outpost_agent::journal::Journal;
+use outpost_core::journal::Journal;
+use outpost_core::layout::{Layout, Mode};
 use record::{Record, Step};
 use semver::Version;
 use serde_json::json;
@@ -60,9 +60,9 @@ fn link_version(layout: &Layout, link: &Path) -> Result<Option<Version>> {
     use std::os::unix::fs::MetadataExt;
     let host = layout.host(link);
     let euid = rustix::process::geteuid().as_raw();
-    let untrusted = |e: outpost_agent::trust::TrustError| Error::failed(e.to_string(), e.hint());
+    let untrusted = |e: outpost_core::trust::TrustError| Error::failed(e.to_string(), e.hint());
     if let Some(dir) = host.parent() {
-        outpost_agent::trust::check_trusted(&layout.root, dir, euid).map_err(untrusted)?;
+        outpost_core::trust::check_trusted(&layout.root, dir, euid).map_err(untrusted)?;
     }
     let meta = match std::fs::symlink_metadata(&host) {
         Ok(m) => m,
@@ -70,7 +70,7 @@ fn link_version(layout: &Layout, link: &Path) -> Result<Option<Version>> {
         Err(e) => return Err(Error::io("read", &host, e)),
     };
     if meta.uid() != 0 && meta.uid() != euid {
-        return Err(untrusted(outpost_agent::trust::TrustError::Unsafe {
+        return Err(untrusted(outpost_core::trust::TrustError::Unsafe {
             path: host.clone(),
             why: format!("owned by uid {}, not root", meta.uid()),
         }));
@@ -182,8 +182,8 @@ fn smoke(
         .arg(layout.host(&layout.agent_dir))
         .arg("--mode")
         .arg(layout.mode.as_str())
-        .env_remove(outpost_agent::env::CONFIG)
-        .env_remove(outpost_agent::env::STATE_DIR);
+        .env_remove(outpost_core::env::CONFIG)
+        .env_remove(outpost_core::env::STATE_DIR);
     let out = cmd
         .output()
         .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
@@ -250,11 +250,11 @@ fn heartbeat_accepted_since(
     let owner = std::fs::symlink_metadata(layout.host(&layout.agent_dir))
         .ok()
         .map(|m| m.uid());
-    let Ok(Some(bytes)) = outpost_agent::trust::read_untrusted(&p, owner, MAX_HEARTBEAT_BYTES)
+    let Ok(Some(bytes)) = outpost_core::trust::read_untrusted(&p, owner, MAX_HEARTBEAT_BYTES)
     else {
         return Ok(false);
     };
-    let Ok(hb) = serde_json::from_slice::<outpost_agent::run::HeartbeatState>(&bytes) else {
+    let Ok(hb) = serde_json::from_slice::<outpost_core::state::HeartbeatState>(&bytes) else {
         return Ok(false);
     };
     let since_ms = since
@@ -565,19 +565,19 @@ fn scrub_used_key(layout: &Layout, out: &mut dyn Write) {
     }
     let identity = layout
         .host(&layout.agent_dir)
-        .join(outpost_agent::enroll::IDENTITY_FILE);
+        .join(outpost_core::layout::files::IDENTITY);
     let enrolled = matches!(
-        outpost_agent::trust::read_untrusted(&identity, None, 64 << 10),
+        outpost_core::trust::read_untrusted(&identity, None, 64 << 10),
         Ok(Some(b)) if serde_json::from_slice::<serde_json::Value>(&b).is_ok_and(|v| v.get("agent_id").is_some())
     );
     if !enrolled {
         return;
     }
     let env_file = layout.host(&layout.env_file);
-    if outpost_agent::trust::check_trusted(&layout.root, &env_file, 0).is_err() {
+    if outpost_core::trust::check_trusted(&layout.root, &env_file, 0).is_err() {
         return;
     }
-    match outpost_agent::enroll::scrub_env_key(&env_file, outpost_agent::env::ENROLL_KEY) {
+    match outpost_core::kv::scrub_env_key(&env_file, outpost_core::env::ENROLL_KEY) {
         Ok(true) => {
             writeln!(
                 out,
@@ -623,7 +623,7 @@ pub fn guard(
     out: &mut dyn Write,
 ) -> Result<Resolution> {
     // Longest an upgrade can legitimately take after the stop: start timeout + soak + gate.
-    let limit = Duration::from_secs(2 * outpost_agent::config::MAX_SOAK_SECS + 120);
+    let limit = Duration::from_secs(2 * outpost_core::config::MAX_SOAK_SECS + 120);
     let started = Instant::now();
     loop {
         let Some(rec) = load_record(layout)? else {

@@ -8,10 +8,10 @@ use super::{
 };
 use crate::apply::Host;
 use crate::error::{Error, Result};
-use crate::layout::{Layout, Mode};
 use crate::receipt::Receipt;
 use crate::svc::{ServiceManager, UnitStatus};
-use outpost_agent::exit;
+use outpost_core::exit;
+use outpost_core::layout::{Layout, Mode};
 use semver::Version;
 use serde_json::json;
 use std::io::Write;
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 pub struct Located {
     pub layout: Layout,
     pub receipt: Option<Receipt>,
-    pub config: outpost_agent::Config,
+    pub config: outpost_core::Config,
     pub euid: u32,
 }
 
@@ -35,7 +35,7 @@ impl Located {
     ) -> Result<Located> {
         let (layout, receipt) = crate::uninstall::find_install(probe, root, mode)?;
         let config =
-            outpost_agent::Config::load_trusted(&layout.root, &layout.host(&layout.config_file))?;
+            outpost_core::Config::load_trusted(&layout.root, &layout.host(&layout.config_file))?;
         Ok(Located {
             layout,
             receipt: receipt.filter(|r| r.uninstalled_at.is_none()),
@@ -154,7 +154,7 @@ impl<'a> Upgrade<'a> {
                 loc.config
                     .upgrade
                     .soak_secs
-                    .min(outpost_agent::config::MAX_SOAK_SECS),
+                    .min(outpost_core::config::MAX_SOAK_SECS),
             ),
             hub: loc.config.hub.url.is_some(),
         };
@@ -276,7 +276,7 @@ impl<'a> Upgrade<'a> {
             from: self.from.clone(),
             to: self.to.clone(),
             step: Step::Pending,
-            started_at: outpost_agent::clock::now_rfc3339(),
+            started_at: outpost_core::time::now_rfc3339(),
             upgrader_pid: me,
             upgrader_start: record::process_start(me).unwrap_or(0),
             starts: 0,

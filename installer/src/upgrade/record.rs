@@ -3,13 +3,13 @@
 //! exactly where it stopped.
 //!
 //! The record lives in root's state dir (system mode) and is loaded only through
-//! [`outpost_agent::trust::read_trusted`]; its versions are `semver::Version`, so a "version"
+//! [`outpost_core::trust::read_trusted`]; its versions are `semver::Version`, so a "version"
 //! can never be a path.
 use semver::Version;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-pub const FILE: &str = "upgrade.json";
+pub use outpost_core::layout::files::UPGRADE_RECORD as FILE;
 /// Largest record read (64 KiB; a real one is a few hundred bytes).
 pub const MAX_BYTES: u64 = 64 << 10;
 
@@ -66,7 +66,7 @@ pub fn path(state_dir: &Path) -> PathBuf {
 pub enum LoadError {
     /// Unsafe owner/mode/link, or unreadable: never acted on, never touched.
     #[error(transparent)]
-    Untrusted(#[from] outpost_agent::trust::TrustError),
+    Untrusted(#[from] outpost_core::trust::TrustError),
     /// Trusted but not a record (a torn disk, a hand edit): the resolver moves it aside.
     #[error("upgrade record {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
@@ -77,7 +77,7 @@ pub enum LoadError {
 pub fn load(root: &Path, state_dir: &Path) -> Result<Option<Record>, LoadError> {
     let p = path(state_dir);
     let euid = rustix::process::geteuid().as_raw();
-    let Some(bytes) = outpost_agent::trust::read_trusted(root, &p, euid, MAX_BYTES)? else {
+    let Some(bytes) = outpost_core::trust::read_trusted(root, &p, euid, MAX_BYTES)? else {
         return Ok(None);
     };
     serde_json::from_slice(&bytes)

@@ -22,7 +22,7 @@ pub fn this_target() -> Result<&'static str> {
 }
 
 /// The replay state's file in root's state dir.
-pub const REPLAY_FILE: &str = "release-replay";
+pub use outpost_core::layout::files::RELEASE_REPLAY as REPLAY_FILE;
 
 pub struct ReleaseStager {
     pub source: Source,
@@ -39,7 +39,7 @@ impl ReleaseStager {
     /// From config (`[release] url`, `public_keys`, `ca_file`) or an explicit source; the replay
     /// state lives in the state dir.
     pub fn from_config(
-        config: &outpost_agent::Config,
+        config: &outpost_core::Config,
         from: Option<&str>,
         state_dir: &Path,
     ) -> Result<ReleaseStager> {
@@ -133,7 +133,7 @@ pub fn staging_pid(name: &str) -> Option<u32> {
 /// Remove staging and download directories left in `versions_dir` by upgraders that no
 /// longer run (killed, power cut). Returns what was removed.
 pub fn sweep_stale(versions_dir: &Path) -> Vec<PathBuf> {
-    outpost_packaging::atomic::sweep_dead_writers(versions_dir, staging_pid, true)
+    outpost_core::atomic::sweep_dead_writers(versions_dir, staging_pid, true)
 }
 
 #[cfg(test)]

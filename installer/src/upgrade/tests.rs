@@ -56,7 +56,7 @@ fn bed() -> Bed {
         s.enabled = true;
     }
     let config =
-        outpost_agent::Config::load_trusted(&layout.root, &layout.host(&layout.config_file))
+        outpost_core::Config::load_trusted(&layout.root, &layout.host(&layout.config_file))
             .unwrap();
     Bed {
         _dir: dir,
@@ -87,7 +87,7 @@ impl Bed {
         self.fake.0.borrow().calls.clone()
     }
     fn events(&self) -> Vec<String> {
-        outpost_agent::journal::Journal::open(&self.loc.layout.host(&self.loc.layout.state_dir))
+        outpost_core::journal::Journal::open(&self.loc.layout.host(&self.loc.layout.state_dir))
             .read_all()
             .unwrap()
             .into_iter()
@@ -163,7 +163,7 @@ fn a_new_version_that_fails_to_start_is_rolled_back() {
             .contains("rolled back, 1.0.0 is running again"),
         "{e}\n{out}"
     );
-    assert_eq!(e.exit_code(), outpost_agent::exit::FAILURE);
+    assert_eq!(e.exit_code(), outpost_core::exit::FAILURE);
     assert_eq!(b.current(), "versions/1.0.0");
     assert_eq!(b.last_good(), "versions/1.0.0");
     assert!(!b.record_exists());

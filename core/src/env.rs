@@ -29,7 +29,7 @@ pub const HUB_URL: &str = "OUTPOST_HUB_URL";
 pub const RELEASE_URL: &str = "OUTPOST_RELEASE_URL";
 /// The channel install.sh resolved the version from; `install` refuses unless the signed
 /// manifest names that version as the channel's head.
-pub const RELEASE_CHANNEL: &str = outpost_packaging::fetch::CHANNEL_ENV;
+pub const RELEASE_CHANNEL: &str = "OUTPOST_RELEASE_CHANNEL";
 /// Trusted release public keys, one minisign base64 line each (install.sh passes the keys
 /// embedded at publish time; `install` records them in a new config).
 pub const RELEASE_PUBKEYS: &str = "OUTPOST_RELEASE_PUBKEYS";

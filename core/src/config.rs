@@ -101,7 +101,7 @@ impl Default for UpgradeSection {
 /// timeout derived from it, so an unbounded value would leave a host without a working agent.
 pub const MAX_SOAK_SECS: u64 = 3600;
 
-pub use outpost_packaging::url::check_hub_url;
+pub use crate::url::check_hub_url;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -7,7 +7,25 @@ pub fn rfc3339(t: SystemTime) -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0);
-    outpost_packaging::manifest::rfc3339_secs(secs)
+    rfc3339_secs(secs)
+}
+
+/// RFC 3339 UTC with second precision for unix seconds `t` (`2024-05-01T12:00:00Z`): the
+/// one formatter of the workspace (the agent, the release manifest and the hub use it).
+pub fn rfc3339_unix(t: u64) -> String {
+    rfc3339_secs(i64::try_from(t).unwrap_or(i64::MAX))
+}
+
+/// [`rfc3339_unix`] for signed unix seconds; out-of-range times (past 9999) give the epoch rather
+/// than a panic.
+pub fn rfc3339_secs(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
 }
 
 pub fn now_rfc3339() -> String {

@@ -2,6 +2,28 @@
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
+/// The names of the state files, relative to their directory ([`Layout::state_dir`] for
+/// root's, [`Layout::agent_dir`] for the agent's). One list, so the installer, the upgrader
+/// and the agent cannot disagree on a name.
+pub mod files {
+    /// Root's record of what it installed (state dir).
+    pub const RECEIPT: &str = "receipt.json";
+    /// The upgrade in flight (state dir).
+    pub const UPGRADE_RECORD: &str = "upgrade.json";
+    /// Where a record that does not parse is set aside (state dir).
+    pub const UPGRADE_RECORD_CORRUPT: &str = "upgrade.json.corrupt";
+    /// The newest signed manifest timestamp seen (state dir): the replay guard.
+    pub const RELEASE_REPLAY: &str = "release-replay";
+    /// The event journal (root's in the state dir, the agent's in the agent dir).
+    pub const JOURNAL: &str = "events.jsonl";
+    /// The agent's hub identity and token (agent dir).
+    pub const IDENTITY: &str = "identity.json";
+    /// The enrollment nonce that makes a retried enrollment idempotent (agent dir).
+    pub const ENROLL_NONCE: &str = "enroll-nonce";
+    /// The agent's last heartbeat attempt (agent dir).
+    pub const HEARTBEAT: &str = "heartbeat.json";
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -119,19 +141,19 @@ impl Layout {
         self.last_good_link().join("outpost")
     }
     pub fn receipt_file(&self) -> PathBuf {
-        self.state_dir.join("receipt.json")
+        self.state_dir.join(files::RECEIPT)
     }
     /// Root's journal (install and upgrade events).
     pub fn events_file(&self) -> PathBuf {
-        self.state_dir.join("events.jsonl")
+        self.state_dir.join(files::JOURNAL)
     }
     /// The agent's journal.
     pub fn agent_events_file(&self) -> PathBuf {
-        self.agent_dir.join("events.jsonl")
+        self.agent_dir.join(files::JOURNAL)
     }
     /// The agent's last heartbeat result (read by the health gate).
     pub fn heartbeat_file(&self) -> PathBuf {
-        self.agent_dir.join(outpost_agent::run::HEARTBEAT_FILE)
+        self.agent_dir.join(files::HEARTBEAT)
     }
 
     /// Map a host path onto the filesystem root seam.

@@ -49,7 +49,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// File name inside the state directory.
-pub const FILE: &str = "events.jsonl";
+pub use crate::layout::files::JOURNAL as FILE;
 /// Longest record line accepted by readers (1 MiB); the agent writes far smaller ones.
 pub const MAX_RECORD_BYTES: u64 = 1 << 20;
 /// Most bytes one [`Follow::poll`] reads.
@@ -220,7 +220,7 @@ fn libc_nofollow() -> i32 {
 }
 
 fn fsx_parent(p: &Path) -> &Path {
-    crate::fsx::parent(p)
+    crate::atomic::parent(p)
 }
 
 /// Result of a successful [`Journal::verify`].
@@ -357,7 +357,7 @@ impl Journal {
             Some(r) => (r.seq + 1, r.hash.clone()),
             None => (1, GENESIS.to_string()),
         };
-        let time = crate::clock::now_rfc3339();
+        let time = crate::time::now_rfc3339();
         let hash = Record::compute_hash(seq, &time, kind, &data, &prev);
         let rec = Record {
             seq,
@@ -374,7 +374,7 @@ impl Journal {
             .map_err(self.io("write"))?;
         locked.file.sync_all().map_err(self.io("fsync"))?;
         if created {
-            crate::fsx::fsync_dir(fsx_parent(&self.path)).map_err(self.io("fsync dir of"))?;
+            crate::atomic::fsync_dir(fsx_parent(&self.path)).map_err(self.io("fsync dir of"))?;
         }
         Ok(rec)
     }
