@@ -9,8 +9,8 @@ use crate::plan::{
     Change, Content, InstallPlan, Op, OwnerSpec, RemoveAction, ServiceAction, UninstallPlan,
 };
 use crate::receipt::{Entry, Kind, Receipt, Role};
-use crate::svc::{Logind, Scope, ServiceManager, SvcError};
 use outpost_core::layout::{Layout, Mode};
+use outpost_systemd::{Logind, Scope, ServiceManager, SvcError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,13 +40,13 @@ impl Host for RealHost {
         &self,
         scope: Scope,
     ) -> std::result::Result<Box<dyn ServiceManager>, SvcError> {
-        Ok(Box::new(crate::svc::dbus::SystemdBus::connect(scope)?))
+        Ok(Box::new(outpost_systemd::dbus::SystemdBus::connect(scope)?))
     }
     fn logind(&self) -> std::result::Result<Box<dyn Logind>, SvcError> {
-        Ok(Box::new(crate::svc::dbus::LogindBus::connect()?))
+        Ok(Box::new(outpost_systemd::dbus::LogindBus::connect()?))
     }
     fn wait_user_manager(&self, uid: u32, timeout: Duration) -> std::result::Result<(), SvcError> {
-        crate::svc::dbus::wait_user_manager(uid, timeout)
+        outpost_systemd::dbus::wait_user_manager(uid, timeout)
     }
     fn run(&self, argv: &[String]) -> std::result::Result<(), String> {
         let (cmd, args) = argv.split_first().ok_or("empty command")?;

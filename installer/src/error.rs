@@ -11,7 +11,7 @@ pub enum Error {
     #[error("{message}")]
     Failed { message: String, hint: String },
     #[error(transparent)]
-    Svc(#[from] crate::svc::SvcError),
+    Svc(#[from] outpost_systemd::SvcError),
     #[error(transparent)]
     Receipt(#[from] crate::receipt::ReceiptError),
     #[error(transparent)]

@@ -17,7 +17,6 @@ pub mod plan;
 pub mod receipt;
 pub mod render;
 pub mod status;
-pub mod svc;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod uninstall;

@@ -6,8 +6,8 @@
 use crate::detect::PolkitFlavor;
 use crate::receipt::{Kind, Receipt, Role};
 use crate::render::{self, UnitParams};
-use crate::svc::UnitStatus;
 use outpost_core::layout::{Layout, Mode};
+use outpost_systemd::UnitStatus;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;

@@ -1,7 +1,7 @@
 //! Test doubles shared by the installer's unit tests: a recording service manager, logind
 //! and host (`Fake`), and a stager serving stub releases (`FakeStager`).
 use crate::apply::Host;
-use crate::svc::{Logind, Scope, ServiceManager, SvcError, UnitStatus};
+use outpost_systemd::{Logind, Scope, ServiceManager, SvcError, UnitStatus};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;

@@ -4,8 +4,8 @@ use crate::detect::{self, Probe};
 use crate::error::{Error, Result};
 use crate::plan::{self, Observed, RemoveAction};
 use crate::receipt::Receipt;
-use crate::svc::Scope;
 use outpost_core::layout::{Layout, Mode};
+use outpost_systemd::Scope;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -2,8 +2,8 @@
 //! (idempotent), keep the operator's edits, uninstall, purge.
 use super::*;
 use crate::apply::{apply_install, apply_uninstall, Host};
-use crate::svc::{Logind, Scope, ServiceManager, SvcError};
 use crate::testing::Fake;
+use outpost_systemd::{Logind, Scope, ServiceManager, SvcError};
 
 struct Bed {
     dir: tempfile::TempDir,

@@ -1,8 +1,8 @@
 //! Pure decisions of the upgrader: which version, which topology, how to resolve an
 //! interrupted upgrade, whether the new version is healthy. Table-tested below.
 use super::record::{Record, Step};
-use crate::svc::UnitStatus;
 use outpost_core::layout::Mode;
+use outpost_systemd::UnitStatus;
 use semver::Version;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,9 +9,9 @@ use super::{
 use crate::apply::Host;
 use crate::error::{Error, Result};
 use crate::receipt::Receipt;
-use crate::svc::{ServiceManager, UnitStatus};
 use outpost_core::exit;
 use outpost_core::layout::{Layout, Mode};
+use outpost_systemd::{ServiceManager, UnitStatus};
 use semver::Version;
 use serde_json::json;
 use std::io::Write;

@@ -1,6 +1,6 @@
 //! The service-manager seam: systemd (and logind) over D-Bus.
 //!
-//! The installer and upgrader talk to [`ServiceManager`] and [`Logind`]; production uses the
+//! The installer, the upgrader and the agent talk to [`ServiceManager`] and [`Logind`]; production uses the
 //! zbus implementation in [`dbus`], unit tests use a recording fake.
 use serde::Serialize;
 
