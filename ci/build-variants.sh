@@ -23,7 +23,7 @@ main() {
     mv -f "$out/$v/outpost.tmp" "$out/$v/outpost"
   done
   echo "build-variants: outpost-release" >&2
-  CARGO_TARGET_DIR=$tdir cargo build --locked --profile variant -p outpost-packaging --features tools --bin outpost-release >&2
+  CARGO_TARGET_DIR=$tdir cargo build --locked --profile variant -p outpost-release --features tools --bin outpost-release >&2
   cp -f "$tdir/variant/outpost-release" "$out/outpost-release"
   echo "$PWD/$out"
 }

@@ -35,7 +35,7 @@ build() {
   step "building the static release binary, outpost-hub and outpost-release"
   BIN=$(bash ci/build-release.sh)
   cargo build --locked --release -p outpost-hub --bin outpost-hub >&2
-  cargo build --locked --release -p outpost-packaging --features tools --bin outpost-release >&2
+  cargo build --locked --release -p outpost-release --features tools --bin outpost-release >&2
   HUB=target/release/outpost-hub
   REL=target/release/outpost-release
   VERSION=$("$BIN" --version | awk '{print $2}')

@@ -65,7 +65,7 @@ main() {
 
   start=$SECONDS
   step "building outpost-release"
-  cargo build --release --locked -p outpost-packaging --features tools --bin outpost-release >&2
+  cargo build --release --locked -p outpost-release --features tools --bin outpost-release >&2
   local tool=target/release/outpost-release
   times="$times outpost-release=$((SECONDS - start))s"
 

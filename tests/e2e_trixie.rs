@@ -4,7 +4,7 @@
 //! (bookworm is covered by the other suites.)
 mod support;
 
-use outpost_packaging::cloudinit::{self, Mode, Params, Pinned};
+use outpost_cloudinit::{self as cloudinit, Mode, Params, Pinned};
 use support::release::{Release, TARGET};
 
 fn binary() -> String {

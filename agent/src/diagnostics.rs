@@ -259,7 +259,7 @@ pub fn run_checks(config: &Config, state_dir: &Path) -> Report {
     checks.push(check_memory(mem.total, mem.available));
     checks.push(check_journal(state_dir));
     Report {
-        version: outpost_packaging::VERSION.to_string(),
+        version: outpost_release::VERSION.to_string(),
         at: outpost_core::time::now_rfc3339(),
         agent_id: identity.map(|i| i.agent_id),
         checks,

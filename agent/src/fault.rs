@@ -9,7 +9,7 @@
 pub fn active() -> Option<String> {
     let spec = std::env::var("OUTPOST_FAULT").ok()?;
     let (version, kind) = spec.split_once(':')?;
-    (version == outpost_packaging::VERSION).then(|| kind.to_string())
+    (version == outpost_release::VERSION).then(|| kind.to_string())
 }
 
 #[cfg(not(feature = "fault-injection"))]

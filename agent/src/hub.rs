@@ -164,7 +164,7 @@ impl HubClient {
         // The same trust as the release reader: the host's CA bundle plus `ca_file`.
         let mut tls = ureq::tls::TlsConfig::builder();
         let roots =
-            outpost_packaging::fetch::trust_roots(ca_file).map_err(|reason| HubError::CaFile {
+            outpost_release::fetch::trust_roots(ca_file).map_err(|reason| HubError::CaFile {
                 path: ca_file.map(Path::to_path_buf).unwrap_or_default(),
                 reason,
             })?;
@@ -175,7 +175,7 @@ impl HubClient {
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_global(Some(OVERALL_TIMEOUT))
             .http_status_as_error(false)
-            .user_agent(format!("outpost/{}", outpost_packaging::VERSION))
+            .user_agent(format!("outpost/{}", outpost_release::VERSION))
             .max_idle_connections(1)
             .tls_config(tls.build())
             .build();

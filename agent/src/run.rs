@@ -480,7 +480,7 @@ impl<'a> Loop<'a> {
         let now = Instant::now();
         log::info(&format!(
             "outpost agent {} started (mode {}, config {}, state {}, hub {})",
-            outpost_packaging::VERSION,
+            outpost_release::VERSION,
             opts.mode,
             opts.config_path.display(),
             opts.state_dir.display(),
@@ -856,7 +856,7 @@ pub fn enroll_facts(f: Facts, mode: String) -> hub::EnrollFacts {
         machine_id: f.machine_id,
         distro: f.distro,
         arch: f.arch,
-        version: outpost_packaging::VERSION.to_string(),
+        version: outpost_release::VERSION.to_string(),
         mode,
     }
 }
@@ -871,7 +871,7 @@ pub fn heartbeat_body(
 ) -> hub::Heartbeat {
     hub::Heartbeat {
         agent_id,
-        version: Some(outpost_packaging::VERSION.to_string()),
+        version: Some(outpost_release::VERSION.to_string()),
         distro: Some(f.distro),
         kernel: Some(f.kernel),
         arch: Some(f.arch),

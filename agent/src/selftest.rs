@@ -33,7 +33,7 @@ pub fn self_test(config_path: &Path, state_dir: &Path) -> Result<SelfTest, RunEr
     let config = Config::load(config_path)?;
     check_state_dir(state_dir)?;
     Ok(SelfTest {
-        version: outpost_packaging::VERSION,
+        version: outpost_release::VERSION,
         config,
     })
 }
@@ -58,7 +58,7 @@ mod tests {
         let c = d.path().join("config.toml");
         std::fs::write(&c, Config::TEMPLATE).unwrap();
         let r = self_test(&c, d.path()).unwrap();
-        assert_eq!(r.version, outpost_packaging::VERSION);
+        assert_eq!(r.version, outpost_release::VERSION);
         std::fs::write(&c, "bogus = 1").unwrap();
         assert!(self_test(&c, d.path()).is_err());
     }

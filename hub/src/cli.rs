@@ -109,7 +109,7 @@ pub struct CloudInitArgs {
     #[arg(long, value_name = "CHANNEL", requires = "cloud_init", value_parser = ["stable", "beta"])]
     pub channel: Option<String>,
     /// cloud-init: target of the host.
-    #[arg(long, value_name = "TRIPLE", requires = "cloud_init", default_value = "x86_64-unknown-linux-musl", value_parser = outpost_packaging::TARGETS)]
+    #[arg(long, value_name = "TRIPLE", requires = "cloud_init", default_value = "x86_64-unknown-linux-musl", value_parser = outpost_release::TARGETS)]
     pub target: String,
     /// cloud-init: trust this release public key (minisign base64 line) besides the compiled-in
     /// ones; repeatable (OUTPOST_RELEASE_PUBKEYS: one per line).
@@ -132,11 +132,12 @@ pub struct CloudInitArgs {
     pub ca_file: Option<PathBuf>,
 }
 
-fn release_err(e: outpost_packaging::Error) -> HubError {
+fn release_err(e: outpost_release::Error) -> HubError {
     let hint = e.hint();
+    let usage = e.exit_code() == outpost_core::exit::USAGE;
     match e {
-        outpost_packaging::Error::Usage { message, .. } => HubError::usage(message, hint),
-        e @ outpost_packaging::Error::BadKey { .. } => HubError::usage(e.to_string(), hint),
+        outpost_release::Error::Usage { message, .. } => HubError::usage(message, hint),
+        e if usage => HubError::usage(e.to_string(), hint),
         e => HubError::Release {
             msg: e.to_string(),
             hint,
@@ -150,50 +151,23 @@ fn release_err(e: outpost_packaging::Error) -> HubError {
 fn cloud_init_params(
     a: &CloudInitArgs,
     hub_url: &str,
-) -> Result<outpost_packaging::cloudinit::Params, HubError> {
-    use outpost_packaging::cloudinit::{self, Mode, Params};
-    let mode: Mode = a.mode.parse().map_err(release_err)?;
-    let release_url = a.release_url.clone().unwrap_or_else(|| hub_url.to_string());
-    let extra: Vec<String> = a
-        .release_pubkeys
-        .iter()
-        .map(|k| k.trim().to_string())
-        .filter(|k| !k.is_empty())
-        .collect();
-    let keys = cloudinit::trusted_keys(&extra).map_err(release_err)?;
-    if keys.is_empty() {
-        return Err(HubError::usage(
-            "no trusted release key: nothing to verify the release against",
-            "pass the release's minisign public key with --release-pubkey (or OUTPOST_RELEASE_PUBKEYS)",
-        ));
-    }
-    let want: outpost_packaging::Want = match (&a.version, &a.channel) {
+) -> Result<outpost_cloudinit::Params, HubError> {
+    let want: outpost_release::Want = match (&a.version, &a.channel) {
         (Some(v), _) => v.parse().map_err(release_err)?,
-        (None, c) => outpost_packaging::Want::Channel(c.clone().unwrap_or_else(|| "stable".into())),
+        (None, c) => outpost_release::Want::Channel(c.clone().unwrap_or_else(|| "stable".into())),
     };
-    let ca_pem = match &a.ca_file {
-        Some(p) => Some(std::fs::read_to_string(p).map_err(|source| HubError::Io {
-            path: p.display().to_string(),
-            source,
-        })?),
-        None => None,
-    };
-    let mut params = Params {
-        hub_url: hub_url.to_string(),
-        enroll_key: "opk_placeholder".into(),
-        release_url: release_url.clone(),
-        release: cloudinit::Pinned::placeholder(&a.target, keys.base64_keys()),
-        mode,
-        run_as: a.run_as.clone(),
-        ca_pem,
-    };
-    // Input errors first, without a download.
-    cloudinit::render_bootstrap(&params).map_err(release_err)?;
-    params.release =
-        cloudinit::resolve(&release_url, &keys, a.ca_file.as_deref(), &want, &a.target)
-            .map_err(release_err)?;
-    params.enroll_key = String::new();
-    Ok(params)
+    outpost_cloudinit::prepare(&outpost_cloudinit::Request {
+        hub_url,
+        enroll_key: None,
+        release_url: a.release_url.as_deref(),
+        release_pubkeys: &a.release_pubkeys,
+        want,
+        target: &a.target,
+        mode: outpost_cloudinit::parse_mode(&a.mode).map_err(release_err)?,
+        run_as: a.run_as.as_deref(),
+        ca_file: a.ca_file.as_deref(),
+    })
+    .map_err(release_err)
 }
 
 #[derive(Debug, Args)]
@@ -515,7 +489,7 @@ pub fn run_client(cmd: Cmd) -> Result<(), HubError> {
             let key = v.get("key").and_then(Value::as_str).unwrap_or_default();
             if let Some(mut params) = pinned {
                 params.enroll_key = key.to_string();
-                let text = outpost_packaging::cloudinit::render(&params).map_err(release_err)?;
+                let text = outpost_cloudinit::render(&params).map_err(release_err)?;
                 // stdout is the user-data alone (`> host1.yaml`); the rest goes to stderr.
                 print!("{text}");
                 eprintln!(

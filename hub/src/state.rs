@@ -31,7 +31,7 @@ pub fn now_ms() -> i64 {
 
 /// RFC 3339 UTC (second precision) of unix milliseconds.
 pub fn rfc3339(ms: i64) -> String {
-    outpost_packaging::manifest::rfc3339_secs(ms.div_euclid(1000))
+    outpost_release::manifest::rfc3339_secs(ms.div_euclid(1000))
 }
 
 /// Everything the hub knows about one agent.

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(
     name = "outpost",
-    version = outpost_packaging::VERSION,
+    version = outpost_release::VERSION,
     about = "Install, run and upgrade the outpost agent as a systemd service",
     long_about = "outpost is the installer, systemd unit writer, self-upgrader and runner agent in one binary.\n\nExit codes: 0 ok, 1 failure, 2 bad input (nothing changed), 3 service not running (status), 10 token revoked (agent).",
     disable_help_subcommand = true
@@ -525,7 +525,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
             outpost_core::trust::check_trusted(&layout.root, &sd, probe.euid())
                 .map_err(|e| Error::failed(e.to_string(), e.hint()))?;
             if dry_run {
-                stager.replay = outpost_packaging::ReplayState::checking(
+                stager.replay = outpost_release::ReplayState::checking(
                     sd.join(crate::upgrade::stage::REPLAY_FILE),
                 );
             }

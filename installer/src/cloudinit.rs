@@ -1,12 +1,12 @@
 //! `outpost cloud-init render`: cloud-init user-data that installs a pinned, verified outpost
 //! release on a fresh host and enrolls it with the hub (docs/HETZNER.md). The rendering is
-//! `outpost_packaging::cloudinit`, shared with `outpost-hub keys create --cloud-init`.
+//! `outpost_cloudinit`, shared with `outpost-hub keys create --cloud-init`.
 use crate::error::{Error, Result};
 use clap::{Args, Subcommand};
+use outpost_cloudinit as cloudinit;
 use outpost_core::env;
 use outpost_core::exit;
-use outpost_packaging::cloudinit::{self, Mode, Params};
-use outpost_packaging::Want;
+use outpost_release::Want;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -38,7 +38,7 @@ pub struct RenderArgs {
     pub channel: Option<String>,
     /// Target of the host
     #[arg(long, value_name = "TRIPLE", default_value = "x86_64-unknown-linux-musl",
-          value_parser = outpost_packaging::TARGETS)]
+          value_parser = outpost_release::TARGETS)]
     pub target: String,
     /// Trust this minisign public key (base64 line) as well as the compiled-in ones; repeat
     /// for several (OUTPOST_RELEASE_PUBKEYS: one per line)
@@ -60,55 +60,25 @@ pub struct RenderArgs {
     pub output: Option<PathBuf>,
 }
 
-fn pkg(e: outpost_packaging::Error) -> Error {
-    Error::from(e)
-}
-
 /// Resolve the release and render the user-data for `a` (no output written).
 pub fn render(a: &RenderArgs) -> Result<(String, cloudinit::Pinned)> {
-    let mode: Mode = a.mode.parse().map_err(pkg)?;
-    let release_url = a.release_url.clone().unwrap_or_else(|| a.hub.clone());
-    let keys = cloudinit::trusted_keys(
-        &a.release_pubkeys
-            .iter()
-            .map(|k| k.trim().to_string())
-            .filter(|k| !k.is_empty())
-            .collect::<Vec<_>>(),
-    )
-    .map_err(pkg)?;
-    if keys.is_empty() {
-        return Err(Error::usage(
-            "no trusted release key: nothing to verify the release against",
-            "pass the release's minisign public key with --release-pubkey (or OUTPOST_RELEASE_PUBKEYS)",
-        ));
-    }
-    let ca_pem = match &a.ca_file {
-        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| Error::io("read", p, e))?),
-        None => None,
-    };
     let want = match (&a.version, &a.channel) {
         (Some(v), _) => Want::Exact(v.clone()),
         (None, c) => Want::Channel(c.clone().unwrap_or_else(|| "stable".into())),
     };
-    // Cheap checks first: no download for input that cannot render.
-    let probe = Params {
-        hub_url: a.hub.clone(),
-        enroll_key: a.enroll_key.trim().to_string(),
-        release_url: release_url.clone(),
-        release: cloudinit::Pinned::placeholder(&a.target, keys.base64_keys()),
-        mode,
-        run_as: a.run_as.clone(),
-        ca_pem: ca_pem.clone(),
-    };
-    cloudinit::render_bootstrap(&probe).map_err(pkg)?;
-    let pinned = cloudinit::resolve(&release_url, &keys, a.ca_file.as_deref(), &want, &a.target)
-        .map_err(pkg)?;
-    let text = cloudinit::render(&Params {
-        release: pinned.clone(),
-        ..probe
-    })
-    .map_err(pkg)?;
-    Ok((text, pinned))
+    let params = cloudinit::prepare(&cloudinit::Request {
+        hub_url: &a.hub,
+        enroll_key: Some(&a.enroll_key),
+        release_url: a.release_url.as_deref(),
+        release_pubkeys: &a.release_pubkeys,
+        want,
+        target: &a.target,
+        mode: cloudinit::parse_mode(&a.mode)?,
+        run_as: a.run_as.as_deref(),
+        ca_file: a.ca_file.as_deref(),
+    })?;
+    let text = cloudinit::render(&params)?;
+    Ok((text, params.release))
 }
 
 fn write_secret(path: &Path, text: &str) -> Result<()> {

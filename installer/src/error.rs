@@ -77,16 +77,20 @@ impl Error {
     }
 }
 
-/// The one place a release error (`outpost_packaging::Error`) becomes a command's error and
-/// exit code: bad input (a malformed source, key or value) is exit 2, the rest exit 1.
-impl From<outpost_packaging::Error> for Error {
-    fn from(e: outpost_packaging::Error) -> Error {
+/// A release error (`outpost_release::Error`) as a command's error; its exit code comes from
+/// [`outpost_release::Error::exit_code`], the one place that decides it.
+impl From<outpost_release::Error> for Error {
+    fn from(e: outpost_release::Error) -> Error {
         let hint = e.hint();
-        match e {
-            outpost_packaging::Error::Usage { message, .. } => Error::usage(message, hint),
-            e @ (outpost_packaging::Error::BadKey { .. }
-            | outpost_packaging::Error::Source { .. }) => Error::usage(e.to_string(), hint),
-            e => Error::failed(e.to_string(), hint),
+        let usage = e.exit_code() == exit::USAGE;
+        let message = match e {
+            outpost_release::Error::Usage { message, .. } => message,
+            e => e.to_string(),
+        };
+        if usage {
+            Error::usage(message, hint)
+        } else {
+            Error::failed(message, hint)
         }
     }
 }

@@ -41,7 +41,7 @@ pub struct InstallArgs {
 /// private temp dir (mkdtemp, 0700: nobody else can pre-create or swap anything in it);
 /// removed on drop.
 pub struct VerifiedBinary {
-    _dir: outpost_packaging::fsx::PrivateTempDir,
+    _dir: outpost_release::fsx::PrivateTempDir,
     pub binary: PathBuf,
 }
 
@@ -53,13 +53,13 @@ pub fn verify_against_release(
     extra_keys: &[String],
     ca_file: Option<&Path>,
     running: &Path,
-    replay: &outpost_packaging::ReplayState,
+    replay: &outpost_release::ReplayState,
 ) -> Result<VerifiedBinary> {
-    use outpost_packaging::{extract, fetch_release, ExtractLimits, Source, TrustedKeys, Want};
-    let pkg = |e: outpost_packaging::Error| {
+    use outpost_release::{extract, fetch_release, ExtractLimits, Source, TrustedKeys, Want};
+    let pkg = |e: outpost_release::Error| {
         Error::from(e).context(&format!(
             "cannot verify outpost {} against the release",
-            outpost_packaging::VERSION
+            outpost_release::VERSION
         ))
     };
     let source = Source::parse(url)
@@ -81,13 +81,13 @@ pub fn verify_against_release(
             "pass the release's minisign public key in OUTPOST_RELEASE_PUBKEYS (install.sh does this)",
         ));
     }
-    let tmp = outpost_packaging::fsx::private_temp_dir("verify")?;
+    let tmp = outpost_release::fsx::private_temp_dir("verify")?;
     let dir = tmp.path().to_path_buf();
     let guard = VerifiedBinary {
         binary: dir.join("staging").join("outpost"),
         _dir: tmp,
     };
-    let version = outpost_packaging::version();
+    let version = outpost_release::version();
     let v = fetch_release(
         &source,
         &keys,
@@ -143,14 +143,14 @@ fn config_is_roots(cfg: &Path) -> Result<()> {
 
 /// The replay guard install shares with `upgrade` (root's state dir), when that dir exists
 /// and is trusted; a first install has seen no manifest yet, so it records nothing.
-fn install_replay_state(layout: &Layout, dry_run: bool) -> outpost_packaging::ReplayState {
+fn install_replay_state(layout: &Layout, dry_run: bool) -> outpost_release::ReplayState {
     let sd = layout.host(&layout.state_dir);
     let euid = rustix::process::geteuid().as_raw();
     let path = sd.join(crate::upgrade::stage::REPLAY_FILE);
     match outpost_core::trust::check_trusted(&layout.root, &sd, euid) {
-        Ok(true) if dry_run => outpost_packaging::ReplayState::checking(path),
-        Ok(true) => outpost_packaging::ReplayState::at(path),
-        _ => outpost_packaging::ReplayState::none(),
+        Ok(true) if dry_run => outpost_release::ReplayState::checking(path),
+        Ok(true) => outpost_release::ReplayState::at(path),
+        _ => outpost_release::ReplayState::none(),
     }
 }
 
@@ -358,7 +358,7 @@ pub fn prepare(args: &InstallArgs, probe: &dyn Probe, host: &dyn Host) -> Result
         let printable = !url
             .chars()
             .any(|c| c.is_control() || c.is_whitespace() || c == '"' || c == '\\');
-        if !printable || outpost_packaging::Source::parse(url).is_err() {
+        if !printable || outpost_release::Source::parse(url).is_err() {
             return Err(Error::usage(
                 format!("invalid release url {url:?}: expected https://HOST[/PATH], file:///DIR or github:OWNER/REPO"),
                 "pass --release-url https://releases.example.com/outpost",
@@ -382,7 +382,7 @@ pub fn prepare(args: &InstallArgs, probe: &dyn Probe, host: &dyn Host) -> Result
         .unwrap_or(running);
     let binary_sha256 =
         crate::fsx::sha256_file(&binary).map_err(|e| Error::io("read", &binary, e))?;
-    let version = outpost_packaging::version();
+    let version = outpost_release::version();
 
     let enable_linger = match (mode, &det.topology.target_user) {
         (Mode::User, Some(t)) if !t.linger => Some((t.account.name.clone(), t.account.uid)),

@@ -47,7 +47,7 @@ pub fn run(
     };
     let report = StatusReport {
         installed: receipt.is_some(),
-        binary_version: outpost_packaging::VERSION,
+        binary_version: outpost_release::VERSION,
         mode: layout.mode.to_string(),
         installed_version: receipt.as_ref().map(|r| r.version.as_str()),
         service_user: receipt.as_ref().map(|r| r.service_user.as_str()),

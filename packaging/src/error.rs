@@ -1,5 +1,6 @@
 //! The one error type of the release pipeline: a lowercase one-line message naming the
 //! path or URL involved, and a [`Error::hint`] saying what to do about it.
+use outpost_core::exit;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +92,7 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(what: &'static str, path: &Path, source: std::io::Error) -> Error {
+    pub fn io(what: &'static str, path: &Path, source: std::io::Error) -> Error {
         // fs-err errors read "failed to open file `PATH`: CAUSE"; keep CAUSE so the path
         // is said once.
         let text = source.to_string();
@@ -108,10 +109,21 @@ impl Error {
         }
     }
 
-    pub(crate) fn usage(message: impl Into<String>, hint: impl Into<String>) -> Error {
+    pub fn usage(message: impl Into<String>, hint: impl Into<String>) -> Error {
         Error::Usage {
             message: message.into(),
             hint: hint.into(),
+        }
+    }
+
+    /// The exit code of a command that fails with this error: bad input (a malformed
+    /// source, key or value; nothing was changed) is [`exit::USAGE`], the rest
+    /// [`exit::FAILURE`]. The one place a release error gets its code: the CLI and the hub
+    /// both ask here.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage { .. } | Error::BadKey { .. } | Error::Source { .. } => exit::USAGE,
+            _ => exit::FAILURE,
         }
     }
 
@@ -205,5 +217,14 @@ mod tests {
         let e = fs_err::read("/nonexistent/outpost-x").unwrap_err();
         let m = Error::io("read", Path::new("/nonexistent/outpost-x"), e).to_string();
         assert_eq!(m.matches("/nonexistent/outpost-x").count(), 1, "{m}");
+    }
+}
+
+impl outpost_core::Hint for Error {
+    fn hint(&self) -> String {
+        Error::hint(self)
+    }
+    fn exit_code(&self) -> i32 {
+        Error::exit_code(self)
     }
 }

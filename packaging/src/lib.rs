@@ -7,7 +7,6 @@
 
 mod b64;
 pub mod bundle;
-pub mod cloudinit;
 pub mod error;
 pub mod extract;
 pub mod fetch;

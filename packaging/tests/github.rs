@@ -2,9 +2,9 @@
 //! per tag holding the `vV/` files plus the root files, `latest/download/NAME` answered with a
 //! 302 to the latest release's asset) serves a release made with the `tools` API, and
 //! `fetch_manifest`/`fetch_release`/`verify_release` read it through `github:o/r`.
-use outpost_packaging::fetch::GITHUB_URL_ENV;
-use outpost_packaging::tools::{self, BuildInput, PublishOptions, Signer};
-use outpost_packaging::{
+use outpost_release::fetch::GITHUB_URL_ENV;
+use outpost_release::tools::{self, BuildInput, PublishOptions, Signer};
+use outpost_release::{
     fetch_manifest, fetch_release, Error, ReplayState, Source, TrustedKeys, Want,
 };
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! End-to-end release pipeline: the `outpost-release` CLI, the real `minisign` and
 //! `sha256sum` tools, and the library's fetch/verify/extract over dir, bundle and http.
-use outpost_packaging::extract::{staging_dir_for, BINARY};
-use outpost_packaging::{
+use outpost_release::extract::{staging_dir_for, BINARY};
+use outpost_release::{
     extract_tarball, fetch_release, install_version, Error, ExtractLimits, ReplayState, Source,
     TrustedKeys, Want,
 };
@@ -434,7 +434,7 @@ fn fetch_extract_install_from_dir_and_bundle() {
         assert_eq!(v.version.to_string(), "1.0.0", "{name}");
         assert_eq!(
             v.sha256,
-            outpost_packaging::fsx::sha256_file(&v.tarball_path).unwrap()
+            outpost_release::fsx::sha256_file(&v.tarball_path).unwrap()
         );
         let staging = staging_dir_for(&versions, &v.version);
         extract_tarball(&v.tarball_path, &staging, &ExtractLimits::default()).unwrap();
@@ -774,11 +774,10 @@ fn tampered_bundles_are_refused() {
     ok(release_tool()
         .args(["keygen", "--unencrypted", "--out"])
         .arg(&other));
-    let stranger =
-        outpost_packaging::tools::Signer::load(&other.join("outpost-release.key"), || {
-            unreachable!("unencrypted key")
-        })
-        .unwrap();
+    let stranger = outpost_release::tools::Signer::load(&other.join("outpost-release.key"), || {
+        unreachable!("unencrypted key")
+    })
+    .unwrap();
     let manifest = good[0].1.clone();
     let ts = serde_json::from_slice::<serde_json::Value>(&manifest).unwrap()["timestamp"]
         .as_u64()
@@ -786,7 +785,7 @@ fn tampered_bundles_are_refused() {
     let stranger_sig = stranger
         .sign_bytes(
             &manifest,
-            &outpost_packaging::TrustedComment::for_manifest(ts),
+            &outpost_release::TrustedComment::for_manifest(ts),
         )
         .unwrap();
     let old_sig = std::fs::read(
@@ -997,9 +996,9 @@ fn signed_channel_head_refuses_a_forged_channel() {
             fetch("1.1.0").check_channel_head("stable").unwrap();
         }
         // install.sh hands the channel it resolved to outpost in OUTPOST_RELEASE_CHANNEL
-        std::env::set_var(outpost_packaging::fetch::CHANNEL_ENV, "stable");
+        std::env::set_var(outpost_release::fetch::CHANNEL_ENV, "stable");
         let from_env = old.check_channel_from_env();
-        std::env::remove_var(outpost_packaging::fetch::CHANNEL_ENV);
+        std::env::remove_var(outpost_release::fetch::CHANNEL_ENV);
         assert!(from_env.is_err(), "{name}: {from_env:?}");
         old.check_channel_from_env().unwrap(); // unset: a pinned version, nothing to check
     }

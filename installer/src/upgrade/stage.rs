@@ -1,7 +1,7 @@
 //! The real [`super::Stager`]: the signed release host (or a directory / offline bundle),
-//! through `outpost-packaging`'s fetch → verify → extract.
+//! through `outpost-release`'s fetch → verify → extract.
 use crate::error::{Error, Result};
-use outpost_packaging::{
+use outpost_release::{
     extract, fetch_manifest, fetch_release, ExtractLimits, ReplayState, Source, TrustedKeys, Want,
 };
 use semver::Version;
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// The target triple of this build (what `install.sh` and the manifest call it); an error
 /// on an architecture outpost is not released for (never silently another one's build).
 pub fn this_target() -> Result<&'static str> {
-    outpost_packaging::manifest::current_target().ok_or_else(|| {
+    outpost_release::manifest::current_target().ok_or_else(|| {
         Error::failed(
             format!(
                 "outpost is not released for this architecture ({})",
@@ -31,7 +31,7 @@ pub struct ReleaseStager {
     pub target: String,
 }
 
-fn pkg_err(e: outpost_packaging::Error) -> Error {
+fn pkg_err(e: outpost_release::Error) -> Error {
     Error::from(e)
 }
 

@@ -1,15 +1,15 @@
 //! outpost-release: make, sign, publish, bundle and verify outpost releases.
 //! The release format is documented in docs/RELEASES.md.
 use clap::{Parser, Subcommand};
-use outpost_packaging::tools::{self, BuildInput, PublishOptions, Signer};
-use outpost_packaging::{bundle, Error, Source, TrustedKeys};
+use outpost_release::tools::{self, BuildInput, PublishOptions, Signer};
+use outpost_release::{bundle, Error, Source, TrustedKeys};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Make, sign, publish, bundle and verify outpost releases.
 #[derive(Parser)]
-#[command(name = "outpost-release", version = outpost_packaging::VERSION)]
+#[command(name = "outpost-release", version = outpost_release::VERSION)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

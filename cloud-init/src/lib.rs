@@ -10,10 +10,10 @@
 //!
 //! The enrollment key appears exactly once in the output: in the `write_files` entry of the
 //! 0600 secrets file, never in `runcmd` or a command line.
-use crate::error::{Error, Result};
-use crate::fetch::{fetch_release, Source};
-use crate::manifest::{Want, TARGETS};
-use crate::verify::{TrustedKeys, MAX_SIG_BYTES};
+use outpost_release::error::{Error, Result};
+use outpost_release::fetch::{fetch_release, Source};
+use outpost_release::manifest::{Want, TARGETS};
+use outpost_release::verify::{TrustedKeys, MAX_SIG_BYTES};
 use std::path::Path;
 
 /// Hetzner Cloud's (and a common) limit on user-data: 32 KiB.
@@ -28,38 +28,23 @@ pub const CA_FILE: &str = "/etc/outpost/ca.pem";
 /// Directory of the bootstrap script and the tarball's signature on the host.
 pub const HOST_DIR: &str = "/usr/local/lib/outpost/cloud-init";
 
-const USER_DATA_TEMPLATE: &str = include_str!("../../cloud-init/user-data.yaml");
-const CA_ENTRY_TEMPLATE: &str = include_str!("../../cloud-init/ca-entry.yaml");
+const USER_DATA_TEMPLATE: &str = include_str!("../user-data.yaml");
+const CA_ENTRY_TEMPLATE: &str = include_str!("../ca-entry.yaml");
 /// The bootstrap script template (`cloud-init/bootstrap.sh`).
-pub const BOOTSTRAP_TEMPLATE: &str = include_str!("../../cloud-init/bootstrap.sh");
+pub const BOOTSTRAP_TEMPLATE: &str = include_str!("../bootstrap.sh");
 
-/// Which service the host gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    System,
-    User,
-}
+/// Which service the host gets: the workspace's one [`outpost_core::Mode`].
+pub use outpost_core::Mode;
 
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Mode::System => "system",
-            Mode::User => "user",
-        })
-    }
-}
-
-impl std::str::FromStr for Mode {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Mode> {
-        match s {
-            "system" => Ok(Mode::System),
-            "user" => Ok(Mode::User),
-            _ => Err(Error::usage(
-                format!("invalid mode {s:?}"),
-                "use --mode system or --mode user",
-            )),
-        }
+/// `--mode system|user`.
+pub fn parse_mode(s: &str) -> Result<Mode> {
+    match s {
+        "system" => Ok(Mode::System),
+        "user" => Ok(Mode::User),
+        _ => Err(Error::usage(
+            format!("invalid mode {s:?}"),
+            "use --mode system or --mode user",
+        )),
     }
 }
 
@@ -206,7 +191,7 @@ struct ReleaseAt {
 }
 
 fn release_at(url: &str, r: &Pinned) -> Result<ReleaseAt> {
-    let rel_path = crate::manifest::artifact_name(&r.version, &r.target); // vV/outpost-V-T.tar.gz
+    let rel_path = outpost_release::manifest::artifact_name(&r.version, &r.target); // vV/outpost-V-T.tar.gz
     if !url.trim().starts_with("github:") {
         let rel = check_url(url, "--release-url")?;
         return Ok(ReleaseAt {
@@ -223,7 +208,7 @@ fn release_at(url: &str, r: &Pinned) -> Result<ReleaseAt> {
         ));
     };
     Ok(ReleaseAt {
-        github_url: (base != crate::fetch::GITHUB_URL).then(|| base.clone()),
+        github_url: (base != outpost_release::fetch::GITHUB_URL).then(|| base.clone()),
         tarball_url: check_url(&source.location(&rel_path), "--release-url")?,
         source: source.to_string(),
     })
@@ -475,11 +460,11 @@ pub fn resolve(
         ));
     }
     let source = Source::parse(release)?.with_ca_file(ca_file.map(Path::to_path_buf));
-    let dir = crate::fsx::private_temp_dir("cloud-init")?;
+    let dir = outpost_release::fsx::private_temp_dir("cloud-init")?;
     let v = fetch_release(
         &source,
         keys,
-        &crate::verify::ReplayState::none(),
+        &outpost_release::verify::ReplayState::none(),
         want,
         target,
         dir.path(),
@@ -501,6 +486,67 @@ pub fn trusted_keys(extra: &[String]) -> Result<TrustedKeys> {
         keys.add_text(k, &format!("release key #{}", i + 1))?;
     }
     Ok(keys)
+}
+
+/// What `outpost cloud-init render` and `outpost-hub keys create --cloud-init` are asked for.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub hub_url: &'a str,
+    /// The key, when it is known before the release is pinned (the CLI); the hub mints it
+    /// afterwards, so nothing is wasted when the release cannot be pinned.
+    pub enroll_key: Option<&'a str>,
+    /// Release root (default: the hub, which serves its releases).
+    pub release_url: Option<&'a str>,
+    /// Extra trusted keys (base64 lines) besides the compiled-in ones; blanks are ignored.
+    pub release_pubkeys: &'a [String],
+    pub want: Want,
+    pub target: &'a str,
+    pub mode: Mode,
+    pub run_as: Option<&'a str>,
+    pub ca_file: Option<&'a Path>,
+}
+
+/// The one preparation of user-data, shared by the CLI and the hub: check the input without
+/// a download (a render with a placeholder release), then pin the release ([`resolve`]).
+/// Returns the parameters to [`render`], their `enroll_key` empty when the request had none.
+pub fn prepare(req: &Request<'_>) -> Result<Params> {
+    let extra: Vec<String> = req
+        .release_pubkeys
+        .iter()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    let keys = trusted_keys(&extra)?;
+    if keys.is_empty() {
+        return Err(Error::usage(
+            "no trusted release key: nothing to verify the release against",
+            "pass the release's minisign public key with --release-pubkey (or OUTPOST_RELEASE_PUBKEYS)",
+        ));
+    }
+    let ca_pem = match req.ca_file {
+        Some(p) => Some(fs_err::read_to_string(p).map_err(|e| Error::io("read", p, e))?),
+        None => None,
+    };
+    let release_url = req.release_url.unwrap_or(req.hub_url).to_string();
+    let mut params = Params {
+        hub_url: req.hub_url.to_string(),
+        enroll_key: req
+            .enroll_key
+            .map(|k| k.trim().to_string())
+            .unwrap_or_else(|| "opk_placeholder".into()),
+        release_url: release_url.clone(),
+        release: Pinned::placeholder(req.target, keys.base64_keys()),
+        mode: req.mode,
+        run_as: req.run_as.map(str::to_string),
+        ca_pem,
+    };
+    // Cheap checks first: no download for input that cannot render.
+    render_bootstrap(&params)?;
+    params.release = resolve(&release_url, &keys, req.ca_file, &req.want, req.target)?;
+    if req.enroll_key.is_none() {
+        params.enroll_key = String::new();
+    }
+    Ok(params)
 }
 
 #[cfg(test)]

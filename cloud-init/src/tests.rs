@@ -272,7 +272,7 @@ fn github_release_source_maps_onto_release_assets() {
 
 #[test]
 fn resolve_pins_a_channel_or_a_version_from_the_signed_release() {
-    use crate::tools;
+    use outpost_release::tools;
     let d = tempfile::tempdir().unwrap();
     let (pk, sk) = tools::keygen(&d.path().join("keys"), None).unwrap();
     let signer = tools::Signer::load(&sk, || Ok(String::new())).unwrap();
