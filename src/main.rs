@@ -1,4 +1,7 @@
-//! The `outpost` binary: a thin shim. All logic lives in the workspace crates.
+//! The `outpost` binary: the composition root. `cli` parses arguments (clap) and calls one
+//! function per subcommand; all logic lives in the workspace crates.
+mod cli;
+
 fn main() {
-    std::process::exit(outpost_installer::cli::main());
+    std::process::exit(cli::main());
 }

@@ -60,6 +60,15 @@ pub enum RunError {
     Revoked(HubError),
 }
 
+impl outpost_core::Hint for RunError {
+    fn hint(&self) -> String {
+        RunError::hint(self)
+    }
+    fn exit_code(&self) -> i32 {
+        RunError::exit_code(self)
+    }
+}
+
 impl RunError {
     pub fn hint(&self) -> String {
         match self {

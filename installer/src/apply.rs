@@ -187,7 +187,10 @@ fn repair_privilege_split(l: &Layout, out: &mut dyn Write) -> Result<()> {
     // (install writes a new receipt; an upgrade record is then simply gone).
     for p in [
         l.host(&l.receipt_file()),
-        l.host(&crate::upgrade::record::path(&l.state_dir)),
+        l.host(
+            &l.state_dir
+                .join(outpost_core::layout::files::UPGRADE_RECORD),
+        ),
     ] {
         let Ok(m) = std::fs::symlink_metadata(&p) else {
             continue;

@@ -1,6 +1,6 @@
 //! The error a command reports: one lowercase line naming the thing, a `hint:` line saying
 //! what to do, and an exit code (see docs/EXIT-CODES.md).
-use outpost_core::exit;
+use outpost_core::{exit, Hint};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -16,8 +16,13 @@ pub enum Error {
     Receipt(#[from] crate::receipt::ReceiptError),
     #[error(transparent)]
     Config(#[from] outpost_core::ConfigError),
-    #[error(transparent)]
-    Run(#[from] outpost_agent::run::RunError),
+    /// Any other library error, with the hint and exit code it chose ([`Hint`]).
+    #[error("{message}")]
+    Coded {
+        message: String,
+        hint: String,
+        code: i32,
+    },
 }
 
 impl Error {
@@ -31,6 +36,14 @@ impl Error {
         Error::Failed {
             message: message.into(),
             hint: hint.into(),
+        }
+    }
+    /// A library error that says itself what to do and how to exit ([`Hint`]).
+    pub fn from_hint(e: &dyn Hint) -> Error {
+        Error::Coded {
+            message: e.to_string(),
+            hint: e.hint(),
+            code: e.exit_code(),
         }
     }
     /// An I/O error on `path` while doing `what`.
@@ -64,14 +77,14 @@ impl Error {
             Error::Receipt(crate::receipt::ReceiptError::Foreign { .. }) => "the receipt was altered: check who wrote it, move it aside and re-run `sudo outpost install` to write a new one".into(),
             Error::Receipt(_) => "the receipt is outpost's record of what it installed; re-run `outpost install` to rewrite it".into(),
             Error::Config(e) => e.hint(),
-            Error::Run(e) => e.hint(),
+            Error::Coded { hint, .. } => hint.clone(),
         }
     }
 
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage { .. } | Error::Config(_) => exit::USAGE,
-            Error::Run(e) => e.exit_code(),
+            Error::Coded { code, .. } => *code,
             _ => exit::FAILURE,
         }
     }

@@ -48,6 +48,20 @@ pub struct VerifiedBinary {
 /// Fetch this version's tarball from the signed release (manifest signature and replay check,
 /// sha256, tarball signature), unpack it, and check that the running binary is byte for byte
 /// the released one. Fail closed: no trusted key, no install.
+/// The target triple of this build (what `install.sh` and the manifest call it); an error
+/// on an architecture outpost is not released for (never silently another one's build).
+pub fn this_target() -> Result<&'static str> {
+    outpost_release::manifest::current_target().ok_or_else(|| {
+        Error::failed(
+            format!(
+                "outpost is not released for this architecture ({})",
+                std::env::consts::ARCH
+            ),
+            "releases exist for x86_64 and aarch64; build from source for others",
+        )
+    })
+}
+
 pub fn verify_against_release(
     url: &str,
     extra_keys: &[String],
@@ -93,7 +107,7 @@ pub fn verify_against_release(
         &keys,
         replay,
         &Want::Exact(version.clone()),
-        crate::upgrade::stage::this_target()?,
+        this_target()?,
         &dir.join("download"),
     )
     .map_err(pkg)?;
@@ -146,7 +160,7 @@ fn config_is_roots(cfg: &Path) -> Result<()> {
 fn install_replay_state(layout: &Layout, dry_run: bool) -> outpost_release::ReplayState {
     let sd = layout.host(&layout.state_dir);
     let euid = rustix::process::geteuid().as_raw();
-    let path = sd.join(crate::upgrade::stage::REPLAY_FILE);
+    let path = sd.join(outpost_core::layout::files::RELEASE_REPLAY);
     match outpost_core::trust::check_trusted(&layout.root, &sd, euid) {
         Ok(true) if dry_run => outpost_release::ReplayState::checking(path),
         Ok(true) => outpost_release::ReplayState::at(path),

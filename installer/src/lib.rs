@@ -1,26 +1,21 @@
-//! Host detection, unit/polkit rendering, install/uninstall and the `outpost` CLI.
+//! Host detection, unit/polkit rendering, install and uninstall: no CLI (the `outpost` binary
+//! parses arguments and calls in here) and no dependency on the agent.
 //!
 //! The shape is detect → plan → apply: [`detect`] and [`plan`] are pure functions over
 //! inputs (os-release text, `systemctl show`-style properties, a root directory); [`apply`]
 //! is the one executor. Side effects sit behind two seams: the filesystem root carried by
-//! [`layout::Layout`] and the service manager trait in [`svc`].
-pub mod agentctl;
+//! `outpost_core::Layout` and the service manager trait of `outpost_systemd`.
 pub mod apply;
-pub mod cli;
-pub mod cloudinit;
 pub mod detect;
 pub mod error;
-pub mod fault;
 pub mod fsx;
 pub mod install;
 pub mod plan;
 pub mod receipt;
 pub mod render;
-pub mod status;
-#[cfg(test)]
-pub(crate) mod testing;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod uninstall;
-pub mod upgrade;
 pub mod users;
 
 /// The unit name, in both modes.

@@ -1,5 +1,6 @@
-//! Test doubles shared by the installer's unit tests: a recording service manager, logind
-//! and host (`Fake`), and a stager serving stub releases (`FakeStager`).
+//! Test doubles shared by the installer's and the upgrader's unit tests: a recording service
+//! manager, logind and host (`Fake`). Built for this crate's tests and, with the `testing`
+//! feature, for the tests of crates above it; never in a shipped binary.
 use crate::apply::Host;
 use outpost_systemd::{Logind, Scope, ServiceManager, SvcError, UnitStatus};
 use std::cell::RefCell;
@@ -126,40 +127,5 @@ impl Host for Fake {
     }
     fn user_ids(&self, name: &str) -> Option<(u32, u32)> {
         self.0.borrow().users.get(name).copied()
-    }
-}
-
-/// A release host with stub builds: `stage` writes `versions/V/outpost`, a script whose
-/// `self-test` succeeds unless the version is in `broken`.
-#[derive(Default)]
-pub struct FakeStager {
-    pub newest: Option<semver::Version>,
-    pub broken: Vec<semver::Version>,
-    pub staged: RefCell<Vec<semver::Version>>,
-}
-
-impl crate::upgrade::Stager for FakeStager {
-    fn newest(&self, _channel: &str) -> crate::error::Result<Option<semver::Version>> {
-        Ok(self.newest.clone())
-    }
-
-    fn stage(
-        &self,
-        version: &semver::Version,
-        versions_dir: &std::path::Path,
-    ) -> crate::error::Result<std::path::PathBuf> {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = versions_dir.join(version.to_string());
-        std::fs::create_dir_all(&dir).unwrap();
-        let code = if self.broken.contains(version) { 1 } else { 0 };
-        let bin = dir.join("outpost");
-        std::fs::write(
-            &bin,
-            format!("#!/bin/sh\necho stub {version}\nexit {code}\n"),
-        )
-        .unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        self.staged.borrow_mut().push(version.clone());
-        Ok(dir)
     }
 }

@@ -163,6 +163,15 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl outpost_core::Hint for Error {
+    fn hint(&self) -> String {
+        Error::hint(self)
+    }
+    fn exit_code(&self) -> i32 {
+        Error::exit_code(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,14 +226,5 @@ mod tests {
         let e = fs_err::read("/nonexistent/outpost-x").unwrap_err();
         let m = Error::io("read", Path::new("/nonexistent/outpost-x"), e).to_string();
         assert_eq!(m.matches("/nonexistent/outpost-x").count(), 1, "{m}");
-    }
-}
-
-impl outpost_core::Hint for Error {
-    fn hint(&self) -> String {
-        Error::hint(self)
-    }
-    fn exit_code(&self) -> i32 {
-        Error::exit_code(self)
     }
 }

@@ -1,25 +1,13 @@
 //! The real [`super::Stager`]: the signed release host (or a directory / offline bundle),
 //! through `outpost-release`'s fetch → verify → extract.
-use crate::error::{Error, Result};
+use outpost_installer::error::{Error, Result};
 use outpost_release::{
     extract, fetch_manifest, fetch_release, ExtractLimits, ReplayState, Source, TrustedKeys, Want,
 };
 use semver::Version;
 use std::path::{Path, PathBuf};
 
-/// The target triple of this build (what `install.sh` and the manifest call it); an error
-/// on an architecture outpost is not released for (never silently another one's build).
-pub fn this_target() -> Result<&'static str> {
-    outpost_release::manifest::current_target().ok_or_else(|| {
-        Error::failed(
-            format!(
-                "outpost is not released for this architecture ({})",
-                std::env::consts::ARCH
-            ),
-            "releases exist for x86_64 and aarch64; build from source for others",
-        )
-    })
-}
+pub use outpost_installer::install::this_target;
 
 /// The replay state's file in root's state dir.
 pub use outpost_core::layout::files::RELEASE_REPLAY as REPLAY_FILE;

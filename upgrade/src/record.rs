@@ -92,18 +92,22 @@ pub fn load(root: &Path, state_dir: &Path) -> Result<Option<Record>, LoadError> 
 pub fn quarantine(state_dir: &Path) -> std::io::Result<PathBuf> {
     let to = state_dir.join(format!("{FILE}.corrupt"));
     fs_err::rename(path(state_dir), &to)?;
-    crate::fsx::fsync_dir(state_dir)?;
+    outpost_installer::fsx::fsync_dir(state_dir)?;
     Ok(to)
 }
 
-pub fn save(state_dir: &Path, r: &Record, owner: crate::fsx::Owner) -> std::io::Result<()> {
+pub fn save(
+    state_dir: &Path,
+    r: &Record,
+    owner: outpost_installer::fsx::Owner,
+) -> std::io::Result<()> {
     // Invariant: Record holds only strings and numbers, which always serialize.
     let text = serde_json::to_string_pretty(r).expect("record serializes") + "\n";
-    crate::fsx::write_atomic(&path(state_dir), text.as_bytes(), 0o644, owner)
+    outpost_installer::fsx::write_atomic(&path(state_dir), text.as_bytes(), 0o644, owner)
 }
 
 pub fn clear(state_dir: &Path) -> std::io::Result<()> {
-    crate::fsx::remove_file(&path(state_dir)).map(|_| ())
+    outpost_installer::fsx::remove_file(&path(state_dir)).map(|_| ())
 }
 
 /// Start time of a process (field 22 of /proc/PID/stat), `None` when it does not exist.

@@ -1,11 +1,11 @@
 //! Agent-facing commands: `diagnostics`, `heartbeat --now`, `audit verify`, and the agent
 //! half of `status` (enrollment, last heartbeat, pending upgrade).
-use crate::apply::Host;
-use crate::detect::Probe;
-use crate::error::{Error, Result};
 use outpost_agent::diagnostics::{self, Check};
 use outpost_core::exit;
 use outpost_core::layout::{Layout, Mode};
+use outpost_installer::apply::Host;
+use outpost_installer::detect::Probe;
+use outpost_installer::error::{Error, Result};
 use serde::Serialize;
 use serde_json::json;
 use std::io::Write;
@@ -48,7 +48,7 @@ pub fn agent_status(layout: &Layout) -> AgentStatus {
         read_agent_json(&ad.join(outpost_core::layout::files::IDENTITY));
     let hb: Option<outpost_core::state::HeartbeatState> =
         read_agent_json(&ad.join(outpost_core::layout::files::HEARTBEAT));
-    let pending = crate::upgrade::record::load(&layout.root, &sd)
+    let pending = outpost_upgrade::record::load(&layout.root, &sd)
         .ok()
         .flatten();
     AgentStatus {
@@ -103,21 +103,21 @@ pub fn diagnostics(
     send: bool,
     out: &mut dyn Write,
 ) -> Result<i32> {
-    let (layout, _) = crate::uninstall::find_install(probe, root, mode)?;
+    let (layout, _) = outpost_installer::uninstall::find_install(probe, root, mode)?;
     let sd = layout.host(&layout.agent_dir);
     let config = outpost_core::Config::load(&layout.host(&layout.config_file))?;
     let mut report = diagnostics::run_checks(&config, &sd);
-    let scope = crate::uninstall::scope(&layout, probe.euid());
+    let scope = outpost_installer::uninstall::scope(&layout, probe.euid());
     let unit = host
         .service_manager(scope)
-        .and_then(|s| s.status(crate::UNIT));
+        .and_then(|s| s.status(outpost_installer::UNIT));
     report.checks.push(match unit {
         Ok(u) if u.is_active() => Check {
             name: "unit".into(),
             ok: true,
             detail: format!(
                 "{} active ({}), {} restart(s)",
-                crate::UNIT,
+                outpost_installer::UNIT,
                 u.sub_state,
                 u.n_restarts
             ),
@@ -126,7 +126,12 @@ pub fn diagnostics(
         Ok(u) => Check {
             name: "unit".into(),
             ok: false,
-            detail: format!("{} is {} ({})", crate::UNIT, u.active_state, u.sub_state),
+            detail: format!(
+                "{} is {} ({})",
+                outpost_installer::UNIT,
+                u.active_state,
+                u.sub_state
+            ),
             hint: Some("see `journalctl -u outpost -n 50`; `outpost start` starts it".into()),
         },
         Err(e) => Check {
@@ -137,7 +142,7 @@ pub fn diagnostics(
         },
     });
     if layout.mode == Mode::User {
-        let det = crate::detect::probe::detect(probe);
+        let det = outpost_installer::detect::probe::detect(probe);
         let linger = det.topology.target_user.as_ref().is_some_and(|t| t.linger);
         report.checks.push(Check {
             name: "linger".into(),
@@ -209,12 +214,16 @@ pub fn heartbeat_now(
     json_out: bool,
     out: &mut dyn Write,
 ) -> Result<i32> {
-    let (layout, _) = crate::uninstall::find_install(probe, root, mode)?;
-    let svc = host.service_manager(crate::uninstall::scope(&layout, probe.euid()))?;
-    let st = svc.status(crate::UNIT)?;
+    let (layout, _) = outpost_installer::uninstall::find_install(probe, root, mode)?;
+    let svc = host.service_manager(outpost_installer::uninstall::scope(&layout, probe.euid()))?;
+    let st = svc.status(outpost_installer::UNIT)?;
     if !st.is_active() || st.main_pid == 0 {
         return Err(Error::failed(
-            format!("{} is not running ({})", crate::UNIT, st.active_state),
+            format!(
+                "{} is not running ({})",
+                outpost_installer::UNIT,
+                st.active_state
+            ),
             "start it with `outpost start`",
         ));
     }
@@ -257,7 +266,7 @@ pub fn audit_verify(
     json_out: bool,
     out: &mut dyn Write,
 ) -> Result<i32> {
-    let (layout, _) = crate::uninstall::find_install(probe, root, mode)?;
+    let (layout, _) = outpost_installer::uninstall::find_install(probe, root, mode)?;
     let mut reports = Vec::new();
     let mut failed = None;
     for dir in [&layout.state_dir, &layout.agent_dir] {

@@ -1,14 +1,18 @@
 //! The `outpost` command line. `main` calls [`main`]; everything here is thin glue from
 //! flags to the library functions.
-use crate::apply::{Host, RealHost};
-use crate::detect::{self, HostProbe, Probe};
-use crate::error::{Error, Result};
-use crate::install::{self, InstallArgs};
-use crate::uninstall::{self, UninstallArgs};
+pub mod agentctl;
+pub mod cloudinit;
+pub mod status;
+
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use outpost_core::env;
 use outpost_core::exit;
 use outpost_core::layout::{Layout, Mode};
+use outpost_installer::apply::{Host, RealHost};
+use outpost_installer::detect::{self, HostProbe, Probe};
+use outpost_installer::error::{Error, Result};
+use outpost_installer::install::{self, InstallArgs};
+use outpost_installer::uninstall::{self, UninstallArgs};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -207,7 +211,7 @@ enum Command {
     /// Render cloud-init user-data that bootstraps an enrolled host
     CloudInit {
         #[command(subcommand)]
-        command: crate::cloudinit::CloudInitCommand,
+        command: crate::cli::cloudinit::CloudInitCommand,
     },
 }
 
@@ -406,17 +410,17 @@ fn resolve_interrupted(
 /// [`resolve_interrupted`] for an install already located.
 fn resolve_interrupted_at(layout: &Layout, host: &dyn Host, euid: u32) {
     if !layout
-        .host(&crate::upgrade::record::path(&layout.state_dir))
+        .host(&outpost_upgrade::record::path(&layout.state_dir))
         .exists()
     {
         return;
     }
     let mut err = std::io::stderr();
-    if let Err(e) = crate::upgrade::resolve_pending(
+    if let Err(e) = outpost_upgrade::resolve_pending(
         layout,
         host,
         euid,
-        crate::upgrade::ResolveContext::Cli,
+        outpost_upgrade::ResolveContext::Cli,
         &mut err,
     ) {
         eprintln!(
@@ -476,15 +480,15 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
             ..
         } => {
             let (layout, _) = uninstall::find_install(&probe, &root, mode.mode())?;
-            crate::fault::dump_start_environment(&layout);
-            let r = crate::upgrade::resolve_pending(
+            outpost_upgrade::fault::dump_start_environment(&layout);
+            let r = outpost_upgrade::resolve_pending(
                 &layout,
                 &host,
                 probe.euid(),
-                crate::upgrade::ResolveContext::ServiceStart,
+                outpost_upgrade::ResolveContext::ServiceStart,
                 out,
             )?;
-            if r != crate::upgrade::decide::Resolution::Nothing {
+            if r != outpost_upgrade::decide::Resolution::Nothing {
                 writeln!(out, "upgrade record resolved: {r:?}").ok();
             }
             Ok(exit::OK)
@@ -493,7 +497,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
             mode, guard: true, ..
         } => {
             let (layout, _) = uninstall::find_install(&probe, &root, mode.mode())?;
-            let r = crate::upgrade::guard(&layout, &host, probe.euid(), out)?;
+            let r = outpost_upgrade::guard(&layout, &host, probe.euid(), out)?;
             writeln!(out, "upgrade guard: {r:?}").ok();
             Ok(exit::OK)
         }
@@ -509,12 +513,12 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
             guard: false,
         } => {
             // Detect the host, find the install and load its config once.
-            let loc = crate::upgrade::Located::find(&probe, &root, mode.mode())?;
+            let loc = outpost_upgrade::Located::find(&probe, &root, mode.mode())?;
             if loc.receipt.is_some() {
                 resolve_interrupted_at(&loc.layout, &host, loc.euid);
             }
             let layout = &loc.layout;
-            let mut stager = crate::upgrade::stage::ReleaseStager::from_config(
+            let mut stager = outpost_upgrade::stage::ReleaseStager::from_config(
                 &loc.config,
                 from.as_deref(),
                 &layout.host(&layout.state_dir),
@@ -526,29 +530,29 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
                 .map_err(|e| Error::failed(e.to_string(), e.hint()))?;
             if dry_run {
                 stager.replay = outpost_release::ReplayState::checking(
-                    sd.join(crate::upgrade::stage::REPLAY_FILE),
+                    sd.join(outpost_upgrade::stage::REPLAY_FILE),
                 );
             }
-            let args = crate::upgrade::UpgradeArgs {
+            let args = outpost_upgrade::UpgradeArgs {
                 target,
                 channel,
                 no_restart,
                 dry_run,
                 json,
             };
-            crate::upgrade::run(&args, &loc, &host, &stager, out)
+            outpost_upgrade::run(&args, &loc, &host, &stager, out)
         }
         Command::Diagnostics { mode, json, send } => {
-            crate::agentctl::diagnostics(&probe, &host, &root, mode.mode(), json, send, out)
+            crate::cli::agentctl::diagnostics(&probe, &host, &root, mode.mode(), json, send, out)
         }
         Command::Heartbeat { mode, now: _, json } => {
-            crate::agentctl::heartbeat_now(&probe, &host, &root, mode.mode(), json, out)
+            crate::cli::agentctl::heartbeat_now(&probe, &host, &root, mode.mode(), json, out)
         }
         Command::Audit {
             command: AuditCommand::Verify { mode, json },
-        } => crate::agentctl::audit_verify(&probe, &root, mode.mode(), json, out),
+        } => crate::cli::agentctl::audit_verify(&probe, &root, mode.mode(), json, out),
         Command::Events { mode, follow, json } => {
-            crate::status::events(&probe, &root, mode.mode(), follow, json, out)
+            crate::cli::status::events(&probe, &root, mode.mode(), follow, json, out)
         }
         Command::Detect { json } => {
             let det = detect::probe::detect(&probe);
@@ -560,7 +564,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
                 )
                 .ok();
             } else {
-                write!(out, "{}", crate::status::render_detection(&det)).ok();
+                write!(out, "{}", crate::cli::status::render_detection(&det)).ok();
             }
             Ok(if det.unsupported.is_some() {
                 exit::FAILURE
@@ -635,7 +639,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
             Ok(exit::OK)
         }
         Command::Status { mode, json } => {
-            crate::status::run(&probe, &host, &root, mode.mode(), json, out)
+            crate::cli::status::run(&probe, &host, &root, mode.mode(), json, out)
         }
         Command::Start(a) => control(Verb::Start, a, &probe, &host, &root, out),
         Command::Stop(a) => control(Verb::Stop, a, &probe, &host, &root, out),
@@ -648,12 +652,14 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
                 config_path,
                 state_dir,
                 mode,
-            })?;
+            })
+            .map_err(|e| Error::from_hint(&e))?;
             Ok(exit::OK)
         }
         Command::SelfTest { paths, json } => {
             let (config_path, state_dir, _) = default_paths(&paths, &probe, &root)?;
-            let r = outpost_agent::selftest::self_test(&config_path, &state_dir)?;
+            let r = outpost_agent::selftest::self_test(&config_path, &state_dir)
+                .map_err(|e| Error::from_hint(&e))?;
             if json {
                 let v = serde_json::json!({"ok": true, "version": r.version, "config": config_path, "state_dir": state_dir});
                 writeln!(out, "{v}").ok();
@@ -669,7 +675,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
             }
             Ok(exit::OK)
         }
-        Command::CloudInit { command } => crate::cloudinit::run(command, out),
+        Command::CloudInit { command } => crate::cli::cloudinit::run(command, out),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "outpost", out);
@@ -720,19 +726,19 @@ fn control(
         writeln!(
             out,
             "would {verb} {} ({} manager)",
-            crate::UNIT,
+            outpost_installer::UNIT,
             layout.mode
         )
         .ok();
         return Ok(exit::OK);
     }
     let svc = host.service_manager(scope)?;
-    let st = svc.status(crate::UNIT)?;
+    let st = svc.status(outpost_installer::UNIT)?;
     if !st.is_loaded() {
         return Err(Error::failed(
             format!(
                 "{} is not installed in {} mode (load state {})",
-                crate::UNIT,
+                outpost_installer::UNIT,
                 layout.mode,
                 st.load_state
             ),
@@ -740,15 +746,15 @@ fn control(
         ));
     }
     match verb {
-        Verb::Start => svc.start(crate::UNIT)?,
-        Verb::Stop => svc.stop(crate::UNIT)?,
-        Verb::Restart => svc.restart(crate::UNIT)?,
+        Verb::Start => svc.start(outpost_installer::UNIT)?,
+        Verb::Stop => svc.stop(outpost_installer::UNIT)?,
+        Verb::Restart => svc.restart(outpost_installer::UNIT)?,
     }
-    let st = svc.status(crate::UNIT)?;
+    let st = svc.status(outpost_installer::UNIT)?;
     writeln!(
         out,
         "{verb}: {} is {} ({})",
-        crate::UNIT,
+        outpost_installer::UNIT,
         st.active_state,
         st.sub_state
     )

@@ -1,11 +1,11 @@
 //! `outpost cloud-init render`: cloud-init user-data that installs a pinned, verified outpost
 //! release on a fresh host and enrolls it with the hub (docs/HETZNER.md). The rendering is
 //! `outpost_cloudinit`, shared with `outpost-hub keys create --cloud-init`.
-use crate::error::{Error, Result};
 use clap::{Args, Subcommand};
 use outpost_cloudinit as cloudinit;
 use outpost_core::env;
 use outpost_core::exit;
+use outpost_installer::error::{Error, Result};
 use outpost_release::Want;
 use std::io::Write;
 use std::path::{Path, PathBuf};

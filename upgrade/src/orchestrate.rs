@@ -6,11 +6,11 @@ use super::{
     event, health_gate, load_record, prune, save_record, set_last_good, smoke, start_guard,
     swap_current, sync_receipt, Stager, Timings, UpgradeArgs, GUARD_UNIT,
 };
-use crate::apply::Host;
-use crate::error::{Error, Result};
-use crate::receipt::Receipt;
 use outpost_core::exit;
 use outpost_core::layout::{Layout, Mode};
+use outpost_installer::apply::Host;
+use outpost_installer::error::{Error, Result};
+use outpost_installer::receipt::Receipt;
 use outpost_systemd::{ServiceManager, UnitStatus};
 use semver::Version;
 use serde_json::json;
@@ -29,11 +29,11 @@ pub struct Located {
 impl Located {
     /// Detect the host once, find the install and load its config.
     pub fn find(
-        probe: &dyn crate::detect::Probe,
+        probe: &dyn outpost_installer::detect::Probe,
         root: &std::path::Path,
         mode: Option<Mode>,
     ) -> Result<Located> {
-        let (layout, receipt) = crate::uninstall::find_install(probe, root, mode)?;
+        let (layout, receipt) = outpost_installer::uninstall::find_install(probe, root, mode)?;
         let config =
             outpost_core::Config::load_trusted(&layout.root, &layout.host(&layout.config_file))?;
         Ok(Located {
@@ -100,10 +100,10 @@ impl<'a> Upgrade<'a> {
         let versions_dir = layout.host(&layout.versions_dir());
         let can_write = rustix::fs::access(&versions_dir, rustix::fs::Access::WRITE_OK).is_ok();
         let svc = host
-            .service_manager(crate::uninstall::scope(layout, loc.euid))
+            .service_manager(outpost_installer::uninstall::scope(layout, loc.euid))
             .ok();
         let unit_loaded = match &svc {
-            Some(s) => s.status(crate::UNIT)?.is_loaded(),
+            Some(s) => s.status(outpost_installer::UNIT)?.is_loaded(),
             None => false,
         };
         let topology = decide::topology(
@@ -318,7 +318,8 @@ impl<'a> Upgrade<'a> {
         self.timings.begin("stop");
         self.step(rec, Step::Stopping).map_err(s)?;
         let down_since = Instant::now();
-        svc.stop(crate::UNIT).map_err(|e| e.to_string())?;
+        svc.stop(outpost_installer::UNIT)
+            .map_err(|e| e.to_string())?;
         self.timings.begin("swap");
         self.step(rec, Step::Swapping).map_err(s)?;
         swap_current(self.layout(), &self.to).map_err(s)?;
@@ -326,9 +327,10 @@ impl<'a> Upgrade<'a> {
         self.timings.begin("start");
         self.step(rec, Step::Starting).map_err(s)?;
         let since = std::time::SystemTime::now();
-        svc.reset_failed(crate::UNIT).map_err(|e| e.to_string())?;
+        svc.reset_failed(outpost_installer::UNIT)
+            .map_err(|e| e.to_string())?;
         // Type=notify: the start job ends at READY; a version that never sends it fails here.
-        svc.start_within(crate::UNIT, self.soak + Duration::from_secs(10))
+        svc.start_within(outpost_installer::UNIT, self.soak + Duration::from_secs(10))
             .map_err(|e| e.to_string())?;
         *downtime_ms = down_since.elapsed().as_millis();
         self.timings.begin("health");
@@ -382,10 +384,12 @@ impl<'a> Upgrade<'a> {
         save_record(layout, rec)?;
         let failed_at = Instant::now();
         let back = (|| -> std::result::Result<u128, String> {
-            let _ = svc.stop(crate::UNIT);
+            let _ = svc.stop(outpost_installer::UNIT);
             swap_current(layout, &from).map_err(|e| e.to_string())?;
-            svc.reset_failed(crate::UNIT).map_err(|e| e.to_string())?;
-            svc.start(crate::UNIT).map_err(|e| e.to_string())?;
+            svc.reset_failed(outpost_installer::UNIT)
+                .map_err(|e| e.to_string())?;
+            svc.start(outpost_installer::UNIT)
+                .map_err(|e| e.to_string())?;
             let restored_ms = failed_at.elapsed().as_millis();
             health_gate(
                 svc,

@@ -1,10 +1,10 @@
 //! `outpost status` and the human rendering of `outpost detect`.
-use crate::apply::Host;
-use crate::detect::{Detection, Distro, Init, Probe};
-use crate::error::Result;
-use crate::receipt::Receipt;
 use outpost_core::exit;
 use outpost_core::layout::Layout;
+use outpost_installer::apply::Host;
+use outpost_installer::detect::{Detection, Distro, Init, Probe};
+use outpost_installer::error::Result;
+use outpost_installer::receipt::Receipt;
 use outpost_systemd::UnitStatus;
 use serde::Serialize;
 use std::io::Write;
@@ -23,7 +23,7 @@ struct StatusReport<'a> {
     installed_at: Option<&'a str>,
     unit: Option<&'a UnitStatus>,
     unit_error: Option<String>,
-    agent: crate::agentctl::AgentStatus,
+    agent: crate::cli::agentctl::AgentStatus,
     paths: &'a Layout,
 }
 
@@ -35,12 +35,12 @@ pub fn run(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<i32> {
-    let (layout, receipt) = crate::uninstall::find_install(probe, root, mode)?;
+    let (layout, receipt) = outpost_installer::uninstall::find_install(probe, root, mode)?;
     let receipt: Option<Receipt> = receipt.filter(|r| r.uninstalled_at.is_none());
-    let scope = crate::uninstall::scope(&layout, probe.euid());
+    let scope = outpost_installer::uninstall::scope(&layout, probe.euid());
     let (unit, unit_error) = match host
         .service_manager(scope)
-        .and_then(|s| s.status(crate::UNIT))
+        .and_then(|s| s.status(outpost_installer::UNIT))
     {
         Ok(u) => (Some(u), None),
         Err(e) => (None, Some(e.to_string())),
@@ -54,7 +54,7 @@ pub fn run(
         installed_at: receipt.as_ref().map(|r| r.installed_at.as_str()),
         unit: unit.as_ref(),
         unit_error,
-        agent: crate::agentctl::agent_status(&layout),
+        agent: crate::cli::agentctl::agent_status(&layout),
         paths: &layout,
     };
     let running = unit.as_ref().is_some_and(|u| u.is_active());
@@ -72,7 +72,7 @@ pub fn run(
             writeln!(
                 out,
                 "{} is {} ({}), but there is no readable install receipt at {} ({} mode)",
-                crate::UNIT,
+                outpost_installer::UNIT,
                 u.active_state,
                 u.sub_state,
                 layout.receipt_file().display(),
@@ -112,7 +112,7 @@ pub fn run(
             writeln!(
                 out,
                 "  service    {} {} ({}){pid}, {} restart(s), {}",
-                crate::UNIT,
+                outpost_installer::UNIT,
                 u.active_state,
                 u.sub_state,
                 u.n_restarts,
@@ -134,7 +134,7 @@ pub fn run(
     writeln!(out, "  config     {}", layout.config_file.display()).ok();
     writeln!(out, "  secrets    {}", layout.env_file.display()).ok();
     writeln!(out, "  state      {}", layout.state_dir.display()).ok();
-    crate::agentctl::render_agent_status(&report.agent, out);
+    crate::cli::agentctl::render_agent_status(&report.agent, out);
     if !running {
         let j = if layout.mode == outpost_core::layout::Mode::User {
             "journalctl --user -u outpost -n 50"
@@ -239,7 +239,7 @@ pub fn events(
 ) -> Result<i32> {
     use outpost_core::journal::{Journal, Record};
     use outpost_core::text::{json_terminal_safe, terminal_safe};
-    let (layout, _) = crate::uninstall::find_install(probe, root, mode)?;
+    let (layout, _) = outpost_installer::uninstall::find_install(probe, root, mode)?;
     // Root's journal (install and upgrade events) and the agent's own, merged by time.
     let journals = [
         ("install", Journal::open(&layout.host(&layout.state_dir))),
@@ -268,7 +268,7 @@ pub fn events(
         out.flush().ok();
     };
     let j_err = |e: outpost_core::journal::JournalError| {
-        crate::error::Error::failed(e.to_string(), e.hint())
+        outpost_installer::error::Error::failed(e.to_string(), e.hint())
     };
     let mut all: Vec<(&str, Record)> = Vec::new();
     for (src, j) in &journals {

@@ -2,8 +2,8 @@
 //! and a stub release host (the real-systemd runs are in tests/e2e_upgrade.rs and
 //! tests/e2e_privsep.rs).
 use super::*;
-use crate::receipt::{Receipt, SCHEMA};
 use crate::testing::{Fake, FakeStager};
+use outpost_installer::receipt::{Receipt, SCHEMA};
 use std::path::Path;
 
 fn v(s: &str) -> Version {

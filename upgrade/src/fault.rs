@@ -1,6 +1,6 @@
 //! Fault injection for the crash-safety tests. Compiled in only with the `fault-injection`
 //! feature (test builds made by `ci/build-variants.sh`); release builds have no knob.
-use crate::upgrade::record::Step;
+use crate::record::Step;
 use outpost_core::layout::Layout;
 
 /// With `OUTPOST_FAULT_PAUSE_AT=<step>` (kebab-case step name), the upgrader writes

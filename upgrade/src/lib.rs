@@ -4,19 +4,20 @@
 //! Downloading, verifying, unpacking and the smoke test all happen before the service is
 //! touched, so the downtime is only stop + swap + start + READY.
 pub mod decide;
+pub mod fault;
 mod orchestrate;
 pub mod record;
 pub mod stage;
 
 pub use orchestrate::{run, Located};
 
-use crate::apply::Host;
-use crate::error::{Error, Result};
-use crate::fsx;
-use crate::receipt::Receipt;
 use decide::Resolution;
 use outpost_core::journal::Journal;
 use outpost_core::layout::{Layout, Mode};
+use outpost_installer::apply::Host;
+use outpost_installer::error::{Error, Result};
+use outpost_installer::fsx;
+use outpost_installer::receipt::Receipt;
 use outpost_systemd::{ServiceManager, UnitStatus};
 use record::{Record, Step};
 use semver::Version;
@@ -214,7 +215,7 @@ fn health_gate(
     hub: bool,
     since: std::time::SystemTime,
 ) -> std::result::Result<UnitStatus, String> {
-    let unit = crate::UNIT;
+    let unit = outpost_installer::UNIT;
     let base = svc.status(unit).map_err(|e| e.to_string())?;
     decide::health(&base, &base)?;
     let start = Instant::now();
@@ -300,7 +301,7 @@ pub fn set_last_good(layout: &Layout, version: &Version) -> Result<()> {
 /// upgrade, a rollback or a resolution, so `uninstall` still removes exactly what outpost
 /// put there.
 pub fn sync_receipt(layout: &Layout) -> Result<()> {
-    use crate::receipt::{Entry, Kind, Role};
+    use outpost_installer::receipt::{Entry, Kind, Role};
     let Some(mut r) = Receipt::load(layout)? else {
         return Ok(());
     };
@@ -489,12 +490,12 @@ pub fn resolve_pending(
 /// Bring the service back after a resolution: it may have been stopped (or be running the
 /// reverted version, `restart`).
 fn bring_service_back(layout: &Layout, host: &dyn Host, euid: u32, restart: bool) -> Result<()> {
-    if let Ok(svc) = host.service_manager(crate::uninstall::scope(layout, euid)) {
-        let st = svc.status(crate::UNIT)?;
+    if let Ok(svc) = host.service_manager(outpost_installer::uninstall::scope(layout, euid)) {
+        let st = svc.status(outpost_installer::UNIT)?;
         if st.is_loaded() {
-            svc.reset_failed(crate::UNIT)?;
+            svc.reset_failed(outpost_installer::UNIT)?;
             if restart || !st.is_active() {
-                svc.restart(crate::UNIT)?;
+                svc.restart(outpost_installer::UNIT)?;
             }
         }
     }
@@ -648,5 +649,7 @@ pub fn guard(
     }
 }
 
+#[cfg(test)]
+mod testing;
 #[cfg(test)]
 mod tests;
