@@ -1,10 +1,12 @@
 //! `outpost diagnose`: checks of the agent's side, each `{name, ok, detail, hint}`, and
-//! [`send`] to upload the report to the hub. The installer adds its own checks (unit state,
-//! linger) to [`Report::checks`] before printing or sending.
+//! [`send`] to upload the report to the hub. `outpost diagnose` adds the checks that need the
+//! host's view ([`check_unit`] over the systemd seam, [`check_upgrade`], linger) to
+//! [`Report::checks`] before printing or sending.
 use crate::enroll::{self, Identity};
 use crate::hub::{HubClient, HubError};
 use outpost_core::config::Config;
 use outpost_core::journal::Journal;
+use outpost_systemd::ServiceManager;
 use serde::Serialize;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -245,6 +247,50 @@ fn check_hub(config: &Config) -> Vec<Check> {
     }
 }
 
+/// The service's unit as its manager reports it (the systemd seam): active, how often
+/// systemd restarted it.
+pub fn check_unit(svc: &dyn ServiceManager, unit: &str) -> Check {
+    match svc.status(unit) {
+        Ok(u) if u.is_active() => Check::pass(
+            "unit",
+            format!(
+                "{unit} active ({}), {} restart(s)",
+                u.sub_state, u.n_restarts
+            ),
+        ),
+        Ok(u) => Check::fail(
+            "unit",
+            format!("{unit} is {} ({})", u.active_state, u.sub_state),
+            "see `journalctl -u outpost -n 50`; `outpost start` starts it".into(),
+        ),
+        Err(e) => Check::fail("unit", e.to_string(), e.hint()),
+    }
+}
+
+/// An upgrade in flight (root's upgrade record in `state_dir`, read like root reads it:
+/// StrictModes from `root` down, bounded, parsed). A record that cannot be trusted or
+/// parsed fails the check; none, or one in progress, passes with what it says.
+pub fn check_upgrade(root: &Path, state_dir: &Path) -> Check {
+    use outpost_upgrade::record::{self, LoadError};
+    match record::load(root, state_dir) {
+        Ok(None) => Check::pass("upgrade", "none in flight".into()),
+        Ok(Some(r)) => Check::pass(
+            "upgrade",
+            format!(
+                "{} → {} in flight since {} (step {:?})",
+                r.from, r.to, r.started_at, r.step
+            ),
+        ),
+        Err(LoadError::Untrusted(t)) => Check::fail("upgrade", t.to_string(), t.hint()),
+        Err(e @ LoadError::Corrupt { .. }) => Check::fail(
+            "upgrade",
+            e.to_string(),
+            "any `sudo outpost` command moves it aside and puts `current` back on `last-good`"
+                .into(),
+        ),
+    }
+}
+
 /// Run every agent-side check.
 pub fn run_checks(config: &Config, state_dir: &Path) -> Report {
     let mut checks = check_hub(config);
@@ -356,5 +402,50 @@ mod tests {
             send(&r, &Config::default(), d.path()),
             Err(SendError::NoHub)
         ));
+    }
+
+    #[test]
+    fn unit_check_over_the_systemd_seam() {
+        let fake = outpost_installer::testing::Fake::default();
+        let c = check_unit(&fake, "outpost.service");
+        assert!(!c.ok, "{c:?}");
+        assert_eq!(c.detail, "outpost.service is inactive (dead)");
+        assert!(c.hint.unwrap().contains("journalctl -u outpost"));
+        fake.0.borrow_mut().active = true;
+        let c = check_unit(&fake, "outpost.service");
+        assert!(c.ok, "{c:?}");
+        assert_eq!(c.detail, "outpost.service active (running), 0 restart(s)");
+    }
+
+    #[test]
+    fn upgrade_check_reads_the_record_like_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let (root, sd) = (d.path(), d.path());
+        let rec = sd.join(outpost_core::layout::files::UPGRADE_RECORD);
+        let cases: &[(Option<&str>, u32, bool, &str)] = &[
+            (None, 0o644, true, "none in flight"),
+            (
+                Some(
+                    r#"{"from":"1.0.0","to":"1.1.0","step":"swapped","started_at":"2026-01-01T00:00:00Z","upgrader_pid":1,"upgrader_start":2}"#,
+                ),
+                0o644,
+                true,
+                "1.0.0 → 1.1.0 in flight since 2026-01-01T00:00:00Z (step Swapped)",
+            ),
+            (Some("{"), 0o644, false, "upgrade.json"),
+            (Some("{}"), 0o666, false, "upgrade.json"),
+        ];
+        for (body, mode, ok, detail) in cases {
+            let _ = std::fs::remove_file(&rec);
+            if let Some(b) = body {
+                std::fs::write(&rec, b).unwrap();
+                std::fs::set_permissions(&rec, std::fs::Permissions::from_mode(*mode)).unwrap();
+            }
+            let c = check_upgrade(root, sd);
+            assert_eq!(c.ok, *ok, "{body:?}: {c:?}");
+            assert!(c.detail.contains(detail), "{body:?}: {c:?}");
+            assert_eq!(c.hint.is_some(), !ok, "{c:?}");
+        }
     }
 }

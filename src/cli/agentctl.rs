@@ -108,32 +108,8 @@ pub fn diagnostics(
     let config = outpost_core::Config::load(&layout.host(&layout.config_file))?;
     let mut report = diagnostics::run_checks(&config, &sd);
     let scope = outpost_installer::uninstall::scope(&layout, probe.euid());
-    let unit = host
-        .service_manager(scope)
-        .and_then(|s| s.status(outpost_installer::UNIT));
-    report.checks.push(match unit {
-        Ok(u) if u.is_active() => Check {
-            name: "unit".into(),
-            ok: true,
-            detail: format!(
-                "{} active ({}), {} restart(s)",
-                outpost_installer::UNIT,
-                u.sub_state,
-                u.n_restarts
-            ),
-            hint: None,
-        },
-        Ok(u) => Check {
-            name: "unit".into(),
-            ok: false,
-            detail: format!(
-                "{} is {} ({})",
-                outpost_installer::UNIT,
-                u.active_state,
-                u.sub_state
-            ),
-            hint: Some("see `journalctl -u outpost -n 50`; `outpost start` starts it".into()),
-        },
+    report.checks.push(match host.service_manager(scope) {
+        Ok(svc) => diagnostics::check_unit(svc.as_ref(), outpost_installer::UNIT),
         Err(e) => Check {
             name: "unit".into(),
             ok: false,
@@ -141,6 +117,10 @@ pub fn diagnostics(
             hint: Some(e.hint()),
         },
     });
+    report.checks.push(diagnostics::check_upgrade(
+        &layout.root,
+        &layout.host(&layout.state_dir),
+    ));
     if layout.mode == Mode::User {
         let det = outpost_installer::detect::probe::detect(probe);
         let linger = det.topology.target_user.as_ref().is_some_and(|t| t.linger);
