@@ -68,50 +68,9 @@ enum Command {
         json: bool,
     },
     /// Install (or update in place) the service; keeps config, secrets and state
-    Install {
-        #[command(flatten)]
-        mode: ModeFlags,
-        /// System mode: run the service as USER (default: SUDO_USER, else a new `outpost` system user)
-        #[arg(long, value_name = "USER", env = env::RUN_AS)]
-        run_as: Option<String>,
-        /// System mode: also let members of GROUP start/stop/restart outpost.service (polkit)
-        #[arg(long, value_name = "GROUP")]
-        admin_group: Option<String>,
-        /// Control-plane URL written into a new config
-        #[arg(long, value_name = "URL", env = env::HUB_URL)]
-        hub: Option<String>,
-        /// Accept a plain http:// hub URL for a host other than loopback (the token then
-        /// crosses the network unencrypted); recorded as `[hub] insecure_http = true`
-        #[arg(long)]
-        insecure_http: bool,
-        /// Verify this binary against the signed release at URL and record URL in a new config
-        /// (install.sh passes it; trusted keys come from OUTPOST_RELEASE_PUBKEYS and the build)
-        #[arg(long, value_name = "URL", env = env::RELEASE_URL)]
-        release_url: Option<String>,
-        /// PEM file of extra CAs for the release host and hub (recorded in a new config)
-        #[arg(long, value_name = "PEM", env = env::CA_FILE)]
-        ca_file: Option<PathBuf>,
-        /// Install and enable, but do not start the service
-        #[arg(long)]
-        no_start: bool,
-        /// Print the plan (every file, unit, user and linger change) and change nothing
-        #[arg(long)]
-        dry_run: bool,
-        #[arg(long)]
-        json: bool,
-    },
+    Install(InstallFlags),
     /// Stop and remove the service; keeps config, secrets and state unless --purge
-    Uninstall {
-        #[command(flatten)]
-        mode: ModeFlags,
-        /// Also remove config, secrets, state and the system user install created
-        #[arg(long)]
-        purge: bool,
-        #[arg(long)]
-        dry_run: bool,
-        #[arg(long)]
-        json: bool,
-    },
+    Uninstall(UninstallFlags),
     /// Show the installed version, mode and service state
     Status {
         #[command(flatten)]
@@ -126,33 +85,7 @@ enum Command {
     /// Restart outpost.service
     Restart(ControlArgs),
     /// Upgrade (or, with an older --target, roll back) to a verified release
-    Upgrade {
-        #[command(flatten)]
-        mode: ModeFlags,
-        /// Exact version to go to (an older one is the documented rollback)
-        #[arg(long, value_name = "X.Y.Z")]
-        target: Option<semver::Version>,
-        /// Channel whose newest version to take (default: [release] channel, else stable)
-        #[arg(long, value_name = "CHANNEL", value_parser = ["stable", "beta"])]
-        channel: Option<String>,
-        /// Release source instead of [release] url: https:// URL, directory or offline bundle file
-        #[arg(long, value_name = "URL|DIR|FILE", env = env::RELEASE_URL)]
-        from: Option<String>,
-        /// Swap the package only; leave the running service alone and print the restart command
-        #[arg(long)]
-        no_restart: bool,
-        #[arg(long)]
-        dry_run: bool,
-        #[arg(long)]
-        json: bool,
-        /// Resolve an interrupted upgrade and exit (the unit's ExecStartPre runs this)
-        #[arg(long, hide = true)]
-        resolve_pending: bool,
-        /// Watch a running upgrade and finish or revert it if its upgrader dies (the
-        /// upgrader starts this in a transient unit)
-        #[arg(long, hide = true, conflicts_with = "resolve_pending")]
-        guard: bool,
-    },
+    Upgrade(UpgradeFlags),
     /// Check this host's agent: hub reachable, TLS, clock skew, token file, disk, memory,
     /// unit, linger, journal (non-zero exit when a check fails)
     Diagnostics {
@@ -213,6 +146,82 @@ enum Command {
         #[command(subcommand)]
         command: crate::cli::cloudinit::CloudInitCommand,
     },
+}
+
+#[derive(Debug, Args)]
+struct InstallFlags {
+    #[command(flatten)]
+    mode: ModeFlags,
+    /// System mode: run the service as USER (default: SUDO_USER, else a new `outpost` system user)
+    #[arg(long, value_name = "USER", env = env::RUN_AS)]
+    run_as: Option<String>,
+    /// System mode: also let members of GROUP start/stop/restart outpost.service (polkit)
+    #[arg(long, value_name = "GROUP")]
+    admin_group: Option<String>,
+    /// Control-plane URL written into a new config
+    #[arg(long, value_name = "URL", env = env::HUB_URL)]
+    hub: Option<String>,
+    /// Accept a plain http:// hub URL for a host other than loopback (the token then
+    /// crosses the network unencrypted); recorded as `[hub] insecure_http = true`
+    #[arg(long)]
+    insecure_http: bool,
+    /// Verify this binary against the signed release at URL and record URL in a new config
+    /// (install.sh passes it; trusted keys come from OUTPOST_RELEASE_PUBKEYS and the build)
+    #[arg(long, value_name = "URL", env = env::RELEASE_URL)]
+    release_url: Option<String>,
+    /// PEM file of extra CAs for the release host and hub (recorded in a new config)
+    #[arg(long, value_name = "PEM", env = env::CA_FILE)]
+    ca_file: Option<PathBuf>,
+    /// Install and enable, but do not start the service
+    #[arg(long)]
+    no_start: bool,
+    /// Print the plan (every file, unit, user and linger change) and change nothing
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct UninstallFlags {
+    #[command(flatten)]
+    mode: ModeFlags,
+    /// Also remove config, secrets, state and the system user install created
+    #[arg(long)]
+    purge: bool,
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct UpgradeFlags {
+    #[command(flatten)]
+    mode: ModeFlags,
+    /// Exact version to go to (an older one is the documented rollback)
+    #[arg(long, value_name = "X.Y.Z")]
+    target: Option<semver::Version>,
+    /// Channel whose newest version to take (default: [release] channel, else stable)
+    #[arg(long, value_name = "CHANNEL", value_parser = ["stable", "beta"])]
+    channel: Option<String>,
+    /// Release source instead of [release] url: https:// URL, directory or offline bundle file
+    #[arg(long, value_name = "URL|DIR|FILE", env = env::RELEASE_URL)]
+    from: Option<String>,
+    /// Swap the package only; leave the running service alone and print the restart command
+    #[arg(long)]
+    no_restart: bool,
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long)]
+    json: bool,
+    /// Resolve an interrupted upgrade and exit (the unit's ExecStartPre runs this)
+    #[arg(long, hide = true)]
+    resolve_pending: bool,
+    /// Watch a running upgrade and finish or revert it if its upgrader dies (the
+    /// upgrader starts this in a transient unit)
+    #[arg(long, hide = true, conflicts_with = "resolve_pending")]
+    guard: bool,
 }
 
 #[derive(Debug, Args)]
@@ -443,14 +452,46 @@ fn scrub_environment() {
     }
 }
 
+/// What every subcommand acts on: the filesystem root (`/` in release builds), the host
+/// probe and the host's side effects.
+struct Ctx {
+    root: PathBuf,
+    probe: HostProbe,
+    host: RealHost,
+}
+
+impl Ctx {
+    fn new(root: PathBuf) -> Ctx {
+        Ctx {
+            probe: HostProbe { root: root.clone() },
+            host: RealHost { root: root.clone() },
+            root,
+        }
+    }
+}
+
+impl Command {
+    /// The privileged entry points a unit starts (resolver, guard): they keep only PATH.
+    fn is_privileged_unit_entry(&self) -> bool {
+        matches!(self, Command::Upgrade(u) if u.resolve_pending || u.guard)
+    }
+
+    /// The mode flags of commands that first resolve an interrupted upgrade. `upgrade`
+    /// locates the install once and resolves with it; the rest do not touch the install.
+    fn resolves_first(&self) -> Option<Option<Mode>> {
+        match self {
+            Command::Install(InstallFlags { mode, .. })
+            | Command::Uninstall(UninstallFlags { mode, .. })
+            | Command::Status { mode, .. }
+            | Command::Events { mode, .. } => Some(mode.mode()),
+            Command::Start(a) | Command::Stop(a) | Command::Restart(a) => Some(a.mode.mode()),
+            _ => None,
+        }
+    }
+}
+
 fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
-    if matches!(
-        cli.command,
-        Command::Upgrade {
-            resolve_pending: true,
-            ..
-        } | Command::Upgrade { guard: true, .. }
-    ) {
+    if cli.command.is_privileged_unit_entry() {
         scrub_environment();
     }
     if !TEST_SEAMS && cli.root != std::path::Path::new("/") {
@@ -459,239 +500,220 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
             "drop --root; outpost always acts on this host's /",
         ));
     }
-    let root = cli.root.clone();
-    let probe = HostProbe { root: root.clone() };
-    let host = RealHost { root: root.clone() };
-    match &cli.command {
-        Command::Install { mode, .. }
-        | Command::Uninstall { mode, .. }
-        | Command::Status { mode, .. }
-        | Command::Events { mode, .. } => resolve_interrupted(&probe, &host, &root, mode.mode()),
-        Command::Start(a) | Command::Stop(a) | Command::Restart(a) => {
-            resolve_interrupted(&probe, &host, &root, a.mode.mode())
-        }
-        // `upgrade` locates the install once and resolves with it (below).
-        _ => {}
+    let ctx = Ctx::new(cli.root.clone());
+    if let Some(mode) = cli.command.resolves_first() {
+        resolve_interrupted(&ctx.probe, &ctx.host, &ctx.root, mode);
     }
+    let (probe, host, root) = (&ctx.probe, &ctx.host, &ctx.root);
     match cli.command {
-        Command::Upgrade {
-            mode,
-            resolve_pending: true,
-            ..
-        } => {
-            let (layout, _) = uninstall::find_install(&probe, &root, mode.mode())?;
-            outpost_upgrade::fault::dump_start_environment(&layout);
-            let r = outpost_upgrade::resolve_pending(
-                &layout,
-                &host,
-                probe.euid(),
-                outpost_upgrade::ResolveContext::ServiceStart,
-                out,
-            )?;
-            if r != outpost_upgrade::decide::Resolution::Nothing {
-                writeln!(out, "upgrade record resolved: {r:?}").ok();
-            }
-            Ok(exit::OK)
-        }
-        Command::Upgrade {
-            mode, guard: true, ..
-        } => {
-            let (layout, _) = uninstall::find_install(&probe, &root, mode.mode())?;
-            let r = outpost_upgrade::guard(&layout, &host, probe.euid(), out)?;
-            writeln!(out, "upgrade guard: {r:?}").ok();
-            Ok(exit::OK)
-        }
-        Command::Upgrade {
-            mode,
-            target,
-            channel,
-            from,
-            no_restart,
-            dry_run,
-            json,
-            resolve_pending: false,
-            guard: false,
-        } => {
-            // Detect the host, find the install and load its config once.
-            let loc = outpost_upgrade::Located::find(&probe, &root, mode.mode())?;
-            if loc.receipt.is_some() {
-                resolve_interrupted_at(&loc.layout, &host, loc.euid);
-            }
-            let layout = &loc.layout;
-            let mut stager = outpost_upgrade::stage::ReleaseStager::from_config(
-                &loc.config,
-                from.as_deref(),
-                &layout.host(&layout.state_dir),
-            )?;
-            // The replay state decides which manifests root accepts: root's dir only, and a
-            // dry run checks it without recording anything.
-            let sd = layout.host(&layout.state_dir);
-            outpost_core::trust::check_trusted(&layout.root, &sd, probe.euid())
-                .map_err(|e| Error::failed(e.to_string(), e.hint()))?;
-            if dry_run {
-                stager.replay = outpost_release::ReplayState::checking(
-                    sd.join(outpost_upgrade::stage::REPLAY_FILE),
-                );
-            }
-            let args = outpost_upgrade::UpgradeArgs {
-                target,
-                channel,
-                no_restart,
-                dry_run,
-                json,
-            };
-            outpost_upgrade::run(&args, &loc, &host, &stager, out)
-        }
+        Command::Upgrade(u) if u.resolve_pending => upgrade_resolve_pending(&ctx, u.mode, out),
+        Command::Upgrade(u) if u.guard => upgrade_guard(&ctx, u.mode, out),
+        Command::Upgrade(u) => upgrade(&ctx, u, out),
         Command::Diagnostics { mode, json, send } => {
-            crate::cli::agentctl::diagnostics(&probe, &host, &root, mode.mode(), json, send, out)
+            agentctl::diagnostics(probe, host, root, mode.mode(), json, send, out)
         }
         Command::Heartbeat { mode, now: _, json } => {
-            crate::cli::agentctl::heartbeat_now(&probe, &host, &root, mode.mode(), json, out)
+            agentctl::heartbeat_now(probe, host, root, mode.mode(), json, out)
         }
         Command::Audit {
             command: AuditCommand::Verify { mode, json },
-        } => crate::cli::agentctl::audit_verify(&probe, &root, mode.mode(), json, out),
+        } => agentctl::audit_verify(probe, root, mode.mode(), json, out),
         Command::Events { mode, follow, json } => {
-            crate::cli::status::events(&probe, &root, mode.mode(), follow, json, out)
+            status::events(probe, root, mode.mode(), follow, json, out)
         }
-        Command::Detect { json } => {
-            let det = detect::probe::detect(&probe);
-            if json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&det).unwrap_or_default()
-                )
-                .ok();
-            } else {
-                write!(out, "{}", crate::cli::status::render_detection(&det)).ok();
-            }
-            Ok(if det.unsupported.is_some() {
-                exit::FAILURE
-            } else {
-                exit::OK
-            })
-        }
-        Command::Install {
-            mode,
-            run_as,
-            admin_group,
-            hub,
-            insecure_http,
-            release_url,
-            ca_file,
-            no_start,
-            dry_run,
-            json,
-        } => {
-            let enroll_key = enroll_key_from_env()?;
-            if let Some(k) = &enroll_key {
-                if k.chars().any(|c| {
-                    c.is_whitespace() || c.is_control() || c == '"' || c == '\'' || c == '\\'
-                }) {
-                    return Err(Error::usage(
-                        format!("{} contains whitespace or quotes", env::ENROLL_KEY),
-                        "copy the key exactly as `outpost-hub keys create` printed it",
-                    ));
-                }
-            }
-            let args = InstallArgs {
-                mode: mode.mode(),
-                run_as,
-                admin_group,
-                hub_url: hub,
-                insecure_http,
-                enroll_key,
-                no_start,
-                dry_run,
-                json,
-                root,
-                binary: None,
-                release_url,
-                release_keys: std::env::var(env::RELEASE_PUBKEYS)
-                    .map(|v| {
-                        v.lines()
-                            .map(str::trim)
-                            .filter(|l| !l.is_empty())
-                            .map(str::to_string)
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                ca_file,
-            };
-            install::run(&args, &probe, &host, out)?;
-            Ok(exit::OK)
-        }
-        Command::Uninstall {
-            mode,
-            purge,
-            dry_run,
-            json,
-        } => {
-            let args = UninstallArgs {
-                mode: mode.mode(),
-                purge,
-                dry_run,
-                json,
-                root,
-            };
-            uninstall::run(&args, &probe, &host, out)?;
-            Ok(exit::OK)
-        }
-        Command::Status { mode, json } => {
-            crate::cli::status::run(&probe, &host, &root, mode.mode(), json, out)
-        }
-        Command::Start(a) => control(Verb::Start, a, &probe, &host, &root, out),
-        Command::Stop(a) => control(Verb::Stop, a, &probe, &host, &root, out),
-        Command::Restart(a) => control(Verb::Restart, a, &probe, &host, &root, out),
+        Command::Detect { json } => detect_host(&ctx, json, out),
+        Command::Install(a) => install(&ctx, a, out),
+        Command::Uninstall(a) => uninstall(&ctx, a, out),
+        Command::Status { mode, json } => status::run(probe, host, root, mode.mode(), json, out),
+        Command::Start(a) => control(Verb::Start, a, probe, host, root, out),
+        Command::Stop(a) => control(Verb::Stop, a, probe, host, root, out),
+        Command::Restart(a) => control(Verb::Restart, a, probe, host, root, out),
         Command::Agent {
             command: AgentCommand::Run { paths },
-        } => {
-            let (config_path, state_dir, mode) = default_paths(&paths, &probe, &root)?;
-            outpost_agent::run::run(&outpost_agent::run::RunOptions {
-                config_path,
-                state_dir,
-                mode,
-            })
-            .map_err(|e| Error::from_hint(&e))?;
-            Ok(exit::OK)
-        }
-        Command::SelfTest { paths, json } => {
-            let (config_path, state_dir, _) = default_paths(&paths, &probe, &root)?;
-            let r = outpost_agent::selftest::self_test(&config_path, &state_dir)
-                .map_err(|e| Error::from_hint(&e))?;
-            if json {
-                let v = serde_json::json!({"ok": true, "version": r.version, "config": config_path, "state_dir": state_dir});
-                writeln!(out, "{v}").ok();
-            } else {
-                writeln!(
-                    out,
-                    "outpost {}: self-test ok (config {}, state {})",
-                    r.version,
-                    config_path.display(),
-                    state_dir.display()
-                )
-                .ok();
-            }
-            Ok(exit::OK)
-        }
-        Command::CloudInit { command } => crate::cli::cloudinit::run(command, out),
+        } => agent_run(&ctx, &paths),
+        Command::SelfTest { paths, json } => self_test(&ctx, &paths, json, out),
+        Command::CloudInit { command } => cloudinit::run(command, out),
         Command::Completions { shell } => {
-            let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "outpost", out);
+            clap_complete::generate(shell, &mut Cli::command(), "outpost", out);
             Ok(exit::OK)
         }
-        Command::Man => {
-            let man = clap_mangen::Man::new(Cli::command());
-            man.render(out).map_err(|e| {
-                Error::failed(
-                    format!("cannot write the man page: {e}"),
-                    "check stdout is writable",
-                )
-            })?;
-            Ok(exit::OK)
+        Command::Man => man(out),
+    }
+}
+
+/// `upgrade --resolve-pending`: the unit's `ExecStartPre=` resolver.
+fn upgrade_resolve_pending(ctx: &Ctx, mode: ModeFlags, out: &mut dyn Write) -> Result<i32> {
+    let (layout, _) = uninstall::find_install(&ctx.probe, &ctx.root, mode.mode())?;
+    outpost_upgrade::fault::dump_start_environment(&layout);
+    let r = outpost_upgrade::resolve_pending(
+        &layout,
+        &ctx.host,
+        ctx.probe.euid(),
+        outpost_upgrade::ResolveContext::ServiceStart,
+        out,
+    )?;
+    if r != outpost_upgrade::decide::Resolution::Nothing {
+        writeln!(out, "upgrade record resolved: {r:?}").ok();
+    }
+    Ok(exit::OK)
+}
+
+/// `upgrade --guard`: the transient unit that finishes or reverts an orphaned upgrade.
+fn upgrade_guard(ctx: &Ctx, mode: ModeFlags, out: &mut dyn Write) -> Result<i32> {
+    let (layout, _) = uninstall::find_install(&ctx.probe, &ctx.root, mode.mode())?;
+    let r = outpost_upgrade::guard(&layout, &ctx.host, ctx.probe.euid(), out)?;
+    writeln!(out, "upgrade guard: {r:?}").ok();
+    Ok(exit::OK)
+}
+
+/// `upgrade [--target V | --channel C]`.
+fn upgrade(ctx: &Ctx, u: UpgradeFlags, out: &mut dyn Write) -> Result<i32> {
+    // Detect the host, find the install and load its config once.
+    let loc = outpost_upgrade::Located::find(&ctx.probe, &ctx.root, u.mode.mode())?;
+    if loc.receipt.is_some() {
+        resolve_interrupted_at(&loc.layout, &ctx.host, loc.euid);
+    }
+    let layout = &loc.layout;
+    let sd = layout.host(&layout.state_dir);
+    let mut stager =
+        outpost_upgrade::stage::ReleaseStager::from_config(&loc.config, u.from.as_deref(), &sd)?;
+    // The replay state decides which manifests root accepts: root's dir only, and a dry run
+    // checks it without recording anything.
+    outpost_core::trust::check_trusted(&layout.root, &sd, ctx.probe.euid())
+        .map_err(|e| Error::failed(e.to_string(), e.hint()))?;
+    if u.dry_run {
+        stager.replay =
+            outpost_release::ReplayState::checking(sd.join(outpost_upgrade::stage::REPLAY_FILE));
+    }
+    let args = outpost_upgrade::UpgradeArgs {
+        target: u.target,
+        channel: u.channel,
+        no_restart: u.no_restart,
+        dry_run: u.dry_run,
+        json: u.json,
+    };
+    outpost_upgrade::run(&args, &loc, &ctx.host, &stager, out)
+}
+
+/// `detect`: what outpost finds and recommends (exit 1 on an unsupported host).
+fn detect_host(ctx: &Ctx, json: bool, out: &mut dyn Write) -> Result<i32> {
+    let det = detect::probe::detect(&ctx.probe);
+    if json {
+        let text = serde_json::to_string_pretty(&det).unwrap_or_default();
+        writeln!(out, "{text}").ok();
+    } else {
+        write!(out, "{}", status::render_detection(&det)).ok();
+    }
+    Ok(if det.unsupported.is_some() {
+        exit::FAILURE
+    } else {
+        exit::OK
+    })
+}
+
+/// The release keys from `OUTPOST_RELEASE_PUBKEYS`, one per line.
+fn release_keys_from_env() -> Vec<String> {
+    std::env::var(env::RELEASE_PUBKEYS)
+        .map(|v| {
+            v.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `install`.
+fn install(ctx: &Ctx, a: InstallFlags, out: &mut dyn Write) -> Result<i32> {
+    let enroll_key = enroll_key_from_env()?;
+    if let Some(k) = &enroll_key {
+        if k.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\'' || c == '\\')
+        {
+            return Err(Error::usage(
+                format!("{} contains whitespace or quotes", env::ENROLL_KEY),
+                "copy the key exactly as `outpost-hub keys create` printed it",
+            ));
         }
     }
+    let args = InstallArgs {
+        mode: a.mode.mode(),
+        run_as: a.run_as,
+        admin_group: a.admin_group,
+        hub_url: a.hub,
+        insecure_http: a.insecure_http,
+        enroll_key,
+        no_start: a.no_start,
+        dry_run: a.dry_run,
+        json: a.json,
+        root: ctx.root.clone(),
+        binary: None,
+        release_url: a.release_url,
+        release_keys: release_keys_from_env(),
+        ca_file: a.ca_file,
+    };
+    install::run(&args, &ctx.probe, &ctx.host, out)?;
+    Ok(exit::OK)
+}
+
+/// `uninstall [--purge]`.
+fn uninstall(ctx: &Ctx, a: UninstallFlags, out: &mut dyn Write) -> Result<i32> {
+    let args = UninstallArgs {
+        mode: a.mode.mode(),
+        purge: a.purge,
+        dry_run: a.dry_run,
+        json: a.json,
+        root: ctx.root.clone(),
+    };
+    uninstall::run(&args, &ctx.probe, &ctx.host, out)?;
+    Ok(exit::OK)
+}
+
+/// `agent run`: the service's `ExecStart`.
+fn agent_run(ctx: &Ctx, paths: &AgentPaths) -> Result<i32> {
+    let (config_path, state_dir, mode) = default_paths(paths, &ctx.probe, &ctx.root)?;
+    outpost_agent::run::run(&outpost_agent::run::RunOptions {
+        config_path,
+        state_dir,
+        mode,
+    })
+    .map_err(|e| Error::from_hint(&e))?;
+    Ok(exit::OK)
+}
+
+/// `self-test`: can this binary run the installed service (the upgrade's smoke test).
+fn self_test(ctx: &Ctx, paths: &AgentPaths, json: bool, out: &mut dyn Write) -> Result<i32> {
+    let (config_path, state_dir, _) = default_paths(paths, &ctx.probe, &ctx.root)?;
+    let r = outpost_agent::selftest::self_test(&config_path, &state_dir)
+        .map_err(|e| Error::from_hint(&e))?;
+    if json {
+        let v = serde_json::json!({"ok": true, "version": r.version, "config": config_path, "state_dir": state_dir});
+        writeln!(out, "{v}").ok();
+    } else {
+        writeln!(
+            out,
+            "outpost {}: self-test ok (config {}, state {})",
+            r.version,
+            config_path.display(),
+            state_dir.display()
+        )
+        .ok();
+    }
+    Ok(exit::OK)
+}
+
+/// `man`: the roff man page.
+fn man(out: &mut dyn Write) -> Result<i32> {
+    clap_mangen::Man::new(Cli::command())
+        .render(out)
+        .map_err(|e| {
+            Error::failed(
+                format!("cannot write the man page: {e}"),
+                "check stdout is writable",
+            )
+        })?;
+    Ok(exit::OK)
 }
 
 /// What `outpost start|stop|restart` does to the unit.
