@@ -10,6 +10,7 @@
 //! the state-file schemas ([`state`]) and the event journal ([`journal`]).
 pub mod atomic;
 pub mod config;
+pub mod duration;
 pub mod env;
 pub mod exit;
 pub mod hint;

@@ -8,7 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod dashboard;
 pub mod db;
-pub mod duration;
+pub use outpost_core::duration;
 pub mod error;
 pub mod limits;
 pub mod releases;

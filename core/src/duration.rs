@@ -1,4 +1,5 @@
-//! Human durations: "90s", "30m", "1h", "2d" (a bare number is seconds).
+//! Human durations: "90s", "30m", "1h", "2d" (a bare number is seconds): the one parser, for
+//! the hub's flags and the packs' limits.
 
 /// Parses a duration into seconds; `None` when malformed, zero or absurdly large.
 pub fn parse_secs(s: &str) -> Option<u64> {
