@@ -20,6 +20,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 mod limits;
+pub mod store;
 pub use limits::{parse_bytes, Limits, RawLimits};
 
 /// The manifest's file name at the pack root.
@@ -255,17 +256,47 @@ pub fn reserved_env(name: &str) -> bool {
         .contains(&name)
 }
 
+/// Who must own a pack for it to be trusted: `Some(euid)` checks every entry (and the root)
+/// like sshd's StrictModes for a process running as `euid` (root-owned for a system
+/// install, where euid 0 is asked for); `None` only validates (`pack validate`).
+pub type Owner = Option<u32>;
+
 /// Walk `root` in path order, refusing links and special files, bounded.
-pub fn walk(root: &Path) -> Result<Vec<TreeEntry>, PackError> {
+pub fn walk(root: &Path, owner: Owner) -> Result<Vec<TreeEntry>, PackError> {
     let mut out = Vec::new();
     let mut total = 0u64;
-    walk_dir(root, Path::new(""), &mut out, &mut total)?;
+    if let Some(euid) = owner {
+        let meta = std::fs::symlink_metadata(root).map_err(|source| PackError::Io {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        check_owner(root, Path::new("."), &meta, euid)?;
+    }
+    walk_dir(root, Path::new(""), owner, &mut out, &mut total)?;
     Ok(out)
+}
+
+fn check_owner(
+    root: &Path,
+    rel: &Path,
+    meta: &std::fs::Metadata,
+    euid: u32,
+) -> Result<(), PackError> {
+    use std::os::unix::fs::MetadataExt;
+    match outpost_core::trust::strict_modes(meta.uid(), meta.mode(), meta.is_dir(), euid) {
+        Some(why) => Err(PackError::Tree {
+            root: root.to_path_buf(),
+            entry: rel.to_path_buf(),
+            rule: format!("cannot be trusted: {why}"),
+        }),
+        None => Ok(()),
+    }
 }
 
 fn walk_dir(
     root: &Path,
     rel: &Path,
+    owner: Owner,
     out: &mut Vec<TreeEntry>,
     total: &mut u64,
 ) -> Result<(), PackError> {
@@ -299,6 +330,9 @@ fn walk_dir(
             return Err(tree(&format!("more than {MAX_TREE_ENTRIES} entries")));
         }
         let ft = meta.file_type();
+        if let (Some(euid), false) = (owner, ft.is_symlink()) {
+            check_owner(root, &rel, &meta, euid)?;
+        }
         if ft.is_symlink() {
             return Err(tree("is a symlink (packs may not contain links)"));
         } else if ft.is_dir() {
@@ -308,7 +342,7 @@ fn walk_dir(
                 executable: false,
                 sha256: String::new(),
             });
-            walk_dir(root, &rel, out, total)?;
+            walk_dir(root, &rel, owner, out, total)?;
         } else if ft.is_file() {
             *total += meta.len();
             if *total > MAX_TREE_BYTES {
@@ -330,13 +364,23 @@ fn walk_dir(
     Ok(())
 }
 
-fn hash_file(path: &Path) -> std::io::Result<String> {
+/// Open for reading, never through a link swapped in after the walk looked.
+fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    // Never through a link swapped in after the walk looked.
-    let mut f = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)?;
+        .open(path)
+}
+
+pub(crate) fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut open_nofollow(path)?, &mut buf)?;
+    Ok(buf)
+}
+
+fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut f = open_nofollow(path)?;
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h)?;
     Ok(hex::encode(h.finalize()))
@@ -359,9 +403,9 @@ pub fn tree_hash(entries: &[TreeEntry]) -> String {
     hex::encode(h.finalize())
 }
 
-/// Read and validate the pack at `root`.
-pub fn load(root: &Path) -> Result<Pack, PackError> {
-    let entries = walk(root)?;
+/// Read and validate the pack at `root` (`owner`: see [`Owner`]).
+pub fn load(root: &Path, owner: Owner) -> Result<Pack, PackError> {
+    let entries = walk(root, owner)?;
     let mpath = root.join(MANIFEST);
     let manifest_entry = entries
         .iter()

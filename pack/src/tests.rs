@@ -59,7 +59,7 @@ fn given(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 #[test]
 fn a_good_pack_loads_with_its_catalog() {
     let d = pack_dir(GOOD);
-    let p = load(d.path()).unwrap();
+    let p = load(d.path(), None).unwrap();
     assert_eq!(p.name, "linux-core");
     assert_eq!(p.sha256.len(), 64);
     let a = p.action("restart-service").unwrap();
@@ -83,7 +83,7 @@ fn a_good_pack_loads_with_its_catalog() {
 #[test]
 fn invocation_table() {
     let d = pack_dir(GOOD);
-    let p = load(d.path()).unwrap();
+    let p = load(d.path(), None).unwrap();
     let a = p.action("restart-service").unwrap();
     let script = d
         .path()
@@ -148,7 +148,7 @@ fn int_bounds() {
         "[[action]]\nid = \"df\"\ncommand = [\"/usr/bin/df\", \"-n{n}\"]\n[[action.param]]\nname = \"n\"\ntype = \"int\"\nmin = -2\nmax = 10\nrequired = true",
     );
     let d = pack_dir(&m);
-    let p = load(d.path()).unwrap();
+    let p = load(d.path(), None).unwrap();
     let a = p.action("df").unwrap();
     for (v, ok) in [
         ("0", true),
@@ -201,7 +201,7 @@ fn manifest_rules() {
     ];
     for (m, want) in cases {
         let d = pack_dir(m);
-        let e = load(d.path()).unwrap_err();
+        let e = load(d.path(), None).unwrap_err();
         assert!(matches!(e, PackError::Manifest { .. }), "{m}: {e}");
         assert!(e.to_string().contains(want), "{m}\nwant {want:?}, got: {e}");
         assert_eq!(outpost_core::Hint::exit_code(&e), outpost_core::exit::USAGE);
@@ -245,7 +245,7 @@ fn tree_rules() {
     for (what, plant, want) in cases {
         let d = pack_dir(GOOD);
         plant(d.path());
-        let e = load(d.path()).unwrap_err();
+        let e = load(d.path(), None).unwrap_err();
         assert!(e.to_string().contains(want), "{what}: {e}");
     }
 }
@@ -253,17 +253,23 @@ fn tree_rules() {
 #[test]
 fn the_hash_covers_paths_contents_and_the_exec_bit() {
     let d = pack_dir(GOOD);
-    let h0 = load(d.path()).unwrap().sha256;
-    assert_eq!(load(d.path()).unwrap().sha256, h0, "stable");
+    let h0 = load(d.path(), None).unwrap().sha256;
+    assert_eq!(load(d.path(), None).unwrap().sha256, h0, "stable");
     let script = d.path().join("bin/restart.sh");
     let mut seen = BTreeSet::from([h0.clone()]);
     std::fs::write(d.path().join("README"), "x").unwrap();
-    assert!(seen.insert(load(d.path()).unwrap().sha256), "added file");
+    assert!(
+        seen.insert(load(d.path(), None).unwrap().sha256),
+        "added file"
+    );
     std::fs::rename(d.path().join("README"), d.path().join("README.md")).unwrap();
-    assert!(seen.insert(load(d.path()).unwrap().sha256), "renamed file");
+    assert!(
+        seen.insert(load(d.path(), None).unwrap().sha256),
+        "renamed file"
+    );
     std::fs::write(d.path().join("README.md"), "y").unwrap();
     assert!(
-        seen.insert(load(d.path()).unwrap().sha256),
+        seen.insert(load(d.path(), None).unwrap().sha256),
         "changed contents"
     );
     std::fs::set_permissions(
@@ -271,15 +277,21 @@ fn the_hash_covers_paths_contents_and_the_exec_bit() {
         std::fs::Permissions::from_mode(0o755),
     )
     .unwrap();
-    assert!(seen.insert(load(d.path()).unwrap().sha256), "chmod +x");
+    assert!(
+        seen.insert(load(d.path(), None).unwrap().sha256),
+        "chmod +x"
+    );
     std::fs::remove_file(d.path().join("README.md")).unwrap();
     assert_eq!(
-        load(d.path()).unwrap().sha256,
+        load(d.path(), None).unwrap().sha256,
         h0,
         "back to the original tree"
     );
     std::fs::create_dir(d.path().join("empty")).unwrap();
-    assert!(seen.insert(load(d.path()).unwrap().sha256), "added dir");
+    assert!(
+        seen.insert(load(d.path(), None).unwrap().sha256),
+        "added dir"
+    );
     let _ = script;
 }
 
@@ -296,5 +308,37 @@ fn bytes_and_limits() {
         ("-1M", None),
     ] {
         assert_eq!(parse_bytes(s), want, "{s}");
+    }
+}
+
+#[test]
+fn a_trusted_load_checks_every_owner_and_mode() {
+    let me = rustix::process::geteuid().as_raw();
+    let d = pack_dir(GOOD);
+    load(d.path(), Some(me)).unwrap();
+    for (entry, mode) in [
+        ("bin/restart.sh", 0o757),
+        ("bin", 0o777),
+        (MANIFEST, 0o646),
+        (".", 0o775),
+    ] {
+        let p = d.path().join(entry);
+        let old = std::fs::metadata(&p).unwrap().permissions().mode();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        let e = load(d.path(), Some(me)).unwrap_err();
+        assert!(e.to_string().contains("cannot be trusted"), "{entry}: {e}");
+        assert!(load(d.path(), None).is_ok(), "{entry}: validate only");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(old)).unwrap();
+    }
+    if me == 0 {
+        // A file the service user owns is not root's pack.
+        rustix::fs::chown(
+            &d.path().join("bin/restart.sh"),
+            Some(rustix::process::Uid::from_raw(4242)),
+            None,
+        )
+        .unwrap();
+        let e = load(d.path(), Some(0)).unwrap_err();
+        assert!(e.to_string().contains("owned by uid 4242"), "{e}");
     }
 }
