@@ -26,12 +26,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PackError + '_ {
     }
 }
 
+/// One installed pack by its directory name, loaded or why not.
+pub type Entry = (String, Result<Pack, PackError>);
+
 /// Every installed pack, in name order, each loaded and checked (`owner`: see [`Owner`]).
 /// A pack that fails is reported with its error; the others still load.
-pub fn installed(
-    packs_dir: &Path,
-    owner: Owner,
-) -> Result<Vec<(String, Result<Pack, PackError>)>, PackError> {
+pub fn installed(packs_dir: &Path, owner: Owner) -> Result<Vec<Entry>, PackError> {
     let mut out = Vec::new();
     let rd = match std::fs::read_dir(packs_dir) {
         Ok(rd) => rd,

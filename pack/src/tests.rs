@@ -333,7 +333,7 @@ fn a_trusted_load_checks_every_owner_and_mode() {
     if me == 0 {
         // A file the service user owns is not root's pack.
         rustix::fs::chown(
-            &d.path().join("bin/restart.sh"),
+            d.path().join("bin/restart.sh"),
             Some(rustix::process::Uid::from_raw(4242)),
             None,
         )
