@@ -2,7 +2,7 @@
 //! manager, logind and host (`Fake`). Built for this crate's tests and, with the `testing`
 //! feature, for the tests of crates above it; never in a shipped binary.
 use crate::apply::Host;
-use outpost_systemd::{Logind, Scope, ServiceManager, SvcError, UnitStatus};
+use outpost_systemd::{Logind, Scope, ServiceManager, SvcError, UnitStatus, Whom};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -82,6 +82,10 @@ impl ServiceManager for Fake {
     }
     fn start_transient(&self, u: &str, _d: &str, argv: &[String]) -> Result<(), SvcError> {
         self.call(format!("start-transient {u} {}", argv.join(" ")));
+        Ok(())
+    }
+    fn kill(&self, u: &str, whom: Whom, signal: i32) -> Result<(), SvcError> {
+        self.call(format!("kill {u} {} {signal}", whom.as_str()));
         Ok(())
     }
     fn status(&self, _u: &str) -> Result<UnitStatus, SvcError> {

@@ -24,7 +24,7 @@ use zbus::proxy::CacheProperties;
 use zbus::zvariant::OwnedObjectPath;
 use zbus::DBusError;
 
-use super::{Logind, Scope, ServiceManager, SvcError, UnitStatus};
+use super::{Logind, Scope, ServiceManager, SvcError, UnitStatus, Whom};
 
 /// The system bus when `DBUS_SYSTEM_BUS_ADDRESS` is unset.
 pub const DEFAULT_SYSTEM_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
@@ -63,6 +63,7 @@ mod proxies {
         ) -> zbus::Result<(bool, Changes)>;
         fn disable_unit_files(&self, files: &[&str], runtime: bool) -> zbus::Result<Changes>;
         fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+        fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
         #[allow(clippy::type_complexity)]
         fn start_transient_unit(
             &self,
@@ -173,6 +174,8 @@ pub fn bus_address(
 pub enum ErrorKind {
     AccessDenied,
     NoSuchUnit,
+    /// The unit has no process to signal (`KillUnit` on a stopped unit).
+    NotRunning,
     AlreadySubscribed,
     Other,
 }
@@ -185,6 +188,7 @@ pub fn classify(error_name: Option<&str>) -> ErrorKind {
         Some("org.freedesktop.systemd1.NoSuchUnit")
         | Some("org.freedesktop.systemd1.LoadFailed") => ErrorKind::NoSuchUnit,
         Some("org.freedesktop.systemd1.AlreadySubscribed") => ErrorKind::AlreadySubscribed,
+        Some("org.freedesktop.systemd1.NoSuchProcess") => ErrorKind::NotRunning,
         _ => ErrorKind::Other,
     }
 }
@@ -472,6 +476,25 @@ impl ServiceManager for SystemdBus {
         }
     }
 
+    fn kill(&self, unit: &str, whom: Whom, signal: i32) -> Result<(), SvcError> {
+        match self
+            .manager("kill", unit)?
+            .kill_unit(unit, whom.as_str(), signal)
+        {
+            Ok(()) => Ok(()),
+            // Not loaded, or loaded but not running: nobody to signal.
+            Err(e)
+                if matches!(
+                    classify(error_parts(&e).0.as_deref()),
+                    ErrorKind::NoSuchUnit | ErrorKind::NotRunning
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(map_error(&e, self.scope, "kill", unit)),
+        }
+    }
+
     fn start_transient(
         &self,
         unit: &str,
@@ -685,6 +708,10 @@ mod tests {
             (
                 Some("org.freedesktop.systemd1.AlreadySubscribed"),
                 ErrorKind::AlreadySubscribed,
+            ),
+            (
+                Some("org.freedesktop.systemd1.NoSuchProcess"),
+                ErrorKind::NotRunning,
             ),
             (
                 Some("org.freedesktop.DBus.Error.FileNotFound"),

@@ -15,6 +15,23 @@ pub enum Scope {
     User { uid: u32 },
 }
 
+/// Which processes of a unit [`ServiceManager::kill`] signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Whom {
+    Main,
+    All,
+}
+
+impl Whom {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Whom::Main => "main",
+            Whom::All => "all",
+        }
+    }
+}
+
 /// A unit's state as systemd reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct UnitStatus {
@@ -120,6 +137,10 @@ pub trait ServiceManager {
     fn reset_failed(&self, unit: &str) -> Result<(), SvcError>;
     /// State of a unit; a unit systemd does not know reports `load_state = "not-found"`.
     fn status(&self, unit: &str) -> Result<UnitStatus, SvcError>;
+    /// Send `signal` to the unit's main process or to its whole control group
+    /// (`systemctl kill --kill-whom=main|all -s SIGNAL`). A unit that is not running is not an
+    /// error (there is nobody to signal).
+    fn kill(&self, unit: &str, whom: Whom, signal: i32) -> Result<(), SvcError>;
     /// Start `argv` as the transient service `unit` (in this manager, outside the caller's
     /// session, so signals to the caller do not reach it). Returns once the job is queued; a
     /// unit of that name that already runs counts as started.
