@@ -48,6 +48,9 @@ pub enum HubError {
     /// The release to pin in cloud-init user-data could not be resolved or verified (CLI).
     #[error("{msg}")]
     Release { msg: String, hint: String },
+    /// The hub's reply is not the wire type the request expects (CLI).
+    #[error("the hub at {url} sent an unexpected reply: {detail}")]
+    BadReply { url: String, detail: String },
     /// The hub answered with an error (CLI).
     #[error("hub refused: {code}: {message}")]
     Api {
@@ -88,6 +91,7 @@ impl HubError {
             HubError::Random(_) => "the kernel random source is unavailable; check /dev/urandom".into(),
             HubError::Internal(_) => "this is a bug; please report it with the log".into(),
             HubError::Unreachable { .. } => "start it with `outpost-hub serve`, or point --hub / OUTPOST_HUB_URL at it".into(),
+            HubError::BadReply { .. } => "check that --hub points at an outpost-hub of this version (`outpost-hub --version`)".into(),
             HubError::Api { hint, .. } | HubError::Release { hint, .. } => hint.clone(),
         }
     }
