@@ -15,12 +15,12 @@ use outpost_proto::{
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::db::{Db, Enrolled as DbEnrolled, KeyRefusal, KeyRow};
 use crate::error::ApiError;
 use crate::limits::{Body, ClientIp, RateLimiter, DIAGNOSTICS_BODY, HEARTBEAT_BODY, SMALL_BODY};
 use crate::state::{
     now_ms, rfc3339, AgentEntry, AgentState, EnrollRequest, Enrolled, Heartbeat, Registry,
 };
+use crate::store::{Enrolled as StoreEnrolled, KeyRefusal, KeyRow, NewAgent, Store};
 use crate::token;
 use crate::web::{self, AdminPage, CsrfForm, Web, LOGIN_COOKIE, SESSION_COOKIE};
 
@@ -29,7 +29,8 @@ pub use outpost_proto::MAX_KEY_TTL_SECS;
 
 /// Shared state of the running hub.
 pub struct Hub {
-    pub db: Arc<Db>,
+    /// Where agents, keys and diagnostics persist (handlers see only the trait).
+    pub store: Arc<dyn Store>,
     pub registry: Registry,
     pub interval_secs: u64,
     pub admin_hash: [u8; 32],
@@ -73,33 +74,28 @@ pub const LOGIN_PER_MIN: u32 = 10;
 pub const LOGIN_BURST: u32 = 10;
 
 impl Hub {
-    /// Builds the hub state, loading every agent from the database.
-    pub fn load(
-        db: Db,
+    /// Builds the hub state, loading every agent from the store.
+    pub async fn load(
+        store: Arc<dyn Store>,
         interval_secs: u64,
         admin_token: &str,
         releases: PathBuf,
         opts: HubOptions,
     ) -> Result<Hub, crate::error::HubError> {
         let registry = Registry::default();
-        let agents = db
-            .load_agents()
-            .map_err(|source| crate::error::HubError::Db {
-                path: db.path().to_string(),
-                source,
-            })?;
-        for (id, token_hash_hex, state) in agents {
+        for a in store.load_agents().await? {
             let mut th = [0u8; 32];
-            if hex::decode_to_slice(&token_hash_hex, &mut th).is_err() {
+            if hex::decode_to_slice(&a.token_hash, &mut th).is_err() {
                 eprintln!(
-                    "outpost-hub: agent {id} has a malformed token hash; its token will not work"
+                    "outpost-hub: agent {} has a malformed token hash; its token will not work",
+                    a.id
                 );
                 continue;
             }
-            registry.insert(AgentEntry::new(id, th, state));
+            registry.insert(AgentEntry::new(a.id, th, a.state));
         }
         Ok(Hub {
-            db: Arc::new(db),
+            store,
             registry,
             interval_secs,
             admin_hash: token::hash(admin_token),
@@ -178,14 +174,6 @@ fn agent_auth(hub: &Hub, headers: &HeaderMap) -> Result<Arc<AgentEntry>, ApiErro
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid json body: {e}")))
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("task failed: {e}")))
 }
 
 async fn healthz() -> Json<Health> {
@@ -311,9 +299,7 @@ async fn create_key(
         group: req.group.filter(|g| !g.is_empty()),
         labels: req.labels,
     };
-    let db = hub.db.clone();
-    let stored = row.clone();
-    blocking(move || db.insert_key(&stored)).await??;
+    hub.store.insert_key(&row).await?;
     let body = KeyCreated {
         id: row.id,
         key,
@@ -357,47 +343,47 @@ async fn enroll(
     let agent_token = token::new_secret(token::TOKEN_PREFIX)?;
     let token_hash = token::hash(&agent_token);
     let now = now_ms();
-    let f = req.facts;
-    let mut state = AgentState {
-        hostname: f.hostname,
-        machine_id: f.machine_id,
-        distro: f.distro,
-        arch: f.arch,
-        version: f.version,
-        mode: f.mode,
-        enrolled_at_ms: now,
-        ..Default::default()
-    };
-    let db = hub.db.clone();
     let key_hash = token::hash_hex(&req.key);
     let nonce_hash = req.nonce.as_deref().map(token::hash_hex);
-    let (id2, th2) = (agent_id.clone(), hex::encode(token_hash));
+    let token_hash_hex = hex::encode(token_hash);
     // Held until the registry matches the database (see `Hub::enroll_lock`).
     let _serial = hub.enroll_lock.lock().await;
-    let (outcome, state) = blocking(move || {
-        let r = db.enroll(
-            &key_hash,
-            nonce_hash.as_deref(),
-            &id2,
-            &th2,
-            &mut state,
-            now,
-        );
-        (r, state)
-    })
-    .await?;
+    let outcome = hub
+        .store
+        .enroll(NewAgent {
+            key_hash: &key_hash,
+            nonce_hash: nonce_hash.as_deref(),
+            agent_id: &agent_id,
+            token_hash: &token_hash_hex,
+            facts: &req.facts,
+            now_ms: now,
+        })
+        .await?;
     let reply = |agent_id: String| Enrolled {
         agent_id,
         token: agent_token.clone(),
         heartbeat_interval_secs: Some(hub.interval_secs),
     };
-    match outcome?.map_err(key_refused)? {
-        DbEnrolled::Created => {
+    match outcome.map_err(key_refused)? {
+        StoreEnrolled::Created { group, labels } => {
+            let f = req.facts;
+            let state = AgentState {
+                hostname: f.hostname,
+                machine_id: f.machine_id,
+                distro: f.distro,
+                arch: f.arch,
+                version: f.version,
+                mode: f.mode,
+                group,
+                labels,
+                enrolled_at_ms: now,
+                ..Default::default()
+            };
             hub.registry
                 .insert(AgentEntry::new(agent_id.clone(), token_hash, state));
             Ok((StatusCode::CREATED, Json(reply(agent_id))).into_response())
         }
-        DbEnrolled::Retry { agent_id: existing } => {
+        StoreEnrolled::Retry { agent_id: existing } => {
             // The agent never got (or never used) its token: a heartbeat or a revocation
             // closes the retry window, so a leaked key + nonce cannot take over a live agent.
             let fresh = hub.registry.by_id(&existing).is_some_and(|e| {
@@ -407,9 +393,7 @@ async fn enroll(
             if !fresh {
                 return Err(key_refused(KeyRefusal::Used));
             }
-            let db = hub.db.clone();
-            let (id3, th3) = (existing.clone(), hex::encode(token_hash));
-            if !blocking(move || db.set_token(&id3, &th3)).await?? {
+            if !hub.store.set_token(&existing, &token_hash_hex).await? {
                 return Err(key_refused(KeyRefusal::Used));
             }
             hub.registry.replace_token(&existing, token_hash);
@@ -457,9 +441,10 @@ async fn diagnostics(
     let d: DiagnosticsUpload<serde_json::Value> = parse(&body)?;
     d.validate()?;
     same_agent(&entry.id, &d.agent_id)?;
-    let db = hub.db.clone();
     let report = d.report.to_string();
-    blocking(move || db.store_diagnostics(&entry.id, &report, now_ms())).await??;
+    hub.store
+        .store_diagnostics(&entry.id, &report, now_ms())
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(json!({}))).into_response())
 }
 
@@ -488,13 +473,15 @@ async fn get_agent(
 ) -> Result<Response, ApiError> {
     require_admin(&hub, &headers)?;
     let entry = lookup(&hub, &id)?;
-    let db = hub.db.clone();
-    let diag = blocking(move || db.diagnostics(&id)).await??;
-    let diagnostics = diag.map(|(report, at)| DiagnosticsReport {
-        received_at: rfc3339(at),
-        report: serde_json::from_str::<serde_json::Value>(&report)
-            .unwrap_or(serde_json::Value::Null),
-    });
+    let diagnostics = hub
+        .store
+        .diagnostics(&id)
+        .await?
+        .map(|d| DiagnosticsReport {
+            received_at: rfc3339(d.received_at_ms),
+            report: serde_json::from_str::<serde_json::Value>(&d.report)
+                .unwrap_or(serde_json::Value::Null),
+        });
     Ok(Json(AgentDetail {
         agent: entry.view(now_ms(), hub.interval_secs),
         diagnostics,
@@ -509,10 +496,8 @@ async fn revoke_agent(
 ) -> Result<Response, ApiError> {
     require_admin(&hub, &headers)?;
     let entry = lookup(&hub, &id)?;
-    let db = hub.db.clone();
     let now = now_ms();
-    let id2 = id.clone();
-    if !blocking(move || db.revoke(&id2, now)).await?? {
+    if !hub.store.revoke(&id, now).await? {
         return Err(ApiError::not_found(format!("no agent {id}")));
     }
     {
@@ -529,9 +514,7 @@ async fn delete_agent(
 ) -> Result<Response, ApiError> {
     require_admin(&hub, &headers)?;
     lookup(&hub, &id)?;
-    let db = hub.db.clone();
-    let id2 = id.clone();
-    let deleted = blocking(move || db.delete(&id2)).await??;
+    let deleted = hub.store.delete(&id).await?;
     hub.registry.remove(&id);
     if !deleted {
         return Err(ApiError::not_found(format!("no agent {id}")));

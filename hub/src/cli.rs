@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use serde_json::{json, Value};
+use outpost_proto::{AgentView, CreateKeyRequest, ErrorBody, KeyCreated};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::duration::{format_age, parse_secs};
 use crate::error::HubError;
@@ -378,12 +380,9 @@ impl Client {
         Ok(Client { base, token, agent })
     }
 
-    fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<(u16, Value), HubError> {
+    /// Sends a request: the reply's body on success, the hub's error (its [`ErrorBody`]) as
+    /// [`HubError::Api`] on a 4xx or 5xx.
+    fn send(&self, method: &str, path: &str, body: Option<String>) -> Result<String, HubError> {
         let url = format!("{}{path}", self.base);
         let auth = format!("Bearer {}", self.token);
         let unreachable = |e: ureq::Error| HubError::Unreachable {
@@ -396,7 +395,7 @@ impl Client {
                 .post(&url)
                 .header("authorization", &auth)
                 .header("content-type", "application/json")
-                .send(b.to_string()),
+                .send(b),
             ("POST", None) => self
                 .agent
                 .post(&url)
@@ -412,26 +411,38 @@ impl Client {
         .map_err(unreachable)?;
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().map_err(unreachable)?;
-        let v: Value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
         if status >= 400 {
-            let s = |k: &str| {
-                v.get(k)
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string()
-            };
+            // Not an error body (a proxy's page, say): code, message and hint stay empty.
+            let e: ErrorBody = serde_json::from_str(&text).unwrap_or_default();
             return Err(HubError::Api {
                 status,
-                code: s("error"),
-                message: s("message"),
-                hint: s("hint"),
+                code: e.error,
+                message: e.message,
+                hint: e.hint,
             });
         }
-        Ok((status, v))
+        Ok(text)
+    }
+
+    /// [`Client::send`], the reply parsed as the wire type `R`.
+    fn call<R: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<R, HubError> {
+        let text = self.send(method, path, body)?;
+        serde_json::from_str(&text).map_err(|e| HubError::BadReply {
+            url: format!("{}{path}", self.base),
+            detail: e.to_string(),
+        })
+    }
+
+    /// `POST path` with the wire type `body` as JSON, the reply parsed as `R`.
+    fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> Result<R, HubError> {
+        let text = serde_json::to_string(body)
+            .map_err(|e| HubError::Internal(format!("cannot encode the request to {path}: {e}")))?;
+        self.call("POST", path, Some(text))
     }
 }
 
@@ -462,109 +473,118 @@ pub fn run_client(cmd: Cmd) -> Result<(), HubError> {
                     public_url,
                     cloud_init,
                 },
-        } => {
-            let ttl_secs = parse_secs(&ttl).ok_or_else(|| {
-                HubError::usage(
-                    format!("--ttl {ttl:?} is not a duration"),
-                    "use e.g. 90s, 30m, 1h or 2d",
-                )
-            })?;
-            let labels = parse_labels(&labels)?;
-            let c = Client::with_ca(&client, cloud_init.ca_file.as_deref())?;
-            let public = public_url
-                .as_deref()
-                .unwrap_or(&c.base)
-                .trim_end_matches('/')
-                .to_string();
-            let pinned = if cloud_init.cloud_init {
-                Some(cloud_init_params(&cloud_init, &public)?)
-            } else {
-                None
-            };
-            let (_, v) = c.call(
-                "POST",
-                "/api/v1/keys",
-                Some(json!({"ttl_secs": ttl_secs, "group": group, "labels": labels})),
-            )?;
-            let key = v.get("key").and_then(Value::as_str).unwrap_or_default();
-            if let Some(mut params) = pinned {
-                params.enroll_key = key.to_string();
-                let text = outpost_cloudinit::render(&params).map_err(release_err)?;
-                // stdout is the user-data alone (`> host1.yaml`); the rest goes to stderr.
-                print!("{text}");
-                eprintln!(
-                    "key {} (expires {}) is in the user-data: keep the file secret; it enrolls exactly one host",
-                    v.get("id").and_then(Value::as_str).unwrap_or_default(),
-                    v.get("expires_at").and_then(Value::as_str).unwrap_or_default()
-                );
-                eprintln!(
-                    "pinned outpost {} ({}, sha256 {}) from {}",
-                    params.release.version,
-                    params.release.target,
-                    params.release.sha256,
-                    params.release_url
-                );
-                return Ok(());
-            }
-            let public = public.as_str();
-            println!("key:     {key}");
-            println!(
-                "id:      {}",
-                terminal_safe(v.get("id").and_then(Value::as_str).unwrap_or_default())
-            );
-            println!(
-                "expires: {}",
-                terminal_safe(
-                    v.get("expires_at")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                )
-            );
-            println!("(the key is shown only once; it enrolls exactly one host)");
-            println!();
-            // The key goes through a private mktemp file read from the terminal: not in shell
-            // history, `ps`, sudo's environment or its log, and not at a predictable path.
-            println!("install on a host (paste the key above at the silent prompt):");
-            println!(
-                "f=$(mktemp) && printf 'enrollment key: ' && read -rs k && printf '%s\\n' \"$k\" >\"$f\" && unset k && echo && curl -sSL {public}/install.sh | sudo OUTPOST_ENROLL_KEY_FILE=\"$f\" OUTPOST_HUB_URL={public} sh; rm -f \"$f\""
-            );
-            Ok(())
-        }
+        } => keys_create(&client, &ttl, group, &labels, public_url, &cloud_init),
         Cmd::Agents { client, json } => {
-            let c = Client::new(&client)?;
-            let (_, v) = c.call("GET", "/api/v1/agents", None)?;
+            let agents: Vec<AgentView> =
+                Client::new(&client)?.call("GET", "/api/v1/agents", None)?;
             if json {
-                println!(
-                    "{}",
-                    json_terminal_safe(&serde_json::to_string_pretty(&v).unwrap_or_default())
-                );
+                let text = serde_json::to_string_pretty(&agents)
+                    .map_err(|e| HubError::Internal(format!("cannot encode the agents: {e}")))?;
+                println!("{}", json_terminal_safe(&text));
                 return Ok(());
             }
-            print!(
-                "{}",
-                agents_table(v.as_array().map(Vec::as_slice).unwrap_or_default())
-            );
+            print!("{}", agents_table(&agents));
             Ok(())
         }
         Cmd::Revoke { client, id } => {
-            Client::new(&client)?.call("POST", &format!("/api/v1/agents/{id}/revoke"), None)?;
+            let _: AgentView =
+                Client::new(&client)?.call("POST", &format!("/api/v1/agents/{id}/revoke"), None)?;
             println!("revoked {id}");
             Ok(())
         }
         Cmd::Delete { client, id } => {
-            Client::new(&client)?.call("DELETE", &format!("/api/v1/agents/{id}"), None)?;
+            Client::new(&client)?.send("DELETE", &format!("/api/v1/agents/{id}"), None)?;
             println!("deleted {id}");
             Ok(())
         }
     }
 }
 
+/// `keys create`: mints a key ([`CreateKeyRequest`] → [`KeyCreated`]) and prints the
+/// one-liner, or with `--cloud-init` the user-data (the release pinned first, so nothing is
+/// minted for a release that does not verify).
+fn keys_create(
+    client: &ClientArgs,
+    ttl: &str,
+    group: Option<String>,
+    labels: &[String],
+    public_url: Option<String>,
+    cloud_init: &CloudInitArgs,
+) -> Result<(), HubError> {
+    let ttl_secs = parse_secs(ttl).ok_or_else(|| {
+        HubError::usage(
+            format!("--ttl {ttl:?} is not a duration"),
+            "use e.g. 90s, 30m, 1h or 2d",
+        )
+    })?;
+    let labels = parse_labels(labels)?;
+    let c = Client::with_ca(client, cloud_init.ca_file.as_deref())?;
+    let public = public_url
+        .as_deref()
+        .unwrap_or(&c.base)
+        .trim_end_matches('/')
+        .to_string();
+    let pinned = if cloud_init.cloud_init {
+        Some(cloud_init_params(cloud_init, &public)?)
+    } else {
+        None
+    };
+    let req = CreateKeyRequest {
+        ttl_secs,
+        group,
+        labels,
+    };
+    let created: KeyCreated = c.post("/api/v1/keys", &req)?;
+    match pinned {
+        Some(params) => print_user_data(params, &created),
+        None => {
+            print_one_liner(&created, &public);
+            Ok(())
+        }
+    }
+}
+
+/// The cloud-init user-data with the new key on stdout (alone: `> host1.yaml`), the rest on
+/// stderr.
+fn print_user_data(
+    mut params: outpost_cloudinit::Params,
+    created: &KeyCreated,
+) -> Result<(), HubError> {
+    params.enroll_key = created.key.clone();
+    let text = outpost_cloudinit::render(&params).map_err(release_err)?;
+    print!("{text}");
+    eprintln!(
+        "key {} (expires {}) is in the user-data: keep the file secret; it enrolls exactly one host",
+        terminal_safe(&created.id),
+        terminal_safe(&created.expires_at)
+    );
+    eprintln!(
+        "pinned outpost {} ({}, sha256 {}) from {}",
+        params.release.version, params.release.target, params.release.sha256, params.release_url
+    );
+    Ok(())
+}
+
+/// The new key and the install one-liner for hosts reaching the hub at `public`.
+fn print_one_liner(created: &KeyCreated, public: &str) {
+    println!("key:     {}", created.key);
+    println!("id:      {}", terminal_safe(&created.id));
+    println!("expires: {}", terminal_safe(&created.expires_at));
+    println!("(the key is shown only once; it enrolls exactly one host)");
+    println!();
+    // The key goes through a private mktemp file read from the terminal: not in shell
+    // history, `ps`, sudo's environment or its log, and not at a predictable path.
+    println!("install on a host (paste the key above at the silent prompt):");
+    println!(
+        "f=$(mktemp) && printf 'enrollment key: ' && read -rs k && printf '%s\\n' \"$k\" >\"$f\" && unset k && echo && curl -sSL {public}/install.sh | sudo OUTPOST_ENROLL_KEY_FILE=\"$f\" OUTPOST_HUB_URL={public} sh; rm -f \"$f\""
+    );
+}
+
 pub use outpost_core::text::{json_terminal_safe, terminal_safe};
 
-/// Formats agents (API JSON) as a table: id, hostname, status, version, age. Cells are
+/// Formats agents as a table: id, hostname, status, version, age. Cells are
 /// [`terminal_safe`].
-pub fn agents_table(agents: &[Value]) -> String {
-    let s = |a: &Value, k: &str| terminal_safe(a.get(k).and_then(Value::as_str).unwrap_or("-"));
+pub fn agents_table(agents: &[AgentView]) -> String {
     let mut rows = vec![[
         "ID".to_string(),
         "HOSTNAME".into(),
@@ -574,15 +594,14 @@ pub fn agents_table(agents: &[Value]) -> String {
     ]];
     for a in agents {
         let age = a
-            .get("last_heartbeat_age_secs")
-            .and_then(Value::as_u64)
+            .last_heartbeat_age_secs
             .map(format_age)
             .unwrap_or_else(|| "-".into());
         rows.push([
-            s(a, "id"),
-            s(a, "hostname"),
-            s(a, "status"),
-            s(a, "version"),
+            terminal_safe(&a.id),
+            terminal_safe(&a.hostname),
+            a.status.as_str().to_string(),
+            terminal_safe(&a.version),
             age,
         ]);
     }
@@ -608,15 +627,67 @@ pub fn agents_table(agents: &[Value]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use outpost_proto::AgentStatus;
+    use serde_json::{json, Value};
+
+    /// An agent view with these cells and nothing else known.
+    fn view(id: &str, hostname: &str, version: &str, age: Option<u64>) -> AgentView {
+        AgentView {
+            id: id.into(),
+            hostname: hostname.into(),
+            status: AgentStatus::Online,
+            version: version.into(),
+            distro: String::new(),
+            arch: String::new(),
+            kernel: String::new(),
+            mode: String::new(),
+            group: None,
+            labels: BTreeMap::new(),
+            machine_id: String::new(),
+            enrolled_at: "2024-05-01T10:00:00Z".into(),
+            revoked_at: None,
+            last_heartbeat_at: None,
+            last_heartbeat_age_secs: age,
+            uptime_secs: None,
+            capabilities: None,
+            journal_head: None,
+            last_upgrade: None,
+            flags: Vec::new(),
+        }
+    }
 
     #[test]
     fn table() {
-        let t = agents_table(&[
-            json!({"id": "a_1", "hostname": "web-1", "status": "online", "version": "1.2.0", "last_heartbeat_age_secs": 4}),
-        ]);
+        let t = agents_table(&[view("a_1", "web-1", "1.2.0", Some(4))]);
         assert_eq!(
             t,
             "ID   HOSTNAME  STATUS  VERSION  AGE\na_1  web-1     online  1.2.0    4s\n"
+        );
+        let never = AgentView {
+            status: AgentStatus::Revoked,
+            ..view("a_22", "db", "", None)
+        };
+        assert_eq!(
+            agents_table(&[never]),
+            "ID    HOSTNAME  STATUS   VERSION  AGE\na_22  db        revoked           -\n"
+        );
+    }
+
+    #[test]
+    fn requests_are_the_wire_types() {
+        let req = CreateKeyRequest {
+            ttl_secs: 1800,
+            group: None,
+            labels: parse_labels(&["env=prod".into()]).unwrap(),
+        };
+        assert_eq!(
+            serde_json::to_value(&req).unwrap(),
+            json!({"ttl_secs": 1800, "group": null, "labels": {"env": "prod"}})
+        );
+        // A reply that is not an error body leaves the fields empty.
+        assert_eq!(
+            serde_json::from_str::<ErrorBody>("<html>").unwrap_or_default(),
+            ErrorBody::default()
         );
     }
 
@@ -632,10 +703,12 @@ mod tests {
             "\\u{9b}2J\\u{202e}txt"
         );
         assert_eq!(terminal_safe("héllo\\ ünï"), "héllo\\ ünï");
-        let t = agents_table(&[json!({
-            "id": "a_1", "hostname": "evil\u{1b}]0;pwned\u{7}\u{1b}[2J", "status": "online",
-            "version": "1\n2", "last_heartbeat_age_secs": 4
-        })]);
+        let t = agents_table(&[view(
+            "a_1",
+            "evil\u{1b}]0;pwned\u{7}\u{1b}[2J",
+            "1\n2",
+            Some(4),
+        )]);
         assert!(!t.contains('\u{1b}') && !t.contains('\u{7}'), "{t:?}");
         assert!(t.contains("evil\\x1b]0;pwned\\x07\\x1b[2J"), "{t}");
         assert!(t.contains("1\\n2"), "{t}");

@@ -5,6 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use outpost_proto::{ErrorBody, ErrorCode, FieldError};
 
+use crate::store::StoreError;
+
 /// A failure of the hub process or of a CLI command.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -21,22 +23,9 @@ pub enum HubError {
         #[source]
         source: std::io::Error,
     },
-    /// The database failed.
-    #[error("database {path}: {source}")]
-    Db {
-        path: String,
-        #[source]
-        source: rusqlite::Error,
-    },
-    /// The database was written by a newer hub.
-    #[error(
-        "database {path} has schema version {found}, newer than the {supported} this hub knows"
-    )]
-    SchemaTooNew {
-        path: String,
-        found: i64,
-        supported: i64,
-    },
+    /// The store (database) failed or is too new.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// TLS configuration is unusable.
     #[error("tls: {0}")]
     Tls(String),
@@ -59,6 +48,9 @@ pub enum HubError {
     /// The release to pin in cloud-init user-data could not be resolved or verified (CLI).
     #[error("{msg}")]
     Release { msg: String, hint: String },
+    /// The hub's reply is not the wire type the request expects (CLI).
+    #[error("the hub at {url} sent an unexpected reply: {detail}")]
+    BadReply { url: String, detail: String },
     /// The hub answered with an error (CLI).
     #[error("hub refused: {code}: {message}")]
     Api {
@@ -93,13 +85,13 @@ impl HubError {
             HubError::Usage { hint, .. } => hint.clone(),
             HubError::NoAdminToken => "generate one with `head -c 32 /dev/urandom | base64`, then export OUTPOST_HUB_ADMIN_TOKEN=<token> or put it in a 0600 file passed with --admin-token-file".into(),
             HubError::Io { .. } => "check that the path exists and is accessible to this user".into(),
-            HubError::Db { .. } => "check the --db path (its directory must exist and be writable) and that no other program holds the database".into(),
-            HubError::SchemaTooNew { .. } => "run a newer outpost-hub, or restore a backup made by this version".into(),
+            HubError::Store(e) => e.hint(),
             HubError::Tls(_) => "pass a PEM certificate chain with --tls-cert and its PEM private key with --tls-key".into(),
             HubError::Listen { .. } => "choose another --listen address or stop the program using that port".into(),
             HubError::Random(_) => "the kernel random source is unavailable; check /dev/urandom".into(),
             HubError::Internal(_) => "this is a bug; please report it with the log".into(),
             HubError::Unreachable { .. } => "start it with `outpost-hub serve`, or point --hub / OUTPOST_HUB_URL at it".into(),
+            HubError::BadReply { .. } => "check that --hub points at an outpost-hub of this version (`outpost-hub --version`)".into(),
             HubError::Api { hint, .. } | HubError::Release { hint, .. } => hint.clone(),
         }
     }
@@ -217,9 +209,9 @@ impl From<FieldError> for ApiError {
     }
 }
 
-impl From<rusqlite::Error> for ApiError {
-    fn from(e: rusqlite::Error) -> Self {
-        eprintln!("outpost-hub: database error: {e}");
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        eprintln!("outpost-hub: {e}");
         ApiError::internal("database error")
     }
 }

@@ -1,19 +1,20 @@
 //! outpost-hub: the control plane for outpost agents.
 //!
 //! The HTTP API is specified in `docs/PROTOCOL.md` and `docs/openapi.yaml`. The hub keeps
-//! every agent in memory (loaded from SQLite at start) so heartbeats never touch the
-//! database on the request path: a single writer task persists them in batches.
+//! every agent in memory (loaded from its [`store::Store`], SQLite today, at start) so
+//! heartbeats never touch the database on the request path: a single writer task persists
+//! them in batches.
 
 pub mod api;
 pub mod cli;
 pub mod dashboard;
-pub mod db;
 pub use outpost_core::duration;
 pub mod error;
 pub mod limits;
 pub mod releases;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod token;
 pub mod web;
 

@@ -30,7 +30,6 @@ use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::{router, Hub, HubOptions};
-use crate::db::Db;
 use crate::error::HubError;
 
 /// How often the writer task persists heartbeat state. A hub crash loses at most this
@@ -300,12 +299,9 @@ async fn flush(hub: &Arc<Hub>) {
     if batch.is_empty() {
         return;
     }
-    let db = hub.db.clone();
     let n = batch.len();
-    match tokio::task::spawn_blocking(move || db.flush_heartbeats(&batch)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("outpost-hub: persisting {n} heartbeats failed: {e}"),
-        Err(e) => eprintln!("outpost-hub: heartbeat writer task failed: {e}"),
+    if let Err(e) = hub.store.flush_heartbeats(batch).await {
+        eprintln!("outpost-hub: persisting {n} heartbeats failed: {e}");
     }
 }
 
@@ -342,21 +338,21 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), HubError> {
         path: cfg.releases.display().to_string(),
         source,
     })?;
-    let db_path = cfg.db.display().to_string();
-    let db = tokio::task::spawn_blocking(move || Db::open(&db_path))
-        .await
-        .map_err(|e| HubError::Internal(format!("startup task failed: {e}")))??;
-    let hub = Arc::new(Hub::load(
-        db,
-        cfg.interval_secs,
-        &cfg.admin_token,
-        releases,
-        HubOptions {
-            tls: acceptor.is_some(),
-            enroll_per_min: cfg.enroll_per_min,
-            enroll_burst: cfg.enroll_burst,
-        },
-    )?);
+    let store = crate::store::open(&cfg.db).await?;
+    let hub = Arc::new(
+        Hub::load(
+            store,
+            cfg.interval_secs,
+            &cfg.admin_token,
+            releases,
+            HubOptions {
+                tls: acceptor.is_some(),
+                enroll_per_min: cfg.enroll_per_min,
+                enroll_burst: cfg.enroll_burst,
+            },
+        )
+        .await?,
+    );
     raise_nofile(cfg.max_connections);
     crate::limits::set_body_timeout(cfg.request_timeout);
     let listener = bind(&cfg.listen).await.map_err(|source| HubError::Listen {

@@ -35,7 +35,7 @@ pub fn rfc3339(ms: i64) -> String {
 }
 
 /// Everything the hub knows about one agent.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AgentState {
     pub hostname: String,
     pub machine_id: String,

@@ -12,7 +12,12 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use outpost_hub::duration::parse_secs;
-use serde_json::{json, Value};
+use outpost_proto::{
+    Capabilities, CreateKeyRequest, EnrollRequest, Enrolled, ErrorBody, Facts, Heartbeat,
+    JournalHead, KeyCreated,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -132,6 +137,75 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i.min(sorted.len() - 1)]) / 1000.0
 }
 
+/// The body of a successful reply as `T`, else an error naming `what`, the status and the
+/// hub's error body.
+fn reply<T: DeserializeOwned>(
+    what: &str,
+    want: u16,
+    status: u16,
+    body: &[u8],
+) -> Result<T, BenchError> {
+    if status != want {
+        let e: ErrorBody = serde_json::from_slice(body).unwrap_or_else(|_| ErrorBody {
+            message: String::from_utf8_lossy(body).into_owned(),
+            ..ErrorBody::default()
+        });
+        return Err(BenchError::Protocol(format!(
+            "{what}: {status} {}: {}",
+            e.error, e.message
+        )));
+    }
+    serde_json::from_slice(body).map_err(|e| BenchError::Protocol(format!("{what}: {e}")))
+}
+
+/// `value` as JSON text.
+fn to_json<T: Serialize>(value: &T) -> Result<String, BenchError> {
+    serde_json::to_string(value).map_err(|e| BenchError::Protocol(format!("cannot encode: {e}")))
+}
+
+/// The enrollment request of bench agent `i`.
+fn enroll_request(key: String, i: usize) -> EnrollRequest {
+    EnrollRequest {
+        key,
+        nonce: None,
+        facts: Facts {
+            hostname: format!("bench-{i:05}"),
+            machine_id: format!("m{i}"),
+            distro: "debian 12".into(),
+            arch: "x86_64".into(),
+            version: "1.0.0".into(),
+            mode: "system".into(),
+        },
+    }
+}
+
+/// Mints a key for and enrolls agents `w, w + step, …` below `n` over one connection:
+/// their `(agent id, token)`.
+async fn enroll_some(
+    addr: &str,
+    admin: &str,
+    w: usize,
+    step: usize,
+    n: usize,
+) -> Result<Vec<(String, String)>, BenchError> {
+    let mut c = Conn::open(addr).await?;
+    let key_req = to_json(&CreateKeyRequest {
+        ttl_secs: 600,
+        group: Some("bench".into()),
+        labels: Default::default(),
+    })?;
+    let mut out = Vec::new();
+    for i in (w..n).step_by(step) {
+        let (s, b) = c.call("POST", "/api/v1/keys", admin, &key_req).await?;
+        let key: KeyCreated = reply("keys", 201, s, &b)?;
+        let body = to_json(&enroll_request(key.key, i))?;
+        let (s, b) = c.call("POST", "/api/v1/enroll", "-", &body).await?;
+        let e: Enrolled = reply("enroll", 201, s, &b)?;
+        out.push((e.agent_id, e.token));
+    }
+    Ok(out)
+}
+
 async fn enroll_all(
     addr: &str,
     admin: &str,
@@ -143,25 +217,7 @@ async fn enroll_all(
         let addr = addr.to_string();
         let admin = admin.to_string();
         tasks.push(tokio::spawn(async move {
-            let mut c = Conn::open(&addr).await?;
-            let mut out = Vec::new();
-            for i in (w..n).step_by(workers) {
-                let (s, b) = c.call("POST", "/api/v1/keys", &admin, r#"{"ttl_secs":600,"group":"bench"}"#).await?;
-                let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
-                if s != 201 {
-                    return Err(BenchError::Protocol(format!("keys: {s} {v}")));
-                }
-                let key = v["key"].as_str().unwrap_or_default();
-                let body = json!({"key": key, "facts": {"hostname": format!("bench-{i:05}"), "machine_id": format!("m{i}"),
-                    "distro": "debian 12", "arch": "x86_64", "version": "1.0.0", "mode": "system"}});
-                let (s, b) = c.call("POST", "/api/v1/enroll", "-", &body.to_string()).await?;
-                let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
-                if s != 201 {
-                    return Err(BenchError::Protocol(format!("enroll: {s} {v}")));
-                }
-                out.push((v["agent_id"].as_str().unwrap_or_default().to_string(), v["token"].as_str().unwrap_or_default().to_string()));
-            }
-            Ok::<_, BenchError>(out)
+            enroll_some(&addr, &admin, w, workers, n).await
         }));
     }
     let mut all = Vec::with_capacity(n);
@@ -169,6 +225,115 @@ async fn enroll_all(
         all.extend(t.await.map_err(|e| BenchError::Protocol(e.to_string()))??);
     }
     Ok(all)
+}
+
+/// The heartbeat every bench agent sends (what a real agent sends, all fields).
+fn heartbeat(agent_id: &str) -> Heartbeat {
+    Heartbeat {
+        agent_id: agent_id.to_string(),
+        version: Some("1.0.0".into()),
+        distro: Some("debian 12".into()),
+        kernel: Some("6.1.0-bench".into()),
+        arch: Some("x86_64".into()),
+        uptime_secs: Some(1000),
+        mode: Some("system".into()),
+        capabilities: Some(Capabilities {
+            cpus: Some(2),
+            mem_total_bytes: Some(4_000_000_000),
+            mem_available_bytes: Some(2_000_000_000),
+            disk_free_bytes: Some(10_000_000_000),
+            docker_version: None,
+            extra: Default::default(),
+        }),
+        journal_head: Some(JournalHead {
+            seq: 1,
+            hash: "0".repeat(64),
+        }),
+        last_upgrade: None,
+    }
+}
+
+/// Latency percentiles of a run, in ms.
+#[derive(Serialize)]
+struct Latency {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+/// The `--json` result.
+#[derive(Serialize)]
+struct BenchResult {
+    agents: usize,
+    connections: usize,
+    heartbeats: usize,
+    errors: u64,
+    seconds: f64,
+    heartbeats_per_sec: f64,
+    latency_ms: Latency,
+}
+
+/// Sends heartbeats round-robin over `bodies` (`(token, body)` per agent) on `connections`
+/// keep-alive connections until `count` were sent or `deadline`: every latency in µs,
+/// non-200 replies counted in `errors`.
+async fn drive(
+    addr: &str,
+    bodies: Arc<Vec<(String, String)>>,
+    connections: usize,
+    count: u64,
+    deadline: Instant,
+    errors: &Arc<AtomicU64>,
+) -> Result<Vec<u32>, BenchError> {
+    let issued = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let (addr, bodies, issued, errors) = (
+            addr.to_string(),
+            bodies.clone(),
+            issued.clone(),
+            errors.clone(),
+        );
+        let n = connections;
+        tasks.push(tokio::spawn(async move {
+            let mut lat: Vec<u32> =
+                Vec::with_capacity(usize::try_from(count).unwrap_or(0) / n + 16);
+            let mut conn = Conn::open(&addr).await?;
+            let mut i = c;
+            while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < count {
+                let (tok, body) = &bodies[i % bodies.len()];
+                i += n;
+                let t = Instant::now();
+                let (s, _) = conn.call("POST", "/api/v1/heartbeat", tok, body).await?;
+                lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                if s != 200 {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok::<_, BenchError>(lat)
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.map_err(|e| BenchError::Protocol(e.to_string()))??);
+    }
+    Ok(lat)
+}
+
+impl BenchResult {
+    /// The human summary; `secs` and `rate` unrounded.
+    fn print(&self, secs: f64, rate: f64) {
+        println!(
+            "{} heartbeats from {} agents over {} connections in {:.2}s: {:.0} heartbeats/s, {} errors",
+            self.heartbeats, self.agents, self.connections, secs, rate, self.errors
+        );
+        let l = &self.latency_ms;
+        println!(
+            "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            l.p50, l.p90, l.p99, l.p999, l.max
+        );
+    }
 }
 
 async fn run(args: Args) -> Result<(), BenchError> {
@@ -203,83 +368,46 @@ async fn run(args: Args) -> Result<(), BenchError> {
     );
 
     // Pre-render each agent's request body; the hot loop only writes bytes.
-    let bodies: Arc<Vec<(String, String)>> = Arc::new(
-        agents
-            .iter()
-            .map(|(id, tok)| {
-                let b = json!({"agent_id": id, "version": "1.0.0", "distro": "debian 12", "kernel": "6.1.0-bench",
-                    "arch": "x86_64", "uptime_secs": 1000, "mode": "system",
-                    "capabilities": {"cpus": 2, "mem_total_bytes": 4_000_000_000u64, "mem_available_bytes": 2_000_000_000u64,
-                                     "disk_free_bytes": 10_000_000_000u64, "docker_version": null},
-                    "journal_head": {"seq": 1, "hash": "0000000000000000000000000000000000000000000000000000000000000000"},
-                    "last_upgrade": null});
-                (tok.clone(), b.to_string())
-            })
-            .collect(),
-    );
+    let bodies = agents
+        .iter()
+        .map(|(id, tok)| Ok((tok.clone(), to_json(&heartbeat(id))?)))
+        .collect::<Result<Vec<(String, String)>, BenchError>>()?;
+    let bodies = Arc::new(bodies);
 
-    let issued = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(limit);
     let start = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..args.connections {
-        let (addr, bodies, issued, errors) =
-            (addr.clone(), bodies.clone(), issued.clone(), errors.clone());
-        let count = args.count;
-        let n = args.connections;
-        tasks.push(tokio::spawn(async move {
-            let mut lat: Vec<u32> =
-                Vec::with_capacity(usize::try_from(count).unwrap_or(0) / n + 16);
-            let mut conn = Conn::open(&addr).await?;
-            let mut i = c;
-            while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < count {
-                let (tok, body) = &bodies[i % bodies.len()];
-                i += n;
-                let t = Instant::now();
-                let (s, _) = conn.call("POST", "/api/v1/heartbeat", tok, body).await?;
-                lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
-                if s != 200 {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Ok::<_, BenchError>(lat)
-        }));
-    }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.map_err(|e| BenchError::Protocol(e.to_string()))??);
-    }
+    let mut lat = drive(
+        &addr,
+        bodies,
+        args.connections,
+        args.count,
+        deadline,
+        &errors,
+    )
+    .await?;
     let secs = start.elapsed().as_secs_f64();
     lat.sort_unstable();
     let rate = lat.len() as f64 / secs;
-    let result = json!({
-        "agents": agents.len(), "connections": args.connections, "heartbeats": lat.len(),
-        "errors": errors.load(Ordering::Relaxed), "seconds": (secs * 100.0).round() / 100.0,
-        "heartbeats_per_sec": rate.round(),
-        "latency_ms": {"p50": percentile(&lat, 0.50), "p90": percentile(&lat, 0.90), "p99": percentile(&lat, 0.99),
-                       "p999": percentile(&lat, 0.999), "max": percentile(&lat, 1.0)},
-    });
+    let result = BenchResult {
+        agents: agents.len(),
+        connections: args.connections,
+        heartbeats: lat.len(),
+        errors: errors.load(Ordering::Relaxed),
+        seconds: (secs * 100.0).round() / 100.0,
+        heartbeats_per_sec: rate.round(),
+        latency_ms: Latency {
+            p50: percentile(&lat, 0.50),
+            p90: percentile(&lat, 0.90),
+            p99: percentile(&lat, 0.99),
+            p999: percentile(&lat, 0.999),
+            max: percentile(&lat, 1.0),
+        },
+    };
     if args.json {
-        println!("{result}");
+        println!("{}", to_json(&result)?);
     } else {
-        println!(
-            "{} heartbeats from {} agents over {} connections in {:.2}s: {:.0} heartbeats/s, {} errors",
-            lat.len(),
-            agents.len(),
-            args.connections,
-            secs,
-            rate,
-            result["errors"]
-        );
-        println!(
-            "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
-            percentile(&lat, 0.50),
-            percentile(&lat, 0.90),
-            percentile(&lat, 0.99),
-            percentile(&lat, 0.999),
-            percentile(&lat, 1.0)
-        );
+        result.print(secs, rate);
     }
     if errors.load(Ordering::Relaxed) > 0 {
         return Err(BenchError::Protocol("some heartbeats failed".into()));
@@ -309,5 +437,60 @@ fn main() {
             BenchError::Usage(_) => 2,
             _ => 1,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_valid_wire_types() {
+        assert!(heartbeat("a_0123456789abcdef").validate().is_ok());
+        let e = enroll_request("opk_x".into(), 7);
+        assert!(e.validate().is_ok());
+        assert_eq!(e.facts.hostname, "bench-00007");
+        let v: serde_json::Value =
+            serde_json::from_str(&to_json(&heartbeat("a_1")).unwrap()).unwrap();
+        assert_eq!(v["capabilities"]["docker_version"], serde_json::Value::Null);
+        assert_eq!(v["last_upgrade"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn refusals_name_the_hub_error() {
+        let body =
+            br#"{"error":"unauthorized","message":"missing or wrong admin token","hint":"h"}"#;
+        let e = reply::<KeyCreated>("keys", 201, 401, body).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "bad response: keys: 401 unauthorized: missing or wrong admin token"
+        );
+        let e = reply::<KeyCreated>("keys", 201, 502, b"bad gateway")
+            .err()
+            .unwrap();
+        assert_eq!(e.to_string(), "bad response: keys: 502 : bad gateway");
+    }
+
+    #[test]
+    fn result_keeps_its_json_keys() {
+        let r = BenchResult {
+            agents: 1,
+            connections: 2,
+            heartbeats: 3,
+            errors: 0,
+            seconds: 1.5,
+            heartbeats_per_sec: 2.0,
+            latency_ms: Latency {
+                p50: 0.1,
+                p90: 0.2,
+                p99: 0.3,
+                p999: 0.4,
+                max: 0.5,
+            },
+        };
+        assert_eq!(
+            to_json(&r).unwrap(),
+            r#"{"agents":1,"connections":2,"heartbeats":3,"errors":0,"seconds":1.5,"heartbeats_per_sec":2.0,"latency_ms":{"p50":0.1,"p90":0.2,"p99":0.3,"p999":0.4,"max":0.5}}"#
+        );
     }
 }

@@ -1,0 +1,266 @@
+//! Storage behind one trait: handlers hold an `Arc<dyn Store>` and never see a database
+//! driver. [`SqliteStore`] (WAL, versioned migrations) is the one backend today; the
+//! conformance suite in `store/tests.rs` states the contract any other backend must meet.
+//!
+//! # Why the methods return boxed futures
+//!
+//! A PostgreSQL backend will come with an async driver (tokio-postgres): its operations are
+//! futures on the hub's runtime, and a synchronous trait would make it block a thread per
+//! call on its own runtime handle. A blocking backend adapts the other way at no cost to
+//! callers: [`SqliteStore`] runs each statement on tokio's blocking pool
+//! (`spawn_blocking`) inside the future it returns. So every method returns a
+//! [`StoreFuture`], a boxed `Send` future (the trait stays object safe without an extra
+//! crate), and handlers just `.await` it.
+//!
+//! # The contract, briefly
+//!
+//! * Identities, tokens, keys, revocations, deletions and diagnostics are durable when the
+//!   future resolves `Ok`; heartbeat state is written in batches by the writer task
+//!   ([`Store::flush_heartbeats`]).
+//! * Each method is atomic, also when its future is dropped before it resolves (a client
+//!   that disconnects cancels its handler): the operation happened entirely or not at all.
+//! * "No such agent" is `Ok(false)` / `Ok(None)`, never an error; [`StoreError`] means the
+//!   backend itself failed.
+//! * Times are unix milliseconds; token, key and nonce hashes are sha256 lowercase hex.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::state::{AgentState, Facts};
+
+mod sqlite;
+pub use sqlite::{SqliteStore, SCHEMA_VERSION};
+
+#[cfg(test)]
+pub(crate) mod tests;
+
+/// What every [`Store`] method returns: a boxed `Send` future borrowing the store and the
+/// arguments.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// The hub's persistent state: agents, enrollment keys, diagnostics reports.
+///
+/// Async-friendly so that a backend with an async driver fits as well as a blocking one;
+/// see the module documentation for why and for the contract. `store/tests.rs` has the
+/// conformance suite every implementation must pass.
+pub trait Store: Send + Sync {
+    /// The schema version recorded in the store (1 or more once opened).
+    fn schema_version(&self) -> StoreFuture<'_, i64>;
+
+    /// Every agent, revoked ones included, in no particular order.
+    fn load_agents(&self) -> StoreFuture<'_, Vec<StoredAgent>>;
+
+    /// Stores a new, unused enrollment key; an existing id or hash is an error.
+    fn insert_key<'a>(&'a self, key: &'a KeyRow) -> StoreFuture<'a, ()>;
+
+    /// Enrolls an agent with the key whose hash is `e.key_hash`, atomically: marks the key
+    /// used (only if still unused, recording `e.nonce_hash`) and inserts the agent with the
+    /// key's group and labels. Exactly one of many concurrent callers with the same key
+    /// creates an agent; a later caller with the same nonce hash, before the key expires,
+    /// gets [`Enrolled::Retry`] and nothing changes (the caller decides whether to honour
+    /// it); any other gets [`KeyRefusal::Used`]. [`judge_key`] is the rule.
+    fn enroll<'a>(&'a self, e: NewAgent<'a>) -> StoreFuture<'a, Result<Enrolled, KeyRefusal>>;
+
+    /// Replaces agent `id`'s token hash; false when there is no such agent.
+    fn set_token<'a>(&'a self, id: &'a str, token_hash: &'a str) -> StoreFuture<'a, bool>;
+
+    /// Marks agent `id` revoked at `now_ms` (a second revocation keeps the first time);
+    /// false when there is no such agent.
+    fn revoke<'a>(&'a self, id: &'a str, now_ms: i64) -> StoreFuture<'a, bool>;
+
+    /// Deletes agent `id` and its diagnostics; false when there is no such agent.
+    fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool>;
+
+    /// Replaces agent `id`'s diagnostics report (JSON text) received at `now_ms`; false
+    /// when there is no such agent.
+    fn store_diagnostics<'a>(
+        &'a self,
+        id: &'a str,
+        report: &'a str,
+        now_ms: i64,
+    ) -> StoreFuture<'a, bool>;
+
+    /// Agent `id`'s latest diagnostics report; `None` before the first one or when there is
+    /// no such agent.
+    fn diagnostics<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<StoredDiagnostics>>;
+
+    /// Persists a batch of heartbeat snapshots in one transaction: the facts a heartbeat
+    /// carries (distro, arch, kernel, version, mode, uptime, capabilities, journal head,
+    /// last upgrade), the heartbeat time and the flags. It never changes an agent's token,
+    /// hostname, machine id, group, labels, enrollment or revocation (a snapshot taken
+    /// before a revocation cannot undo it). Agents deleted since the snapshot are skipped.
+    fn flush_heartbeats(&self, batch: Vec<(String, AgentState)>) -> StoreFuture<'_, ()>;
+}
+
+/// Opens the store configured by `--db` (today always SQLite at that path), creating and
+/// migrating it as needed.
+pub async fn open(db: &Path) -> Result<Arc<dyn Store>, StoreError> {
+    let path = db.display().to_string();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+        .await
+        .map_err(|e| StoreError::Task {
+            store: format!("database {}", db.display()),
+            op: "open",
+            detail: e.to_string(),
+        })??;
+    Ok(Arc::new(store))
+}
+
+/// A failure of the storage backend. The message is one lowercase line naming the store;
+/// [`StoreError::hint`] says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed: cannot open, I/O, corruption, busy too long, a constraint.
+    #[error("{store}: cannot {op}: {detail}")]
+    Backend {
+        /// The store, e.g. `database /var/lib/outpost-hub/hub.db`.
+        store: String,
+        /// What was being done, e.g. `load agents`.
+        op: &'static str,
+        detail: String,
+        /// What the operator should check, as the backend knows it.
+        hint: &'static str,
+    },
+    /// The store was written by a newer hub.
+    #[error("{store} has schema version {found}, newer than the {supported} this hub knows")]
+    SchemaTooNew {
+        store: String,
+        found: i64,
+        supported: i64,
+    },
+    /// The task running the operation panicked or was cancelled.
+    #[error("{store}: cannot {op}: storage task failed: {detail}")]
+    Task {
+        store: String,
+        op: &'static str,
+        detail: String,
+    },
+}
+
+impl StoreError {
+    /// What the operator should do about it.
+    pub fn hint(&self) -> String {
+        match self {
+            StoreError::Backend { hint, .. } => (*hint).to_string(),
+            StoreError::SchemaTooNew { .. } => {
+                "run a newer outpost-hub, or restore a backup made by this version".into()
+            }
+            StoreError::Task { .. } => "this is a bug; please report it with the log".into(),
+        }
+    }
+}
+
+/// A minted enrollment key, as stored (times in unix ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRow {
+    pub id: String,
+    /// sha256 hex of the key; the key itself is never stored.
+    pub key_hash: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub group: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// An enrollment to record ([`Store::enroll`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NewAgent<'a> {
+    /// sha256 hex of the enrollment key presented.
+    pub key_hash: &'a str,
+    /// sha256 hex of the request's nonce, if it had one.
+    pub nonce_hash: Option<&'a str>,
+    /// The id the new agent gets.
+    pub agent_id: &'a str,
+    /// sha256 hex of the new agent's token.
+    pub token_hash: &'a str,
+    /// The host facts sent with the request.
+    pub facts: &'a Facts,
+    pub now_ms: i64,
+}
+
+/// What an accepted enrollment did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enrolled {
+    /// A new agent was created; it got the key's group and labels.
+    Created {
+        group: Option<String>,
+        labels: BTreeMap<String, String>,
+    },
+    /// The key was used before with the same nonce and is not expired: this is a retry of
+    /// agent `agent_id`'s enrollment. Nothing was changed.
+    Retry { agent_id: String },
+}
+
+/// Why an enrollment was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRefusal {
+    Unknown,
+    Expired,
+    Used,
+}
+
+/// An agent as loaded at start.
+#[derive(Debug, Clone)]
+pub struct StoredAgent {
+    pub id: String,
+    /// sha256 hex of its token.
+    pub token_hash: String,
+    pub state: AgentState,
+}
+
+/// An agent's latest diagnostics report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDiagnostics {
+    /// The report, JSON text as uploaded.
+    pub report: String,
+    pub received_at_ms: i64,
+}
+
+/// The stored state of an enrollment key, as [`judge_key`] needs it.
+#[derive(Debug, Clone)]
+pub struct KeyStatus {
+    pub expires_at_ms: i64,
+    /// The key was used.
+    pub used: bool,
+    /// The agent it enrolled.
+    pub used_by: Option<String>,
+    /// sha256 hex of the nonce it was used with.
+    pub nonce_hash: Option<String>,
+}
+
+/// What a key's stored state says about an enrollment attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyVerdict {
+    /// Unused and unexpired: enroll (if the key can still be marked used).
+    Enroll,
+    /// A retry of agent `agent_id`'s enrollment (same nonce, before expiry).
+    Retry {
+        agent_id: String,
+    },
+    Refused(KeyRefusal),
+}
+
+/// The enrollment rule, shared by every backend: a used key admits only a retry with the
+/// same nonce (compared in constant time) before it expires; an unused one admits one
+/// enrollment before it expires.
+pub fn judge_key(key: &KeyStatus, nonce_hash: Option<&str>, now_ms: i64) -> KeyVerdict {
+    if key.used {
+        let same_nonce = match (nonce_hash, key.nonce_hash.as_deref()) {
+            (Some(a), Some(b)) => crate::token::ct_eq_hex(a, b),
+            _ => false,
+        };
+        return match &key.used_by {
+            Some(agent_id) if same_nonce && key.expires_at_ms > now_ms => KeyVerdict::Retry {
+                agent_id: agent_id.clone(),
+            },
+            _ => KeyVerdict::Refused(KeyRefusal::Used),
+        };
+    }
+    if key.expires_at_ms <= now_ms {
+        return KeyVerdict::Refused(KeyRefusal::Expired);
+    }
+    KeyVerdict::Enroll
+}

@@ -1,0 +1,629 @@
+//! [`SqliteStore`]: SQLite in WAL mode with versioned migrations (`PRAGMA user_version`).
+//! One connection behind a mutex; every operation runs on tokio's blocking pool, so the
+//! future a [`Store`] method returns never blocks the runtime, and a dropped future still
+//! lets its statement finish (each operation is one statement or one transaction).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::{
+    judge_key, Enrolled, KeyRefusal, KeyRow, KeyStatus, KeyVerdict, NewAgent, Store, StoreError,
+    StoreFuture, StoredAgent, StoredDiagnostics,
+};
+use crate::state::{AgentState, JournalHead};
+
+/// Migrations, in order; migration `i` brings the schema to version `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: keys and agents.
+    "CREATE TABLE enroll_keys (
+        id TEXT PRIMARY KEY,
+        key_hash TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at INTEGER,
+        used_by TEXT,
+        grp TEXT,
+        labels TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE agents (
+        id TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        key_id TEXT,
+        hostname TEXT NOT NULL,
+        machine_id TEXT NOT NULL DEFAULT '',
+        distro TEXT NOT NULL DEFAULT '',
+        arch TEXT NOT NULL DEFAULT '',
+        kernel TEXT NOT NULL DEFAULT '',
+        version TEXT NOT NULL DEFAULT '',
+        mode TEXT NOT NULL DEFAULT '',
+        grp TEXT,
+        labels TEXT NOT NULL DEFAULT '{}',
+        enrolled_at INTEGER NOT NULL,
+        revoked_at INTEGER,
+        last_heartbeat_at INTEGER,
+        uptime_secs INTEGER,
+        capabilities TEXT,
+        journal_seq INTEGER,
+        journal_hash TEXT,
+        flags TEXT NOT NULL DEFAULT '[]',
+        last_upgrade TEXT,
+        diagnostics TEXT,
+        diagnostics_at INTEGER
+    );",
+    // 2: idempotent enrollment: the sha256 of the nonce the key was used with.
+    "ALTER TABLE enroll_keys ADD COLUMN nonce_hash TEXT;",
+];
+
+/// The schema version this hub writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The hint of every SQLite failure.
+const HINT: &str = "check the --db path (its directory must exist and be writable) and that no other program holds the database";
+
+/// The SQLite backend of [`Store`].
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Mutex<Connection>,
+    /// `database PATH`, for messages.
+    name: String,
+}
+
+impl Inner {
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn error(&self, op: &'static str, e: rusqlite::Error) -> StoreError {
+        StoreError::Backend {
+            store: self.name.clone(),
+            op,
+            detail: e.to_string(),
+            hint: HINT,
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the database at `path`. Blocking: call it
+    /// from a blocking thread ([`super::open`] does).
+    pub fn open(path: &str) -> Result<SqliteStore, StoreError> {
+        let name = format!("database {path}");
+        let err = |e: rusqlite::Error| StoreError::Backend {
+            store: name.clone(),
+            op: "open",
+            detail: e.to_string(),
+            hint: HINT,
+        };
+        let mut conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(err)?;
+        let found: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err)?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                store: name,
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        migrate(&mut conn, found).map_err(err)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                name,
+            }),
+        })
+    }
+
+    /// Runs `f` on the connection on a blocking thread; `op` names it in errors.
+    fn run<T, F>(&self, op: &'static str, f: F) -> StoreFuture<'static, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let task = inner.clone();
+            match tokio::task::spawn_blocking(move || f(&mut task.conn())).await {
+                Ok(r) => r.map_err(|e| inner.error(op, e)),
+                Err(e) => Err(StoreError::Task {
+                    store: inner.name.clone(),
+                    op,
+                    detail: e.to_string(),
+                }),
+            }
+        })
+    }
+}
+
+/// Applies the migrations after version `found`, each in its own transaction.
+fn migrate(conn: &mut Connection, found: i64) -> rusqlite::Result<()> {
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(found).unwrap_or(0))
+    {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn schema_version(&self) -> StoreFuture<'_, i64> {
+        self.run("read the schema version", |c| {
+            c.pragma_query_value(None, "user_version", |r| r.get(0))
+        })
+    }
+
+    fn load_agents(&self) -> StoreFuture<'_, Vec<StoredAgent>> {
+        self.run("load agents", load_agents)
+    }
+
+    fn insert_key<'a>(&'a self, key: &'a KeyRow) -> StoreFuture<'a, ()> {
+        let k = key.clone();
+        self.run("store an enrollment key", move |c| {
+            c.execute(
+                "INSERT INTO enroll_keys (id, key_hash, created_at, expires_at, grp, labels)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    k.id,
+                    k.key_hash,
+                    k.created_at_ms,
+                    k.expires_at_ms,
+                    k.group,
+                    serde_json::to_string(&k.labels).unwrap_or_else(|_| "{}".into())
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn enroll<'a>(&'a self, e: NewAgent<'a>) -> StoreFuture<'a, Result<Enrolled, KeyRefusal>> {
+        let e = OwnedEnrollment::from(e);
+        self.run("enroll an agent", move |c| enroll(c, &e))
+    }
+
+    fn set_token<'a>(&'a self, id: &'a str, token_hash: &'a str) -> StoreFuture<'a, bool> {
+        let (id, token_hash) = (id.to_string(), token_hash.to_string());
+        self.run("replace an agent token", move |c| {
+            let n = c.execute(
+                "UPDATE agents SET token_hash = ?1 WHERE id = ?2",
+                params![token_hash, id],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn revoke<'a>(&'a self, id: &'a str, now_ms: i64) -> StoreFuture<'a, bool> {
+        let id = id.to_string();
+        self.run("revoke an agent", move |c| {
+            let n = c.execute(
+                "UPDATE agents SET revoked_at = COALESCE(revoked_at, ?1) WHERE id = ?2",
+                params![now_ms, id],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
+        let id = id.to_string();
+        self.run("delete an agent", move |c| {
+            Ok(c.execute("DELETE FROM agents WHERE id = ?1", [id])? == 1)
+        })
+    }
+
+    fn store_diagnostics<'a>(
+        &'a self,
+        id: &'a str,
+        report: &'a str,
+        now_ms: i64,
+    ) -> StoreFuture<'a, bool> {
+        let (id, report) = (id.to_string(), report.to_string());
+        self.run("store a diagnostics report", move |c| {
+            let n = c.execute(
+                "UPDATE agents SET diagnostics = ?1, diagnostics_at = ?2 WHERE id = ?3",
+                params![report, now_ms, id],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn diagnostics<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<StoredDiagnostics>> {
+        let id = id.to_string();
+        self.run("read a diagnostics report", move |c| {
+            c.query_row(
+                "SELECT diagnostics, diagnostics_at FROM agents WHERE id = ?1 AND diagnostics IS NOT NULL",
+                [id],
+                |r| {
+                    Ok(StoredDiagnostics {
+                        report: r.get(0)?,
+                        received_at_ms: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    fn flush_heartbeats(&self, batch: Vec<(String, AgentState)>) -> StoreFuture<'_, ()> {
+        self.run("persist heartbeats", move |c| flush_heartbeats(c, &batch))
+    }
+}
+
+fn load_agents(conn: &mut Connection) -> rusqlite::Result<Vec<StoredAgent>> {
+    let mut st = conn.prepare(
+        "SELECT id, token_hash, hostname, machine_id, distro, arch, kernel, version, mode, grp,
+                labels, enrolled_at, revoked_at, last_heartbeat_at, uptime_secs, capabilities,
+                journal_seq, journal_hash, flags, last_upgrade
+         FROM agents",
+    )?;
+    let rows = st.query_map([], |r| {
+        let labels: String = r.get(10)?;
+        let caps: Option<String> = r.get(15)?;
+        let seq: Option<i64> = r.get(16)?;
+        let hash: Option<String> = r.get(17)?;
+        let flags: String = r.get(18)?;
+        let upgrade: Option<String> = r.get(19)?;
+        let uptime: Option<i64> = r.get(14)?;
+        Ok(StoredAgent {
+            id: r.get(0)?,
+            token_hash: r.get(1)?,
+            state: AgentState {
+                hostname: r.get(2)?,
+                machine_id: r.get(3)?,
+                distro: r.get(4)?,
+                arch: r.get(5)?,
+                kernel: r.get(6)?,
+                version: r.get(7)?,
+                mode: r.get(8)?,
+                group: r.get(9)?,
+                labels: serde_json::from_str(&labels).unwrap_or_default(),
+                enrolled_at_ms: r.get(11)?,
+                revoked_at_ms: r.get(12)?,
+                last_heartbeat_ms: r.get(13)?,
+                uptime_secs: uptime.and_then(|u| u64::try_from(u).ok()),
+                capabilities: caps.and_then(|c| serde_json::from_str(&c).ok()),
+                journal_head: match (seq, hash) {
+                    (Some(seq), Some(hash)) => {
+                        u64::try_from(seq).ok().map(|seq| JournalHead { seq, hash })
+                    }
+                    _ => None,
+                },
+                flags: serde_json::from_str(&flags).unwrap_or_default(),
+                last_upgrade: upgrade.and_then(|u| serde_json::from_str(&u).ok()),
+            },
+        })
+    })?;
+    rows.collect()
+}
+
+/// [`NewAgent`] with owned fields, to move onto a blocking thread.
+struct OwnedEnrollment {
+    key_hash: String,
+    nonce_hash: Option<String>,
+    agent_id: String,
+    token_hash: String,
+    facts: crate::state::Facts,
+    now_ms: i64,
+}
+
+impl From<NewAgent<'_>> for OwnedEnrollment {
+    fn from(e: NewAgent<'_>) -> Self {
+        OwnedEnrollment {
+            key_hash: e.key_hash.to_string(),
+            nonce_hash: e.nonce_hash.map(str::to_string),
+            agent_id: e.agent_id.to_string(),
+            token_hash: e.token_hash.to_string(),
+            facts: e.facts.clone(),
+            now_ms: e.now_ms,
+        }
+    }
+}
+
+/// An enrollment key as [`enroll`] reads it.
+struct KeyLookup {
+    id: String,
+    status: KeyStatus,
+    group: Option<String>,
+    /// JSON text, copied to the agent row as is.
+    labels: String,
+}
+
+fn lookup_key(tx: &rusqlite::Transaction, key_hash: &str) -> rusqlite::Result<Option<KeyLookup>> {
+    tx.query_row(
+        "SELECT id, expires_at, used_at, grp, labels, used_by, nonce_hash
+         FROM enroll_keys WHERE key_hash = ?1",
+        [key_hash],
+        |r| {
+            let used_at: Option<i64> = r.get(2)?;
+            Ok(KeyLookup {
+                id: r.get(0)?,
+                status: KeyStatus {
+                    expires_at_ms: r.get(1)?,
+                    used: used_at.is_some(),
+                    used_by: r.get(5)?,
+                    nonce_hash: r.get(6)?,
+                },
+                group: r.get(3)?,
+                labels: r.get(4)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// [`Store::enroll`] in one immediate transaction: look the key up, judge it, mark it used
+/// (only if still unused), insert the agent.
+fn enroll(
+    conn: &mut Connection,
+    e: &OwnedEnrollment,
+) -> rusqlite::Result<Result<Enrolled, KeyRefusal>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let Some(key) = lookup_key(&tx, &e.key_hash)? else {
+        return Ok(Err(KeyRefusal::Unknown));
+    };
+    match judge_key(&key.status, e.nonce_hash.as_deref(), e.now_ms) {
+        KeyVerdict::Enroll => {}
+        KeyVerdict::Retry { agent_id } => return Ok(Ok(Enrolled::Retry { agent_id })),
+        KeyVerdict::Refused(r) => return Ok(Err(r)),
+    }
+    let marked = tx.execute(
+        "UPDATE enroll_keys SET used_at = ?1, used_by = ?2, nonce_hash = ?3
+         WHERE id = ?4 AND used_at IS NULL",
+        params![e.now_ms, e.agent_id, e.nonce_hash, key.id],
+    )?;
+    if marked != 1 {
+        return Ok(Err(KeyRefusal::Used));
+    }
+    let f = &e.facts;
+    tx.execute(
+        "INSERT INTO agents (id, token_hash, key_id, hostname, machine_id, distro, arch, version,
+                             mode, grp, labels, enrolled_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            e.agent_id,
+            e.token_hash,
+            key.id,
+            f.hostname,
+            f.machine_id,
+            f.distro,
+            f.arch,
+            f.version,
+            f.mode,
+            key.group,
+            key.labels,
+            e.now_ms
+        ],
+    )?;
+    tx.commit()?;
+    let labels: BTreeMap<String, String> = serde_json::from_str(&key.labels).unwrap_or_default();
+    Ok(Ok(Enrolled::Created {
+        group: key.group,
+        labels,
+    }))
+}
+
+fn flush_heartbeats(conn: &mut Connection, batch: &[(String, AgentState)]) -> rusqlite::Result<()> {
+    // Serializing these types cannot fail (string keys, no foreign types).
+    fn json<T: serde::Serialize>(v: &Option<T>) -> Option<String> {
+        v.as_ref().and_then(|v| serde_json::to_string(v).ok())
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut st = tx.prepare(
+            "UPDATE agents SET distro = ?1, arch = ?2, kernel = ?3, version = ?4, mode = ?5,
+                    last_heartbeat_at = ?6, uptime_secs = ?7, capabilities = ?8,
+                    journal_seq = ?9, journal_hash = ?10, flags = ?11, last_upgrade = ?12
+             WHERE id = ?13",
+        )?;
+        for (id, s) in batch {
+            st.execute(params![
+                s.distro,
+                s.arch,
+                s.kernel,
+                s.version,
+                s.mode,
+                s.last_heartbeat_ms,
+                s.uptime_secs.and_then(|u| i64::try_from(u).ok()),
+                json(&s.capabilities),
+                s.journal_head
+                    .as_ref()
+                    .and_then(|j| i64::try_from(j.seq).ok()),
+                s.journal_head.as_ref().map(|j| j.hash.as_str()),
+                serde_json::to_string(&s.flags).unwrap_or_else(|_| "[]".into()),
+                json(&s.last_upgrade),
+                id
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("hub.db").to_str().unwrap()).unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn passes_the_conformance_suite() {
+        let (_dir, store) = fresh();
+        crate::store::tests::conformance(&store).await;
+    }
+
+    #[tokio::test]
+    async fn migrates_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hub.db");
+        let p = p.to_str().unwrap();
+        let db = SqliteStore::open(p).unwrap();
+        assert_eq!(db.schema_version().await.unwrap(), SCHEMA_VERSION);
+        drop(db);
+        let db = SqliteStore::open(p).unwrap();
+        assert_eq!(db.schema_version().await.unwrap(), SCHEMA_VERSION);
+        db.inner
+            .conn()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        drop(db);
+        let e = SqliteStore::open(p).err().unwrap();
+        assert!(
+            matches!(e, StoreError::SchemaTooNew { found: 99, .. }),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("database {p} has schema version 99, newer than the {SCHEMA_VERSION} this hub knows")
+        );
+        assert!(e.hint().contains("newer outpost-hub"), "{}", e.hint());
+    }
+
+    #[tokio::test]
+    async fn migrates_a_version_1_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hub.db");
+        let p = p.to_str().unwrap();
+        {
+            let c = Connection::open(p).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO enroll_keys (id, key_hash, created_at, expires_at) VALUES ('k_1', 'h', 0, 10)",
+                [],
+            )
+            .unwrap();
+        }
+        let db = SqliteStore::open(p).unwrap();
+        assert_eq!(db.schema_version().await.unwrap(), SCHEMA_VERSION);
+        let nonce: Option<String> = db
+            .inner
+            .conn()
+            .query_row(
+                "SELECT nonce_hash FROM enroll_keys WHERE id = 'k_1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(nonce, None);
+    }
+
+    #[test]
+    fn open_errors_name_the_database_and_hint() {
+        let e = SqliteStore::open("/nonexistent/dir/hub.db").err().unwrap();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("database /nonexistent/dir/hub.db: cannot open: "),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(e.hint().starts_with("check the --db path"), "{}", e.hint());
+    }
+
+    #[tokio::test]
+    async fn key_is_single_use() {
+        let (_dir, db) = fresh();
+        let k = KeyRow {
+            id: "k_1".into(),
+            key_hash: "h".into(),
+            created_at_ms: 0,
+            expires_at_ms: 10_000,
+            group: Some("edge".into()),
+            labels: BTreeMap::from([("a".into(), "b".into())]),
+        };
+        db.insert_key(&k).await.unwrap();
+        let facts = crate::state::Facts {
+            hostname: "x".into(),
+            ..Default::default()
+        };
+        let enroll = |key_hash: &'static str,
+                      nonce: Option<&str>,
+                      id: &'static str,
+                      th: &'static str,
+                      now| {
+            let nonce = nonce.map(str::to_string);
+            let (db, facts) = (db.clone(), facts.clone());
+            async move {
+                db.enroll(NewAgent {
+                    key_hash,
+                    nonce_hash: nonce.as_deref(),
+                    agent_id: id,
+                    token_hash: th,
+                    facts: &facts,
+                    now_ms: now,
+                })
+                .await
+                .unwrap()
+            }
+        };
+        assert_eq!(
+            enroll("nope", None, "a_1", "t1", 1).await,
+            Err(KeyRefusal::Unknown)
+        );
+        let n1 = crate::token::hash_hex("nonce-1");
+        let n2 = crate::token::hash_hex("nonce-2");
+        let Ok(Enrolled::Created { group, .. }) = enroll("h", Some(&n1), "a_1", "t1", 1).await
+        else {
+            panic!("not created");
+        };
+        assert_eq!(group.as_deref(), Some("edge"));
+        assert_eq!(
+            enroll("h", None, "a_2", "t2", 2).await,
+            Err(KeyRefusal::Used)
+        );
+        assert_eq!(
+            enroll("h", Some(&n2), "a_2", "t2", 2).await,
+            Err(KeyRefusal::Used)
+        );
+        // The same nonce before expiry: a retry of a_1, nothing created.
+        assert_eq!(
+            enroll("h", Some(&n1), "a_2", "t2", 3).await,
+            Ok(Enrolled::Retry {
+                agent_id: "a_1".into()
+            })
+        );
+        // After expiry: used.
+        assert_eq!(
+            enroll("h", Some(&n1), "a_2", "t2", 10_000).await,
+            Err(KeyRefusal::Used)
+        );
+        assert!(db.set_token("a_1", "t9").await.unwrap());
+        assert!(!db.set_token("a_x", "t9").await.unwrap());
+        let k2 = KeyRow {
+            id: "k_2".into(),
+            key_hash: "h2".into(),
+            ..k
+        };
+        db.insert_key(&k2).await.unwrap();
+        assert_eq!(
+            enroll("h2", None, "a_3", "t3", 10_000).await,
+            Err(KeyRefusal::Expired)
+        );
+        let agents = db.load_agents().await.unwrap();
+        assert_eq!(agents.len(), 1);
+        assert_eq!(agents[0].token_hash, "t9");
+        assert_eq!(
+            agents[0].state.labels.get("a").map(String::as_str),
+            Some("b")
+        );
+    }
+}
