@@ -7,6 +7,7 @@ pub mod fault;
 pub mod fsx;
 pub mod hub;
 pub mod log;
+pub mod packs;
 pub mod run;
 pub mod selftest;
 

@@ -444,6 +444,8 @@ struct Loop<'a> {
     identity: Option<Identity>,
     journal: Arc<Journal>,
     view: JournalView,
+    /// The catalog advertised with each heartbeat (reloaded on SIGHUP).
+    catalog: Vec<outpost_proto::PackAdvert>,
     worker: Worker,
     started: Instant,
     interval: Duration,
@@ -483,6 +485,7 @@ impl<'a> Loop<'a> {
             }
         }
         let journal = Arc::new(Journal::open(&opts.state_dir));
+        let catalog = load_catalog(opts, &journal);
         let mut wd_usec = 0u64;
         let watchdog = sd_notify::watchdog_enabled(false, &mut wd_usec)
             .then(|| Duration::from_micros(wd_usec / 2).max(Duration::from_millis(100)));
@@ -507,6 +510,7 @@ impl<'a> Loop<'a> {
                     .map(PathBuf::from)
                     .as_deref(),
             ),
+            catalog,
             worker: Worker::spawn(r.tx.clone()).map_err(RunError::Signals)?,
             next_log: now + log_interval(&config),
             config,
@@ -616,6 +620,7 @@ impl<'a> Loop<'a> {
 
     fn reload(&mut self) {
         notify(&[NotifyState::Reloading]);
+        self.catalog = load_catalog(self.opts, &self.journal);
         match Config::load(&self.opts.config_path) {
             Err(e) => log::warn(&format!("{e}; keeping the previous config"), &e.hint()),
             Ok(c) => {
@@ -675,9 +680,10 @@ impl<'a> Loop<'a> {
                 let agent_id = id.agent_id.clone();
                 let head = self.view.head.clone();
                 let last = self.view.last_upgrade.clone();
+                let packs = Some(self.catalog.clone());
                 Box::new(move || {
                     let f = Facts::collect(&state_dir);
-                    let hb = heartbeat_body(agent_id, mode, f, head, last);
+                    let hb = heartbeat_body(agent_id, mode, f, head, last, packs);
                     Outcome::Heartbeat(client.heartbeat(&token, &hb))
                 })
             }
@@ -871,12 +877,21 @@ pub fn enroll_facts(f: Facts, mode: String) -> hub::EnrollFacts {
 }
 
 /// The heartbeat as the run loop sends it (`POST /api/v1/heartbeat`; the client caps it).
+/// The packs beside the config file, loaded, reported and advertised.
+fn load_catalog(opts: &RunOptions, journal: &Journal) -> Vec<outpost_proto::PackAdvert> {
+    let dir = opts.config_path.parent().unwrap_or(Path::new("/"));
+    let c = crate::packs::load(dir, &opts.mode);
+    crate::packs::report(&c, journal);
+    crate::packs::advert(&c)
+}
+
 pub fn heartbeat_body(
     agent_id: String,
     mode: String,
     f: Facts,
     journal_head: Option<JournalHead>,
     last_upgrade: Option<LastUpgrade>,
+    packs: Option<Vec<outpost_proto::PackAdvert>>,
 ) -> hub::Heartbeat {
     hub::Heartbeat {
         agent_id,
@@ -896,6 +911,7 @@ pub fn heartbeat_body(
         }),
         journal_head,
         last_upgrade,
+        packs,
     }
 }
 

@@ -65,6 +65,10 @@ pub mod kind {
     pub const SERVICE_UPGRADED: &str = "service_upgraded";
     pub const SERVICE_UPGRADE_ROLLED_BACK: &str = "service_upgrade_rolled_back";
     pub const PACKAGE_UPGRADED: &str = "package_upgraded";
+    /// Root's journal: a pack installed or updated, removed, its privileged actions granted.
+    pub const PACK_INSTALLED: &str = "pack_installed";
+    pub const PACK_REMOVED: &str = "pack_removed";
+    pub const PACK_PRIVILEGED_GRANTED: &str = "pack_privileged_granted";
     /// The kinds the heartbeat reports as `last_upgrade`.
     pub const UPGRADE_RESULTS: [&str; 3] = [
         SERVICE_UPGRADED,

@@ -653,6 +653,7 @@ fn agent_requests_match_openapi() {
             Facts::collect(state.path()),
             head,
             last,
+            None,
         )
     };
     // The first heartbeat (no journal entry, no upgrade yet), then one with both, as the run
@@ -857,6 +858,7 @@ mod arbitrary {
             option::of(capabilities()),
             option::of(journal_head()),
             option::of(last_upgrade()),
+            option::of(proptest::collection::vec(pack_advert(), 0..3)),
         )
             .prop_map(
                 |(
@@ -867,6 +869,7 @@ mod arbitrary {
                     capabilities,
                     journal_head,
                     last_upgrade,
+                    packs,
                 )| {
                     Heartbeat {
                         agent_id,
@@ -879,7 +882,51 @@ mod arbitrary {
                         capabilities,
                         journal_head,
                         last_upgrade,
+                        packs,
                     }
+                },
+            )
+    }
+
+    pub fn pack_advert() -> impl Strategy<Value = outpost_proto::PackAdvert> {
+        let param = (
+            "[a-z_]{1,12}",
+            prop_oneof![Just("string"), Just("int"), Just("bool"), Just("enum")],
+            any::<bool>(),
+        )
+            .prop_map(|(name, kind, required)| outpost_proto::ParamAdvert {
+                name,
+                kind: kind.into(),
+                required,
+            });
+        let action = (
+            "[a-z0-9][a-z0-9._-]{0,20}",
+            text(),
+            proptest::collection::vec(param, 0..3),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(id, description, params, idempotent, privileged)| {
+                outpost_proto::ActionAdvert {
+                    id,
+                    description,
+                    params,
+                    idempotent,
+                    privileged,
+                }
+            });
+        (
+            "[a-z0-9][a-z0-9._-]{0,20}",
+            text(),
+            "[0-9a-f]{64}",
+            proptest::collection::vec(action, 0..3),
+        )
+            .prop_map(
+                |(name, version, sha256, actions)| outpost_proto::PackAdvert {
+                    name,
+                    version,
+                    sha256,
+                    actions,
                 },
             )
     }

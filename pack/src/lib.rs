@@ -224,6 +224,11 @@ pub struct TreeEntry {
     pub sha256: String,
 }
 
+/// A pack name or action id: 1-64 of `a-z 0-9 - _ .`, starting with a letter or digit.
+pub fn valid_name(s: &str) -> bool {
+    valid_id(s, 64)
+}
+
 fn valid_id(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max

@@ -394,6 +394,123 @@ pub struct Heartbeat {
     pub journal_head: Option<JournalHead>,
     #[serde(default)]
     pub last_upgrade: Option<LastUpgrade>,
+    /// The catalog: every pack the host's admin installed and the agent loaded, with its
+    /// tree hash. Absent (null) keeps the stored catalog; `[]` means no packs. The hub keeps a
+    /// new or changed hash pending until an admin trusts it (docs/PROTOCOL.md, Packs).
+    #[serde(default)]
+    pub packs: Option<Vec<PackAdvert>>,
+}
+
+/// Most packs in one catalog.
+pub const MAX_PACKS: usize = 64;
+/// Most actions in one catalog (all packs together).
+pub const MAX_CATALOG_ACTIONS: usize = 1024;
+/// Most parameters of one action.
+pub const MAX_ACTION_PARAMS: usize = 32;
+
+/// One pack of a heartbeat's catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackAdvert {
+    /// 1-64 of `a-z 0-9 - _ .`.
+    pub name: String,
+    /// SemVer of the pack.
+    pub version: String,
+    /// sha256 (hex) of the pack's tree (docs/PACKS.md).
+    pub sha256: String,
+    pub actions: Vec<ActionAdvert>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionAdvert {
+    pub id: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub params: Vec<ParamAdvert>,
+    #[serde(default)]
+    pub idempotent: bool,
+    /// Runs as root (only where the host's admin granted it at this hash).
+    #[serde(default)]
+    pub privileged: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParamAdvert {
+    pub name: String,
+    /// `string`, `int`, `bool` or `enum`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub required: bool,
+}
+
+fn pack_name_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
+
+/// A catalog's bounds: at most [`MAX_PACKS`] packs and [`MAX_CATALOG_ACTIONS`] actions,
+/// names and ids of the pack format, 64-hex hashes, strings at most [`MAX_FIELD`] bytes.
+pub fn validate_catalog(packs: &[PackAdvert]) -> Result<(), FieldError> {
+    if packs.len() > MAX_PACKS {
+        return Err(FieldError::invalid("packs", "more than 64 packs"));
+    }
+    let actions: usize = packs.iter().map(|p| p.actions.len()).sum();
+    if actions > MAX_CATALOG_ACTIONS {
+        return Err(FieldError::invalid("packs", "more than 1024 actions"));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for p in packs {
+        if !pack_name_ok(&p.name) || !names.insert(p.name.as_str()) {
+            return Err(FieldError::invalid(
+                "packs.name",
+                "a pack name (a-z 0-9 - _ .), once",
+            ));
+        }
+        check_len("packs.version", &p.version, MAX_FIELD)?;
+        if p.sha256.len() != 64
+            || !p
+                .sha256
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err(FieldError::invalid(
+                "packs.sha256",
+                "64 lowercase hex digits",
+            ));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for a in &p.actions {
+            if !pack_name_ok(&a.id) || !ids.insert(a.id.as_str()) {
+                return Err(FieldError::invalid(
+                    "packs.actions.id",
+                    "an action id (a-z 0-9 - _ .), once per pack",
+                ));
+            }
+            check_len("packs.actions.description", &a.description, MAX_FIELD)?;
+            if a.params.len() > MAX_ACTION_PARAMS {
+                return Err(FieldError::invalid(
+                    "packs.actions.params",
+                    "more than 32 parameters",
+                ));
+            }
+            for prm in &a.params {
+                check_len("packs.actions.params.name", &prm.name, MAX_MAP_KEY)?;
+                if !["string", "int", "bool", "enum"].contains(&prm.kind.as_str()) {
+                    return Err(FieldError::invalid(
+                        "packs.actions.params.type",
+                        "string, int, bool or enum",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Heartbeat {
@@ -419,6 +536,9 @@ impl Heartbeat {
         if let Some(u) = &self.last_upgrade {
             u.validate()?;
         }
+        if let Some(p) = &self.packs {
+            validate_catalog(p)?;
+        }
         Ok(())
     }
 
@@ -438,6 +558,12 @@ impl Heartbeat {
         }
         self.capabilities = self.capabilities.map(Capabilities::capped);
         self.last_upgrade = self.last_upgrade.map(LastUpgrade::capped);
+        for p in self.packs.iter_mut().flatten() {
+            cap(&mut p.version);
+            for a in &mut p.actions {
+                cap(&mut a.description);
+            }
+        }
         self
     }
 }

@@ -2,6 +2,7 @@
 //! flags to the library functions.
 pub mod agentctl;
 pub mod cloudinit;
+pub mod pack;
 pub mod status;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -41,7 +42,7 @@ pub struct Cli {
 
 #[derive(Debug, Args, Clone, Copy)]
 #[group(multiple = false)]
-struct ModeFlags {
+pub(crate) struct ModeFlags {
     /// Act on the per-user service (systemd --user, linger)
     #[arg(long)]
     user: bool,
@@ -141,6 +142,11 @@ enum Command {
     },
     /// Print the man page (roff)
     Man,
+    /// Packs: the actions this host allows the hub to run (validate, install, list, remove, trust)
+    Pack {
+        #[command(subcommand)]
+        command: crate::cli::pack::PackCommand,
+    },
     /// Render cloud-init user-data that bootstraps an enrolled host
     CloudInit {
         #[command(subcommand)]
@@ -533,6 +539,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
         } => agent_run(&ctx, &paths),
         Command::SelfTest { paths, json } => self_test(&ctx, &paths, json, out),
         Command::CloudInit { command } => cloudinit::run(command, out),
+        Command::Pack { command } => pack::run(command, probe, host, root, out),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "outpost", out);
             Ok(exit::OK)

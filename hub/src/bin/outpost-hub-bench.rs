@@ -250,6 +250,23 @@ fn heartbeat(agent_id: &str) -> Heartbeat {
             hash: "0".repeat(64),
         }),
         last_upgrade: None,
+        // A real agent sends its catalog each time: one small pack.
+        packs: Some(vec![outpost_proto::PackAdvert {
+            name: "linux-core".into(),
+            version: "1.0.0".into(),
+            sha256: "a".repeat(64),
+            actions: vec![outpost_proto::ActionAdvert {
+                id: "restart-service".into(),
+                description: "restart a unit".into(),
+                params: vec![outpost_proto::ParamAdvert {
+                    name: "service".into(),
+                    kind: "string".into(),
+                    required: true,
+                }],
+                idempotent: true,
+                privileged: false,
+            }],
+        }]),
     }
 }
 
