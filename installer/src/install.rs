@@ -288,165 +288,272 @@ fn service_user(
     })
 }
 
-/// What [`prepare`] decided: detection, the plan, the previous receipt, the caller's euid,
-/// and the verified binary (kept alive until the install is done).
-pub type Prepared = (
-    Detection,
-    InstallPlan,
-    Option<Receipt>,
-    u32,
-    Option<VerifiedBinary>,
-);
+/// What [`prepare`] decided: everything install needs before it touches anything.
+pub struct Prepared {
+    pub detection: Detection,
+    pub plan: InstallPlan,
+    /// The receipt of the install this one updates (`None`: first install, or one not trusted).
+    pub prior: Option<Receipt>,
+    /// The caller's effective uid (the user-mode scope).
+    pub euid: u32,
+    /// The binary verified against the signed release; its temp dir lives until this is dropped,
+    /// so keep it until the install is done.
+    pub verified: Option<VerifiedBinary>,
+}
 
 /// Everything install decides before touching anything. Shared with `--dry-run`.
 pub fn prepare(args: &InstallArgs, probe: &dyn Probe, host: &dyn Host) -> Result<Prepared> {
-    let det = detect::probe::detect(probe);
-    if let Some(reason) = &det.unsupported {
-        return Err(Error::failed(
-            reason.clone(),
-            "see the platform table in README.md; `outpost detect` shows what was found",
-        ));
-    }
+    let p = Preparer { args, probe, host };
+    let detection = p.detect()?;
     let euid = probe.euid();
-    let mode = choose_mode(&det, args.mode, euid)?;
-    if let Some(url) = &args.hub_url {
-        validate_hub_url(url, args.insecure_http)?;
-    }
-    if let Some(g) = &args.admin_group {
-        let exists = crate::users::group_exists(&args.root, g)
-            .map_err(|e| Error::failed(e.to_string(), "check /etc/group is readable"))?;
-        if !crate::users::valid_username(g) || !exists {
-            return Err(Error::usage(
-                format!("--admin-group {g}: no such group"),
-                format!("create it first (`groupadd {g}`)"),
-            ));
-        }
-    }
-    let layout = layout_for(&det, mode, &args.root)?;
-    // The operator's config must load with this binary before anything changes.
-    let cfg = layout.host(&layout.config_file);
-    if mode == Mode::System {
-        config_is_roots(&cfg)?;
-    }
-    if cfg.exists() {
-        outpost_core::Config::load(&cfg)?;
-    }
-    let prior = match Receipt::load(&layout) {
-        Ok(r) => r,
-        // Not root's (an earlier layout gave it to the service user) or unreadable: nothing in
-        // it is trusted; install plans from what is on disk and writes a new one.
+    let mode = choose_mode(&detection, args.mode, euid)?;
+    p.check_hub_and_admin_group()?;
+    let layout = p.layout(&detection, mode)?;
+    let prior = prior_receipt(&layout)?;
+    let su = service_user(&detection, mode, args, &args.root, prior.as_ref())?;
+    let running = p.running_binary()?;
+    p.check_release_flags()?;
+    let verified = p.verify_against_release(&layout, &running)?;
+    let (binary, binary_sha256) = install_binary(verified.as_ref(), running)?;
+    let version = outpost_release::version();
+    let obs = p.observe(&layout, &version, &su, prior.clone(), euid)?;
+    let inputs = p.inputs(&detection, layout, version, (binary, binary_sha256), su)?;
+    let mut plan = plan::plan_install(&inputs, &obs);
+    plan.warnings
+        .splice(0..0, detection.warnings.iter().cloned());
+    Ok(Prepared {
+        detection,
+        plan,
+        prior,
+        euid,
+        verified,
+    })
+}
+
+/// The receipt of an earlier install. One that is not root's (an earlier layout gave it to
+/// the service user) or unreadable is ignored, with a warning: nothing in it is trusted;
+/// install plans from what is on disk and writes a new one.
+fn prior_receipt(layout: &Layout) -> Result<Option<Receipt>> {
+    match Receipt::load(layout) {
+        Ok(r) => Ok(r),
         Err(
             e @ (crate::receipt::ReceiptError::Untrusted(_)
             | crate::receipt::ReceiptError::Corrupt { .. }
             | crate::receipt::ReceiptError::Foreign { .. }),
         ) => {
             eprintln!("warning: ignoring the install receipt: {e}\nhint: install writes a new, root-owned one");
-            None
+            Ok(None)
         }
-        Err(e) => return Err(e.into()),
-    };
-    let su = service_user(&det, mode, args, &args.root, prior.as_ref())?;
+        Err(e) => Err(e.into()),
+    }
+}
 
-    let running = match &args.binary {
-        Some(b) => b.clone(),
-        None => std::env::current_exe().map_err(|e| {
-            Error::failed(
-                format!("cannot locate the running binary: {e}"),
-                "run outpost by its full path",
-            )
-        })?,
-    };
-    for k in &args.release_keys {
-        if k.chars()
-            .any(|c| c.is_whitespace() || c == '"' || c == '\\' || c.is_control())
-        {
-            return Err(Error::usage(
-                format!("invalid release public key {k:?}"),
-                "pass the base64 line of the minisign .pub file",
+/// The binary to install and its sha256: with a release URL, the verified copy from the
+/// signed release, else the running one.
+fn install_binary(
+    verified: Option<&VerifiedBinary>,
+    running: PathBuf,
+) -> Result<(PathBuf, String)> {
+    let binary = verified.map(|v| v.binary.clone()).unwrap_or(running);
+    let sha256 = crate::fsx::sha256_file(&binary).map_err(|e| Error::io("read", &binary, e))?;
+    Ok((binary, sha256))
+}
+
+/// A release public key as given on the command line: one base64 line, nothing that could
+/// break out of the TOML string it is recorded in.
+fn check_release_key(k: &str) -> Result<()> {
+    if k.chars()
+        .any(|c| c.is_whitespace() || c == '"' || c == '\\' || c.is_control())
+    {
+        return Err(Error::usage(
+            format!("invalid release public key {k:?}"),
+            "pass the base64 line of the minisign .pub file",
+        ));
+    }
+    Ok(())
+}
+
+/// A release URL: any source the release reader understands (https://, http://, file:///,
+/// github:O/R), and nothing that could break out of the TOML string it is recorded in.
+fn check_release_url(url: &str) -> Result<()> {
+    let printable = !url
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == '"' || c == '\\');
+    if !printable || outpost_release::Source::parse(url).is_err() {
+        return Err(Error::usage(
+            format!("invalid release url {url:?}: expected https://HOST[/PATH], file:///DIR or github:OWNER/REPO"),
+            "pass --release-url https://releases.example.com/outpost",
+        ));
+    }
+    Ok(())
+}
+
+/// [`prepare`]'s steps, in the order it takes them (so the first problem found is the one
+/// reported), over the arguments and the two seams.
+struct Preparer<'a> {
+    args: &'a InstallArgs,
+    probe: &'a dyn Probe,
+    host: &'a dyn Host,
+}
+
+impl Preparer<'_> {
+    /// What this host is; a platform outpost cannot run on is refused here.
+    fn detect(&self) -> Result<Detection> {
+        let det = detect::probe::detect(self.probe);
+        if let Some(reason) = &det.unsupported {
+            return Err(Error::failed(
+                reason.clone(),
+                "see the platform table in README.md; `outpost detect` shows what was found",
             ));
         }
+        Ok(det)
     }
-    if let Some(url) = &args.release_url {
-        // Any source the release reader understands (https://, http://, file:///, github:O/R),
-        // and nothing that could break out of the TOML string it is recorded in.
-        let printable = !url
-            .chars()
-            .any(|c| c.is_control() || c.is_whitespace() || c == '"' || c == '\\');
-        if !printable || outpost_release::Source::parse(url).is_err() {
-            return Err(Error::usage(
-                format!("invalid release url {url:?}: expected https://HOST[/PATH], file:///DIR or github:OWNER/REPO"),
-                "pass --release-url https://releases.example.com/outpost",
-            ));
+
+    fn check_hub_and_admin_group(&self) -> Result<()> {
+        let args = self.args;
+        if let Some(url) = &args.hub_url {
+            validate_hub_url(url, args.insecure_http)?;
+        }
+        if let Some(g) = &args.admin_group {
+            let exists = crate::users::group_exists(&args.root, g)
+                .map_err(|e| Error::failed(e.to_string(), "check /etc/group is readable"))?;
+            if !crate::users::valid_username(g) || !exists {
+                return Err(Error::usage(
+                    format!("--admin-group {g}: no such group"),
+                    format!("create it first (`groupadd {g}`)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The mode's layout; the operator's config must load with this binary (and in system
+    /// mode be root's) before anything changes.
+    fn layout(&self, det: &Detection, mode: Mode) -> Result<Layout> {
+        let layout = layout_for(det, mode, &self.args.root)?;
+        let cfg = layout.host(&layout.config_file);
+        if mode == Mode::System {
+            config_is_roots(&cfg)?;
+        }
+        if cfg.exists() {
+            outpost_core::Config::load(&cfg)?;
+        }
+        Ok(layout)
+    }
+
+    /// `--binary`, else the running executable.
+    fn running_binary(&self) -> Result<PathBuf> {
+        match &self.args.binary {
+            Some(b) => Ok(b.clone()),
+            None => std::env::current_exe().map_err(|e| {
+                Error::failed(
+                    format!("cannot locate the running binary: {e}"),
+                    "run outpost by its full path",
+                )
+            }),
         }
     }
-    // With a release URL, what gets installed is the verified copy from the signed release.
-    let verified = match &args.release_url {
-        Some(url) => Some(verify_against_release(
+
+    fn check_release_flags(&self) -> Result<()> {
+        for k in &self.args.release_keys {
+            check_release_key(k)?;
+        }
+        if let Some(url) = &self.args.release_url {
+            check_release_url(url)?;
+        }
+        Ok(())
+    }
+
+    /// With a release URL: the signed release's copy of `running` (which must be identical).
+    fn verify_against_release(
+        &self,
+        layout: &Layout,
+        running: &Path,
+    ) -> Result<Option<VerifiedBinary>> {
+        let args = self.args;
+        let Some(url) = &args.release_url else {
+            return Ok(None);
+        };
+        verify_against_release(
             url,
             &args.release_keys,
             args.ca_file.as_deref(),
-            &running,
-            &install_replay_state(&layout, args.dry_run),
-        )?),
-        None => None,
-    };
-    let binary = verified
-        .as_ref()
-        .map(|v| v.binary.clone())
-        .unwrap_or(running);
-    let binary_sha256 =
-        crate::fsx::sha256_file(&binary).map_err(|e| Error::io("read", &binary, e))?;
-    let version = outpost_release::version();
+            running,
+            &install_replay_state(layout, args.dry_run),
+        )
+        .map(Some)
+    }
 
-    let enable_linger = match (mode, &det.topology.target_user) {
-        (Mode::User, Some(t)) if !t.linger => Some((t.account.name.clone(), t.account.uid)),
-        _ => None,
-    };
-    let scope = match mode {
-        Mode::System => Scope::System,
-        Mode::User => Scope::User { uid: euid },
-    };
-    let paths = plan::install_paths(&layout, &version);
-    let mut obs = Observed {
-        paths: plan::observe_paths(&layout, &paths)
-            .map_err(|e| Error::failed(e.to_string(), "check permissions"))?,
-        unit: None,
-        receipt: prior.clone(),
-        users: Default::default(),
-    };
-    if let Some(ids) = su.ids {
-        obs.users.insert(su.name.clone(), ids);
+    /// What is on disk at every path the plan may touch, the known service user, and the
+    /// unit's state (no manager yet, user mode before linger, simply means nothing runs).
+    fn observe(
+        &self,
+        layout: &Layout,
+        version: &semver::Version,
+        su: &ServiceUser,
+        prior: Option<Receipt>,
+        euid: u32,
+    ) -> Result<Observed> {
+        let paths = plan::install_paths(layout, version);
+        let mut obs = Observed {
+            paths: plan::observe_paths(layout, &paths)
+                .map_err(|e| Error::failed(e.to_string(), "check permissions"))?,
+            unit: None,
+            receipt: prior,
+            users: Default::default(),
+        };
+        if let Some(ids) = su.ids {
+            obs.users.insert(su.name.clone(), ids);
+        }
+        let scope = match layout.mode {
+            Mode::System => Scope::System,
+            Mode::User => Scope::User { uid: euid },
+        };
+        if let Ok(svc) = self.host.service_manager(scope) {
+            obs.unit = Some(svc.status(crate::UNIT)?);
+        }
+        Ok(obs)
     }
-    // No manager yet (user mode before linger) simply means: nothing is running.
-    if let Ok(svc) = host.service_manager(scope) {
-        obs.unit = Some(svc.status(crate::UNIT)?);
+
+    /// The planner's inputs, with unit parameters that render.
+    fn inputs(
+        &self,
+        det: &Detection,
+        layout: Layout,
+        version: semver::Version,
+        (binary, binary_sha256): (PathBuf, String),
+        service_user: ServiceUser,
+    ) -> Result<plan::InstallInputs> {
+        let args = self.args;
+        let enable_linger = match (layout.mode, &det.topology.target_user) {
+            (Mode::User, Some(t)) if !t.linger => Some((t.account.name.clone(), t.account.uid)),
+            _ => None,
+        };
+        let inputs = plan::InstallInputs {
+            layout,
+            version,
+            binary,
+            binary_sha256,
+            service_user,
+            admin_group: args.admin_group.clone(),
+            polkit: det.topology.polkit.as_ref().map(|p| p.flavor),
+            enable_linger,
+            hub_url: args.hub_url.clone(),
+            enroll_key: args.enroll_key.clone(),
+            start: !args.no_start,
+            release: plan::ConfigSeed {
+                hub_url: None,
+                insecure_http: args.insecure_http,
+                release_url: args.release_url.clone(),
+                release_keys: args.release_keys.clone(),
+                ca_file: args.ca_file.clone(),
+            },
+        };
+        crate::render::validate(&plan::unit_params(&inputs)).map_err(|e| {
+            Error::usage(e.to_string(), "install paths must be absolute, printable and free of control characters; use --system if the home directory is unusual")
+        })?;
+        Ok(inputs)
     }
-    let inputs = plan::InstallInputs {
-        layout,
-        version,
-        binary,
-        binary_sha256,
-        service_user: su,
-        admin_group: args.admin_group.clone(),
-        polkit: det.topology.polkit.as_ref().map(|p| p.flavor),
-        enable_linger,
-        hub_url: args.hub_url.clone(),
-        enroll_key: args.enroll_key.clone(),
-        start: !args.no_start,
-        release: plan::ConfigSeed {
-            hub_url: None,
-            insecure_http: args.insecure_http,
-            release_url: args.release_url.clone(),
-            release_keys: args.release_keys.clone(),
-            ca_file: args.ca_file.clone(),
-        },
-    };
-    crate::render::validate(&plan::unit_params(&inputs)).map_err(|e| {
-        Error::usage(e.to_string(), "install paths must be absolute, printable and free of control characters; use --system if the home directory is unusual")
-    })?;
-    let mut p = plan::plan_install(&inputs, &obs);
-    p.warnings.splice(0..0, det.warnings.iter().cloned());
-    Ok((det, p, prior, euid, verified))
 }
 
 /// Human-readable plan, one line per change.
@@ -528,7 +635,8 @@ pub fn run(
     host: &dyn Host,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let (_det, plan, prior, euid, _verified) = prepare(args, probe, host)?;
+    let prepared = prepare(args, probe, host)?; // holds the verified binary until the end
+    let (plan, prior, euid) = (&prepared.plan, prepared.prior, prepared.euid);
     if args.dry_run {
         if args.json {
             writeln!(
@@ -538,11 +646,11 @@ pub fn run(
             )
             .ok();
         } else {
-            write!(out, "{}", render_plan(&plan, "would install")).ok();
+            write!(out, "{}", render_plan(plan, "would install")).ok();
         }
         return Ok(());
     }
-    let outcome = apply::apply_install(&plan, prior, host, euid, out)?;
+    let outcome = apply::apply_install(plan, prior, host, euid, out)?;
     if args.json {
         writeln!(
             out,
@@ -600,4 +708,190 @@ pub fn run(
     }
     writeln!(out, "next:\n  outpost status\n  {journal}\n  {sudo}outpost uninstall        (keeps config and state; --purge removes everything)").ok();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! `prepare` step by step on a fixture host: what it decides, and that the first problem
+    //! found in step order is the one reported.
+    use super::*;
+    use crate::detect::probe::HostProbe;
+    use crate::testing::Fake;
+
+    /// A Debian 12 systemd host under a temp root, seen as root without sudo.
+    struct Root(HostProbe);
+
+    impl Probe for Root {
+        fn read(&self, path: &str) -> Option<String> {
+            self.0.read(path)
+        }
+        fn exists(&self, path: &str) -> bool {
+            self.0.exists(path)
+        }
+        fn env(&self, _name: &str) -> Option<String> {
+            None
+        }
+        fn euid(&self) -> u32 {
+            0
+        }
+        fn arch(&self) -> String {
+            self.0.arch()
+        }
+        fn pkaction_version(&self) -> Option<String> {
+            Some("pkaction version 122\n".into())
+        }
+        fn systemd_version(&self) -> Option<String> {
+            Some("252".into())
+        }
+    }
+
+    fn host_root() -> (tempfile::TempDir, Root, InstallArgs) {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        for (to, from) in [
+            ("etc/os-release", "os-release/debian-12"),
+            ("etc/passwd", "passwd/passwd"),
+            ("etc/group", "passwd/group"),
+        ] {
+            std::fs::create_dir_all(r.join(to).parent().unwrap()).unwrap();
+            std::fs::copy(fixtures.join(from), r.join(to)).unwrap();
+        }
+        std::fs::create_dir_all(r.join("proc/1")).unwrap();
+        std::fs::write(r.join("proc/1/comm"), "systemd\n").unwrap();
+        for dir in ["run/systemd/system", "etc/polkit-1/rules.d"] {
+            std::fs::create_dir_all(r.join(dir)).unwrap();
+        }
+        let bin = r.join("outpost-src");
+        std::fs::write(&bin, b"\x7fELF").unwrap();
+        let args = InstallArgs {
+            mode: Some(Mode::System),
+            dry_run: true,
+            root: r.to_path_buf(),
+            binary: Some(bin),
+            ..Default::default()
+        };
+        let probe = Root(HostProbe::new(r));
+        (d, probe, args)
+    }
+
+    #[test]
+    fn prepare_names_what_it_decided() {
+        let (_d, probe, args) = host_root();
+        let fake = Fake::default();
+        let p = prepare(&args, &probe, &fake).unwrap();
+        assert!(p.detection.unsupported.is_none());
+        assert_eq!(p.euid, 0);
+        assert!(p.prior.is_none());
+        assert!(p.verified.is_none());
+        assert_eq!(p.plan.mode, Mode::System);
+        assert_eq!(p.plan.service_user.name, DEFAULT_SYSTEM_USER);
+        assert!(p.plan.service_user.create);
+        assert_eq!(p.plan.service, ServiceAction::Start);
+        let bin = args.binary.as_deref().unwrap();
+        let sha = crate::fsx::sha256_file(bin).unwrap();
+        assert!(p.plan.items.iter().any(|i| matches!(
+            &i.op,
+            Op::File { content: plan::Content::CopyOf { from }, sha256, .. }
+                if from == bin && *sha256 == sha
+        )));
+        // the unit state was asked for (and nothing else done)
+        assert!(fake.0.borrow().calls.is_empty());
+    }
+
+    /// Several problems at once: the step that comes first reports.
+    #[test]
+    fn prepare_reports_the_first_problem_in_step_order() {
+        type Break = fn(&mut InstallArgs);
+        let bad_hub: Break = |a| a.hub_url = Some("ftp://hub".into());
+        let bad_group: Break = |a| a.admin_group = Some("no-such-group".into());
+        let bad_config: Break = |a| {
+            let cfg = a.root.join("etc/outpost/config.toml");
+            std::fs::create_dir_all(cfg.parent().unwrap()).unwrap();
+            std::fs::write(cfg, "[agent\n").unwrap();
+        };
+        let bad_run_as: Break = |a| a.run_as = Some("root".into());
+        let no_binary: Break = |a| a.binary = Some(a.root.join("missing"));
+        let bad_key: Break = |a| a.release_keys = vec!["RW Q\"x".into()];
+        let bad_url: Break = |a| a.release_url = Some("ftp://x".into());
+        let all = [
+            (bad_hub, "invalid hub url"),
+            (bad_group, "--admin-group no-such-group: no such group"),
+            (bad_config, "config.toml"),
+            (bad_run_as, "--run-as root: the agent never runs as root"),
+            (bad_key, "invalid release public key"),
+            (bad_url, "invalid release url"),
+            (no_binary, "cannot read"),
+        ];
+        // each problem from the i-th on: the i-th one is reported
+        for i in 0..all.len() {
+            let (_d, probe, mut args) = host_root();
+            for (brk, _) in &all[i..] {
+                brk(&mut args);
+            }
+            let err = prepare(&args, &probe, &Fake::default())
+                .err()
+                .unwrap_or_else(|| panic!("step {i} passed"))
+                .to_string();
+            assert!(err.contains(all[i].1), "step {i}: {err}");
+        }
+    }
+
+    #[test]
+    fn release_flags_table() {
+        for (k, ok) in [
+            (
+                "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3",
+                true,
+            ),
+            ("RWQ f6", false),
+            ("RWQ\"", false),
+            ("RWQ\\", false),
+            ("RWQ\n", false),
+        ] {
+            assert_eq!(check_release_key(k).is_ok(), ok, "{k:?}");
+        }
+        for (u, ok) in [
+            ("https://releases.example.com/outpost", true),
+            ("file:///srv/releases", true),
+            ("github:acme/outpost", true),
+            ("ftp://x", false),
+            ("https://x/\"y", false),
+            ("https://x/ y", false),
+            ("https://x/\\y", false),
+        ] {
+            assert_eq!(check_release_url(u).is_ok(), ok, "{u:?}");
+        }
+    }
+
+    #[test]
+    fn prior_receipt_ignores_one_it_cannot_trust() {
+        let d = tempfile::tempdir().unwrap();
+        let l = Layout::system(d.path());
+        assert!(prior_receipt(&l).unwrap().is_none(), "none yet");
+        let rf = l.host(&l.receipt_file());
+        std::fs::create_dir_all(rf.parent().unwrap()).unwrap();
+        std::fs::write(&rf, "{ not json").unwrap();
+        assert!(prior_receipt(&l).unwrap().is_none(), "corrupt: ignored");
+    }
+
+    #[test]
+    fn install_binary_prefers_the_verified_copy() {
+        let d = tempfile::tempdir().unwrap();
+        let running = d.path().join("running");
+        std::fs::write(&running, b"a").unwrap();
+        let (b, sha) = install_binary(None, running.clone()).unwrap();
+        assert_eq!((b, sha), (running.clone(), crate::fsx::sha256_bytes(b"a")));
+        let tmp = outpost_release::fsx::private_temp_dir("t").unwrap();
+        let copy = tmp.path().join("outpost");
+        std::fs::write(&copy, b"b").unwrap();
+        let v = VerifiedBinary {
+            binary: copy.clone(),
+            _dir: tmp,
+        };
+        let (b, sha) = install_binary(Some(&v), running).unwrap();
+        assert_eq!((b, sha), (copy, crate::fsx::sha256_bytes(b"b")));
+        let err = install_binary(None, d.path().join("gone")).unwrap_err();
+        assert!(err.to_string().starts_with("cannot read"), "{err}");
+    }
 }

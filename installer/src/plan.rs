@@ -453,112 +453,193 @@ fn link_item(obs: &Observed, path: &Path, target: PathBuf, role: Role) -> Item {
 
 /// Decide what `install` must do.
 pub fn plan_install(inp: &InstallInputs, obs: &Observed) -> InstallPlan {
-    let l = &inp.layout;
-    let mut items = Vec::new();
-    let mut warnings = Vec::new();
-    let system = l.mode == Mode::System;
-    let svc_owner = if system {
-        OwnerSpec::ServiceUser
-    } else {
-        OwnerSpec::Invoker
+    let mut p = InstallPlanner {
+        inp,
+        obs,
+        items: Vec::new(),
+        warnings: Vec::new(),
     };
+    p.accounts();
+    p.versioned_binary();
+    p.config_and_state();
+    p.unit_files();
+    p.polkit();
+    p.finish()
+}
 
-    if inp.service_user.create {
-        let change = if obs.users.contains_key(&inp.service_user.name) {
-            Change::Unchanged
-        } else {
-            Change::Create
+/// [`plan_install`], one part of the plan per method, in the order the executor applies
+/// the items. Each item's change comes from the pure `*_item` functions above.
+struct InstallPlanner<'a> {
+    inp: &'a InstallInputs,
+    obs: &'a Observed,
+    items: Vec<Item>,
+    warnings: Vec<String>,
+}
+
+impl InstallPlanner<'_> {
+    fn dir(&mut self, path: &Path, mode: u32, owner: OwnerSpec, role: Role) {
+        self.items.push(dir_item(self.obs, path, mode, owner, role));
+    }
+
+    fn text(&mut self, path: &Path, role: Role, text: String, mode: u32) {
+        let item = text_item(self.obs, path, role, text, mode, OwnerSpec::Invoker);
+        self.items.push(item);
+    }
+
+    fn link(&mut self, path: &Path, target: PathBuf) {
+        self.items
+            .push(link_item(self.obs, path, target, Role::Link));
+    }
+
+    /// The system user to create, and linger to turn on, before anything else.
+    fn accounts(&mut self) {
+        self.items.extend(create_user_item(self.inp, self.obs));
+        self.items.extend(linger_item(self.inp));
+    }
+
+    /// Missing parents, `versions/V/outpost`, and the `current`, `last-good` and command links.
+    fn versioned_binary(&mut self) {
+        let (l, v) = (&self.inp.layout, &self.inp.version);
+        for d in ancestors_to_create(l) {
+            self.dir(&d, 0o755, OwnerSpec::Invoker, Role::Dir);
+        }
+        for d in [l.base.clone(), l.versions_dir(), l.version_dir(v)] {
+            self.dir(&d, 0o755, OwnerSpec::Invoker, Role::Dir);
+        }
+        self.items.push(file_item(
+            self.obs,
+            &l.version_dir(v).join("outpost"),
+            Role::Binary,
+            Content::CopyOf {
+                from: self.inp.binary.clone(),
+            },
+            self.inp.binary_sha256.clone(),
+            0o755,
+            OwnerSpec::Invoker,
+        ));
+        self.link(&l.current_link(), Layout::version_link_target(v));
+        self.link(&l.last_good_link(), Layout::version_link_target(v));
+        self.link(&l.bin_link, l.current_binary());
+    }
+
+    /// Root's: config, secrets (systemd reads them as root) and the state dir holding the
+    /// receipt, the upgrade record and the replay state. The agent writes only its agent dir.
+    fn config_and_state(&mut self) {
+        let l = &self.inp.layout;
+        self.dir(&l.config_dir, 0o755, OwnerSpec::Invoker, Role::Config);
+        let seed = ConfigSeed {
+            hub_url: self.inp.hub_url.clone(),
+            ..self.inp.release.clone()
         };
-        items.push(Item {
-            op: Op::CreateUser {
-                name: inp.service_user.name.clone(),
-                home: l.agent_dir.clone(),
-            },
-            change,
-        });
-    }
-    if let Some((user, uid)) = &inp.enable_linger {
-        items.push(Item {
-            op: Op::EnableLinger {
-                user: user.clone(),
-                uid: *uid,
-            },
-            change: Change::Create,
-        });
+        self.text(&l.config_file, Role::Config, initial_config(&seed), 0o644);
+        let env = initial_env(self.inp.enroll_key.as_deref());
+        self.text(&l.env_file, Role::Secrets, env, 0o600);
+        self.dir(&l.state_dir, 0o755, OwnerSpec::Invoker, Role::State);
+        self.dir(&l.agent_dir, 0o700, service_owner(l.mode), Role::State);
+        self.warnings.extend(kept_file_warnings(self.inp, self.obs));
     }
 
-    for d in ancestors_to_create(l) {
-        items.push(dir_item(obs, &d, 0o755, OwnerSpec::Invoker, Role::Dir));
+    /// The unit, and in system mode its hardening drop-in.
+    fn unit_files(&mut self) {
+        let l = &self.inp.layout;
+        let params = unit_params(self.inp);
+        self.dir(&l.unit_dir, 0o755, OwnerSpec::Invoker, Role::Dir);
+        self.text(&l.unit_file, Role::Unit, render::unit(&params), 0o644);
+        if let Some(dropin) = &l.dropin_file {
+            if let Some(dir) = dropin.parent() {
+                self.dir(dir, 0o755, OwnerSpec::Invoker, Role::Dir);
+            }
+            let text = render::hardening_dropin(&params);
+            self.text(dropin, Role::Dropin, text, 0o644);
+        }
     }
-    for d in [
-        l.base.clone(),
-        l.versions_dir(),
-        l.version_dir(&inp.version),
-    ] {
-        items.push(dir_item(obs, &d, 0o755, OwnerSpec::Invoker, Role::Dir));
+
+    /// System mode: a polkit JS rule where polkit can limit it to the unit, else a warning.
+    fn polkit(&mut self) {
+        if self.inp.layout.mode != Mode::System {
+            return;
+        }
+        if let Some(why) = polkit_warning(self.inp.polkit) {
+            self.warnings.push(why.into());
+            return;
+        }
+        let p = PathBuf::from(POLKIT_RULES);
+        if let Some(dir) = p.parent() {
+            self.dir(dir, 0o755, OwnerSpec::Invoker, Role::Dir);
+        }
+        let su = &self.inp.service_user.name;
+        let text = render::polkit_rules(su, self.inp.admin_group.as_deref());
+        self.text(&p, Role::Polkit, text, 0o644);
     }
-    items.push(file_item(
-        obs,
-        &l.version_dir(&inp.version).join("outpost"),
-        Role::Binary,
-        Content::CopyOf {
-            from: inp.binary.clone(),
+
+    /// The service manager's part, from what the items change and the unit's state.
+    fn finish(self) -> InstallPlan {
+        let (inp, l) = (self.inp, &self.inp.layout);
+        let touched = Touched::of(&self.items);
+        let unit = self.obs.unit.as_ref();
+        let loaded = unit.is_some_and(|u| u.is_loaded());
+        let active = unit.is_some_and(|u| u.is_active());
+        let enabled = unit.is_some_and(|u| u.unit_file_state == "enabled");
+        InstallPlan {
+            mode: l.mode,
+            version: inp.version.to_string(),
+            layout: l.clone(),
+            service_user: inp.service_user.clone(),
+            daemon_reload: touched.unit || !loaded,
+            enable: !enabled,
+            service: service_action(inp.start, active, touched.runtime()),
+            wait_user_manager: wait_user_manager(l.mode, inp.enable_linger.as_ref()),
+            items: self.items,
+            warnings: self.warnings,
+        }
+    }
+}
+
+/// Who owns the agent dir: the service user in system mode, else whoever installs.
+fn service_owner(mode: Mode) -> OwnerSpec {
+    match mode {
+        Mode::System => OwnerSpec::ServiceUser,
+        Mode::User => OwnerSpec::Invoker,
+    }
+}
+
+/// `useradd`, when install is to create the system user: unchanged once it exists.
+fn create_user_item(inp: &InstallInputs, obs: &Observed) -> Option<Item> {
+    let su = &inp.service_user;
+    if !su.create {
+        return None;
+    }
+    let change = if obs.users.contains_key(&su.name) {
+        Change::Unchanged
+    } else {
+        Change::Create
+    };
+    Some(Item {
+        op: Op::CreateUser {
+            name: su.name.clone(),
+            home: inp.layout.agent_dir.clone(),
         },
-        inp.binary_sha256.clone(),
-        0o755,
-        OwnerSpec::Invoker,
-    ));
-    items.push(link_item(
-        obs,
-        &l.current_link(),
-        Layout::version_link_target(&inp.version),
-        Role::Link,
-    ));
-    items.push(link_item(
-        obs,
-        &l.last_good_link(),
-        Layout::version_link_target(&inp.version),
-        Role::Link,
-    ));
-    items.push(link_item(obs, &l.bin_link, l.current_binary(), Role::Link));
+        change,
+    })
+}
 
-    // Root's: config, secrets (systemd reads them as root) and the state dir holding the
-    // receipt, the upgrade record and the replay state. The agent writes only its agent dir.
-    items.push(dir_item(
-        obs,
-        &l.config_dir,
-        0o755,
-        OwnerSpec::Invoker,
-        Role::Config,
-    ));
-    items.push(text_item(
-        obs,
-        &l.config_file,
-        Role::Config,
-        initial_config(&ConfigSeed {
-            hub_url: inp.hub_url.clone(),
-            ..inp.release.clone()
-        }),
-        0o644,
-        OwnerSpec::Invoker,
-    ));
-    items.push(text_item(
-        obs,
-        &l.env_file,
-        Role::Secrets,
-        initial_env(inp.enroll_key.as_deref()),
-        0o600,
-        OwnerSpec::Invoker,
-    ));
-    items.push(dir_item(
-        obs,
-        &l.state_dir,
-        0o755,
-        OwnerSpec::Invoker,
-        Role::State,
-    ));
-    items.push(dir_item(obs, &l.agent_dir, 0o700, svc_owner, Role::State));
+/// User mode: turn on linger first, when it is off.
+fn linger_item(inp: &InstallInputs) -> Option<Item> {
+    let (user, uid) = inp.enable_linger.as_ref()?;
+    Some(Item {
+        op: Op::EnableLinger {
+            user: user.clone(),
+            uid: *uid,
+        },
+        change: Change::Create,
+    })
+}
 
+/// A hub URL or key given for a config or secrets file that exists (and is kept) is not
+/// written: say so.
+fn kept_file_warnings(inp: &InstallInputs, obs: &Observed) -> Vec<String> {
+    let l = &inp.layout;
+    let mut warnings = Vec::new();
     if inp.hub_url.is_some() && obs.get(&l.config_file).is_some() {
         warnings.push(format!(
             "{} exists and is kept as it is: set [hub] url there if it should change",
@@ -571,75 +652,59 @@ pub fn plan_install(inp: &InstallInputs, obs: &Observed) -> InstallPlan {
             l.env_file.display()
         ));
     }
+    warnings
+}
 
-    let params = unit_params(inp);
-    items.push(dir_item(
-        obs,
-        &l.unit_dir,
-        0o755,
-        OwnerSpec::Invoker,
-        Role::Dir,
-    ));
-    items.push(text_item(
-        obs,
-        &l.unit_file,
-        Role::Unit,
-        render::unit(&params),
-        0o644,
-        OwnerSpec::Invoker,
-    ));
-    if let Some(dropin) = &l.dropin_file {
-        if let Some(dir) = dropin.parent() {
-            items.push(dir_item(obs, dir, 0o755, OwnerSpec::Invoker, Role::Dir));
-        }
-        items.push(text_item(
-            obs,
-            dropin,
-            Role::Dropin,
-            render::hardening_dropin(&params),
-            0o644,
-            OwnerSpec::Invoker,
-        ));
+/// Why no polkit rule is written (system mode), or `None` when one is.
+fn polkit_warning(flavor: Option<PolkitFlavor>) -> Option<&'static str> {
+    match flavor {
+        Some(PolkitFlavor::Rules) => None,
+        Some(PolkitFlavor::Pkla) => Some(
+            "polkit 0.105 cannot limit a grant to one unit, so no polkit rule was written: managing outpost.service needs sudo on this host",
+        ),
+        None => Some(
+            "polkit is not installed: the service user cannot restart outpost.service without sudo",
+        ),
     }
-    if system {
-        match inp.polkit {
-            Some(PolkitFlavor::Rules) => {
-                let p = PathBuf::from(POLKIT_RULES);
-                if let Some(dir) = p.parent() {
-                    items.push(dir_item(obs, dir, 0o755, OwnerSpec::Invoker, Role::Dir));
-                }
-                let text = render::polkit_rules(&inp.service_user.name, inp.admin_group.as_deref());
-                items.push(text_item(obs, &p, Role::Polkit, text, 0o644, OwnerSpec::Invoker));
-            }
-            Some(PolkitFlavor::Pkla) => warnings.push(
-                "polkit 0.105 cannot limit a grant to one unit, so no polkit rule was written: managing outpost.service needs sudo on this host".into(),
-            ),
-            None => warnings.push(
-                "polkit is not installed: the service user cannot restart outpost.service without sudo".into(),
-            ),
+}
+
+/// Which kinds of file a plan writes (creates or updates).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Touched {
+    /// The unit or its drop-in: systemd must reload.
+    unit: bool,
+    /// The binary, a link or the secrets: what the running service uses.
+    binary_links_or_secrets: bool,
+}
+
+impl Touched {
+    fn of(items: &[Item]) -> Touched {
+        let changed = |role: Role| {
+            items.iter().any(|i| {
+                matches!(i.change, Change::Create | Change::Update)
+                    && match &i.op {
+                        Op::File { role: r, .. } | Op::Symlink { role: r, .. } => *r == role,
+                        _ => false,
+                    }
+            })
+        };
+        Touched {
+            unit: changed(Role::Unit) || changed(Role::Dropin),
+            binary_links_or_secrets: changed(Role::Binary)
+                || changed(Role::Link)
+                || changed(Role::Secrets),
         }
     }
 
-    let changed = |role: Role| {
-        items.iter().any(|i| {
-            matches!(i.change, Change::Create | Change::Update)
-                && match &i.op {
-                    Op::File { role: r, .. } | Op::Symlink { role: r, .. } => *r == role,
-                    _ => false,
-                }
-        })
-    };
-    let unit_changed = changed(Role::Unit) || changed(Role::Dropin);
-    let runtime_changed =
-        unit_changed || changed(Role::Binary) || changed(Role::Link) || changed(Role::Secrets);
-    let unit_loaded = obs.unit.as_ref().is_some_and(|u| u.is_loaded());
-    let active = obs.unit.as_ref().is_some_and(|u| u.is_active());
-    let enabled = obs
-        .unit
-        .as_ref()
-        .is_some_and(|u| u.unit_file_state == "enabled");
+    /// A running service must restart to see the change.
+    fn runtime(self) -> bool {
+        self.unit || self.binary_links_or_secrets
+    }
+}
 
-    let service = if !inp.start {
+/// Start, restart or leave the service.
+fn service_action(start: bool, active: bool, runtime_changed: bool) -> ServiceAction {
+    if !start {
         ServiceAction::None {
             reason: "--no-start".into(),
         }
@@ -651,22 +716,14 @@ pub fn plan_install(inp: &InstallInputs, obs: &Observed) -> InstallPlan {
         ServiceAction::None {
             reason: "already running this version with these files".into(),
         }
-    };
-
-    InstallPlan {
-        mode: l.mode,
-        version: inp.version.to_string(),
-        layout: l.clone(),
-        service_user: inp.service_user.clone(),
-        items,
-        daemon_reload: unit_changed || !unit_loaded,
-        enable: !enabled,
-        service,
-        wait_user_manager: (l.mode == Mode::User)
-            .then_some(inp.enable_linger.as_ref().map(|x| x.1))
-            .flatten(),
-        warnings,
     }
+}
+
+/// User mode with linger turned on now: wait for user@UID before talking to it.
+fn wait_user_manager(mode: Mode, enable_linger: Option<&(String, u32)>) -> Option<u32> {
+    (mode == Mode::User)
+        .then_some(enable_linger.map(|x| x.1))
+        .flatten()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -828,3 +885,245 @@ pub fn plan_uninstall(
 
 #[cfg(test)]
 mod tests;
+
+/// One table per decision of the install planner.
+#[cfg(test)]
+mod planner_tests {
+    use super::*;
+
+    fn inputs(mode: Mode) -> InstallInputs {
+        let root = Path::new("/nonexistent-root");
+        InstallInputs {
+            layout: match mode {
+                Mode::System => Layout::system(root),
+                Mode::User => Layout::user(root, Path::new("/home/alice")),
+            },
+            version: semver::Version::new(1, 0, 0),
+            binary: "/bin/outpost".into(),
+            binary_sha256: "ab".into(),
+            service_user: ServiceUser {
+                name: "outpost".into(),
+                ids: None,
+                create: false,
+            },
+            admin_group: None,
+            polkit: None,
+            enable_linger: None,
+            hub_url: None,
+            enroll_key: None,
+            start: true,
+            release: ConfigSeed::default(),
+        }
+    }
+
+    #[test]
+    fn service_action_table() {
+        let none = |r: &str| ServiceAction::None { reason: r.into() };
+        let running = "already running this version with these files";
+        // (start, active, runtime changed) -> action
+        let cases = [
+            ((false, false, false), none("--no-start")),
+            ((false, true, true), none("--no-start")),
+            ((true, false, false), ServiceAction::Start),
+            ((true, false, true), ServiceAction::Start),
+            ((true, true, true), ServiceAction::Restart),
+            ((true, true, false), none(running)),
+        ];
+        for ((start, active, changed), want) in cases {
+            assert_eq!(
+                service_action(start, active, changed),
+                want,
+                "{start} {active} {changed}"
+            );
+        }
+    }
+
+    #[test]
+    fn touched_table() {
+        let file = |role, change| Item {
+            op: Op::File {
+                path: "/f".into(),
+                role,
+                content: Content::Text {
+                    text: String::new(),
+                },
+                sha256: String::new(),
+                mode: 0o644,
+                owner: OwnerSpec::Invoker,
+            },
+            change,
+        };
+        let link = |change| Item {
+            op: Op::Symlink {
+                path: "/l".into(),
+                target: "t".into(),
+                role: Role::Link,
+            },
+            change,
+        };
+        let dir = Item {
+            op: Op::Dir {
+                path: "/d".into(),
+                mode: 0o755,
+                owner: OwnerSpec::Invoker,
+                role: Role::Dir,
+            },
+            change: Change::Create,
+        };
+        // items -> (unit changed, restart needed)
+        let cases: Vec<(Vec<Item>, (bool, bool))> = vec![
+            (vec![], (false, false)),
+            (vec![dir], (false, false)),
+            (vec![file(Role::Unit, Change::Update)], (true, true)),
+            (vec![file(Role::Dropin, Change::Create)], (true, true)),
+            (vec![file(Role::Unit, Change::Unchanged)], (false, false)),
+            (vec![file(Role::Binary, Change::Create)], (false, true)),
+            (vec![file(Role::Secrets, Change::Update)], (false, true)),
+            (vec![file(Role::Secrets, Change::Keep)], (false, false)),
+            (vec![file(Role::Config, Change::Update)], (false, false)),
+            (vec![file(Role::Polkit, Change::Create)], (false, false)),
+            (vec![link(Change::Update)], (false, true)),
+            (vec![link(Change::Unchanged)], (false, false)),
+        ];
+        for (items, (unit, runtime)) in cases {
+            let t = Touched::of(&items);
+            assert_eq!((t.unit, t.runtime()), (unit, runtime), "{items:?}");
+        }
+    }
+
+    #[test]
+    fn polkit_warning_table() {
+        assert_eq!(polkit_warning(Some(PolkitFlavor::Rules)), None);
+        assert!(polkit_warning(Some(PolkitFlavor::Pkla)).is_some_and(|w| w.contains("0.105")));
+        assert!(polkit_warning(None).is_some_and(|w| w.contains("not installed")));
+        // user mode writes no rule and warns about nothing polkit
+        let mut inp = inputs(Mode::User);
+        inp.polkit = None;
+        let p = plan_install(&inp, &Observed::default());
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    }
+
+    #[test]
+    fn wait_user_manager_table() {
+        let linger = ("alice".to_string(), 1000);
+        let cases = [
+            (Mode::User, Some(&linger), Some(1000)),
+            (Mode::User, None, None),
+            (Mode::System, Some(&linger), None),
+            (Mode::System, None, None),
+        ];
+        for (mode, l, want) in cases {
+            assert_eq!(wait_user_manager(mode, l), want, "{mode} {l:?}");
+        }
+    }
+
+    #[test]
+    fn accounts_table() {
+        // (create, user exists) -> the useradd item's change
+        for (create, exists, want) in [
+            (false, false, None),
+            (false, true, None),
+            (true, false, Some(Change::Create)),
+            (true, true, Some(Change::Unchanged)),
+        ] {
+            let mut inp = inputs(Mode::System);
+            inp.service_user.create = create;
+            let mut obs = Observed::default();
+            if exists {
+                obs.users.insert("outpost".into(), (990, 990));
+            }
+            let item = create_user_item(&inp, &obs);
+            assert_eq!(item.as_ref().map(|i| i.change), want, "{create} {exists}");
+            if let Some(Item {
+                op: Op::CreateUser { home, .. },
+                ..
+            }) = item
+            {
+                assert_eq!(home, inp.layout.agent_dir);
+            }
+        }
+        let mut inp = inputs(Mode::User);
+        assert_eq!(linger_item(&inp), None);
+        inp.enable_linger = Some(("alice".into(), 1000));
+        assert!(matches!(
+            linger_item(&inp),
+            Some(Item {
+                op: Op::EnableLinger { uid: 1000, .. },
+                change: Change::Create
+            })
+        ));
+    }
+
+    #[test]
+    fn kept_file_warnings_table() {
+        // (hub url given, key given, config exists, env exists) -> warnings about
+        let cases = [
+            ((false, false, true, true), vec![]),
+            ((true, false, false, false), vec![]),
+            ((true, true, true, false), vec!["[hub] url"]),
+            ((true, true, false, true), vec!["enrollment key"]),
+            (
+                (true, true, true, true),
+                vec!["[hub] url", "enrollment key"],
+            ),
+        ];
+        for ((hub, key, cfg, env), want) in cases {
+            let mut inp = inputs(Mode::System);
+            inp.hub_url = hub.then(|| "https://hub".into());
+            inp.enroll_key = key.then(|| "k".into());
+            let mut obs = Observed::default();
+            let l = &inp.layout;
+            for (present, path) in [(cfg, &l.config_file), (env, &l.env_file)] {
+                if present {
+                    obs.paths.insert(path.clone(), Seen::Other);
+                }
+            }
+            let got = kept_file_warnings(&inp, &obs);
+            assert_eq!(got.len(), want.len(), "{got:?}");
+            for (g, w) in got.iter().zip(&want) {
+                assert!(g.contains(w), "{g} lacks {w}");
+            }
+        }
+    }
+
+    /// The parts come in the order the executor needs: accounts, the binary and its links,
+    /// config and state (the agent dir last, the privilege split is repaired after it), the
+    /// unit, polkit.
+    #[test]
+    fn items_come_in_executor_order() {
+        let mut inp = inputs(Mode::System);
+        inp.service_user.create = true;
+        inp.polkit = Some(PolkitFlavor::Rules);
+        let p = plan_install(&inp, &Observed::default());
+        let l = &inp.layout;
+        let pos = |path: &Path| {
+            p.items
+                .iter()
+                .position(|i| i.op.path() == Some(path))
+                .unwrap_or_else(|| panic!("{} not planned", path.display()))
+        };
+        assert!(matches!(p.items[0].op, Op::CreateUser { .. }));
+        let order = [
+            l.base.clone(),
+            l.version_dir(&inp.version).join("outpost"),
+            l.current_link(),
+            l.last_good_link(),
+            l.bin_link.clone(),
+            l.config_dir.clone(),
+            l.config_file.clone(),
+            l.env_file.clone(),
+            l.state_dir.clone(),
+            l.agent_dir.clone(),
+            l.unit_dir.clone(),
+            l.unit_file.clone(),
+            l.dropin_file.clone().unwrap(),
+            PathBuf::from(POLKIT_RULES),
+        ];
+        let at: Vec<usize> = order.iter().map(|p| pos(p)).collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{at:?}");
+        assert_eq!(at[9] + 1, at[10], "the unit dir follows the agent dir");
+        assert!(p.daemon_reload && p.enable);
+        assert_eq!(p.service, ServiceAction::Start);
+        assert_eq!(p.wait_user_manager, None);
+    }
+}

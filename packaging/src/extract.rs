@@ -81,77 +81,145 @@ fn safe_rel_path(raw: &[u8]) -> std::result::Result<PathBuf, &'static str> {
 }
 
 fn extract_into(tarball: &Path, staging: &Path, limits: &ExtractLimits) -> Result<Vec<PathBuf>> {
-    let archive_err = |e: std::io::Error| Error::Archive {
-        archive: tarball.to_path_buf(),
-        detail: e.to_string(),
-    };
     let f = fs_err::File::open(tarball).map_err(|e| Error::io("open", tarball, e))?;
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(f)));
-    let mut files = Vec::new();
-    let mut dirs = vec![staging.to_path_buf()];
-    let mut count = 0usize;
-    let mut total = 0u64;
-    for entry in ar.entries().map_err(archive_err)? {
-        let mut entry = entry.map_err(archive_err)?;
-        count += 1;
+    let mut x = Extraction::new(tarball, staging, limits);
+    for entry in ar.entries().map_err(|e| x.archive_err(e))? {
+        let mut entry = entry.map_err(|e| x.archive_err(e))?;
+        x.entry(&mut entry)?;
+    }
+    x.check_trailing(ar.into_inner())?;
+    x.finish()
+}
+
+/// Why an entry of this type is refused; `None` for a regular file or a directory.
+fn refused_type(kind: tar::EntryType) -> Option<&'static str> {
+    match kind {
+        tar::EntryType::Regular | tar::EntryType::Directory => None,
+        tar::EntryType::Symlink => Some("is a symlink"),
+        tar::EntryType::Link => Some("is a hardlink"),
+        tar::EntryType::Char | tar::EntryType::Block => Some("is a device node"),
+        tar::EntryType::Fifo => Some("is a fifo"),
+        _ => Some("is not a regular file or directory"),
+    }
+}
+
+/// The mode a file is written with: executable (0755) if the archive marks it so for
+/// anyone, else 0644. Nothing else of the archive's mode is kept.
+fn file_mode(archive_mode: u32) -> u32 {
+    if archive_mode & 0o111 != 0 {
+        0o755
+    } else {
+        0o644
+    }
+}
+
+/// Most trailing data tolerated after the tar end-of-archive inside the gzip stream.
+const MAX_TRAILING: u64 = 1 << 20;
+
+/// One [`extract_tarball`]: the caps as they are used up and what was written so far, one
+/// method per check or write.
+struct Extraction<'a> {
+    tarball: &'a Path,
+    staging: &'a Path,
+    limits: &'a ExtractLimits,
+    files: Vec<PathBuf>,
+    /// Directories made (the staging directory first), to fsync at the end.
+    dirs: Vec<PathBuf>,
+    entries: usize,
+    total_bytes: u64,
+}
+
+impl<'a> Extraction<'a> {
+    fn new(tarball: &'a Path, staging: &'a Path, limits: &'a ExtractLimits) -> Self {
+        Extraction {
+            tarball,
+            staging,
+            limits,
+            files: Vec::new(),
+            dirs: vec![staging.to_path_buf()],
+            entries: 0,
+            total_bytes: 0,
+        }
+    }
+
+    fn archive_err(&self, e: std::io::Error) -> Error {
+        self.invalid(e.to_string())
+    }
+
+    fn invalid(&self, detail: String) -> Error {
+        Error::Archive {
+            archive: self.tarball.to_path_buf(),
+            detail,
+        }
+    }
+
+    /// Check one entry against every rule, then write it.
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
+        self.count_entry()?;
         let raw = entry.path_bytes().into_owned();
         let name = String::from_utf8_lossy(&raw).into_owned();
-        if count > limits.max_entries {
-            return Err(Error::Archive {
-                archive: tarball.to_path_buf(),
-                detail: format!("more than {} entries", limits.max_entries),
-            });
-        }
         let kind = entry.header().entry_type();
-        let why_type = match kind {
-            tar::EntryType::Regular | tar::EntryType::Directory => None,
-            tar::EntryType::Symlink => Some("is a symlink"),
-            tar::EntryType::Link => Some("is a hardlink"),
-            tar::EntryType::Char | tar::EntryType::Block => Some("is a device node"),
-            tar::EntryType::Fifo => Some("is a fifo"),
-            _ => Some("is not a regular file or directory"),
-        };
-        if let Some(why) = why_type {
-            return Err(unsafe_entry(tarball, &name, why));
+        if let Some(why) = refused_type(kind) {
+            return Err(unsafe_entry(self.tarball, &name, why));
         }
-        let rel = safe_rel_path(&raw).map_err(|why| unsafe_entry(tarball, &name, why))?;
+        let rel = safe_rel_path(&raw).map_err(|why| unsafe_entry(self.tarball, &name, why))?;
         let size = entry.size();
-        if size > limits.max_entry_bytes {
-            return Err(unsafe_entry(
-                tarball,
-                &name,
-                format!(
-                    "is {size} bytes, more than the {} allowed",
-                    limits.max_entry_bytes
-                ),
-            ));
-        }
-        total += size;
-        if total > limits.max_total_bytes {
-            return Err(Error::Archive {
-                archive: tarball.to_path_buf(),
-                detail: format!("more than {} bytes in total", limits.max_total_bytes),
-            });
-        }
-        let dest = staging.join(&rel);
+        self.count_bytes(&name, size)?;
         if kind == tar::EntryType::Directory {
-            if rel.as_os_str().is_empty() {
-                continue;
-            }
-            create_dirs_in(staging, &rel, &mut dirs)?;
-            continue;
+            return self.directory(&rel);
         }
+        self.file(entry, &name, &rel, size)
+    }
+
+    fn count_entry(&mut self) -> Result<()> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(self.invalid(format!("more than {} entries", self.limits.max_entries)));
+        }
+        Ok(())
+    }
+
+    /// The entry's size against the per-entry cap, and the running total against its own.
+    fn count_bytes(&mut self, name: &str, size: u64) -> Result<()> {
+        let max = self.limits.max_entry_bytes;
+        if size > max {
+            let why = format!("is {size} bytes, more than the {max} allowed");
+            return Err(unsafe_entry(self.tarball, name, why));
+        }
+        self.total_bytes += size;
+        if self.total_bytes > self.limits.max_total_bytes {
+            let max = self.limits.max_total_bytes;
+            return Err(self.invalid(format!("more than {max} bytes in total")));
+        }
+        Ok(())
+    }
+
+    /// A directory entry (the archive's root, `./`, is the staging directory itself).
+    fn directory(&mut self, rel: &Path) -> Result<()> {
         if rel.as_os_str().is_empty() {
-            return Err(unsafe_entry(tarball, &name, "has an empty path"));
+            return Ok(());
+        }
+        create_dirs_in(self.staging, rel, &mut self.dirs)
+    }
+
+    /// A regular file: created new (a second entry of the same path is refused), `size`
+    /// bytes copied, its mode fixed, synced.
+    fn file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        name: &str,
+        rel: &Path,
+        size: u64,
+    ) -> Result<()> {
+        if rel.as_os_str().is_empty() {
+            return Err(unsafe_entry(self.tarball, name, "has an empty path"));
         }
         if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
-            create_dirs_in(staging, parent, &mut dirs)?;
+            create_dirs_in(self.staging, parent, &mut self.dirs)?;
         }
-        let mode = if entry.header().mode().map_err(archive_err)? & 0o111 != 0 {
-            0o755
-        } else {
-            0o644
-        };
+        let mode = file_mode(entry.header().mode().map_err(|e| self.archive_err(e))?);
+        let dest = self.staging.join(rel);
         let mut out = match fs_err::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -160,44 +228,44 @@ fn extract_into(tarball: &Path, staging: &Path, limits: &ExtractLimits) -> Resul
         {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(unsafe_entry(tarball, &name, "appears twice"))
+                return Err(unsafe_entry(self.tarball, name, "appears twice"))
             }
             Err(e) => return Err(Error::io("create", &dest, e)),
         };
-        let copied = std::io::copy(&mut (&mut entry).take(size), &mut out).map_err(archive_err)?;
+        let copied =
+            std::io::copy(&mut entry.take(size), &mut out).map_err(|e| self.archive_err(e))?;
         if copied != size {
-            return Err(Error::Archive {
-                archive: tarball.to_path_buf(),
-                detail: format!("entry {name:?} is truncated"),
-            });
+            return Err(self.invalid(format!("entry {name:?} is truncated")));
         }
         out.file()
             .set_permissions(std::fs::Permissions::from_mode(mode))
             .and_then(|()| out.sync_all())
             .map_err(|e| Error::io("write", &dest, e))?;
-        files.push(rel);
+        self.files.push(rel.to_path_buf());
+        Ok(())
     }
-    // Read the gzip stream to its end so a truncated or corrupt one (CRC, length) is caught,
-    // and refuse large trailing data.
-    let mut rest = ar.into_inner();
-    let trailing =
-        std::io::copy(&mut (&mut rest).take(1 << 20), &mut std::io::sink()).map_err(archive_err)?;
-    if trailing >= 1 << 20 {
-        return Err(Error::Archive {
-            archive: tarball.to_path_buf(),
-            detail: "unexpected data after the end of the archive".into(),
-        });
+
+    /// Read the gzip stream to its end so a truncated or corrupt one (CRC, length) is
+    /// caught, and refuse large trailing data.
+    fn check_trailing(&self, mut rest: impl Read) -> Result<()> {
+        let trailing = std::io::copy(&mut (&mut rest).take(MAX_TRAILING), &mut std::io::sink())
+            .map_err(|e| self.archive_err(e))?;
+        if trailing >= MAX_TRAILING {
+            return Err(self.invalid("unexpected data after the end of the archive".into()));
+        }
+        Ok(())
     }
-    if !files.iter().any(|f| f == Path::new(BINARY)) {
-        return Err(Error::Archive {
-            archive: tarball.to_path_buf(),
-            detail: format!("no `{BINARY}` file at the top level"),
-        });
+
+    /// The binary must be there; then every directory made is synced, deepest first.
+    fn finish(self) -> Result<Vec<PathBuf>> {
+        if !self.files.iter().any(|f| f == Path::new(BINARY)) {
+            return Err(self.invalid(format!("no `{BINARY}` file at the top level")));
+        }
+        for d in self.dirs.iter().rev() {
+            fsx::fsync_dir(d)?;
+        }
+        Ok(self.files)
     }
-    for d in dirs.iter().rev() {
-        fsx::fsync_dir(d)?;
-    }
-    Ok(files)
 }
 
 /// Create `rel` (normal components only) and its parents under `root`, mode 0755.
@@ -559,6 +627,116 @@ mod tests {
             assert_eq!(tree(d.path()), ["r.tar.gz", "root"], "{name}");
         }
         assert!(!Path::new("/tmp/outpost-escape-abs").exists());
+    }
+
+    #[test]
+    fn refused_type_table() {
+        use tar::EntryType as T;
+        let cases = [
+            (T::Regular, None),
+            (T::Directory, None),
+            (T::Symlink, Some("is a symlink")),
+            (T::Link, Some("is a hardlink")),
+            (T::Char, Some("is a device node")),
+            (T::Block, Some("is a device node")),
+            (T::Fifo, Some("is a fifo")),
+            (T::Continuous, Some("is not a regular file or directory")),
+            (T::GNULongName, Some("is not a regular file or directory")),
+            (T::XHeader, Some("is not a regular file or directory")),
+        ];
+        for (kind, want) in cases {
+            assert_eq!(refused_type(kind), want, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn file_mode_table() {
+        for (archive, want) in [
+            (0o755, 0o755),
+            (0o100, 0o755),
+            (0o001, 0o755),
+            (0o4755, 0o755),
+            (0o644, 0o644),
+            (0o600, 0o644),
+            (0o7666, 0o644),
+            (0, 0o644),
+        ] {
+            assert_eq!(file_mode(archive), want, "{archive:o}");
+        }
+    }
+
+    /// Entries, bytes per entry and bytes in total, each against its cap.
+    #[test]
+    fn caps_table() {
+        let limits = ExtractLimits {
+            max_entries: 3,
+            max_entry_bytes: 10,
+            max_total_bytes: 25,
+        };
+        // sizes of successive entries -> index that fails and why, or None
+        type Fails<'a> = Option<(usize, &'a str)>;
+        let cases: &[(&[u64], Fails)] = &[
+            (&[10, 10, 5], None),
+            (&[0, 0, 0, 0], Some((3, "more than 3 entries"))),
+            (&[11], Some((0, "is 11 bytes, more than the 10 allowed"))),
+            (&[10, 10, 6], Some((2, "more than 25 bytes in total"))),
+        ];
+        for (sizes, want) in cases {
+            let t = Path::new("r.tar.gz");
+            let mut x = Extraction::new(t, Path::new("stage"), &limits);
+            let failed = sizes.iter().enumerate().find_map(|(i, size)| {
+                x.count_entry()
+                    .and_then(|()| x.count_bytes("e", *size))
+                    .err()
+                    .map(|e| (i, e.to_string()))
+            });
+            match (failed, want) {
+                (None, None) => {}
+                (Some((i, err)), Some((at, why))) => {
+                    assert_eq!(i, *at, "{sizes:?}: {err}");
+                    assert!(err.contains(why), "{sizes:?}: {err}");
+                }
+                (got, want) => panic!("{sizes:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_data_table() {
+        let limits = ExtractLimits::default();
+        let x = Extraction::new(Path::new("r.tar.gz"), Path::new("s"), &limits);
+        let n = MAX_TRAILING as usize;
+        for (len, ok) in [
+            (0, true),
+            (1024, true),
+            (n - 1, true),
+            (n, false),
+            (n + 1, false),
+        ] {
+            let r = x.check_trailing(std::io::Cursor::new(vec![0u8; len]));
+            assert_eq!(r.is_ok(), ok, "{len}");
+        }
+    }
+
+    #[test]
+    fn finish_needs_the_binary_at_the_top() {
+        let d = tempfile::tempdir().unwrap();
+        let limits = ExtractLimits::default();
+        for (files, ok) in [
+            (vec!["outpost"], true),
+            (vec!["LICENSE", "outpost"], true),
+            (vec!["LICENSE"], false),
+            (vec!["bin/outpost"], false),
+            (vec![], false),
+        ] {
+            let mut x = Extraction::new(Path::new("r.tar.gz"), d.path(), &limits);
+            x.files = files.iter().map(PathBuf::from).collect();
+            let r = x.finish();
+            assert_eq!(r.is_ok(), ok, "{files:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("no `outpost` file"), "{e}");
+            }
+        }
     }
 
     #[test]

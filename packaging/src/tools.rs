@@ -380,156 +380,275 @@ pub struct PublishOptions {
 /// published), sign what is unsigned, merge manifest.json with a new strictly larger
 /// timestamp, sign it (`timestamp:<T> file:manifest.json`), write channels/*, install.sh.
 pub fn publish(signer: &Signer, opts: &PublishOptions) -> Result<Manifest> {
-    let now = opts.now.unwrap_or_else(now);
-    let keys = signer.trusted_keys();
-    let manifest_path = opts.to.join(MANIFEST);
-    let mut manifest = match fs_err::read(&manifest_path) {
-        Ok(b) => Manifest::parse(&b, &manifest_path.display().to_string())?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest {
-            schema: SCHEMA,
-            generated_at: String::new(),
-            timestamp: 0,
-            channels: BTreeMap::new(),
-            releases: Vec::new(),
-        },
-        Err(e) => return Err(Error::io("read", &manifest_path, e)),
-    };
+    let mut p = Publication::open(signer, opts)?;
     let versions = version_dirs(&opts.from)?;
-    if versions.is_empty() {
+    // Invariant for `point_channel`: `newest` exists.
+    let Some(newest) = versions.keys().next_back().cloned() else {
         return Err(Error::usage(
             format!("{} has no vVERSION directories", opts.from.display()),
             "pass the --out directory of `outpost-release build`",
         ));
-    }
+    };
     fsx::create_dir_all(&opts.to)?;
     for (v, src_dir) in &versions {
+        p.add_version(v, src_dir)?;
+    }
+    if let Some(c) = &opts.channel {
+        point_channel(&mut p.manifest, c, newest)?;
+    }
+    let manifest = p.write_manifest()?;
+    write_channels(&opts.to, &manifest)?;
+    if let Some(t) = &opts.install_template {
+        write_install_sh(signer, opts, t, &manifest)?;
+    }
+    Ok(manifest)
+}
+
+/// One [`publish`]: the release root's manifest as it grows, one method per step.
+struct Publication<'a> {
+    signer: &'a Signer,
+    opts: &'a PublishOptions,
+    keys: TrustedKeys,
+    now: u64,
+    manifest_path: PathBuf,
+    manifest: Manifest,
+}
+
+impl<'a> Publication<'a> {
+    /// The release root's manifest.json, or an empty one for a new root.
+    fn open(signer: &'a Signer, opts: &'a PublishOptions) -> Result<Self> {
+        let manifest_path = opts.to.join(MANIFEST);
+        let manifest = match fs_err::read(&manifest_path) {
+            Ok(b) => Manifest::parse(&b, &manifest_path.display().to_string())?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest {
+                schema: SCHEMA,
+                generated_at: String::new(),
+                timestamp: 0,
+                channels: BTreeMap::new(),
+                releases: Vec::new(),
+            },
+            Err(e) => return Err(Error::io("read", &manifest_path, e)),
+        };
+        Ok(Publication {
+            signer,
+            opts,
+            keys: signer.trusted_keys(),
+            now: opts.now.unwrap_or_else(now),
+            manifest_path,
+            manifest,
+        })
+    }
+
+    /// One `vV` directory of the build: checked against its SHA256SUMS, signed, copied, and
+    /// merged into the manifest.
+    fn add_version(&mut self, v: &semver::Version, src_dir: &Path) -> Result<()> {
         let artifacts = check_version_dir(src_dir, v)?;
         let mut files: Vec<String> = vec![SHA256SUMS.into()];
         files.extend(artifacts.keys().map(|t| tarball_file_name(v, t)));
-        for f in &files {
+        self.sign_unsigned(src_dir, &files)?;
+        copy_published(src_dir, &self.opts.to.join(format!("v{v}")), &files)?;
+        let released_at = rfc3339(self.now);
+        merge_release(
+            &mut self.manifest,
+            &self.manifest_path,
+            v,
+            artifacts,
+            released_at,
+        )
+    }
+
+    /// Sign what the build left unsigned; an existing signature must be the signer's.
+    fn sign_unsigned(&self, src_dir: &Path, files: &[String]) -> Result<()> {
+        for f in files {
             let p = src_dir.join(f);
             let sig = sig_path(&p);
             if sig.exists() {
-                keys.verify_file(&p, &sig)?;
+                self.keys.verify_file(&p, &sig)?;
             } else {
-                signer.sign_file(&p)?;
+                self.signer.sign_file(&p)?;
             }
         }
-        let dest_dir = opts.to.join(format!("v{v}"));
-        fsx::create_dir_all(&dest_dir)?;
-        for f in &files {
-            for name in [f.clone(), format!("{f}.minisig")] {
-                let (src, dst) = (src_dir.join(&name), dest_dir.join(&name));
-                let data = fsx::read(&src)?;
-                match fs_err::read(&dst) {
-                    Ok(old) if old == data => continue,
-                    Ok(_) if name.ends_with(".tar.gz") => {
-                        return Err(Error::usage(
-                            format!(
-                                "{} is already published with different content",
-                                dst.display()
-                            ),
-                            "published tarballs are immutable: release a new version instead",
-                        ))
-                    }
-                    _ => fsx::write_atomic(&dst, &data, 0o644)?,
+        Ok(())
+    }
+
+    /// manifest.json with a new, strictly larger timestamp, and its signature
+    /// (`timestamp:<T> file:manifest.json`). Returns the manifest as written.
+    fn write_manifest(mut self) -> Result<Manifest> {
+        stamp(&mut self.manifest, self.now);
+        let json = self.manifest.to_json();
+        let manifest = Manifest::parse(&json, &self.manifest_path.display().to_string())?;
+        let sig = self
+            .signer
+            .sign_bytes(&json, &TrustedComment::for_manifest(manifest.timestamp))?;
+        fsx::write_atomic(&self.manifest_path, &json, 0o644)?;
+        fsx::write_atomic(
+            &self.opts.to.join(format!("{MANIFEST}.minisig")),
+            sig.as_bytes(),
+            0o644,
+        )?;
+        Ok(manifest)
+    }
+}
+
+/// What copying one published file does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyAction {
+    /// Already there with these bytes.
+    Skip,
+    /// New, or a file that may change (SHA256SUMS and signatures).
+    Write,
+    /// A tarball already published with other bytes: refused.
+    Refuse,
+}
+
+/// Tarballs are immutable once published; everything else is rewritten when it differs.
+fn copy_action(name: &str, data: &[u8], published: Option<&[u8]>) -> CopyAction {
+    match published {
+        Some(old) if old == data => CopyAction::Skip,
+        Some(_) if name.ends_with(".tar.gz") => CopyAction::Refuse,
+        _ => CopyAction::Write,
+    }
+}
+
+/// Copy `files` and their `.minisig`s from `src_dir` into `dest_dir`.
+fn copy_published(src_dir: &Path, dest_dir: &Path, files: &[String]) -> Result<()> {
+    fsx::create_dir_all(dest_dir)?;
+    for f in files {
+        for name in [f.clone(), format!("{f}.minisig")] {
+            let (src, dst) = (src_dir.join(&name), dest_dir.join(&name));
+            let data = fsx::read(&src)?;
+            let published = fs_err::read(&dst).ok();
+            match copy_action(&name, &data, published.as_deref()) {
+                CopyAction::Skip => {}
+                CopyAction::Refuse => {
+                    return Err(Error::usage(
+                        format!(
+                            "{} is already published with different content",
+                            dst.display()
+                        ),
+                        "published tarballs are immutable: release a new version instead",
+                    ))
                 }
+                CopyAction::Write => fsx::write_atomic(&dst, &data, 0o644)?,
             }
-        }
-        let released_at = rfc3339(now);
-        match manifest.releases.iter_mut().find(|r| &r.version == v) {
-            Some(r) => {
-                for (t, a) in artifacts {
-                    if r.artifacts.get(&t).is_some_and(|old| old != &a) {
-                        return Err(Error::usage(
-                            format!(
-                                "{v} for {t} is already in {} with another sha256",
-                                manifest_path.display()
-                            ),
-                            "published releases are immutable: release a new version instead",
-                        ));
-                    }
-                    r.artifacts.insert(t, a);
-                }
-            }
-            None => manifest.releases.push(Release {
-                version: v.clone(),
-                released_at,
-                artifacts,
-            }),
         }
     }
-    if let Some(c) = &opts.channel {
-        if !crate::manifest::CHANNELS.contains(&c.as_str()) {
+    Ok(())
+}
+
+/// Add version `v`'s artifacts to the manifest: a new release, or new targets of a published
+/// one. A target already listed with another artifact is refused (releases are immutable).
+fn merge_release(
+    manifest: &mut Manifest,
+    manifest_path: &Path,
+    v: &semver::Version,
+    artifacts: BTreeMap<String, Artifact>,
+    released_at: String,
+) -> Result<()> {
+    let Some(r) = manifest.releases.iter_mut().find(|r| &r.version == v) else {
+        manifest.releases.push(Release {
+            version: v.clone(),
+            released_at,
+            artifacts,
+        });
+        return Ok(());
+    };
+    for (t, a) in artifacts {
+        if r.artifacts.get(&t).is_some_and(|old| old != &a) {
             return Err(Error::usage(
-                format!("unknown channel {c:?}"),
-                "use --channel stable or --channel beta",
+                format!(
+                    "{v} for {t} is already in {} with another sha256",
+                    manifest_path.display()
+                ),
+                "published releases are immutable: release a new version instead",
             ));
         }
-        // Invariant: versions is non-empty (checked above).
-        let newest = versions
-            .keys()
-            .next_back()
-            .expect("versions non-empty")
-            .clone();
-        if c == "stable" && manifest.channels.get("beta").is_none_or(|b| *b < newest) {
-            manifest.channels.insert("beta".into(), newest.clone());
-        }
-        manifest.channels.insert(c.clone(), newest);
+        r.artifacts.insert(t, a);
     }
+    Ok(())
+}
+
+/// Point `channel` at `newest`; moving stable also moves beta when beta is older (or unset).
+fn point_channel(manifest: &mut Manifest, channel: &str, newest: semver::Version) -> Result<()> {
+    if !crate::manifest::CHANNELS.contains(&channel) {
+        return Err(Error::usage(
+            format!("unknown channel {channel:?}"),
+            "use --channel stable or --channel beta",
+        ));
+    }
+    if channel == "stable" && manifest.channels.get("beta").is_none_or(|b| *b < newest) {
+        manifest.channels.insert("beta".into(), newest.clone());
+    }
+    manifest.channels.insert(channel.to_string(), newest);
+    Ok(())
+}
+
+/// A timestamp strictly larger than the last published one (`now` unless the clock is
+/// behind it), and its RFC 3339 form.
+fn stamp(manifest: &mut Manifest, now: u64) {
     manifest.timestamp = now.max(manifest.timestamp + 1);
     manifest.generated_at = rfc3339(manifest.timestamp);
-    let json = manifest.to_json();
-    let manifest = Manifest::parse(&json, &manifest_path.display().to_string())?;
-    let sig = signer.sign_bytes(&json, &TrustedComment::for_manifest(manifest.timestamp))?;
-    fsx::write_atomic(&manifest_path, &json, 0o644)?;
-    fsx::write_atomic(
-        &opts.to.join(format!("{MANIFEST}.minisig")),
-        sig.as_bytes(),
-        0o644,
-    )?;
-    let channels_dir = opts.to.join("channels");
+}
+
+/// `channels/NAME` holding each channel's version.
+fn write_channels(to: &Path, manifest: &Manifest) -> Result<()> {
+    let channels_dir = to.join("channels");
     fsx::create_dir_all(&channels_dir)?;
     for (c, v) in &manifest.channels {
         fsx::write_atomic(&channels_dir.join(c), format!("{v}\n").as_bytes(), 0o644)?;
     }
-    if let Some(t) = &opts.install_template {
-        let template = fs_err::read_to_string(t).map_err(|e| Error::io("read", t, e))?;
-        let mut pubkeys = vec![signer.public_key_base64()];
-        for k in &opts.extra_pubkeys {
-            TrustedKeys::parse(k, "--extra-pubkey")?;
-            pubkeys.extend(TrustedKeys::parse(k, "--extra-pubkey")?.base64_keys());
-        }
-        pubkeys.dedup();
-        let mut shas = Vec::new();
-        let mut releases = manifest.releases.clone();
-        releases.sort_by(|a, b| b.version.cmp(&a.version));
-        for r in &releases {
-            for (t, a) in &r.artifacts {
-                shas.push(format!("{} {t} {}", r.version, a.sha256));
-            }
-        }
-        let heads: Vec<String> = manifest
-            .channels
-            .iter()
-            .map(|(c, v)| format!("{c} {v}"))
-            .collect();
-        let embed = Embedded {
-            pubkeys: &pubkeys,
-            sha_lines: &shas,
-            channel_heads: &heads,
-            base_url: opts.base_url.as_deref(),
-        };
-        let script = render_install_sh(&template, &embed).map_err(|e| match e {
-            Error::Usage { message, hint } => Error::Usage {
-                message: format!("{}: {message}", t.display()),
-                hint,
-            },
-            e => e,
-        })?;
-        fsx::write_atomic(&opts.to.join("install.sh"), script.as_bytes(), 0o755)?;
+    Ok(())
+}
+
+/// What install.sh embeds: `V T SHA256` per artifact, newest version first, and
+/// `CHANNEL V` per channel.
+fn embedded_lines(manifest: &Manifest) -> (Vec<String>, Vec<String>) {
+    let mut releases: Vec<&Release> = manifest.releases.iter().collect();
+    releases.sort_by(|a, b| b.version.cmp(&a.version));
+    let shas = releases
+        .iter()
+        .flat_map(|r| {
+            r.artifacts
+                .iter()
+                .map(|(t, a)| format!("{} {t} {}", r.version, a.sha256))
+        })
+        .collect();
+    let heads = manifest
+        .channels
+        .iter()
+        .map(|(c, v)| format!("{c} {v}"))
+        .collect();
+    (shas, heads)
+}
+
+/// install.sh from the template `t`, with the signer's and the extra public keys.
+fn write_install_sh(
+    signer: &Signer,
+    opts: &PublishOptions,
+    t: &Path,
+    manifest: &Manifest,
+) -> Result<()> {
+    let template = fs_err::read_to_string(t).map_err(|e| Error::io("read", t, e))?;
+    let mut pubkeys = vec![signer.public_key_base64()];
+    for k in &opts.extra_pubkeys {
+        pubkeys.extend(TrustedKeys::parse(k, "--extra-pubkey")?.base64_keys());
     }
-    Ok(manifest)
+    pubkeys.dedup();
+    let (shas, heads) = embedded_lines(manifest);
+    let embed = Embedded {
+        pubkeys: &pubkeys,
+        sha_lines: &shas,
+        channel_heads: &heads,
+        base_url: opts.base_url.as_deref(),
+    };
+    let script = render_install_sh(&template, &embed).map_err(|e| match e {
+        Error::Usage { message, hint } => Error::Usage {
+            message: format!("{}: {message}", t.display()),
+            hint,
+        },
+        e => e,
+    })?;
+    fsx::write_atomic(&opts.to.join("install.sh"), script.as_bytes(), 0o755)
 }
 
 /// What `publish` embeds in install.sh.
@@ -793,6 +912,229 @@ mod tests {
             "github:",
         ] {
             assert!(render_install_sh(t, &embed(Some(bad))).is_err(), "{bad}");
+        }
+    }
+
+    fn manifest(channels: &[(&str, &str)], releases: &[(&str, &[(&str, &str)])]) -> Manifest {
+        Manifest {
+            schema: SCHEMA,
+            generated_at: String::new(),
+            timestamp: 0,
+            channels: channels
+                .iter()
+                .map(|(c, v)| (c.to_string(), v.parse().unwrap()))
+                .collect(),
+            releases: releases
+                .iter()
+                .map(|(v, arts)| Release {
+                    version: v.parse().unwrap(),
+                    released_at: "then".into(),
+                    artifacts: arts
+                        .iter()
+                        .map(|(t, sha)| (t.to_string(), artifact(v, t, sha)))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn artifact(v: &str, t: &str, sha: &str) -> Artifact {
+        Artifact {
+            name: format!("v{v}/outpost-{v}-{t}.tar.gz"),
+            sha256: sha.into(),
+            size: 1,
+        }
+    }
+
+    #[test]
+    fn copy_action_table() {
+        type Case<'a> = (&'a str, &'a [u8], Option<&'a [u8]>, CopyAction);
+        let cases: &[Case] = &[
+            ("outpost-1.0.0-x.tar.gz", b"a", None, CopyAction::Write),
+            ("outpost-1.0.0-x.tar.gz", b"a", Some(b"a"), CopyAction::Skip),
+            (
+                "outpost-1.0.0-x.tar.gz",
+                b"a",
+                Some(b"b"),
+                CopyAction::Refuse,
+            ),
+            (
+                "outpost-1.0.0-x.tar.gz.minisig",
+                b"a",
+                Some(b"b"),
+                CopyAction::Write,
+            ),
+            ("SHA256SUMS", b"a", Some(b"b"), CopyAction::Write),
+            ("SHA256SUMS", b"a", Some(b"a"), CopyAction::Skip),
+            ("SHA256SUMS.minisig", b"a", None, CopyAction::Write),
+        ];
+        for (name, data, old, want) in cases {
+            assert_eq!(copy_action(name, data, *old), *want, "{name} {old:?}");
+        }
+    }
+
+    #[test]
+    fn merge_release_table() {
+        let x = "x86_64-unknown-linux-musl";
+        let a = "aarch64-unknown-linux-musl";
+        let v: semver::Version = "1.0.0".parse().unwrap();
+        let arts = |list: &[(&str, &str)]| -> BTreeMap<String, Artifact> {
+            list.iter()
+                .map(|(t, sha)| (t.to_string(), artifact("1.0.0", t, sha)))
+                .collect()
+        };
+        // (published, adding) -> Ok(targets of 1.0.0 after) or the error
+        type Case<'a> = (
+            Manifest,
+            BTreeMap<String, Artifact>,
+            std::result::Result<Vec<&'a str>, &'a str>,
+        );
+        let cases: Vec<Case> =
+            vec![
+            (manifest(&[], &[]), arts(&[(x, "s1")]), Ok(vec![x])),
+            (manifest(&[], &[("0.9.0", &[(x, "s0")])]), arts(&[(x, "s1")]), Ok(vec![x])),
+            (manifest(&[], &[("1.0.0", &[(x, "s1")])]), arts(&[(x, "s1")]), Ok(vec![x])),
+            (manifest(&[], &[("1.0.0", &[(x, "s1")])]), arts(&[(a, "s2")]), Ok(vec![a, x])),
+            (
+                manifest(&[], &[("1.0.0", &[(x, "s1")])]),
+                arts(&[(x, "other")]),
+                Err("1.0.0 for x86_64-unknown-linux-musl is already in m.json with another sha256"),
+            ),
+        ];
+        for (i, (mut m, adding, want)) in cases.into_iter().enumerate() {
+            let before = m.releases.len();
+            let got = merge_release(&mut m, Path::new("m.json"), &v, adding, "now".into());
+            match want {
+                Ok(targets) => {
+                    got.unwrap();
+                    let r = m.releases.iter().find(|r| r.version == v).unwrap();
+                    assert_eq!(
+                        r.artifacts.keys().map(String::as_str).collect::<Vec<_>>(),
+                        targets,
+                        "{i}"
+                    );
+                    // a new release is stamped now, an existing one keeps its date
+                    let new = m.releases.len() > before;
+                    assert_eq!(r.released_at, if new { "now" } else { "then" }, "{i}");
+                }
+                Err(msg) => assert_eq!(got.unwrap_err().to_string(), msg, "{i}"),
+            }
+        }
+    }
+
+    #[test]
+    fn point_channel_table() {
+        // (channels before, channel, newest) -> channels after
+        type Channels<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(Channels, &str, &str, Channels)] = &[
+            (
+                &[],
+                "stable",
+                "1.0.0",
+                &[("beta", "1.0.0"), ("stable", "1.0.0")],
+            ),
+            (&[], "beta", "1.1.0-rc.1", &[("beta", "1.1.0-rc.1")]),
+            (
+                &[("beta", "0.9.0"), ("stable", "0.9.0")],
+                "stable",
+                "1.0.0",
+                &[("beta", "1.0.0"), ("stable", "1.0.0")],
+            ),
+            (
+                &[("beta", "1.1.0-rc.1"), ("stable", "1.0.0")],
+                "stable",
+                "1.0.1",
+                &[("beta", "1.1.0-rc.1"), ("stable", "1.0.1")],
+            ),
+            (
+                &[("beta", "1.0.0"), ("stable", "1.0.0")],
+                "beta",
+                "1.1.0-rc.1",
+                &[("beta", "1.1.0-rc.1"), ("stable", "1.0.0")],
+            ),
+        ];
+        for (before, c, newest, after) in cases {
+            let mut m = manifest(before, &[]);
+            point_channel(&mut m, c, newest.parse().unwrap()).unwrap();
+            assert_eq!(
+                m.channels,
+                manifest(after, &[]).channels,
+                "{before:?} {c} {newest}"
+            );
+        }
+        let mut m = manifest(&[], &[]);
+        let err = point_channel(&mut m, "nightly", "1.0.0".parse().unwrap()).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown channel \"nightly\""),
+            "{err}"
+        );
+        assert!(m.channels.is_empty());
+    }
+
+    #[test]
+    fn stamp_is_strictly_increasing() {
+        for (last, now, want) in [
+            (0, 100, 100),
+            (100, 100, 101),
+            (100, 50, 101),
+            (100, 200, 200),
+        ] {
+            let mut m = manifest(&[], &[]);
+            m.timestamp = last;
+            stamp(&mut m, now);
+            assert_eq!(m.timestamp, want, "{last} {now}");
+            assert_eq!(m.generated_at, rfc3339(want));
+        }
+    }
+
+    #[test]
+    fn embedded_lines_newest_first() {
+        let m = manifest(
+            &[("beta", "1.1.0-rc.1"), ("stable", "1.0.0")],
+            &[
+                ("1.0.0", &[("x", "s1"), ("a", "s2")]),
+                ("1.1.0-rc.1", &[("x", "s3")]),
+            ],
+        );
+        let (shas, heads) = embedded_lines(&m);
+        assert_eq!(shas, ["1.1.0-rc.1 x s3", "1.0.0 a s2", "1.0.0 x s1"]);
+        assert_eq!(heads, ["beta 1.1.0-rc.1", "stable 1.0.0"]);
+    }
+
+    #[test]
+    fn sign_unsigned_signs_new_files_and_checks_signed_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let load = |dir: &str| {
+            let (_, sk) = keygen(&d.path().join(dir), None).unwrap();
+            Signer::load(&sk, || unreachable!("unencrypted")).unwrap()
+        };
+        let (signer, stranger) = (load("ours"), load("theirs"));
+        let opts = PublishOptions::default();
+        let p = Publication {
+            signer: &signer,
+            opts: &opts,
+            keys: signer.trusted_keys(),
+            now: 0,
+            manifest_path: d.path().join(MANIFEST),
+            manifest: manifest(&[], &[]),
+        };
+        let src = d.path().join("v1.0.0");
+        std::fs::create_dir(&src).unwrap();
+        for f in ["a", "b"] {
+            std::fs::write(src.join(f), f).unwrap();
+        }
+        stranger.sign_file(&src.join("b")).unwrap();
+        let files = ["a".to_string(), "b".to_string()];
+        let err = p.sign_unsigned(&src, &files).unwrap_err();
+        assert!(err.to_string().contains("not trusted"), "{err}");
+        let keys = signer.trusted_keys();
+        keys.verify_file(&src.join("a"), &src.join("a.minisig"))
+            .unwrap();
+        std::fs::remove_file(src.join("b.minisig")).unwrap();
+        p.sign_unsigned(&src, &files).unwrap();
+        for f in ["a", "b"] {
+            keys.verify_file(&src.join(f), &sig_path(&src.join(f)))
+                .unwrap();
         }
     }
 
