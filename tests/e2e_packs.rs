@@ -1,0 +1,246 @@
+//! End-to-end: packs on real systemd (docs/PACKS.md). The host's admin validates, installs,
+//! lists, grants and removes packs; the running agent re-reads them on SIGHUP (no restart)
+//! and refuses a pack that anyone but root could change. The service user can change
+//! nothing the agent loads. System mode (root's pack dir) and user mode (the user's).
+mod support;
+
+use support::{require_testbed, Container, Output};
+
+const BIN: &str = "/srv/dist/outpost";
+
+fn binary() -> String {
+    std::env::var("OUTPOST_E2E_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_outpost").to_string())
+}
+
+fn boot(name: &str) -> Option<Container> {
+    let tb = require_testbed()?;
+    let c = tb.boot(name);
+    c.must_sh("mkdir -p /srv/dist");
+    c.cp_in(binary(), BIN);
+    c.must_sh(&format!("chmod 0755 {BIN}"));
+    Some(c)
+}
+
+/// A pack `demo` at `dir` (owned by `owner`) with one action; `privileged` adds a root one.
+fn write_pack(c: &Container, dir: &str, owner: &str, version: &str, privileged: bool) {
+    let extra = if privileged {
+        "\n[[action]]\nid = \"whoami\"\ncommand = [\"/usr/bin/id\", \"-u\"]\nprivileged = true\n"
+    } else {
+        ""
+    };
+    c.must_sh(&format!(
+        "set -e; rm -rf {dir}; mkdir -p {dir}/bin
+cat > {dir}/pack.toml <<'EOF'
+[pack]
+name = \"demo\"
+version = \"{version}\"
+description = \"e2e pack\"
+
+[[action]]
+id = \"hello\"
+description = \"say hello\"
+command = [\"bin/hello.sh\", \"{{who}}\"]
+[[action.param]]
+name = \"who\"
+type = \"string\"
+pattern = \"[a-z]+\"
+max_len = 16
+required = true
+{extra}EOF
+printf '#!/bin/sh\\necho \"hello $1\"\\n' > {dir}/bin/hello.sh
+chmod 0755 {dir}/bin/hello.sh
+chown -R {owner} {dir}"
+    ));
+}
+
+/// One `error:` line followed by one `hint:` line on stderr, and exit `code`.
+fn refused(o: &Output, code: i32, what: &str) {
+    assert_eq!(o.code(), Some(code), "{what}: {o:?}");
+    let lines: Vec<&str> = o.stderr.lines().collect();
+    let i = lines
+        .iter()
+        .position(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("{what}: no error line: {o:?}"));
+    assert!(
+        lines.get(i + 1).is_some_and(|l| l.starts_with("hint:")),
+        "{what}: no hint line: {o:?}"
+    );
+}
+
+/// Wait until the agent's log (journalctl) has a line containing `want`.
+fn wait_log(c: &Container, unit: &str, want: &str) -> String {
+    for _ in 0..50 {
+        let log = c.sh(&format!("journalctl {unit} --no-pager -o cat")).stdout;
+        if log.contains(want) {
+            return log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!(
+        "no {want:?} in the agent log: {}",
+        c.sh(&format!("journalctl {unit} --no-pager -o cat | tail -20"))
+            .stdout
+    );
+}
+
+fn count(hay: &str, needle: &str) -> usize {
+    hay.matches(needle).count()
+}
+
+#[test]
+fn e2e_packs_system_mode() {
+    let Some(c) = boot("packs-sys") else { return };
+    c.must_sh(&format!("{BIN} install"));
+    let unit = "-u outpost.service";
+    wait_log(&c, unit, "catalog: 0 pack(s)");
+    let pid = c.must_sh("systemctl show -p MainPID --value outpost.service");
+
+    // validate: anyone, changes nothing; a link in the tree is refused naming it
+    write_pack(&c, "/home/alice/demo", "alice", "1.0.0", false);
+    let v = c.must_sh_as("alice", &format!("{BIN} pack validate /home/alice/demo"));
+    assert!(
+        v.contains("pack demo 1.0.0") && v.contains("hello(who)"),
+        "{v}"
+    );
+    c.must_sh("ln -s /etc/shadow /home/alice/demo/bin/shadow");
+    let o = c.sh_as("alice", &format!("{BIN} pack validate /home/alice/demo"));
+    refused(&o, 2, "validate with a link");
+    assert!(o.stderr.contains("bin/shadow: is a symlink"), "{o:?}");
+    let o = c.sh(&format!("{BIN} pack install /home/alice/demo"));
+    refused(&o, 2, "install with a link");
+    assert!(
+        c.sh("test -e /etc/outpost/packs/demo").code() == Some(1),
+        "nothing installed"
+    );
+    c.must_sh("rm /home/alice/demo/bin/shadow");
+
+    // install needs root; as alice it says the sudo command and changes nothing
+    let o = c.sh_as("alice", &format!("{BIN} pack install /home/alice/demo"));
+    refused(&o, 2, "install without root");
+    assert!(o.stderr.contains("sudo outpost pack install"), "{o:?}");
+    let out = c.must_sh_as(
+        "alice",
+        &format!("sudo {BIN} pack install /home/alice/demo"),
+    );
+    assert!(out.contains("pack demo 1.0.0 installed"), "{out}");
+    assert!(out.contains("agent reloaded"), "{out}");
+    // root's copy: root-owned, modes normalised, alice's source untouched
+    let modes = c.must_sh("cd /etc/outpost/packs && stat -c '%U %a %n' demo demo/pack.toml demo/bin demo/bin/hello.sh");
+    assert_eq!(
+        modes.trim(),
+        "root 755 demo\nroot 644 demo/pack.toml\nroot 755 demo/bin\nroot 755 demo/bin/hello.sh",
+        "{modes}"
+    );
+    // the running agent re-read its packs on SIGHUP, without a restart
+    wait_log(&c, unit, "catalog: 1 pack(s), 1 action(s)");
+    assert_eq!(
+        c.must_sh("systemctl show -p MainPID --value outpost.service"),
+        pid
+    );
+    let ev = c.must_sh(&format!("{BIN} events --json"));
+    assert!(ev.contains("\"pack_installed\""), "{ev}");
+    let again = c.must_sh(&format!("{BIN} pack install /home/alice/demo"));
+    assert!(again.contains("unchanged"), "{again}");
+
+    // the service user can change nothing the agent loads
+    for attack in [
+        "echo 'echo pwned' >> /etc/outpost/packs/demo/bin/hello.sh",
+        "mkdir /etc/outpost/packs/evil",
+        "mv /etc/outpost/packs/demo /etc/outpost/packs/gone",
+        "touch /etc/outpost/privileged/demo",
+    ] {
+        let o = c.sh(&format!("runuser -u outpost -- /bin/sh -c \"{attack}\""));
+        assert!(!o.success(), "the service user could: {attack}: {o:?}");
+    }
+
+    // an admin mistake (group-writable file) is refused by the agent and by `pack list`
+    c.must_sh("chmod g+w /etc/outpost/packs/demo/bin/hello.sh");
+    c.must_sh("systemctl kill -s HUP --kill-whom=main outpost.service");
+    let log = wait_log(&c, unit, "pack demo refused");
+    assert!(log.contains("cannot be trusted"), "{log}");
+    let o = c.sh(&format!("{BIN} pack list"));
+    assert_eq!(o.code(), Some(1), "{o:?}");
+    assert!(o.stdout.contains("REFUSED"), "{o:?}");
+    let j = c.must_sh("runuser -u outpost -- cat /var/lib/outpost/agent/events.jsonl");
+    assert!(j.contains("\"pack_refused\""), "{j}");
+    c.must_sh("chmod g-w /etc/outpost/packs/demo/bin/hello.sh");
+
+    // privileged grants: only for packs with such actions, pinned to the tree hash
+    let o = c.sh(&format!("{BIN} pack trust demo --privileged"));
+    refused(&o, 2, "trust without a privileged action");
+    write_pack(&c, "/home/alice/demo", "alice", "1.1.0", true);
+    c.must_sh(&format!("{BIN} pack install /home/alice/demo"));
+    let o = c.sh_as("alice", &format!("{BIN} pack trust demo --privileged"));
+    refused(&o, 2, "trust without root");
+    let t = c.must_sh(&format!("{BIN} pack trust demo --privileged"));
+    assert!(t.contains("whoami may run as root"), "{t}");
+    assert_eq!(
+        c.must_sh("stat -c '%U %a' /etc/outpost/privileged/demo")
+            .trim(),
+        "root 644"
+    );
+    let l = c.must_sh(&format!("{BIN} pack list"));
+    assert!(l.contains("granted at this hash"), "{l}");
+    // a changed pack loses the grant until trusted again
+    c.must_sh("echo 'notes' > /home/alice/demo/NOTES && chown alice /home/alice/demo/NOTES");
+    c.must_sh(&format!("{BIN} pack install /home/alice/demo"));
+    let l = c.must_sh(&format!("{BIN} pack list --json"));
+    let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+    assert_eq!(v[0]["privileged_granted"], false, "{l}");
+    assert_eq!(v[0]["privileged_grant_drifted"], true, "{l}");
+
+    // remove: pack and grant gone, the agent's catalog empty again
+    let before = count(
+        &c.sh(&format!("journalctl {unit} --no-pager -o cat")).stdout,
+        "catalog: 0 pack(s)",
+    );
+    c.must_sh(&format!("{BIN} pack remove demo"));
+    assert_eq!(c.sh("test -e /etc/outpost/packs/demo").code(), Some(1));
+    assert_eq!(c.sh("test -e /etc/outpost/privileged/demo").code(), Some(1));
+    for _ in 0..50 {
+        let log = c.sh(&format!("journalctl {unit} --no-pager -o cat")).stdout;
+        if count(&log, "catalog: 0 pack(s)") > before {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let log = c.sh(&format!("journalctl {unit} --no-pager -o cat")).stdout;
+    assert!(count(&log, "catalog: 0 pack(s)") > before, "{log}");
+    refused(&c.sh(&format!("{BIN} pack remove demo")), 2, "remove twice");
+    refused(
+        &c.sh(&format!("{BIN} pack remove ../etc")),
+        2,
+        "remove a path",
+    );
+}
+
+#[test]
+fn e2e_packs_user_mode() {
+    let Some(c) = boot("packs-user") else { return };
+    c.must_sh_as("bob", &format!("{BIN} install --user"));
+    write_pack(&c, "/home/bob/src", "bob", "1.0.0", false);
+    let out = c.must_sh_as("bob", &format!("{BIN} pack install --user /home/bob/src"));
+    assert!(
+        out.contains("installed: /home/bob/.config/outpost/packs/demo"),
+        "{out}"
+    );
+    assert_eq!(
+        c.must_sh("stat -c '%U %a' /home/bob/.config/outpost/packs/demo/bin/hello.sh")
+            .trim(),
+        "bob 755"
+    );
+    for _ in 0..50 {
+        let j = c
+            .sh("journalctl --no-pager -o cat _SYSTEMD_USER_UNIT=outpost.service")
+            .stdout;
+        if j.contains("catalog: 1 pack(s)") {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!(
+        "the user agent did not load the pack: {}",
+        c.sh("journalctl --no-pager -o cat _SYSTEMD_USER_UNIT=outpost.service | tail")
+            .stdout
+    );
+}
