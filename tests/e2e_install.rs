@@ -7,22 +7,13 @@ mod support;
 
 use support::{assert_same_files, LISTING};
 
-use support::{require_testbed, Container};
+use support::Container;
 
 /// Where the binary under test is copied inside the container.
 const BIN: &str = "/srv/dist/outpost";
 
-fn binary() -> String {
-    std::env::var("OUTPOST_E2E_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_outpost").to_string())
-}
-
 fn boot(name: &str) -> Option<Container> {
-    let tb = require_testbed()?;
-    let c = tb.boot(name);
-    c.must_sh("mkdir -p /srv/dist");
-    c.cp_in(binary(), BIN);
-    c.must_sh(&format!("chmod 0755 {BIN}"));
-    Some(c)
+    support::boot_with_binary(name)
 }
 
 fn active(c: &Container, unit_scope: &str) -> String {

@@ -4,21 +4,12 @@
 //! nothing the agent loads. System mode (root's pack dir) and user mode (the user's).
 mod support;
 
-use support::{require_testbed, Container, Output};
+use support::{Container, Output};
 
 const BIN: &str = "/srv/dist/outpost";
 
-fn binary() -> String {
-    std::env::var("OUTPOST_E2E_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_outpost").to_string())
-}
-
 fn boot(name: &str) -> Option<Container> {
-    let tb = require_testbed()?;
-    let c = tb.boot(name);
-    c.must_sh("mkdir -p /srv/dist");
-    c.cp_in(binary(), BIN);
-    c.must_sh(&format!("chmod 0755 {BIN}"));
-    Some(c)
+    support::boot_with_binary(name)
 }
 
 /// A pack `demo` at `dir` (owned by `owner`) with one action; `privileged` adds a root one.

@@ -7,10 +7,6 @@ mod support;
 use outpost_cloudinit::{self as cloudinit, Mode, Params, Pinned};
 use support::release::{Release, TARGET};
 
-fn binary() -> String {
-    std::env::var("OUTPOST_E2E_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_outpost").to_string())
-}
-
 /// User-data for a real signed release (the host would check this sha256 and signature).
 fn user_data(r: &Release) -> String {
     let manifest: serde_json::Value =
@@ -75,7 +71,7 @@ fn e2e_trixie_cloud_init_schema_and_install() {
     );
 
     // install and purge on Debian 13
-    c.cp_in(binary(), "/srv/dist/outpost");
+    c.cp_in(support::binary_under_test(), "/srv/dist/outpost");
     let before = c.must_sh("find /etc /opt /usr/local /var/lib/outpost -xdev 2>/dev/null | sort");
     let det = c.must_sh_as("alice", "sudo /srv/dist/outpost detect --json");
     let v: serde_json::Value = serde_json::from_str(&det).unwrap();

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 /// Owner to give a new file or directory (`None`: whoever runs outpost).
 pub type Owner = Option<(u32, u32)>;
 
-fn tmp_name(path: &Path) -> PathBuf {
+/// A unique hidden name next to `path` for a temp file or directory:
+/// `.<name>.<tag>-<pid>-<nanos>` (the sweepers recognise the pid of a dead writer in it).
+pub fn tmp_name(path: &Path, tag: &str) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -19,10 +21,7 @@ fn tmp_name(path: &Path) -> PathBuf {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    path.with_file_name(format!(
-        ".{name}.outpost-tmp-{}-{nanos}",
-        std::process::id()
-    ))
+    path.with_file_name(format!(".{name}.{tag}-{}-{nanos}", std::process::id()))
 }
 
 /// The pid in a temp name [`write_atomic`] or [`symlink_atomic`] made
@@ -114,7 +113,7 @@ pub fn write_atomic_with(
     owner: Owner,
     fill: impl FnOnce(&mut fs_err::File) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let tmp = tmp_name(path);
+    let tmp = tmp_name(path, "outpost-tmp");
     let result = (|| {
         let mut f = fs_err::OpenOptions::new()
             .write(true)
@@ -139,7 +138,7 @@ pub fn write_atomic_with(
 
 /// Point the symlink `link` at `target`, atomically replacing whatever `link` was.
 pub fn symlink_atomic(target: &Path, link: &Path) -> std::io::Result<()> {
-    let tmp = tmp_name(link);
+    let tmp = tmp_name(link, "outpost-tmp");
     let result = (|| {
         std::os::unix::fs::symlink(target, &tmp).map_err(|e| {
             std::io::Error::new(

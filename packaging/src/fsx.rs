@@ -2,22 +2,10 @@
 //! directory. A reader sees the old file or the new one, never half of one.
 use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
-
-/// A unique hidden name next to `path` for a temp file or directory.
-pub(crate) fn tmp_name(path: &Path, tag: &str) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    path.with_file_name(format!(".{name}.{tag}-{}-{nanos}", std::process::id()))
-}
+use std::path::Path;
 
 pub(crate) use outpost_core::atomic::parent;
+pub(crate) use outpost_core::atomic::tmp_name;
 
 /// The workspace's one temp dir ([`outpost_core::tempdir::PrivateTempDir`]), its error as
 /// a release error naming the directory.

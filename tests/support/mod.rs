@@ -171,6 +171,22 @@ static IMAGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 /// The test bed, with its image built (once per process; the script also
 /// locks across processes). `None` (after a loud message) when unavailable,
 /// unless required: then it panics.
+/// The `outpost` binary the e2e suites test: `OUTPOST_E2E_BIN` (CI: the static release
+/// build), else this workspace's debug build.
+pub fn binary_under_test() -> String {
+    std::env::var("OUTPOST_E2E_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_outpost").to_string())
+}
+
+/// Boot a container with [`binary_under_test`] at `/srv/dist/outpost` (mode 0755).
+pub fn boot_with_binary(name: &str) -> Option<Container> {
+    let tb = require_testbed()?;
+    let c = tb.boot(name);
+    c.must_sh("mkdir -p /srv/dist");
+    c.cp_in(binary_under_test(), "/srv/dist/outpost");
+    c.must_sh("chmod 0755 /srv/dist/outpost");
+    Some(c)
+}
+
 pub fn require_testbed() -> Option<Testbed> {
     let script = script_path();
     if let Some(reason) = unavailable_reason(&script) {
