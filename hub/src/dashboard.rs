@@ -348,4 +348,95 @@ mod tests {
         let msg = render_message(x, x);
         assert!(!msg.contains("<img"), "{msg}");
     }
+
+    #[test]
+    fn pack_pages_escape_and_show_states() {
+        use outpost_proto::{ActionAdvert, PackAdvert};
+        let x = "\"'><img src=x onerror=alert(1)>";
+        let session = crate::web::Store::new(std::time::Duration::from_secs(60), 1)
+            .create()
+            .unwrap();
+        let view = |name: &str, state: PackTrust| PackView {
+            name: name.into(),
+            sha256: "ab".repeat(32),
+            version: x.into(),
+            state,
+            actions: vec![ActionAdvert {
+                id: x.into(),
+                description: String::new(),
+                params: Vec::new(),
+                idempotent: false,
+                privileged: true,
+            }],
+            first_seen: "2024-05-01T10:00:00Z".into(),
+            first_seen_by: x.into(),
+            trusted_at: None,
+            trusted_by: None,
+            agents: 1,
+        };
+        let html = render_packs(
+            &[
+                view("web", PackTrust::Trusted),
+                view("db", PackTrust::Pending),
+            ],
+            &session,
+        );
+        assert!(!html.contains("<img"), "{html}");
+        assert_eq!(
+            html.matches("action=\"/packs/").count(),
+            1,
+            "one button: {html}"
+        );
+        assert!(html.contains(&format!("action=\"/packs/db/{}/trust\"", "ab".repeat(32))));
+        assert!(html.contains(&format!("value=\"{}\"", session.csrf)));
+        assert!(
+            html.find("data-pack=\"db\"") < html.find("data-pack=\"web\""),
+            "pending first"
+        );
+        assert!(render_packs(&[], &session).contains("No pack advertised yet"));
+
+        let a = AgentView {
+            hostname: x.into(),
+            ..sample_view()
+        };
+        let packs = [AgentPack {
+            pack: PackAdvert {
+                name: "web".into(),
+                version: x.into(),
+                sha256: "cd".repeat(32),
+                actions: Vec::new(),
+            },
+            state: CatalogState::Drifted,
+        }];
+        let html = render_agent(&a, Some(&packs), &session);
+        assert!(!html.contains("<img"), "{html}");
+        assert!(html.contains("badge drifted\">drifted<") && html.contains("cdcdcdcdcdcd<"));
+        assert!(render_agent(&a, None, &session).contains("not advertised a pack catalog"));
+        assert!(render_agent(&a, Some(&[]), &session).contains("No packs installed"));
+    }
+
+    fn sample_view() -> AgentView {
+        AgentView {
+            id: "a_1".into(),
+            hostname: "h".into(),
+            status: Status::Online,
+            version: String::new(),
+            distro: String::new(),
+            arch: String::new(),
+            kernel: String::new(),
+            mode: String::new(),
+            group: None,
+            labels: Default::default(),
+            machine_id: String::new(),
+            enrolled_at: String::new(),
+            revoked_at: None,
+            last_heartbeat_at: None,
+            last_heartbeat_age_secs: None,
+            uptime_secs: None,
+            capabilities: None,
+            journal_head: None,
+            last_upgrade: None,
+            flags: vec![],
+        }
+    }
 }
