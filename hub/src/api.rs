@@ -9,16 +9,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use outpost_proto::{
-    AgentDetail, CreateKeyRequest, DiagnosticsReport, DiagnosticsUpload, ErrorCode, Health,
-    HeartbeatAck, KeyCreated,
+    AgentDetail, AgentPack, CreateKeyRequest, DiagnosticsReport, DiagnosticsUpload, ErrorCode,
+    Health, HeartbeatAck, KeyCreated, PackAdvert, PackView,
 };
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::ApiError;
 use crate::limits::{Body, ClientIp, RateLimiter, DIAGNOSTICS_BODY, HEARTBEAT_BODY, SMALL_BODY};
+use crate::packs::TrustIndex;
 use crate::state::{
-    now_ms, rfc3339, AgentEntry, AgentState, EnrollRequest, Enrolled, Heartbeat, Registry,
+    now_ms, rfc3339, AgentEntry, AgentState, Catalog, EnrollRequest, Enrolled, Heartbeat, Registry,
 };
 use crate::store::{Enrolled as StoreEnrolled, KeyRefusal, KeyRow, NewAgent, Store};
 use crate::token;
@@ -45,6 +46,9 @@ pub struct Hub {
     /// Serializes enrollments so that the database and the registry change together (a
     /// retried enrollment replaces the token of an agent a concurrent one just created).
     pub enroll_lock: tokio::sync::Mutex<()>,
+    /// Serializes catalog writes (rare: only a changed catalog is written) so that the
+    /// store and the registry keep the same latest catalog.
+    pub catalog_lock: tokio::sync::Mutex<()>,
 }
 
 /// Tunables of [`Hub::load`].
@@ -104,6 +108,7 @@ impl Hub {
             enroll_limit: RateLimiter::new(opts.enroll_per_min, opts.enroll_burst),
             login_limit: RateLimiter::new(LOGIN_PER_MIN, LOGIN_BURST),
             enroll_lock: tokio::sync::Mutex::new(()),
+            catalog_lock: tokio::sync::Mutex::new(()),
         })
     }
 }
@@ -124,6 +129,11 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/v1/agents", get(list_agents))
         .route("/api/v1/agents/{id}", get(get_agent).delete(delete_agent))
         .route("/api/v1/agents/{id}/revoke", post(revoke_agent))
+        .route("/api/v1/packs", get(list_packs))
+        .route("/api/v1/packs/{name}/{sha256}/trust", post(trust_pack))
+        .route("/packs", get(packs_page))
+        .route("/packs/{name}/{sha256}/trust", post(trust_pack_form))
+        .route("/agents/{id}", get(agent_page))
         .merge(crate::releases::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -408,10 +418,13 @@ async fn heartbeat(
     Body(body): Body<HEARTBEAT_BODY>,
 ) -> Result<Response, ApiError> {
     let entry = agent_auth(&hub, &headers)?;
-    let hb: Heartbeat = parse(&body)?;
+    let mut hb: Heartbeat = parse(&body)?;
     hb.validate()?;
     same_agent(&entry.id, &hb.agent_id)?;
     let now = now_ms();
+    if let Some(packs) = hb.packs.take() {
+        update_catalog(&hub, &entry, packs, now).await?;
+    }
     entry.lock().apply(hb, now);
     hub.registry.mark_dirty(&entry);
     Ok(Json(HeartbeatAck {
@@ -419,6 +432,35 @@ async fn heartbeat(
         server_time: Some(rfc3339(now)),
     })
     .into_response())
+}
+
+/// Keeps `packs` as the agent's catalog. Cheap when unchanged (the common case: one hash
+/// compared); a changed catalog is written at once with its new pending packs, one writer
+/// at a time so the store and the registry agree.
+async fn update_catalog(
+    hub: &Hub,
+    entry: &Arc<AgentEntry>,
+    packs: Vec<PackAdvert>,
+    now: i64,
+) -> Result<(), ApiError> {
+    let hash = crate::packs::catalog_hash(&packs);
+    let unchanged = || entry.lock().packs.as_ref().is_some_and(|c| c.hash == hash);
+    if unchanged() {
+        return Ok(());
+    }
+    let _serial = hub.catalog_lock.lock().await;
+    if unchanged() {
+        return Ok(());
+    }
+    let catalog = Arc::new(Catalog { packs, hash });
+    if hub
+        .store
+        .store_catalog(&entry.id, catalog.clone(), now)
+        .await?
+    {
+        entry.lock().packs = Some(catalog);
+    }
+    Ok(())
 }
 
 /// A body's `agent_id` must be the one the token belongs to.
@@ -482,11 +524,137 @@ async fn get_agent(
             report: serde_json::from_str::<serde_json::Value>(&d.report)
                 .unwrap_or(serde_json::Value::Null),
         });
+    let packs = agent_packs(&hub, &entry).await?;
     Ok(Json(AgentDetail {
         agent: entry.view(now_ms(), hub.interval_secs),
         diagnostics,
+        packs,
     })
     .into_response())
+}
+
+/// Agent `entry`'s catalog with each pack's state; `None` before its first catalog.
+async fn agent_packs(hub: &Hub, entry: &AgentEntry) -> Result<Option<Vec<AgentPack>>, ApiError> {
+    let Some(catalog) = entry.lock().packs.clone() else {
+        return Ok(None);
+    };
+    let index = TrustIndex::new(&hub.store.packs().await?);
+    Ok(Some(crate::packs::agent_packs(&catalog, &index)))
+}
+
+/// Every trust record with the number of agents advertising it.
+async fn pack_views(hub: &Hub) -> Result<Vec<PackView>, ApiError> {
+    let rows = hub.store.packs().await?;
+    let catalogs: Vec<Arc<Catalog>> = hub
+        .registry
+        .all()
+        .iter()
+        .filter_map(|e| e.lock().packs.clone())
+        .collect();
+    let counts = crate::packs::advertised(&catalogs);
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let n = counts
+                .get(&(r.name.clone(), r.sha256.clone()))
+                .copied()
+                .unwrap_or(0);
+            crate::packs::view(r, n)
+        })
+        .collect())
+}
+
+/// Trusts (name, sha256) on behalf of `by`; 404 `not_found` for a pair never seen.
+async fn trust(hub: &Hub, name: &str, sha256: &str, by: &str) -> Result<PackView, ApiError> {
+    let Some(row) = hub.store.trust_pack(name, sha256, by, now_ms()).await? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!("no pack {name} with sha256 {sha256}"),
+            "list the packs agents advertised with `outpost-hub packs` (GET /api/v1/packs)",
+        ));
+    };
+    let agents = hub
+        .registry
+        .all()
+        .iter()
+        .filter(|e| {
+            e.lock().packs.as_ref().is_some_and(|c| {
+                c.packs
+                    .iter()
+                    .any(|p| p.name == row.name && p.sha256 == row.sha256)
+            })
+        })
+        .count();
+    Ok(crate::packs::view(&row, agents as u64))
+}
+
+async fn list_packs(State(hub): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
+    require_admin(&hub, &headers)?;
+    Ok(Json(pack_views(&hub).await?).into_response())
+}
+
+/// `POST /api/v1/packs/{name}/{sha256}/trust`: idempotent.
+async fn trust_pack(
+    State(hub): Shared,
+    headers: HeaderMap,
+    Path((name, sha256)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    require_admin(&hub, &headers)?;
+    Ok(Json(trust(&hub, &name, &sha256, "admin token").await?).into_response())
+}
+
+/// `GET /packs`: pending and trusted packs, a Trust button on each pending one.
+async fn packs_page(State(hub): Shared, AdminPage(session): AdminPage) -> Response {
+    match pack_views(&hub).await {
+        Ok(packs) => web::html(
+            StatusCode::OK,
+            crate::dashboard::render_packs(&packs, &session),
+        ),
+        Err(e) => web::error_page(e.status, &e.message, e.hint),
+    }
+}
+
+/// `POST /packs/{name}/{sha256}/trust` (CSRF checked): trusts, then back to `/packs`.
+async fn trust_pack_form(
+    State(hub): Shared,
+    Path((name, sha256)): Path<(String, String)>,
+    f: CsrfForm<NoFields>,
+) -> Response {
+    let NoFields {} = f.form;
+    // A label for the session that does not reveal it; sha256 hex is 64 digits.
+    let hash = token::hash_hex(&f.session.id);
+    let by = format!("dashboard session {}", hash.get(..12).unwrap_or(&hash));
+    match trust(&hub, &name, &sha256, &by).await {
+        Ok(_) => web::see_other("/packs"),
+        Err(e) => web::error_page(e.status, &e.message, e.hint),
+    }
+}
+
+/// `GET /agents/{id}`: one agent with its catalog and each pack's state.
+async fn agent_page(
+    State(hub): Shared,
+    AdminPage(session): AdminPage,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(entry) = hub.registry.by_id(&id) else {
+        return web::error_page(
+            StatusCode::NOT_FOUND,
+            &format!("no agent {id}"),
+            "check the id on the dashboard",
+        );
+    };
+    match agent_packs(&hub, &entry).await {
+        Ok(packs) => web::html(
+            StatusCode::OK,
+            crate::dashboard::render_agent(
+                &entry.view(now_ms(), hub.interval_secs),
+                packs.as_deref(),
+                &session,
+            ),
+        ),
+        Err(e) => web::error_page(e.status, &e.message, e.hint),
+    }
 }
 
 async fn revoke_agent(

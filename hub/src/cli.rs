@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use outpost_proto::{AgentView, CreateKeyRequest, ErrorBody, KeyCreated};
+use outpost_proto::{AgentView, CreateKeyRequest, ErrorBody, KeyCreated, PackTrust, PackView};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -62,6 +62,32 @@ pub enum Cmd {
         client: ClientArgs,
         /// Agent id (a_…).
         id: String,
+    },
+    /// List the packs agents advertise, pending and trusted (`packs trust` to trust one).
+    Packs {
+        #[command(subcommand)]
+        cmd: Option<PacksCmd>,
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only the pending ones.
+        #[arg(long)]
+        pending: bool,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PacksCmd {
+    /// Trust a pack at one tree hash; other trusted hashes of it stay trusted.
+    Trust {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Pack name.
+        name: String,
+        /// Its sha256, or a unique prefix of at least 12 hex digits.
+        sha256: String,
     },
 }
 
@@ -497,7 +523,94 @@ pub fn run_client(cmd: Cmd) -> Result<(), HubError> {
             println!("deleted {id}");
             Ok(())
         }
+        Cmd::Packs {
+            cmd:
+                Some(PacksCmd::Trust {
+                    client,
+                    name,
+                    sha256,
+                }),
+            ..
+        } => packs_trust(&client, &name, &sha256),
+        Cmd::Packs {
+            cmd: None,
+            client,
+            pending,
+            json,
+        } => packs_list(&client, pending, json),
     }
+}
+
+/// `packs [--pending] [--json]`.
+fn packs_list(client: &ClientArgs, pending: bool, json: bool) -> Result<(), HubError> {
+    let mut packs: Vec<PackView> = Client::new(client)?.call("GET", "/api/v1/packs", None)?;
+    if pending {
+        packs.retain(|p| p.state == PackTrust::Pending);
+    }
+    if json {
+        let text = serde_json::to_string_pretty(&packs)
+            .map_err(|e| HubError::Internal(format!("cannot encode the packs: {e}")))?;
+        println!("{}", json_terminal_safe(&text));
+        return Ok(());
+    }
+    print!("{}", packs_table(&packs));
+    Ok(())
+}
+
+/// `packs trust NAME SHA256`: the prefix is resolved against the hub's list first, so an
+/// ambiguous or unknown one trusts nothing (exit 2).
+fn packs_trust(client: &ClientArgs, name: &str, prefix: &str) -> Result<(), HubError> {
+    use crate::packs::{resolve_prefix, PrefixError, MIN_PREFIX};
+    let c = Client::new(client)?;
+    let packs: Vec<PackView> = c.call("GET", "/api/v1/packs", None)?;
+    let found = resolve_prefix(&packs, name, prefix).map_err(|e| match e {
+        PrefixError::Malformed => HubError::usage(
+            format!("sha256 {prefix:?} is not {MIN_PREFIX} to 64 hex digits"),
+            "pass the sha256 `outpost-hub packs --pending` shows, or at least its first 12 digits",
+        ),
+        PrefixError::Unknown => HubError::usage(
+            format!("no pack {name} with a sha256 starting {prefix}"),
+            "list what agents advertise with `outpost-hub packs --pending`",
+        ),
+        PrefixError::Ambiguous(all) => HubError::usage(
+            format!(
+                "sha256 prefix {prefix} of pack {name} matches {} hashes",
+                all.len()
+            ),
+            format!("give more digits: {}", all.join(", ")),
+        ),
+    })?;
+    let path = format!("/api/v1/packs/{}/{}/trust", found.name, found.sha256);
+    let v: PackView = c.call("POST", &path, None)?;
+    println!(
+        "trusted {} {} ({}), advertised by {} agents",
+        terminal_safe(&v.name),
+        terminal_safe(&v.version),
+        v.sha256,
+        v.agents
+    );
+    Ok(())
+}
+
+/// Formats packs as a table: name, version, short sha256, state, agents.
+pub fn packs_table(packs: &[PackView]) -> String {
+    let mut rows = vec![[
+        "NAME".to_string(),
+        "VERSION".into(),
+        "SHA256".into(),
+        "STATE".into(),
+        "AGENTS".into(),
+    ]];
+    for p in packs {
+        rows.push([
+            terminal_safe(&p.name),
+            terminal_safe(&p.version),
+            terminal_safe(p.sha256.get(..12).unwrap_or(&p.sha256)),
+            p.state.as_str().to_string(),
+            p.agents.to_string(),
+        ]);
+    }
+    format_table(&rows)
 }
 
 /// `keys create`: mints a key ([`CreateKeyRequest`] → [`KeyCreated`]) and prints the
@@ -605,14 +718,19 @@ pub fn agents_table(agents: &[AgentView]) -> String {
             age,
         ]);
     }
+    format_table(&rows)
+}
+
+/// Rows as left-aligned columns two spaces apart.
+fn format_table(rows: &[[String; 5]]) -> String {
     let mut w = [0usize; 5];
-    for r in &rows {
+    for r in rows {
         for (i, c) in r.iter().enumerate() {
             w[i] = w[i].max(c.chars().count());
         }
     }
     let mut out = String::new();
-    for r in &rows {
+    for r in rows {
         let line: Vec<String> = r
             .iter()
             .enumerate()
@@ -726,6 +844,26 @@ mod tests {
             "same value"
         );
         assert!(out.contains("\\u009b") && out.contains("\\u202e") && out.contains('é'));
+    }
+
+    #[test]
+    fn packs_table_shortens_hashes() {
+        let p = PackView {
+            name: "web".into(),
+            sha256: "0123456789abcdef".repeat(4),
+            version: "1.2.0".into(),
+            state: PackTrust::Pending,
+            actions: Vec::new(),
+            first_seen: "2024-05-01T10:00:00Z".into(),
+            first_seen_by: "a_1".into(),
+            trusted_at: None,
+            trusted_by: None,
+            agents: 3,
+        };
+        assert_eq!(
+            packs_table(&[p]),
+            "NAME  VERSION  SHA256        STATE    AGENTS\nweb   1.2.0    0123456789ab  pending  3\n"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::fmt::Write;
 use crate::duration::format_age;
 use crate::state::{AgentView, Status};
 use crate::web::{csrf_field, post_button, Session};
+use outpost_proto::{AgentPack, CatalogState, PackTrust, PackView};
 
 /// Escapes text for HTML element content and quoted attribute values.
 pub fn escape(s: &str) -> String {
@@ -29,7 +30,7 @@ table{border-collapse:collapse;width:100%;background:#fff;box-shadow:0 1px 2px #
 th,td{text-align:left;padding:.45rem .7rem;border-bottom:1px solid #d1d9e0;font-size:.9rem}\
 th{background:#eef1f4;font-weight:600}td.mono{font-family:ui-monospace,monospace;font-size:.8rem}\
 .badge{display:inline-block;padding:.1rem .55rem;border-radius:1rem;font-size:.8rem;font-weight:600;color:#fff}\
-.online{background:#1a7f37}.stale{background:#bf8700}.offline{background:#6e7781}.revoked{background:#cf222e}\
+.online{background:#1a7f37}.trusted{background:#1a7f37}.pending{background:#bf8700}.drifted{background:#cf222e}nav a{margin-right:1rem}form.trust{display:inline}form.trust button{font:inherit;padding:.1rem .6rem;cursor:pointer}.stale{background:#bf8700}.offline{background:#6e7781}.revoked{background:#cf222e}\
 .flag{color:#cf222e;font-size:.8rem}.summary span{margin-right:1rem}\
 header{display:flex;justify-content:space-between;align-items:baseline}form.logout button,form.login button{font:inherit;padding:.3rem .9rem;cursor:pointer}\
 form.login{background:#fff;box-shadow:0 1px 2px #0002;padding:1.2rem;max-width:26rem}form.login label{display:block;margin:0 0 .4rem;font-weight:600}\
@@ -82,11 +83,7 @@ pub fn render(agents: &[AgentView], interval_secs: u64, session: &Session) -> St
     let count = |s: Status| agents.iter().filter(|a| a.status == s).count();
     let mut h = String::with_capacity(2048 + agents.len() * 512);
     head(&mut h, "outpost hub", true);
-    let _ = write!(
-        h,
-        "<header><h1>outpost hub</h1>{}</header>",
-        post_button(session, "/logout", "log out", "logout")
-    );
+    header(&mut h, session);
     let _ = write!(
         h,
         "<p class=\"sub summary\"><span>{} agents</span><span>{} online</span><span>{} stale</span><span>{} offline</span><span>{} revoked</span><span>heartbeat every {}s</span></p>",
@@ -107,7 +104,12 @@ pub fn render(agents: &[AgentView], interval_secs: u64, session: &Session) -> St
                 .map(|s| format!("{} ago", format_age(s)))
                 .unwrap_or_else(|| "never".into());
             let status = a.status.as_str();
-            let _ = write!(h, "<tr><td>{}", escape(&a.hostname));
+            let _ = write!(
+                h,
+                "<tr><td><a href=\"/agents/{}\">{}</a>",
+                escape(&a.id),
+                escape(&a.hostname)
+            );
             for f in &a.flags {
                 let _ = write!(h, " <span class=\"flag\">{}</span>", escape(f));
             }
@@ -127,6 +129,135 @@ pub fn render(agents: &[AgentView], interval_secs: u64, session: &Session) -> St
         h.push_str("</tbody></table>");
     }
     h.push_str("</body></html>\n");
+    h
+}
+
+/// The page header: title, navigation, logout button.
+fn header(h: &mut String, session: &Session) {
+    let _ = write!(
+        h,
+        "<header><h1>outpost hub</h1>{}</header><nav><a href=\"/\">agents</a><a href=\"/packs\" id=\"nav-packs\">packs</a></nav>",
+        post_button(session, "/logout", "log out", "logout")
+    );
+}
+
+/// The short form of a sha256 shown in tables (the full one is the cell's title).
+fn short(sha256: &str) -> &str {
+    sha256.get(..12).unwrap_or(sha256)
+}
+
+/// The Packs page: every (name, sha256) seen, pending first, each pending one with a Trust
+/// button (a CSRF-protected POST form).
+pub fn render_packs(packs: &[PackView], session: &Session) -> String {
+    let mut h = String::with_capacity(2048 + packs.len() * 512);
+    head(&mut h, "outpost hub: packs", false);
+    header(&mut h, session);
+    let pending = packs
+        .iter()
+        .filter(|p| p.state == PackTrust::Pending)
+        .count();
+    let _ = write!(
+        h,
+        "<p class=\"sub summary\"><span>{} packs</span><span id=\"pending-count\">{pending} pending</span><span>{} trusted</span></p>",
+        packs.len(),
+        packs.len() - pending
+    );
+    if packs.is_empty() {
+        h.push_str("<p>No pack advertised yet. Agents advertise the packs installed on their host with every heartbeat.</p></body></html>\n");
+        return h;
+    }
+    h.push_str("<table id=\"packs\"><thead><tr><th>name</th><th>version</th><th>sha256</th><th>state</th><th>agents</th><th>actions</th><th>first seen</th><th>trusted</th><th></th></tr></thead><tbody>");
+    let mut ordered: Vec<&PackView> = packs.iter().collect();
+    ordered.sort_by_key(|p| p.state);
+    for p in ordered {
+        let state = p.state.as_str();
+        let actions: Vec<&str> = p.actions.iter().map(|a| a.id.as_str()).collect();
+        let trusted = match (&p.trusted_at, &p.trusted_by) {
+            (Some(at), Some(by)) => format!("{at} by {by}"),
+            _ => String::new(),
+        };
+        let button = if p.state == PackTrust::Pending {
+            let action = format!("/packs/{}/{}/trust", p.name, p.sha256);
+            post_button(session, &action, "trust", "trust")
+        } else {
+            String::new()
+        };
+        let _ = write!(
+            h,
+            "<tr data-pack=\"{}\" data-sha256=\"{}\"><td>{}</td><td>{}</td><td class=\"mono\" title=\"{}\">{}</td><td><span class=\"badge {state}\">{state}</span></td><td>{}</td><td>{}</td><td>{} by {}</td><td>{}</td><td>{button}</td></tr>",
+            escape(&p.name),
+            escape(&p.sha256),
+            escape(&p.name),
+            escape(&p.version),
+            escape(&p.sha256),
+            escape(short(&p.sha256)),
+            p.agents,
+            escape(&actions.join(", ")),
+            escape(&p.first_seen),
+            escape(&p.first_seen_by),
+            escape(&trusted),
+        );
+    }
+    h.push_str("</tbody></table></body></html>\n");
+    h
+}
+
+/// One agent's page: its facts and its catalog with each pack's state.
+pub fn render_agent(a: &AgentView, packs: Option<&[AgentPack]>, session: &Session) -> String {
+    let mut h = String::with_capacity(2048);
+    head(&mut h, &format!("outpost hub: {}", a.hostname), false);
+    header(&mut h, session);
+    let status = a.status.as_str();
+    let _ = write!(
+        h,
+        "<h2 id=\"agent\">{} <span class=\"badge {status}\">{status}</span></h2><p class=\"sub\">{} · {} {} · {} · {} mode</p>",
+        escape(&a.hostname),
+        escape(&a.id),
+        escape(&a.distro),
+        escape(&a.arch),
+        escape(&a.version),
+        escape(&a.mode),
+    );
+    let Some(packs) = packs else {
+        h.push_str("<p id=\"no-catalog\">This agent has not advertised a pack catalog yet.</p></body></html>\n");
+        return h;
+    };
+    if packs.is_empty() {
+        h.push_str("<p id=\"no-catalog\">No packs installed on this host.</p></body></html>\n");
+        return h;
+    }
+    h.push_str("<table id=\"catalog\"><thead><tr><th>pack</th><th>version</th><th>sha256</th><th>state</th><th>actions</th></tr></thead><tbody>");
+    for p in packs {
+        let state = p.state.as_str();
+        let actions: Vec<String> = p
+            .pack
+            .actions
+            .iter()
+            .map(|x| {
+                if x.privileged {
+                    format!("{} (root)", x.id)
+                } else {
+                    x.id.clone()
+                }
+            })
+            .collect();
+        let _ = write!(
+            h,
+            "<tr data-pack=\"{}\"><td>{}</td><td>{}</td><td class=\"mono\" title=\"{}\">{}</td><td><span class=\"badge {state}\">{state}</span>{}</td><td>{}</td></tr>",
+            escape(&p.pack.name),
+            escape(&p.pack.name),
+            escape(&p.pack.version),
+            escape(&p.pack.sha256),
+            escape(short(&p.pack.sha256)),
+            if p.state == CatalogState::Drifted {
+                " <span class=\"flag\">another hash of this pack is trusted</span>"
+            } else {
+                ""
+            },
+            escape(&actions.join(", ")),
+        );
+    }
+    h.push_str("</tbody></table></body></html>\n");
     h
 }
 
@@ -216,5 +347,96 @@ mod tests {
         assert!(!login.contains("<img"), "{login}");
         let msg = render_message(x, x);
         assert!(!msg.contains("<img"), "{msg}");
+    }
+
+    #[test]
+    fn pack_pages_escape_and_show_states() {
+        use outpost_proto::{ActionAdvert, PackAdvert};
+        let x = "\"'><img src=x onerror=alert(1)>";
+        let session = crate::web::Store::new(std::time::Duration::from_secs(60), 1)
+            .create()
+            .unwrap();
+        let view = |name: &str, state: PackTrust| PackView {
+            name: name.into(),
+            sha256: "ab".repeat(32),
+            version: x.into(),
+            state,
+            actions: vec![ActionAdvert {
+                id: x.into(),
+                description: String::new(),
+                params: Vec::new(),
+                idempotent: false,
+                privileged: true,
+            }],
+            first_seen: "2024-05-01T10:00:00Z".into(),
+            first_seen_by: x.into(),
+            trusted_at: None,
+            trusted_by: None,
+            agents: 1,
+        };
+        let html = render_packs(
+            &[
+                view("web", PackTrust::Trusted),
+                view("db", PackTrust::Pending),
+            ],
+            &session,
+        );
+        assert!(!html.contains("<img"), "{html}");
+        assert_eq!(
+            html.matches("action=\"/packs/").count(),
+            1,
+            "one button: {html}"
+        );
+        assert!(html.contains(&format!("action=\"/packs/db/{}/trust\"", "ab".repeat(32))));
+        assert!(html.contains(&format!("value=\"{}\"", session.csrf)));
+        assert!(
+            html.find("data-pack=\"db\"") < html.find("data-pack=\"web\""),
+            "pending first"
+        );
+        assert!(render_packs(&[], &session).contains("No pack advertised yet"));
+
+        let a = AgentView {
+            hostname: x.into(),
+            ..sample_view()
+        };
+        let packs = [AgentPack {
+            pack: PackAdvert {
+                name: "web".into(),
+                version: x.into(),
+                sha256: "cd".repeat(32),
+                actions: Vec::new(),
+            },
+            state: CatalogState::Drifted,
+        }];
+        let html = render_agent(&a, Some(&packs), &session);
+        assert!(!html.contains("<img"), "{html}");
+        assert!(html.contains("badge drifted\">drifted<") && html.contains("cdcdcdcdcdcd<"));
+        assert!(render_agent(&a, None, &session).contains("not advertised a pack catalog"));
+        assert!(render_agent(&a, Some(&[]), &session).contains("No packs installed"));
+    }
+
+    fn sample_view() -> AgentView {
+        AgentView {
+            id: "a_1".into(),
+            hostname: "h".into(),
+            status: Status::Online,
+            version: String::new(),
+            distro: String::new(),
+            arch: String::new(),
+            kernel: String::new(),
+            mode: String::new(),
+            group: None,
+            labels: Default::default(),
+            machine_id: String::new(),
+            enrolled_at: String::new(),
+            revoked_at: None,
+            last_heartbeat_at: None,
+            last_heartbeat_age_secs: None,
+            uptime_secs: None,
+            capabilities: None,
+            journal_head: None,
+            last_upgrade: None,
+            flags: vec![],
+        }
     }
 }

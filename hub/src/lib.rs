@@ -3,7 +3,9 @@
 //! The HTTP API is specified in `docs/PROTOCOL.md` and `docs/openapi.yaml`. The hub keeps
 //! every agent in memory (loaded from its [`store::Store`], SQLite today, at start) so
 //! heartbeats never touch the database on the request path: a single writer task persists
-//! them in batches.
+//! them in batches. The one exception is a heartbeat whose pack catalog changed (compared by
+//! hash, so an unchanged catalog costs nothing): it is written at once, with its new pending
+//! packs ([`packs`]).
 
 pub mod api;
 pub mod cli;
@@ -11,6 +13,7 @@ pub mod dashboard;
 pub use outpost_core::duration;
 pub mod error;
 pub mod limits;
+pub mod packs;
 pub mod releases;
 pub mod server;
 pub mod state;

@@ -19,8 +19,9 @@ use crate::error::ApiError;
 
 /// Body limit of enroll, key creation and the login form.
 pub const SMALL_BODY: usize = 16 * 1024;
-/// Body limit of heartbeats.
-pub const HEARTBEAT_BODY: usize = 64 * 1024;
+/// Body limit of heartbeats: room for a catalog of 64 packs and 1024 actions
+/// (`outpost_proto::MAX_PACKS`, `MAX_CATALOG_ACTIONS`) with descriptions.
+pub const HEARTBEAT_BODY: usize = 512 * 1024;
 /// Body limit of diagnostics reports.
 pub const DIAGNOSTICS_BODY: usize = 2 * 1024 * 1024;
 

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+pub use crate::packs::Catalog;
 pub use outpost_proto::{
     AgentStatus as Status, AgentView, Capabilities, EnrollRequest, Enrolled, Facts, Heartbeat,
     JournalHead, LastUpgrade, MIN_NONCE,
@@ -54,10 +55,14 @@ pub struct AgentState {
     pub journal_head: Option<JournalHead>,
     pub flags: Vec<String>,
     pub last_upgrade: Option<LastUpgrade>,
+    /// The latest pack catalog the agent advertised; `None` before the first one. Shared, so
+    /// snapshots for the writer task do not copy it.
+    pub packs: Option<Arc<Catalog>>,
 }
 
 impl AgentState {
-    /// Applies a heartbeat received at `now_ms`, raising journal flags.
+    /// Applies a heartbeat received at `now_ms`, raising journal flags. Its catalog
+    /// (`packs`) is not applied here: the handler persists a changed one first.
     pub fn apply(&mut self, hb: Heartbeat, now_ms: i64) {
         if let Some(v) = hb.version {
             self.version = v;

@@ -29,7 +29,8 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::state::{AgentState, Facts};
+use crate::state::{AgentState, Catalog, Facts};
+use outpost_proto::{ActionAdvert, PackTrust};
 
 mod sqlite;
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
@@ -93,6 +94,49 @@ pub trait Store: Send + Sync {
     /// hostname, machine id, group, labels, enrollment or revocation (a snapshot taken
     /// before a revocation cannot undo it). Agents deleted since the snapshot are skipped.
     fn flush_heartbeats(&self, batch: Vec<(String, AgentState)>) -> StoreFuture<'_, ()>;
+
+    /// Replaces agent `id`'s catalog (loaded back as [`AgentState::packs`]) and, in the same
+    /// transaction, records every (name, sha256) of it not seen before as pending, first seen
+    /// by `id` at `now_ms`; records already there are left alone. False (and nothing
+    /// recorded) when there is no such agent. The hub calls it only when the catalog's hash
+    /// changed, so it is rare; [`Store::flush_heartbeats`] never touches the catalog.
+    fn store_catalog<'a>(
+        &'a self,
+        id: &'a str,
+        catalog: Arc<Catalog>,
+        now_ms: i64,
+    ) -> StoreFuture<'a, bool>;
+
+    /// Every trust record, ordered by name, then first sighting, then sha256.
+    fn packs(&self) -> StoreFuture<'_, Vec<PackRow>>;
+
+    /// Marks (name, sha256) trusted by `by` at `now_ms` and returns the record; trusting a
+    /// trusted record again keeps the first time and who. Other hashes of the name are not
+    /// touched (several may be trusted). `None` when the pair was never seen.
+    fn trust_pack<'a>(
+        &'a self,
+        name: &'a str,
+        sha256: &'a str,
+        by: &'a str,
+        now_ms: i64,
+    ) -> StoreFuture<'a, Option<PackRow>>;
+}
+
+/// The hub's trust in one (pack name, sha256), as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackRow {
+    pub name: String,
+    pub sha256: String,
+    /// Version and actions as first seen.
+    pub version: String,
+    pub actions: Vec<ActionAdvert>,
+    pub state: PackTrust,
+    pub first_seen_ms: i64,
+    /// The agent whose catalog carried it first.
+    pub first_seen_by: String,
+    pub trusted_at_ms: Option<i64>,
+    /// `admin token`, `dashboard session …`.
+    pub trusted_by: Option<String>,
 }
 
 /// Opens the store configured by `--db` (today always SQLite at that path), creating and

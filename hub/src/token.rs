@@ -36,6 +36,11 @@ pub fn hash_hex(secret: &str) -> String {
     hex::encode(hash(secret))
 }
 
+/// The sha256 of some bytes as lowercase hex.
+pub fn hash_hex_bytes(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// Compares two digests without an early exit.
 pub fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter()

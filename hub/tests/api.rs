@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 use std::sync::{Arc, Barrier};
 
-use common::{bin, heartbeat_body, Hub, ADMIN};
+use common::{bin, heartbeat_body, pack, Hub, ADMIN};
 use serde_json::{json, Value};
 
 fn agent<'a>(list: &'a Value, id: &str) -> &'a Value {
@@ -929,4 +929,352 @@ fn serves_https_with_rustls() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("hint: "));
+}
+
+/// The (state, agents) of (name, sha digit) in `GET /api/v1/packs`.
+fn pack_state(hub: &Hub, name: &str, d: char) -> Option<(String, u64)> {
+    let (s, v) = hub.admin("GET", "/api/v1/packs", None);
+    assert_eq!(s, 200, "{v}");
+    let sha = d.to_string().repeat(64);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name && p["sha256"] == sha)
+        .map(|p| {
+            (
+                p["state"].as_str().unwrap().to_string(),
+                p["agents"].as_u64().unwrap(),
+            )
+        })
+}
+
+/// The states of agent `id`'s catalog, by pack name; `None` before any catalog.
+fn catalog_states(hub: &Hub, id: &str) -> Option<Vec<(String, String)>> {
+    let (s, v) = hub.admin("GET", &format!("/api/v1/agents/{id}"), None);
+    assert_eq!(s, 200, "{v}");
+    v["packs"].as_array().map(|a| {
+        a.iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap().into(),
+                    p["state"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    })
+}
+
+fn states(pairs: &[(&str, &str)]) -> Option<Vec<(String, String)>> {
+    Some(
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect(),
+    )
+}
+
+#[test]
+fn pack_catalogs_pending_trust_drift_clear_and_keep() {
+    let mut hub = Hub::start();
+    let (a, ta) = hub.new_agent("packs-a");
+    let (b, tb) = hub.new_agent("packs-b");
+    assert_eq!(catalog_states(&hub, &a), None, "no catalog yet");
+    assert_eq!(hub.heartbeat(&a, &ta, 1, "x").0, 200);
+    assert_eq!(catalog_states(&hub, &a), None, "a heartbeat without packs");
+
+    // A new (name, sha256) is pending, counted per advertising agent.
+    let cat = json!([pack("web", "1.0.0", '1'), pack("db", "2.0.0", '2')]);
+    assert_eq!(hub.heartbeat_packs(&a, &ta, cat.clone()).0, 200);
+    assert_eq!(
+        hub.heartbeat_packs(&b, &tb, json!([pack("web", "1.0.0", '1')]))
+            .0,
+        200
+    );
+    assert_eq!(pack_state(&hub, "web", '1'), Some(("pending".into(), 2)));
+    assert_eq!(pack_state(&hub, "db", '2'), Some(("pending".into(), 1)));
+    assert_eq!(
+        catalog_states(&hub, &a),
+        states(&[("web", "pending"), ("db", "pending")])
+    );
+    let (_, list) = hub.admin("GET", "/api/v1/packs", None);
+    let web = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "web")
+        .unwrap();
+    assert_eq!(
+        (web["first_seen_by"].as_str(), web["trusted_at"].is_null()),
+        (Some(a.as_str()), true)
+    );
+    assert_eq!(web["actions"][0]["params"][0]["type"], "string");
+
+    // Trust: idempotent, the first time and who are kept.
+    let path = format!("/api/v1/packs/web/{}/trust", "1".repeat(64));
+    let (s, first) = hub.admin("POST", &path, None);
+    assert_eq!(
+        (s, first["state"].as_str(), first["agents"].as_u64()),
+        (200, Some("trusted"), Some(2)),
+        "{first}"
+    );
+    assert_eq!(first["trusted_by"], "admin token");
+    let (s, again) = hub.admin("POST", &path, None);
+    assert_eq!((s, &again["trusted_at"]), (200, &first["trusted_at"]));
+    assert_eq!(
+        catalog_states(&hub, &a),
+        states(&[("web", "trusted"), ("db", "pending")])
+    );
+
+    // A changed hash of web on b: a new pending record, and b shows web drifted.
+    assert_eq!(
+        hub.heartbeat_packs(&b, &tb, json!([pack("web", "1.1.0", '3')]))
+            .0,
+        200
+    );
+    assert_eq!(pack_state(&hub, "web", '3'), Some(("pending".into(), 1)));
+    assert_eq!(pack_state(&hub, "web", '1'), Some(("trusted".into(), 1)));
+    assert_eq!(catalog_states(&hub, &b), states(&[("web", "drifted")]));
+    // Trusting the new hash keeps the old one trusted.
+    let (s, _) = hub.admin(
+        "POST",
+        &format!("/api/v1/packs/web/{}/trust", "3".repeat(64)),
+        None,
+    );
+    assert_eq!(s, 200);
+    assert_eq!(pack_state(&hub, "web", '1').unwrap().0, "trusted");
+    assert_eq!(catalog_states(&hub, &b), states(&[("web", "trusted")]));
+
+    // Absent and null keep the catalog; [] clears it (the records stay).
+    let mut plain = heartbeat_body(&a, 2, "y");
+    plain.as_object_mut().unwrap().remove("packs");
+    assert_eq!(
+        hub.req("POST", "/api/v1/heartbeat", Some(&ta), Some(&plain))
+            .0,
+        200
+    );
+    assert_eq!(hub.heartbeat_packs(&a, &ta, Value::Null).0, 200);
+    assert_eq!(
+        catalog_states(&hub, &a),
+        states(&[("web", "trusted"), ("db", "pending")])
+    );
+    assert_eq!(hub.heartbeat_packs(&a, &ta, json!([])).0, 200);
+    assert_eq!(catalog_states(&hub, &a), Some(vec![]));
+    assert_eq!(pack_state(&hub, "db", '2'), Some(("pending".into(), 0)));
+
+    // Catalogs and trust survive a restart.
+    assert_eq!(hub.heartbeat_packs(&a, &ta, cat).0, 200);
+    hub.stop();
+    hub.restart();
+    assert_eq!(
+        catalog_states(&hub, &a),
+        states(&[("web", "trusted"), ("db", "pending")])
+    );
+    assert_eq!(catalog_states(&hub, &b), states(&[("web", "trusted")]));
+    assert_eq!(pack_state(&hub, "web", '3'), Some(("trusted".into(), 1)));
+}
+
+#[test]
+fn pack_catalog_errors_unknown_pairs_and_auth() {
+    let hub = Hub::start();
+    let (id, token) = hub.new_agent("packs-bad");
+    // A catalog validate_catalog refuses: 400 field_invalid naming packs…, nothing stored.
+    let mut upper = pack("web", "1", 'a');
+    upper["sha256"] = json!("A".repeat(64));
+    let many: Vec<Value> = (0..65).map(|i| pack(&format!("p{i}"), "1", 'b')).collect();
+    for (what, bad, field) in [
+        ("bad name", json!([pack("Web", "1", 'a')]), "packs.name"),
+        (
+            "twice",
+            json!([pack("web", "1", 'a'), pack("web", "1", 'b')]),
+            "packs.name",
+        ),
+        ("upper hex", json!([upper]), "packs.sha256"),
+        ("65 packs", json!(many), "packs"),
+    ] {
+        let (s, v) = hub.heartbeat_packs(&id, &token, bad);
+        assert_eq!(
+            (s, v["error"].as_str(), v["field"].as_str()),
+            (400, Some("field_invalid"), Some(field)),
+            "{what}: {v}"
+        );
+        assert!(v["hint"].as_str().is_some_and(|h| !h.is_empty()), "{v}");
+    }
+    let (_, list) = hub.admin("GET", "/api/v1/packs", None);
+    assert_eq!(list, json!([]), "nothing recorded");
+    // Unknown pairs are 404 with the error body.
+    assert_eq!(
+        hub.heartbeat_packs(&id, &token, json!([pack("web", "1", 'a')]))
+            .0,
+        200
+    );
+    for path in [
+        format!("/api/v1/packs/web/{}/trust", "b".repeat(64)),
+        format!("/api/v1/packs/nope/{}/trust", "a".repeat(64)),
+        "/api/v1/packs/web/aaaa/trust".to_string(),
+    ] {
+        let (s, v) = hub.admin("POST", &path, None);
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (404, Some("not_found")),
+            "{path}: {v}"
+        );
+        assert!(
+            v["message"].as_str().unwrap().starts_with("no pack "),
+            "{v}"
+        );
+        assert!(
+            v["hint"].as_str().unwrap().contains("outpost-hub packs"),
+            "{v}"
+        );
+    }
+    // Without the admin token: 401, and nothing trusted.
+    let trust = format!("/api/v1/packs/web/{}/trust", "a".repeat(64));
+    for (m, p) in [("GET", "/api/v1/packs"), ("POST", trust.as_str())] {
+        for tok in [
+            None,
+            Some("wrong-admin-token-xxxxxxxxxxxx"),
+            Some(token.as_str()),
+        ] {
+            let (s, v) = hub.req(m, p, tok, None);
+            assert_eq!(
+                (s, v["error"].as_str()),
+                (401, Some("unauthorized")),
+                "{m} {p} {tok:?}"
+            );
+        }
+    }
+    assert_eq!(pack_state(&hub, "web", 'a'), Some(("pending".into(), 1)));
+}
+
+/// A catalog at the protocol's bounds (64 packs, 1024 actions, long descriptions) fits the
+/// 512 KiB heartbeat body, which the old 64 KiB cap refused; past 512 KiB is 413.
+#[test]
+fn a_full_catalog_fits_the_heartbeat_cap() {
+    let hub = Hub::start();
+    let (id, token) = hub.new_agent("packs-full");
+    let full: Vec<Value> = (0..64)
+        .map(|i| {
+            let actions: Vec<Value> = (0..16)
+                .map(|j| {
+                    json!({"id": format!("action-{j}"), "description": "d".repeat(200),
+                                "params": [{"name": "unit", "type": "string", "required": true},
+                                           {"name": "force", "type": "bool"}],
+                                "idempotent": true, "privileged": j == 0})
+                })
+                .collect();
+            json!({"name": format!("pack-{i}"), "version": "1.0.0",
+                   "sha256": format!("{i:064x}"), "actions": actions})
+        })
+        .collect();
+    let mut body = heartbeat_body(&id, 1, "a");
+    body["packs"] = json!(full);
+    let len = body.to_string().len();
+    assert!(len > 256 * 1024 && len < 512 * 1024, "{len} bytes");
+    let (s, v) = hub.req("POST", "/api/v1/heartbeat", Some(&token), Some(&body));
+    assert_eq!(s, 200, "{v}");
+    let (_, list) = hub.admin("GET", "/api/v1/packs", None);
+    assert_eq!(list.as_array().unwrap().len(), 64);
+    // Past the cap: 413 before parsing.
+    body["kernel"] = json!("k".repeat(512 * 1024 - len + 100));
+    let auth = format!("Bearer {token}");
+    let r = hub.raw(
+        "POST",
+        "/api/v1/heartbeat",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &auth),
+        ],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 413, "{}", r.head);
+    assert_eq!(r.json()["error"], "payload_too_large");
+}
+
+#[test]
+fn cli_lists_and_trusts_packs_by_prefix() {
+    let hub = Hub::start();
+    let cli = |args: &[&str]| {
+        let out = Command::new(bin())
+            .args(args)
+            .env("OUTPOST_HUB_URL", &hub.url)
+            .env("OUTPOST_HUB_ADMIN_TOKEN", ADMIN)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (id, token) = hub.new_agent("packs-cli");
+    let mut web2 = pack("web", "1.1.0", '0');
+    web2["sha256"] = json!(format!("{}{}", "0".repeat(12), "1".repeat(52)));
+    let other = hub.new_agent("packs-cli-2");
+    let catalog = json!([pack("web", "1.0.0", '0'), pack("db", "2.0.0", 'd')]);
+    assert_eq!(hub.heartbeat_packs(&id, &token, catalog).0, 200);
+    let (s, _) = hub.req(
+        "POST",
+        "/api/v1/heartbeat",
+        Some(&other.1),
+        Some(&json!({"agent_id": other.0, "packs": [web2]})),
+    );
+    assert_eq!(s, 200);
+
+    let (code, out, err) = cli(&["packs"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out.lines().next().unwrap(),
+        "NAME  VERSION  SHA256        STATE    AGENTS",
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 4, "{out}");
+    assert!(
+        out.contains("db    2.0.0    dddddddddddd  pending  1"),
+        "{out}"
+    );
+
+    // Ambiguous, unknown, too short: exit 2, one error line and one hint line, nothing trusted.
+    for (args, msg) in [
+        (
+            ["packs", "trust", "web", "000000000000"],
+            "error: sha256 prefix 000000000000 of pack web matches 2 hashes",
+        ),
+        (
+            ["packs", "trust", "web", "ffffffffffff"],
+            "error: no pack web with a sha256 starting ffffffffffff",
+        ),
+        (
+            ["packs", "trust", "web", "00000"],
+            "error: sha256 \"00000\" is not 12 to 64 hex digits",
+        ),
+    ] {
+        let (code, out, err) = cli(&args);
+        assert_eq!(code, Some(2), "{args:?}: {out}{err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 2, "{err}");
+        assert_eq!(lines[0], msg);
+        assert!(lines[1].starts_with("hint: "), "{err}");
+    }
+    let (code, out, _) = cli(&["packs", "--pending", "--json"]);
+    assert_eq!(code, Some(0));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 3);
+
+    // A unique prefix trusts exactly that hash (any case).
+    let (code, out, err) = cli(&["packs", "trust", "web", "0000000000000"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.starts_with(&format!("trusted web 1.0.0 ({})", "0".repeat(64))),
+        "{out}"
+    );
+    let (code, _, err) = cli(&["packs", "trust", "db", "DDDDDDDDDDDD"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (_, out, _) = cli(&["packs", "--pending"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        out.contains("web   1.1.0    000000000000  pending  1"),
+        "{out}"
+    );
+    let (_, out, _) = cli(&["packs"]);
+    assert_eq!(out.matches("trusted").count(), 2, "{out}");
 }

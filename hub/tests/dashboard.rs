@@ -8,7 +8,7 @@ mod cdp;
 mod common;
 
 use cdp::{Browser, CHROMIUM};
-use common::{target_dir, Hub, ADMIN};
+use common::{pack, target_dir, Hub, ADMIN};
 use serde_json::json;
 
 fn have_chromium(test: &str) -> bool {
@@ -173,4 +173,88 @@ fn login_session_csrf_and_logout_in_chromium() {
     page.wait_for("location.pathname === '/login'");
     assert!(!page.html().contains("browser-host"));
     page.screenshot(&artifact("logged-out.png"));
+}
+
+#[test]
+fn packs_page_trusts_a_pending_pack_in_chromium() {
+    if !have_chromium("packs_page_trusts_a_pending_pack_in_chromium") {
+        return;
+    }
+    let hub = Hub::start();
+    let (id, token) = hub.new_agent("pack-host");
+    let catalog = json!([pack("web", "1.0.0", '1'), pack("db", "2.0.0", '2')]);
+    assert_eq!(hub.heartbeat_packs(&id, &token, catalog).0, 200);
+
+    let mut browser = Browser::launch();
+    let mut page = browser.page();
+    login(&mut page, &hub, ADMIN);
+    page.wait_for("location.pathname === '/' && document.querySelector('#nav-packs')");
+    page.click("#nav-packs");
+    page.wait_for("location.pathname === '/packs' && document.querySelector('#packs')");
+    let web_row = "tr[data-pack=web]";
+    let html = page.html();
+    assert!(html.contains("2 pending"), "{html}");
+    assert_eq!(
+        page.eval(&format!(
+            "document.querySelector('{web_row} .badge').textContent"
+        )),
+        json!("pending")
+    );
+    page.screenshot(&artifact("packs-pending.png"));
+
+    // Trust: a CSRF-protected POST, then back on the page with web trusted.
+    page.click(&format!("{web_row} form.trust button"));
+    page.wait_for(&format!(
+        "location.pathname === '/packs' && document.querySelector('{web_row} .badge').textContent === 'trusted'"
+    ));
+    let html = page.html();
+    assert!(html.contains("1 pending"), "{html}");
+    assert!(html.contains("by dashboard session "), "{html}");
+    assert!(
+        page.eval(&format!(
+            "document.querySelector('{web_row} form.trust') === null"
+        )) == json!(true),
+        "a trusted pack has no button"
+    );
+    page.screenshot(&artifact("packs-trusted.png"));
+
+    // The agent page shows its catalog with states; a changed hash shows drifted.
+    assert_eq!(
+        hub.heartbeat_packs(
+            &id,
+            &token,
+            json!([pack("web", "1.1.0", '3'), pack("db", "2.0.0", '2')])
+        )
+        .0,
+        200
+    );
+    page.goto(&format!("{}/agents/{id}", hub.url));
+    page.wait_for("document.querySelector('#catalog')");
+    let badge = |page: &mut cdp::Page<'_>, name: &str| {
+        page.eval(&format!(
+            "document.querySelector('#catalog tr[data-pack={name}] .badge').textContent"
+        ))
+    };
+    assert_eq!(badge(&mut page, "web"), json!("drifted"));
+    assert_eq!(badge(&mut page, "db"), json!("pending"));
+    page.screenshot(&artifact("agent-catalog.png"));
+
+    // A tampered CSRF token on a Trust button: 403, nothing trusted.
+    page.goto(&format!("{}/packs", hub.url));
+    page.wait_for("document.querySelector('tr[data-pack=db] form.trust')");
+    page.eval(&format!(
+        "document.querySelector('tr[data-pack=db] form.trust input[name=csrf]').value = '{}'",
+        "0".repeat(64)
+    ));
+    page.click("tr[data-pack=db] form.trust button");
+    page.wait_for("document.querySelector('#message')");
+    assert!(page.html().contains("request refused"), "{}", page.html());
+    let (_, list) = hub.admin("GET", "/api/v1/packs", None);
+    let db = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "db")
+        .unwrap();
+    assert_eq!(db["state"], "pending", "{db}");
 }

@@ -305,7 +305,10 @@ fn chunked_bodies_over_the_limit_are_413() {
     )
     .unwrap();
     let chunk = "x".repeat(8192);
-    for _ in 0..16 {
+    // One chunk past the heartbeat cap (512 KiB).
+    let chunks = outpost_hub::limits::HEARTBEAT_BODY / chunk.len() + 1;
+    assert_eq!(outpost_hub::limits::HEARTBEAT_BODY, 512 * 1024);
+    for _ in 0..chunks {
         if write!(s, "{:x}\r\n{chunk}\r\n", chunk.len()).is_err() {
             break;
         }

@@ -14,7 +14,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
-use common::{csrf_of, heartbeat_body, Hub, ADMIN};
+use common::{csrf_of, heartbeat_body, pack, Hub, ADMIN};
 use serde_json::{json, Value};
 
 fn spec() -> Value {
@@ -160,10 +160,15 @@ fn spec_parses_and_lists_the_protocol_endpoints() {
         "/api/v1/agents",
         "/api/v1/agents/{id}",
         "/api/v1/agents/{id}/revoke",
+        "/api/v1/packs",
+        "/api/v1/packs/{name}/{sha256}/trust",
         "/healthz",
         "/",
         "/login",
         "/logout",
+        "/packs",
+        "/packs/{name}/{sha256}/trust",
+        "/agents/{id}",
     ] {
         assert!(
             s["paths"].get(p).is_some(),
@@ -264,6 +269,37 @@ fn server_matches_openapi() {
     let (s, v) = hub.admin("GET", "/api/v1/agents/a_nope", None);
     c.response("/api/v1/agents/{id}", "GET", s, &v);
 
+    // Packs: a catalog makes pending records; trust; the agent's catalog with states.
+    let mut hb = heartbeat_body(id, 3, "abc");
+    hb["packs"] = json!([pack("web", "1.0.0", '1'), pack("db", "2.0.0", '2')]);
+    check_request(&spec, "/api/v1/heartbeat", "POST", &hb);
+    let (s, v) = hub.req("POST", "/api/v1/heartbeat", Some(token), Some(&hb));
+    c.response("/api/v1/heartbeat", "POST", s, &v);
+    assert_eq!(s, 200);
+    let (s, v) = hub.admin("GET", "/api/v1/packs", None);
+    c.response("/api/v1/packs", "GET", s, &v);
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    let (s, v) = hub.req("GET", "/api/v1/packs", None, None);
+    c.response("/api/v1/packs", "GET", s, &v);
+    let trust = "/api/v1/packs/{name}/{sha256}/trust";
+    let web = format!("/api/v1/packs/web/{}/trust", "1".repeat(64));
+    let (s, v) = hub.admin("POST", &web, None);
+    c.response(trust, "POST", s, &v);
+    assert_eq!((s, v["state"].as_str()), (200, Some("trusted")));
+    let (s, v) = hub.req("POST", &web, None, None);
+    c.response(trust, "POST", s, &v);
+    let (s, v) = hub.admin(
+        "POST",
+        &format!("/api/v1/packs/web/{}/trust", "9".repeat(64)),
+        None,
+    );
+    c.response(trust, "POST", s, &v);
+    assert_eq!(s, 404);
+    let (s, v) = hub.admin("GET", &format!("/api/v1/agents/{id}"), None);
+    c.response("/api/v1/agents/{id}", "GET", s, &v);
+    assert_eq!(v["packs"][0]["state"], "trusted");
+    assert_eq!(v["packs"][1]["state"], "pending");
+
     let (s, v) = hub.admin("POST", &format!("/api/v1/agents/{id}/revoke"), None);
     c.response("/api/v1/agents/{id}/revoke", "POST", s, &v);
     let (s, v) = hub.heartbeat(id, token, 4, "abd");
@@ -291,10 +327,24 @@ fn server_matches_openapi() {
     let t2 = again["token"].as_str().unwrap();
     let a2 = again["agent_id"].as_str().unwrap();
     let mut big = heartbeat_body(a2, 1, "x");
-    big["kernel"] = json!("k".repeat(100 * 1024));
-    let (s, v) = hub.req("POST", "/api/v1/heartbeat", Some(t2), Some(&big));
-    c.response("/api/v1/heartbeat", "POST", s, &v);
-    assert_eq!((s, v["error"].as_str()), (413, Some("payload_too_large")));
+    // Past the 512 KiB cap (raw: the hub answers before the body is all sent).
+    big["kernel"] = json!("k".repeat(600 * 1024));
+    let auth = format!("Bearer {t2}");
+    let r = hub.raw(
+        "POST",
+        "/api/v1/heartbeat",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &auth),
+        ],
+        big.to_string().as_bytes(),
+    );
+    let v = r.json();
+    c.response("/api/v1/heartbeat", "POST", r.status, &v);
+    assert_eq!(
+        (r.status, v["error"].as_str()),
+        (413, Some("payload_too_large"))
+    );
 
     // The HTML pages: anonymous, login, logout (raw HTTP: no redirects followed).
     let r = hub.raw("GET", "/", &[], b"");
@@ -337,6 +387,46 @@ fn server_matches_openapi() {
             let lh = login_headers(&sc);
             let lh: Vec<(&str, &str)> = lh.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
             let token = csrf_of(&dash.text());
+            for p in ["/packs".to_string(), format!("/agents/{id}")] {
+                let r = hub.raw("GET", &p, &[("Cookie", &sc)], b"");
+                let documented = if p == "/packs" {
+                    "/packs"
+                } else {
+                    "/agents/{id}"
+                };
+                c.response(documented, "GET", r.status, &Value::Null);
+                assert_eq!(r.status, 200, "{p}");
+            }
+            let r = hub.raw("GET", "/agents/a_nope", &[("Cookie", &sc)], b"");
+            c.response("/agents/{id}", "GET", r.status, &Value::Null);
+            assert_eq!(r.status, 404);
+            let form_trust = format!("/packs/db/{}/trust", "2".repeat(64));
+            for (body, want) in [
+                (format!("csrf={csrf}"), 403),
+                (format!("csrf={token}"), 303),
+            ] {
+                let r = hub.raw("POST", &form_trust, &lh, body.as_bytes());
+                c.response(
+                    "/packs/{name}/{sha256}/trust",
+                    "POST",
+                    r.status,
+                    &Value::Null,
+                );
+                assert_eq!(r.status, want, "{}", r.head);
+            }
+            let r = hub.raw(
+                "POST",
+                "/packs/db/00/trust",
+                &lh,
+                format!("csrf={token}").as_bytes(),
+            );
+            c.response(
+                "/packs/{name}/{sha256}/trust",
+                "POST",
+                r.status,
+                &Value::Null,
+            );
+            assert_eq!(r.status, 404);
             for (body, want) in [
                 (format!("csrf={csrf}"), 403),
                 (format!("csrf={token}"), 303),
@@ -361,7 +451,9 @@ fn server_matches_openapi() {
                 .replace("{id}", id)
                 .replace("{channel}", "stable")
                 .replace("{version}", "1.2.0")
-                .replace("{file}", "outpost");
+                .replace("{file}", "outpost")
+                .replace("{name}", "web")
+                .replace("{sha256}", &"1".repeat(64));
             let token = match op
                 .pointer("/security/0")
                 .and_then(Value::as_object)
@@ -1083,14 +1175,61 @@ mod arbitrary {
             )
     }
 
+    pub fn catalog_state() -> impl Strategy<Value = outpost_proto::CatalogState> {
+        use outpost_proto::CatalogState::*;
+        prop_oneof![Just(Trusted), Just(Pending), Just(Drifted)]
+    }
+
+    pub fn agent_pack() -> impl Strategy<Value = outpost_proto::AgentPack> {
+        (pack_advert(), catalog_state())
+            .prop_map(|(pack, state)| outpost_proto::AgentPack { pack, state })
+    }
+
+    /// A trust record as the hub sends it: trusted ones say when and by whom.
+    pub fn pack_view() -> impl Strategy<Value = outpost_proto::PackView> {
+        (
+            pack_advert(),
+            time(),
+            agent_id(),
+            option::of((time(), text())),
+            any::<u32>(),
+        )
+            .prop_map(|(p, first_seen, first_seen_by, trusted, agents)| {
+                let state = if trusted.is_some() {
+                    outpost_proto::PackTrust::Trusted
+                } else {
+                    outpost_proto::PackTrust::Pending
+                };
+                let (trusted_at, trusted_by) = trusted.unzip();
+                outpost_proto::PackView {
+                    name: p.name,
+                    sha256: p.sha256,
+                    version: p.version,
+                    state,
+                    actions: p.actions,
+                    first_seen,
+                    first_seen_by,
+                    trusted_at,
+                    trusted_by,
+                    agents: u64::from(agents),
+                }
+            })
+    }
+
     pub fn agent_detail() -> impl Strategy<Value = AgentDetail<Value>> {
-        (agent_view(), option::of((time(), report()))).prop_map(|(agent, d)| AgentDetail {
-            agent,
-            diagnostics: d.map(|(received_at, report)| DiagnosticsReport {
-                received_at,
-                report,
-            }),
-        })
+        (
+            agent_view(),
+            option::of((time(), report())),
+            option::of(proptest::collection::vec(agent_pack(), 0..3)),
+        )
+            .prop_map(|(agent, d, packs)| AgentDetail {
+                agent,
+                diagnostics: d.map(|(received_at, report)| DiagnosticsReport {
+                    received_at,
+                    report,
+                }),
+                packs,
+            })
     }
 
     pub fn enrolled() -> impl Strategy<Value = Enrolled> {
@@ -1176,6 +1315,14 @@ mod properties {
         #[test]
         fn agent_details_match_the_schema(d in agent_detail()) {
             assert_component("AgentDetail", &json(&d));
+        }
+
+        #[test]
+        fn pack_views_match_the_schema(v in pack_view(), p in agent_pack()) {
+            assert_component("PackView", &json(&v));
+            assert_component("AgentPack", &json(&p));
+            let back: outpost_proto::PackView = serde_json::from_value(json(&v)).unwrap();
+            prop_assert_eq!(back, v);
         }
 
         #[test]

@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{csrf_of, Hub, ADMIN};
+use common::{csrf_of, pack, Hub, ADMIN};
+use serde_json::json;
 
 const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
 
@@ -266,4 +267,108 @@ fn login_attempts_are_rate_limited() {
     assert!(r
         .header("retry-after")
         .is_some_and(|s| s.parse::<u64>().unwrap() >= 1));
+}
+
+/// The Trust button's form: refused without a session, without or with a wrong CSRF token,
+/// or from another origin (nothing trusted); accepted with all three right.
+#[test]
+fn trust_form_needs_session_csrf_and_origin() {
+    let hub = Hub::start();
+    let (id, token) = hub.new_agent("trust-form");
+    assert_eq!(
+        hub.heartbeat_packs(&id, &token, json!([pack("web", "1", 'a')]))
+            .0,
+        200
+    );
+    let session = hub.login();
+    let cookie = format!("outpost_session={session}");
+    let page = hub.raw("GET", "/packs", &[("Cookie", &cookie)], b"");
+    assert_eq!(page.status, 200, "{}", page.head);
+    let csrf = csrf_of(&page.text());
+    let path = format!("/packs/web/{}/trust", "a".repeat(64));
+    assert!(
+        page.text().contains(&format!("action=\"{path}\"")),
+        "{}",
+        page.text()
+    );
+    let origin = hub.url.clone();
+    let mut wrong = csrf.clone().into_bytes();
+    wrong[0] = if wrong[0] == b'a' { b'b' } else { b'a' };
+    let wrong = String::from_utf8(wrong).unwrap();
+    let good = format!("csrf={csrf}");
+    for (what, headers, body) in [
+        (
+            "no session",
+            vec![FORM, ("Origin", origin.as_str())],
+            good.clone(),
+        ),
+        (
+            "no csrf",
+            vec![
+                FORM,
+                ("Cookie", cookie.as_str()),
+                ("Origin", origin.as_str()),
+            ],
+            String::new(),
+        ),
+        (
+            "wrong csrf",
+            vec![
+                FORM,
+                ("Cookie", cookie.as_str()),
+                ("Origin", origin.as_str()),
+            ],
+            format!("csrf={wrong}"),
+        ),
+        (
+            "foreign origin",
+            vec![
+                FORM,
+                ("Cookie", cookie.as_str()),
+                ("Origin", "http://evil.example"),
+            ],
+            good.clone(),
+        ),
+        (
+            "no origin",
+            vec![FORM, ("Cookie", cookie.as_str())],
+            good.clone(),
+        ),
+    ] {
+        let r = hub.raw("POST", &path, &headers, body.as_bytes());
+        assert_eq!(r.status, 403, "{what}: {}", r.head);
+        assert!(r.text().contains("request refused"), "{what}");
+        let (_, list) = hub.admin("GET", "/api/v1/packs", None);
+        assert_eq!(list[0]["state"], "pending", "{what}: trusted anyway");
+    }
+    let r = hub.raw(
+        "POST",
+        &path,
+        &[FORM, ("Cookie", &cookie), ("Origin", &origin)],
+        good.as_bytes(),
+    );
+    assert_eq!(
+        (r.status, r.header("location").as_deref()),
+        (303, Some("/packs")),
+        "{}",
+        r.head
+    );
+    let (_, list) = hub.admin("GET", "/api/v1/packs", None);
+    assert_eq!(list[0]["state"], "trusted");
+    assert!(
+        list[0]["trusted_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("dashboard session "),
+        "{list}"
+    );
+    // The pages need a session.
+    for p in ["/packs".to_string(), format!("/agents/{id}")] {
+        let r = hub.raw("GET", &p, &[], b"");
+        assert_eq!(
+            (r.status, r.header("location").as_deref()),
+            (303, Some("/login")),
+            "{p}"
+        );
+    }
 }

@@ -701,12 +701,83 @@ pub struct DiagnosticsReport<R> {
 }
 
 /// `GET /api/v1/agents/{id}`: the [`AgentView`] plus `diagnostics` (`null` before the
-/// first report).
+/// first report) and `packs`, the agent's catalog with each pack's state (`null` before the
+/// agent advertised one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentDetail<R> {
     #[serde(flatten)]
     pub agent: AgentView,
     pub diagnostics: Option<DiagnosticsReport<R>>,
+    #[serde(default)]
+    pub packs: Option<Vec<AgentPack>>,
+}
+
+/// The hub's trust in one (pack name, sha256): `pending` from the first catalog that
+/// advertised it until an admin trusts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PackTrust {
+    Pending,
+    Trusted,
+}
+
+impl PackTrust {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PackTrust::Pending => "pending",
+            PackTrust::Trusted => "trusted",
+        }
+    }
+}
+
+/// The state of one pack of an agent's catalog: its (name, sha256) is `trusted`; or another
+/// hash of that name is trusted (`drifted`: the host runs a tree nobody approved); or no hash
+/// of it is trusted yet (`pending`). Only `trusted` packs may be dispatched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatalogState {
+    Trusted,
+    Pending,
+    Drifted,
+}
+
+impl CatalogState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CatalogState::Trusted => "trusted",
+            CatalogState::Pending => "pending",
+            CatalogState::Drifted => "drifted",
+        }
+    }
+}
+
+/// One (pack name, sha256) the hub has seen (`GET /api/v1/packs`, the reply of
+/// `POST /api/v1/packs/{name}/{sha256}/trust`). `version` and `actions` are as first seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackView {
+    pub name: String,
+    pub sha256: String,
+    pub version: String,
+    pub state: PackTrust,
+    pub actions: Vec<ActionAdvert>,
+    /// RFC 3339: when a catalog first carried it.
+    pub first_seen: String,
+    /// The agent whose catalog first carried it.
+    pub first_seen_by: String,
+    /// RFC 3339; `null` while pending.
+    pub trusted_at: Option<String>,
+    /// Who trusted it (`admin token`, `dashboard session …`); `null` while pending.
+    pub trusted_by: Option<String>,
+    /// Agents whose current catalog advertises it.
+    pub agents: u64,
+}
+
+/// One pack of an agent's catalog, with its state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentPack {
+    #[serde(flatten)]
+    pub pack: PackAdvert,
+    pub state: CatalogState,
 }
 
 #[cfg(test)]

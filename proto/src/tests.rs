@@ -160,3 +160,59 @@ fn enroll_and_key_requests() {
         serde_json::from_value(json!({"ttl_secs": 1, "labels": {"a": "b".repeat(256)}})).unwrap();
     assert_eq!(k.validate().unwrap_err().field.as_deref(), Some("labels.a"));
 }
+
+#[test]
+fn pack_trust_wire_types() {
+    let advert: PackAdvert = serde_json::from_value(json!({
+        "name": "web", "version": "1.0.0", "sha256": "ab".repeat(32),
+        "actions": [{"id": "restart", "params": [{"name": "unit", "type": "string"}]}]
+    }))
+    .unwrap();
+    let v = PackView {
+        name: "web".into(),
+        sha256: "ab".repeat(32),
+        version: "1.0.0".into(),
+        state: PackTrust::Pending,
+        actions: advert.actions.clone(),
+        first_seen: "2024-05-01T10:00:00Z".into(),
+        first_seen_by: "a_1".into(),
+        trusted_at: None,
+        trusted_by: None,
+        agents: 2,
+    };
+    let j = serde_json::to_value(&v).unwrap();
+    assert_eq!(j["state"], "pending");
+    assert_eq!(j["trusted_at"], Value::Null);
+    assert_eq!(j["actions"][0]["params"][0]["type"], "string");
+    assert_eq!(serde_json::from_value::<PackView>(j).unwrap(), v);
+    for (s, want) in [
+        (CatalogState::Trusted, "trusted"),
+        (CatalogState::Pending, "pending"),
+        (CatalogState::Drifted, "drifted"),
+    ] {
+        assert_eq!(serde_json::to_value(s).unwrap(), json!(want));
+        assert_eq!(s.as_str(), want);
+    }
+    assert_eq!(PackTrust::Trusted.as_str(), "trusted");
+    // An agent's pack: the advert flattened, plus its state.
+    let p = AgentPack {
+        pack: advert,
+        state: CatalogState::Drifted,
+    };
+    let j = serde_json::to_value(&p).unwrap();
+    assert_eq!(
+        (j["name"].as_str(), j["state"].as_str()),
+        (Some("web"), Some("drifted"))
+    );
+    assert_eq!(serde_json::from_value::<AgentPack>(j).unwrap(), p);
+    // An agent detail without `packs` (an older hub) reads as none.
+    let d: AgentDetail<Value> = serde_json::from_value(json!({
+        "id": "a_1", "hostname": "h", "status": "online", "version": "", "distro": "",
+        "arch": "", "kernel": "", "mode": "", "group": null, "labels": {}, "machine_id": "",
+        "enrolled_at": "2024-05-01T10:00:00Z", "revoked_at": null, "last_heartbeat_at": null,
+        "last_heartbeat_age_secs": null, "uptime_secs": null, "capabilities": null,
+        "journal_head": null, "last_upgrade": null, "flags": [], "diagnostics": null
+    }))
+    .unwrap();
+    assert_eq!(d.packs, None);
+}

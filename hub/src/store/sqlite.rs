@@ -8,11 +8,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use outpost_proto::{PackAdvert, PackTrust};
+
 use super::{
-    judge_key, Enrolled, KeyRefusal, KeyRow, KeyStatus, KeyVerdict, NewAgent, Store, StoreError,
-    StoreFuture, StoredAgent, StoredDiagnostics,
+    judge_key, Enrolled, KeyRefusal, KeyRow, KeyStatus, KeyVerdict, NewAgent, PackRow, Store,
+    StoreError, StoreFuture, StoredAgent, StoredDiagnostics,
 };
-use crate::state::{AgentState, JournalHead};
+use crate::state::{AgentState, Catalog, JournalHead};
 
 /// Migrations, in order; migration `i` brings the schema to version `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -54,6 +56,21 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 2: idempotent enrollment: the sha256 of the nonce the key was used with.
     "ALTER TABLE enroll_keys ADD COLUMN nonce_hash TEXT;",
+    // 3: pack catalogs (per agent, with their hash) and pack trust per (name, sha256).
+    "ALTER TABLE agents ADD COLUMN packs TEXT;
+    ALTER TABLE agents ADD COLUMN packs_hash TEXT;
+    CREATE TABLE pack_trust (
+        name TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        version TEXT NOT NULL,
+        actions TEXT NOT NULL DEFAULT '[]',
+        state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'trusted')),
+        first_seen_at INTEGER NOT NULL,
+        first_seen_by TEXT NOT NULL,
+        trusted_at INTEGER,
+        trusted_by TEXT,
+        PRIMARY KEY (name, sha256)
+    );",
 ];
 
 /// The schema version this hub writes.
@@ -264,13 +281,128 @@ impl Store for SqliteStore {
     fn flush_heartbeats(&self, batch: Vec<(String, AgentState)>) -> StoreFuture<'_, ()> {
         self.run("persist heartbeats", move |c| flush_heartbeats(c, &batch))
     }
+
+    fn store_catalog<'a>(
+        &'a self,
+        id: &'a str,
+        catalog: Arc<Catalog>,
+        now_ms: i64,
+    ) -> StoreFuture<'a, bool> {
+        let id = id.to_string();
+        self.run("store a pack catalog", move |c| {
+            store_catalog(c, &id, &catalog, now_ms)
+        })
+    }
+
+    fn packs(&self) -> StoreFuture<'_, Vec<PackRow>> {
+        self.run("list packs", |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {PACK_COLUMNS} FROM pack_trust ORDER BY name, first_seen_at, sha256"
+            ))?;
+            let rows = st.query_map([], pack_row)?;
+            rows.collect()
+        })
+    }
+
+    fn trust_pack<'a>(
+        &'a self,
+        name: &'a str,
+        sha256: &'a str,
+        by: &'a str,
+        now_ms: i64,
+    ) -> StoreFuture<'a, Option<PackRow>> {
+        let (name, sha256, by) = (name.to_string(), sha256.to_string(), by.to_string());
+        self.run("trust a pack", move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "UPDATE pack_trust SET state = 'trusted', trusted_at = COALESCE(trusted_at, ?1),
+                        trusted_by = COALESCE(trusted_by, ?2)
+                 WHERE name = ?3 AND sha256 = ?4",
+                params![now_ms, by, name, sha256],
+            )?;
+            let row = tx
+                .query_row(
+                    &format!(
+                        "SELECT {PACK_COLUMNS} FROM pack_trust WHERE name = ?1 AND sha256 = ?2"
+                    ),
+                    params![name, sha256],
+                    pack_row,
+                )
+                .optional()?;
+            tx.commit()?;
+            Ok(row)
+        })
+    }
+}
+
+/// The columns [`pack_row`] reads, in order.
+const PACK_COLUMNS: &str =
+    "name, sha256, version, actions, state, first_seen_at, first_seen_by, trusted_at, trusted_by";
+
+fn pack_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PackRow> {
+    let actions: String = r.get(3)?;
+    let state: String = r.get(4)?;
+    Ok(PackRow {
+        name: r.get(0)?,
+        sha256: r.get(1)?,
+        version: r.get(2)?,
+        actions: serde_json::from_str(&actions).unwrap_or_default(),
+        // The column's CHECK admits only these two.
+        state: if state == "trusted" {
+            PackTrust::Trusted
+        } else {
+            PackTrust::Pending
+        },
+        first_seen_ms: r.get(5)?,
+        first_seen_by: r.get(6)?,
+        trusted_at_ms: r.get(7)?,
+        trusted_by: r.get(8)?,
+    })
+}
+
+/// [`Store::store_catalog`] in one immediate transaction.
+fn store_catalog(
+    conn: &mut Connection,
+    id: &str,
+    catalog: &Catalog,
+    now_ms: i64,
+) -> rusqlite::Result<bool> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Serializing plain structs of strings, bools and vectors cannot fail.
+    let text = serde_json::to_string(&catalog.packs).unwrap_or_else(|_| "[]".into());
+    let n = tx.execute(
+        "UPDATE agents SET packs = ?1, packs_hash = ?2 WHERE id = ?3",
+        params![text, catalog.hash, id],
+    )?;
+    if n != 1 {
+        return Ok(false);
+    }
+    {
+        let mut st = tx.prepare(
+            "INSERT OR IGNORE INTO pack_trust (name, sha256, version, actions, first_seen_at, first_seen_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for p in &catalog.packs {
+            let actions = serde_json::to_string(&p.actions).unwrap_or_else(|_| "[]".into());
+            st.execute(params![p.name, p.sha256, p.version, actions, now_ms, id])?;
+        }
+    }
+    tx.commit()?;
+    Ok(true)
+}
+
+/// A stored catalog: `None` before the first one (or when unreadable).
+fn load_catalog(text: Option<String>, hash: Option<String>) -> Option<Arc<Catalog>> {
+    let packs: Vec<PackAdvert> = serde_json::from_str(&text?).ok()?;
+    let hash = hash.unwrap_or_else(|| crate::packs::catalog_hash(&packs));
+    Some(Arc::new(Catalog { packs, hash }))
 }
 
 fn load_agents(conn: &mut Connection) -> rusqlite::Result<Vec<StoredAgent>> {
     let mut st = conn.prepare(
         "SELECT id, token_hash, hostname, machine_id, distro, arch, kernel, version, mode, grp,
                 labels, enrolled_at, revoked_at, last_heartbeat_at, uptime_secs, capabilities,
-                journal_seq, journal_hash, flags, last_upgrade
+                journal_seq, journal_hash, flags, last_upgrade, packs, packs_hash
          FROM agents",
     )?;
     let rows = st.query_map([], |r| {
@@ -307,6 +439,7 @@ fn load_agents(conn: &mut Connection) -> rusqlite::Result<Vec<StoredAgent>> {
                 },
                 flags: serde_json::from_str(&flags).unwrap_or_default(),
                 last_upgrade: upgrade.and_then(|u| serde_json::from_str(&u).ok()),
+                packs: load_catalog(r.get(20)?, r.get(21)?),
             },
         })
     })?;
@@ -525,6 +658,34 @@ mod tests {
             )
             .unwrap();
         assert_eq!(nonce, None);
+    }
+
+    #[tokio::test]
+    async fn migrates_a_version_2_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hub.db");
+        let p = p.to_str().unwrap();
+        {
+            let c = Connection::open(p).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute_batch(MIGRATIONS[1]).unwrap();
+            c.pragma_update(None, "user_version", 2).unwrap();
+            c.execute(
+                "INSERT INTO agents (id, token_hash, hostname, enrolled_at) VALUES ('a_1', 't', 'h', 5)",
+                [],
+            )
+            .unwrap();
+        }
+        let db = SqliteStore::open(p).unwrap();
+        assert_eq!(db.schema_version().await.unwrap(), SCHEMA_VERSION);
+        let agents = db.load_agents().await.unwrap();
+        assert_eq!((agents.len(), agents[0].state.packs.clone()), (1, None));
+        assert!(db.packs().await.unwrap().is_empty());
+        let c = Arc::new(Catalog::new(Vec::new()));
+        assert!(db.store_catalog("a_1", c.clone(), 6).await.unwrap());
+        drop(db);
+        let db = SqliteStore::open(p).unwrap();
+        assert_eq!(db.load_agents().await.unwrap()[0].state.packs, Some(c));
     }
 
     #[test]

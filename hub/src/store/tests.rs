@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::state::{Capabilities, JournalHead, LastUpgrade};
-use outpost_proto::FlatValue;
+use outpost_proto::{ActionAdvert, FlatValue, PackAdvert, ParamAdvert};
 
 /// Every check, in order.
 pub(crate) async fn conformance(store: &dyn Store) {
@@ -25,6 +25,8 @@ pub(crate) async fn conformance(store: &dyn Store) {
     diagnostics_are_replaced(store).await;
     heartbeats_round_trip(store).await;
     heartbeats_never_touch_identity(store).await;
+    catalogs_and_trust_table(store).await;
+    catalog_survives_heartbeats_and_goes_with_the_agent(store).await;
 }
 
 /// Key expiry of every case, unix ms.
@@ -528,4 +530,183 @@ async fn heartbeats_never_touch_identity(store: &dyn Store) {
     };
     assert_eq!(got.state, want);
     assert_eq!(got.token_hash, token_hash(&id));
+}
+
+/// A catalog of (pack name, sha256 digit) pairs; the hash is 64 times the digit.
+fn catalog(packs: &[(&str, char)]) -> Arc<Catalog> {
+    let packs = packs
+        .iter()
+        .map(|(name, d)| PackAdvert {
+            name: name.to_string(),
+            version: format!("1.0.{d}"),
+            sha256: d.to_string().repeat(64),
+            actions: vec![ActionAdvert {
+                id: "restart".into(),
+                description: format!("restart {name} \"é\""),
+                params: vec![ParamAdvert {
+                    name: "unit".into(),
+                    kind: "string".into(),
+                    required: true,
+                }],
+                idempotent: true,
+                privileged: false,
+            }],
+        })
+        .collect();
+    Arc::new(Catalog::new(packs))
+}
+
+/// One step on the pack records.
+enum PackStep {
+    /// Agent `a_{0}` (created when missing, unless it is `missing`) advertises a catalog at
+    /// time `2`; the store answers `3`.
+    Advertise(&'static str, &'static [(&'static str, char)], i64, bool),
+    /// Trust (name, digit) by `2` at `3`: the record's (trusted_at, trusted_by) afterwards,
+    /// `None` for an unknown pair.
+    Trust(
+        &'static str,
+        char,
+        &'static str,
+        i64,
+        Option<(i64, &'static str)>,
+    ),
+}
+
+/// Catalogs record new (name, sha256) pairs as pending, first seen by the first agent;
+/// trusting is idempotent (keeps the first time and who), touches no other hash of the
+/// name, and knows only pairs seen.
+async fn catalogs_and_trust_table(store: &dyn Store) {
+    use PackStep::{Advertise, Trust};
+    #[rustfmt::skip]
+    let steps: &[PackStep] = &[
+        Advertise("missing",  &[("cf-web", '1')],                 5,  false),
+        Advertise("cat_a",    &[("cf-web", '1'), ("cf-db", '2')], 10, true),
+        Advertise("cat_b",    &[("cf-web", '3')],                 20, true),
+        Advertise("cat_a",    &[("cf-web", '1')],                 30, true),
+        Trust("cf-web", '1', "admin token",     40, Some((40, "admin token"))),
+        Trust("cf-web", '1', "dashboard x",     50, Some((40, "admin token"))),
+        Trust("cf-web", '3', "dashboard y",     60, Some((60, "dashboard y"))),
+        Trust("cf-web", '9', "admin token",     70, None),
+        Trust("cf-nope", '1', "admin token",    70, None),
+        Advertise("cat_b",    &[],                                80, true),
+    ];
+    let mut made = std::collections::BTreeSet::new();
+    for step in steps {
+        match *step {
+            Advertise(name, packs, at, want) => {
+                let id = format!("a_{name}");
+                if name != "missing" && made.insert(name) {
+                    new_agent(store, name).await;
+                }
+                let c = catalog(packs);
+                assert_eq!(
+                    store.store_catalog(&id, c.clone(), at).await.unwrap(),
+                    want,
+                    "{name} at {at}"
+                );
+                let stored = agent(store, &id).await.map(|a| a.state.packs);
+                assert_eq!(
+                    stored,
+                    want.then_some(Some(c)),
+                    "{name} at {at}: loaded back"
+                );
+            }
+            Trust(name, d, by, at, want) => {
+                let sha = d.to_string().repeat(64);
+                let got = store.trust_pack(name, &sha, by, at).await.unwrap();
+                let got = got.map(|r| {
+                    assert_eq!(r.state, outpost_proto::PackTrust::Trusted, "{name} {d}");
+                    (r.trusted_at_ms.unwrap(), r.trusted_by.unwrap())
+                });
+                assert_eq!(
+                    got,
+                    want.map(|(t, b)| (t, b.to_string())),
+                    "trust {name} {d} at {at}"
+                );
+            }
+        }
+    }
+    let rows: Vec<PackRow> = store
+        .packs()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.name.starts_with("cf-"))
+        .collect();
+    let got: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.name.as_str(),
+                &r.sha256[..1],
+                r.state,
+                r.first_seen_ms,
+                r.first_seen_by.as_str(),
+            )
+        })
+        .collect();
+    use outpost_proto::PackTrust::{Pending, Trusted};
+    assert_eq!(
+        got,
+        vec![
+            ("cf-db", "2", Pending, 10, "a_cat_a"),
+            ("cf-web", "1", Trusted, 10, "a_cat_a"),
+            ("cf-web", "3", Trusted, 20, "a_cat_b"),
+        ],
+        "ordered by name, then first sighting"
+    );
+    let db = &rows[0];
+    assert_eq!(
+        (
+            db.version.as_str(),
+            db.trusted_at_ms,
+            db.trusted_by.as_deref()
+        ),
+        ("1.0.2", None, None)
+    );
+    assert_eq!(
+        db.actions,
+        catalog(&[("cf-db", '2')]).packs[0].actions,
+        "actions kept as sent"
+    );
+}
+
+/// A heartbeat flush keeps the catalog; deleting the agent takes it, and a catalog for a
+/// deleted agent records nothing.
+async fn catalog_survives_heartbeats_and_goes_with_the_agent(store: &dyn Store) {
+    let id = new_agent(store, "cat_keep").await;
+    let c = catalog(&[("ck-web", '4')]);
+    assert!(store.store_catalog(&id, c.clone(), 5).await.unwrap());
+    let snapshot = AgentState {
+        packs: None,
+        ..heartbeat_state(enrolled_state(&id, &key("cat_keep"), 1), 5)
+    };
+    store
+        .flush_heartbeats(vec![(id.clone(), snapshot)])
+        .await
+        .unwrap();
+    assert_eq!(
+        agent(store, &id).await.unwrap().state.packs,
+        Some(c.clone())
+    );
+    assert!(store.delete(&id).await.unwrap());
+    assert!(!store
+        .store_catalog(&id, catalog(&[("ck-gone", '5')]), 6)
+        .await
+        .unwrap());
+    let names: Vec<String> = store
+        .packs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert!(
+        names.contains(&"ck-web".to_string()),
+        "a record outlives its agents"
+    );
+    assert!(
+        !names.contains(&"ck-gone".to_string()),
+        "nothing recorded for a deleted agent"
+    );
 }

@@ -363,3 +363,22 @@ pub fn target_dir() -> PathBuf {
         .unwrap()
         .to_path_buf()
 }
+
+/// A pack advert with one action; `sha` is a hex digit repeated to 64.
+pub fn pack(name: &str, version: &str, sha: char) -> Value {
+    json!({
+        "name": name, "version": version, "sha256": sha.to_string().repeat(64),
+        "actions": [{"id": "restart", "description": format!("restart {name}"),
+                     "params": [{"name": "unit", "type": "string", "required": true}],
+                     "idempotent": true, "privileged": false}]
+    })
+}
+
+impl Hub {
+    /// A heartbeat carrying `packs` (a JSON array, or null).
+    pub fn heartbeat_packs(&self, id: &str, token: &str, packs: Value) -> (u16, Value) {
+        let mut body = heartbeat_body(id, 1, "a");
+        body["packs"] = packs;
+        self.req("POST", "/api/v1/heartbeat", Some(token), Some(&body))
+    }
+}
