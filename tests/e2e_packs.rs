@@ -4,6 +4,7 @@
 //! nothing the agent loads. System mode (root's pack dir) and user mode (the user's).
 mod support;
 
+use support::hub::Hub;
 use support::{Container, Output};
 
 const BIN: &str = "/srv/dist/outpost";
@@ -234,4 +235,77 @@ fn e2e_packs_user_mode() {
         c.sh("journalctl --no-pager -o cat _SYSTEMD_USER_UNIT=outpost.service | tail")
             .stdout
     );
+}
+
+/// The hub's packs (`outpost-hub packs --json`).
+fn hub_packs(hub: &Hub) -> Vec<serde_json::Value> {
+    let o = hub.cli(&["packs", "--json", "--hub", &hub.url]);
+    assert!(
+        o.status.success(),
+        "packs: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn wait_hub_packs(
+    hub: &Hub,
+    what: &str,
+    pred: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    for _ in 0..100 {
+        let p = hub_packs(hub);
+        if pred(&p) {
+            return p;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("{what}: {:?}\n{}", hub_packs(hub), hub.log());
+}
+
+#[test]
+fn e2e_packs_reach_the_hub_pending_until_trusted() {
+    let Some(c) = boot("packs-hub") else { return };
+    let hub = Hub::start("packs", 1);
+    let key = hub.mint_key();
+    c.exec_with_stdin(&["bash", "-c", "umask 077; cat > /run/k"], key.as_bytes());
+    c.must_sh(&format!(
+        "OUTPOST_ENROLL_KEY_FILE=/run/k {BIN} install --hub {}",
+        hub.url
+    ));
+    c.must_sh("rm -f /run/k");
+    hub.wait_agents(10, |a| a.len() == 1 && a[0]["status"] == "online")
+        .unwrap_or_else(|| panic!("agent not online: {:?}", hub.agents()));
+    assert!(hub_packs(&hub).is_empty());
+
+    // the admin installs a pack: the next heartbeat carries it, pending at the hub
+    write_pack(&c, "/root/demo", "root", "1.0.0", false);
+    c.must_sh(&format!("{BIN} pack install /root/demo"));
+    let sha = c.must_sh(&format!("{BIN} pack list --json"));
+    let sha: serde_json::Value = serde_json::from_str(&sha).unwrap();
+    let sha = sha[0]["sha256"].as_str().unwrap().to_string();
+    let p = wait_hub_packs(&hub, "pending after a heartbeat", |p| p.len() == 1);
+    assert_eq!(p[0]["name"], "demo");
+    assert_eq!(p[0]["sha256"], sha.as_str());
+    assert_eq!(p[0]["state"], "pending");
+    assert_eq!(p[0]["agents"], 1);
+    assert_eq!(p[0]["actions"][0]["id"], "hello");
+
+    // trusted by the hub's admin (a prefix of the hash is enough)
+    let o = hub.cli(&["packs", "trust", "demo", &sha[..16], "--hub", &hub.url]);
+    assert!(o.status.success(), "trust: {o:?}");
+    let p = hub_packs(&hub);
+    assert_eq!(p[0]["state"], "trusted", "{p:?}");
+
+    // a changed pack is a new pending hash; the trusted one stays trusted
+    write_pack(&c, "/root/demo", "root", "1.1.0", false);
+    c.must_sh(&format!("{BIN} pack install /root/demo"));
+    let p = wait_hub_packs(&hub, "the changed pack pending", |p| p.len() == 2);
+    let state = |v: &str| {
+        p.iter()
+            .find(|x| x["version"] == v)
+            .map(|x| x["state"].clone())
+    };
+    assert_eq!(state("1.0.0"), Some("trusted".into()), "{p:?}");
+    assert_eq!(state("1.1.0"), Some("pending".into()), "{p:?}");
 }
