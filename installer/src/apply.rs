@@ -280,10 +280,18 @@ fn resolve_owner(spec: OwnerSpec, service_ids: Option<(u32, u32)>, mode: Mode) -
 /// (root, 0600; a symlink is refused), and the agent's own files move from the state dir
 /// into its agent dir. (`config.toml` is checked before anything changes, in `prepare`.)
 fn repair_privilege_split(l: &Layout, out: &mut dyn Write) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
     if l.mode != Mode::System {
         return Ok(());
     }
+    move_agent_files(l, out)?;
+    set_aside_untrusted_records(l, out)?;
+    take_back_env_file(l, out)
+}
+
+/// The agent's own files (identity, heartbeat, its journal) move from the state dir into the
+/// agent dir; when the agent dir already has one, the old one is set aside, not deleted.
+fn move_agent_files(l: &Layout, out: &mut dyn Write) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let sd = l.host(&l.state_dir);
     let ad = l.host(&l.agent_dir);
     for name in [
@@ -320,8 +328,18 @@ fn repair_privilege_split(l: &Layout, out: &mut dyn Write) -> Result<()> {
         )
         .ok();
     }
-    // Root's records that the service user could have written are never trusted: set aside
-    // (install writes a new receipt; an upgrade record is then simply gone).
+    Ok(())
+}
+
+/// A record root reads must be a regular file of root's that nobody else can write.
+fn untrusted_record(uid: u32, mode: u32, is_file: bool) -> bool {
+    uid != 0 || mode & 0o022 != 0 || !is_file
+}
+
+/// Root's records that the service user could have written are never trusted: set aside
+/// (install writes a new receipt; an upgrade record is then simply gone).
+fn set_aside_untrusted_records(l: &Layout, out: &mut dyn Write) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
     for p in [
         l.host(&l.receipt_file()),
         l.host(
@@ -332,7 +350,7 @@ fn repair_privilege_split(l: &Layout, out: &mut dyn Write) -> Result<()> {
         let Ok(m) = std::fs::symlink_metadata(&p) else {
             continue;
         };
-        if m.uid() != 0 || m.mode() & 0o022 != 0 || !m.is_file() {
+        if untrusted_record(m.uid(), m.mode(), m.is_file()) {
             let mut aside = p.clone().into_os_string();
             aside.push(".untrusted");
             fs_err::rename(&p, &aside).map_err(|e| Error::io("move aside", &p, e))?;
@@ -344,7 +362,17 @@ fn repair_privilege_split(l: &Layout, out: &mut dyn Write) -> Result<()> {
             .ok();
         }
     }
-    // The secrets file: systemd reads it as root; it becomes root's (0600).
+    Ok(())
+}
+
+/// The secrets file must be root's and private to root (0600 or stricter).
+fn env_file_needs_taking_back(uid: u32, gid: u32, mode: u32) -> bool {
+    uid != 0 || gid != 0 || mode & 0o077 != 0
+}
+
+/// The secrets file: systemd reads it as root; it becomes root's (0600).
+fn take_back_env_file(l: &Layout, out: &mut dyn Write) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let env = l.host(&l.env_file);
     if let Ok(m) = std::fs::symlink_metadata(&env) {
         if m.file_type().is_symlink() || !m.is_file() {
@@ -353,7 +381,7 @@ fn repair_privilege_split(l: &Layout, out: &mut dyn Write) -> Result<()> {
                 format!("check who replaced it, remove it (`sudo rm {}`) and re-run `sudo outpost install`", env.display()),
             ));
         }
-        if m.uid() != 0 || m.gid() != 0 || m.mode() & 0o077 != 0 {
+        if env_file_needs_taking_back(m.uid(), m.gid(), m.mode()) {
             fsx::set_mode_owner(&env, 0o600, Some((0, 0)))
                 .map_err(|e| Error::io("take back", &env, e))?;
             writeln!(out, "{} now belongs to root (0600)", env.display()).ok();
@@ -832,29 +860,84 @@ pub fn apply_uninstall(
     uid: u32,
     out: &mut dyn Write,
 ) -> Result<UninstallOutcome> {
-    let l = &plan.layout;
-    let unit = crate::UNIT;
-    if plan.stop_and_disable {
-        match host.service_manager(scope_for(l, uid)) {
+    let mut run = UninstallRun {
+        plan,
+        host,
+        uid,
+        out,
+        outcome: UninstallOutcome::default(),
+        remaining: Vec::new(),
+    };
+    run.stop_and_disable()?;
+    for r in &plan.removals {
+        run.remove(r)?;
+    }
+    run.daemon_reload()?;
+    run.disable_linger()?;
+    run.delete_user()?;
+    run.finish_receipt(receipt)?;
+    Ok(run.outcome)
+}
+
+/// Why uninstall keeps a path it was asked about (`None`: it removes it, or it is gone).
+fn keep_reason(action: RemoveAction) -> Option<&'static str> {
+    match action {
+        RemoveAction::KeepModified => Some("modified since install"),
+        RemoveAction::KeepUserData => Some("your data (use --purge to remove)"),
+        RemoveAction::KeepNotEmpty => Some("not empty"),
+        RemoveAction::Remove | RemoveAction::RemoveTree | RemoveAction::Missing => None,
+    }
+}
+
+/// One applied [`UninstallPlan`], step by step: stop, remove, reload, linger, user, receipt.
+struct UninstallRun<'a> {
+    plan: &'a UninstallPlan,
+    host: &'a dyn Host,
+    uid: u32,
+    out: &'a mut dyn Write,
+    outcome: UninstallOutcome,
+    /// Receipt paths still on disk afterwards (what a later `--purge` must know about).
+    remaining: Vec<PathBuf>,
+}
+
+impl UninstallRun<'_> {
+    fn layout(&self) -> &Layout {
+        &self.plan.layout
+    }
+
+    fn stop_and_disable(&mut self) -> Result<()> {
+        if !self.plan.stop_and_disable {
+            return Ok(());
+        }
+        let unit = crate::UNIT;
+        match self
+            .host
+            .service_manager(scope_for(self.layout(), self.uid))
+        {
             Ok(svc) => {
                 let st = svc.status(unit)?;
                 if st.is_loaded() {
                     svc.stop(unit)?;
                     svc.disable(unit)?;
-                    writeln!(out, "stopped and disabled {unit}").ok();
+                    writeln!(self.out, "stopped and disabled {unit}").ok();
                 }
             }
-            Err(e) if l.mode == Mode::User => {
+            Err(e) if self.layout().mode == Mode::User => {
                 // No user manager (linger off, logged out): nothing is running to stop.
-                writeln!(out, "warning: {e}; not stopping the user service").ok();
+                writeln!(self.out, "warning: {e}; not stopping the user service").ok();
             }
             Err(e) => return Err(e.into()),
         }
+        Ok(())
     }
-    let mut result = UninstallOutcome::default();
-    let mut remaining = Vec::new();
-    for r in &plan.removals {
-        let hp = l.host(&r.path);
+
+    fn keep(&mut self, path: &Path, why: &str) {
+        self.outcome.kept.push((path.to_path_buf(), why.into()));
+        self.remaining.push(path.to_path_buf());
+    }
+
+    fn remove(&mut self, r: &crate::plan::Removal) -> Result<()> {
+        let hp = self.layout().host(&r.path);
         match r.action {
             RemoveAction::Remove => {
                 let res = match r.kind {
@@ -862,74 +945,86 @@ pub fn apply_uninstall(
                     _ => fsx::remove_file(&hp).map(|_| ()),
                 };
                 match res {
-                    Ok(()) => result.removed.push(r.path.clone()),
+                    Ok(()) => self.outcome.removed.push(r.path.clone()),
                     // A directory that filled up with something else since planning: keep it.
-                    Err(_) if r.kind == Kind::Dir && hp.exists() => {
-                        result.kept.push((r.path.clone(), "not empty".into()));
-                        remaining.push(r.path.clone());
-                    }
+                    Err(_) if r.kind == Kind::Dir && hp.exists() => self.keep(&r.path, "not empty"),
                     Err(e) => return Err(Error::io("remove", &hp, e)),
                 }
             }
             RemoveAction::RemoveTree => {
                 fs_err::remove_dir_all(&hp).map_err(|e| Error::io("remove", &hp, e))?;
-                result.removed.push(r.path.clone());
-            }
-            RemoveAction::KeepModified => {
-                result
-                    .kept
-                    .push((r.path.clone(), "modified since install".into()));
-                remaining.push(r.path.clone());
-            }
-            RemoveAction::KeepUserData => {
-                result
-                    .kept
-                    .push((r.path.clone(), "your data (use --purge to remove)".into()));
-                remaining.push(r.path.clone());
-            }
-            RemoveAction::KeepNotEmpty => {
-                result.kept.push((r.path.clone(), "not empty".into()));
-                remaining.push(r.path.clone());
+                self.outcome.removed.push(r.path.clone());
             }
             RemoveAction::Missing => {}
+            keep => {
+                if let Some(why) = keep_reason(keep) {
+                    self.keep(&r.path, why);
+                }
+            }
         }
+        Ok(())
     }
-    if plan.stop_and_disable {
-        if let Ok(svc) = host.service_manager(scope_for(l, uid)) {
-            svc.daemon_reload()?;
+
+    fn daemon_reload(&self) -> Result<()> {
+        if self.plan.stop_and_disable {
+            if let Ok(svc) = self
+                .host
+                .service_manager(scope_for(self.layout(), self.uid))
+            {
+                svc.daemon_reload()?;
+            }
         }
+        Ok(())
     }
-    if let Some(user) = &plan.disable_linger {
-        if let Some((luid, _)) = host.user_ids(user) {
-            host.logind()?.set_linger(luid, false)?;
-            writeln!(out, "disabled linger for {user} (install had enabled it)").ok();
-        }
-    }
-    if let Some(user) = &plan.delete_user {
-        host.run(&crate::users::delete_user_cmd(user))
-            .map_err(|e| {
-                Error::failed(
-                    format!("cannot delete system user {user}: {e}"),
-                    format!("delete it yourself with `userdel {user}`"),
+
+    fn disable_linger(&mut self) -> Result<()> {
+        if let Some(user) = &self.plan.disable_linger {
+            if let Some((luid, _)) = self.host.user_ids(user) {
+                self.host.logind()?.set_linger(luid, false)?;
+                writeln!(
+                    self.out,
+                    "disabled linger for {user} (install had enabled it)"
                 )
-            })?;
-        writeln!(out, "deleted system user {user}").ok();
-    }
-    if !plan.purge {
-        // Keep a receipt of what is left, so a later `uninstall --purge` still knows it.
-        let mut left = receipt.clone();
-        left.entries.retain(|e| remaining.contains(&e.path));
-        left.linger_enabled_for = None;
-        left.unit_enabled = false;
-        left.uninstalled_at = Some(now_rfc3339());
-        if l.host(&l.state_dir).is_dir() {
-            left.save(l, None)?;
+                .ok();
+            }
         }
-    } else {
-        let rf = l.host(&l.receipt_file());
-        fsx::remove_file(&rf).map_err(|e| Error::io("remove", &rf, e))?;
+        Ok(())
     }
-    Ok(result)
+
+    fn delete_user(&mut self) -> Result<()> {
+        if let Some(user) = &self.plan.delete_user {
+            self.host
+                .run(&crate::users::delete_user_cmd(user))
+                .map_err(|e| {
+                    Error::failed(
+                        format!("cannot delete system user {user}: {e}"),
+                        format!("delete it yourself with `userdel {user}`"),
+                    )
+                })?;
+            writeln!(self.out, "deleted system user {user}").ok();
+        }
+        Ok(())
+    }
+
+    /// Keep a receipt of what is left, so a later `uninstall --purge` still knows it; a purge
+    /// removes the receipt.
+    fn finish_receipt(&self, receipt: &Receipt) -> Result<()> {
+        let l = self.layout();
+        if !self.plan.purge {
+            let mut left = receipt.clone();
+            left.entries.retain(|e| self.remaining.contains(&e.path));
+            left.linger_enabled_for = None;
+            left.unit_enabled = false;
+            left.uninstalled_at = Some(now_rfc3339());
+            if l.host(&l.state_dir).is_dir() {
+                left.save(l, None)?;
+            }
+        } else {
+            let rf = l.host(&l.receipt_file());
+            fsx::remove_file(&rf).map_err(|e| Error::io("remove", &rf, e))?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -1439,5 +1534,68 @@ mod tests {
         assert!(tx.restores_old(), "a replaced file");
         tx.rollback();
         assert!(!r.join("a").exists());
+    }
+}
+
+/// The small decisions of uninstall and of the privilege split, one table each.
+#[cfg(test)]
+mod decision_tests {
+    use super::*;
+
+    #[test]
+    fn keep_reason_table() {
+        use RemoveAction::*;
+        for (a, want) in [
+            (Remove, None),
+            (RemoveTree, None),
+            (Missing, None),
+            (KeepModified, Some("modified since install")),
+            (KeepUserData, Some("your data (use --purge to remove)")),
+            (KeepNotEmpty, Some("not empty")),
+        ] {
+            assert_eq!(keep_reason(a), want, "{a:?}");
+        }
+    }
+
+    #[test]
+    fn untrusted_record_table() {
+        // (uid, mode, regular file, untrusted)
+        for (uid, mode, is_file, want) in [
+            (0, 0o100600, true, false),
+            (0, 0o100644, true, false),
+            (0, 0o100640, true, false),
+            (0, 0o100620, true, true),
+            (0, 0o100602, true, true),
+            (0, 0o100666, true, true),
+            (1000, 0o100600, true, true),
+            (0, 0o120777, false, true),
+            (0, 0o040755, false, true),
+        ] {
+            assert_eq!(
+                untrusted_record(uid, mode, is_file),
+                want,
+                "{uid} {mode:o} {is_file}"
+            );
+        }
+    }
+
+    #[test]
+    fn env_file_needs_taking_back_table() {
+        // (uid, gid, mode, take back)
+        for (uid, gid, mode, want) in [
+            (0, 0, 0o100600, false),
+            (0, 0, 0o100400, false),
+            (0, 0, 0o100640, true),
+            (0, 0, 0o100601, true),
+            (0, 999, 0o100600, true),
+            (999, 0, 0o100600, true),
+            (999, 999, 0o100644, true),
+        ] {
+            assert_eq!(
+                env_file_needs_taking_back(uid, gid, mode),
+                want,
+                "{uid}:{gid} {mode:o}"
+            );
+        }
     }
 }

@@ -639,12 +639,7 @@ pub fn run(
     let (plan, prior, euid) = (&prepared.plan, prepared.prior, prepared.euid);
     if args.dry_run {
         if args.json {
-            writeln!(
-                out,
-                "{}",
-                serde_json::to_string_pretty(&plan).unwrap_or_default()
-            )
-            .ok();
+            print_json(&plan, out);
         } else {
             write!(out, "{}", render_plan(plan, "would install")).ok();
         }
@@ -652,16 +647,28 @@ pub fn run(
     }
     let outcome = apply::apply_install(plan, prior, host, euid, out)?;
     if args.json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&outcome).unwrap_or_default()
-        )
-        .ok();
+        print_json(&outcome, out);
         return Ok(());
     }
+    write!(out, "{}", render_summary(plan, &outcome)).ok();
+    Ok(())
+}
+
+fn print_json(v: &impl serde::Serialize, out: &mut dyn Write) {
+    writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_default()
+    )
+    .ok();
+}
+
+/// The summary after an applied install: its warnings, what changed and where it lives, and
+/// what to run next.
+fn render_summary(plan: &InstallPlan, outcome: &apply::InstallOutcome) -> String {
+    let mut s = String::new();
     for w in &plan.warnings {
-        writeln!(out, "warning: {w}").ok();
+        s.push_str(&format!("warning: {w}\n"));
     }
     let l = &plan.layout;
     let sudo = if l.mode == Mode::System { "sudo " } else { "" };
@@ -671,43 +678,34 @@ pub fn run(
         "journalctl --user -u outpost -f"
     };
     if !outcome.changed {
-        writeln!(
-            out,
-            "outpost {} is already installed ({} mode): no change",
+        s.push_str(&format!(
+            "outpost {} is already installed ({} mode): no change\n",
             plan.version, l.mode
-        )
-        .ok();
+        ));
     } else {
-        writeln!(
-            out,
-            "installed outpost {} ({} mode, runs as {})",
+        s.push_str(&format!(
+            "installed outpost {} ({} mode, runs as {})\n",
             plan.version, l.mode, plan.service_user.name
-        )
-        .ok();
-        writeln!(
-            out,
-            "  binary   {}",
-            l.versions_dir()
-                .join(&plan.version)
-                .join("outpost")
-                .display()
-        )
-        .ok();
-        writeln!(out, "  command  {}", l.bin_link.display()).ok();
-        writeln!(out, "  config   {}", l.config_file.display()).ok();
-        writeln!(out, "  secrets  {} (0600)", l.env_file.display()).ok();
-        writeln!(out, "  state    {}", l.state_dir.display()).ok();
-        writeln!(
-            out,
-            "  agent    {} (the agent's own state)",
-            l.agent_dir.display()
-        )
-        .ok();
-        writeln!(out, "  unit     {}", l.unit_file.display()).ok();
-        writeln!(out, "  service  {} {}", crate::UNIT, outcome.service).ok();
+        ));
+        let binary = l.versions_dir().join(&plan.version).join("outpost");
+        for (what, path) in [
+            ("binary   ", binary.display().to_string()),
+            ("command  ", l.bin_link.display().to_string()),
+            ("config   ", l.config_file.display().to_string()),
+            ("secrets  ", format!("{} (0600)", l.env_file.display())),
+            ("state    ", l.state_dir.display().to_string()),
+            (
+                "agent    ",
+                format!("{} (the agent's own state)", l.agent_dir.display()),
+            ),
+            ("unit     ", l.unit_file.display().to_string()),
+            ("service  ", format!("{} {}", crate::UNIT, outcome.service)),
+        ] {
+            s.push_str(&format!("  {what}{path}\n"));
+        }
     }
-    writeln!(out, "next:\n  outpost status\n  {journal}\n  {sudo}outpost uninstall        (keeps config and state; --purge removes everything)").ok();
-    Ok(())
+    s.push_str(&format!("next:\n  outpost status\n  {journal}\n  {sudo}outpost uninstall        (keeps config and state; --purge removes everything)\n"));
+    s
 }
 
 #[cfg(test)]
@@ -893,5 +891,53 @@ mod tests {
         assert_eq!((b, sha), (copy, crate::fsx::sha256_bytes(b"b")));
         let err = install_binary(None, d.path().join("gone")).unwrap_err();
         assert!(err.to_string().starts_with("cannot read"), "{err}");
+    }
+
+    #[test]
+    fn summary_rendering_table() {
+        let (_d, probe, args) = host_root();
+        let mut plan = prepare(&args, &probe, &Fake::default()).unwrap().plan;
+        plan.warnings = vec!["w1".into()];
+        let l = plan.layout.clone();
+        let receipt = Receipt {
+            schema: crate::receipt::SCHEMA,
+            mode: Mode::System,
+            version: plan.version.clone(),
+            installed_at: "t".into(),
+            service_user: "outpost".into(),
+            created_user: None,
+            linger_enabled_for: None,
+            unit_enabled: true,
+            uninstalled_at: None,
+            entries: Vec::new(),
+        };
+        let outcome = |changed| apply::InstallOutcome {
+            changed,
+            service: "started".into(),
+            receipt: receipt.clone(),
+        };
+        let v = &plan.version;
+        let next = "next:\n  outpost status\n  journalctl -u outpost -f\n  sudo outpost uninstall        (keeps config and state; --purge removes everything)\n";
+        let unchanged = format!(
+            "warning: w1\noutpost {v} is already installed (system mode): no change\n{next}"
+        );
+        let changed = format!(
+            "warning: w1\ninstalled outpost {v} (system mode, runs as outpost)\n  binary   {}\n  command  {}\n  config   {}\n  secrets  {} (0600)\n  state    {}\n  agent    {} (the agent's own state)\n  unit     {}\n  service  outpost.service started\n{next}",
+            l.versions_dir().join(v).join("outpost").display(),
+            l.bin_link.display(),
+            l.config_file.display(),
+            l.env_file.display(),
+            l.state_dir.display(),
+            l.agent_dir.display(),
+            l.unit_file.display(),
+        );
+        for (did_change, want) in [(false, unchanged), (true, changed)] {
+            assert_eq!(render_summary(&plan, &outcome(did_change)), want);
+        }
+        // user mode: no sudo, the user journal
+        let mut user = plan.clone();
+        user.layout = Layout::user(Path::new("/r"), Path::new("/home/alice"));
+        let s = render_summary(&user, &outcome(false));
+        assert!(s.ends_with("next:\n  outpost status\n  journalctl --user -u outpost -f\n  outpost uninstall        (keeps config and state; --purge removes everything)\n"), "{s}");
     }
 }

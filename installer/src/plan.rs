@@ -777,29 +777,35 @@ pub fn uninstall_paths(layout: &Layout, receipt: &Receipt) -> Vec<PathBuf> {
     v
 }
 
-/// Decide what `uninstall` removes. `dir_has_foreign(path)` tells whether a directory holds
-/// entries that neither the receipt nor this plan accounts for (kept then).
-pub fn plan_uninstall(
+/// One path an uninstall looks at: from the receipt, or (purge) one of the operator's files
+/// the receipt lost track of.
+struct Recorded {
+    path: PathBuf,
+    kind: Kind,
+    role: Role,
+    /// The sha256 the receipt recorded for a file.
+    sha256: Option<String>,
+    /// The target the receipt recorded for a symlink.
+    target: Option<PathBuf>,
+}
+
+/// The receipt's entries, plus (purge) the operator's data it lost track of, deepest paths
+/// first so directories empty out before we look at them.
+fn uninstall_entries(
     layout: &Layout,
     receipt: &Receipt,
     obs: &Observed,
     purge: bool,
-    dir_has_foreign: &dyn Fn(&Path, &[PathBuf]) -> bool,
-) -> UninstallPlan {
-    let mut removals: Vec<Removal> = Vec::new();
-    // (path, kind, role, recorded sha256, recorded symlink target)
-    type Recorded = (PathBuf, Kind, Role, Option<String>, Option<PathBuf>);
+) -> Vec<Recorded> {
     let mut entries: Vec<Recorded> = receipt
         .entries
         .iter()
-        .map(|e| {
-            (
-                e.path.clone(),
-                e.kind,
-                e.role,
-                e.sha256.clone(),
-                e.target.clone(),
-            )
+        .map(|e| Recorded {
+            path: e.path.clone(),
+            kind: e.kind,
+            role: e.role,
+            sha256: e.sha256.clone(),
+            target: e.target.clone(),
         })
         .collect();
     if purge {
@@ -810,61 +816,95 @@ pub fn plan_uninstall(
             (&layout.state_dir, Kind::Dir, Role::State),
             (&layout.config_dir, Kind::Dir, Role::Config),
         ] {
-            if !entries.iter().any(|e| &e.0 == p) && obs.get(p).is_some() {
-                entries.push((p.clone(), k, r, None, None));
+            if !entries.iter().any(|e| &e.path == p) && obs.get(p).is_some() {
+                entries.push(Recorded {
+                    path: p.clone(),
+                    kind: k,
+                    role: r,
+                    sha256: None,
+                    target: None,
+                });
             }
         }
     }
-    // Deepest paths first so directories empty out before we look at them.
     entries.sort_by(|a, b| {
-        b.0.components()
+        b.path
+            .components()
             .count()
-            .cmp(&a.0.components().count())
-            .then(b.0.cmp(&a.0))
+            .cmp(&a.path.components().count())
+            .then(b.path.cmp(&a.path))
     });
+    entries
+}
+
+/// What uninstall does with one recorded path, given what is there now. `has_foreign` is
+/// asked only for a directory outpost would otherwise remove.
+fn remove_action(
+    e: &Recorded,
+    seen: Option<&Seen>,
+    purge: bool,
+    has_foreign: impl FnOnce() -> bool,
+) -> RemoveAction {
+    match (e.kind, seen) {
+        (_, None) => RemoveAction::Missing,
+        _ if e.role.is_user_data() && !purge => RemoveAction::KeepUserData,
+        (Kind::Dir, Some(Seen::Dir)) if purge && e.role.is_user_data() => RemoveAction::RemoveTree,
+        (Kind::Dir, Some(Seen::Dir)) => {
+            if has_foreign() {
+                RemoveAction::KeepNotEmpty
+            } else {
+                RemoveAction::Remove
+            }
+        }
+        (Kind::File, Some(Seen::File { sha256, .. })) => {
+            if purge || e.sha256.as_deref().is_none_or(|s| s == sha256) {
+                RemoveAction::Remove
+            } else {
+                RemoveAction::KeepModified
+            }
+        }
+        (Kind::Symlink, Some(Seen::Symlink { target: t })) => {
+            if purge || e.target.as_ref().is_none_or(|x| x == t) {
+                RemoveAction::Remove
+            } else {
+                RemoveAction::KeepModified
+            }
+        }
+        _ if purge => RemoveAction::Remove,
+        _ => RemoveAction::KeepModified,
+    }
+}
+
+/// The path is gone after this action (so a parent directory need not count it).
+fn frees_path(action: RemoveAction) -> bool {
+    matches!(
+        action,
+        RemoveAction::Remove | RemoveAction::RemoveTree | RemoveAction::Missing
+    )
+}
+
+/// Decide what `uninstall` removes. `dir_has_foreign(path)` tells whether a directory holds
+/// entries that neither the receipt nor this plan accounts for (kept then).
+pub fn plan_uninstall(
+    layout: &Layout,
+    receipt: &Receipt,
+    obs: &Observed,
+    purge: bool,
+    dir_has_foreign: &dyn Fn(&Path, &[PathBuf]) -> bool,
+) -> UninstallPlan {
+    let mut removals: Vec<Removal> = Vec::new();
     let mut removed: Vec<PathBuf> = Vec::new();
-    for (path, kind, role, sha, target) in entries {
-        let seen = obs.get(&path);
-        let action = match (kind, seen) {
-            (_, None) => RemoveAction::Missing,
-            _ if role.is_user_data() && !purge => RemoveAction::KeepUserData,
-            (Kind::Dir, Some(Seen::Dir)) if purge && role.is_user_data() => {
-                RemoveAction::RemoveTree
-            }
-            (Kind::Dir, Some(Seen::Dir)) => {
-                if dir_has_foreign(&path, &removed) {
-                    RemoveAction::KeepNotEmpty
-                } else {
-                    RemoveAction::Remove
-                }
-            }
-            (Kind::File, Some(Seen::File { sha256, .. })) => {
-                if purge || sha.as_deref().is_none_or(|s| s == sha256) {
-                    RemoveAction::Remove
-                } else {
-                    RemoveAction::KeepModified
-                }
-            }
-            (Kind::Symlink, Some(Seen::Symlink { target: t })) => {
-                if purge || target.as_ref().is_none_or(|x| x == t) {
-                    RemoveAction::Remove
-                } else {
-                    RemoveAction::KeepModified
-                }
-            }
-            _ if purge => RemoveAction::Remove,
-            _ => RemoveAction::KeepModified,
-        };
-        if matches!(
-            action,
-            RemoveAction::Remove | RemoveAction::RemoveTree | RemoveAction::Missing
-        ) {
-            removed.push(path.clone());
+    for e in uninstall_entries(layout, receipt, obs, purge) {
+        let action = remove_action(&e, obs.get(&e.path), purge, || {
+            dir_has_foreign(&e.path, &removed)
+        });
+        if frees_path(action) {
+            removed.push(e.path.clone());
         }
         removals.push(Removal {
-            path,
-            kind,
-            role,
+            path: e.path,
+            kind: e.kind,
+            role: e.role,
             action,
         });
     }
@@ -1125,5 +1165,285 @@ mod planner_tests {
         assert!(p.daemon_reload && p.enable);
         assert_eq!(p.service, ServiceAction::Start);
         assert_eq!(p.wait_user_manager, None);
+    }
+}
+
+/// One table per decision of the uninstall planner.
+#[cfg(test)]
+mod uninstall_planner_tests {
+    use super::*;
+    use crate::receipt::Entry;
+
+    fn rec(kind: Kind, role: Role, sha256: Option<&str>, target: Option<&str>) -> Recorded {
+        Recorded {
+            path: PathBuf::from("/p"),
+            kind,
+            role,
+            sha256: sha256.map(str::to_owned),
+            target: target.map(PathBuf::from),
+        }
+    }
+
+    #[test]
+    fn remove_action_table() {
+        use RemoveAction::*;
+        let file = |s: &str| Seen::File {
+            sha256: s.into(),
+            mode: 0o644,
+            uid: 0,
+        };
+        let link = |t: &str| Seen::Symlink { target: t.into() };
+        let (f, d, l) = (Kind::File, Kind::Dir, Kind::Symlink);
+        // (recorded, seen, purge, foreign, expected, foreign asked)
+        let cases: Vec<(Recorded, Option<Seen>, bool, bool, RemoveAction, bool)> = vec![
+            (
+                rec(f, Role::Unit, Some("a"), None),
+                None,
+                false,
+                false,
+                Missing,
+                false,
+            ),
+            (
+                rec(f, Role::Config, None, None),
+                None,
+                true,
+                false,
+                Missing,
+                false,
+            ),
+            (
+                rec(f, Role::Config, None, None),
+                Some(file("a")),
+                false,
+                false,
+                KeepUserData,
+                false,
+            ),
+            (
+                rec(d, Role::State, None, None),
+                Some(Seen::Dir),
+                false,
+                true,
+                KeepUserData,
+                false,
+            ),
+            (
+                rec(d, Role::State, None, None),
+                Some(Seen::Dir),
+                true,
+                true,
+                RemoveTree,
+                false,
+            ),
+            (
+                rec(d, Role::Dir, None, None),
+                Some(Seen::Dir),
+                false,
+                true,
+                KeepNotEmpty,
+                true,
+            ),
+            (
+                rec(d, Role::Dir, None, None),
+                Some(Seen::Dir),
+                true,
+                false,
+                Remove,
+                true,
+            ),
+            (
+                rec(f, Role::Unit, Some("a"), None),
+                Some(file("a")),
+                false,
+                false,
+                Remove,
+                false,
+            ),
+            (
+                rec(f, Role::Unit, None, None),
+                Some(file("b")),
+                false,
+                false,
+                Remove,
+                false,
+            ),
+            (
+                rec(f, Role::Unit, Some("a"), None),
+                Some(file("b")),
+                false,
+                false,
+                KeepModified,
+                false,
+            ),
+            (
+                rec(f, Role::Unit, Some("a"), None),
+                Some(file("b")),
+                true,
+                false,
+                Remove,
+                false,
+            ),
+            (
+                rec(f, Role::Secrets, Some("a"), None),
+                Some(file("b")),
+                true,
+                false,
+                Remove,
+                false,
+            ),
+            (
+                rec(l, Role::Link, None, Some("/t")),
+                Some(link("/t")),
+                false,
+                false,
+                Remove,
+                false,
+            ),
+            (
+                rec(l, Role::Link, None, None),
+                Some(link("/u")),
+                false,
+                false,
+                Remove,
+                false,
+            ),
+            (
+                rec(l, Role::Link, None, Some("/t")),
+                Some(link("/u")),
+                false,
+                false,
+                KeepModified,
+                false,
+            ),
+            (
+                rec(l, Role::Link, None, Some("/t")),
+                Some(link("/u")),
+                true,
+                false,
+                Remove,
+                false,
+            ),
+            (
+                rec(f, Role::Binary, None, None),
+                Some(Seen::Dir),
+                false,
+                false,
+                KeepModified,
+                false,
+            ),
+            (
+                rec(d, Role::Dir, None, None),
+                Some(file("a")),
+                false,
+                false,
+                KeepModified,
+                false,
+            ),
+            (
+                rec(l, Role::Link, None, None),
+                Some(Seen::Other),
+                true,
+                false,
+                Remove,
+                false,
+            ),
+            (
+                rec(f, Role::Polkit, None, None),
+                Some(Seen::Other),
+                false,
+                false,
+                KeepModified,
+                false,
+            ),
+        ];
+        for (i, (e, seen, purge, foreign, want, asks)) in cases.into_iter().enumerate() {
+            let asked = std::cell::Cell::new(false);
+            let got = remove_action(&e, seen.as_ref(), purge, || {
+                asked.set(true);
+                foreign
+            });
+            assert_eq!(got, want, "case {i}");
+            assert_eq!(asked.get(), asks, "case {i}: asked for foreign entries");
+        }
+    }
+
+    #[test]
+    fn frees_path_table() {
+        use RemoveAction::*;
+        for (a, want) in [
+            (Remove, true),
+            (RemoveTree, true),
+            (Missing, true),
+            (KeepModified, false),
+            (KeepUserData, false),
+            (KeepNotEmpty, false),
+        ] {
+            assert_eq!(frees_path(a), want, "{a:?}");
+        }
+    }
+
+    #[test]
+    fn uninstall_entries_deepest_first_and_purge_adds_untracked_data() {
+        let l = Layout::system(Path::new("/r"));
+        let entry = |p: &Path, kind| Entry {
+            kind,
+            role: Role::Dir,
+            path: p.to_path_buf(),
+            sha256: None,
+            mode: None,
+            target: None,
+        };
+        let receipt = Receipt {
+            schema: crate::receipt::SCHEMA,
+            mode: Mode::System,
+            version: "1.0.0".into(),
+            installed_at: "t".into(),
+            service_user: "outpost".into(),
+            created_user: None,
+            linger_enabled_for: None,
+            unit_enabled: true,
+            uninstalled_at: None,
+            entries: vec![
+                entry(&l.base, Kind::Dir),
+                entry(&l.state_dir, Kind::Dir),
+                entry(&l.base.join("versions/1.0.0/outpost"), Kind::File),
+            ],
+        };
+        let mut obs = Observed::default();
+        obs.paths.insert(l.config_file.clone(), Seen::Other);
+        obs.paths.insert(l.state_dir.clone(), Seen::Dir);
+        // (purge, expected paths in order)
+        let cases = [
+            (
+                false,
+                vec![
+                    l.base.join("versions/1.0.0/outpost"),
+                    l.state_dir.clone(),
+                    l.base.clone(),
+                ],
+            ),
+            (
+                true,
+                vec![
+                    l.base.join("versions/1.0.0/outpost"),
+                    l.state_dir.clone(),
+                    l.config_file.clone(),
+                    l.base.clone(),
+                ],
+            ),
+        ];
+        for (purge, want) in cases {
+            let got: Vec<PathBuf> = uninstall_entries(&l, &receipt, &obs, purge)
+                .into_iter()
+                .map(|e| e.path)
+                .collect();
+            assert_eq!(got, want, "purge={purge}");
+        }
+        let purged = uninstall_entries(&l, &receipt, &obs, true);
+        let cfg = purged.iter().find(|e| e.path == l.config_file).unwrap();
+        assert_eq!((cfg.kind, cfg.role), (Kind::File, Role::Config));
+        // the receipt's own state dir entry is not duplicated
+        assert_eq!(purged.iter().filter(|e| e.path == l.state_dir).count(), 1);
     }
 }

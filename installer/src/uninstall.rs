@@ -123,15 +123,7 @@ pub fn run(
             "run `sudo outpost uninstall`",
         ));
     }
-    let paths = plan::uninstall_paths(&layout, &receipt);
-    let mut obs = Observed {
-        paths: plan::observe_paths(&layout, &paths)
-            .map_err(|e| Error::failed(e.to_string(), "check permissions"))?,
-        ..Default::default()
-    };
-    if let Ok(svc) = host.service_manager(scope(&layout, euid)) {
-        obs.unit = Some(svc.status(crate::UNIT)?);
-    }
+    let obs = observe(&layout, &receipt, host, euid)?;
     let p = plan::plan_uninstall(
         &layout,
         &receipt,
@@ -142,64 +134,230 @@ pub fn run(
     let verb = if args.purge { "purge" } else { "uninstall" };
     if args.dry_run {
         if args.json {
-            writeln!(
-                out,
-                "{}",
-                serde_json::to_string_pretty(&p).unwrap_or_default()
-            )
-            .ok();
+            print_json(&p, out);
         } else {
-            writeln!(out, "would {verb} outpost ({} mode)", layout.mode).ok();
-            if p.stop_and_disable {
-                writeln!(out, "  stop and disable {}", crate::UNIT).ok();
-            }
-            for r in &p.removals {
-                let a = match r.action {
-                    RemoveAction::Remove => "remove",
-                    RemoveAction::RemoveTree => "remove -r",
-                    RemoveAction::KeepModified => "keep (modified)",
-                    RemoveAction::KeepUserData => "keep (your data)",
-                    RemoveAction::KeepNotEmpty => "keep (not empty)",
-                    RemoveAction::Missing => "gone already",
-                };
-                writeln!(out, "  {a:<17} {}", r.path.display()).ok();
-            }
-            if let Some(u) = &p.disable_linger {
-                writeln!(out, "  disable linger for {u}").ok();
-            }
-            if let Some(u) = &p.delete_user {
-                writeln!(out, "  delete system user {u}").ok();
-            }
+            write!(out, "{}", render_uninstall_plan(&p, verb)).ok();
         }
         return Ok(());
     }
     let outcome = apply::apply_uninstall(&p, &receipt, host, euid, out)?;
     if args.json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&outcome).unwrap_or_default()
-        )
-        .ok();
+        print_json(&outcome, out);
         return Ok(());
     }
-    writeln!(
+    write!(
         out,
-        "{verb}: removed {} path(s) ({} mode)",
-        outcome.removed.len(),
-        layout.mode
+        "{}",
+        render_outcome(&outcome, verb, layout.mode, args.purge)
     )
     .ok();
-    for (path, why) in &outcome.kept {
-        writeln!(out, "  kept {} ({why})", path.display()).ok();
-    }
-    if !args.purge && !outcome.kept.is_empty() {
-        let sudo = if layout.mode == Mode::System {
-            "sudo "
-        } else {
-            ""
-        };
-        writeln!(out, "next: `{sudo}outpost install` to reinstall with this config, or `{sudo}outpost uninstall --purge` to remove it too").ok();
-    }
     Ok(())
+}
+
+/// What is on disk at the paths uninstall looks at, and the unit's state when the service
+/// manager can be asked.
+fn observe(layout: &Layout, receipt: &Receipt, host: &dyn Host, euid: u32) -> Result<Observed> {
+    let paths = plan::uninstall_paths(layout, receipt);
+    let mut obs = Observed {
+        paths: plan::observe_paths(layout, &paths)
+            .map_err(|e| Error::failed(e.to_string(), "check permissions"))?,
+        ..Default::default()
+    };
+    if let Ok(svc) = host.service_manager(scope(layout, euid)) {
+        obs.unit = Some(svc.status(crate::UNIT)?);
+    }
+    Ok(obs)
+}
+
+fn print_json(v: &impl serde::Serialize, out: &mut dyn Write) {
+    writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_default()
+    )
+    .ok();
+}
+
+/// How `--dry-run` names what uninstall would do with a path.
+fn action_label(a: RemoveAction) -> &'static str {
+    match a {
+        RemoveAction::Remove => "remove",
+        RemoveAction::RemoveTree => "remove -r",
+        RemoveAction::KeepModified => "keep (modified)",
+        RemoveAction::KeepUserData => "keep (your data)",
+        RemoveAction::KeepNotEmpty => "keep (not empty)",
+        RemoveAction::Missing => "gone already",
+    }
+}
+
+/// `uninstall --dry-run`: what would be stopped, removed, kept and undone.
+fn render_uninstall_plan(p: &plan::UninstallPlan, verb: &str) -> String {
+    let mut s = format!("would {verb} outpost ({} mode)\n", p.layout.mode);
+    if p.stop_and_disable {
+        s.push_str(&format!("  stop and disable {}\n", crate::UNIT));
+    }
+    for r in &p.removals {
+        let a = action_label(r.action);
+        s.push_str(&format!("  {a:<17} {}\n", r.path.display()));
+    }
+    if let Some(u) = &p.disable_linger {
+        s.push_str(&format!("  disable linger for {u}\n"));
+    }
+    if let Some(u) = &p.delete_user {
+        s.push_str(&format!("  delete system user {u}\n"));
+    }
+    s
+}
+
+/// The summary after an uninstall: how much went, what was kept and why, what next.
+fn render_outcome(
+    outcome: &apply::UninstallOutcome,
+    verb: &str,
+    mode: Mode,
+    purge: bool,
+) -> String {
+    let mut s = format!(
+        "{verb}: removed {} path(s) ({mode} mode)\n",
+        outcome.removed.len()
+    );
+    for (path, why) in &outcome.kept {
+        s.push_str(&format!("  kept {} ({why})\n", path.display()));
+    }
+    if !purge && !outcome.kept.is_empty() {
+        let sudo = if mode == Mode::System { "sudo " } else { "" };
+        s.push_str(&format!("next: `{sudo}outpost install` to reinstall with this config, or `{sudo}outpost uninstall --purge` to remove it too\n"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Removal, UninstallPlan};
+    use crate::receipt::{Kind, Role};
+
+    #[test]
+    fn action_label_table() {
+        use RemoveAction::*;
+        for (a, want) in [
+            (Remove, "remove"),
+            (RemoveTree, "remove -r"),
+            (KeepModified, "keep (modified)"),
+            (KeepUserData, "keep (your data)"),
+            (KeepNotEmpty, "keep (not empty)"),
+            (Missing, "gone already"),
+        ] {
+            assert_eq!(action_label(a), want);
+        }
+    }
+
+    fn plan(stop: bool, linger: Option<&str>, user: Option<&str>) -> UninstallPlan {
+        let layout = Layout::system(Path::new("/r"));
+        UninstallPlan {
+            mode: layout.mode,
+            purge: user.is_some(),
+            removals: vec![
+                Removal {
+                    path: layout.unit_file.clone(),
+                    kind: Kind::File,
+                    role: Role::Unit,
+                    action: RemoveAction::Remove,
+                },
+                Removal {
+                    path: layout.config_file.clone(),
+                    kind: Kind::File,
+                    role: Role::Config,
+                    action: RemoveAction::KeepUserData,
+                },
+            ],
+            layout,
+            stop_and_disable: stop,
+            delete_user: user.map(str::to_owned),
+            disable_linger: linger.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn dry_run_rendering_table() {
+        let removals = "  remove            /etc/systemd/system/outpost.service\n  keep (your data)  /etc/outpost/config.toml\n";
+        // (plan, verb, expected)
+        let cases = [
+            (
+                plan(false, None, None),
+                "uninstall",
+                format!("would uninstall outpost (system mode)\n{removals}"),
+            ),
+            (
+                plan(true, Some("alice"), Some("outpost")),
+                "purge",
+                format!("would purge outpost (system mode)\n  stop and disable outpost.service\n{removals}  disable linger for alice\n  delete system user outpost\n"),
+            ),
+        ];
+        for (p, verb, want) in cases {
+            assert_eq!(render_uninstall_plan(&p, verb), want);
+        }
+    }
+
+    #[test]
+    fn outcome_rendering_table() {
+        let kept = apply::UninstallOutcome {
+            removed: vec![PathBuf::from("/a"), PathBuf::from("/b")],
+            kept: vec![(
+                PathBuf::from("/etc/outpost"),
+                "your data (use --purge to remove)".into(),
+            )],
+        };
+        let none_kept = apply::UninstallOutcome {
+            removed: vec![PathBuf::from("/a")],
+            kept: Vec::new(),
+        };
+        let next = |sudo: &str| {
+            format!("next: `{sudo}outpost install` to reinstall with this config, or `{sudo}outpost uninstall --purge` to remove it too\n")
+        };
+        let kept_line = "  kept /etc/outpost (your data (use --purge to remove))\n";
+        // (outcome, verb, mode, purge, expected)
+        let cases = [
+            (
+                &kept,
+                "uninstall",
+                Mode::System,
+                false,
+                format!(
+                    "uninstall: removed 2 path(s) (system mode)\n{kept_line}{}",
+                    next("sudo ")
+                ),
+            ),
+            (
+                &kept,
+                "uninstall",
+                Mode::User,
+                false,
+                format!(
+                    "uninstall: removed 2 path(s) (user mode)\n{kept_line}{}",
+                    next("")
+                ),
+            ),
+            (
+                &kept,
+                "purge",
+                Mode::System,
+                true,
+                format!("purge: removed 2 path(s) (system mode)\n{kept_line}"),
+            ),
+            (
+                &none_kept,
+                "uninstall",
+                Mode::System,
+                false,
+                "uninstall: removed 1 path(s) (system mode)\n".to_string(),
+            ),
+        ];
+        for (o, verb, mode, purge, want) in cases {
+            assert_eq!(
+                render_outcome(o, verb, mode, purge),
+                want,
+                "{verb} {mode} {purge}"
+            );
+        }
+    }
 }

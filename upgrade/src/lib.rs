@@ -418,73 +418,129 @@ pub fn resolve_pending(
             return resolve_corrupt(layout, host, euid, ctx, &e.to_string(), out)
         }
     };
-    let Some(mut rec) = rec else {
+    let Some(rec) = rec else {
         return Ok(Resolution::Nothing);
     };
     let alive = record::upgrader_alive(&rec);
     let res = decide::resolve(Some(&rec), alive);
+    let mut pending = Pending {
+        layout,
+        sd,
+        rec,
+        ctx,
+        out,
+    };
     match &res {
         Resolution::Nothing => {}
-        Resolution::InProgress { .. } => {
-            if ctx == ResolveContext::ServiceStart && rec.step >= Step::Swapped {
-                // Boot counting: the upgrader is alive but the new version keeps being restarted.
-                rec.starts += 1;
-                if rec.starts > decide::MAX_UNCONFIRMED_STARTS {
-                    swap_current(layout, &rec.from)?;
-                    event(
-                        layout,
-                        "service_upgrade_rolled_back",
-                        json!({"from": rec.from, "to": rec.to, "reason": format!("{} unconfirmed starts", rec.starts), "by": "start counter"}),
-                        out,
-                    );
-                    rec.step = Step::RollingBack;
-                }
-                save_record(layout, &rec)?;
-            }
+        Resolution::InProgress { .. } => pending.count_start()?,
+        Resolution::Abandon | Resolution::Drop => pending.abort()?,
+        Resolution::Revert => pending.revert()?,
+        Resolution::Finish => pending.finish()?,
+    }
+    let (sync, bring_back) = after_resolution(&res, ctx);
+    if sync {
+        sync_receipt(layout)?;
+    }
+    if let Some(restart) = bring_back {
+        bring_service_back(layout, host, euid, restart)?;
+    }
+    Ok(res)
+}
+
+/// What follows a resolution: whether the receipt is synced with the links, and whether (and
+/// with a restart) the service is brought back — only from the CLI, never inside a start job.
+fn after_resolution(res: &Resolution, ctx: ResolveContext) -> (bool, Option<bool>) {
+    let sync = matches!(res, Resolution::Revert | Resolution::Finish);
+    let bring_back = (ctx == ResolveContext::Cli
+        && matches!(res, Resolution::Revert | Resolution::Abandon))
+    .then_some(*res == Resolution::Revert);
+    (sync, bring_back)
+}
+
+/// Boot counting applies while a live upgrader has already swapped and the unit is starting.
+fn counts_start(ctx: ResolveContext, step: Step) -> bool {
+    ctx == ResolveContext::ServiceStart && step >= Step::Swapped
+}
+
+/// The record of an interrupted upgrade, being resolved: one method per resolution.
+struct Pending<'a> {
+    layout: &'a Layout,
+    /// The state dir on the host.
+    sd: PathBuf,
+    rec: Record,
+    ctx: ResolveContext,
+    out: &'a mut dyn Write,
+}
+
+impl Pending<'_> {
+    fn clear(&self) -> Result<()> {
+        record::clear(&self.sd).map_err(|e| Error::io("clear", &record::path(&self.sd), e))
+    }
+
+    /// The upgrader is alive but the new version keeps being restarted: count the start and
+    /// roll back after too many.
+    fn count_start(&mut self) -> Result<()> {
+        if !counts_start(self.ctx, self.rec.step) {
+            return Ok(());
         }
-        Resolution::Abandon | Resolution::Drop => {
-            record::clear(&sd).map_err(|e| Error::io("clear", &record::path(&sd), e))?;
-            event(
-                layout,
-                "upgrade_aborted",
-                json!({"from": rec.from, "to": rec.to, "reason": format!("upgrader interrupted at step {:?}", rec.step), "resolved_by": format!("{ctx:?}")}),
-                out,
-            );
-        }
-        Resolution::Revert => {
+        let (layout, rec) = (self.layout, &mut self.rec);
+        rec.starts += 1;
+        if rec.starts > decide::MAX_UNCONFIRMED_STARTS {
             swap_current(layout, &rec.from)?;
-            record::clear(&sd).map_err(|e| Error::io("clear", &record::path(&sd), e))?;
             event(
                 layout,
                 "service_upgrade_rolled_back",
-                json!({"from": rec.from, "to": rec.to, "reason": format!("upgrader interrupted at step {:?}, {} never confirmed healthy", rec.step, rec.to), "resolved_by": format!("{ctx:?}")}),
-                out,
+                json!({"from": rec.from, "to": rec.to, "reason": format!("{} unconfirmed starts", rec.starts), "by": "start counter"}),
+                self.out,
             );
-            writeln!(
-                out,
-                "resolved an interrupted upgrade: {} was never confirmed healthy, back on {}",
-                rec.to, rec.from
-            )
-            .ok();
+            rec.step = Step::RollingBack;
         }
-        Resolution::Finish => {
-            set_last_good(layout, &rec.to)?;
-            record::clear(&sd).map_err(|e| Error::io("clear", &record::path(&sd), e))?;
-            event(
-                layout,
-                "service_upgraded",
-                json!({"from": rec.from, "to": rec.to, "resolved_by": format!("{ctx:?}")}),
-                out,
-            );
-        }
+        save_record(layout, rec)
     }
-    if matches!(res, Resolution::Revert | Resolution::Finish) {
-        sync_receipt(layout)?;
+
+    fn abort(&mut self) -> Result<()> {
+        self.clear()?;
+        let (rec, ctx) = (&self.rec, self.ctx);
+        event(
+            self.layout,
+            "upgrade_aborted",
+            json!({"from": rec.from, "to": rec.to, "reason": format!("upgrader interrupted at step {:?}", rec.step), "resolved_by": format!("{ctx:?}")}),
+            self.out,
+        );
+        Ok(())
     }
-    if ctx == ResolveContext::Cli && matches!(res, Resolution::Revert | Resolution::Abandon) {
-        bring_service_back(layout, host, euid, res == Resolution::Revert)?;
+
+    fn revert(&mut self) -> Result<()> {
+        swap_current(self.layout, &self.rec.from)?;
+        self.clear()?;
+        let (rec, ctx) = (&self.rec, self.ctx);
+        event(
+            self.layout,
+            "service_upgrade_rolled_back",
+            json!({"from": rec.from, "to": rec.to, "reason": format!("upgrader interrupted at step {:?}, {} never confirmed healthy", rec.step, rec.to), "resolved_by": format!("{ctx:?}")}),
+            self.out,
+        );
+        writeln!(
+            self.out,
+            "resolved an interrupted upgrade: {} was never confirmed healthy, back on {}",
+            rec.to, rec.from
+        )
+        .ok();
+        Ok(())
     }
-    Ok(res)
+
+    fn finish(&mut self) -> Result<()> {
+        set_last_good(self.layout, &self.rec.to)?;
+        self.clear()?;
+        let (rec, ctx) = (&self.rec, self.ctx);
+        event(
+            self.layout,
+            "service_upgraded",
+            json!({"from": rec.from, "to": rec.to, "resolved_by": format!("{ctx:?}")}),
+            self.out,
+        );
+        Ok(())
+    }
 }
 
 /// Bring the service back after a resolution: it may have been stopped (or be running the

@@ -64,6 +64,85 @@ pub fn run(
     }
 }
 
+/// The version `current` points at; an error when there is none (not installed here).
+fn installed_version(layout: &Layout) -> Result<Version> {
+    super::current_version(layout)?.ok_or_else(|| {
+        Error::failed(
+            format!(
+                "outpost is not installed here ({} has no `current` link)",
+                layout.base.display()
+            ),
+            "install it first: `sudo outpost install` or the install.sh one-liner",
+        )
+    })
+}
+
+/// How this upgrade may run (orchestrated or package only); a refused topology is an error.
+fn upgrade_topology(
+    args: &UpgradeArgs,
+    loc: &Located,
+    svc: Option<&dyn ServiceManager>,
+    can_write: bool,
+) -> Result<Topology> {
+    let unit_loaded = match svc {
+        Some(s) => s.status(outpost_installer::UNIT)?.is_loaded(),
+        None => false,
+    };
+    let topology = decide::topology(
+        loc.receipt.as_ref().map(|r| r.mode),
+        unit_loaded,
+        loc.euid,
+        can_write,
+        args.no_restart,
+    );
+    if let Topology::Refused { message, hint } = &topology {
+        return Err(Error::usage(message.clone(), hint.clone()));
+    }
+    Ok(topology)
+}
+
+/// Another upgrader that is still alive owns the install: refuse.
+fn refuse_concurrent_upgrade(layout: &Layout) -> Result<()> {
+    if let Some(r) = load_record(layout)? {
+        if record::upgrader_alive(&r) {
+            return Err(Error::failed(
+                format!(
+                    "an upgrade from {} to {} is already running (pid {})",
+                    r.from, r.to, r.upgrader_pid
+                ),
+                "wait for it to finish; `outpost events --follow` shows its progress",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The version to go to: `--to`, else the newest on the channel. `None` (printed) when there
+/// is nothing to do.
+fn target(
+    args: &UpgradeArgs,
+    loc: &Located,
+    stager: &dyn Stager,
+    current: &Version,
+    out: &mut dyn Write,
+) -> Result<Option<Version>> {
+    let channel = args
+        .channel
+        .clone()
+        .unwrap_or_else(|| loc.config.release.channel.clone());
+    let newest = match &args.target {
+        Some(_) => None,
+        None => stager.newest(&channel)?,
+    };
+    match decide::choose_target(current, args.target.as_ref(), newest.as_ref()) {
+        Target::Nothing { reason } => {
+            writeln!(out, "nothing to do: {reason}").ok();
+            Ok(None)
+        }
+        Target::Upgrade(v) | Target::Downgrade(v) => Ok(Some(v)),
+    }
+}
+
 /// One upgrade from `from` to `to`, between the decision and its outcome.
 struct Upgrade<'a> {
     loc: &'a Located,
@@ -88,59 +167,16 @@ impl<'a> Upgrade<'a> {
         out: &mut dyn Write,
     ) -> Result<Option<Upgrade<'a>>> {
         let layout = &loc.layout;
-        let current = super::current_version(layout)?.ok_or_else(|| {
-            Error::failed(
-                format!(
-                    "outpost is not installed here ({} has no `current` link)",
-                    layout.base.display()
-                ),
-                "install it first: `sudo outpost install` or the install.sh one-liner",
-            )
-        })?;
+        let current = installed_version(layout)?;
         let versions_dir = layout.host(&layout.versions_dir());
         let can_write = rustix::fs::access(&versions_dir, rustix::fs::Access::WRITE_OK).is_ok();
         let svc = host
             .service_manager(outpost_installer::uninstall::scope(layout, loc.euid))
             .ok();
-        let unit_loaded = match &svc {
-            Some(s) => s.status(outpost_installer::UNIT)?.is_loaded(),
-            None => false,
-        };
-        let topology = decide::topology(
-            loc.receipt.as_ref().map(|r| r.mode),
-            unit_loaded,
-            loc.euid,
-            can_write,
-            args.no_restart,
-        );
-        if let Topology::Refused { message, hint } = &topology {
-            return Err(Error::usage(message.clone(), hint.clone()));
-        }
-        if let Some(r) = load_record(layout)? {
-            if record::upgrader_alive(&r) {
-                return Err(Error::failed(
-                    format!(
-                        "an upgrade from {} to {} is already running (pid {})",
-                        r.from, r.to, r.upgrader_pid
-                    ),
-                    "wait for it to finish; `outpost events --follow` shows its progress",
-                ));
-            }
-        }
-        let channel = args
-            .channel
-            .clone()
-            .unwrap_or_else(|| loc.config.release.channel.clone());
-        let newest = match &args.target {
-            Some(_) => None,
-            None => stager.newest(&channel)?,
-        };
-        let to = match decide::choose_target(&current, args.target.as_ref(), newest.as_ref()) {
-            Target::Nothing { reason } => {
-                writeln!(out, "nothing to do: {reason}").ok();
-                return Ok(None);
-            }
-            Target::Upgrade(v) | Target::Downgrade(v) => v,
+        let topology = upgrade_topology(args, loc, svc.as_deref(), can_write)?;
+        refuse_concurrent_upgrade(layout)?;
+        let Some(to) = target(args, loc, stager, &current, out)? else {
+            return Ok(None);
         };
         let up = Upgrade {
             loc,

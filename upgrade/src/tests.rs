@@ -380,3 +380,39 @@ fn the_guard_resolves_the_record_of_a_dead_upgrader() {
     let r = guard(&b.loc.layout, &b.fake, b.loc.euid, &mut out).unwrap();
     assert_eq!(r, Resolution::Nothing);
 }
+
+#[test]
+fn after_resolution_table() {
+    use ResolveContext::{Cli, ServiceStart};
+    // (resolution, context, sync the receipt, bring the service back (with a restart))
+    let cases = [
+        (Resolution::Nothing, Cli, false, None),
+        (Resolution::InProgress { pid: 7 }, Cli, false, None),
+        (Resolution::Abandon, Cli, false, Some(false)),
+        (Resolution::Abandon, ServiceStart, false, None),
+        (Resolution::Drop, Cli, false, None),
+        (Resolution::Revert, Cli, true, Some(true)),
+        (Resolution::Revert, ServiceStart, true, None),
+        (Resolution::Finish, Cli, true, None),
+        (Resolution::Finish, ServiceStart, true, None),
+    ];
+    for (res, ctx, sync, back) in cases {
+        assert_eq!(after_resolution(&res, ctx), (sync, back), "{res:?} {ctx:?}");
+    }
+}
+
+#[test]
+fn counts_start_table() {
+    use ResolveContext::{Cli, ServiceStart};
+    for (ctx, step, want) in [
+        (ServiceStart, Step::Pending, false),
+        (ServiceStart, Step::Swapping, false),
+        (ServiceStart, Step::Swapped, true),
+        (ServiceStart, Step::HealthCheck, true),
+        (ServiceStart, Step::RollingBack, true),
+        (Cli, Step::Swapped, false),
+        (Cli, Step::HealthCheck, false),
+    ] {
+        assert_eq!(counts_start(ctx, step), want, "{ctx:?} {step:?}");
+    }
+}
