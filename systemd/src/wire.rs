@@ -221,7 +221,7 @@ pub struct Encoder {
 
 impl Encoder {
     fn pad(&mut self, align: usize) {
-        while self.buf.len() % align != 0 {
+        while !self.buf.len().is_multiple_of(align) {
             self.buf.push(0);
         }
     }
