@@ -1,5 +1,5 @@
-//! The production [`ServiceManager`] and [`Logind`]: systemd and logind over D-Bus (zbus,
-//! blocking API, async-io runtime; no tokio).
+//! The production [`ServiceManager`] and [`Logind`]: systemd and logind over D-Bus, through
+//! outpost's own small synchronous client ([`crate::conn`], [`crate::wire`]; no async runtime).
 //!
 //! Start/stop/restart follow what `systemctl` does: subscribe to the manager's `JobRemoved`
 //! signal *before* enqueueing the job, enqueue it with mode `replace`, then wait (bounded by
@@ -11,18 +11,13 @@
 //! prompt; polkit rules that *grant* an action (our service user restarting `outpost.service`)
 //! apply without interaction, and anything needing a password fails fast with
 //! `InteractiveAuthorizationRequired`, which maps to [`SvcError::AccessDenied`].
-use std::future::Future;
 use std::path::Path;
-use std::pin::pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
-use std::thread::{self, Thread};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use zbus::export::futures_core::Stream;
-use zbus::proxy::CacheProperties;
-use zbus::zvariant::OwnedObjectPath;
-use zbus::DBusError;
+use crate::conn::{Conn, ConnError, BUS_NAME, BUS_PATH};
+use crate::wire::Value;
 
 use super::{Logind, Scope, ServiceManager, SvcError, UnitStatus, Whom};
 
@@ -31,107 +26,21 @@ pub const DEFAULT_SYSTEM_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
 /// Default bound on waiting for a start/stop/restart job.
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bound on any single method call (a stuck bus must not hang the CLI forever). Generous because
-/// `Reload` only returns once the daemon-reload is complete.
+/// `Reload` only returns once the daemon-reload is complete. Also bounds connecting
+/// (authentication and `Hello`).
 const METHOD_TIMEOUT: Duration = Duration::from_secs(180);
 /// Poll interval of [`wait_user_manager`].
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
-mod proxies {
-    use zbus::proxy;
-    use zbus::zvariant::{ObjectPath, OwnedObjectPath};
-
-    /// `(type, symlink, target)` triples describing unit-file symlink changes.
-    pub type Changes = Vec<(String, String, String)>;
-
-    /// `org.freedesktop.systemd1.Manager`, only the members outpost uses.
-    #[proxy(
-        interface = "org.freedesktop.systemd1.Manager",
-        default_service = "org.freedesktop.systemd1",
-        default_path = "/org/freedesktop/systemd1"
-    )]
-    pub trait SystemdManager {
-        fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
-        fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
-        fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
-        fn reload(&self) -> zbus::Result<()>;
-        /// Returns (carries_install_info, [(type, symlink, target)]).
-        fn enable_unit_files(
-            &self,
-            files: &[&str],
-            runtime: bool,
-            force: bool,
-        ) -> zbus::Result<(bool, Changes)>;
-        fn disable_unit_files(&self, files: &[&str], runtime: bool) -> zbus::Result<Changes>;
-        fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
-        fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
-        #[allow(clippy::type_complexity)]
-        fn start_transient_unit(
-            &self,
-            name: &str,
-            mode: &str,
-            properties: &[(&str, zbus::zvariant::Value<'_>)],
-            aux: &[(&str, Vec<(&str, zbus::zvariant::Value<'_>)>)],
-        ) -> zbus::Result<OwnedObjectPath>;
-        fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
-        fn get_unit_file_state(&self, file: &str) -> zbus::Result<String>;
-        fn subscribe(&self) -> zbus::Result<()>;
-
-        #[zbus(signal)]
-        fn job_removed(
-            &self,
-            id: u32,
-            job: ObjectPath<'_>,
-            unit: &str,
-            result: &str,
-        ) -> zbus::Result<()>;
-
-        #[zbus(property)]
-        fn version(&self) -> zbus::Result<String>;
-    }
-
-    /// `org.freedesktop.systemd1.Unit` (properties only).
-    #[proxy(
-        interface = "org.freedesktop.systemd1.Unit",
-        default_service = "org.freedesktop.systemd1"
-    )]
-    pub trait SystemdUnit {
-        #[zbus(property)]
-        fn active_state(&self) -> zbus::Result<String>;
-        #[zbus(property)]
-        fn sub_state(&self) -> zbus::Result<String>;
-        #[zbus(property)]
-        fn load_state(&self) -> zbus::Result<String>;
-        #[zbus(property)]
-        fn active_enter_timestamp_monotonic(&self) -> zbus::Result<u64>;
-    }
-
-    /// `org.freedesktop.systemd1.Service` (properties only).
-    #[proxy(
-        interface = "org.freedesktop.systemd1.Service",
-        default_service = "org.freedesktop.systemd1"
-    )]
-    pub trait SystemdService {
-        #[zbus(property, name = "MainPID")]
-        fn main_pid(&self) -> zbus::Result<u32>;
-        #[zbus(property, name = "NRestarts")]
-        fn n_restarts(&self) -> zbus::Result<u32>;
-        #[zbus(property)]
-        fn exec_main_status(&self) -> zbus::Result<i32>;
-    }
-
-    /// `org.freedesktop.login1.Manager`, only `SetUserLinger`.
-    #[proxy(
-        interface = "org.freedesktop.login1.Manager",
-        default_service = "org.freedesktop.login1",
-        default_path = "/org/freedesktop/login1"
-    )]
-    pub trait LogindManager {
-        fn set_user_linger(&self, uid: u32, enable: bool, interactive: bool) -> zbus::Result<()>;
-    }
-}
-
-use proxies::{LogindManagerProxyBlocking, SystemdManagerProxy, SystemdManagerProxyBlocking};
-use proxies::{SystemdServiceProxyBlocking, SystemdUnitProxyBlocking};
+const SYSTEMD: &str = "org.freedesktop.systemd1";
+const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
+const MANAGER: &str = "org.freedesktop.systemd1.Manager";
+const UNIT: &str = "org.freedesktop.systemd1.Unit";
+const SERVICE: &str = "org.freedesktop.systemd1.Service";
+const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
+const LOGIND: &str = "org.freedesktop.login1";
+const LOGIND_PATH: &str = "/org/freedesktop/login1";
+const LOGIND_MANAGER: &str = "org.freedesktop.login1.Manager";
 
 // ---------------------------------------------------------------------------------------------
 // Pure helpers (unit-tested).
@@ -194,21 +103,11 @@ pub fn classify(error_name: Option<&str>) -> ErrorKind {
 }
 
 /// Error name (if the peer sent one) and a short lowercase message.
-pub fn error_parts(err: &zbus::Error) -> (Option<String>, String) {
+pub fn error_parts(err: &ConnError) -> (Option<String>, String) {
     match err {
-        zbus::Error::MethodError(name, detail, _) => {
-            let msg = detail.clone().unwrap_or_else(|| name.to_string());
-            (Some(name.to_string()), short_message(&msg))
-        }
-        zbus::Error::FDO(e) => {
-            let msg = e
-                .description()
-                .map(str::to_owned)
-                .unwrap_or_else(|| e.to_string());
-            (Some(e.name().to_string()), short_message(&msg))
-        }
-        zbus::Error::InputOutput(io) | zbus::Error::Connection(io, _) => {
-            (None, short_message(&io.to_string()))
+        ConnError::Method { name, message } => {
+            let msg = if message.is_empty() { name } else { message };
+            (Some(name.clone()), short_message(msg))
         }
         other => (None, short_message(&other.to_string())),
     }
@@ -225,7 +124,7 @@ fn short_message(s: &str) -> String {
 }
 
 /// Map a failed call to [`SvcError`]: access-denied style names → `AccessDenied`, else `Call`.
-pub fn map_error(err: &zbus::Error, scope: Scope, action: &str, unit: &str) -> SvcError {
+pub fn map_error(err: &ConnError, scope: Scope, action: &str, unit: &str) -> SvcError {
     let (name, message) = error_parts(err);
     map_named(name.as_deref(), message, scope, action, unit)
 }
@@ -256,43 +155,19 @@ fn timeout_secs(d: Duration) -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A minimal deadline-bounded executor: parks the thread between polls. zbus's connection runs
-// its socket reader on its own executor thread, which wakes us when a message arrives.
-
-struct ThreadWaker(Thread);
-
-impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-/// Drive `fut` to completion on this thread, or give up at `deadline` (`None`).
-fn block_on_until<F: Future>(fut: F, deadline: Instant) -> Option<F::Output> {
-    let mut fut = pin!(fut);
-    let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    loop {
-        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return Some(out);
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return None;
-        }
-        thread::park_timeout(deadline - now);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // systemd.
+
+/// A connection and what has been set up on it.
+#[derive(Debug)]
+struct Link {
+    conn: Conn,
+    /// The `JobRemoved` match rule is installed (once per connection).
+    watching_jobs: bool,
+}
 
 /// A connection to one systemd manager.
 pub struct SystemdBus {
-    conn: zbus::blocking::Connection,
+    link: Mutex<Link>,
     scope: Scope,
     /// Bound on waiting for a start/stop/restart job to be removed. Default 120 s.
     pub job_timeout: Duration,
@@ -311,6 +186,35 @@ fn current_euid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
+fn str_arg(s: &str) -> Value {
+    Value::Str(s.to_owned())
+}
+
+/// The first value of a reply body, which must be of the expected kind.
+fn first<T>(body: Vec<Value>, what: &str, get: fn(&Value) -> Option<T>) -> Result<T, ConnError> {
+    body.first()
+        .map(|v| match v {
+            Value::Variant(inner) => inner,
+            v => v,
+        })
+        .and_then(get)
+        .ok_or_else(|| ConnError::Protocol(format!("{what} has an unexpected type")))
+}
+
+fn get_str(v: &Value) -> Option<String> {
+    v.as_str().map(str::to_owned)
+}
+
+/// The job path of a `JobRemoved(u id, o job, s unit, s result)` and its result.
+fn job_removed(body: &[Value]) -> Result<(&str, &str), ConnError> {
+    match body {
+        [Value::U32(_), Value::Path(job), Value::Str(_), Value::Str(result)] => Ok((job, result)),
+        _ => Err(ConnError::Protocol(
+            "JobRemoved has unexpected arguments".into(),
+        )),
+    }
+}
+
 impl SystemdBus {
     /// Connect to the manager of `scope` (see [`bus_address`] for which socket).
     pub fn connect(scope: Scope) -> Result<SystemdBus, SvcError> {
@@ -322,40 +226,53 @@ impl SystemdBus {
 
     /// Connect to an explicit bus address.
     pub fn connect_at(scope: Scope, address: &str) -> Result<SystemdBus, SvcError> {
-        let connect_err = |e: &zbus::Error| SvcError::Connect {
+        let conn = Conn::connect(address, METHOD_TIMEOUT).map_err(|e| SvcError::Connect {
             scope: scope_name(scope).into(),
             address: address.into(),
-            message: error_parts(e).1,
-        };
-        let conn = zbus::blocking::connection::Builder::address(address)
-            .and_then(|b| b.method_timeout(METHOD_TIMEOUT).build())
-            .map_err(|e| connect_err(&e))?;
+            message: error_parts(&e).1,
+        })?;
         Ok(SystemdBus {
-            conn,
+            link: Mutex::new(Link {
+                conn,
+                watching_jobs: false,
+            }),
             scope,
             job_timeout: DEFAULT_JOB_TIMEOUT,
         })
     }
 
-    /// The underlying connection (e.g. to share with other proxies).
-    pub fn connection(&self) -> &zbus::blocking::Connection {
-        &self.conn
+    /// Give up the connection (e.g. to share it with [`LogindBus::from_connection`]).
+    pub fn into_connection(self) -> Conn {
+        self.link
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .conn
     }
 
-    fn err(&self, action: &str, unit: &str) -> impl Fn(zbus::Error) -> SvcError + '_ {
+    fn link(&self) -> MutexGuard<'_, Link> {
+        // A panic while holding the lock leaves the connection usable (at worst a late reply
+        // is skipped), so a poisoned lock is taken over.
+        self.link.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn err(&self, action: &str, unit: &str) -> impl Fn(ConnError) -> SvcError + '_ {
         let (action, unit) = (action.to_owned(), unit.to_owned());
         move |e| map_error(&e, self.scope, &action, &unit)
     }
 
-    fn manager(
-        &self,
-        action: &str,
-        unit: &str,
-    ) -> Result<SystemdManagerProxyBlocking<'_>, SvcError> {
-        SystemdManagerProxyBlocking::builder(&self.conn)
-            .cache_properties(CacheProperties::No)
-            .build()
-            .map_err(self.err(action, unit))
+    /// Call a `Manager` method.
+    fn manager(&self, member: &str, body: Vec<Value>) -> Result<Vec<Value>, ConnError> {
+        let mut link = self.link();
+        link.conn
+            .call_method(SYSTEMD, MANAGER_PATH, MANAGER, member, body, METHOD_TIMEOUT)
+    }
+
+    /// `Properties.Get` on a systemd object; returns the value inside the variant.
+    fn property(&self, path: &str, iface: &str, name: &str) -> Result<Vec<Value>, ConnError> {
+        let body = vec![str_arg(iface), str_arg(name)];
+        let mut link = self.link();
+        link.conn
+            .call_method(SYSTEMD, path, PROPERTIES, "Get", body, METHOD_TIMEOUT)
     }
 
     /// Enqueue a job with `call` and wait for its `JobRemoved`; `Ok` only for result `done`.
@@ -371,50 +288,108 @@ impl SystemdBus {
         timeout: Duration,
     ) -> Result<(), SvcError> {
         let deadline = Instant::now() + timeout;
-        let work = async {
-            let mgr = SystemdManagerProxy::builder(self.conn.inner())
-                .cache_properties(CacheProperties::No)
-                .build()
-                .await?;
-            // Signals are only emitted once a client subscribed; once per connection is enough.
-            if let Err(e) = mgr.subscribe().await {
-                if classify(error_parts(&e).0.as_deref()) != ErrorKind::AlreadySubscribed {
-                    return Err(e);
-                }
-            }
-            // Install the match rule *before* enqueueing the job so we cannot miss its removal.
-            let mut removed = pin!(mgr.receive_job_removed().await?);
-            let job: OwnedObjectPath = match method {
-                JobMethod::Start => mgr.start_unit(unit, "replace").await?,
-                JobMethod::Stop => mgr.stop_unit(unit, "replace").await?,
-                JobMethod::Restart => mgr.restart_unit(unit, "replace").await?,
-            };
-            loop {
-                let Some(signal) = std::future::poll_fn(|cx| removed.as_mut().poll_next(cx)).await
-                else {
-                    return Err(zbus::Error::Failure(
-                        "the bus connection closed while waiting for the job".into(),
-                    ));
-                };
-                let args = signal.args()?;
-                if args.job.as_str() == job.as_str() {
-                    return Ok(args.result.to_owned());
-                }
-            }
-        };
-        match block_on_until(work, deadline) {
-            None => Err(SvcError::Timeout {
+        let result = self.link().run_job(unit, method, deadline);
+        match result {
+            // The whole wait, calls included, is bounded by `timeout`.
+            Err(ConnError::Timeout) if Instant::now() >= deadline => Err(SvcError::Timeout {
                 action: action.into(),
                 unit: unit.into(),
                 secs: timeout_secs(timeout),
             }),
-            Some(Err(e)) => Err(map_error(&e, self.scope, action, unit)),
-            Some(Ok(result)) if result == "done" => Ok(()),
-            Some(Ok(result)) => Err(SvcError::Job {
+            Err(e) => Err(map_error(&e, self.scope, action, unit)),
+            Ok(result) if result == "done" => Ok(()),
+            Ok(result) => Err(SvcError::Job {
                 action: action.into(),
                 unit: unit.into(),
                 result,
             }),
+        }
+    }
+}
+
+impl Link {
+    /// A `Manager` call bounded by the method timeout and `deadline`.
+    fn call(
+        &mut self,
+        member: &str,
+        body: Vec<Value>,
+        deadline: Instant,
+    ) -> Result<Vec<Value>, ConnError> {
+        self.call_to(SYSTEMD, MANAGER_PATH, MANAGER, member, body, deadline)
+    }
+
+    fn call_to(
+        &mut self,
+        dest: &str,
+        path: &str,
+        iface: &str,
+        member: &str,
+        body: Vec<Value>,
+        deadline: Instant,
+    ) -> Result<Vec<Value>, ConnError> {
+        let until = deadline.min(Instant::now() + METHOD_TIMEOUT);
+        let msg = crate::wire::Message::call(dest, path, iface, member, body);
+        Ok(self.conn.call(msg, until)?.body)
+    }
+
+    /// Subscribe and watch `JobRemoved`, enqueue the job, wait for its removal; its result.
+    fn run_job(
+        &mut self,
+        unit: &str,
+        method: JobMethod,
+        deadline: Instant,
+    ) -> Result<String, ConnError> {
+        // Signals are only emitted once a client subscribed; once per connection is enough.
+        match self.call("Subscribe", vec![], deadline) {
+            Err(e) if classify(e.name()) != ErrorKind::AlreadySubscribed => return Err(e),
+            _ => {}
+        }
+        // Install the match rule *before* enqueueing the job so we cannot miss its removal.
+        if !self.watching_jobs {
+            let rule = format!(
+                "type='signal',sender='{SYSTEMD}',path='{MANAGER_PATH}',interface='{MANAGER}',member='JobRemoved'"
+            );
+            self.call_to(
+                BUS_NAME,
+                BUS_PATH,
+                BUS_NAME,
+                "AddMatch",
+                vec![Value::Str(rule)],
+                deadline,
+            )?;
+            self.watching_jobs = true;
+        }
+        // Only the manager itself may report our job's end (signals can be sent to us directly).
+        let owner = self.call_to(
+            BUS_NAME,
+            BUS_PATH,
+            BUS_NAME,
+            "GetNameOwner",
+            vec![str_arg(SYSTEMD)],
+            deadline,
+        )?;
+        let owner = first(owner, "GetNameOwner", get_str)?;
+        // Our job does not exist yet, so nothing queued so far can be its removal.
+        self.conn.clear_signals();
+        let job = self.call(
+            method.member(),
+            vec![str_arg(unit), str_arg("replace")],
+            deadline,
+        )?;
+        let job = first(job, method.member(), get_str)?;
+        loop {
+            let m = self.conn.next_signal(deadline)?;
+            let ours = m.sender.as_deref() == Some(owner.as_str())
+                && m.path.as_deref() == Some(MANAGER_PATH)
+                && m.interface.as_deref() == Some(MANAGER)
+                && m.member.as_deref() == Some("JobRemoved");
+            if !ours {
+                continue;
+            }
+            let (removed, result) = job_removed(&m.body)?;
+            if removed == job {
+                return Ok(result.to_owned());
+            }
         }
     }
 }
@@ -426,6 +401,47 @@ enum JobMethod {
     Restart,
 }
 
+impl JobMethod {
+    fn member(self) -> &'static str {
+        match self {
+            JobMethod::Start => "StartUnit",
+            JobMethod::Stop => "StopUnit",
+            JobMethod::Restart => "RestartUnit",
+        }
+    }
+}
+
+/// `ExecStart` as `a(sasb)`: (path, argv, ignore-failure = false).
+fn exec_start(argv: &[String]) -> Option<Value> {
+    let exe = argv.first()?;
+    let args = argv.iter().map(|a| str_arg(a)).collect();
+    Some(Value::Array(
+        "(sasb)".into(),
+        vec![Value::Struct(vec![
+            str_arg(exe),
+            Value::Array("s".into(), args),
+            Value::Bool(false),
+        ])],
+    ))
+}
+
+/// `StartTransientUnit(name, mode, a(sv) properties, a(sa(sv)) aux)` arguments.
+fn transient_args(unit: &str, description: &str, exec: Value) -> Vec<Value> {
+    let prop = |k: &str, v: Value| Value::Struct(vec![str_arg(k), Value::Variant(Box::new(v))]);
+    let props = vec![
+        prop("Description", str_arg(description)),
+        prop("ExecStart", exec),
+        // Garbage-collect it whatever its result, so the name is free for the next upgrade.
+        prop("CollectMode", str_arg("inactive-or-failed")),
+    ];
+    vec![
+        str_arg(unit),
+        str_arg("fail"),
+        Value::Array("(sv)".into(), props),
+        Value::Array("(sa(sv))".into(), vec![]),
+    ]
+}
+
 impl ServiceManager for SystemdBus {
     fn scope(&self) -> Scope {
         self.scope
@@ -434,19 +450,25 @@ impl ServiceManager for SystemdBus {
     fn daemon_reload(&self) -> Result<(), SvcError> {
         const A: (&str, &str) = ("reload", "systemd's unit files");
         // `Reload` replies only after the reload has finished.
-        self.manager(A.0, A.1)?.reload().map_err(self.err(A.0, A.1))
+        self.manager("Reload", vec![])
+            .map(drop)
+            .map_err(self.err(A.0, A.1))
     }
 
     fn enable(&self, unit: &str) -> Result<(), SvcError> {
-        self.manager("enable", unit)?
-            .enable_unit_files(&[unit], false, true)
-            .map(drop)
-            .map_err(self.err("enable", unit))
+        let files = Value::Array("s".into(), vec![str_arg(unit)]);
+        // (files, runtime = false, force = true)
+        self.manager(
+            "EnableUnitFiles",
+            vec![files, Value::Bool(false), Value::Bool(true)],
+        )
+        .map(drop)
+        .map_err(self.err("enable", unit))
     }
 
     fn disable(&self, unit: &str) -> Result<(), SvcError> {
-        self.manager("disable", unit)?
-            .disable_unit_files(&[unit], false)
+        let files = Value::Array("s".into(), vec![str_arg(unit)]);
+        self.manager("DisableUnitFiles", vec![files, Value::Bool(false)])
             .map(drop)
             .map_err(self.err("disable", unit))
     }
@@ -468,24 +490,22 @@ impl ServiceManager for SystemdBus {
     }
 
     fn reset_failed(&self, unit: &str) -> Result<(), SvcError> {
-        match self.manager("reset-failed", unit)?.reset_failed_unit(unit) {
-            Ok(()) => Ok(()),
+        match self.manager("ResetFailedUnit", vec![str_arg(unit)]) {
+            Ok(_) => Ok(()),
             // Nothing loaded means nothing failed.
-            Err(e) if classify(error_parts(&e).0.as_deref()) == ErrorKind::NoSuchUnit => Ok(()),
+            Err(e) if classify(e.name()) == ErrorKind::NoSuchUnit => Ok(()),
             Err(e) => Err(map_error(&e, self.scope, "reset-failed", unit)),
         }
     }
 
     fn kill(&self, unit: &str, whom: Whom, signal: i32) -> Result<(), SvcError> {
-        match self
-            .manager("kill", unit)?
-            .kill_unit(unit, whom.as_str(), signal)
-        {
-            Ok(()) => Ok(()),
+        let body = vec![str_arg(unit), str_arg(whom.as_str()), Value::I32(signal)];
+        match self.manager("KillUnit", body) {
+            Ok(_) => Ok(()),
             // Not loaded, or loaded but not running: nobody to signal.
             Err(e)
                 if matches!(
-                    classify(error_parts(&e).0.as_deref()),
+                    classify(e.name()),
                     ErrorKind::NoSuchUnit | ErrorKind::NotRunning
                 ) =>
             {
@@ -501,71 +521,71 @@ impl ServiceManager for SystemdBus {
         description: &str,
         argv: &[String],
     ) -> Result<(), SvcError> {
-        use zbus::zvariant::Value;
-        let Some(exe) = argv.first() else {
+        let Some(exec) = exec_start(argv) else {
             return Err(SvcError::Job {
                 action: "start".into(),
                 unit: unit.into(),
                 result: "empty command".into(),
             });
         };
-        let exec = vec![(exe.clone(), argv.to_vec(), false)];
-        let props: Vec<(&str, Value<'_>)> = vec![
-            ("Description", Value::from(description)),
-            ("ExecStart", Value::from(exec)),
-            // Garbage-collect it whatever its result, so the name is free for the next upgrade.
-            ("CollectMode", Value::from("inactive-or-failed")),
-        ];
-        match self
-            .manager("start", unit)?
-            .start_transient_unit(unit, "fail", &props, &[])
-        {
+        match self.manager(
+            "StartTransientUnit",
+            transient_args(unit, description, exec),
+        ) {
             Ok(_) => Ok(()),
             // A guard from an earlier upgrade still runs: it watches whichever upgrader the
             // record names, so it covers this one too.
-            Err(e)
-                if error_parts(&e).0.as_deref() == Some("org.freedesktop.systemd1.UnitExists") =>
-            {
-                Ok(())
-            }
+            Err(e) if e.name() == Some("org.freedesktop.systemd1.UnitExists") => Ok(()),
             Err(e) => Err(map_error(&e, self.scope, "start", unit)),
         }
     }
 
     fn status(&self, unit: &str) -> Result<UnitStatus, SvcError> {
         let err = self.err("query the status of", unit);
-        let mgr = self.manager("query the status of", unit)?;
         // LoadUnit succeeds for unknown units too; their LoadState is `not-found`.
-        let path = mgr.load_unit(unit).map_err(&err)?;
-        let u = SystemdUnitProxyBlocking::builder(&self.conn)
-            .path(path.clone())
-            .and_then(|b| b.cache_properties(CacheProperties::No).build())
+        let path = self.manager("LoadUnit", vec![str_arg(unit)]);
+        let path = path
+            .and_then(|b| first(b, "LoadUnit", get_str))
             .map_err(&err)?;
+        let unit_str = |name: &str| {
+            self.property(&path, UNIT, name)
+                .and_then(|b| first(b, name, get_str))
+                .map_err(&err)
+        };
         let mut st = UnitStatus {
-            load_state: u.load_state().map_err(&err)?,
-            active_state: u.active_state().map_err(&err)?,
-            sub_state: u.sub_state().map_err(&err)?,
-            active_enter_timestamp_monotonic: u.active_enter_timestamp_monotonic().map_err(&err)?,
+            load_state: unit_str("LoadState")?,
+            active_state: unit_str("ActiveState")?,
+            sub_state: unit_str("SubState")?,
+            active_enter_timestamp_monotonic: self
+                .property(&path, UNIT, "ActiveEnterTimestampMonotonic")
+                .and_then(|b| first(b, "ActiveEnterTimestampMonotonic", Value::as_u64))
+                .map_err(&err)?,
             // Unknown units, generated units and units without a unit file have no state.
-            unit_file_state: mgr.get_unit_file_state(unit).unwrap_or_default(),
+            unit_file_state: self
+                .manager("GetUnitFileState", vec![str_arg(unit)])
+                .and_then(|b| first(b, "GetUnitFileState", get_str))
+                .unwrap_or_default(),
             ..UnitStatus::default()
         };
         // The Service interface exists only for .service units; elsewhere these stay 0.
-        if let Ok(s) = SystemdServiceProxyBlocking::builder(&self.conn)
-            .path(path)
-            .and_then(|b| b.cache_properties(CacheProperties::No).build())
-        {
-            st.main_pid = s.main_pid().unwrap_or(0);
-            st.n_restarts = s.n_restarts().unwrap_or(0);
-            st.exec_main_status = s.exec_main_status().unwrap_or(0);
-        }
+        let service = |name: &str| self.property(&path, SERVICE, name).ok();
+        st.main_pid = service("MainPID")
+            .and_then(|b| first(b, "MainPID", Value::as_u32).ok())
+            .unwrap_or(0);
+        st.n_restarts = service("NRestarts")
+            .and_then(|b| first(b, "NRestarts", Value::as_u32).ok())
+            .unwrap_or(0);
+        st.exec_main_status = service("ExecMainStatus")
+            .and_then(|b| first(b, "ExecMainStatus", Value::as_i32).ok())
+            .unwrap_or(0);
         Ok(st)
     }
 }
 
 /// The manager's `Version` property (e.g. `"255.4-1ubuntu8"`), `None` if it cannot be read.
 pub fn systemd_version(bus: &SystemdBus) -> Option<String> {
-    bus.manager("read", "the version").ok()?.version().ok()
+    let body = bus.property(MANAGER_PATH, MANAGER, "Version").ok()?;
+    first(body, "Version", get_str).ok()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -573,7 +593,7 @@ pub fn systemd_version(bus: &SystemdBus) -> Option<String> {
 
 /// logind on the system bus.
 pub struct LogindBus {
-    conn: zbus::blocking::Connection,
+    conn: Mutex<Conn>,
 }
 
 impl std::fmt::Debug for LogindBus {
@@ -585,14 +605,16 @@ impl std::fmt::Debug for LogindBus {
 impl LogindBus {
     /// Connect to the system bus (`DBUS_SYSTEM_BUS_ADDRESS` or the default socket).
     pub fn connect() -> Result<LogindBus, SvcError> {
-        Ok(LogindBus {
-            conn: SystemdBus::connect(Scope::System)?.conn,
-        })
+        Ok(LogindBus::from_connection(
+            SystemdBus::connect(Scope::System)?.into_connection(),
+        ))
     }
 
     /// Share an existing system-bus connection.
-    pub fn from_connection(conn: zbus::blocking::Connection) -> LogindBus {
-        LogindBus { conn }
+    pub fn from_connection(conn: Conn) -> LogindBus {
+        LogindBus {
+            conn: Mutex::new(conn),
+        }
     }
 }
 
@@ -603,14 +625,20 @@ impl Logind for LogindBus {
             if enable { "enable" } else { "disable" }
         );
         let unit = "systemd-logind.service";
-        let err = |e: zbus::Error| map_error(&e, Scope::System, &action, unit);
-        LogindManagerProxyBlocking::builder(&self.conn)
-            .cache_properties(CacheProperties::No)
-            .build()
-            .map_err(err)?
-            // interactive = false: never wait for a polkit agent (see the module docs).
-            .set_user_linger(uid, enable, false)
-            .map_err(err)
+        // interactive = false: never wait for a polkit agent (see the module docs).
+        let body = vec![Value::U32(uid), Value::Bool(enable), Value::Bool(false)];
+        // See SystemdBus::link for why a poisoned lock is taken over.
+        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        conn.call_method(
+            LOGIND,
+            LOGIND_PATH,
+            LOGIND_MANAGER,
+            "SetUserLinger",
+            body,
+            METHOD_TIMEOUT,
+        )
+        .map(drop)
+        .map_err(|e| map_error(&e, Scope::System, &action, unit))
     }
 }
 
@@ -724,16 +752,11 @@ mod tests {
         }
     }
 
-    fn method_error(name: &str, detail: &str) -> zbus::Error {
-        let call = zbus::Message::method_call("/org/freedesktop/systemd1", "StartUnit")
-            .unwrap()
-            .build(&())
-            .unwrap();
-        let reply = zbus::Message::error(&call.header(), name)
-            .unwrap()
-            .build(&(detail,))
-            .unwrap();
-        zbus::Error::from(reply)
+    fn method_error(name: &str, detail: &str) -> ConnError {
+        ConnError::Method {
+            name: name.into(),
+            message: detail.into(),
+        }
     }
 
     #[test]
@@ -753,9 +776,10 @@ mod tests {
             "{e:?}"
         );
 
-        let fdo = zbus::Error::FDO(Box::new(zbus::fdo::Error::AccessDenied(
-            "Permission denied".into(),
-        )));
+        let fdo = method_error(
+            "org.freedesktop.DBus.Error.AccessDenied",
+            "Permission denied",
+        );
         assert!(matches!(
             map_error(&fdo, sys, "start", "x.service"),
             SvcError::AccessDenied { .. }
@@ -819,11 +843,66 @@ mod tests {
     }
 
     #[test]
-    fn block_on_until_times_out_and_completes() {
-        let never = std::future::pending::<()>();
-        let t = Instant::now();
-        assert!(block_on_until(never, Instant::now() + Duration::from_millis(30)).is_none());
-        assert!(t.elapsed() >= Duration::from_millis(30));
-        assert_eq!(block_on_until(async { 7 }, Instant::now()), Some(7));
+    fn error_without_message_uses_its_name() {
+        let (name, msg) = error_parts(&method_error("org.example.Boom", ""));
+        assert_eq!(name.as_deref(), Some("org.example.Boom"));
+        assert_eq!(msg, "org.example.Boom");
+        let (name, msg) = error_parts(&ConnError::Timeout);
+        assert_eq!(
+            (name, msg.as_str()),
+            (None, "timed out waiting for the bus")
+        );
+    }
+
+    #[test]
+    fn transient_unit_arguments() {
+        let argv = vec!["/usr/bin/outpost".to_owned(), "guard".to_owned()];
+        let exec = exec_start(&argv).unwrap();
+        let args = transient_args("g.service", "guard", exec);
+        let sig: String = args.iter().map(Value::signature).collect();
+        assert_eq!(sig, "ssa(sv)a(sa(sv))");
+        let Value::Array(_, props) = &args[2] else {
+            panic!("{args:?}")
+        };
+        let exec = &props[1];
+        assert_eq!(exec.signature(), "(sv)");
+        let Value::Struct(kv) = exec else { panic!() };
+        assert_eq!(kv[1].clone().into_inner().signature(), "a(sasb)");
+        assert!(exec_start(&[]).is_none());
+        // The whole call marshals.
+        let msg =
+            crate::wire::Message::call(SYSTEMD, MANAGER_PATH, MANAGER, "StartTransientUnit", args);
+        assert!(msg.encode().is_ok());
+    }
+
+    #[test]
+    fn job_removed_arguments() {
+        let body = vec![
+            Value::U32(7),
+            Value::Path("/org/freedesktop/systemd1/job/7".into()),
+            str_arg("x.service"),
+            str_arg("done"),
+        ];
+        assert_eq!(
+            job_removed(&body).unwrap(),
+            ("/org/freedesktop/systemd1/job/7", "done")
+        );
+        assert!(matches!(
+            job_removed(&body[..3]),
+            Err(ConnError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn reply_values() {
+        let v = vec![Value::Variant(Box::new(Value::U32(5)))];
+        assert_eq!(first(v.clone(), "MainPID", Value::as_u32).unwrap(), 5);
+        assert!(first(v, "MainPID", Value::as_i32).is_err());
+        assert!(first(vec![], "LoadUnit", get_str).is_err());
+        let p = vec![Value::Path("/org/freedesktop/systemd1/unit/x".into())];
+        assert_eq!(
+            first(p, "LoadUnit", get_str).unwrap(),
+            "/org/freedesktop/systemd1/unit/x"
+        );
     }
 }

@@ -1,10 +1,13 @@
 //! The service-manager seam: systemd (and logind) over D-Bus.
 //!
 //! The installer, the upgrader and the agent talk to [`ServiceManager`] and [`Logind`]; production uses the
-//! zbus implementation in [`dbus`], unit tests use a recording fake.
+//! D-Bus implementation in [`dbus`] (over outpost's own client: [`wire`] and [`conn`]),
+//! unit tests use a recording fake.
 use serde::Serialize;
 
+pub mod conn;
 pub mod dbus;
+pub mod wire;
 
 /// Which systemd instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
