@@ -81,6 +81,10 @@ main() {
   local size
   size=$(stat -c %s "$bin")
   echo "release binary: $bin ($size bytes, $(( (size + 524288) / 1048576 )) MiB, $target, built in $((SECONDS - start)) s)" >&2
+  # The budget (README, Building): one static binary of at most 4 MiB.
+  if [ "$size" -gt 4194304 ]; then
+    die "$bin is $size bytes, over the 4 MiB budget (4194304 bytes)" "see docs/ARCHITECTURE.md (why a hand-written D-Bus client) and measure with cargo bloat before adding a dependency"
+  fi
   echo "$bin"
 }
 
