@@ -248,6 +248,12 @@ pub struct ServeArgs {
     /// Enrollments one client address may make at once.
     #[arg(long, default_value_t = 20)]
     pub enroll_burst: u32,
+    /// Seconds a claimed run's lease lasts; polls holding it and uploads renew it.
+    #[arg(long, default_value_t = crate::runs_api::DEFAULT_LEASE_SECS)]
+    pub run_lease: u64,
+    /// Seconds a run stays `unknown` (lease expired) before it is `lost`.
+    #[arg(long, default_value_t = crate::runs_api::DEFAULT_LOST_AFTER_SECS)]
+    pub lost_after: u64,
 }
 
 /// The admin token from `file` or the environment.
@@ -304,6 +310,18 @@ pub fn serve_config(a: ServeArgs) -> Result<ServeConfig, HubError> {
             "use a value between 1 and 3600 seconds (default 10)",
         ));
     }
+    if a.run_lease == 0 || a.run_lease > 86_400 {
+        return Err(HubError::usage(
+            format!("--run-lease {} is out of range", a.run_lease),
+            "use a value between 1 and 86400 seconds (default 60)",
+        ));
+    }
+    if a.lost_after > 7 * 86_400 {
+        return Err(HubError::usage(
+            format!("--lost-after {} is out of range", a.lost_after),
+            "use a value between 0 and 604800 seconds (default 120)",
+        ));
+    }
     if a.enroll_burst == 0 {
         return Err(HubError::usage(
             "--enroll-burst must be at least 1",
@@ -335,6 +353,8 @@ pub fn serve_config(a: ServeArgs) -> Result<ServeConfig, HubError> {
         request_timeout: std::time::Duration::from_secs(a.request_timeout),
         enroll_per_min: a.enroll_rate,
         enroll_burst: a.enroll_burst,
+        run_lease_secs: a.run_lease,
+        lost_after_secs: a.lost_after,
     })
 }
 
