@@ -13,6 +13,8 @@ use crate::duration::{format_age, parse_secs};
 use crate::error::HubError;
 use crate::server::ServeConfig;
 
+pub mod runs;
+
 /// Environment variable holding the admin token.
 pub const ENV_ADMIN_TOKEN: &str = "OUTPOST_HUB_ADMIN_TOKEN";
 /// Environment variable holding the hub URL for the client subcommands.
@@ -75,6 +77,38 @@ pub enum Cmd {
         /// Print the API's JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Dispatch an action of a trusted pack: one run per targeted agent.
+    Run(runs::RunArgs),
+    /// List runs, newest first.
+    Runs {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only this agent's.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only runs in this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a run's log (--follow: until it ends, then its summary).
+    Logs {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Run id (r_…).
+        id: String,
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Cancel a run: a queued one at once, a running one at the agent's next poll.
+    Cancel {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Run id (r_…).
+        id: String,
     },
 }
 
@@ -470,6 +504,38 @@ impl Client {
         Ok(text)
     }
 
+    /// `GET path` as raw bytes (a run's log).
+    fn bytes(&self, path: &str) -> Result<Vec<u8>, HubError> {
+        let url = format!("{}{path}", self.base);
+        let unreachable = |e: ureq::Error| HubError::Unreachable {
+            url: self.base.clone(),
+            detail: e.to_string(),
+        };
+        let mut resp = self
+            .agent
+            .get(&url)
+            .header("authorization", &format!("Bearer {}", self.token))
+            .call()
+            .map_err(unreachable)?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(2 * crate::runs_api::LOG_READ_MAX as u64)
+            .read_to_vec()
+            .map_err(unreachable)?;
+        if status >= 400 {
+            let e: ErrorBody = serde_json::from_slice(&body).unwrap_or_default();
+            return Err(HubError::Api {
+                status,
+                code: e.error,
+                message: e.message,
+                hint: e.hint,
+            });
+        }
+        Ok(body)
+    }
+
     /// [`Client::send`], the reply parsed as the wire type `R`.
     fn call<R: DeserializeOwned>(
         &self,
@@ -558,6 +624,15 @@ pub fn run_client(cmd: Cmd) -> Result<(), HubError> {
             pending,
             json,
         } => packs_list(&client, pending, json),
+        Cmd::Run(a) => runs::run(&a),
+        Cmd::Runs {
+            client,
+            agent,
+            state,
+            json,
+        } => runs::list(&client, agent.as_deref(), state.as_deref(), json),
+        Cmd::Logs { client, id, follow } => runs::logs(&client, &id, follow),
+        Cmd::Cancel { client, id } => runs::cancel(&client, &id),
     }
 }
 

@@ -369,3 +369,99 @@ fn fan_out_by_label_and_idempotent_create() {
     let (s, v) = create(&hub, json!({"labels": {"role": "none"}}), "once", json!({}));
     assert_eq!((s, v["error"].as_str()), (404, Some("not_found")));
 }
+
+#[test]
+fn cli_run_follow_runs_logs_cancel() {
+    use std::process::{Command, Stdio};
+    let hub = Hub::start();
+    let a = agent_with(&hub, "web-1", json!({}), false);
+    trust(&hub);
+    let cli = |args: &[&str]| {
+        let mut c = Command::new(common::bin());
+        c.args(args)
+            .args(["--hub", &hub.url])
+            .env("OUTPOST_HUB_ADMIN_TOKEN", ADMIN);
+        c
+    };
+    let child = cli(&[
+        "run",
+        &a.id,
+        "web/restart",
+        "--param",
+        "unit=nginx",
+        "--follow",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let p = a.poll(&hub, 10, &[]);
+    let id = p["offers"][0]["run_id"].as_str().unwrap().to_string();
+    assert_eq!(a.claim(&hub, &id, "p").0, 200);
+    a.started(&hub, &id);
+    a.log(&hub, &id, 0, b"restarting nginx\ndone\n");
+    let (s, _) = a.result(&hub, &id, "succeeded", 0);
+    assert_eq!(s, 200);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with(&format!("{id} {}\n", a.id)), "{stdout}");
+    assert!(stdout.contains("restarting nginx\ndone\n"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{} {id} succeeded exit 0", a.id)),
+        "{stdout}"
+    );
+
+    let out = cli(&["runs", "--agent", &a.id]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && table.contains(&id) && table.contains("succeeded"),
+        "{table}"
+    );
+    let out = cli(&["logs", &id]).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "restarting nginx\ndone\n"
+    );
+
+    let out = cli(&["run", &a.id, "once"]).output().unwrap();
+    let queued = String::from_utf8_lossy(&out.stdout)
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let out = cli(&["cancel", &queued]).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{queued} is canceled\n")
+    );
+    // A failed run makes --follow exit 1.
+    let child = cli(&["run", &a.id, "once", "--follow"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let p = a.poll(&hub, 10, &[]);
+    let id = p["offers"][0]["run_id"].as_str().unwrap().to_string();
+    assert_eq!(a.claim(&hub, &id, "p").0, 200);
+    assert_eq!(a.result(&hub, &id, "failed", 3).0, 200);
+    assert_eq!(child.wait_with_output().unwrap().status.code(), Some(1));
+
+    for bad in [
+        &["run", "once"][..],
+        &["runs", "--state", "done"],
+        &["run", &a.id, "web/restart"],
+    ] {
+        let out = cli(bad).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?} {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert!(
+            lines.len() == 2 && lines[0].starts_with("error: ") && lines[1].starts_with("hint: "),
+            "{err}"
+        );
+    }
+}
