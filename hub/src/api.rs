@@ -49,6 +49,10 @@ pub struct Hub {
     /// Serializes catalog writes (rare: only a changed catalog is written) so that the
     /// store and the registry keep the same latest catalog.
     pub catalog_lock: tokio::sync::Mutex<()>,
+    /// Runs: leases, `lost_after`, the log cap, the per-agent wake-ups of long polls.
+    pub runs: crate::runs_api::Runs,
+    /// The clock of runs (leases, the sweeper); tests inject their own.
+    pub clock: Arc<dyn crate::runs_api::Clock>,
 }
 
 /// Tunables of [`Hub::load`].
@@ -60,6 +64,10 @@ pub struct HubOptions {
     pub enroll_per_min: u32,
     /// Enrollments an address may make at once.
     pub enroll_burst: u32,
+    /// Lease of a claimed run, seconds.
+    pub run_lease_secs: u64,
+    /// How long a run stays `unknown` before it is `lost`, seconds.
+    pub lost_after_secs: u64,
 }
 
 impl Default for HubOptions {
@@ -68,6 +76,8 @@ impl Default for HubOptions {
             tls: false,
             enroll_per_min: 10,
             enroll_burst: 20,
+            run_lease_secs: crate::runs_api::DEFAULT_LEASE_SECS,
+            lost_after_secs: crate::runs_api::DEFAULT_LOST_AFTER_SECS,
         }
     }
 }
@@ -109,6 +119,8 @@ impl Hub {
             login_limit: RateLimiter::new(LOGIN_PER_MIN, LOGIN_BURST),
             enroll_lock: tokio::sync::Mutex::new(()),
             catalog_lock: tokio::sync::Mutex::new(()),
+            runs: crate::runs_api::Runs::new(opts.run_lease_secs, opts.lost_after_secs),
+            clock: Arc::new(crate::runs_api::SystemClock),
         })
     }
 }
@@ -135,6 +147,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/packs/{name}/{sha256}/trust", post(trust_pack_form))
         .route("/agents/{id}", get(agent_page))
         .merge(crate::releases::routes())
+        .merge(crate::runs_api::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(hub)
@@ -162,14 +175,14 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     (!t.is_empty()).then_some(t)
 }
 
-fn require_admin(hub: &Hub, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn require_admin(hub: &Hub, headers: &HeaderMap) -> Result<(), ApiError> {
     match bearer(headers) {
         Some(t) if token::ct_eq(&token::hash(t), &hub.admin_hash) => Ok(()),
         _ => Err(ApiError::unauthorized()),
     }
 }
 
-fn agent_auth(hub: &Hub, headers: &HeaderMap) -> Result<Arc<AgentEntry>, ApiError> {
+pub(crate) fn agent_auth(hub: &Hub, headers: &HeaderMap) -> Result<Arc<AgentEntry>, ApiError> {
     let t = bearer(headers).ok_or_else(|| ApiError::token_invalid("missing agent token"))?;
     let entry = hub
         .registry
@@ -181,7 +194,7 @@ fn agent_auth(hub: &Hub, headers: &HeaderMap) -> Result<Arc<AgentEntry>, ApiErro
     Ok(entry)
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid json body: {e}")))
 }
@@ -464,7 +477,7 @@ async fn update_catalog(
 }
 
 /// A body's `agent_id` must be the one the token belongs to.
-fn same_agent(token_owner: &str, claimed: &str) -> Result<(), ApiError> {
+pub(crate) fn same_agent(token_owner: &str, claimed: &str) -> Result<(), ApiError> {
     if claimed == token_owner {
         Ok(())
     } else {

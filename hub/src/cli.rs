@@ -13,6 +13,8 @@ use crate::duration::{format_age, parse_secs};
 use crate::error::HubError;
 use crate::server::ServeConfig;
 
+pub mod runs;
+
 /// Environment variable holding the admin token.
 pub const ENV_ADMIN_TOKEN: &str = "OUTPOST_HUB_ADMIN_TOKEN";
 /// Environment variable holding the hub URL for the client subcommands.
@@ -75,6 +77,38 @@ pub enum Cmd {
         /// Print the API's JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Dispatch an action of a trusted pack: one run per targeted agent.
+    Run(runs::RunArgs),
+    /// List runs, newest first.
+    Runs {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only this agent's.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only runs in this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a run's log (--follow: until it ends, then its summary).
+    Logs {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Run id (r_…).
+        id: String,
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Cancel a run: a queued one at once, a running one at the agent's next poll.
+    Cancel {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Run id (r_…).
+        id: String,
     },
 }
 
@@ -248,6 +282,12 @@ pub struct ServeArgs {
     /// Enrollments one client address may make at once.
     #[arg(long, default_value_t = 20)]
     pub enroll_burst: u32,
+    /// Seconds a claimed run's lease lasts; polls holding it and uploads renew it.
+    #[arg(long, default_value_t = crate::runs_api::DEFAULT_LEASE_SECS)]
+    pub run_lease: u64,
+    /// Seconds a run stays `unknown` (lease expired) before it is `lost`.
+    #[arg(long, default_value_t = crate::runs_api::DEFAULT_LOST_AFTER_SECS)]
+    pub lost_after: u64,
 }
 
 /// The admin token from `file` or the environment.
@@ -304,6 +344,18 @@ pub fn serve_config(a: ServeArgs) -> Result<ServeConfig, HubError> {
             "use a value between 1 and 3600 seconds (default 10)",
         ));
     }
+    if a.run_lease == 0 || a.run_lease > 86_400 {
+        return Err(HubError::usage(
+            format!("--run-lease {} is out of range", a.run_lease),
+            "use a value between 1 and 86400 seconds (default 60)",
+        ));
+    }
+    if a.lost_after > 7 * 86_400 {
+        return Err(HubError::usage(
+            format!("--lost-after {} is out of range", a.lost_after),
+            "use a value between 0 and 604800 seconds (default 120)",
+        ));
+    }
     if a.enroll_burst == 0 {
         return Err(HubError::usage(
             "--enroll-burst must be at least 1",
@@ -335,6 +387,8 @@ pub fn serve_config(a: ServeArgs) -> Result<ServeConfig, HubError> {
         request_timeout: std::time::Duration::from_secs(a.request_timeout),
         enroll_per_min: a.enroll_rate,
         enroll_burst: a.enroll_burst,
+        run_lease_secs: a.run_lease,
+        lost_after_secs: a.lost_after,
     })
 }
 
@@ -450,6 +504,38 @@ impl Client {
         Ok(text)
     }
 
+    /// `GET path` as raw bytes (a run's log).
+    fn bytes(&self, path: &str) -> Result<Vec<u8>, HubError> {
+        let url = format!("{}{path}", self.base);
+        let unreachable = |e: ureq::Error| HubError::Unreachable {
+            url: self.base.clone(),
+            detail: e.to_string(),
+        };
+        let mut resp = self
+            .agent
+            .get(&url)
+            .header("authorization", &format!("Bearer {}", self.token))
+            .call()
+            .map_err(unreachable)?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(2 * crate::runs_api::LOG_READ_MAX as u64)
+            .read_to_vec()
+            .map_err(unreachable)?;
+        if status >= 400 {
+            let e: ErrorBody = serde_json::from_slice(&body).unwrap_or_default();
+            return Err(HubError::Api {
+                status,
+                code: e.error,
+                message: e.message,
+                hint: e.hint,
+            });
+        }
+        Ok(body)
+    }
+
     /// [`Client::send`], the reply parsed as the wire type `R`.
     fn call<R: DeserializeOwned>(
         &self,
@@ -538,6 +624,15 @@ pub fn run_client(cmd: Cmd) -> Result<(), HubError> {
             pending,
             json,
         } => packs_list(&client, pending, json),
+        Cmd::Run(a) => runs::run(&a),
+        Cmd::Runs {
+            client,
+            agent,
+            state,
+            json,
+        } => runs::list(&client, agent.as_deref(), state.as_deref(), json),
+        Cmd::Logs { client, id, follow } => runs::logs(&client, &id, follow),
+        Cmd::Cancel { client, id } => runs::cancel(&client, &id),
     }
 }
 

@@ -51,6 +51,9 @@ pub enum HubError {
     /// The hub's reply is not the wire type the request expects (CLI).
     #[error("the hub at {url} sent an unexpected reply: {detail}")]
     BadReply { url: String, detail: String },
+    /// Some runs did not succeed (CLI `run --follow`; exit 1).
+    #[error("{failed} of {total} runs did not succeed")]
+    RunsFailed { failed: usize, total: usize },
     /// The hub answered with an error (CLI).
     #[error("hub refused: {code}: {message}")]
     Api {
@@ -92,6 +95,7 @@ impl HubError {
             HubError::Internal(_) => "this is a bug; please report it with the log".into(),
             HubError::Unreachable { .. } => "start it with `outpost-hub serve`, or point --hub / OUTPOST_HUB_URL at it".into(),
             HubError::BadReply { .. } => "check that --hub points at an outpost-hub of this version (`outpost-hub --version`)".into(),
+            HubError::RunsFailed { .. } => "read a run's log with `outpost-hub logs RUN` and its state with `outpost-hub runs`".into(),
             HubError::Api { hint, .. } | HubError::Release { hint, .. } => hint.clone(),
         }
     }
@@ -109,6 +113,8 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Seconds for a `Retry-After` header (429).
     pub retry_after: Option<u64>,
+    /// `log_gap`: where the next log upload must start.
+    pub expected_offset: Option<u64>,
 }
 
 impl ApiError {
@@ -125,6 +131,7 @@ impl ApiError {
             hint,
             field: None,
             retry_after: None,
+            expected_offset: None,
         }
     }
 
@@ -227,6 +234,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
             field: self.field,
+            expected_offset: self.expected_offset,
             ..ErrorBody::new(self.code, self.message, self.hint)
         };
         let mut r = (self.status, axum::Json(body)).into_response();

@@ -15,6 +15,8 @@ pub mod error;
 pub mod limits;
 pub mod packs;
 pub mod releases;
+pub mod runs;
+pub mod runs_api;
 pub mod server;
 pub mod state;
 pub mod store;

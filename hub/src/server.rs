@@ -53,6 +53,10 @@ pub struct ServeConfig {
     pub enroll_per_min: u32,
     /// Enrollments a client address may make at once.
     pub enroll_burst: u32,
+    /// Lease of a claimed run, seconds (`--run-lease`).
+    pub run_lease_secs: u64,
+    /// `unknown` this long makes a run `lost`, seconds (`--lost-after`).
+    pub lost_after_secs: u64,
 }
 
 /// Default of `--max-connections`.
@@ -349,6 +353,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), HubError> {
                 tls: acceptor.is_some(),
                 enroll_per_min: cfg.enroll_per_min,
                 enroll_burst: cfg.enroll_burst,
+                run_lease_secs: cfg.run_lease_secs,
+                lost_after_secs: cfg.lost_after_secs,
             },
         )
         .await?,
@@ -386,6 +392,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), HubError> {
             flush(&writer_hub).await;
         }
     });
+
+    let sweeper = tokio::spawn(crate::runs_api::sweeper(hub.clone()));
 
     let app = router(hub.clone());
     let conns = Arc::new(Conns::new(cfg.max_connections));
@@ -448,6 +456,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), HubError> {
         });
     }
     writer.abort();
+    sweeper.abort();
     flush(&hub).await;
     eprintln!("outpost-hub: stopped");
     Ok(())

@@ -30,7 +30,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::state::{AgentState, Catalog, Facts};
-use outpost_proto::{ActionAdvert, PackTrust};
+use outpost_proto::{ActionAdvert, PackTrust, RunEvent, RunResult, RunState};
 
 mod sqlite;
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
@@ -120,6 +120,230 @@ pub trait Store: Send + Sync {
         by: &'a str,
         now_ms: i64,
     ) -> StoreFuture<'a, Option<PackRow>>;
+
+    // Runs (docs/PROTOCOL.md, Runs). Every transition is decided by `crate::runs::step`
+    // inside the backend's transaction; `now_ms` is the caller's clock (the sweeper's and
+    // the tests' too), so time is injected, never read by the store.
+
+    /// Inserts `new.runs` (all queued) in one transaction. With an idempotency key already
+    /// used for the same request hash: the runs created then ([`RunsCreated::Existing`]),
+    /// nothing inserted; for another request hash: [`RunsCreated::KeyConflict`].
+    fn create_runs(&self, new: NewRuns) -> StoreFuture<'_, RunsCreated>;
+
+    /// Run `id`; `None` when there is none.
+    fn run<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<RunRow>>;
+
+    /// Runs matching `filter`, newest first (then by id), at most `filter.limit`.
+    fn runs<'a>(&'a self, filter: &'a RunFilter) -> StoreFuture<'a, Vec<RunRow>>;
+
+    /// An agent's poll, atomically: renews the lease of each run of `holding` that is this
+    /// agent's and held (an `unknown` one becomes `running`), then returns the agent's
+    /// queued runs (oldest first) and its held runs with `cancel_requested`.
+    fn poll_runs<'a>(
+        &'a self,
+        agent_id: &'a str,
+        holding: &'a [String],
+        lease: Lease,
+    ) -> StoreFuture<'a, Polled>;
+
+    /// Claims run `id` (of `agent_id`) for `claimant`: the first claimant of a queued run
+    /// wins (the run is `claimed`, leased), the same claimant again gets the run again, any
+    /// other [`RunRefusal::Taken`].
+    fn claim_run<'a>(
+        &'a self,
+        id: &'a str,
+        agent_id: &'a str,
+        claimant: &'a str,
+        lease: Lease,
+    ) -> StoreFuture<'a, Result<RunRow, RunRefusal>>;
+
+    /// Stores `events` keyed by (id, seq): a seq already stored is left as it was. A
+    /// `started` event makes a claimed (or unknown) run `running`; the lease is renewed.
+    /// Returns the highest seq stored.
+    fn run_events<'a>(
+        &'a self,
+        id: &'a str,
+        agent_id: &'a str,
+        events: Vec<RunEvent>,
+        lease: Lease,
+    ) -> StoreFuture<'a, Result<u64, RunRefusal>>;
+
+    /// Appends log bytes uploaded at `offset` (the overlap with what is stored is trimmed);
+    /// [`RunRefusal::Gap`] past the end, [`RunRefusal::TooLarge`] past `cap` bytes. Returns
+    /// the new log size.
+    fn append_log<'a>(
+        &'a self,
+        id: &'a str,
+        agent_id: &'a str,
+        offset: u64,
+        data: Vec<u8>,
+        cap: u64,
+        lease: Lease,
+    ) -> StoreFuture<'a, Result<u64, RunRefusal>>;
+
+    /// At most `max` log bytes of run `id` from `offset`, and the log's size; `None` when
+    /// there is no such run.
+    fn read_log<'a>(
+        &'a self,
+        id: &'a str,
+        offset: u64,
+        max: usize,
+    ) -> StoreFuture<'a, Option<(Vec<u8>, u64)>>;
+
+    /// Stores the result of run `id`: the first one wins (its outcome is the state; after
+    /// `lost` it is stored with `late`), the same one again returns the run with `true`,
+    /// a different one is [`RunRefusal::Conflict`].
+    fn finish_run<'a>(
+        &'a self,
+        id: &'a str,
+        agent_id: &'a str,
+        result: RunResult,
+        now_ms: i64,
+    ) -> StoreFuture<'a, Result<(RunRow, bool), RunRefusal>>;
+
+    /// An admin's cancel: a queued run is `canceled` at once, a held one gets
+    /// `cancel_requested`, a final one is unchanged. `None` when there is no such run.
+    fn cancel_run<'a>(&'a self, id: &'a str, now_ms: i64) -> StoreFuture<'a, Option<RunRow>>;
+
+    /// The lease sweep at `now_ms`: held runs whose lease ended become `unknown`; runs
+    /// `unknown` for `lost_after_ms` become `lost`, and each lost idempotent one is queued
+    /// again as a new run ([`retry_id`], `retry_of` the old one).
+    fn sweep_runs(&self, now_ms: i64, lost_after_ms: i64) -> StoreFuture<'_, Swept>;
+}
+
+/// One run, as stored (times unix ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRow {
+    pub id: String,
+    pub agent_id: String,
+    pub pack: String,
+    pub sha256: String,
+    pub action: String,
+    pub params: BTreeMap<String, String>,
+    pub idempotent: bool,
+    pub state: RunState,
+    pub created_ms: i64,
+    pub claimed_ms: Option<i64>,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub lease_expires_ms: Option<i64>,
+    pub unknown_since_ms: Option<i64>,
+    pub claimant: Option<String>,
+    pub cancel_requested: bool,
+    pub result: Option<RunResult>,
+    pub late: bool,
+    pub log_bytes: u64,
+    pub retry_of: Option<String>,
+}
+
+impl RunRow {
+    /// A queued run created at `now_ms`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn queued(
+        id: String,
+        agent_id: String,
+        pack: String,
+        sha256: String,
+        action: String,
+        params: BTreeMap<String, String>,
+        idempotent: bool,
+        now_ms: i64,
+    ) -> RunRow {
+        RunRow {
+            id,
+            agent_id,
+            pack,
+            sha256,
+            action,
+            params,
+            idempotent,
+            state: RunState::Queued,
+            created_ms: now_ms,
+            claimed_ms: None,
+            started_ms: None,
+            finished_ms: None,
+            lease_expires_ms: None,
+            unknown_since_ms: None,
+            claimant: None,
+            cancel_requested: false,
+            result: None,
+            late: false,
+            log_bytes: 0,
+            retry_of: None,
+        }
+    }
+}
+
+/// The id of the run that re-queues lost run `old_id`: derived from it, so a sweep that runs
+/// twice cannot queue two retries.
+pub fn retry_id(old_id: &str) -> String {
+    let h = crate::token::hash_hex(&format!("retry of {old_id}"));
+    format!("r_{}", h.get(..16).unwrap_or(&h))
+}
+
+/// Runs to create ([`Store::create_runs`]).
+#[derive(Debug, Clone)]
+pub struct NewRuns {
+    /// The idempotency key and the sha256 of the request it came with.
+    pub idempotency: Option<(String, String)>,
+    pub runs: Vec<RunRow>,
+    pub now_ms: i64,
+}
+
+/// What [`Store::create_runs`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunsCreated {
+    New(Vec<RunRow>),
+    Existing(Vec<RunRow>),
+    KeyConflict,
+}
+
+/// Which runs [`Store::runs`] lists.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub agent: Option<String>,
+    pub state: Option<RunState>,
+    pub limit: usize,
+}
+
+/// The clock and lease of an agent's request.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease {
+    pub now_ms: i64,
+    pub lease_ms: i64,
+}
+
+/// What [`Store::poll_runs`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Polled {
+    pub queued: Vec<RunRow>,
+    pub cancel: Vec<String>,
+}
+
+/// What [`Store::sweep_runs`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub unknown: Vec<String>,
+    pub lost: Vec<String>,
+    /// New runs queued for lost idempotent ones.
+    pub requeued: Vec<RunRow>,
+}
+
+/// Why a run operation was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunRefusal {
+    /// No such run, or not this agent's.
+    NotFound,
+    /// Another claimant holds it.
+    Taken,
+    /// Not in a state that allows it.
+    State(RunState),
+    /// A log upload past the end; the next must start at `expected`.
+    Gap { expected: u64 },
+    /// The log would grow past its cap.
+    TooLarge,
+    /// Another result is stored.
+    Conflict,
 }
 
 /// The hub's trust in one (pack name, sha256), as stored.

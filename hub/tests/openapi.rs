@@ -438,6 +438,22 @@ fn server_matches_openapi() {
         }
     }
 
+    // A run of the trusted web pack on a fresh agent, for the runs paths (`{run}`).
+    let (runner, runner_token) = hub.new_agent("runner");
+    let (s, v) = hub.heartbeat_packs(&runner, &runner_token, json!([pack("web", "1.0.0", '1')]));
+    assert_eq!(s, 200, "{v}");
+    let (s, created) = hub.admin(
+        "POST",
+        "/api/v1/runs",
+        Some(
+            &json!({"target": {"agent": runner}, "action": "web/restart",
+                     "params": {"unit": "nginx"}}),
+        ),
+    );
+    assert_eq!(s, 201, "{created}");
+    c.response("/api/v1/runs", "POST", s, &created);
+    let run = created["runs"][0]["id"].as_str().unwrap().to_string();
+
     // Every documented path + method exists: it answers neither 404 nor 405.
     let paths = spec["paths"].as_object().unwrap();
     let mut deletes = Vec::new();
@@ -449,6 +465,7 @@ fn server_matches_openapi() {
             let method = method.to_uppercase();
             let concrete = path
                 .replace("{id}", id)
+                .replace("{run}", &run)
                 .replace("{channel}", "stable")
                 .replace("{version}", "1.2.0")
                 .replace("{file}", "outpost")

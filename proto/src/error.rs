@@ -38,11 +38,25 @@ pub enum ErrorCode {
     RateLimited,
     /// 500.
     Internal,
+    /// 409: another claimant holds the run (the loser drops it).
+    RunClaimed,
+    /// 409: a log upload starts past the bytes received (`expected_offset` says where).
+    LogGap,
+    /// 409: a different result was already stored for the run (the first one wins).
+    ResultConflict,
+    /// 409: the run is not in a state that allows this (a result for a queued run, …).
+    RunState,
+    /// 409: the action's pack is not trusted on that agent (pending or drifted).
+    PackUntrusted,
+    /// 400: no such action in the agent's catalog, or `ACTION` names several packs.
+    ActionUnknown,
+    /// 409: the idempotency key was used for a different request.
+    IdempotencyConflict,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::BadRequest,
         ErrorCode::FieldTooLong,
         ErrorCode::FieldInvalid,
@@ -58,6 +72,13 @@ impl ErrorCode {
         ErrorCode::PayloadTooLarge,
         ErrorCode::RateLimited,
         ErrorCode::Internal,
+        ErrorCode::RunClaimed,
+        ErrorCode::LogGap,
+        ErrorCode::ResultConflict,
+        ErrorCode::RunState,
+        ErrorCode::PackUntrusted,
+        ErrorCode::ActionUnknown,
+        ErrorCode::IdempotencyConflict,
     ];
 
     /// The code as sent (the serde name).
@@ -78,6 +99,13 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
+            ErrorCode::RunClaimed => "run_claimed",
+            ErrorCode::LogGap => "log_gap",
+            ErrorCode::ResultConflict => "result_conflict",
+            ErrorCode::RunState => "run_state",
+            ErrorCode::PackUntrusted => "pack_untrusted",
+            ErrorCode::ActionUnknown => "action_unknown",
+            ErrorCode::IdempotencyConflict => "idempotency_conflict",
         }
     }
 
@@ -114,6 +142,9 @@ pub struct ErrorBody {
     pub hint: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// `log_gap`: the offset the next log upload must start at (the bytes received).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_offset: Option<u64>,
 }
 
 impl ErrorBody {
@@ -123,6 +154,7 @@ impl ErrorBody {
             message: message.into(),
             hint: hint.into(),
             field: None,
+            expected_offset: None,
         }
     }
 

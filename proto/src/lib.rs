@@ -18,6 +18,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod error;
 pub use error::{ErrorBody, ErrorCode, FieldError};
+mod runs;
+pub use runs::*;
 
 /// Longest agent-supplied string (hostname, distro, kernel, version, …), in bytes.
 pub const MAX_FIELD: usize = 255;

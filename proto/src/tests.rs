@@ -216,3 +216,90 @@ fn pack_trust_wire_types() {
     .unwrap();
     assert_eq!(d.packs, None);
 }
+
+#[test]
+fn run_wire_types_round_trip() {
+    for s in RunState::ALL {
+        assert_eq!(serde_json::to_value(s).unwrap(), json!(s.as_str()));
+        assert_eq!(RunState::parse(s.as_str()), Some(s));
+    }
+    assert_eq!(RunState::parse("done"), None);
+    assert!(RunState::Lost.is_final() && !RunState::Unknown.is_final());
+    assert_eq!(RunOutcome::TimedOut.state(), RunState::TimedOut);
+    let create: CreateRunRequest = serde_json::from_value(json!({
+        "target": {"labels": {"role": "web"}}, "action": "web/restart",
+        "params": {"unit": "nginx"}, "idempotency_key": "k-1"
+    }))
+    .unwrap();
+    assert!(create.validate().is_ok());
+    let back: CreateRunRequest =
+        serde_json::from_value(serde_json::to_value(&create).unwrap()).unwrap();
+    assert_eq!(back, create);
+    assert!(serde_json::from_value::<CreateRunRequest>(
+        json!({"target": {"agent": "a"}, "action": "x", "extra": 1})
+    )
+    .is_err());
+    #[rustfmt::skip]
+    let bad = [
+        (json!({"target": {}, "action": "x"}), "target"),
+        (json!({"target": {"agent": "a", "group": "g"}, "action": "x"}), "target"),
+        (json!({"target": {"agent": "a"}, "action": ""}), "action"),
+        (json!({"target": {"agent": "a"}, "action": "x", "params": {"p": "a\u{0}"}}), "params.p"),
+        (json!({"target": {"agent": "a"}, "action": "x", "params": {"p": "v".repeat(4097)}}), "params.p"),
+    ];
+    for (v, field) in bad {
+        let r: CreateRunRequest = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(
+            r.validate().unwrap_err().field.as_deref(),
+            Some(field),
+            "{v}"
+        );
+    }
+    let poll = PollRequest {
+        agent_id: "a_1".into(),
+        wait_secs: 30,
+        holding: vec!["r_1".into()],
+    };
+    assert!(poll.validate().is_ok());
+    assert_eq!(
+        serde_json::from_value::<PollRequest>(serde_json::to_value(&poll).unwrap()).unwrap(),
+        poll
+    );
+    let p: PollRequest = serde_json::from_value(json!({"agent_id": "a", "wait_secs": 31})).unwrap();
+    assert_eq!(
+        p.validate().unwrap_err().field.as_deref(),
+        Some("wait_secs")
+    );
+    let ev: EventsUpload = serde_json::from_value(json!({"events": [
+        {"seq": 1, "kind": "started", "at": "2024-01-01T00:00:00Z", "data": {"pid": 7}},
+        {"seq": 2, "kind": "progress", "at": "2024-01-01T00:00:01Z"}
+    ]}))
+    .unwrap();
+    assert!(ev.validate().is_ok());
+    assert_eq!(ev.events[1].data, FlatMap::new());
+    let bad: EventsUpload =
+        serde_json::from_value(json!({"events": [{"seq": 1, "kind": "Started!", "at": "x"}]}))
+            .unwrap();
+    assert_eq!(
+        bad.validate().unwrap_err().field.as_deref(),
+        Some("events.kind")
+    );
+    let res: RunResult = serde_json::from_value(json!({
+        "outcome": "failed", "exit_code": 3, "signal": null, "reason": "exit 3",
+        "finished_at": "2024-01-01T00:00:02Z", "log_bytes": 10
+    }))
+    .unwrap();
+    assert!(res.validate().is_ok());
+    assert_eq!(
+        serde_json::from_value::<RunResult>(serde_json::to_value(&res).unwrap()).unwrap(),
+        res
+    );
+    let gap = ErrorBody {
+        expected_offset: Some(7),
+        ..ErrorBody::new(ErrorCode::LogGap, "m", "h")
+    };
+    assert_eq!(
+        serde_json::to_value(&gap).unwrap(),
+        json!({"error": "log_gap", "message": "m", "hint": "h", "expected_offset": 7})
+    );
+}

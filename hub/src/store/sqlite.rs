@@ -11,9 +11,13 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use outpost_proto::{PackAdvert, PackTrust};
 
 use super::{
-    judge_key, Enrolled, KeyRefusal, KeyRow, KeyStatus, KeyVerdict, NewAgent, PackRow, Store,
-    StoreError, StoreFuture, StoredAgent, StoredDiagnostics,
+    judge_key, Enrolled, KeyRefusal, KeyRow, KeyStatus, KeyVerdict, Lease, NewAgent, NewRuns,
+    PackRow, Polled, RunFilter, RunRefusal, RunRow, RunsCreated, Store, StoreError, StoreFuture,
+    StoredAgent, StoredDiagnostics, Swept,
 };
+use outpost_proto::{RunEvent, RunResult};
+
+mod runs;
 use crate::state::{AgentState, Catalog, JournalHead};
 
 /// Migrations, in order; migration `i` brings the schema to version `i + 1`.
@@ -70,6 +74,53 @@ const MIGRATIONS: &[&str] = &[
         trusted_at INTEGER,
         trusted_by TEXT,
         PRIMARY KEY (name, sha256)
+    );",
+    // 4: runs, their events and logs, and the idempotency keys of run requests.
+    "CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        pack TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        action TEXT NOT NULL,
+        params TEXT NOT NULL DEFAULT '{}',
+        idempotent INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL CHECK (state IN ('queued', 'claimed', 'running', 'succeeded',
+            'failed', 'canceled', 'timed_out', 'rejected', 'unknown', 'lost')),
+        created_at INTEGER NOT NULL,
+        claimed_at INTEGER,
+        started_at INTEGER,
+        finished_at INTEGER,
+        lease_expires_at INTEGER,
+        unknown_since INTEGER,
+        claimant TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        result TEXT,
+        late INTEGER NOT NULL DEFAULT 0,
+        log_bytes INTEGER NOT NULL DEFAULT 0,
+        retry_of TEXT
+    );
+    CREATE INDEX runs_by_agent ON runs (agent_id, state);
+    CREATE INDEX runs_by_state ON runs (state, lease_expires_at);
+    CREATE INDEX runs_by_time ON runs (created_at);
+    CREATE TABLE run_events (
+        run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        at TEXT NOT NULL,
+        data TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (run_id, seq)
+    );
+    CREATE TABLE run_logs (
+        run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        offset INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (run_id, offset)
+    );
+    CREATE TABLE run_requests (
+        key TEXT PRIMARY KEY,
+        request_hash TEXT NOT NULL,
+        run_ids TEXT NOT NULL,
+        created_at INTEGER NOT NULL
     );",
 ];
 
@@ -331,6 +382,109 @@ impl Store for SqliteStore {
                 .optional()?;
             tx.commit()?;
             Ok(row)
+        })
+    }
+
+    fn create_runs(&self, new: NewRuns) -> StoreFuture<'_, RunsCreated> {
+        self.run("create runs", move |c| runs::create_runs(c, &new))
+    }
+
+    fn run<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<RunRow>> {
+        let id = id.to_string();
+        self.run("read a run", move |c| runs::run(c, &id))
+    }
+
+    fn runs<'a>(&'a self, filter: &'a RunFilter) -> StoreFuture<'a, Vec<RunRow>> {
+        let f = filter.clone();
+        self.run("list runs", move |c| runs::runs(c, &f))
+    }
+
+    fn poll_runs<'a>(
+        &'a self,
+        agent_id: &'a str,
+        holding: &'a [String],
+        lease: Lease,
+    ) -> StoreFuture<'a, Polled> {
+        let (agent, holding) = (agent_id.to_string(), holding.to_vec());
+        self.run("poll runs", move |c| {
+            runs::poll_runs(c, &agent, &holding, lease)
+        })
+    }
+
+    fn claim_run<'a>(
+        &'a self,
+        id: &'a str,
+        agent_id: &'a str,
+        claimant: &'a str,
+        lease: Lease,
+    ) -> StoreFuture<'a, Result<RunRow, RunRefusal>> {
+        let (id, agent, who) = (id.to_string(), agent_id.to_string(), claimant.to_string());
+        self.run("claim a run", move |c| {
+            runs::claim_run(c, &id, &agent, &who, lease)
+        })
+    }
+
+    fn run_events<'a>(
+        &'a self,
+        id: &'a str,
+        agent_id: &'a str,
+        events: Vec<RunEvent>,
+        lease: Lease,
+    ) -> StoreFuture<'a, Result<u64, RunRefusal>> {
+        let (id, agent) = (id.to_string(), agent_id.to_string());
+        self.run("store run events", move |c| {
+            runs::run_events(c, &id, &agent, &events, lease)
+        })
+    }
+
+    fn append_log<'a>(
+        &'a self,
+        id: &'a str,
+        agent_id: &'a str,
+        offset: u64,
+        data: Vec<u8>,
+        cap: u64,
+        lease: Lease,
+    ) -> StoreFuture<'a, Result<u64, RunRefusal>> {
+        let (id, agent) = (id.to_string(), agent_id.to_string());
+        self.run("append a run log", move |c| {
+            runs::append_log(c, &id, &agent, offset, &data, cap, lease)
+        })
+    }
+
+    fn read_log<'a>(
+        &'a self,
+        id: &'a str,
+        offset: u64,
+        max: usize,
+    ) -> StoreFuture<'a, Option<(Vec<u8>, u64)>> {
+        let id = id.to_string();
+        self.run("read a run log", move |c| {
+            runs::read_log(c, &id, offset, max)
+        })
+    }
+
+    fn finish_run<'a>(
+        &'a self,
+        id: &'a str,
+        agent_id: &'a str,
+        result: RunResult,
+        now_ms: i64,
+    ) -> StoreFuture<'a, Result<(RunRow, bool), RunRefusal>> {
+        let (id, agent) = (id.to_string(), agent_id.to_string());
+        self.run("store a run result", move |c| {
+            runs::finish_run(c, &id, &agent, &result, now_ms)
+        })
+    }
+
+    fn cancel_run<'a>(&'a self, id: &'a str, now_ms: i64) -> StoreFuture<'a, Option<RunRow>> {
+        let id = id.to_string();
+        self.run("cancel a run", move |c| runs::cancel_run(c, &id, now_ms))
+    }
+
+    fn sweep_runs(&self, now_ms: i64, lost_after_ms: i64) -> StoreFuture<'_, Swept> {
+        self.run("sweep run leases", move |c| {
+            runs::sweep_runs(c, now_ms, lost_after_ms)
         })
     }
 }
@@ -686,6 +840,55 @@ mod tests {
         drop(db);
         let db = SqliteStore::open(p).unwrap();
         assert_eq!(db.load_agents().await.unwrap()[0].state.packs, Some(c));
+    }
+
+    #[tokio::test]
+    async fn migrates_a_version_3_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hub.db");
+        let p = p.to_str().unwrap();
+        {
+            let c = Connection::open(p).unwrap();
+            for m in &MIGRATIONS[..3] {
+                c.execute_batch(m).unwrap();
+            }
+            c.pragma_update(None, "user_version", 3).unwrap();
+            c.execute(
+                "INSERT INTO agents (id, token_hash, hostname, enrolled_at) VALUES ('a_1', 't', 'h', 5)",
+                [],
+            )
+            .unwrap();
+        }
+        let db = SqliteStore::open(p).unwrap();
+        assert_eq!(db.schema_version().await.unwrap(), SCHEMA_VERSION);
+        assert_eq!(db.load_agents().await.unwrap().len(), 1);
+        let all = RunFilter {
+            limit: 10,
+            ..Default::default()
+        };
+        assert!(db.runs(&all).await.unwrap().is_empty());
+        let r = RunRow::queued(
+            "r_1".into(),
+            "a_1".into(),
+            "web".into(),
+            "a".repeat(64),
+            "restart".into(),
+            BTreeMap::new(),
+            false,
+            6,
+        );
+        let new = NewRuns {
+            idempotency: None,
+            runs: vec![r.clone()],
+            now_ms: 6,
+        };
+        assert_eq!(
+            db.create_runs(new).await.unwrap(),
+            RunsCreated::New(vec![r.clone()])
+        );
+        drop(db);
+        let db = SqliteStore::open(p).unwrap();
+        assert_eq!(Store::run(&db, "r_1").await.unwrap(), Some(r));
     }
 
     #[test]

@@ -27,7 +27,10 @@ pub(crate) async fn conformance(store: &dyn Store) {
     heartbeats_never_touch_identity(store).await;
     catalogs_and_trust_table(store).await;
     catalog_survives_heartbeats_and_goes_with_the_agent(store).await;
+    runs::conformance(store).await;
 }
+
+mod runs;
 
 /// Key expiry of every case, unix ms.
 const EXPIRES: i64 = 10_000;
