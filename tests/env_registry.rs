@@ -65,6 +65,8 @@ fn environment_page_matches_the_code() {
         "OUTPOST_EMBEDDED",       // the prefix of install.sh's publish-time placeholders
         "OUTPOST_ENROLL_KEY_OLD", // a look-alike in the secrets-file scrub table test
         "OUTPOST_HUB",            // a look-alike in the bootstrap key-parsing test
+        "OUTPOST_PARAM_LEVEL",    // one OUTPOST_PARAM_<NAME> in the pack tests
+        "OUTPOST_TOKEN",          // a look-alike in the pack tests' reserved-names table
     ];
     let used: BTreeSet<String> = names_in(&code)
         .into_iter()

@@ -5,9 +5,12 @@
 //!   the running hub carry documented status codes and match the documented JSON Schemas
 //!   (validated by `jsonschema`, `$ref`s resolved), including agents before their first
 //!   heartbeat;
+//! * the runs endpoints (module `runs`): every admin and agent reply, errors included, of a
+//!   fake agent's runs (as in hub/tests/runs.rs), and the bodies that agent sends;
 //! * real agent requests (outpost-agent's hub client and bodies, recorded on their way to
 //!   the hub) match the request schemas;
-//! * arbitrary outpost-proto values (proptest) that pass `validate()` match the schemas.
+//! * arbitrary outpost-proto values (proptest) that pass `validate()` match the schemas,
+//!   runs requests and replies included.
 
 mod common;
 
@@ -827,6 +830,519 @@ fn agent_requests_match_openapi() {
     );
 }
 
+/// The runs endpoints (docs/PROTOCOL.md, Runs), driven by a fake agent as in
+/// hub/tests/runs.rs: every reply, errors included, against the schema of its path and
+/// status; every body the agent sends against the request schema.
+mod runs {
+    use super::{check_request, spec, Checker};
+    use crate::common::{Hub, ADMIN};
+    use serde_json::{json, Value};
+    use std::collections::BTreeSet;
+
+    const SHA: char = 'c';
+
+    /// The pack `web` (sha256 `c…c`) with `restart` (param `unit`) and `once`.
+    fn catalog(idempotent: bool) -> Value {
+        json!([{
+            "name": "web", "version": "1.0.0", "sha256": SHA.to_string().repeat(64),
+            "actions": [
+                {"id": "restart", "params": [{"name": "unit", "type": "string", "required": true}],
+                 "idempotent": idempotent, "privileged": false},
+                {"id": "once", "params": [], "idempotent": false, "privileged": false}
+            ]
+        }])
+    }
+
+    /// A fake agent: id and token.
+    pub struct Agent {
+        pub id: String,
+        pub token: String,
+    }
+
+    pub fn agent_with(hub: &Hub, host: &str, labels: Value, idempotent: bool) -> Agent {
+        let (s, key) = hub.admin(
+            "POST",
+            "/api/v1/keys",
+            Some(&json!({"ttl_secs": 600, "group": "edge", "labels": labels})),
+        );
+        assert_eq!(s, 201, "{key}");
+        let (s, e) = hub.enroll(key["key"].as_str().unwrap(), host);
+        assert_eq!(s, 201, "{e}");
+        let a = Agent {
+            id: e["agent_id"].as_str().unwrap().into(),
+            token: e["token"].as_str().unwrap().into(),
+        };
+        let (s, v) = hub.heartbeat_packs(&a.id, &a.token, catalog(idempotent));
+        assert_eq!(s, 200, "{v}");
+        a
+    }
+
+    pub fn trust(hub: &Hub) {
+        let path = format!("/api/v1/packs/web/{}/trust", SHA.to_string().repeat(64));
+        assert_eq!(hub.admin("POST", &path, None).0, 200);
+    }
+
+    /// Drives the runs endpoints, checking every request and reply.
+    pub struct Runs<'a> {
+        pub hub: &'a Hub,
+        pub c: Checker<'a>,
+    }
+
+    impl Runs<'_> {
+        /// An admin request to `template` (`{run}` filled with `run`), its reply checked.
+        pub fn admin(
+            &mut self,
+            method: &str,
+            template: &str,
+            run: &str,
+            query: &str,
+            body: Option<&Value>,
+        ) -> (u16, Value) {
+            if let Some(b) = body {
+                check_request(self.c.spec, template, method, b);
+            }
+            let path = format!("{}{query}", template.replace("{run}", run));
+            let (s, v) = self.hub.admin(method, &path, body);
+            self.c.response(template, method, s, &v);
+            (s, v)
+        }
+
+        pub fn create(&mut self, body: Value) -> (u16, Value) {
+            self.admin("POST", "/api/v1/runs", "", "", Some(&body))
+        }
+
+        /// An agent's JSON request (checked against the request schema unless `raw`, a body
+        /// the schema refuses on purpose), its reply checked.
+        pub fn agent(
+            &mut self,
+            a: &Agent,
+            template: &str,
+            run: &str,
+            body: Value,
+            raw: bool,
+        ) -> (u16, Value) {
+            if !raw {
+                check_request(self.c.spec, template, "POST", &body);
+            }
+            let path = template.replace("{run}", run);
+            let (s, v) = self.hub.req("POST", &path, Some(&a.token), Some(&body));
+            self.c.response(template, "POST", s, &v);
+            (s, v)
+        }
+
+        pub fn poll(&mut self, a: &Agent, wait: u64, holding: &[&str]) -> Value {
+            let body = json!({"agent_id": a.id, "wait_secs": wait, "holding": holding});
+            let (s, v) = self.agent(a, "/api/v1/agent/poll", "", body, false);
+            assert_eq!(s, 200, "{v}");
+            v
+        }
+
+        pub fn claim(&mut self, a: &Agent, run: &str, claimant: &str) -> (u16, Value) {
+            let body = json!({"claimant": claimant});
+            self.agent(a, "/api/v1/agent/runs/{run}/claim", run, body, false)
+        }
+
+        pub fn started(&mut self, a: &Agent, run: &str) {
+            let ev = json!({"events": [
+                {"seq": 1, "kind": "started", "at": "2024-01-01T00:00:00Z"},
+                {"seq": 2, "kind": "progress", "at": "2024-01-01T00:00:01Z",
+                 "data": {"pct": 50, "ratio": 0.5, "step": "pull", "ok": true, "none": null}}
+            ]});
+            let (s, v) = self.agent(a, "/api/v1/agent/runs/{run}/events", run, ev, false);
+            assert_eq!((s, v["acked_seq"].as_u64()), (200, Some(2)), "{v}");
+        }
+
+        /// A raw log upload (`offset` None: without the query).
+        pub fn log(
+            &mut self,
+            a: &Agent,
+            run: &str,
+            offset: Option<u64>,
+            data: &[u8],
+        ) -> (u16, Value) {
+            let template = "/api/v1/agent/runs/{run}/log";
+            let mut path = template.replace("{run}", run);
+            if let Some(o) = offset {
+                path.push_str(&format!("?offset={o}"));
+            }
+            let auth = format!("Bearer {}", a.token);
+            let r = self.hub.raw(
+                "POST",
+                &path,
+                &[
+                    ("Authorization", &auth),
+                    ("Content-Type", "application/octet-stream"),
+                ],
+                data,
+            );
+            let v = r.json();
+            self.c.response(template, "POST", r.status, &v);
+            (r.status, v)
+        }
+
+        pub fn result(&mut self, a: &Agent, run: &str, outcome: &str, code: i32) -> (u16, Value) {
+            let body = json!({"outcome": outcome, "exit_code": code, "signal": null, "reason": "",
+                              "finished_at": "2024-01-01T00:00:05Z", "log_bytes": 12});
+            self.agent(a, "/api/v1/agent/runs/{run}/result", run, body, false)
+        }
+
+        /// Polls `GET /api/v1/runs/{run}` until the run is in state `want`.
+        pub fn wait(&mut self, run: &str, want: &str) -> Value {
+            let t = std::time::Instant::now();
+            loop {
+                let v = self.run(run);
+                if v["state"] == want {
+                    return v;
+                }
+                assert!(
+                    t.elapsed().as_secs() < 8,
+                    "run {run} never became {want}: {v}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+
+        /// `GET /api/v1/runs/{run}`, 200.
+        pub fn run(&mut self, run: &str) -> Value {
+            let (s, v) = self.admin("GET", "/api/v1/runs/{run}", run, "", None);
+            assert_eq!(s, 200, "{v}");
+            v
+        }
+    }
+
+    fn code(v: &Value) -> Option<&str> {
+        v["error"].as_str()
+    }
+
+    #[test]
+    fn runs_match_openapi() {
+        let spec = spec();
+        let hub = Hub::start();
+        let mut r = Runs {
+            hub: &hub,
+            c: Checker {
+                spec: &spec,
+                covered: BTreeSet::new(),
+            },
+        };
+        let a = agent_with(&hub, "web-1", json!({"role": "web"}), false);
+        let b = agent_with(&hub, "web-2", json!({"role": "web"}), false);
+        let target = json!({"agent": a.id});
+
+        // Create: the refusals, then runs.
+        let body = json!({"target": target, "action": "web/restart", "params": {"unit": "nginx"}});
+        let (s, v) = r.create(body.clone());
+        assert_eq!((s, code(&v)), (409, Some("pack_untrusted")), "{v}");
+        trust(&hub);
+        let (s, v) = r.create(json!({"target": target, "action": "restart", "params": {}}));
+        assert_eq!((s, v["field"].as_str()), (400, Some("params.unit")), "{v}");
+        let (s, v) = r.create(json!({"target": target, "action": "web/nope"}));
+        assert_eq!((s, code(&v)), (400, Some("action_unknown")), "{v}");
+        let (s, v) = r.create(json!({"target": {"labels": {"role": "none"}}, "action": "once"}));
+        assert_eq!((s, code(&v)), (404, Some("not_found")), "{v}");
+        let (s, v) = hub.req("POST", "/api/v1/runs", None, Some(&body));
+        r.c.response("/api/v1/runs", "POST", s, &v);
+        assert_eq!(s, 401, "{v}");
+        let bad = json!({"target": {"agent": a.id, "group": "edge"}, "action": "once"});
+        let (s, v) = hub.admin("POST", "/api/v1/runs", Some(&bad));
+        r.c.response("/api/v1/runs", "POST", s, &v);
+        assert_eq!((s, v["field"].as_str()), (400, Some("target")), "{v}");
+        let (s, created) = r.create(body);
+        assert_eq!(s, 201, "{created}");
+        let id = created["runs"][0]["id"].as_str().unwrap().to_string();
+        // A fan-out with an idempotency key: created, the same again, a conflict.
+        let fan = json!({"target": {"labels": {"role": "web"}}, "action": "once",
+                         "params": {}, "idempotency_key": "deploy-1"});
+        let (s, v) = r.create(fan.clone());
+        assert_eq!(
+            (s, v["runs"].as_array().map(Vec::len)),
+            (201, Some(2)),
+            "{v}"
+        );
+        let (s, again) = r.create(fan.clone());
+        assert_eq!((s, &again["runs"]), (200, &v["runs"]));
+        let mut other = fan;
+        other["action"] = json!("web/once");
+        let (s, v) = r.create(other);
+        assert_eq!((s, code(&v)), (409, Some("idempotency_conflict")), "{v}");
+
+        // List, show: found, refused.
+        let (s, v) = r.admin("GET", "/api/v1/runs", "", "", None);
+        assert_eq!((s, v.as_array().map(Vec::len)), (200, Some(3)), "{v}");
+        let q = format!("?agent={}&state=queued&limit=10", a.id);
+        let (s, v) = r.admin("GET", "/api/v1/runs", "", &q, None);
+        assert_eq!((s, v.as_array().map(Vec::len)), (200, Some(2)), "{v}");
+        let (s, v) = r.admin("GET", "/api/v1/runs", "", "?state=done", None);
+        assert_eq!((s, v["field"].as_str()), (400, Some("state")), "{v}");
+        let (s, v) = hub.req("GET", "/api/v1/runs", None, None);
+        r.c.response("/api/v1/runs", "GET", s, &v);
+        assert_eq!(s, 401);
+        assert_eq!(r.run(&id)["state"], "queued");
+        let (s, v) = r.admin("GET", "/api/v1/runs/{run}", "r_nope", "", None);
+        assert_eq!(s, 404, "{v}");
+        let (s, v) = hub.req("GET", &format!("/api/v1/runs/{id}"), None, None);
+        r.c.response("/api/v1/runs/{run}", "GET", s, &v);
+        assert_eq!(s, 401);
+
+        // Poll: offers; refusals.
+        let p = r.poll(&a, 0, &[]);
+        assert_eq!(p["offers"][0]["run_id"], id.as_str(), "{p}");
+        let (s, v) = r.agent(
+            &a,
+            "/api/v1/agent/poll",
+            "",
+            json!({"agent_id": a.id, "wait_secs": 31}),
+            true,
+        );
+        assert_eq!(s, 400, "{v}");
+        let (s, v) = hub.req(
+            "POST",
+            "/api/v1/agent/poll",
+            Some("opt_bad"),
+            Some(&json!({"agent_id": a.id})),
+        );
+        r.c.response("/api/v1/agent/poll", "POST", s, &v);
+        assert_eq!(s, 401, "{v}");
+        // Payload too large, on every JSON body of the runs (raw: the hub may answer before
+        // the body is all sent).
+        let pad = "x".repeat(300 * 1024);
+        for (template, token) in [
+            ("/api/v1/runs", ADMIN),
+            ("/api/v1/agent/poll", a.token.as_str()),
+            ("/api/v1/agent/runs/{run}/claim", a.token.as_str()),
+            ("/api/v1/agent/runs/{run}/events", a.token.as_str()),
+            ("/api/v1/agent/runs/{run}/result", a.token.as_str()),
+        ] {
+            let auth = format!("Bearer {token}");
+            let big = json!({"pad": pad}).to_string();
+            let resp = hub.raw(
+                "POST",
+                &template.replace("{run}", &id),
+                &[
+                    ("Authorization", &auth),
+                    ("Content-Type", "application/json"),
+                ],
+                big.as_bytes(),
+            );
+            let v = resp.json();
+            r.c.response(template, "POST", resp.status, &v);
+            assert_eq!(
+                (resp.status, code(&v)),
+                (413, Some("payload_too_large")),
+                "{template}"
+            );
+        }
+
+        // Claim: won, retried, lost to another claimant, not this agent's, malformed.
+        let (s, v) = r.claim(&a, &id, "proc-1");
+        assert_eq!((s, v["run_id"].as_str()), (200, Some(id.as_str())), "{v}");
+        assert_eq!(r.claim(&a, &id, "proc-1").0, 200, "re-claim is idempotent");
+        let (s, v) = r.claim(&a, &id, "proc-2");
+        assert_eq!((s, code(&v)), (409, Some("run_claimed")), "{v}");
+        let (s, v) = r.claim(&b, &id, "proc-1");
+        assert_eq!((s, code(&v)), (404, Some("not_found")), "{v}");
+        let claim = "/api/v1/agent/runs/{run}/claim";
+        let (s, v) = r.agent(&a, claim, &id, json!({"claimant": ""}), true);
+        assert_eq!(s, 400, "{v}");
+        let (s, v) = hub.req(
+            "POST",
+            &claim.replace("{run}", &id),
+            None,
+            Some(&json!({"claimant": "p"})),
+        );
+        r.c.response(claim, "POST", s, &v);
+        assert_eq!(s, 401, "{v}");
+        assert_eq!(r.run(&id)["state"], "claimed");
+
+        // Events: stored, retried, malformed, a queued run, not this agent's.
+        r.started(&a, &id);
+        r.started(&a, &id);
+        let events = "/api/v1/agent/runs/{run}/events";
+        let bad_kind = json!({"events": [{"seq": 3, "kind": "Bad-Kind", "at": "x"}]});
+        let (s, v) = r.agent(&a, events, &id, bad_kind, true);
+        assert_eq!((s, v["field"].as_str()), (400, Some("events.kind")), "{v}");
+        let queued = p["offers"][1]["run_id"].as_str().unwrap().to_string();
+        let ev = json!({"events": [{"seq": 1, "kind": "progress", "at": "2024-01-01T00:00:00Z"}]});
+        let (s, v) = r.agent(&a, events, &queued, ev.clone(), false);
+        assert_eq!((s, code(&v)), (409, Some("run_state")), "{v}");
+        let (s, v) = r.agent(&b, events, &id, ev, false);
+        assert_eq!(s, 404, "{v}");
+        let run = r.run(&id);
+        assert_eq!(run["state"], "running");
+        assert!(run["lease_expires_at"].is_string() && run["started_at"].is_string());
+
+        // Log: appended, overlapping, a gap, no offset, not this agent's, past the cap.
+        assert_eq!(r.log(&a, &id, Some(0), b"hello ").1["next_offset"], 6);
+        assert_eq!(r.log(&a, &id, Some(3), b"lo world").1["next_offset"], 11);
+        let (s, gap) = r.log(&a, &id, Some(20), b"x");
+        assert_eq!((s, code(&gap)), (409, Some("log_gap")), "{gap}");
+        assert_eq!(gap["expected_offset"], 11);
+        let (s, v) = r.log(&a, &id, None, b"x");
+        assert_eq!(s, 400, "{v}");
+        let (s, v) = r.log(&b, &id, Some(11), b"x");
+        assert_eq!(s, 404, "{v}");
+        let (s, v) = r.log(&a, &queued, Some(0), b"x");
+        assert_eq!((s, code(&v)), (409, Some("run_state")), "{v}");
+        assert_eq!(r.log(&a, &id, Some(11), b"!").1["next_offset"], 12);
+
+        // The admin's log read (bytes, not JSON: status and headers).
+        let read = |run: &str, token: Option<&str>| {
+            let auth = token.map(|t| format!("Bearer {t}"));
+            let h: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+            hub.raw("GET", &format!("/api/v1/runs/{run}/log?offset=6"), &h, b"")
+        };
+        let resp = read(&id, Some(ADMIN));
+        r.c.response("/api/v1/runs/{run}/log", "GET", resp.status, &Value::Null);
+        assert_eq!((resp.status, resp.body.as_slice()), (200, &b"world!"[..]));
+        assert_eq!(
+            resp.header("content-type").as_deref(),
+            Some("application/octet-stream")
+        );
+        assert_eq!(resp.header("x-log-size").as_deref(), Some("12"));
+        assert_eq!(resp.header("x-next-offset").as_deref(), Some("12"));
+        for (run, token, want) in [("r_nope", Some(ADMIN), 404), (id.as_str(), None, 401)] {
+            let resp = read(run, token);
+            r.c.response("/api/v1/runs/{run}/log", "GET", resp.status, &resp.json());
+            assert_eq!(resp.status, want, "{}", resp.head);
+        }
+
+        // Result: stored, the same again, a different one, malformed, a queued run.
+        let (s, v) = r.result(&a, &id, "succeeded", 0);
+        assert_eq!(
+            (s, v["state"].as_str(), v["late"].as_bool()),
+            (200, Some("succeeded"), Some(false))
+        );
+        assert_eq!(r.result(&a, &id, "succeeded", 0).0, 200, "identical retry");
+        let (s, v) = r.result(&a, &id, "failed", 1);
+        assert_eq!((s, code(&v)), (409, Some("result_conflict")), "{v}");
+        let result = "/api/v1/agent/runs/{run}/result";
+        let (s, v) = r.agent(
+            &a,
+            result,
+            &id,
+            json!({"outcome": "exploded", "finished_at": "x"}),
+            true,
+        );
+        assert_eq!(s, 400, "{v}");
+        let (s, v) = r.result(&a, &queued, "succeeded", 0);
+        assert_eq!((s, code(&v)), (409, Some("run_state")), "{v}");
+        let (s, v) = r.result(&b, &id, "succeeded", 0);
+        assert_eq!(s, 404, "{v}");
+        let done = r.run(&id);
+        assert_eq!(
+            (
+                done["exit_code"].as_i64(),
+                done["result_log_bytes"].as_u64()
+            ),
+            (Some(0), Some(12))
+        );
+        assert!(
+            done["finished_at"].is_string() && done["reason"].is_string(),
+            "{done}"
+        );
+
+        // Cancel: queued at once (its claim is then run_state), running on request, final
+        // unchanged, unknown ids, no token.
+        let cancel = "/api/v1/runs/{run}/cancel";
+        let (s, v) = r.admin("POST", cancel, &queued, "", None);
+        assert_eq!((s, v["state"].as_str()), (200, Some("canceled")), "{v}");
+        let (s, v) = r.claim(&a, &queued, "proc-1");
+        assert_eq!((s, code(&v)), (409, Some("run_state")), "{v}");
+        let (_, c2) = r.create(json!({"target": target, "action": "once"}));
+        let running = c2["runs"][0]["id"].as_str().unwrap().to_string();
+        assert_eq!(r.claim(&a, &running, "proc-1").0, 200);
+        r.started(&a, &running);
+        let (s, v) = r.admin("POST", cancel, &running, "", None);
+        assert_eq!(
+            (s, v["cancel_requested"].as_bool()),
+            (200, Some(true)),
+            "{v}"
+        );
+        let p = r.poll(&a, 0, &[&running]);
+        assert_eq!(p["cancel"], json!([running]), "{p}");
+        let (s, v) = r.result(&a, &running, "canceled", 143);
+        assert_eq!((s, v["state"].as_str()), (200, Some("canceled")), "{v}");
+        let (s, v) = r.admin("POST", cancel, &id, "", None);
+        assert_eq!((s, v["state"].as_str()), (200, Some("succeeded")), "{v}");
+        let (s, v) = r.admin("POST", cancel, "r_nope", "", None);
+        assert_eq!(s, 404, "{v}");
+        let (s, v) = hub.req("POST", &cancel.replace("{run}", &id), None, None);
+        r.c.response(cancel, "POST", s, &v);
+        assert_eq!(s, 401, "{v}");
+        // A rejected run, with a reason and a signal.
+        let (_, c3) = r.create(json!({"target": target, "action": "once"}));
+        let rejected = c3["runs"][0]["id"].as_str().unwrap().to_string();
+        assert_eq!(r.claim(&a, &rejected, "proc-1").0, 200);
+        let body = json!({"outcome": "rejected", "signal": "SIGKILL",
+                          "reason": "pack drifted", "finished_at": "2024-01-01T00:00:05Z"});
+        let (s, v) = r.agent(&a, result, &rejected, body, false);
+        assert_eq!((s, v["state"].as_str()), (200, Some("rejected")), "{v}");
+        assert_eq!(r.run(&rejected)["signal"], "SIGKILL");
+
+        // Every runs path and method was checked here.
+        let documented: BTreeSet<(String, String)> = spec["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p.starts_with("/api/v1/runs") || p.starts_with("/api/v1/agent/"))
+            .flat_map(|(p, item)| {
+                item.as_object()
+                    .unwrap()
+                    .keys()
+                    .filter(|m| *m != "parameters")
+                    .map(move |m| (p.clone(), m.to_uppercase()))
+            })
+            .collect();
+        assert_eq!(documented.len(), 10);
+        assert_eq!(documented, r.c.covered);
+    }
+
+    /// Leases: expired (`unknown`), renewed by a poll, `lost`, retried (`retry_of`) and a
+    /// late result, against the schemas.
+    #[test]
+    fn lost_and_late_runs_match_openapi() {
+        let spec = spec();
+        let hub = Hub::start_with(&["--run-lease", "1", "--lost-after", "2"]);
+        let mut r = Runs {
+            hub: &hub,
+            c: Checker {
+                spec: &spec,
+                covered: BTreeSet::new(),
+            },
+        };
+        let a = agent_with(&hub, "web-1", json!({}), true);
+        trust(&hub);
+        let target = json!({"agent": a.id});
+        let (_, c1) = r.create(json!({"target": target, "action": "restart",
+                                      "params": {"unit": "x"}}));
+        let (_, c2) = r.create(json!({"target": target, "action": "once"}));
+        let idem = c1["runs"][0]["id"].as_str().unwrap().to_string();
+        let once = c2["runs"][0]["id"].as_str().unwrap().to_string();
+        for id in [&idem, &once] {
+            assert_eq!(r.claim(&a, id, "p").0, 200);
+            r.started(&a, id);
+        }
+        r.wait(&once, "unknown");
+        r.poll(&a, 0, &[&once]);
+        assert_eq!(r.run(&once)["state"], "running");
+        r.wait(&idem, "lost");
+        r.wait(&once, "lost");
+        let q = format!("?agent={}", a.id);
+        let (s, all) = r.admin("GET", "/api/v1/runs", "", &q, None);
+        assert_eq!(s, 200);
+        let retry = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| !v["retry_of"].is_null())
+            .unwrap_or_else(|| panic!("no retry in {all}"));
+        assert_eq!(retry["retry_of"], idem.as_str());
+        let (s, v) = r.result(&a, &once, "succeeded", 0);
+        assert_eq!((s, v["late"].as_bool()), (200, Some(true)), "{v}");
+        assert_eq!(r.run(&once)["late"], true);
+    }
+}
+
 /// Arbitrary outpost-proto values, within the caps `validate()` enforces (and the shapes the
 /// hub guarantees for what it sends): they must match the schemas.
 mod arbitrary {
@@ -836,6 +1352,11 @@ mod arbitrary {
         AgentDetail, AgentStatus, AgentView, Capabilities, DiagnosticsReport, DiagnosticsUpload,
         EnrollRequest, Enrolled, ErrorBody, ErrorCode, Facts, FlatValue, Heartbeat, HeartbeatAck,
         JournalHead, KeyCreated, LastUpgrade,
+    };
+    use outpost_proto::{
+        ClaimRequest, Claimed, CreateRunRequest, EventsUpload, PollReply, PollRequest, ResultAck,
+        RunEvent, RunOffer, RunOutcome, RunResult, RunState, RunTarget, RunView, RunsCreated,
+        MAX_PARAM_VALUE, MAX_POLL_WAIT_SECS, MAX_REASON, MAX_RUN_PARAMS,
     };
     use proptest::collection::btree_map;
     use proptest::option;
@@ -1287,11 +1808,258 @@ mod arbitrary {
             text(),
             text(),
             option::of("[a-z_.]{1,40}"),
+            option::of(any::<u64>()),
         )
-            .prop_map(|(code, message, hint, field)| ErrorBody {
+            .prop_map(|(code, message, hint, field, expected_offset)| ErrorBody {
                 field,
+                expected_offset,
                 ..ErrorBody::new(code, message, hint)
             })
+    }
+
+    /// Text without NUL of at most `max` bytes (cut at a char boundary).
+    fn long_text(max: usize) -> impl Strategy<Value = String> {
+        proptest::string::string_regex(&format!("[^\\x00]{{0,{max}}}"))
+            .unwrap()
+            .prop_map(move |mut s| {
+                while s.len() > max {
+                    s.pop();
+                }
+                s
+            })
+    }
+
+    /// Run ids as the hub mints them.
+    pub fn run_id() -> impl Strategy<Value = String> {
+        "r_[0-9a-f]{16}"
+    }
+
+    /// A run's parameters: at most 32, names of at most 64 bytes, values of at most 4096.
+    pub fn params() -> impl Strategy<Value = BTreeMap<String, String>> {
+        btree_map(
+            "[a-z_]{1,64}",
+            prop_oneof![text(), long_text(MAX_PARAM_VALUE)],
+            0..=MAX_RUN_PARAMS,
+        )
+    }
+
+    pub fn run_state() -> impl Strategy<Value = RunState> {
+        proptest::sample::select(RunState::ALL.to_vec())
+    }
+
+    pub fn run_outcome() -> impl Strategy<Value = RunOutcome> {
+        use RunOutcome::*;
+        prop_oneof![
+            Just(Succeeded),
+            Just(Failed),
+            Just(Canceled),
+            Just(TimedOut),
+            Just(Rejected),
+        ]
+    }
+
+    /// Exactly one of agent, group, labels.
+    pub fn run_target() -> impl Strategy<Value = RunTarget> {
+        prop_oneof![
+            "[ -~]{0,128}".prop_map(|a| RunTarget {
+                agent: Some(a),
+                ..RunTarget::default()
+            }),
+            text().prop_map(|g| RunTarget {
+                group: Some(g),
+                ..RunTarget::default()
+            }),
+            btree_map("[a-z0-9_.-]{1,64}", text(), 1..=32).prop_map(|labels| RunTarget {
+                labels,
+                ..RunTarget::default()
+            }),
+        ]
+    }
+
+    pub fn create_run_request() -> impl Strategy<Value = CreateRunRequest> {
+        (
+            run_target(),
+            "[a-z0-9._-]{1,64}(/[a-z0-9._-]{1,64})?",
+            params(),
+            option::of("[ -~]{0,128}"),
+        )
+            .prop_map(
+                |(target, action, params, idempotency_key)| CreateRunRequest {
+                    target,
+                    action,
+                    params,
+                    idempotency_key,
+                },
+            )
+    }
+
+    /// A run as the hub shows it: times set as its state has them, a result only once
+    /// finished.
+    pub fn run_view() -> impl Strategy<Value = RunView> {
+        (
+            (
+                run_id(),
+                agent_id(),
+                "[a-z0-9][a-z0-9._-]{0,20}",
+                "[0-9a-f]{64}",
+                "[a-z0-9][a-z0-9._-]{0,20}",
+                params(),
+                any::<bool>(),
+                run_state(),
+            ),
+            (
+                time(),
+                option::of(time()),
+                option::of(time()),
+                option::of(time()),
+                option::of(time()),
+            ),
+            (
+                any::<bool>(),
+                option::of((
+                    option::of(any::<i32>()),
+                    option::of("SIG[A-Z]{1,8}"),
+                    text(),
+                    any::<u64>(),
+                )),
+                any::<bool>(),
+                any::<u64>(),
+                option::of(run_id()),
+            ),
+        )
+            .prop_map(
+                |(
+                    (id, agent_id, pack, sha256, action, params, idempotent, state),
+                    (created_at, claimed_at, started_at, finished_at, lease_expires_at),
+                    (cancel_requested, result, late, log_bytes, retry_of),
+                )| {
+                    let (exit_code, signal, reason, result_log_bytes) = match result {
+                        Some((c, s, r, b)) => (c, s, Some(r), Some(b)),
+                        None => (None, None, None, None),
+                    };
+                    RunView {
+                        id,
+                        agent_id,
+                        pack,
+                        sha256,
+                        action,
+                        params,
+                        idempotent,
+                        state,
+                        created_at,
+                        claimed_at,
+                        started_at,
+                        finished_at,
+                        lease_expires_at,
+                        cancel_requested,
+                        exit_code,
+                        signal,
+                        reason,
+                        late,
+                        log_bytes,
+                        result_log_bytes,
+                        retry_of,
+                    }
+                },
+            )
+    }
+
+    pub fn runs_created() -> impl Strategy<Value = RunsCreated> {
+        proptest::collection::vec(run_view(), 0..4).prop_map(|runs| RunsCreated { runs })
+    }
+
+    pub fn poll_request() -> impl Strategy<Value = PollRequest> {
+        (
+            agent_id(),
+            0..=MAX_POLL_WAIT_SECS,
+            proptest::collection::vec("[ -~]{0,128}", 0..8),
+        )
+            .prop_map(|(agent_id, wait_secs, holding)| PollRequest {
+                agent_id,
+                wait_secs,
+                holding,
+            })
+    }
+
+    pub fn run_offer() -> impl Strategy<Value = RunOffer> {
+        (
+            run_id(),
+            "[a-z0-9][a-z0-9._-]{0,20}",
+            "[0-9a-f]{64}",
+            "[a-z0-9][a-z0-9._-]{0,20}",
+            params(),
+            1u64..=86_400,
+        )
+            .prop_map(
+                |(run_id, pack, sha256, action, params, lease_secs)| RunOffer {
+                    run_id,
+                    pack,
+                    sha256,
+                    action,
+                    params,
+                    lease_secs,
+                },
+            )
+    }
+
+    pub fn poll_reply() -> impl Strategy<Value = PollReply> {
+        (
+            proptest::collection::vec(run_offer(), 0..3),
+            proptest::collection::vec(run_id(), 0..3),
+        )
+            .prop_map(|(offers, cancel)| PollReply { offers, cancel })
+    }
+
+    pub fn claim_request() -> impl Strategy<Value = ClaimRequest> {
+        "[ -~]{1,128}".prop_map(|claimant| ClaimRequest { claimant })
+    }
+
+    pub fn claimed() -> impl Strategy<Value = Claimed> {
+        (run_id(), 1u64..=86_400).prop_map(|(run_id, lease_secs)| Claimed { run_id, lease_secs })
+    }
+
+    pub fn run_event() -> impl Strategy<Value = RunEvent> {
+        (
+            any::<u64>(),
+            "[a-z0-9_]{1,64}",
+            prop_oneof![time(), "[ -~]{0,64}"],
+            extra(&[], 32),
+        )
+            .prop_map(|(seq, kind, at, data)| RunEvent {
+                seq,
+                kind,
+                at,
+                data,
+            })
+    }
+
+    pub fn events_upload() -> impl Strategy<Value = EventsUpload> {
+        proptest::collection::vec(run_event(), 0..4).prop_map(|events| EventsUpload { events })
+    }
+
+    pub fn run_result() -> impl Strategy<Value = RunResult> {
+        (
+            run_outcome(),
+            option::of(any::<i32>()),
+            option::of("[A-Z0-9]{1,64}"),
+            prop_oneof![text(), long_text(MAX_REASON)],
+            prop_oneof![time(), "[ -~]{0,64}"],
+            any::<u64>(),
+        )
+            .prop_map(
+                |(outcome, exit_code, signal, reason, finished_at, log_bytes)| RunResult {
+                    outcome,
+                    exit_code,
+                    signal,
+                    reason,
+                    finished_at,
+                    log_bytes,
+                },
+            )
+    }
+
+    pub fn result_ack() -> impl Strategy<Value = ResultAck> {
+        (run_state(), any::<bool>()).prop_map(|(state, late)| ResultAck { state, late })
     }
 }
 
@@ -1350,6 +2118,54 @@ mod properties {
             assert_component("HeartbeatReply", &json(&a));
             assert_component("Key", &json(&k));
             assert_component("Error", &json(&err));
+        }
+
+        #[test]
+        fn run_requests_match_the_schema(
+            c in create_run_request(), p in poll_request(), cl in claim_request(),
+            e in events_upload(), r in run_result()
+        ) {
+            prop_assert!(c.validate().is_ok(), "{:?}", c.validate());
+            prop_assert!(p.validate().is_ok(), "{:?}", p.validate());
+            prop_assert!(cl.validate().is_ok(), "{:?}", cl.validate());
+            prop_assert!(e.validate().is_ok(), "{:?}", e.validate());
+            prop_assert!(r.validate().is_ok(), "{:?}", r.validate());
+            assert_component("CreateRunRequest", &json(&c));
+            assert_component("RunTarget", &json(&c.target));
+            assert_component("PollRequest", &json(&p));
+            assert_component("ClaimRequest", &json(&cl));
+            assert_component("EventsUpload", &json(&e));
+            for ev in &e.events {
+                assert_component("RunEvent", &json(ev));
+            }
+            assert_component("RunResult", &json(&r));
+            // And the hub reads back what the schema allows.
+            let back: outpost_proto::CreateRunRequest = serde_json::from_value(json(&c)).unwrap();
+            prop_assert_eq!(back, c);
+            let back: outpost_proto::RunResult = serde_json::from_value(json(&r)).unwrap();
+            prop_assert_eq!(back, r);
+            let back: outpost_proto::PollRequest = serde_json::from_value(json(&p)).unwrap();
+            prop_assert_eq!(back, p);
+        }
+
+        #[test]
+        fn run_replies_match_the_schema(
+            v in run_view(), c in runs_created(), p in poll_reply(), cl in claimed(),
+            acked in any::<u64>(), next in any::<u64>(), r in result_ack()
+        ) {
+            assert_component("RunView", &json(&v));
+            let back: outpost_proto::RunView = serde_json::from_value(json(&v)).unwrap();
+            prop_assert_eq!(back, v);
+            assert_component("RunsCreated", &json(&c));
+            assert_component("PollReply", &json(&p));
+            for o in &p.offers {
+                assert_component("RunOffer", &json(o));
+            }
+            assert_component("Claimed", &json(&cl));
+            assert_component("EventsAck", &json(&outpost_proto::EventsAck { acked_seq: acked }));
+            assert_component("LogAck", &json(&outpost_proto::LogAck { next_offset: next }));
+            assert_component("ResultAck", &json(&r));
+            assert_component("RunState", &json(&r.state));
         }
 
         /// What the hub stores from a heartbeat and shows again is what the schema allows.
