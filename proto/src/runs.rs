@@ -163,6 +163,13 @@ impl CreateRunRequest {
         }
         check_opt("target.agent", t.agent.as_deref(), MAX_ID)?;
         check_opt("target.group", t.group.as_deref(), MAX_FIELD)?;
+        // An agent's labels come from its key, capped the same way: more can never match.
+        if t.labels.len() > crate::MAX_MAP_ENTRIES {
+            return Err(FieldError::invalid(
+                "target.labels",
+                "has more than 32 entries",
+            ));
+        }
         for (k, v) in &t.labels {
             check_len("target.labels key", k, crate::MAX_MAP_KEY)?;
             check_len(&format!("target.labels.{k}"), v, MAX_FIELD)?;

@@ -246,6 +246,7 @@ fn run_wire_types_round_trip() {
         (json!({"target": {"agent": "a"}, "action": ""}), "action"),
         (json!({"target": {"agent": "a"}, "action": "x", "params": {"p": "a\u{0}"}}), "params.p"),
         (json!({"target": {"agent": "a"}, "action": "x", "params": {"p": "v".repeat(4097)}}), "params.p"),
+        (json!({"target": {"labels": (0..33).map(|i| (format!("k{i}"), json!("v"))).collect::<serde_json::Map<_, _>>()}, "action": "x"}), "target.labels"),
     ];
     for (v, field) in bad {
         let r: CreateRunRequest = serde_json::from_value(v.clone()).unwrap();
