@@ -880,6 +880,15 @@ pub fn apply_uninstall(
 }
 
 /// Why uninstall keeps a path it was asked about (`None`: it removes it, or it is gone).
+/// Why a directory that could not be removed is kept: "not empty" when it is, else the
+/// error itself, so a busy mount point or a read-only file system is not reported as full.
+fn dir_keep_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::DirectoryNotEmpty => "not empty".into(),
+        _ => format!("cannot remove it: {e}"),
+    }
+}
+
 fn keep_reason(action: RemoveAction) -> Option<&'static str> {
     match action {
         RemoveAction::KeepModified => Some("modified since install"),
@@ -946,8 +955,11 @@ impl UninstallRun<'_> {
                 };
                 match res {
                     Ok(()) => self.outcome.removed.push(r.path.clone()),
-                    // A directory that filled up with something else since planning: keep it.
-                    Err(_) if r.kind == Kind::Dir && hp.exists() => self.keep(&r.path, "not empty"),
+                    // A directory that filled up with something else since planning, or one
+                    // that cannot be removed (busy, read-only): keep it and say why.
+                    Err(e) if r.kind == Kind::Dir && hp.exists() => {
+                        self.keep(&r.path, &dir_keep_reason(&e))
+                    }
                     Err(e) => return Err(Error::io("remove", &hp, e)),
                 }
             }
@@ -1554,6 +1566,30 @@ mod decision_tests {
             (KeepNotEmpty, Some("not empty")),
         ] {
             assert_eq!(keep_reason(a), want, "{a:?}");
+        }
+    }
+
+    #[test]
+    fn dir_keep_reason_table() {
+        use std::io::{Error, ErrorKind};
+        let cases = [
+            (Error::from(ErrorKind::DirectoryNotEmpty), "not empty"),
+            (Error::from_raw_os_error(39), "not empty"),
+            (
+                Error::from_raw_os_error(16),
+                "cannot remove it: Device or resource busy (os error 16)",
+            ),
+            (
+                Error::from_raw_os_error(30),
+                "cannot remove it: Read-only file system (os error 30)",
+            ),
+            (
+                Error::from(ErrorKind::PermissionDenied),
+                "cannot remove it: permission denied",
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(dir_keep_reason(&e), want, "{e:?}");
         }
     }
 
