@@ -110,6 +110,10 @@ pub fn install(
             rule: "changed while it was being copied: nothing was installed".into(),
         });
     }
+    if let Err(e) = set_owner_mode(&tmp, 0o755, ids) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     let swapped = match old {
         Some(_) => rustix::fs::renameat_with(
             rustix::fs::CWD,
@@ -138,7 +142,11 @@ fn copy_tree(from: &Path, to: &Path, ids: Option<(u32, u32)>) -> Result<(), Pack
         std::fs::create_dir(p).map_err(io(p))?;
         set_owner_mode(p, 0o755, ids)
     };
-    mkdir(to)?;
+    // The staging root stays 0700 until the copy is verified: if the source changed under
+    // the copy (a directory swapped for a link to something only root may read), nobody
+    // but root ever sees what was read, and the hash check below refuses it.
+    std::fs::create_dir(to).map_err(io(to))?;
+    set_owner_mode(to, 0o700, ids)?;
     for e in crate::walk(from, None)? {
         let (s, d) = (from.join(&e.path), to.join(&e.path));
         if e.dir {
@@ -261,6 +269,12 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(m, 0o755, "modes are normalised");
+        let root_mode = std::fs::metadata(pd.join("p"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(root_mode, 0o755, "the pack root is opened up once verified");
         assert_eq!(install(&p, &pd, None).unwrap(), Installed::Unchanged);
         std::fs::write(s.path().join("README"), "v2").unwrap();
         let p2 = load(s.path(), None).unwrap();
