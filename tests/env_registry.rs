@@ -66,6 +66,8 @@ fn environment_page_matches_the_code() {
         "OUTPOST_ENROLL_KEY_OLD", // a look-alike in the secrets-file scrub table test
         "OUTPOST_HUB",            // a look-alike in the bootstrap key-parsing test
         "OUTPOST_PARAM_LEVEL",    // one OUTPOST_PARAM_<NAME> in the pack tests
+        "OUTPOST_PARAM_LOUD",     // … in the runs planning tests
+        "OUTPOST_PARAM_TONE",     // … in the runs e2e pack
         "OUTPOST_TOKEN",          // a look-alike in the pack tests' reserved-names table
     ];
     let used: BTreeSet<String> = names_in(&code)

@@ -327,6 +327,54 @@ impl HubClient {
         }
     }
 
+    /// `POST` `body` to `path` with the agent's token, bounded by `timeout` (a long poll
+    /// waits longer than [`OVERALL_TIMEOUT`]).
+    pub fn post_bytes(
+        &self,
+        path: &str,
+        token: &str,
+        content_type: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<(u16, String), HubError> {
+        let url = format!("{}{path}", self.base);
+        let unreachable = |e: ureq::Error| HubError::Unreachable {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        };
+        let mut resp = self
+            .agent
+            .post(&url)
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
+            .content_type(content_type)
+            .header("Authorization", format!("Bearer {token}"))
+            .send(body)
+            .map_err(unreachable)?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(BODY_LIMIT)
+            .read_to_string()
+            .map_err(unreachable)?;
+        Ok((status, text))
+    }
+
+    /// The typed body of a 2xx answer.
+    pub fn parse_body<T: serde::de::DeserializeOwned>(
+        label: &'static str,
+        text: &str,
+    ) -> Result<T, HubError> {
+        Self::parse(label, text)
+    }
+
+    /// The error of a non-2xx answer.
+    pub fn error_of(label: &'static str, status: u16, text: &str) -> HubError {
+        Self::error(label, status, text)
+    }
+
     /// `GET /healthz`.
     pub fn healthz(&self) -> Result<(Health, Meta), HubError> {
         const P: &str = "/healthz";

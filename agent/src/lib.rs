@@ -1,5 +1,5 @@
 //! The runner agent: configuration, the systemd notify protocol, the service's run loop, the
-//! event journal, host facts, the hub client, enrollment and diagnostics.
+//! event journal, host facts, the hub client, enrollment, diagnostics and the runs engine.
 pub mod diagnostics;
 pub mod enroll;
 pub mod facts;
@@ -9,6 +9,7 @@ pub mod hub;
 pub mod log;
 pub mod packs;
 pub mod run;
+pub mod runs;
 pub mod selftest;
 
 pub use outpost_core::{Config, ConfigError};

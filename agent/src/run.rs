@@ -446,6 +446,10 @@ struct Loop<'a> {
     view: JournalView,
     /// The catalog advertised with each heartbeat (reloaded on SIGHUP).
     catalog: Vec<outpost_proto::PackAdvert>,
+    /// The same packs, for the runs engine.
+    packs: Arc<std::sync::RwLock<Vec<outpost_pack::Pack>>>,
+    /// Started once the agent is enrolled with a hub.
+    engine: Option<crate::runs::Engine>,
     worker: Worker,
     started: Instant,
     interval: Duration,
@@ -485,7 +489,7 @@ impl<'a> Loop<'a> {
             }
         }
         let journal = Arc::new(Journal::open(&opts.state_dir));
-        let catalog = load_catalog(opts, &journal);
+        let (catalog, packs) = load_catalog(opts, &journal);
         let mut wd_usec = 0u64;
         let watchdog = sd_notify::watchdog_enabled(false, &mut wd_usec)
             .then(|| Duration::from_micros(wd_usec / 2).max(Duration::from_millis(100)));
@@ -511,6 +515,8 @@ impl<'a> Loop<'a> {
                     .as_deref(),
             ),
             catalog,
+            packs: Arc::new(std::sync::RwLock::new(packs)),
+            engine: None,
             worker: Worker::spawn(r.tx.clone()).map_err(RunError::Signals)?,
             next_log: now + log_interval(&config),
             config,
@@ -541,6 +547,7 @@ impl<'a> Loop<'a> {
         if self.hub.is_none() {
             self.set_ready();
         }
+        self.start_engine();
         loop {
             let now = Instant::now();
             if self.stopping && self.in_flight.is_none() {
@@ -620,7 +627,11 @@ impl<'a> Loop<'a> {
 
     fn reload(&mut self) {
         notify(&[NotifyState::Reloading]);
-        self.catalog = load_catalog(self.opts, &self.journal);
+        let (catalog, packs) = load_catalog(self.opts, &self.journal);
+        self.catalog = catalog;
+        if let Ok(mut p) = self.packs.write() {
+            *p = packs;
+        }
         match Config::load(&self.opts.config_path) {
             Err(e) => log::warn(&format!("{e}; keeping the previous config"), &e.hint()),
             Ok(c) => {
@@ -762,6 +773,7 @@ impl<'a> Loop<'a> {
                 self.identity = Some(e.identity);
                 self.failures = 0;
                 self.next_due = Some(Instant::now()); // first heartbeat right away
+                self.start_engine();
             }
             Outcome::Enrolled(Err(EnrollError::Hub(e @ HubError::KeyRefused { .. }))) => {
                 log::error(&format!("enrollment refused: {e}"), &e.hint());
@@ -782,6 +794,45 @@ impl<'a> Loop<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Start the runs engine once there is a hub and an identity (at most once: a reload
+    /// that changes the hub needs a restart for runs, like the token does).
+    fn start_engine(&mut self) {
+        let (Some(h), Some(id), None) = (&self.hub, &self.identity, &self.engine) else {
+            return;
+        };
+        let ca = self.config.release.ca_file.as_deref();
+        let client = |c: HubClient| crate::runs::client::RunsClient {
+            hub: c,
+            token: id.token.clone(),
+            agent_id: id.agent_id.clone(),
+        };
+        let clients = HubClient::new(&h.url, ca).and_then(|a| Ok((a, HubClient::new(&h.url, ca)?)));
+        let (a, b) = match clients {
+            Ok(c) => c,
+            Err(e) => return log::warn(&format!("runs: {e}"), &e.hint()),
+        };
+        let cfg = crate::runs::EngineConfig {
+            state_dir: self.opts.state_dir.clone(),
+            client: client(a),
+            poll_client: client(b),
+            packs: Arc::clone(&self.packs),
+            journal: Arc::clone(&self.journal),
+            env: std::env::vars().collect(),
+            connect: Box::new(|| {
+                let uid = rustix::process::geteuid().as_raw();
+                outpost_systemd::dbus::SystemdBus::connect(outpost_systemd::Scope::User { uid })
+                    .map(|b| Box::new(b) as Box<dyn outpost_systemd::RunManager>)
+            }),
+        };
+        match crate::runs::Engine::spawn(cfg) {
+            Ok(e) => self.engine = Some(e),
+            Err(e) => log::error(
+                &format!("runs: cannot start the runs engine: {e}"),
+                "the agent keeps heartbeating; restart it to try again",
+            ),
+        }
     }
 
     fn set_interval(&mut self, secs: u64) {
@@ -878,11 +929,14 @@ pub fn enroll_facts(f: Facts, mode: String) -> hub::EnrollFacts {
 
 /// The heartbeat as the run loop sends it (`POST /api/v1/heartbeat`; the client caps it).
 /// The packs beside the config file, loaded, reported and advertised.
-fn load_catalog(opts: &RunOptions, journal: &Journal) -> Vec<outpost_proto::PackAdvert> {
+fn load_catalog(
+    opts: &RunOptions,
+    journal: &Journal,
+) -> (Vec<outpost_proto::PackAdvert>, Vec<outpost_pack::Pack>) {
     let dir = opts.config_path.parent().unwrap_or(Path::new("/"));
     let c = crate::packs::load(dir, &opts.mode);
     crate::packs::report(&c, journal);
-    crate::packs::advert(&c)
+    (crate::packs::advert(&c), c.packs)
 }
 
 pub fn heartbeat_body(

@@ -69,6 +69,11 @@ pub mod kind {
     pub const PACK_INSTALLED: &str = "pack_installed";
     pub const PACK_REMOVED: &str = "pack_removed";
     pub const PACK_PRIVILEGED_GRANTED: &str = "pack_privileged_granted";
+    /// The agent's journal: a run's unit started, a run ended (its result), a restarted
+    /// agent took over the runs its predecessor left, a run refused before it started.
+    pub const RUN_STARTED: &str = "run_started";
+    pub const RUN_FINISHED: &str = "run_finished";
+    pub const RUNS_REATTACHED: &str = "runs_reattached";
     /// The kinds the heartbeat reports as `last_upgrade`.
     pub const UPGRADE_RESULTS: [&str; 3] = [
         SERVICE_UPGRADED,

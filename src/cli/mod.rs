@@ -278,8 +278,9 @@ pub fn main() -> i32 {
         Ok(c) => c,
         Err(e) => return clap_error(e),
     };
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    // Not `stdout().lock()`: the agent's threads log to stdout too, and a lock held here
+    // for the whole process would block them forever.
+    let mut out = std::io::stdout();
     match dispatch(cli, &mut out) {
         Ok(code) => code,
         Err(e) => {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::conn::{Conn, ConnError, BUS_NAME, BUS_PATH};
 use crate::wire::Value;
 
-use super::{Logind, Scope, ServiceManager, SvcError, UnitStatus, Whom};
+use super::{Logind, PropValue, RunManager, Scope, ServiceManager, SvcError, UnitStatus, Whom};
 
 /// The system bus when `DBUS_SYSTEM_BUS_ADDRESS` is unset.
 pub const DEFAULT_SYSTEM_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
@@ -578,7 +578,125 @@ impl ServiceManager for SystemdBus {
         st.exec_main_status = service("ExecMainStatus")
             .and_then(|b| first(b, "ExecMainStatus", Value::as_i32).ok())
             .unwrap_or(0);
+        st.exec_main_code = service("ExecMainCode")
+            .and_then(|b| first(b, "ExecMainCode", Value::as_i32).ok())
+            .unwrap_or(0);
+        st.result = service("Result")
+            .and_then(|b| first(b, "Result", get_str).ok())
+            .unwrap_or_default();
+        st.control_group = service("ControlGroup")
+            .and_then(|b| first(b, "ControlGroup", get_str).ok())
+            .unwrap_or_default();
         Ok(st)
+    }
+}
+
+/// A [`PropValue`] as the D-Bus value `StartTransientUnit` expects.
+fn prop_value(v: &PropValue) -> Option<Value> {
+    Some(match v {
+        PropValue::Str(s) => str_arg(s),
+        PropValue::Strs(l) => Value::Array("s".into(), l.iter().map(|s| str_arg(s)).collect()),
+        PropValue::U64(n) => Value::U64(*n),
+        PropValue::I32(n) => Value::I32(*n),
+        PropValue::Bool(b) => Value::Bool(*b),
+        PropValue::Exec(argv) => exec_start(argv)?,
+    })
+}
+
+/// `StartTransientUnit(name, "fail", props, [])` arguments for a run's unit.
+fn run_unit_args(unit: &str, props: &[(String, PropValue)]) -> Option<Vec<Value>> {
+    let mut out = Vec::with_capacity(props.len());
+    for (k, v) in props {
+        out.push(Value::Struct(vec![
+            str_arg(k),
+            Value::Variant(Box::new(prop_value(v)?)),
+        ]));
+    }
+    Some(vec![
+        str_arg(unit),
+        str_arg("fail"),
+        Value::Array("(sv)".into(), out),
+        Value::Array("(sa(sv))".into(), vec![]),
+    ])
+}
+
+impl RunManager for SystemdBus {
+    fn scope(&self) -> Scope {
+        self.scope
+    }
+
+    fn start_transient_unit(
+        &self,
+        unit: &str,
+        props: &[(String, PropValue)],
+    ) -> Result<(), SvcError> {
+        let Some(args) = run_unit_args(unit, props) else {
+            return Err(SvcError::Job {
+                action: "start".into(),
+                unit: unit.into(),
+                result: "empty command".into(),
+            });
+        };
+        match self.manager("StartTransientUnit", args) {
+            Ok(_) => Ok(()),
+            Err(e) if e.name() == Some("org.freedesktop.systemd1.UnitExists") => {
+                Err(SvcError::Job {
+                    action: "start".into(),
+                    unit: unit.into(),
+                    result: "exists".into(),
+                })
+            }
+            Err(e) => Err(map_error(&e, self.scope, "start", unit)),
+        }
+    }
+
+    fn stop_nowait(&self, unit: &str) -> Result<(), SvcError> {
+        match self.manager("StopUnit", vec![str_arg(unit), str_arg("replace")]) {
+            Ok(_) => Ok(()),
+            Err(e) if classify(e.name()) == ErrorKind::NoSuchUnit => Ok(()),
+            Err(e) => Err(map_error(&e, self.scope, "stop", unit)),
+        }
+    }
+
+    fn unit_status(&self, unit: &str) -> Result<UnitStatus, SvcError> {
+        ServiceManager::status(self, unit)
+    }
+
+    fn reset_failed(&self, unit: &str) -> Result<(), SvcError> {
+        ServiceManager::reset_failed(self, unit)
+    }
+
+    fn list_units(&self, pattern: &str) -> Result<Vec<String>, SvcError> {
+        let body = vec![
+            Value::Array("s".into(), vec![]),
+            Value::Array("s".into(), vec![str_arg(pattern)]),
+        ];
+        let reply = self
+            .manager("ListUnitsByPatterns", body)
+            .map_err(self.err("list", pattern))?;
+        let Some(Value::Array(_, units)) = reply.into_iter().next() else {
+            return Err(SvcError::Call {
+                action: "list".into(),
+                unit: pattern.into(),
+                message: "ListUnitsByPatterns has an unexpected reply".into(),
+            });
+        };
+        Ok(units
+            .into_iter()
+            .filter_map(|u| match u {
+                Value::Struct(mut f) if !f.is_empty() => match f.swap_remove(0) {
+                    Value::Str(name) => Some(name),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn manager_cgroup(&self) -> Result<String, SvcError> {
+        self.property(MANAGER_PATH, MANAGER, "ControlGroup")
+            .and_then(|b| first(b, "ControlGroup", get_str))
+            .map_err(self.err("query", "the manager's cgroup"))
     }
 }
 
@@ -873,6 +991,41 @@ mod tests {
         let msg =
             crate::wire::Message::call(SYSTEMD, MANAGER_PATH, MANAGER, "StartTransientUnit", args);
         assert!(msg.encode().is_ok());
+    }
+
+    #[test]
+    fn run_unit_property_types() {
+        let props: Vec<(String, PropValue)> = vec![
+            ("Description".into(), PropValue::Str("run".into())),
+            ("Environment".into(), PropValue::Strs(vec!["A=1".into()])),
+            ("RuntimeMaxUSec".into(), PropValue::U64(5_000_000)),
+            ("OOMScoreAdjust".into(), PropValue::I32(500)),
+            ("RemainAfterExit".into(), PropValue::Bool(true)),
+            (
+                "ExecStart".into(),
+                PropValue::Exec(vec!["/bin/true".into()]),
+            ),
+        ];
+        let args = run_unit_args("outpost-run-r_1.service", &props).unwrap();
+        let sig: String = args.iter().map(Value::signature).collect();
+        assert_eq!(sig, "ssa(sv)a(sa(sv))");
+        let Value::Array(_, got) = &args[2] else {
+            panic!("{args:?}")
+        };
+        let types: Vec<String> = got
+            .iter()
+            .map(|p| match p {
+                Value::Struct(kv) => kv[1].clone().into_inner().signature(),
+                _ => panic!("{p:?}"),
+            })
+            .collect();
+        assert_eq!(types, ["s", "as", "t", "i", "b", "a(sasb)"]);
+        let msg =
+            crate::wire::Message::call(SYSTEMD, MANAGER_PATH, MANAGER, "StartTransientUnit", args);
+        assert!(msg.encode().is_ok());
+        // An empty command has no ExecStart.
+        let empty = [("ExecStart".to_string(), PropValue::Exec(vec![]))];
+        assert!(run_unit_args("x.service", &empty).is_none());
     }
 
     #[test]

@@ -54,6 +54,14 @@ pub struct UnitStatus {
     pub exec_main_status: i32,
     /// Monotonic µs timestamp of the last entry into `active` (0 = never).
     pub active_enter_timestamp_monotonic: u64,
+    /// The service's `Result`: `success`, `exit-code`, `signal`, `core-dump`, `timeout`,
+    /// `oom-kill`, `watchdog`, `start-limit-hit`, `resources`, … (empty for other units).
+    pub result: String,
+    /// How the last main process ended: 1 exited (`exec_main_status` is its exit code), 2
+    /// killed, 3 dumped core (`exec_main_status` is the signal); 0 while it runs.
+    pub exec_main_code: i32,
+    /// The unit's cgroup (`/user.slice/…`), empty when it has no processes.
+    pub control_group: String,
 }
 
 impl UnitStatus {
@@ -153,6 +161,45 @@ pub trait ServiceManager {
         description: &str,
         argv: &[String],
     ) -> Result<(), SvcError>;
+}
+
+/// One property of a transient unit, as `StartTransientUnit` takes it (`a(sv)`): the name
+/// systemd's D-Bus API uses (`RuntimeMaxUSec`, `MemoryMax`, …) and a typed value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum PropValue {
+    Str(String),
+    Strs(Vec<String>),
+    U64(u64),
+    I32(i32),
+    Bool(bool),
+    /// `ExecStart`-like: argv, the first element the program (`a(sasb)`).
+    Exec(Vec<String>),
+}
+
+/// The units of runs: transient services a manager starts for the agent and reports on, so
+/// they keep running whatever happens to the agent (docs/RUNS.md).
+pub trait RunManager: Send + Sync {
+    fn scope(&self) -> Scope;
+    /// Start the transient service `unit` with `props` and return once the start job is
+    /// queued. A unit of that name that is already loaded is [`SvcError::Job`] with result
+    /// `exists` (the caller reattaches to it).
+    fn start_transient_unit(
+        &self,
+        unit: &str,
+        props: &[(String, PropValue)],
+    ) -> Result<(), SvcError>;
+    /// Queue a stop job and return (the unit's `TimeoutStopSec=` bounds it). A unit that is
+    /// not loaded is not an error.
+    fn stop_nowait(&self, unit: &str) -> Result<(), SvcError>;
+    /// See [`ServiceManager::status`].
+    fn unit_status(&self, unit: &str) -> Result<UnitStatus, SvcError>;
+    /// Forget a failed unit (`reset-failed`), so it is garbage-collected.
+    fn reset_failed(&self, unit: &str) -> Result<(), SvcError>;
+    /// The names of loaded units matching a glob (`outpost-run-*.service`).
+    fn list_units(&self, pattern: &str) -> Result<Vec<String>, SvcError>;
+    /// The manager's own cgroup (`/user.slice/user-1000.slice/user@1000.service`), where the
+    /// controllers delegated to it are listed.
+    fn manager_cgroup(&self) -> Result<String, SvcError>;
 }
 
 /// logind, for lingering users in user mode.

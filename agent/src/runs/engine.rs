@@ -1,0 +1,753 @@
+//! The runs engine: two threads beside the agent's main loop.
+//!
+//! * **poll**: long-polls the hub (`holding` the runs the agent has), hands offers and cancel
+//!   requests to the runs thread and waits until they are handled.
+//! * **runs**: owns every [`RunRecord`]. It claims offers, plans each with
+//!   [`plan::decide`], starts the unit in the service user's manager, and every tick reads
+//!   each unit's state, uploads new log bytes, pending events and, once everything before it
+//!   is acknowledged, the result. Each step is written to the run's record before it is
+//!   sent, so a restarted agent (kill -9, upgrade) reattaches: it loads the records, finds
+//!   the units still running (they never belonged to the agent's cgroup) and carries on.
+//!
+//! Stopping the agent stops neither thread's runs: the units keep running, and the records
+//! are consistent at every point (atomic writes), so the engine is simply abandoned.
+use super::client::{Claim, Delivery, LogReply, RunsClient};
+use super::plan::{self, Decision, Host};
+use super::record::{self, Phase, RunRecord};
+use crate::log;
+use outpost_core::journal::{kind, Journal};
+use outpost_pack::Pack;
+use outpost_proto::{FlatMap, FlatValue, RunOffer, RunOutcome, RunResult};
+use outpost_systemd::{RunManager, SvcError};
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// How long a poll may wait at the hub.
+pub const POLL_WAIT_SECS: u64 = 25;
+/// How often the runs thread looks at its units and logs.
+pub const TICK: Duration = Duration::from_millis(200);
+/// Largest log upload.
+pub const LOG_CHUNK: usize = 1 << 20;
+/// Most log bytes uploaded for one run per tick (the others get their turn).
+const LOG_PER_TICK: u64 = 16 << 20;
+
+/// Opens the manager runs are started in.
+pub type Connect = Box<dyn Fn() -> Result<Box<dyn RunManager>, SvcError> + Send>;
+
+pub struct EngineConfig {
+    pub state_dir: PathBuf,
+    pub client: RunsClient,
+    /// A second client for the long poll (each holds its own connection).
+    pub poll_client: RunsClient,
+    /// The installed packs, replaced by the main loop on reload.
+    pub packs: Arc<RwLock<Vec<Pack>>>,
+    pub journal: Arc<Journal>,
+    /// The agent's environment (allowlisted names are taken from it).
+    pub env: BTreeMap<String, String>,
+    pub connect: Connect,
+}
+
+enum Msg {
+    Work {
+        offers: Vec<RunOffer>,
+        cancel: Vec<String>,
+        done: mpsc::Sender<()>,
+    },
+}
+
+/// The running engine; dropping it (or [`Engine::stop`]) lets its threads end.
+pub struct Engine {
+    stop: Arc<AtomicBool>,
+}
+
+impl Engine {
+    pub fn spawn(cfg: EngineConfig) -> std::io::Result<Engine> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (tx, rx) = mpsc::channel();
+        let claimant = format!("c_{:016x}", fastrand::u64(..));
+        let mut runs = Runs {
+            state_dir: cfg.state_dir,
+            client: cfg.client,
+            packs: cfg.packs,
+            journal: cfg.journal,
+            env: cfg.env,
+            connect: cfg.connect,
+            manager: None,
+            host: None,
+            last_connect: None,
+            claimant,
+            active: BTreeMap::new(),
+            held: Arc::clone(&held),
+        };
+        runs.reattach();
+        let s = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("runs".into())
+            .stack_size(512 * 1024)
+            .spawn(move || runs.run(&rx, &s))?;
+        let s = Arc::clone(&stop);
+        let client = cfg.poll_client;
+        std::thread::Builder::new()
+            .name("poll".into())
+            .stack_size(256 * 1024)
+            .spawn(move || poll_loop(&client, &tx, &held, &s))?;
+        Ok(Engine { stop })
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn poll_loop(
+    client: &RunsClient,
+    tx: &mpsc::Sender<Msg>,
+    held: &Mutex<Vec<String>>,
+    stop: &AtomicBool,
+) {
+    let mut failures = 0u32;
+    let mut seen_cancel: Vec<String> = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let holding = held.lock().map(|h| h.clone()).unwrap_or_default();
+        match client.poll(POLL_WAIT_SECS, holding) {
+            Ok(reply) => {
+                if failures > 0 {
+                    log::info("runs: the hub answers polls again");
+                }
+                failures = 0;
+                let fresh_cancel = reply.cancel.iter().any(|c| !seen_cancel.contains(c));
+                if reply.offers.is_empty() && !fresh_cancel {
+                    // Only cancels already handled (the hub repeats them until the result):
+                    // do not spin on them.
+                    if !reply.cancel.is_empty() {
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    continue;
+                }
+                seen_cancel = reply.cancel.clone();
+                let (done, wait) = mpsc::channel();
+                let work = Msg::Work {
+                    offers: reply.offers,
+                    cancel: reply.cancel,
+                    done,
+                };
+                if tx.send(work).is_err() {
+                    return;
+                }
+                let _ = wait.recv_timeout(Duration::from_secs(120));
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                if failures == 1 {
+                    log::warn(&format!("runs: cannot poll the hub: {e}"), &e.hint());
+                }
+                if matches!(
+                    e,
+                    crate::hub::HubError::TokenRevoked | crate::hub::HubError::TokenInvalid
+                ) {
+                    std::thread::sleep(Duration::from_secs(30));
+                } else {
+                    std::thread::sleep(
+                        crate::run::backoff_delay(failures, fastrand::f64())
+                            .min(Duration::from_secs(10)),
+                    );
+                }
+            }
+        }
+    }
+}
+
+struct Runs {
+    state_dir: PathBuf,
+    client: RunsClient,
+    packs: Arc<RwLock<Vec<Pack>>>,
+    journal: Arc<Journal>,
+    env: BTreeMap<String, String>,
+    connect: Connect,
+    manager: Option<Box<dyn RunManager>>,
+    host: Option<Host>,
+    last_connect: Option<(Instant, String)>,
+    claimant: String,
+    /// Runs not yet delivered, by id.
+    active: BTreeMap<String, RunRecord>,
+    held: Arc<Mutex<Vec<String>>>,
+}
+
+fn now() -> String {
+    outpost_core::time::now_rfc3339()
+}
+
+fn data(pairs: &[(&str, &str)]) -> FlatMap {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), FlatValue::String(v.to_string())))
+        .collect()
+}
+
+impl Runs {
+    fn run(&mut self, rx: &mpsc::Receiver<Msg>, stop: &AtomicBool) {
+        let mut next_tick = Instant::now();
+        while !stop.load(Ordering::SeqCst) {
+            match rx.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
+                Ok(Msg::Work {
+                    offers,
+                    cancel,
+                    done,
+                }) => {
+                    for id in &cancel {
+                        self.cancel(id, "by admin");
+                    }
+                    for o in offers {
+                        self.offer(o);
+                    }
+                    self.publish_held();
+                    let _ = done.send(());
+                    // Start what was just claimed right away (dispatch latency).
+                    next_tick = Instant::now();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            let ids: Vec<String> = self.active.keys().cloned().collect();
+            for id in ids {
+                self.step(&id);
+            }
+            self.publish_held();
+            next_tick = Instant::now() + TICK;
+        }
+    }
+
+    fn publish_held(&self) {
+        let ids = self
+            .active
+            .values()
+            .filter(|r| r.held())
+            .map(|r| r.run_id.clone())
+            .collect();
+        if let Ok(mut h) = self.held.lock() {
+            *h = ids;
+        }
+    }
+
+    /// Load the records a previous agent left.
+    fn reattach(&mut self) {
+        let mut n = 0;
+        for r in record::all(&self.state_dir) {
+            match r {
+                Ok(mut r) if r.phase != Phase::Delivered => {
+                    if r.phase == Phase::Started {
+                        r.event(
+                            "reattached",
+                            now(),
+                            data(&[("agent", outpost_release::VERSION)]),
+                        );
+                    }
+                    n += 1;
+                    self.active.insert(r.run_id.clone(), r);
+                }
+                Ok(_) => {}
+                Err(e) => log::warn(&format!("runs: {e}"), &outpost_core::Hint::hint(&e)),
+            }
+        }
+        if n > 0 {
+            log::info(&format!(
+                "runs: took over {n} run(s) from the previous agent"
+            ));
+            let ids: Vec<&str> = self.active.keys().map(String::as_str).collect();
+            let _ = self
+                .journal
+                .append(kind::RUNS_REATTACHED, serde_json::json!({ "runs": ids }));
+        }
+        self.publish_held();
+    }
+
+    /// The manager and what it offers, connecting (at most once a second) when needed.
+    fn manager(&mut self) -> Result<(&dyn RunManager, &Host), String> {
+        if self.manager.is_none() {
+            if let Some((at, why)) = &self.last_connect {
+                if at.elapsed() < Duration::from_secs(1) {
+                    return Err(why.clone());
+                }
+            }
+            match (self.connect)() {
+                Ok(m) => {
+                    let cgroup = m.manager_cgroup().unwrap_or_default();
+                    let controllers = read_controllers(&cgroup);
+                    log::info(&format!(
+                        "runs: service manager at {} (controllers: {})",
+                        if cgroup.is_empty() { "?" } else { &cgroup },
+                        if controllers.is_empty() {
+                            "none".to_string()
+                        } else {
+                            controllers.iter().cloned().collect::<Vec<_>>().join(" ")
+                        }
+                    ));
+                    self.host = Some(Host {
+                        state_dir: self.state_dir.clone(),
+                        env: self.env.clone(),
+                        controllers,
+                        cgroup,
+                    });
+                    self.manager = Some(m);
+                    self.last_connect = None;
+                }
+                Err(e) => {
+                    let why = format!(
+                        "cannot reach the service manager that runs actions: {e} (is the service user lingering? `loginctl enable-linger USER`)"
+                    );
+                    if self.last_connect.is_none() {
+                        log::warn(&format!("runs: {why}"), &e.hint());
+                    }
+                    self.last_connect = Some((Instant::now(), why.clone()));
+                    return Err(why);
+                }
+            }
+        }
+        match (&self.manager, &self.host) {
+            (Some(m), Some(h)) => Ok((m.as_ref(), h)),
+            _ => Err("no service manager".into()),
+        }
+    }
+
+    /// The manager failed a call: reconnect next time.
+    fn drop_manager(&mut self, e: &SvcError) {
+        if matches!(e, SvcError::Connect { .. } | SvcError::Call { .. }) {
+            self.manager = None;
+        }
+    }
+
+    fn save(&self, r: &RunRecord) {
+        let p = plan::paths(&self.state_dir, &r.run_id);
+        if let Err(e) = record::save(&p.record, r) {
+            log::error(&format!("runs: {e}"), &outpost_core::Hint::hint(&e));
+        }
+    }
+
+    fn offer(&mut self, o: RunOffer) {
+        if self.active.contains_key(&o.run_id) {
+            return;
+        }
+        if !plan::valid_run_id(&o.run_id) {
+            log::warn(
+                &format!(
+                    "runs: the hub offered run id {:?}, which is not a valid name; ignored",
+                    o.run_id
+                ),
+                "the hub and this agent disagree on the protocol; upgrade the older one",
+            );
+            return;
+        }
+        let paths = plan::paths(&self.state_dir, &o.run_id);
+        if paths.record.exists() {
+            return; // delivered earlier
+        }
+        let mut r = RunRecord {
+            run_id: o.run_id.clone(),
+            pack: o.pack.clone(),
+            action: o.action.clone(),
+            sha256: o.sha256.clone(),
+            params: o.params.clone(),
+            unit: plan::unit_name(&o.run_id),
+            claimant: self.claimant.clone(),
+            phase: Phase::Claiming,
+            timeout_secs: 0,
+            log_cap: 0,
+            max_concurrency: 1,
+            claimed_at: now(),
+            started_at: None,
+            cancel: None,
+            next_seq: 1,
+            events: Vec::new(),
+            log_sent: 0,
+            result: None,
+            hub_state: None,
+        };
+        if let Err(e) = outpost_core::atomic::create_dirs(&paths.work, 0o700, None) {
+            log::error(
+                &format!("runs: cannot create {}: {e}", paths.work.display()),
+                "check free space and the state directory's owner",
+            );
+            return;
+        }
+        self.save(&r);
+        self.claim(&mut r);
+        if r.phase != Phase::Delivered {
+            self.active.insert(r.run_id.clone(), r);
+        }
+    }
+
+    /// Claim (again, with the record's claimant); lost → forget the run entirely.
+    fn claim(&mut self, r: &mut RunRecord) {
+        match self.client.claim(&r.run_id, &r.claimant) {
+            Ok(Claim::Won { .. }) => {
+                r.phase = Phase::Claimed;
+                self.settle(r);
+                self.save(r);
+            }
+            Ok(Claim::Lost(why)) => {
+                log::info(&format!(
+                    "runs: run {} is not ours ({why}); dropped",
+                    r.run_id
+                ));
+                let dir = plan::paths(&self.state_dir, &r.run_id).dir;
+                let _ = std::fs::remove_dir_all(dir);
+                r.phase = Phase::Delivered;
+            }
+            Err(e) => log::warn(
+                &format!("runs: cannot claim run {}: {e}; retrying", r.run_id),
+                &e.hint(),
+            ),
+        }
+    }
+
+    /// After the claim: plan it now, so a rejection is reported at once and the limits are
+    /// known.
+    fn settle(&mut self, r: &mut RunRecord) {
+        match self.decide(r) {
+            Ok(p) => {
+                r.log_cap = p.log_cap;
+                r.max_concurrency = p.max_concurrency.max(1);
+                r.timeout_secs = timeout_of(&p);
+            }
+            Err(why) => self.finish(r, rejected(why)),
+        }
+    }
+
+    fn decide(&mut self, r: &RunRecord) -> Result<plan::UnitPlan, String> {
+        let offer = RunOffer {
+            run_id: r.run_id.clone(),
+            pack: r.pack.clone(),
+            sha256: r.sha256.clone(),
+            action: r.action.clone(),
+            params: r.params.clone(),
+            lease_secs: 0,
+        };
+        let packs = Arc::clone(&self.packs);
+        let (_, host) = self.manager()?;
+        let packs = packs
+            .read()
+            .map_err(|_| "the pack catalog is unavailable".to_string())?;
+        match plan::decide(&offer, &packs, host) {
+            Decision::Start(p) => Ok(*p),
+            Decision::Reject(why) => Err(why),
+        }
+    }
+
+    fn cancel(&mut self, id: &str, why: &str) {
+        let Some(mut r) = self.active.remove(id) else {
+            return;
+        };
+        match r.phase {
+            Phase::Claiming | Phase::Claimed => {
+                let end = plan::Ending {
+                    outcome: RunOutcome::Canceled,
+                    exit_code: None,
+                    signal: None,
+                    reason: format!("canceled: {why} before it started"),
+                };
+                self.finish(&mut r, end);
+            }
+            Phase::Started if r.cancel.is_none() => {
+                r.cancel = Some(why.to_string());
+                r.event("cancel_requested", now(), data(&[("reason", why)]));
+                self.save(&r);
+                let unit = r.unit.clone();
+                if let Ok((m, _)) = self.manager() {
+                    if let Err(e) = m.stop_nowait(&unit) {
+                        log::warn(&format!("runs: cannot stop {unit}: {e}"), &e.hint());
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.active.insert(r.run_id.clone(), r);
+    }
+
+    /// Record the run's end (before delivering it).
+    fn finish(&mut self, r: &mut RunRecord, e: plan::Ending) {
+        let log_bytes = log_size(&self.state_dir, &r.run_id).min(r.log_cap);
+        let outcome = e.outcome;
+        r.result = Some(RunResult {
+            outcome,
+            exit_code: e.exit_code,
+            signal: e.signal,
+            reason: truncate(&e.reason, outpost_proto::MAX_REASON),
+            finished_at: now(),
+            log_bytes,
+        });
+        r.phase = Phase::Finished;
+        self.save(r);
+        let _ = self.journal.append(
+            kind::RUN_FINISHED,
+            serde_json::json!({
+                "run": r.run_id, "pack": r.pack, "action": r.action,
+                "outcome": outcome, "exit_code": e.exit_code, "reason": e.reason,
+            }),
+        );
+        log::info(&format!(
+            "runs: run {} ({}/{}) {}{}",
+            r.run_id,
+            r.pack,
+            r.action,
+            serde_json::to_value(outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            if e.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", e.reason)
+            }
+        ));
+    }
+
+    fn step(&mut self, id: &str) {
+        let Some(mut r) = self.active.remove(id) else {
+            return;
+        };
+        match r.phase {
+            Phase::Claiming => self.claim(&mut r),
+            Phase::Claimed => self.start(&mut r),
+            Phase::Started => self.watch(&mut r),
+            Phase::Finished | Phase::Delivered => {}
+        }
+        if matches!(r.phase, Phase::Started | Phase::Finished) {
+            self.deliver(&mut r);
+        }
+        if r.phase != Phase::Delivered {
+            self.active.insert(r.run_id.clone(), r);
+        }
+    }
+
+    fn start(&mut self, r: &mut RunRecord) {
+        let busy = self
+            .active
+            .values()
+            .filter(|o| o.phase == Phase::Started && o.pack == r.pack && o.action == r.action)
+            .count();
+        if busy >= r.max_concurrency as usize {
+            return; // waits, claimed (its lease renewed by the polls), for a free slot
+        }
+        let p = match self.decide(r) {
+            Ok(p) => p,
+            Err(why) => return self.finish(r, rejected(why)),
+        };
+        // The unit may already exist: a previous agent started it and stopped before saying so.
+        r.phase = Phase::Started;
+        r.started_at = Some(now());
+        self.save(r);
+        let result = match self.manager() {
+            Ok((m, _)) => m.start_transient_unit(&p.unit, &p.props),
+            Err(why) => return self.finish(r, rejected(why)),
+        };
+        match result {
+            Ok(()) => {}
+            Err(SvcError::Job { result, .. }) if result == "exists" => {}
+            Err(e) => {
+                self.drop_manager(&e);
+                return self.finish(r, rejected(format!("cannot start the run's unit: {e}")));
+            }
+        }
+        r.event("started", now(), data(&[("unit", &p.unit)]));
+        self.save(r);
+        let _ = self.journal.append(
+            kind::RUN_STARTED,
+            serde_json::json!({"run": r.run_id, "pack": r.pack, "action": r.action, "unit": p.unit}),
+        );
+    }
+
+    fn watch(&mut self, r: &mut RunRecord) {
+        let unit = r.unit.clone();
+        let st = match self.manager() {
+            Ok((m, _)) => m.unit_status(&unit),
+            Err(_) => return,
+        };
+        let st = match st {
+            Ok(st) => st,
+            Err(e) => return self.drop_manager(&e),
+        };
+        if let Some(end) = plan::ending(&st, r.cancel.as_deref(), r.timeout_secs) {
+            return self.finish(r, end);
+        }
+        let size = log_size(&self.state_dir, &r.run_id);
+        if size > r.log_cap && r.cancel.is_none() {
+            let why = format!(
+                "log_limit: the log passed limits.log_size ({} bytes)",
+                r.log_cap
+            );
+            r.cancel = Some(why.clone());
+            r.event("log_limit", now(), data(&[("reason", &why)]));
+            self.save(r);
+            if let Ok((m, _)) = self.manager() {
+                let _ = m.stop_nowait(&unit);
+            }
+        }
+    }
+
+    /// Upload new log bytes and events; once both are through, the result.
+    fn deliver(&mut self, r: &mut RunRecord) {
+        let before = (r.log_sent, r.events.len());
+        let log_done = self.upload_log(r);
+        if !r.events.is_empty() {
+            match self.client.events(&r.run_id, &r.events) {
+                Ok(Delivery::Acked(seq)) => r.acked(seq),
+                Ok(Delivery::Refused(why)) => {
+                    log::warn(
+                        &format!(
+                            "runs: the hub refused run {}'s events ({why}); dropped",
+                            r.run_id
+                        ),
+                        "the hub no longer knows this run (deleted?)",
+                    );
+                    r.events.clear();
+                }
+                Err(_) => {}
+            }
+        }
+        if (r.log_sent, r.events.len()) != before {
+            self.save(r);
+        }
+        if r.phase != Phase::Finished || !log_done || !r.events.is_empty() {
+            return;
+        }
+        let Some(res) = r.result.clone() else { return };
+        match self.client.result(&r.run_id, &res) {
+            Ok(Delivery::Acked(ack)) => {
+                r.hub_state = Some(ack.state.as_str().to_string());
+                self.delivered(r);
+            }
+            Ok(Delivery::Refused(why)) => {
+                log::warn(
+                    &format!(
+                        "runs: the hub refused run {}'s result ({why}); kept here",
+                        r.run_id
+                    ),
+                    "`outpost runs` shows the local result",
+                );
+                r.hub_state = Some(format!("refused: {why}"));
+                self.delivered(r);
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn delivered(&mut self, r: &mut RunRecord) {
+        r.phase = Phase::Delivered;
+        self.save(r);
+        // Let the manager forget the unit (it stayed loaded for its result).
+        let unit = r.unit.clone();
+        if let Ok((m, _)) = self.manager() {
+            let _ = m.stop_nowait(&unit);
+            let _ = m.reset_failed(&unit);
+        }
+    }
+
+    /// Send what the hub lacks of the log (up to the cap). True when it has everything.
+    fn upload_log(&mut self, r: &mut RunRecord) -> bool {
+        let path = plan::paths(&self.state_dir, &r.run_id).log;
+        let size = log_size(&self.state_dir, &r.run_id);
+        let end = size.min(r.log_cap);
+        let mut sent_now = 0u64;
+        while r.log_sent < end && sent_now < LOG_PER_TICK {
+            let want = (end - r.log_sent).min(LOG_CHUNK as u64);
+            let Ok(chunk) = read_at(&path, r.log_sent, want) else {
+                return false;
+            };
+            if chunk.is_empty() {
+                return false;
+            }
+            match self.client.log(&r.run_id, r.log_sent, &chunk) {
+                Ok(Delivery::Acked(LogReply::Next(n))) => {
+                    let prev = r.log_sent;
+                    r.log_sent = n.min(end);
+                    if r.log_sent <= prev {
+                        return false; // the hub took nothing new: again next tick
+                    }
+                    sent_now += r.log_sent - prev;
+                }
+                Ok(Delivery::Acked(LogReply::Gap(at))) => r.log_sent = at.min(end),
+                Ok(Delivery::Refused(why)) => {
+                    log::warn(
+                        &format!("runs: the hub refused run {}'s log ({why}); the rest stays on this host", r.run_id),
+                        "the hub caps a run's log; the full log is in the run's directory",
+                    );
+                    r.log_sent = end;
+                }
+                Err(_) => return false,
+            }
+        }
+        r.log_sent >= end
+    }
+}
+
+fn rejected(reason: String) -> plan::Ending {
+    plan::Ending {
+        outcome: RunOutcome::Rejected,
+        exit_code: None,
+        signal: None,
+        reason,
+    }
+}
+
+fn timeout_of(p: &plan::UnitPlan) -> u64 {
+    p.props
+        .iter()
+        .find_map(|(k, v)| match (k.as_str(), v) {
+            ("RuntimeMaxUSec", outpost_systemd::PropValue::U64(us)) => Some(us / 1_000_000),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+fn log_size(state_dir: &std::path::Path, id: &str) -> u64 {
+    std::fs::symlink_metadata(plan::paths(state_dir, id).log)
+        .map(|m| if m.is_file() { m.len() } else { 0 })
+        .unwrap_or(0)
+}
+
+fn read_at(path: &std::path::Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    let Some(mut f) = outpost_core::trust::open_untrusted(path)
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+    else {
+        return Ok(Vec::new());
+    };
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::with_capacity(len as usize);
+    f.take(len).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// The controllers listed in `/sys/fs/cgroup<cgroup>/cgroup.controllers` (none on cgroup v1
+/// or when unreadable).
+fn read_controllers(cgroup: &str) -> std::collections::BTreeSet<String> {
+    if cgroup.is_empty() {
+        return Default::default();
+    }
+    let path = format!("/sys/fs/cgroup{cgroup}/cgroup.controllers");
+    std::fs::read_to_string(path)
+        .map(|s| s.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,746 @@
+//! Deciding, not doing: what the agent makes of an offer (start a unit with these
+//! properties, or reject it with a reason) and what a finished unit's state means (the run's
+//! result). Pure functions over plain inputs, table-tested; [`super::engine`] applies them.
+use outpost_pack::{Action, Pack};
+use outpost_proto::{RunOffer, RunOutcome};
+use outpost_systemd::{PropValue, UnitStatus};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// The slice every run unit is started in (in the service user's manager).
+pub const SLICE: &str = "outpost-runs.slice";
+/// `PATH` of a run.
+pub const RUN_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// After SIGTERM (cancel, timeout), how long the run's processes have before SIGKILL of the
+/// whole control group.
+pub const STOP_GRACE_SECS: u64 = 10;
+/// Variables the service manager would pass that a run must not see (the manager's own bus
+/// and pid: a run is not meant to drive the manager).
+pub const UNSET_ENV: [&str; 2] = ["DBUS_SESSION_BUS_ADDRESS", "MANAGERPID"];
+/// A run is more likely than the agent to be killed when memory runs out.
+pub const OOM_SCORE_ADJUST: i32 = 500;
+/// A run's CPU and IO weight (the agent's is systemd's default, 100), when the controller
+/// is delegated.
+pub const WEIGHT: u64 = 50;
+
+/// The unit of run `id`.
+pub fn unit_name(id: &str) -> String {
+    format!("outpost-run-{id}.service")
+}
+
+/// A run id the hub may send: 1-64 of `A-Za-z0-9_-` (it names a unit and a directory).
+pub fn valid_run_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// What this host offers a run, read once by the engine.
+#[derive(Debug, Clone, Default)]
+pub struct Host {
+    /// The agent's state dir: runs live in `runs/<id>/`.
+    pub state_dir: PathBuf,
+    /// The agent's environment (systemd loaded the runner env file into it): allowlisted
+    /// names are taken from here.
+    pub env: BTreeMap<String, String>,
+    /// cgroup v2 controllers delegated to the manager runs are started in.
+    pub controllers: BTreeSet<String>,
+    /// That manager's cgroup (named in rejections).
+    pub cgroup: String,
+}
+
+/// Where a run's files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunPaths {
+    /// `runs/<id>`: the agent's record and the log.
+    pub dir: PathBuf,
+    /// `runs/<id>/work`: the run's working directory, `OUTPOST_RUN_DIR`.
+    pub work: PathBuf,
+    /// `runs/<id>/output.log`: stdout and stderr, appended by the manager.
+    pub log: PathBuf,
+    /// `runs/<id>/run.json`: the agent's record ([`super::record::RunRecord`]).
+    pub record: PathBuf,
+}
+
+pub fn paths(state_dir: &Path, id: &str) -> RunPaths {
+    let dir = state_dir.join("runs").join(id);
+    RunPaths {
+        work: dir.join("work"),
+        log: dir.join("output.log"),
+        record: dir.join("run.json"),
+        dir,
+    }
+}
+
+/// A unit to start for a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitPlan {
+    pub unit: String,
+    pub paths: RunPaths,
+    pub props: Vec<(String, PropValue)>,
+    /// Bytes of log uploaded at most; past it the run is stopped (`log_limit`).
+    pub log_cap: u64,
+    pub max_concurrency: u32,
+}
+
+/// What to do with an offer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Start(Box<UnitPlan>),
+    /// Report `rejected` with this one-line reason.
+    Reject(String),
+}
+
+/// Check `offer` against the installed packs and this host, and plan its unit.
+pub fn decide(offer: &RunOffer, packs: &[Pack], host: &Host) -> Decision {
+    match plan(offer, packs, host) {
+        Ok(p) => Decision::Start(Box::new(p)),
+        Err(why) => Decision::Reject(why),
+    }
+}
+
+fn plan(offer: &RunOffer, packs: &[Pack], host: &Host) -> Result<UnitPlan, String> {
+    if !valid_run_id(&offer.run_id) {
+        return Err(format!(
+            "run id {:?} is not 1-64 of A-Za-z0-9_-",
+            offer.run_id
+        ));
+    }
+    let pack = packs
+        .iter()
+        .find(|p| p.name == offer.pack)
+        .ok_or_else(|| format!("pack {} is not installed on this host", offer.pack))?;
+    if pack.sha256 != offer.sha256 {
+        return Err(format!(
+            "pack {} here is {} but the run was dispatched for {} (drifted): trust this host's hash at the hub, or install the trusted pack here",
+            pack.name,
+            short(&pack.sha256),
+            short(&offer.sha256)
+        ));
+    }
+    let action = pack
+        .action(&offer.action)
+        .ok_or_else(|| format!("pack {} has no action {}", pack.name, offer.action))?;
+    if action.privileged {
+        return Err(format!(
+            "action {}/{} is privileged: this agent runs actions as its service user only",
+            pack.name, action.id
+        ));
+    }
+    enforceable(action, host)?;
+    let inv = action.invocation(&pack.root, &offer.params)?;
+    let paths = paths(&host.state_dir, &offer.run_id);
+    let mut env = vec![
+        format!("PATH={RUN_PATH}"),
+        "LANG=C.UTF-8".to_string(),
+        format!("OUTPOST_RUN_ID={}", offer.run_id),
+        format!("OUTPOST_RUN_DIR={}", paths.work.display()),
+    ];
+    env.extend(inv.env.iter().map(|(k, v)| format!("{k}={v}")));
+    for name in &action.env {
+        if let Some(v) = host.env.get(name) {
+            env.push(format!("{name}={v}"));
+        }
+    }
+    let s = |v: &str| PropValue::Str(v.to_string());
+    let log = paths.log.display().to_string();
+    let mut props: Vec<(String, PropValue)> = vec![
+        (
+            "Description".into(),
+            s(&format!(
+                "outpost run {} ({}/{})",
+                offer.run_id, pack.name, action.id
+            )),
+        ),
+        ("ExecStart".into(), PropValue::Exec(inv.argv)),
+        ("Type".into(), s("exec")),
+        // The unit stays loaded after its process exits, so its result can be read by an
+        // agent that was down meanwhile.
+        ("RemainAfterExit".into(), PropValue::Bool(true)),
+        ("Slice".into(), s(SLICE)),
+        (
+            "WorkingDirectory".into(),
+            s(&paths.work.display().to_string()),
+        ),
+        ("StandardInput".into(), s("null")),
+        ("StandardOutputFileToAppend".into(), s(&log)),
+        ("StandardErrorFileToAppend".into(), s(&log)),
+        ("Environment".into(), PropValue::Strs(env)),
+        (
+            "UnsetEnvironment".into(),
+            PropValue::Strs(UNSET_ENV.iter().map(|v| v.to_string()).collect()),
+        ),
+        ("NoNewPrivileges".into(), PropValue::Bool(true)),
+        (
+            "RuntimeMaxUSec".into(),
+            PropValue::U64(action.limits.timeout_secs.saturating_mul(1_000_000)),
+        ),
+        ("KillMode".into(), s("control-group")),
+        ("SendSIGKILL".into(), PropValue::Bool(true)),
+        (
+            "TimeoutStopUSec".into(),
+            PropValue::U64(STOP_GRACE_SECS * 1_000_000),
+        ),
+        ("OOMScoreAdjust".into(), PropValue::I32(OOM_SCORE_ADJUST)),
+    ];
+    if let Some(m) = action.limits.memory_bytes {
+        props.push(("MemoryMax".into(), PropValue::U64(m)));
+        // Without this the limit only pushes the run into swap.
+        props.push(("MemorySwapMax".into(), PropValue::U64(0)));
+    }
+    if let Some(pct) = action.limits.cpu_percent {
+        props.push((
+            "CPUQuotaPerSecUSec".into(),
+            PropValue::U64(u64::from(pct) * 10_000),
+        ));
+    }
+    if let Some(t) = action.limits.tasks {
+        props.push(("TasksMax".into(), PropValue::U64(u64::from(t))));
+    }
+    if host.controllers.contains("cpu") {
+        props.push(("CPUWeight".into(), PropValue::U64(WEIGHT)));
+    }
+    if host.controllers.contains("io") {
+        props.push(("IOWeight".into(), PropValue::U64(WEIGHT)));
+    }
+    Ok(UnitPlan {
+        unit: unit_name(&offer.run_id),
+        paths,
+        props,
+        log_cap: action.limits.log_bytes,
+        max_concurrency: action.max_concurrency,
+    })
+}
+
+/// Every limit of `action` needs its controller delegated to the runs' manager; one that
+/// would be silently ignored rejects the run.
+fn enforceable(action: &Action, host: &Host) -> Result<(), String> {
+    let l = &action.limits;
+    let needs = [
+        ("memory", l.memory_bytes.is_some(), "memory"),
+        ("cpu", l.cpu_percent.is_some(), "cpu"),
+        ("tasks", l.tasks.is_some(), "pids"),
+    ];
+    for (limit, set, controller) in needs {
+        if set && !host.controllers.contains(controller) {
+            let cg = if host.cgroup.is_empty() {
+                "its cgroup".to_string()
+            } else {
+                host.cgroup.clone()
+            };
+            return Err(format!(
+                "limits.{limit} cannot be enforced on this host: the {controller} controller is not delegated to the service manager that runs actions ({cg}); enable it (cgroup v2 with {controller} delegated to user@.service) or remove the limit from the pack"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}
+
+/// The result of a finished run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ending {
+    pub outcome: RunOutcome,
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    pub reason: String,
+}
+
+/// Whether the unit of a started run has ended, and how. `cancel` is the reason the agent
+/// stopped it (an admin's cancel, the log cap), if it did. `None`: still running.
+pub fn ending(st: &UnitStatus, cancel: Option<&str>, timeout_secs: u64) -> Option<Ending> {
+    let gone = st.load_state == "not-found";
+    let exited = st.active_state == "active" && st.sub_state == "exited";
+    let stopped = matches!(st.active_state.as_str(), "inactive" | "failed");
+    if !(gone || exited || stopped) {
+        return None;
+    }
+    let (exit_code, signal) = match st.exec_main_code {
+        1 => (Some(st.exec_main_status), None),
+        2 | 3 => (None, Some(signal_name(st.exec_main_status))),
+        _ => (None, None),
+    };
+    let e = |outcome, reason: String| Ending {
+        outcome,
+        exit_code,
+        signal: signal.clone(),
+        reason,
+    };
+    if let Some(why) = cancel {
+        return Some(e(RunOutcome::Canceled, format!("canceled: {why}")));
+    }
+    if gone {
+        return Some(Ending {
+            outcome: RunOutcome::Failed,
+            exit_code: None,
+            signal: None,
+            reason: "the run's unit is gone (the host rebooted or the service user's manager restarted while the agent was down)".into(),
+        });
+    }
+    Some(match st.result.as_str() {
+        "timeout" => e(
+            RunOutcome::TimedOut,
+            format!("timeout: ran longer than {timeout_secs}s (limits.timeout); its processes were stopped"),
+        ),
+        "oom-kill" => e(
+            RunOutcome::Failed,
+            "oom-kill: the run reached its memory limit and the kernel killed it".into(),
+        ),
+        "success" if exit_code == Some(0) || exit_code.is_none() && signal.is_none() => {
+            e(RunOutcome::Succeeded, String::new())
+        }
+        _ if signal.is_some() => e(
+            RunOutcome::Failed,
+            format!(
+                "signal: killed by {}",
+                signal.as_deref().unwrap_or("a signal")
+            ),
+        ),
+        "success" | "exit-code" => e(
+            RunOutcome::Failed,
+            format!("exit-code: exited with {}", exit_code.unwrap_or(-1)),
+        ),
+        other => e(RunOutcome::Failed, format!("{other}: as systemd reports it")),
+    })
+}
+
+/// `SIGTERM` for 15, `signal 64` for what has no name here.
+pub fn signal_name(n: i32) -> String {
+    let name = match n {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        10 => "SIGUSR1",
+        11 => "SIGSEGV",
+        12 => "SIGUSR2",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        24 => "SIGXCPU",
+        25 => "SIGXFSZ",
+        31 => "SIGSYS",
+        _ => return format!("signal {n}"),
+    };
+    name.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pack(dir: &Path, toml: &str) -> Pack {
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        std::fs::write(dir.join("pack.toml"), toml).unwrap();
+        std::fs::write(dir.join("bin/x.sh"), "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("bin/x.sh"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        outpost_pack::load(dir, None).unwrap()
+    }
+
+    const TOML: &str = r#"
+[pack]
+name = "demo"
+version = "1.0.0"
+
+[[action]]
+id = "hello"
+command = ["bin/x.sh", "{who}"]
+env = ["ALLOWED"]
+[[action.param]]
+name = "who"
+type = "string"
+pattern = "[a-z]+"
+max_len = 8
+required = true
+[[action.param]]
+name = "loud"
+type = "bool"
+as = "env"
+default = false
+
+[[action]]
+id = "capped"
+command = ["/bin/true"]
+[action.limits]
+memory = "64M"
+cpu = "50%"
+tasks = 16
+timeout = "5s"
+log_size = "1M"
+
+[[action]]
+id = "root"
+command = ["/usr/bin/id"]
+privileged = true
+"#;
+
+    fn offer(pack: &Pack, action: &str, params: &[(&str, &str)]) -> RunOffer {
+        RunOffer {
+            run_id: "r_0123".into(),
+            pack: pack.name.clone(),
+            sha256: pack.sha256.clone(),
+            action: action.into(),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            lease_secs: 60,
+        }
+    }
+
+    fn host(controllers: &[&str]) -> Host {
+        Host {
+            state_dir: "/var/lib/outpost/agent".into(),
+            env: [("ALLOWED", "yes"), ("SECRET", "no")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            controllers: controllers.iter().map(|c| c.to_string()).collect(),
+            cgroup: "/user.slice/user-999.slice/user@999.service".into(),
+        }
+    }
+
+    fn prop<'a>(p: &'a UnitPlan, name: &str) -> Option<&'a PropValue> {
+        p.props.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    #[test]
+    fn decisions_table() {
+        let d = tempfile::tempdir().unwrap();
+        let p = pack(d.path(), TOML);
+        let mut drifted = offer(&p, "hello", &[("who", "bob")]);
+        drifted.sha256 = "0".repeat(64);
+        let mut bad_id = offer(&p, "hello", &[("who", "bob")]);
+        bad_id.run_id = "../etc".into();
+        let mut other_pack = offer(&p, "hello", &[("who", "bob")]);
+        other_pack.pack = "nope".into();
+        // (what, offer, controllers, Ok(unit) or Err(substring of the reason))
+        #[allow(clippy::type_complexity)]
+        let cases: Vec<(&str, RunOffer, &[&str], Result<&str, &str>)> = vec![
+            (
+                "good",
+                offer(&p, "hello", &[("who", "bob")]),
+                &[],
+                Ok("outpost-run-r_0123.service"),
+            ),
+            ("drifted", drifted, &[], Err("(drifted)")),
+            ("bad id", bad_id, &[], Err("is not 1-64")),
+            (
+                "no pack",
+                other_pack,
+                &[],
+                Err("pack nope is not installed"),
+            ),
+            (
+                "no action",
+                offer(&p, "gone", &[]),
+                &[],
+                Err("has no action gone"),
+            ),
+            (
+                "privileged",
+                offer(&p, "root", &[]),
+                &[],
+                Err("is privileged"),
+            ),
+            (
+                "bad param",
+                offer(&p, "hello", &[("who", "B0B")]),
+                &[],
+                Err("parameter who"),
+            ),
+            (
+                "missing param",
+                offer(&p, "hello", &[]),
+                &[],
+                Err("who is required"),
+            ),
+            (
+                "unknown param",
+                offer(&p, "hello", &[("who", "a"), ("x", "1")]),
+                &[],
+                Err("no parameter \"x\""),
+            ),
+            (
+                "no controllers",
+                offer(&p, "capped", &[]),
+                &[],
+                Err("limits.memory cannot be enforced"),
+            ),
+            (
+                "no cpu",
+                offer(&p, "capped", &[]),
+                &["memory", "pids"],
+                Err("the cpu controller is not delegated"),
+            ),
+            (
+                "no pids",
+                offer(&p, "capped", &[]),
+                &["memory", "cpu"],
+                Err("limits.tasks"),
+            ),
+            (
+                "all delegated",
+                offer(&p, "capped", &[]),
+                &["memory", "cpu", "pids"],
+                Ok("outpost-run-r_0123.service"),
+            ),
+        ];
+        for (what, o, ctl, want) in cases {
+            match (decide(&o, std::slice::from_ref(&p), &host(ctl)), want) {
+                (Decision::Start(plan), Ok(unit)) => assert_eq!(plan.unit, unit, "{what}"),
+                (Decision::Reject(why), Err(sub)) => {
+                    assert!(why.contains(sub), "{what}: {why}");
+                    assert!(!why.contains('\n'), "{what}: one line");
+                }
+                (got, want) => panic!("{what}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_unit_has_a_clean_environment_and_the_pack_limits() {
+        let d = tempfile::tempdir().unwrap();
+        let p = pack(d.path(), TOML);
+        let Decision::Start(plan) = decide(
+            &offer(&p, "hello", &[("who", "bob")]),
+            std::slice::from_ref(&p),
+            &host(&["cpu", "io"]),
+        ) else {
+            panic!()
+        };
+        let Some(PropValue::Strs(env)) = prop(&plan, "Environment") else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(
+            env,
+            &[
+                format!("PATH={RUN_PATH}"),
+                "LANG=C.UTF-8".into(),
+                "OUTPOST_RUN_ID=r_0123".into(),
+                "OUTPOST_RUN_DIR=/var/lib/outpost/agent/runs/r_0123/work".into(),
+                "OUTPOST_PARAM_LOUD=false".into(),
+                "ALLOWED=yes".into(),
+            ]
+        );
+        let Some(PropValue::Exec(argv)) = prop(&plan, "ExecStart") else {
+            panic!()
+        };
+        assert_eq!(argv[0], d.path().join("bin/x.sh").display().to_string());
+        assert_eq!(argv[1], "bob");
+        assert_eq!(prop(&plan, "Slice"), Some(&PropValue::Str(SLICE.into())));
+        assert_eq!(
+            prop(&plan, "StandardOutputFileToAppend"),
+            Some(&PropValue::Str(
+                "/var/lib/outpost/agent/runs/r_0123/output.log".into()
+            ))
+        );
+        assert_eq!(prop(&plan, "CPUWeight"), Some(&PropValue::U64(WEIGHT)));
+        assert_eq!(prop(&plan, "MemoryMax"), None);
+        assert_eq!(plan.log_cap, 10 << 20, "the default log cap");
+
+        let Decision::Start(capped) = decide(
+            &offer(&p, "capped", &[]),
+            std::slice::from_ref(&p),
+            &host(&["memory", "cpu", "pids"]),
+        ) else {
+            panic!()
+        };
+        assert_eq!(prop(&capped, "MemoryMax"), Some(&PropValue::U64(64 << 20)));
+        assert_eq!(prop(&capped, "MemorySwapMax"), Some(&PropValue::U64(0)));
+        assert_eq!(
+            prop(&capped, "CPUQuotaPerSecUSec"),
+            Some(&PropValue::U64(500_000))
+        );
+        assert_eq!(prop(&capped, "TasksMax"), Some(&PropValue::U64(16)));
+        assert_eq!(
+            prop(&capped, "RuntimeMaxUSec"),
+            Some(&PropValue::U64(5_000_000))
+        );
+        assert_eq!(capped.log_cap, 1 << 20);
+    }
+
+    fn st(active: &str, sub: &str, result: &str, code: i32, status: i32) -> UnitStatus {
+        UnitStatus {
+            load_state: "loaded".into(),
+            active_state: active.into(),
+            sub_state: sub.into(),
+            result: result.into(),
+            exec_main_code: code,
+            exec_main_status: status,
+            ..UnitStatus::default()
+        }
+    }
+
+    #[test]
+    fn endings_table() {
+        use RunOutcome::*;
+        let gone = UnitStatus {
+            load_state: "not-found".into(),
+            active_state: "inactive".into(),
+            ..UnitStatus::default()
+        };
+        // (what, status, cancel, outcome or None = still running, exit, signal, reason prefix)
+        #[allow(clippy::type_complexity)]
+        let cases: Vec<(
+            &str,
+            UnitStatus,
+            Option<&str>,
+            Option<RunOutcome>,
+            Option<i32>,
+            Option<&str>,
+            &str,
+        )> = vec![
+            (
+                "running",
+                st("active", "running", "success", 0, 0),
+                None,
+                None,
+                None,
+                None,
+                "",
+            ),
+            (
+                "starting",
+                st("activating", "start", "success", 0, 0),
+                None,
+                None,
+                None,
+                None,
+                "",
+            ),
+            (
+                "stopping",
+                st("deactivating", "stop-sigterm", "success", 0, 0),
+                Some("admin"),
+                None,
+                None,
+                None,
+                "",
+            ),
+            (
+                "exit 0",
+                st("active", "exited", "success", 1, 0),
+                None,
+                Some(Succeeded),
+                Some(0),
+                None,
+                "",
+            ),
+            (
+                "exit 3",
+                st("failed", "failed", "exit-code", 1, 3),
+                None,
+                Some(Failed),
+                Some(3),
+                None,
+                "exit-code",
+            ),
+            (
+                "killed",
+                st("failed", "failed", "signal", 2, 9),
+                None,
+                Some(Failed),
+                None,
+                Some("SIGKILL"),
+                "signal",
+            ),
+            (
+                "dumped",
+                st("failed", "failed", "core-dump", 3, 11),
+                None,
+                Some(Failed),
+                None,
+                Some("SIGSEGV"),
+                "signal",
+            ),
+            (
+                "timeout",
+                st("failed", "failed", "timeout", 2, 15),
+                None,
+                Some(TimedOut),
+                None,
+                Some("SIGTERM"),
+                "timeout",
+            ),
+            (
+                "oom",
+                st("failed", "failed", "oom-kill", 2, 9),
+                None,
+                Some(Failed),
+                None,
+                Some("SIGKILL"),
+                "oom-kill",
+            ),
+            (
+                "canceled",
+                st("inactive", "dead", "success", 2, 15),
+                Some("by admin"),
+                Some(Canceled),
+                None,
+                Some("SIGTERM"),
+                "canceled: by admin",
+            ),
+            (
+                "canceled gone",
+                gone.clone(),
+                Some("by admin"),
+                Some(Canceled),
+                None,
+                None,
+                "canceled",
+            ),
+            (
+                "gone",
+                gone,
+                None,
+                Some(Failed),
+                None,
+                None,
+                "the run's unit is gone",
+            ),
+            (
+                "resources",
+                st("failed", "failed", "resources", 0, 0),
+                None,
+                Some(Failed),
+                None,
+                None,
+                "resources",
+            ),
+        ];
+        for (what, s, cancel, outcome, exit, signal, reason) in cases {
+            let got = ending(&s, cancel, 5);
+            match (got, outcome) {
+                (None, None) => {}
+                (Some(e), Some(o)) => {
+                    assert_eq!(e.outcome, o, "{what}");
+                    assert_eq!(e.exit_code, exit, "{what}");
+                    assert_eq!(e.signal.as_deref(), signal, "{what}");
+                    assert!(e.reason.starts_with(reason), "{what}: {}", e.reason);
+                }
+                (got, want) => panic!("{what}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn run_ids() {
+        assert!(valid_run_id("r_0123abcd"));
+        assert!(valid_run_id("r_01-retry"));
+        for bad in ["", "../x", "a b", "x.service", &"a".repeat(65)] {
+            assert!(!valid_run_id(bad), "{bad}");
+        }
+    }
+}

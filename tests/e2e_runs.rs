@@ -1,0 +1,395 @@
+//! End-to-end: runs on real systemd (docs/RUNS.md). The hub dispatches an action of a
+//! trusted pack; the agent runs it in its own transient unit in the service user's manager
+//! (`outpost-runs.slice`), streams the log and reports one result. The run survives the
+//! agent (kill -9, stop), a cancel leaves no process behind (even one that traps SIGTERM
+//! and double-forks with setsid), a timeout fires with the agent stopped, and a limit this
+//! host cannot enforce (no cgroup controllers in the container) rejects the run with that
+//! reason. System mode (the service user's manager, lingering) and user mode.
+mod support;
+
+use std::time::{Duration, Instant};
+use support::hub::Hub;
+use support::Container;
+
+const BIN: &str = "/srv/dist/outpost";
+
+/// The pack of these tests, owned by `owner` at `dir`.
+fn write_pack(c: &Container, dir: &str, owner: &str) {
+    c.must_sh(&format!(
+        r#"set -e; rm -rf {dir}; mkdir -p {dir}/bin
+cat > {dir}/pack.toml <<'EOF'
+[pack]
+name = "e2e"
+version = "1.0.0"
+description = "runs e2e"
+
+[[action]]
+id = "hello"
+description = "greet and show the environment's names"
+command = ["bin/hello.sh", "{{who}}"]
+env = ["ALLOWED_VAR"]
+[[action.param]]
+name = "who"
+type = "string"
+pattern = "[a-z]+"
+max_len = 16
+required = true
+[[action.param]]
+name = "tone"
+type = "enum"
+values = ["calm", "loud"]
+as = "env"
+default = "calm"
+
+[[action]]
+id = "count"
+description = "print N lines, one every 100 ms"
+command = ["bin/count.sh", "{{n}}"]
+[[action.param]]
+name = "n"
+type = "int"
+min = 1
+max = 1000
+required = true
+
+[[action]]
+id = "stubborn"
+description = "ignore SIGTERM and leave a setsid grandchild behind"
+command = ["bin/stubborn.sh"]
+
+[[action]]
+id = "sleepy"
+description = "sleep past its timeout"
+command = ["/bin/sleep", "30"]
+[action.limits]
+timeout = "4s"
+
+[[action]]
+id = "capped"
+description = "a CPU limit"
+command = ["/bin/true"]
+[action.limits]
+cpu = "50%"
+EOF
+cat > {dir}/bin/hello.sh <<'EOF'
+#!/bin/sh
+echo "hello $1 ($OUTPOST_PARAM_TONE)"
+env | cut -d= -f1 | sort | sed 's/^/ENV /'
+echo "allowed=$ALLOWED_VAR"
+id -u
+EOF
+cat > {dir}/bin/count.sh <<'EOF'
+#!/bin/sh
+i=1
+while [ $i -le $1 ]; do echo "line $i of $1"; i=$((i+1)); sleep 0.1; done
+EOF
+cat > {dir}/bin/stubborn.sh <<'EOF'
+#!/bin/sh
+trap '' TERM
+setsid sh -c 'trap "" TERM; while :; do sleep 1; done' &
+echo $! > "$OUTPOST_RUN_DIR/child.pid"
+echo $$ > "$OUTPOST_RUN_DIR/main.pid"
+echo started
+while :; do sleep 1; done
+EOF
+chmod 0755 {dir}/bin/*.sh
+chown -R {owner} {dir}"#
+    ));
+}
+
+/// One run as the hub shows it.
+fn run_view(hub: &Hub, id: &str) -> serde_json::Value {
+    let o = hub.cli(&["runs", "--json"]);
+    assert!(o.status.success(), "runs: {o:?}");
+    let all: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    all.into_iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("run {id} not at the hub"))
+}
+
+fn wait_run(
+    s: &Setup,
+    id: &str,
+    secs: u64,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = run_view(&s.hub, id);
+        if pred(&r) {
+            return r;
+        }
+        if Instant::now() > until {
+            let agent = s.c.sh(&s.journal).stdout;
+            panic!("run {id} did not get there in {secs}s: {r}\nagent:\n{agent}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn wait_final(s: &Setup, id: &str, secs: u64) -> serde_json::Value {
+    wait_run(s, id, secs, |r| {
+        !matches!(
+            r["state"].as_str(),
+            Some("queued" | "claimed" | "running" | "unknown")
+        ) && r["log_bytes"] == r["result_log_bytes"]
+    })
+}
+
+/// `outpost-hub run AGENT ACTION --param …`: the run id.
+fn start(hub: &Hub, agent: &str, action: &str, params: &[&str]) -> String {
+    let mut args = vec!["run", agent, action];
+    for p in params {
+        args.push("--param");
+        args.push(p);
+    }
+    let o = hub.cli(&args);
+    assert!(o.status.success(), "run {action}: {o:?}");
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    out.split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("no run id: {out}"))
+        .to_string()
+}
+
+fn hub_log(hub: &Hub, id: &str) -> String {
+    let o = hub.cli(&["logs", id]);
+    assert!(o.status.success(), "logs: {o:?}");
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// Enroll the container's agent (installed by `install`) and trust the pack at the hub.
+struct Setup<'a> {
+    c: &'a Container,
+    hub: Hub,
+    agent: String,
+    /// Prints the agent's log (on a failure).
+    journal: String,
+}
+
+fn enroll_and_trust<'a>(
+    c: &'a Container,
+    hub: Hub,
+    journal: &str,
+    install: &dyn Fn(&str, &str),
+) -> Setup<'a> {
+    let key = hub.mint_key();
+    install(&key, &hub.url);
+    let agents = hub
+        .wait_agents(15, |a| a.len() == 1 && a[0]["status"] == "online")
+        .unwrap_or_else(|| panic!("agent not online: {:?}\n{}", hub.agents(), hub.log()));
+    let agent = agents[0]["id"].as_str().unwrap().to_string();
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = hub.cli(&["packs", "--json"]);
+        let p: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if let Some(sha) = p
+            .iter()
+            .find(|x| x["name"] == "e2e")
+            .and_then(|x| x["sha256"].as_str())
+        {
+            let o = hub.cli(&["packs", "trust", "e2e", &sha[..16]]);
+            assert!(o.status.success(), "trust: {o:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the pack never reached the hub: {p:?}"
+        );
+        // The heartbeat carries the catalog: ask for one now.
+        c.sh("pkill -USR1 -f 'outpost agent run' || true");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Setup {
+        c,
+        hub,
+        agent,
+        journal: journal.to_string(),
+    }
+}
+
+fn env_names(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| l.strip_prefix("ENV "))
+        .map(String::from)
+        .collect()
+}
+
+/// The environment a run sees: the fixed baseline, what the service manager adds for every
+/// unit (its user's identity and runtime dir, the invocation), the allowlisted variable and
+/// the run's own; nothing of the agent's.
+const ALLOWED_NAMES: &[&str] = &[
+    "PATH",
+    "LANG",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "XDG_RUNTIME_DIR",
+    "INVOCATION_ID",
+    "SYSTEMD_EXEC_PID",
+    "PWD",
+    "ALLOWED_VAR",
+    "OUTPOST_RUN_ID",
+    "OUTPOST_RUN_DIR",
+    "OUTPOST_PARAM_TONE",
+];
+
+/// The hello action end to end: params as argv and env, the env allowlist, one result.
+fn hello(s: &Setup, uid: &str) {
+    let id = start(&s.hub, &s.agent, "e2e/hello", &["who=bob", "tone=loud"]);
+    let r = wait_final(s, &id, 30);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(r["exit_code"], 0, "{r}");
+    let log = hub_log(&s.hub, &id);
+    assert!(log.contains("hello bob (loud)"), "{log}");
+    assert!(log.contains("allowed=yes-allowed"), "{log}");
+    assert!(
+        log.lines().any(|l| l == uid),
+        "runs as the service user {uid}: {log}"
+    );
+    let names = env_names(&log);
+    for n in &names {
+        assert!(
+            ALLOWED_NAMES.contains(&n.as_str()),
+            "{n} leaked into the run: {names:?}"
+        );
+    }
+    assert!(names.iter().any(|n| n == "ALLOWED_VAR"), "{names:?}");
+    assert!(names.iter().any(|n| n == "OUTPOST_RUN_ID"), "{names:?}");
+
+    // a parameter out of bounds is the agent's rejection, naming it
+    let id = start(&s.hub, &s.agent, "e2e/hello", &["who=B0B"]);
+    let r = wait_final(s, &id, 30);
+    assert_eq!(r["state"], "rejected", "{r}");
+    assert!(
+        r["reason"].as_str().unwrap().contains("parameter who"),
+        "{r}"
+    );
+}
+
+/// A limit without its controller (the container has none) rejects the run, with the reason.
+fn unenforceable_limit(s: &Setup) {
+    let id = start(&s.hub, &s.agent, "e2e/capped", &[]);
+    let r = wait_final(s, &id, 30);
+    assert_eq!(r["state"], "rejected", "{r}");
+    let why = r["reason"].as_str().unwrap();
+    assert!(
+        why.contains("limits.cpu cannot be enforced") && why.contains("cpu controller"),
+        "{why}"
+    );
+}
+
+/// Cancel of a script that traps SIGTERM and double-forks: nothing of it is left.
+fn cancel_stubborn(c: &Container, s: &Setup, run_dir: &str) {
+    let id = start(&s.hub, &s.agent, "e2e/stubborn", &[]);
+    wait_run(s, &id, 30, |r| {
+        r["state"] == "running" && r["log_bytes"].as_u64() > Some(0)
+    });
+    let dir = format!("{run_dir}/{id}/work");
+    let pids = c.must_sh(&format!("cat {dir}/main.pid {dir}/child.pid"));
+    let pids: Vec<&str> = pids.split_whitespace().collect();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    assert!(
+        c.sh(&format!("kill -0 {}", pids[1])).code() == Some(0),
+        "the grandchild runs"
+    );
+    let o = s.hub.cli(&["cancel", &id]);
+    assert!(o.status.success(), "cancel: {o:?}");
+    let r = wait_final(s, &id, 40);
+    assert_eq!(r["state"], "canceled", "{r}");
+    for p in pids {
+        assert_ne!(
+            c.sh(&format!("kill -0 {p}")).code(),
+            Some(0),
+            "pid {p} survived the cancel"
+        );
+    }
+}
+
+/// kill -9 of the agent mid-run: the run goes on, one result, the hub's log is the run's
+/// output byte for byte.
+fn survives_kill9(c: &Container, s: &Setup, run_dir: &str, agent_pid: &dyn Fn() -> String) {
+    let id = start(&s.hub, &s.agent, "e2e/count", &["n=60"]);
+    wait_run(s, &id, 30, |r| {
+        r["state"] == "running" && r["log_bytes"].as_u64() > Some(0)
+    });
+    let before = agent_pid();
+    c.must_sh(&format!("kill -9 {before}"));
+    let r = wait_final(s, &id, 60);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_ne!(agent_pid(), before, "systemd restarted the agent");
+    let log = hub_log(&s.hub, &id);
+    assert_eq!(log.lines().count(), 60, "{log}");
+    let local = c.must_sh(&format!("sha256sum < {run_dir}/{id}/output.log"));
+    let hub_sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(log.as_bytes()))
+    };
+    assert!(local.starts_with(&hub_sha), "local {local} hub {hub_sha}");
+    // the new agent reported that it took the run over
+    let o = s.hub.cli(&["runs", "--json"]);
+    assert!(o.status.success());
+}
+
+/// The timeout fires while the agent is stopped; the restarted agent reports it.
+fn timeout_without_agent(c: &Container, s: &Setup, stop: &str, start_agent: &str) {
+    let id = start(&s.hub, &s.agent, "e2e/sleepy", &[]);
+    wait_run(s, &id, 30, |r| r["state"] == "running");
+    c.must_sh(stop);
+    std::thread::sleep(Duration::from_secs(6));
+    c.must_sh(start_agent);
+    let r = wait_final(s, &id, 40);
+    assert_eq!(r["state"], "timed_out", "{r}");
+    assert!(r["reason"].as_str().unwrap().starts_with("timeout"), "{r}");
+}
+
+#[test]
+fn e2e_runs_user_mode() {
+    let Some(c) = support::boot_with_binary("runs-user") else {
+        return;
+    };
+    let hub = Hub::start("runs-user", 1);
+    let journal = "journalctl --no-pager -o cat _SYSTEMD_USER_UNIT=outpost.service | tail -40";
+    let s = enroll_and_trust(&c, hub, journal, &|key, url| {
+        c.exec_with_stdin(
+            &[
+                "bash",
+                "-c",
+                "umask 077; cat > /home/bob/k; chown bob /home/bob/k",
+            ],
+            key.as_bytes(),
+        );
+        write_pack(&c, "/home/bob/src", "bob");
+        c.must_sh_as(
+            "bob",
+            &format!("OUTPOST_ENROLL_KEY_FILE=/home/bob/k {BIN} install --user --hub {url} && rm /home/bob/k"),
+        );
+        c.must_sh_as("bob", &format!("{BIN} pack install --user /home/bob/src"));
+    });
+    let uid = c.must_sh("id -u bob").trim().to_string();
+    let env = "/home/bob/.config/outpost/outpost.env";
+    c.must_sh(&format!(
+        "printf 'ALLOWED_VAR=yes-allowed\\nSECRET_VAR=no\\n' >> {env}"
+    ));
+    let user = |cmd: &str| format!("runuser -u bob -- env XDG_RUNTIME_DIR=/run/user/{uid} {cmd}");
+    c.must_sh(&user("systemctl --user restart outpost.service"));
+    hello(&s, &uid);
+    unenforceable_limit(&s);
+    let run_dir = "/home/bob/.local/state/outpost/agent/runs";
+    cancel_stubborn(&c, &s, run_dir);
+    let pid = || {
+        c.must_sh(&user(
+            "systemctl --user show -p MainPID --value outpost.service",
+        ))
+        .trim()
+        .to_string()
+    };
+    survives_kill9(&c, &s, run_dir, &pid);
+    timeout_without_agent(
+        &c,
+        &s,
+        &user("systemctl --user stop outpost.service"),
+        &user("systemctl --user start outpost.service"),
+    );
+}
