@@ -97,12 +97,16 @@ chown -R {owner} {dir}"#
     ));
 }
 
-/// One run as the hub shows it.
-fn run_view(hub: &Hub, id: &str) -> serde_json::Value {
+fn run_views(hub: &Hub) -> Vec<serde_json::Value> {
     let o = hub.cli(&["runs", "--json"]);
     assert!(o.status.success(), "runs: {o:?}");
-    let all: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
-    all.into_iter()
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// One run as the hub shows it.
+fn run_view(hub: &Hub, id: &str) -> serde_json::Value {
+    run_views(hub)
+        .into_iter()
         .find(|r| r["id"] == id)
         .unwrap_or_else(|| panic!("run {id} not at the hub"))
 }
@@ -391,5 +395,99 @@ fn e2e_runs_user_mode() {
         &s,
         &user("systemctl --user stop outpost.service"),
         &user("systemctl --user start outpost.service"),
+    );
+    host_cli(&c, "bob", "");
+}
+
+/// `outpost runs`, `runs logs`, `action list` on the host.
+fn host_cli(c: &Container, who: &str, sudo: &str) {
+    let j = c.must_sh_as(who, &format!("{sudo}{BIN} runs --json"));
+    let runs: Vec<serde_json::Value> = serde_json::from_str(&j).unwrap();
+    let hello = runs
+        .iter()
+        .find(|r| r["action"] == "hello" && r["state"] == "succeeded")
+        .unwrap_or_else(|| panic!("{j}"));
+    assert_eq!(hello["hub_state"], "succeeded", "{j}");
+    let id = hello["id"].as_str().unwrap();
+    let log = c.must_sh_as(who, &format!("{sudo}{BIN} runs logs {id}"));
+    assert!(log.contains("hello bob (loud)"), "{log}");
+    let table = c.must_sh_as(who, &format!("{sudo}{BIN} runs"));
+    assert!(
+        table.contains("e2e/stubborn") && table.contains("canceled"),
+        "{table}"
+    );
+    assert!(table.contains("timed_out"), "{table}");
+    let a = c.must_sh_as(who, &format!("{sudo}{BIN} action list"));
+    assert!(a.contains("e2e/hello(who, [tone])"), "{a}");
+    let o = c.sh_as(who, &format!("{sudo}{BIN} runs logs ../x"));
+    assert_eq!(o.code(), Some(2), "{o:?}");
+}
+
+/// Partitions between agent and hub (a relay the test cuts): 30 s → `unknown`, then
+/// `running` again and one result; 150 s (past `lost_after`, 120 s) → `lost`, then the late
+/// result is stored and nothing is dispatched again.
+#[test]
+fn e2e_runs_partitions() {
+    let Some(c) = support::boot_with_binary("runs-part") else {
+        return;
+    };
+    let hub = Hub::start_args("runs-part", 1, &["--run-lease", "10"]);
+    let proxy = support::proxy::Proxy::start(&hub.addr());
+    let journal = "journalctl --no-pager -o cat _SYSTEMD_USER_UNIT=outpost.service | tail -60";
+    let purl = proxy.url.clone();
+    let s = enroll_and_trust(&c, hub, journal, &|key, _| {
+        c.exec_with_stdin(
+            &[
+                "bash",
+                "-c",
+                "umask 077; cat > /home/bob/k; chown bob /home/bob/k",
+            ],
+            key.as_bytes(),
+        );
+        write_pack(&c, "/home/bob/src", "bob");
+        c.must_sh_as(
+            "bob",
+            &format!("OUTPOST_ENROLL_KEY_FILE=/home/bob/k {BIN} install --user --hub {purl} && rm /home/bob/k"),
+        );
+        c.must_sh_as("bob", &format!("{BIN} pack install --user /home/bob/src"));
+    });
+    let run_dir = "/home/bob/.local/state/outpost/agent/runs";
+
+    // 30 s: the lease (10 s) ends → unknown; after the heal → running, then one result
+    let id = start(&s.hub, &s.agent, "e2e/count", &["n=500"]);
+    wait_run(&s, &id, 30, |r| {
+        r["state"] == "running" && r["log_bytes"].as_u64() > Some(0)
+    });
+    proxy.cut();
+    let cut_at = Instant::now();
+    wait_run(&s, &id, 30, |r| r["state"] == "unknown");
+    let left = Duration::from_secs(30).saturating_sub(cut_at.elapsed());
+    std::thread::sleep(left);
+    proxy.heal();
+    wait_run(&s, &id, 30, |r| r["state"] == "running");
+    let r = wait_final(&s, &id, 90);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(r["late"], false, "{r}");
+    let log = hub_log(&s.hub, &id);
+    assert_eq!(log.lines().count(), 500, "every line once");
+    let local = c.must_sh(&format!("cat {run_dir}/{id}/output.log"));
+    assert_eq!(log, local, "the hub's log is the run's output");
+
+    // 150 s: lost while cut; the run ends meanwhile; the late result is stored
+    let id = start(&s.hub, &s.agent, "e2e/count", &["n=100"]);
+    wait_run(&s, &id, 30, |r| r["state"] == "running");
+    proxy.cut();
+    let cut_at = Instant::now();
+    wait_run(&s, &id, 150, |r| r["state"] == "lost");
+    let left = Duration::from_secs(150).saturating_sub(cut_at.elapsed());
+    std::thread::sleep(left);
+    proxy.heal();
+    let r = wait_run(&s, &id, 60, |r| r["state"] == "succeeded");
+    assert_eq!(r["late"], true, "{r}");
+    assert_eq!(r["exit_code"], 0, "{r}");
+    let all = run_views(&s.hub);
+    assert!(
+        !all.iter().any(|x| x["retry_of"] == id.as_str()),
+        "a non-idempotent run is never dispatched again: {all:?}"
     );
 }

@@ -3,6 +3,7 @@
 pub mod agentctl;
 pub mod cloudinit;
 pub mod pack;
+pub mod runs;
 pub mod status;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -146,6 +147,23 @@ enum Command {
     Pack {
         #[command(subcommand)]
         command: crate::cli::pack::PackCommand,
+    },
+    /// The runs this host executed for the hub (newest last), from the agent's records
+    Runs {
+        #[command(subcommand)]
+        command: Option<crate::cli::runs::RunsCommand>,
+        /// Keep printing runs as they start and end
+        #[arg(long)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        mode: ModeFlags,
+    },
+    /// The actions the installed packs allow (`action list`)
+    Action {
+        #[command(subcommand)]
+        command: crate::cli::runs::ActionCommand,
     },
     /// Render cloud-init user-data that bootstraps an enrolled host
     CloudInit {
@@ -541,6 +559,17 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
         Command::SelfTest { paths, json } => self_test(&ctx, &paths, json, out),
         Command::CloudInit { command } => cloudinit::run(command, out),
         Command::Pack { command } => pack::run(command, probe, host, root, out),
+        Command::Runs {
+            command: Some(runs::RunsCommand::Logs { run, follow, mode }),
+            ..
+        } => runs::logs(probe, root, &run, follow, mode, out),
+        Command::Runs {
+            command: None,
+            follow,
+            json,
+            mode,
+        } => runs::list(probe, root, mode, follow, json, out),
+        Command::Action { command } => runs::actions(probe, root, command, out),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "outpost", out);
             Ok(exit::OK)

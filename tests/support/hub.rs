@@ -24,6 +24,8 @@ pub struct Hub {
     /// Wall-clock time just before the hub process was last spawned: no request can have
     /// been served before it.
     pub spawned_at: std::time::SystemTime,
+    /// More `serve` flags (`--run-lease 5`, …).
+    pub extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -65,9 +67,24 @@ impl Hub {
             tls,
             log: Default::default(),
             spawned_at: std::time::UNIX_EPOCH,
+            extra: Vec::new(),
         };
         hub.start_again();
         hub
+    }
+
+    /// A plain-HTTP hub with more `serve` flags.
+    pub fn start_args(name: &str, interval: u64, extra: &[&str]) -> Hub {
+        let mut hub = Hub::start(name, interval);
+        hub.stop();
+        hub.extra = extra.iter().map(|s| s.to_string()).collect();
+        hub.start_again();
+        hub
+    }
+
+    /// `host:port` the hub listens on.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 
     /// What the hub wrote on stderr so far.
@@ -91,6 +108,7 @@ impl Hub {
             .arg("--releases")
             .arg(&self.releases)
             .args(["--heartbeat-interval", &self.interval.to_string()])
+            .args(&self.extra)
             .env("OUTPOST_HUB_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -22,6 +22,7 @@
 pub mod github;
 pub mod http_stub;
 pub mod hub;
+pub mod proxy;
 pub mod release;
 pub mod tls;
 

@@ -1,0 +1,357 @@
+//! `outpost runs …` and `outpost action list`: what this host ran, from the agent's own run
+//! records (docs/RUNS.md), and what it allows to run. Read only: root reads the records the
+//! agent wrote without following links, bounded, and never writes them.
+use clap::Subcommand;
+use outpost_agent::runs::record::{self, Phase, RunRecord};
+use outpost_core::exit;
+use outpost_core::layout::Layout;
+use outpost_installer::detect::Probe;
+use outpost_installer::error::{Error, Result};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How often `--follow` looks again.
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Print a run's log (its stdout and stderr)
+    Logs {
+        run: String,
+        /// Keep printing until the run has ended
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        mode: super::ModeFlags,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ActionCommand {
+    /// List the actions of the installed packs, their parameters and limits
+    List {
+        #[command(flatten)]
+        mode: super::ModeFlags,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn runs_dir(layout: &Layout) -> PathBuf {
+    layout.host(&layout.agent_dir).join("runs")
+}
+
+/// The records, or why they cannot be read (the agent's dir is the service user's).
+fn records(layout: &Layout) -> Result<Vec<RunRecord>> {
+    let dir = runs_dir(layout);
+    if let Err(e) = std::fs::read_dir(&dir) {
+        return match e.kind() {
+            std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            std::io::ErrorKind::PermissionDenied => Err(Error::usage(
+                format!(
+                    "cannot read the runs in {}: permission denied",
+                    dir.display()
+                ),
+                "they are the service user's: run it with sudo",
+            )),
+            _ => Err(Error::failed(
+                format!("cannot read the runs in {}: {e}", dir.display()),
+                "check the agent's state directory",
+            )),
+        };
+    }
+    let state = layout.host(&layout.agent_dir);
+    Ok(record::all(&state).into_iter().flatten().collect())
+}
+
+/// `running`, `waiting`, or the outcome (`succeeded`, …), with `(delivering)` until the hub
+/// has it.
+fn state_of(r: &RunRecord) -> String {
+    let outcome = || {
+        r.result
+            .as_ref()
+            .and_then(|x| serde_json::to_value(x.outcome).ok())
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default()
+    };
+    match r.phase {
+        Phase::Claiming | Phase::Claimed => "waiting".into(),
+        Phase::Started if r.cancel.is_some() => "stopping".into(),
+        Phase::Started => "running".into(),
+        Phase::Finished => format!("{} (delivering)", outcome()),
+        Phase::Delivered => outcome(),
+    }
+}
+
+fn line(r: &RunRecord) -> String {
+    let exit = r
+        .result
+        .as_ref()
+        .map(|x| match (&x.exit_code, &x.signal) {
+            (Some(c), _) => format!("exit {c}"),
+            (None, Some(s)) => s.clone(),
+            _ => String::new(),
+        })
+        .unwrap_or_default();
+    format!(
+        "{:<20} {:<28} {:<24} {:<8} {}",
+        r.run_id,
+        format!("{}/{}", r.pack, r.action),
+        state_of(r),
+        exit,
+        r.started_at.as_deref().unwrap_or(&r.claimed_at)
+    )
+}
+
+fn json_of(r: &RunRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": r.run_id,
+        "pack": r.pack,
+        "action": r.action,
+        "params": r.params,
+        "unit": r.unit,
+        "state": state_of(r),
+        "phase": r.phase,
+        "claimed_at": r.claimed_at,
+        "started_at": r.started_at,
+        "cancel": r.cancel,
+        "result": r.result,
+        "hub_state": r.hub_state,
+        "log_sent": r.log_sent,
+    })
+}
+
+/// `outpost runs [--follow] [--json]`.
+pub fn list(
+    probe: &dyn Probe,
+    root: &Path,
+    mode: super::ModeFlags,
+    follow: bool,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<i32> {
+    let (layout, _) = outpost_installer::uninstall::find_install(probe, root, mode.mode())?;
+    let mut shown: std::collections::BTreeMap<String, String> = Default::default();
+    let header = "RUN                  ACTION                       STATE                    EXIT     STARTED";
+    loop {
+        let recs = records(&layout)?;
+        if !follow {
+            if json {
+                let all: Vec<_> = recs.iter().map(json_of).collect();
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&all).unwrap_or_default()
+                )
+                .ok();
+            } else if recs.is_empty() {
+                writeln!(
+                    out,
+                    "no runs yet; the hub starts them (`outpost-hub run AGENT PACK/ACTION`)"
+                )
+                .ok();
+            } else {
+                writeln!(out, "{header}").ok();
+                for r in &recs {
+                    writeln!(out, "{}", line(r)).ok();
+                }
+            }
+            return Ok(exit::OK);
+        }
+        if shown.is_empty() && !json {
+            writeln!(out, "{header}").ok();
+        }
+        for r in &recs {
+            let now = state_of(r);
+            if shown.get(&r.run_id) != Some(&now) {
+                if json {
+                    writeln!(out, "{}", json_of(r)).ok();
+                } else {
+                    writeln!(out, "{}", line(r)).ok();
+                }
+                shown.insert(r.run_id.clone(), now);
+            }
+        }
+        if out.flush().is_err() {
+            return Ok(exit::OK); // the reader went away
+        }
+        std::thread::sleep(FOLLOW_EVERY);
+    }
+}
+
+/// `outpost runs logs RUN [--follow]`.
+pub fn logs(
+    probe: &dyn Probe,
+    root: &Path,
+    run: &str,
+    follow: bool,
+    mode: super::ModeFlags,
+    out: &mut dyn Write,
+) -> Result<i32> {
+    if !outpost_agent::runs::plan::valid_run_id(run) {
+        return Err(Error::usage(
+            format!("invalid run id {run:?}"),
+            "use an id `outpost runs` lists",
+        ));
+    }
+    let (layout, _) = outpost_installer::uninstall::find_install(probe, root, mode.mode())?;
+    let paths = outpost_agent::runs::plan::paths(&layout.host(&layout.agent_dir), run);
+    let rec = match record::load(&paths.record) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return Err(Error::usage(
+                format!("no run {run} on this host"),
+                "`outpost runs` lists the runs this host has",
+            ))
+        }
+        Err(e) if e.to_string().contains("denied") => {
+            return Err(Error::usage(
+                format!("cannot read run {run}: permission denied"),
+                "the runs are the service user's: run it with sudo",
+            ))
+        }
+        Err(e) => return Err(Error::from_hint(&e)),
+    };
+    let mut offset = 0u64;
+    let mut ended = !matches!(rec.phase, Phase::Claiming | Phase::Claimed | Phase::Started);
+    loop {
+        offset += copy_from(&paths.log, offset, out)?;
+        if !follow || ended {
+            return Ok(exit::OK);
+        }
+        if out.flush().is_err() {
+            return Ok(exit::OK);
+        }
+        std::thread::sleep(FOLLOW_EVERY);
+        // One more read after the end, for what was written just before it.
+        ended = record::load(&paths.record)
+            .ok()
+            .flatten()
+            .is_some_and(|r| !matches!(r.phase, Phase::Claiming | Phase::Claimed | Phase::Started));
+    }
+}
+
+/// Copy the log from `offset` to `out`; the bytes copied.
+fn copy_from(log: &Path, offset: u64, out: &mut dyn Write) -> Result<u64> {
+    let f = outpost_core::trust::open_untrusted(log).map_err(|e| {
+        Error::failed(
+            e.to_string(),
+            "the log must be a regular file the agent wrote; see the run's directory",
+        )
+    })?;
+    let Some(mut f) = f else { return Ok(0) };
+    f.seek(SeekFrom::Start(offset)).map_err(|e| {
+        Error::failed(
+            format!("cannot read {}: {e}", log.display()),
+            "check the file",
+        )
+    })?;
+    let mut buf = [0u8; 64 << 10];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf).map_err(|e| {
+            Error::failed(
+                format!("cannot read {}: {e}", log.display()),
+                "check the file",
+            )
+        })?;
+        if k == 0 {
+            return Ok(n);
+        }
+        if out.write_all(&buf[..k]).is_err() {
+            return Ok(n);
+        }
+        n += k as u64;
+    }
+}
+
+/// `outpost action list [--json]`.
+pub fn actions(
+    probe: &dyn Probe,
+    root: &Path,
+    command: ActionCommand,
+    out: &mut dyn Write,
+) -> Result<i32> {
+    let ActionCommand::List { mode, json } = command;
+    let (layout, _) = outpost_installer::uninstall::find_install(probe, root, mode.mode())?;
+    let uid = match layout.mode {
+        outpost_core::layout::Mode::System => 0,
+        outpost_core::layout::Mode::User => probe.euid(),
+    };
+    let dir = outpost_pack::store::packs_dir(&layout.host(&layout.config_dir));
+    let installed =
+        outpost_pack::store::installed(&dir, Some(uid)).map_err(|e| Error::from_hint(&e))?;
+    let mut rows = Vec::new();
+    for (name, p) in installed {
+        match p {
+            Ok(p) => {
+                for a in &p.actions {
+                    rows.push(serde_json::json!({
+                        "action": format!("{}/{}", p.name, a.id),
+                        "description": a.description,
+                        "params": a.params.iter().map(|x| serde_json::json!({
+                            "name": x.name, "required": x.required, "default": x.default,
+                        })).collect::<Vec<_>>(),
+                        "env": a.env,
+                        "limits": a.limits,
+                        "max_concurrency": a.max_concurrency,
+                        "idempotent": a.idempotent,
+                        "privileged": a.privileged,
+                    }));
+                }
+            }
+            Err(e) => {
+                writeln!(out, "warning: pack {name} is refused: {e}").ok();
+            }
+        }
+    }
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        )
+        .ok();
+        return Ok(exit::OK);
+    }
+    if rows.is_empty() {
+        writeln!(
+            out,
+            "no actions: install a pack with `sudo outpost pack install DIR`"
+        )
+        .ok();
+        return Ok(exit::OK);
+    }
+    for r in &rows {
+        let params: Vec<String> = r["params"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| {
+                        let n = p["name"].as_str().unwrap_or_default();
+                        if p["required"] == true {
+                            n.to_string()
+                        } else {
+                            format!("[{n}]")
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "{}({}){}  timeout {}s",
+            r["action"].as_str().unwrap_or_default(),
+            params.join(", "),
+            if r["privileged"] == true {
+                " [privileged]"
+            } else {
+                ""
+            },
+            r["limits"]["timeout_secs"]
+        )
+        .ok();
+    }
+    Ok(exit::OK)
+}
