@@ -491,3 +491,83 @@ fn e2e_runs_partitions() {
         "a non-idempotent run is never dispatched again: {all:?}"
     );
 }
+
+/// An upgrade of the agent during a run: the run keeps its process and output, the new
+/// agent takes it over and reports one result.
+#[test]
+fn e2e_runs_survive_an_upgrade() {
+    use support::release::{self, Release};
+    let Some(tb) = support::require_testbed() else {
+        return;
+    };
+    let c = tb.boot("runs-upg");
+    for v in ["1.0.0", "1.1.0"] {
+        c.cp_in(release::bin(v), &format!("/srv/dist/{v}/outpost"));
+    }
+    let r = Release::new("runs-upg");
+    r.publish(&["1.0.0", "1.1.0"], "stable");
+    c.cp_in(&r.root, "/srv/release");
+    c.must_sh("chmod -R a+rX /srv/release /srv/dist");
+    let hub = Hub::start("runs-upg", 1);
+    let journal = "journalctl --no-pager -o cat _SYSTEMD_USER_UNIT=outpost.service | tail -60";
+    let s = enroll_and_trust(&c, hub, journal, &|key, url| {
+        c.exec_with_stdin(
+            &[
+                "bash",
+                "-c",
+                "umask 077; cat > /home/bob/k; chown bob /home/bob/k",
+            ],
+            key.as_bytes(),
+        );
+        write_pack(&c, "/home/bob/src", "bob");
+        c.must_sh_as(
+            "bob",
+            &format!("OUTPOST_ENROLL_KEY_FILE=/home/bob/k /srv/dist/1.0.0/outpost install --user --hub {url} && rm /home/bob/k"),
+        );
+        c.must_sh_as(
+            "bob",
+            &format!(
+                "cat > ~/.config/outpost/config.toml <<'EOF'\n[hub]\nurl = \"{url}\"\n\n{}EOF",
+                release::config("file:///srv/release", &r.pubkey, 2)
+            ),
+        );
+        c.must_sh_as(
+            "bob",
+            "~/.local/bin/outpost pack install --user /home/bob/src",
+        );
+    });
+    let uid = c.must_sh("id -u bob").trim().to_string();
+    let user = |cmd: &str| format!("runuser -u bob -- env XDG_RUNTIME_DIR=/run/user/{uid} {cmd}");
+    let id = start(&s.hub, &s.agent, "e2e/count", &["n=150"]);
+    wait_run(&s, &id, 30, |r| {
+        r["state"] == "running" && r["log_bytes"].as_u64() > Some(0)
+    });
+    let unit = format!("outpost-run-{id}.service");
+    let pid = c.must_sh(&user(&format!(
+        "systemctl --user show -p MainPID --value {unit}"
+    )));
+    let out = c.must_sh_as("bob", "~/.local/bin/outpost upgrade --target 1.1.0");
+    assert!(
+        out.contains("upgraded outpost from 1.0.0 to 1.1.0"),
+        "{out}"
+    );
+    let after = c.must_sh(&user(&format!(
+        "systemctl --user show -p MainPID --value {unit}"
+    )));
+    assert_eq!(
+        pid.trim(),
+        after.trim(),
+        "the run kept its process through the upgrade"
+    );
+    let r = wait_final(&s, &id, 60);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let log = hub_log(&s.hub, &id);
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 150, "every line once: {log}");
+    assert_eq!(lines[149], "line 150 of 150");
+    let j = c.sh(journal).stdout;
+    assert!(
+        j.contains("outpost agent 1.1.0 started") && j.contains("took over 1 run(s)"),
+        "{j}"
+    );
+}
