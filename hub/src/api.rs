@@ -64,10 +64,8 @@ pub struct HubOptions {
     pub enroll_per_min: u32,
     /// Enrollments an address may make at once.
     pub enroll_burst: u32,
-    /// Lease of a claimed run, seconds.
-    pub run_lease_secs: u64,
-    /// How long a run stays `unknown` before it is `lost`, seconds.
-    pub lost_after_secs: u64,
+    /// Leases, `lost_after`, the per-agent limits, retention and the log rate of runs.
+    pub runs: crate::runs_api::RunLimits,
 }
 
 impl Default for HubOptions {
@@ -76,8 +74,7 @@ impl Default for HubOptions {
             tls: false,
             enroll_per_min: 10,
             enroll_burst: 20,
-            run_lease_secs: crate::runs_api::DEFAULT_LEASE_SECS,
-            lost_after_secs: crate::runs_api::DEFAULT_LOST_AFTER_SECS,
+            runs: crate::runs_api::RunLimits::default(),
         }
     }
 }
@@ -119,7 +116,7 @@ impl Hub {
             login_limit: RateLimiter::new(LOGIN_PER_MIN, LOGIN_BURST),
             enroll_lock: tokio::sync::Mutex::new(()),
             catalog_lock: tokio::sync::Mutex::new(()),
-            runs: crate::runs_api::Runs::new(opts.run_lease_secs, opts.lost_after_secs),
+            runs: crate::runs_api::Runs::new(opts.runs),
             clock: Arc::new(crate::runs_api::SystemClock),
         })
     }
@@ -148,6 +145,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/agents/{id}", get(agent_page))
         .merge(crate::releases::routes())
         .merge(crate::runs_api::routes())
+        .merge(crate::fleet::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(hub)
@@ -289,7 +287,7 @@ async fn login(State(hub): Shared, ClientIp(ip): ClientIp, req: Request) -> Resp
 }
 
 #[derive(Deserialize)]
-struct NoFields {}
+pub(crate) struct NoFields {}
 
 /// `POST /logout`: ends the session (CSRF checked).
 async fn logout(State(hub): Shared, f: CsrfForm<NoFields>) -> Response {
@@ -635,9 +633,7 @@ async fn trust_pack_form(
     f: CsrfForm<NoFields>,
 ) -> Response {
     let NoFields {} = f.form;
-    // A label for the session that does not reveal it; sha256 hex is 64 digits.
-    let hash = token::hash_hex(&f.session.id);
-    let by = format!("dashboard session {}", hash.get(..12).unwrap_or(&hash));
+    let by = web::session_label(&f.session);
     match trust(&hub, &name, &sha256, &by).await {
         Ok(_) => web::see_other("/packs"),
         Err(e) => web::error_page(e.status, &e.message, e.hint),

@@ -296,6 +296,7 @@ mod tests {
             journal_head: None,
             last_upgrade: None,
             flags: vec![],
+            drained: false,
         };
         let session = crate::web::Store::new(std::time::Duration::from_secs(60), 1)
             .create()
@@ -332,6 +333,7 @@ mod tests {
             journal_head: None,
             last_upgrade: None,
             flags: vec![x.into()],
+            drained: false,
         };
         let session = crate::web::Store::new(std::time::Duration::from_secs(60), 1)
             .create()
@@ -437,6 +439,7 @@ mod tests {
             journal_head: None,
             last_upgrade: None,
             flags: vec![],
+            drained: false,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod dashboard;
 pub use outpost_core::duration;
 pub mod error;
+pub mod fleet;
 pub mod limits;
 pub mod packs;
 pub mod releases;

@@ -223,6 +223,13 @@ pub fn csrf_matches(session: &Session, submitted: &str) -> bool {
     }
 }
 
+/// Who a dashboard session is in audit records: `dashboard session <12 hex of the sha256 of
+/// its id>`, which names it without revealing it.
+pub fn session_label(session: &Session) -> String {
+    let hash = token::hash_hex(&session.id);
+    format!("dashboard session {}", hash.get(..12).unwrap_or(&hash))
+}
+
 /// The hidden form field carrying the session's CSRF token.
 pub fn csrf_field(session: &Session) -> String {
     format!(
