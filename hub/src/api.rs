@@ -146,6 +146,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .merge(crate::releases::routes())
         .merge(crate::runs_api::routes())
         .merge(crate::fleet::routes())
+        .merge(crate::pages::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(hub)
@@ -204,6 +205,9 @@ async fn healthz() -> Json<Health> {
     })
 }
 
+/// Audit entries the dashboard shows.
+const DASHBOARD_AUDIT: usize = 10;
+
 async fn dashboard(State(hub): Shared, AdminPage(session): AdminPage) -> Response {
     let now = now_ms();
     let views: Vec<_> = hub
@@ -212,10 +216,24 @@ async fn dashboard(State(hub): Shared, AdminPage(session): AdminPage) -> Respons
         .iter()
         .map(|e| e.view(now, hub.interval_secs))
         .collect();
-    web::html(
-        StatusCode::OK,
-        crate::dashboard::render(&views, hub.interval_secs, &session),
-    )
+    let fleet = async {
+        let dispatch = crate::fleet::dispatch(&hub).await?;
+        let audit = crate::fleet::audit_entries(&hub, DASHBOARD_AUDIT).await?;
+        Ok::<_, ApiError>((dispatch, audit))
+    };
+    match fleet.await {
+        Ok((dispatch, audit)) => {
+            let fleet = crate::dashboard::Fleet {
+                dispatch: &dispatch,
+                audit: &audit,
+            };
+            web::html(
+                StatusCode::OK,
+                crate::dashboard::render(&views, hub.interval_secs, &fleet, &session),
+            )
+        }
+        Err(e) => web::error_page(e.status, &e.message, e.hint),
+    }
 }
 
 /// `GET /login`: the form, with a fresh pre-session (its CSRF token); a logged-in admin is
@@ -640,7 +658,10 @@ async fn trust_pack_form(
     }
 }
 
-/// `GET /agents/{id}`: one agent with its catalog and each pack's state.
+/// Runs an agent's page lists (newest first).
+const AGENT_PAGE_RUNS: usize = 50;
+
+/// `GET /agents/{id}`: one agent with its catalog, each pack's state, start forms and runs.
 async fn agent_page(
     State(hub): Shared,
     AdminPage(session): AdminPage,
@@ -653,15 +674,29 @@ async fn agent_page(
             "check the id on the dashboard",
         );
     };
-    match agent_packs(&hub, &entry).await {
-        Ok(packs) => web::html(
-            StatusCode::OK,
-            crate::dashboard::render_agent(
-                &entry.view(now_ms(), hub.interval_secs),
-                packs.as_deref(),
-                &session,
-            ),
-        ),
+    let found = async {
+        let packs = agent_packs(&hub, &entry).await?;
+        let filter = crate::store::RunFilter {
+            agent: Some(id.clone()),
+            state: None,
+            limit: AGENT_PAGE_RUNS,
+        };
+        let runs = hub.store.runs(&filter).await?;
+        Ok::<_, ApiError>((packs, runs))
+    };
+    match found.await {
+        Ok((packs, runs)) => {
+            let runs: Vec<_> = runs.iter().map(crate::runs_api::view).collect();
+            web::html(
+                StatusCode::OK,
+                crate::dashboard::render_agent(
+                    &entry.view(now_ms(), hub.interval_secs),
+                    packs.as_deref(),
+                    &runs,
+                    &session,
+                ),
+            )
+        }
         Err(e) => web::error_page(e.status, &e.message, e.hint),
     }
 }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod fleet;
 pub mod limits;
 pub mod packs;
+pub mod pages;
 pub mod releases;
 pub mod runs;
 pub mod runs_api;

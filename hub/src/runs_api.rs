@@ -545,11 +545,16 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     require_admin(&hub, &headers)?;
-    let Some(r) = hub.store.cancel_run(&id, hub.clock.now_ms()).await? else {
+    Ok(Json(view(&cancel_run(&hub, &id).await?)).into_response())
+}
+
+/// Cancels run `id` (the API and the dashboard's Cancel button); its agent is woken.
+pub async fn cancel_run(hub: &Hub, id: &str) -> Result<RunRow, ApiError> {
+    let Some(r) = hub.store.cancel_run(id, hub.clock.now_ms()).await? else {
         return Err(ApiError::not_found(format!("no run {id}")));
     };
     hub.runs.wake(&r.agent_id);
-    Ok(Json(view(&r)).into_response())
+    Ok(r)
 }
 
 fn offer(r: RunRow, lease_secs: u64) -> RunOffer {

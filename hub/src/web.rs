@@ -282,6 +282,16 @@ pub fn see_other(to: &'static str) -> Response {
     r
 }
 
+/// A 303 redirect to `to`, a path of this hub built from ids (`/`, should it not be a
+/// valid header value).
+pub fn see_other_to(to: &str) -> Response {
+    let mut r = see_other("/");
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
 /// An HTML error page with `status`.
 pub fn error_page(status: StatusCode, message: &str, hint: &str) -> Response {
     html(status, crate::dashboard::render_message(message, hint))
