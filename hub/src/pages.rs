@@ -1,4 +1,4 @@
-//! The dashboard's runs and fleet pages and forms (docs/DASHBOARD.md): a run's page with its
+//! The dashboard's runs and fleet pages and forms (docs/PROTOCOL.md, Endpoints): a run's page with its
 //! log, the start form of an agent's page, Cancel, Drain and the kill switch. Every form is a
 //! [`CsrfForm`] (session, origin and CSRF token checked); each calls the same function as the
 //! API, so the pages decide nothing of their own.
