@@ -64,10 +64,8 @@ pub struct HubOptions {
     pub enroll_per_min: u32,
     /// Enrollments an address may make at once.
     pub enroll_burst: u32,
-    /// Lease of a claimed run, seconds.
-    pub run_lease_secs: u64,
-    /// How long a run stays `unknown` before it is `lost`, seconds.
-    pub lost_after_secs: u64,
+    /// Leases, `lost_after`, the per-agent limits, retention and the log rate of runs.
+    pub runs: crate::runs_api::RunLimits,
 }
 
 impl Default for HubOptions {
@@ -76,8 +74,7 @@ impl Default for HubOptions {
             tls: false,
             enroll_per_min: 10,
             enroll_burst: 20,
-            run_lease_secs: crate::runs_api::DEFAULT_LEASE_SECS,
-            lost_after_secs: crate::runs_api::DEFAULT_LOST_AFTER_SECS,
+            runs: crate::runs_api::RunLimits::default(),
         }
     }
 }
@@ -119,7 +116,7 @@ impl Hub {
             login_limit: RateLimiter::new(LOGIN_PER_MIN, LOGIN_BURST),
             enroll_lock: tokio::sync::Mutex::new(()),
             catalog_lock: tokio::sync::Mutex::new(()),
-            runs: crate::runs_api::Runs::new(opts.run_lease_secs, opts.lost_after_secs),
+            runs: crate::runs_api::Runs::new(opts.runs),
             clock: Arc::new(crate::runs_api::SystemClock),
         })
     }
@@ -148,6 +145,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/agents/{id}", get(agent_page))
         .merge(crate::releases::routes())
         .merge(crate::runs_api::routes())
+        .merge(crate::fleet::routes())
+        .merge(crate::pages::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(hub)
@@ -206,6 +205,9 @@ async fn healthz() -> Json<Health> {
     })
 }
 
+/// Audit entries the dashboard shows.
+const DASHBOARD_AUDIT: usize = 10;
+
 async fn dashboard(State(hub): Shared, AdminPage(session): AdminPage) -> Response {
     let now = now_ms();
     let views: Vec<_> = hub
@@ -214,10 +216,24 @@ async fn dashboard(State(hub): Shared, AdminPage(session): AdminPage) -> Respons
         .iter()
         .map(|e| e.view(now, hub.interval_secs))
         .collect();
-    web::html(
-        StatusCode::OK,
-        crate::dashboard::render(&views, hub.interval_secs, &session),
-    )
+    let fleet = async {
+        let dispatch = crate::fleet::dispatch(&hub).await?;
+        let audit = crate::fleet::audit_entries(&hub, DASHBOARD_AUDIT).await?;
+        Ok::<_, ApiError>((dispatch, audit))
+    };
+    match fleet.await {
+        Ok((dispatch, audit)) => {
+            let fleet = crate::dashboard::Fleet {
+                dispatch: &dispatch,
+                audit: &audit,
+            };
+            web::html(
+                StatusCode::OK,
+                crate::dashboard::render(&views, hub.interval_secs, &fleet, &session),
+            )
+        }
+        Err(e) => web::error_page(e.status, &e.message, e.hint),
+    }
 }
 
 /// `GET /login`: the form, with a fresh pre-session (its CSRF token); a logged-in admin is
@@ -289,7 +305,7 @@ async fn login(State(hub): Shared, ClientIp(ip): ClientIp, req: Request) -> Resp
 }
 
 #[derive(Deserialize)]
-struct NoFields {}
+pub(crate) struct NoFields {}
 
 /// `POST /logout`: ends the session (CSRF checked).
 async fn logout(State(hub): Shared, f: CsrfForm<NoFields>) -> Response {
@@ -635,16 +651,17 @@ async fn trust_pack_form(
     f: CsrfForm<NoFields>,
 ) -> Response {
     let NoFields {} = f.form;
-    // A label for the session that does not reveal it; sha256 hex is 64 digits.
-    let hash = token::hash_hex(&f.session.id);
-    let by = format!("dashboard session {}", hash.get(..12).unwrap_or(&hash));
+    let by = web::session_label(&f.session);
     match trust(&hub, &name, &sha256, &by).await {
         Ok(_) => web::see_other("/packs"),
         Err(e) => web::error_page(e.status, &e.message, e.hint),
     }
 }
 
-/// `GET /agents/{id}`: one agent with its catalog and each pack's state.
+/// Runs an agent's page lists (newest first).
+const AGENT_PAGE_RUNS: usize = 50;
+
+/// `GET /agents/{id}`: one agent with its catalog, each pack's state, start forms and runs.
 async fn agent_page(
     State(hub): Shared,
     AdminPage(session): AdminPage,
@@ -657,15 +674,29 @@ async fn agent_page(
             "check the id on the dashboard",
         );
     };
-    match agent_packs(&hub, &entry).await {
-        Ok(packs) => web::html(
-            StatusCode::OK,
-            crate::dashboard::render_agent(
-                &entry.view(now_ms(), hub.interval_secs),
-                packs.as_deref(),
-                &session,
-            ),
-        ),
+    let found = async {
+        let packs = agent_packs(&hub, &entry).await?;
+        let filter = crate::store::RunFilter {
+            agent: Some(id.clone()),
+            state: None,
+            limit: AGENT_PAGE_RUNS,
+        };
+        let runs = hub.store.runs(&filter).await?;
+        Ok::<_, ApiError>((packs, runs))
+    };
+    match found.await {
+        Ok((packs, runs)) => {
+            let runs: Vec<_> = runs.iter().map(crate::runs_api::view).collect();
+            web::html(
+                StatusCode::OK,
+                crate::dashboard::render_agent(
+                    &entry.view(now_ms(), hub.interval_secs),
+                    packs.as_deref(),
+                    &runs,
+                    &session,
+                ),
+            )
+        }
         Err(e) => web::error_page(e.status, &e.message, e.hint),
     }
 }

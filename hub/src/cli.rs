@@ -13,6 +13,7 @@ use crate::duration::{format_age, parse_secs};
 use crate::error::HubError;
 use crate::server::ServeConfig;
 
+pub mod fleet;
 pub mod runs;
 
 /// Environment variable holding the admin token.
@@ -109,6 +110,26 @@ pub enum Cmd {
         client: ClientArgs,
         /// Run id (r_…).
         id: String,
+    },
+    /// Drain an agent or a group: no new runs are offered to it, its runs in flight finish.
+    Drain(fleet::DrainArgs),
+    /// Show the kill switch, the limits and the drained agents; `stop` or `start` it.
+    Dispatch {
+        #[command(subcommand)]
+        cmd: Option<fleet::DispatchCmd>,
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print the API's JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the audit log (drains, dispatch stops and starts), newest first.
+    Audit {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -288,6 +309,19 @@ pub struct ServeArgs {
     /// Seconds a run stays `unknown` (lease expired) before it is `lost`.
     #[arg(long, default_value_t = crate::runs_api::DEFAULT_LOST_AFTER_SECS)]
     pub lost_after: u64,
+    /// Runs one agent may hold at once (claimed, running, unknown); polls offer queued runs
+    /// only below it.
+    #[arg(long, default_value_t = crate::runs_api::DEFAULT_MAX_IN_FLIGHT)]
+    pub max_runs_in_flight: usize,
+    /// Queued runs one agent may have; a create past it is refused (429 queue_full).
+    #[arg(long, default_value_t = crate::runs_api::DEFAULT_MAX_QUEUED)]
+    pub max_runs_queued: usize,
+    /// How long finished runs and their logs are kept: 90s, 12h, 30d; 0 keeps them for ever.
+    #[arg(long, default_value = "30d")]
+    pub run_retention: String,
+    /// Log bytes a second one run may upload (bursts of four seconds' worth); 0: no cap.
+    #[arg(long, default_value_t = crate::runs_api::DEFAULT_LOG_RATE)]
+    pub run_log_rate: u64,
 }
 
 /// The admin token from `file` or the environment.
@@ -356,6 +390,30 @@ pub fn serve_config(a: ServeArgs) -> Result<ServeConfig, HubError> {
             "use a value between 0 and 604800 seconds (default 120)",
         ));
     }
+    if a.max_runs_in_flight == 0 || a.max_runs_in_flight > 256 {
+        return Err(HubError::usage(
+            format!(
+                "--max-runs-in-flight {} is out of range",
+                a.max_runs_in_flight
+            ),
+            "use a value between 1 and 256 (default 4; an agent polls with at most 256 held runs)",
+        ));
+    }
+    if a.max_runs_queued == 0 || a.max_runs_queued > 100_000 {
+        return Err(HubError::usage(
+            format!("--max-runs-queued {} is out of range", a.max_runs_queued),
+            "use a value between 1 and 100000 (default 100)",
+        ));
+    }
+    let retention_secs = match a.run_retention.trim() {
+        "0" => 0,
+        r => parse_secs(r).ok_or_else(|| {
+            HubError::usage(
+                format!("--run-retention {r:?} is not a duration"),
+                "use e.g. 12h, 30d or 90d, or 0 to keep finished runs for ever",
+            )
+        })?,
+    };
     if a.enroll_burst == 0 {
         return Err(HubError::usage(
             "--enroll-burst must be at least 1",
@@ -387,8 +445,14 @@ pub fn serve_config(a: ServeArgs) -> Result<ServeConfig, HubError> {
         request_timeout: std::time::Duration::from_secs(a.request_timeout),
         enroll_per_min: a.enroll_rate,
         enroll_burst: a.enroll_burst,
-        run_lease_secs: a.run_lease,
-        lost_after_secs: a.lost_after,
+        runs: crate::runs_api::RunLimits {
+            lease_secs: a.run_lease,
+            lost_after_secs: a.lost_after,
+            max_in_flight: a.max_runs_in_flight,
+            max_queued: a.max_runs_queued,
+            retention_secs,
+            log_rate: a.run_log_rate,
+        },
     })
 }
 
@@ -633,6 +697,9 @@ pub fn run_client(cmd: Cmd) -> Result<(), HubError> {
         } => runs::list(&client, agent.as_deref(), state.as_deref(), json),
         Cmd::Logs { client, id, follow } => runs::logs(&client, &id, follow),
         Cmd::Cancel { client, id } => runs::cancel(&client, &id),
+        Cmd::Drain(a) => fleet::drain(&a),
+        Cmd::Dispatch { cmd, client, json } => fleet::dispatch(cmd, &client, json),
+        Cmd::Audit { client, json } => fleet::audit(&client, json),
     }
 }
 
@@ -805,10 +872,15 @@ pub fn agents_table(agents: &[AgentView]) -> String {
             .last_heartbeat_age_secs
             .map(format_age)
             .unwrap_or_else(|| "-".into());
+        let status = if a.drained {
+            format!("{}, drained", a.status.as_str())
+        } else {
+            a.status.as_str().to_string()
+        };
         rows.push([
             terminal_safe(&a.id),
             terminal_safe(&a.hostname),
-            a.status.as_str().to_string(),
+            status,
             terminal_safe(&a.version),
             age,
         ]);
@@ -817,7 +889,7 @@ pub fn agents_table(agents: &[AgentView]) -> String {
 }
 
 /// Rows as left-aligned columns two spaces apart.
-fn format_table(rows: &[[String; 5]]) -> String {
+pub(crate) fn format_table(rows: &[[String; 5]]) -> String {
     let mut w = [0usize; 5];
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -866,6 +938,7 @@ mod tests {
             journal_head: None,
             last_upgrade: None,
             flags: Vec::new(),
+            drained: false,
         }
     }
 
@@ -883,6 +956,14 @@ mod tests {
         assert_eq!(
             agents_table(&[never]),
             "ID    HOSTNAME  STATUS   VERSION  AGE\na_22  db        revoked           -\n"
+        );
+        let drained = AgentView {
+            drained: true,
+            ..view("a_3", "web-3", "1.2.0", Some(4))
+        };
+        assert_eq!(
+            agents_table(&[drained]),
+            "ID   HOSTNAME  STATUS           VERSION  AGE\na_3  web-3     online, drained  1.2.0    4s\n"
         );
     }
 
@@ -959,6 +1040,74 @@ mod tests {
             packs_table(&[p]),
             "NAME  VERSION  SHA256        STATE    AGENTS\nweb   1.2.0    0123456789ab  pending  3\n"
         );
+    }
+
+    #[test]
+    fn serve_run_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = dir.path().join("token");
+        std::fs::write(&tok, "0123456789abcdef0123").unwrap();
+        let (tok, rel) = (tok.to_str().unwrap(), dir.path().to_str().unwrap());
+        let db = dir.path().join("hub.db");
+        let db = db.to_str().unwrap();
+        let cfg = |extra: &[&str]| {
+            let mut args = vec![
+                "h",
+                "serve",
+                "--db",
+                db,
+                "--releases",
+                rel,
+                "--admin-token-file",
+                tok,
+            ];
+            args.extend_from_slice(extra);
+            let Cmd::Serve(a) = Cli::try_parse_from(args).unwrap().cmd else {
+                panic!("not serve")
+            };
+            serve_config(a)
+        };
+        let d = cfg(&[]).unwrap().runs;
+        assert_eq!(
+            (d.max_in_flight, d.max_queued, d.retention_secs, d.log_rate),
+            (4, 100, 30 * 86_400, 4 * 1024 * 1024)
+        );
+        #[rustfmt::skip]
+        type Limits = (usize, usize, u64, u64);
+        let cases: [(&[&str], Option<Limits>); 9] = [
+            (
+                &["--max-runs-in-flight", "1", "--max-runs-queued", "7"],
+                Some((1, 7, 30 * 86_400, 4 << 20)),
+            ),
+            (
+                &["--run-retention", "12h", "--run-log-rate", "0"],
+                Some((4, 100, 43_200, 0)),
+            ),
+            (&["--run-retention", "0"], Some((4, 100, 0, 4 << 20))),
+            (&["--max-runs-in-flight", "0"], None),
+            (&["--max-runs-in-flight", "257"], None),
+            (&["--max-runs-queued", "0"], None),
+            (&["--run-retention", "30x"], None),
+            (&["--run-retention=-1d"], None),
+            (&["--run-retention", ""], None),
+        ];
+        for (extra, want) in cases {
+            match (cfg(extra), want) {
+                (Ok(c), Some(w)) => {
+                    let r = c.runs;
+                    assert_eq!(
+                        (r.max_in_flight, r.max_queued, r.retention_secs, r.log_rate),
+                        w,
+                        "{extra:?}"
+                    );
+                }
+                (Err(e), None) => {
+                    assert_eq!(e.exit_code(), 2, "{extra:?}");
+                    assert!(!e.hint().is_empty());
+                }
+                (got, want) => panic!("{extra:?}: {:?} vs {want:?}", got.map(|c| c.runs)),
+            }
+        }
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::fmt::Write;
 use crate::duration::format_age;
 use crate::state::{AgentView, Status};
 use crate::web::{csrf_field, post_button, Session};
-use outpost_proto::{AgentPack, CatalogState, PackTrust, PackView};
+use outpost_proto::{
+    AgentPack, AuditEntry, CatalogState, DispatchView, PackTrust, PackView, RunView,
+};
 
 /// Escapes text for HTML element content and quoted attribute values.
 pub fn escape(s: &str) -> String {
@@ -34,12 +36,22 @@ th{background:#eef1f4;font-weight:600}td.mono{font-family:ui-monospace,monospace
 .flag{color:#cf222e;font-size:.8rem}.summary span{margin-right:1rem}\
 header{display:flex;justify-content:space-between;align-items:baseline}form.logout button,form.login button{font:inherit;padding:.3rem .9rem;cursor:pointer}\
 form.login{background:#fff;box-shadow:0 1px 2px #0002;padding:1.2rem;max-width:26rem}form.login label{display:block;margin:0 0 .4rem;font-weight:600}\
-form.login input[type=password]{width:100%;box-sizing:border-box;padding:.4rem;margin:0 0 .8rem;font:inherit}p.error{color:#cf222e;font-weight:600}";
+form.login input[type=password]{width:100%;box-sizing:border-box;padding:.4rem;margin:0 0 .8rem;font:inherit}p.error{color:#cf222e;font-weight:600}\
+h2{font-size:1.15rem;margin:1.5rem 0 .5rem}form.start{background:#fff;box-shadow:0 1px 2px #0002;padding:.8rem 1rem;margin:0 0 .8rem}\
+form.start label{display:inline-block;margin:0 1rem .4rem 0}form.start input,form.start select{font:inherit;padding:.2rem .4rem;margin-left:.3rem}\
+form button{font:inherit;padding:.2rem .8rem;cursor:pointer}form.inline{display:inline}pre.log{background:#0d1117;color:#e6edf3;padding:1rem;overflow:auto;max-height:32rem;font-size:.8rem}\
+.queued,.claimed,.running,.unknown{background:#0969da}.succeeded{background:#1a7f37}.failed,.lost,.rejected,.timed_out{background:#cf222e}.canceled{background:#6e7781}\
+.drained{background:#8250df}.stopped{background:#cf222e}.controls form{display:inline-block;margin-right:.6rem}dl.facts{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem}dl.facts dt{font-weight:600}";
 
 fn head(h: &mut String, title: &str, refresh: bool) {
+    head_every(h, title, refresh.then_some(5));
+}
+
+/// The page head; `refresh`: reload every so many seconds.
+fn head_every(h: &mut String, title: &str, refresh: Option<u32>) {
     h.push_str("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">");
-    if refresh {
-        h.push_str("<meta http-equiv=\"refresh\" content=\"5\">");
+    if let Some(secs) = refresh {
+        let _ = write!(h, "<meta http-equiv=\"refresh\" content=\"{secs}\">");
     }
     h.push_str("<meta name=\"viewport\" content=\"width=device-width\"><title>");
     h.push_str(&escape(title));
@@ -78,12 +90,25 @@ pub fn render_message(message: &str, hint: &str) -> String {
     h
 }
 
-/// Renders the dashboard for `agents`, for the admin `session` (its logout button).
-pub fn render(agents: &[AgentView], interval_secs: u64, session: &Session) -> String {
+/// The fleet controls the dashboard shows: the kill switch and the newest audit entries.
+pub struct Fleet<'a> {
+    pub dispatch: &'a DispatchView,
+    pub audit: &'a [AuditEntry],
+}
+
+/// Renders the dashboard for `agents`, for the admin `session` (its logout button), with
+/// the kill switch and the audit log.
+pub fn render(
+    agents: &[AgentView],
+    interval_secs: u64,
+    fleet: &Fleet<'_>,
+    session: &Session,
+) -> String {
     let count = |s: Status| agents.iter().filter(|a| a.status == s).count();
     let mut h = String::with_capacity(2048 + agents.len() * 512);
     head(&mut h, "outpost hub", true);
     header(&mut h, session);
+    dispatch_controls(&mut h, fleet.dispatch, session);
     let _ = write!(
         h,
         "<p class=\"sub summary\"><span>{} agents</span><span>{} online</span><span>{} stale</span><span>{} offline</span><span>{} revoked</span><span>heartbeat every {}s</span></p>",
@@ -106,10 +131,14 @@ pub fn render(agents: &[AgentView], interval_secs: u64, session: &Session) -> St
             let status = a.status.as_str();
             let _ = write!(
                 h,
-                "<tr><td><a href=\"/agents/{}\">{}</a>",
+                "<tr data-agent=\"{}\"><td><a href=\"/agents/{}\">{}</a>",
+                escape(&a.id),
                 escape(&a.id),
                 escape(&a.hostname)
             );
+            if a.drained {
+                h.push_str(" <span class=\"badge drained\">drained</span>");
+            }
             for f in &a.flags {
                 let _ = write!(h, " <span class=\"flag\">{}</span>", escape(f));
             }
@@ -128,8 +157,50 @@ pub fn render(agents: &[AgentView], interval_secs: u64, session: &Session) -> St
         }
         h.push_str("</tbody></table>");
     }
+    audit_table(&mut h, fleet.audit);
     h.push_str("</body></html>\n");
     h
+}
+
+/// The kill switch: its state and the buttons (CSRF-protected forms).
+fn dispatch_controls(h: &mut String, d: &DispatchView, session: &Session) {
+    let csrf = csrf_field(session);
+    h.push_str("<div class=\"controls\" id=\"dispatch\">");
+    if d.stopped {
+        let _ = write!(
+            h,
+            "<p><span class=\"badge stopped\" id=\"dispatch-state\">dispatch stopped</span> since {} by {}: no run is offered, claimed or created.</p><form method=\"post\" action=\"/dispatch/start\">{csrf}<button type=\"submit\" id=\"dispatch-start\">start dispatch</button></form>",
+            escape(d.stopped_at.as_deref().unwrap_or("")),
+            escape(d.stopped_by.as_deref().unwrap_or("")),
+        );
+    } else {
+        let _ = write!(
+            h,
+            "<p><span class=\"badge online\" id=\"dispatch-state\">dispatch running</span> at most {} runs in flight and {} queued per agent.</p><form method=\"post\" action=\"/dispatch/stop\">{csrf}<button type=\"submit\" id=\"dispatch-stop\">stop dispatch</button></form><form method=\"post\" action=\"/dispatch/stop\">{csrf}<input type=\"hidden\" name=\"cancel_in_flight\" value=\"true\"><button type=\"submit\" id=\"dispatch-stop-cancel\">stop and cancel everything in flight</button></form>",
+            d.max_runs_in_flight, d.max_runs_queued
+        );
+    }
+    h.push_str("</div>");
+}
+
+/// The newest audit entries.
+fn audit_table(h: &mut String, audit: &[AuditEntry]) {
+    if audit.is_empty() {
+        return;
+    }
+    h.push_str("<h2>audit log</h2><table id=\"audit\"><thead><tr><th>at</th><th>who</th><th>action</th><th>target</th><th>detail</th></tr></thead><tbody>");
+    for e in audit {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&e.at),
+            escape(&e.who),
+            escape(&e.action),
+            escape(&e.target),
+            escape(&e.detail)
+        );
+    }
+    h.push_str("</tbody></table>");
 }
 
 /// The page header: title, navigation, logout button.
@@ -202,30 +273,65 @@ pub fn render_packs(packs: &[PackView], session: &Session) -> String {
     h
 }
 
-/// One agent's page: its facts and its catalog with each pack's state.
-pub fn render_agent(a: &AgentView, packs: Option<&[AgentPack]>, session: &Session) -> String {
-    let mut h = String::with_capacity(2048);
+/// One agent's page: its facts, the drain toggle, its catalog with each pack's state, a
+/// start form per action of its trusted packs (fields from the advertised parameters) and
+/// its runs, newest first.
+pub fn render_agent(
+    a: &AgentView,
+    packs: Option<&[AgentPack]>,
+    runs: &[RunView],
+    session: &Session,
+) -> String {
+    let mut h = String::with_capacity(4096 + runs.len() * 256);
     head(&mut h, &format!("outpost hub: {}", a.hostname), false);
     header(&mut h, session);
     let status = a.status.as_str();
     let _ = write!(
         h,
-        "<h2 id=\"agent\">{} <span class=\"badge {status}\">{status}</span></h2><p class=\"sub\">{} · {} {} · {} · {} mode</p>",
+        "<h2 id=\"agent\">{} <span class=\"badge {status}\">{status}</span>{}</h2><p class=\"sub\">{} · {} {} · {} · {} mode</p>",
         escape(&a.hostname),
+        if a.drained {
+            " <span class=\"badge drained\" id=\"drained\">drained</span>"
+        } else {
+            ""
+        },
         escape(&a.id),
         escape(&a.distro),
         escape(&a.arch),
         escape(&a.version),
         escape(&a.mode),
     );
-    let Some(packs) = packs else {
-        h.push_str("<p id=\"no-catalog\">This agent has not advertised a pack catalog yet.</p></body></html>\n");
-        return h;
+    let (label, undo, note) = if a.drained {
+        (
+            "undrain",
+            "true",
+            "No new runs are offered to this agent; its runs in flight finish.",
+        )
+    } else {
+        ("drain", "false", "")
     };
-    if packs.is_empty() {
-        h.push_str("<p id=\"no-catalog\">No packs installed on this host.</p></body></html>\n");
-        return h;
+    let _ = write!(
+        h,
+        "<form method=\"post\" action=\"/agents/{}/drain\" class=\"inline\">{}<input type=\"hidden\" name=\"undo\" value=\"{undo}\"><button type=\"submit\" id=\"drain\">{label}</button></form> <span class=\"sub\">{note}</span>",
+        escape(&a.id),
+        csrf_field(session),
+    );
+    match packs {
+        None => {
+            h.push_str("<p id=\"no-catalog\">This agent has not advertised a pack catalog yet.</p>")
+        }
+        Some([]) => h.push_str("<p id=\"no-catalog\">No packs installed on this host.</p>"),
+        Some(packs) => {
+            catalog_table(&mut h, packs);
+            start_forms(&mut h, a, packs, session);
+        }
     }
+    runs_table(&mut h, runs);
+    h.push_str("</body></html>\n");
+    h
+}
+
+fn catalog_table(h: &mut String, packs: &[AgentPack]) {
     h.push_str("<table id=\"catalog\"><thead><tr><th>pack</th><th>version</th><th>sha256</th><th>state</th><th>actions</th></tr></thead><tbody>");
     for p in packs {
         let state = p.state.as_str();
@@ -257,7 +363,183 @@ pub fn render_agent(a: &AgentView, packs: Option<&[AgentPack]>, session: &Sessio
             escape(&actions.join(", ")),
         );
     }
-    h.push_str("</tbody></table></body></html>\n");
+    h.push_str("</tbody></table>");
+}
+
+/// Name of a start form's field for parameter `name`.
+pub const PARAM_FIELD: &str = "param.";
+
+/// A start form per action of the agent's trusted packs: a field per advertised parameter
+/// (`bool`: a choice, `int`: a number, others: text; required ones marked).
+fn start_forms(h: &mut String, a: &AgentView, packs: &[AgentPack], session: &Session) {
+    let trusted: Vec<&AgentPack> = packs
+        .iter()
+        .filter(|p| p.state == CatalogState::Trusted)
+        .collect();
+    h.push_str("<h2>start a run</h2>");
+    if trusted.is_empty() {
+        h.push_str("<p id=\"no-actions\">No trusted pack on this agent: trust one on the <a href=\"/packs\">packs</a> page first.</p>");
+        return;
+    }
+    for p in trusted {
+        for x in &p.pack.actions {
+            let action = format!("{}/{}", p.pack.name, x.id);
+            let _ = write!(
+                h,
+                "<form method=\"post\" action=\"/agents/{}/runs\" class=\"start\" data-action=\"{}\">{}<input type=\"hidden\" name=\"action\" value=\"{}\"><strong>{}</strong> <span class=\"sub\">{}</span><br>",
+                escape(&a.id),
+                escape(&action),
+                csrf_field(session),
+                escape(&action),
+                escape(&action),
+                escape(&x.description),
+            );
+            for param in &x.params {
+                let name = format!("{PARAM_FIELD}{}", param.name);
+                let req = if param.required { " required" } else { "" };
+                let mark = if param.required { " *" } else { "" };
+                let _ = write!(h, "<label>{}{mark}", escape(&param.name));
+                match param.kind.as_str() {
+                    "bool" => {
+                        let _ = write!(h, "<select name=\"{}\"{req}>", escape(&name));
+                        if !param.required {
+                            h.push_str("<option value=\"\">(unset)</option>");
+                        }
+                        h.push_str("<option>true</option><option>false</option></select>");
+                    }
+                    "int" => {
+                        let _ = write!(
+                            h,
+                            "<input type=\"number\" step=\"1\" name=\"{}\"{req}>",
+                            escape(&name)
+                        );
+                    }
+                    _ => {
+                        let _ = write!(
+                            h,
+                            "<input type=\"text\" name=\"{}\" maxlength=\"4096\"{req}>",
+                            escape(&name)
+                        );
+                    }
+                }
+                h.push_str("</label>");
+            }
+            h.push_str("<button type=\"submit\">start</button></form>");
+        }
+    }
+}
+
+fn runs_table(h: &mut String, runs: &[RunView]) {
+    h.push_str("<h2>runs</h2>");
+    if runs.is_empty() {
+        h.push_str("<p id=\"no-runs\">No runs yet.</p>");
+        return;
+    }
+    h.push_str("<table id=\"runs\"><thead><tr><th>run</th><th>action</th><th>state</th><th>created</th><th>started</th><th>finished</th><th>exit</th></tr></thead><tbody>");
+    for r in runs {
+        let state = r.state.as_str();
+        let _ = write!(
+            h,
+            "<tr data-run=\"{}\"><td class=\"mono\"><a href=\"/runs/{}\">{}</a></td><td>{}/{}</td><td><span class=\"badge {state}\">{state}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&r.id),
+            escape(&r.id),
+            escape(&r.id),
+            escape(&r.pack),
+            escape(&r.action),
+            escape(&r.created_at),
+            escape(r.started_at.as_deref().unwrap_or("")),
+            escape(r.finished_at.as_deref().unwrap_or("")),
+            r.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+        );
+    }
+    h.push_str("</tbody></table>");
+}
+
+/// One run's page: state, times, result, params and the log (`log` from `log_from` of
+/// `log_size` bytes). While the run is not final the page reloads itself every 2 s (no
+/// script: the CSP allows none) and has a Cancel button.
+pub fn render_run(
+    r: &RunView,
+    agent: Option<&AgentView>,
+    log: &[u8],
+    log_from: u64,
+    session: &Session,
+) -> String {
+    let live = !r.state.is_final();
+    let mut h = String::with_capacity(4096 + log.len() * 2);
+    head_every(
+        &mut h,
+        &format!("outpost hub: run {}", r.id),
+        live.then_some(2),
+    );
+    header(&mut h, session);
+    let state = r.state.as_str();
+    let host = agent.map_or(r.agent_id.as_str(), |a| a.hostname.as_str());
+    let _ = write!(
+        h,
+        "<h2 id=\"run\">{}/{} <span class=\"badge {state}\" id=\"state\">{state}</span></h2><p class=\"sub\">{} on <a href=\"/agents/{}\">{}</a>{}</p>",
+        escape(&r.pack),
+        escape(&r.action),
+        escape(&r.id),
+        escape(&r.agent_id),
+        escape(host),
+        if live { " · this page reloads every 2 s" } else { "" },
+    );
+    if live {
+        if r.cancel_requested {
+            h.push_str("<p id=\"cancel-requested\">Cancel requested: the agent stops the run at its next poll.</p>");
+        } else {
+            let _ = write!(
+                h,
+                "<form method=\"post\" action=\"/runs/{}/cancel\" class=\"inline\">{}<button type=\"submit\" id=\"cancel\">cancel</button></form>",
+                escape(&r.id),
+                csrf_field(session)
+            );
+        }
+    }
+    let opt = |v: &Option<String>| escape(v.as_deref().unwrap_or("—"));
+    let _ = write!(
+        h,
+        "<dl class=\"facts\"><dt>created</dt><dd>{}</dd><dt>claimed</dt><dd>{}</dd><dt>started</dt><dd>{}</dd><dt>finished</dt><dd>{}</dd><dt>exit code</dt><dd id=\"exit\">{}</dd><dt>signal</dt><dd>{}</dd><dt>reason</dt><dd>{}</dd><dt>log</dt><dd>{} bytes received{}</dd></dl>",
+        escape(&r.created_at),
+        opt(&r.claimed_at),
+        opt(&r.started_at),
+        opt(&r.finished_at),
+        r.exit_code.map_or("—".to_string(), |c| c.to_string()),
+        opt(&r.signal),
+        escape(r.reason.as_deref().filter(|s| !s.is_empty()).unwrap_or("—")),
+        r.log_bytes,
+        match r.result_log_bytes {
+            Some(n) if n != r.log_bytes => format!(" of {n} the agent reported"),
+            _ => String::new(),
+        },
+    );
+    if r.late {
+        h.push_str("<p class=\"flag\">The result arrived after the run was lost.</p>");
+    }
+    if !r.params.is_empty() {
+        h.push_str(
+            "<table id=\"params\"><thead><tr><th>parameter</th><th>value</th></tr></thead><tbody>",
+        );
+        for (k, v) in &r.params {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td class=\"mono\">{}</td></tr>",
+                escape(k),
+                escape(v)
+            );
+        }
+        h.push_str("</tbody></table>");
+    }
+    h.push_str("<h2>log</h2>");
+    if log_from > 0 {
+        let _ = write!(h, "<p class=\"sub\">the last {} bytes; the whole log: <code>outpost-hub logs {}</code></p>", log.len(), escape(&r.id));
+    }
+    let _ = writeln!(
+        h,
+        "<pre class=\"log\" id=\"log\">{}</pre></body></html>",
+        escape(&String::from_utf8_lossy(log))
+    );
     h
 }
 
@@ -296,11 +578,12 @@ mod tests {
             journal_head: None,
             last_upgrade: None,
             flags: vec![],
+            drained: false,
         };
         let session = crate::web::Store::new(std::time::Duration::from_secs(60), 1)
             .create()
             .unwrap();
-        let html = render(&[v], 30, &session);
+        let html = render(&[v], 30, &fleet_of(&dispatch_view(false), &[]), &session);
         assert!(html.contains(&format!("value=\"{}\"", session.csrf)));
         assert!(html.contains("action=\"/logout\""));
         assert!(!html.contains("<script>"));
@@ -332,11 +615,12 @@ mod tests {
             journal_head: None,
             last_upgrade: None,
             flags: vec![x.into()],
+            drained: false,
         };
         let session = crate::web::Store::new(std::time::Duration::from_secs(60), 1)
             .create()
             .unwrap();
-        let html = render(&[v], 30, &session);
+        let html = render(&[v], 30, &fleet_of(&dispatch_view(false), &[]), &session);
         assert!(!html.contains("<img"), "{html}");
         assert!(!html.contains("'>"), "{html}");
         assert!(
@@ -408,11 +692,159 @@ mod tests {
             },
             state: CatalogState::Drifted,
         }];
-        let html = render_agent(&a, Some(&packs), &session);
+        let html = render_agent(&a, Some(&packs), &[], &session);
         assert!(!html.contains("<img"), "{html}");
         assert!(html.contains("badge drifted\">drifted<") && html.contains("cdcdcdcdcdcd<"));
-        assert!(render_agent(&a, None, &session).contains("not advertised a pack catalog"));
-        assert!(render_agent(&a, Some(&[]), &session).contains("No packs installed"));
+        assert!(render_agent(&a, None, &[], &session).contains("not advertised a pack catalog"));
+        assert!(render_agent(&a, Some(&[]), &[], &session).contains("No packs installed"));
+    }
+
+    fn dispatch_view(stopped: bool) -> DispatchView {
+        DispatchView {
+            stopped,
+            stopped_at: stopped.then(|| "2024-05-01T10:00:00Z".into()),
+            stopped_by: stopped.then(|| "admin token".into()),
+            drained: Vec::new(),
+            max_runs_in_flight: 4,
+            max_runs_queued: 100,
+        }
+    }
+
+    fn fleet_of<'a>(d: &'a DispatchView, audit: &'a [AuditEntry]) -> Fleet<'a> {
+        Fleet { dispatch: d, audit }
+    }
+
+    #[test]
+    fn runs_and_fleet_controls_render_escaped_with_csrf() {
+        use outpost_proto::{ActionAdvert, PackAdvert, ParamAdvert, RunState};
+        let x = "\"'><img src=x onerror=alert(1)>";
+        let session = crate::web::Store::new(std::time::Duration::from_secs(60), 1)
+            .create()
+            .unwrap();
+        let csrf = format!("value=\"{}\"", session.csrf);
+        // The kill switch: stop buttons while running, start while stopped; audit escaped.
+        let audit = [AuditEntry {
+            at: "2024-05-01T10:00:00Z".into(),
+            who: x.into(),
+            action: "drain".into(),
+            target: x.into(),
+            detail: x.into(),
+        }];
+        let running = dispatch_view(false);
+        let html = render(&[], 30, &fleet_of(&running, &audit), &session);
+        assert!(
+            html.contains("id=\"dispatch-stop\"") && html.contains("id=\"dispatch-stop-cancel\"")
+        );
+        assert!(
+            !html.contains("id=\"dispatch-start\"") && !html.contains("<img"),
+            "{html}"
+        );
+        assert!(html.matches(&csrf).count() >= 3, "{html}");
+        let stopped = dispatch_view(true);
+        let html = render(&[], 30, &fleet_of(&stopped, &[]), &session);
+        assert!(html.contains("id=\"dispatch-start\"") && html.contains("dispatch stopped"));
+        // The agent page: a start form per action of trusted packs only, fields by type.
+        let p = |name: &str, kind: &str, required| ParamAdvert {
+            name: name.into(),
+            kind: kind.into(),
+            required,
+        };
+        let pack = |name: &str, state| AgentPack {
+            pack: PackAdvert {
+                name: name.into(),
+                version: "1".into(),
+                sha256: "ab".repeat(32),
+                actions: vec![ActionAdvert {
+                    id: "restart".into(),
+                    description: x.into(),
+                    params: vec![
+                        p("unit", "string", true),
+                        p("force", "bool", false),
+                        p("n", "int", false),
+                    ],
+                    idempotent: false,
+                    privileged: false,
+                }],
+            },
+            state,
+        };
+        let a = AgentView {
+            drained: true,
+            ..sample_view()
+        };
+        let packs = [
+            pack("web", CatalogState::Trusted),
+            pack("db", CatalogState::Pending),
+        ];
+        let run = RunView {
+            id: "r_1".into(),
+            agent_id: "a_1".into(),
+            pack: "web".into(),
+            sha256: "ab".repeat(32),
+            action: "restart".into(),
+            params: [("unit".to_string(), x.to_string())].into(),
+            idempotent: false,
+            state: RunState::Running,
+            created_at: "2024-05-01T10:00:00Z".into(),
+            claimed_at: None,
+            started_at: None,
+            finished_at: None,
+            lease_expires_at: None,
+            cancel_requested: false,
+            exit_code: None,
+            signal: None,
+            reason: Some(x.into()),
+            late: false,
+            log_bytes: 5,
+            result_log_bytes: None,
+            retry_of: None,
+        };
+        let html = render_agent(&a, Some(&packs), std::slice::from_ref(&run), &session);
+        assert!(!html.contains("<img"), "{html}");
+        assert_eq!(html.matches("class=\"start\"").count(), 1, "{html}");
+        assert!(html.contains("data-action=\"web/restart\""), "{html}");
+        assert!(
+            html.contains("name=\"param.unit\" maxlength=\"4096\" required"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<select name=\"param.force\"><option value=\"\">(unset)"),
+            "{html}"
+        );
+        assert!(
+            html.contains("type=\"number\" step=\"1\" name=\"param.n\">"),
+            "{html}"
+        );
+        assert!(
+            html.contains("id=\"drain\">undrain<") && html.contains("badge drained"),
+            "{html}"
+        );
+        assert!(html.contains("href=\"/runs/r_1\""), "{html}");
+        // The run page: live (reloads, cancel button) until final; the log escaped.
+        let html = render_run(&run, Some(&a), b"<b>out</b>\n", 0, &session);
+        assert!(
+            html.contains("http-equiv=\"refresh\" content=\"2\""),
+            "{html}"
+        );
+        assert!(
+            html.contains("action=\"/runs/r_1/cancel\"") && html.contains(&csrf),
+            "{html}"
+        );
+        assert!(
+            html.contains("&lt;b&gt;out&lt;/b&gt;") && !html.contains("<img"),
+            "{html}"
+        );
+        let done = RunView {
+            state: RunState::Failed,
+            exit_code: Some(3),
+            ..run
+        };
+        let html = render_run(&done, None, b"", 0, &session);
+        assert!(
+            !html.contains("refresh") && !html.contains("/cancel"),
+            "{html}"
+        );
+        assert!(html.contains("<dd id=\"exit\">3</dd>"), "{html}");
     }
 
     fn sample_view() -> AgentView {
@@ -437,6 +869,7 @@ mod tests {
             journal_head: None,
             last_upgrade: None,
             flags: vec![],
+            drained: false,
         }
     }
 }

@@ -128,6 +128,94 @@ pub fn log_step(have: u64, offset: u64, len: usize, cap: u64) -> LogStep {
     LogStep::Append { skip }
 }
 
+/// Why a queued run is not dispatched to its agent now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Dispatch is stopped hub-wide (the kill switch).
+    Stopped,
+    /// The agent is drained.
+    Drained,
+    /// The agent holds `max` runs (claimed, running, unknown) already.
+    InFlightFull { max: usize },
+}
+
+/// What decides whether an agent gets another run: the kill switch, its drain, the runs it
+/// holds and the limit of runs in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dispatch {
+    pub stopped: bool,
+    pub drained: bool,
+    pub held: usize,
+    pub max_in_flight: usize,
+}
+
+/// How many more runs the agent may take now, or why none.
+pub fn gate(d: Dispatch) -> Result<usize, Gate> {
+    if d.stopped {
+        return Err(Gate::Stopped);
+    }
+    if d.drained {
+        return Err(Gate::Drained);
+    }
+    match d.max_in_flight.checked_sub(d.held) {
+        Some(free) if free > 0 => Ok(free),
+        _ => Err(Gate::InFlightFull {
+            max: d.max_in_flight,
+        }),
+    }
+}
+
+/// How many of `queued` runs a poll offers: as many as [`gate`] leaves room for.
+pub fn offer_count(d: Dispatch, queued: usize) -> usize {
+    gate(d).map_or(0, |free| free.min(queued))
+}
+
+/// Would `adding` more queued runs pass `max` for an agent with `queued` already?
+pub fn queue_full(queued: usize, adding: usize, max: usize) -> bool {
+    queued.saturating_add(adding) > max
+}
+
+/// A per-run token bucket of log bytes: `tokens` at `at_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bucket {
+    pub tokens: u64,
+    pub at_ms: i64,
+}
+
+/// Takes `n` bytes from a bucket refilled at `rate` bytes a second up to `burst` (a new
+/// bucket starts full); `Err(seconds)` to wait when there are too few. An upload larger than
+/// `burst` needs a full bucket.
+pub fn take_bytes(
+    b: Option<Bucket>,
+    now_ms: i64,
+    rate: u64,
+    burst: u64,
+    n: u64,
+) -> Result<Bucket, u64> {
+    let tokens = match b {
+        None => burst,
+        Some(b) => {
+            let ms = u64::try_from(now_ms.saturating_sub(b.at_ms)).unwrap_or(0);
+            let refill = rate.saturating_mul(ms) / 1000;
+            b.tokens.saturating_add(refill).min(burst)
+        }
+    };
+    let need = n.min(burst);
+    if need <= tokens {
+        return Ok(Bucket {
+            tokens: tokens - need,
+            at_ms: now_ms,
+        });
+    }
+    Err((need - tokens).div_ceil(rate.max(1)).max(1))
+}
+
+/// The time before which finished runs are deleted, `None` when retention is off (0).
+pub fn retention_cutoff(now_ms: i64, retention_secs: u64) -> Option<i64> {
+    let ms = i64::try_from(retention_secs).ok()?.checked_mul(1000)?;
+    (ms > 0).then(|| now_ms.saturating_sub(ms))
+}
+
 /// Why an action name does not resolve in a catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unresolved {
@@ -369,6 +457,82 @@ mod tests {
         for (stored, new, want) in cases {
             assert_eq!(judge_result(stored, &new), want, "{new:?}");
         }
+    }
+
+    #[test]
+    fn dispatch_gates() {
+        let d = |stopped, drained, held, max_in_flight| Dispatch {
+            stopped,
+            drained,
+            held,
+            max_in_flight,
+        };
+        #[rustfmt::skip]
+        let cases = [
+            // stopped, drained, held, max, queued → gate, offers
+            (d(false, false, 0, 4), 10, Ok(4), 4),
+            (d(false, false, 1, 4), 2,  Ok(3), 2),
+            (d(false, false, 3, 4), 5,  Ok(1), 1),
+            (d(false, false, 4, 4), 5,  Err(Gate::InFlightFull { max: 4 }), 0),
+            (d(false, false, 6, 4), 5,  Err(Gate::InFlightFull { max: 4 }), 0),
+            (d(false, false, 0, 0), 5,  Err(Gate::InFlightFull { max: 0 }), 0),
+            (d(false, true,  0, 4), 5,  Err(Gate::Drained), 0),
+            (d(true,  false, 0, 4), 5,  Err(Gate::Stopped), 0),
+            (d(true,  true,  9, 4), 5,  Err(Gate::Stopped), 0),
+        ];
+        for (dispatch, queued, want_gate, want_offers) in cases {
+            assert_eq!(gate(dispatch), want_gate, "{dispatch:?}");
+            assert_eq!(offer_count(dispatch, queued), want_offers, "{dispatch:?}");
+        }
+    }
+
+    #[test]
+    fn queue_limits() {
+        #[rustfmt::skip]
+        let cases = [
+            (0, 1, 100, false), (99, 1, 100, false), (100, 1, 100, true),
+            (98, 3, 100, true), (0, 0, 0, false), (0, 1, 0, true),
+        ];
+        for (queued, adding, max, want) in cases {
+            assert_eq!(
+                queue_full(queued, adding, max),
+                want,
+                "{queued} {adding} {max}"
+            );
+        }
+    }
+
+    #[test]
+    fn log_rate_buckets() {
+        let b = |tokens, at_ms| Some(Bucket { tokens, at_ms });
+        #[rustfmt::skip]
+        let cases = [
+            // bucket, now, rate, burst, n → result
+            (None,        0,    100, 400, 400, Ok(Bucket { tokens: 0, at_ms: 0 })),
+            (None,        0,    100, 400, 900, Ok(Bucket { tokens: 0, at_ms: 0 })),
+            (b(0, 0),     0,    100, 400, 1,   Err(1)),
+            (b(0, 0),     500,  100, 400, 50,  Ok(Bucket { tokens: 0, at_ms: 500 })),
+            (b(0, 0),     500,  100, 400, 51,  Err(1)),
+            (b(0, 0),     1000, 100, 400, 350, Err(3)),
+            (b(0, 0),     9000, 100, 400, 400, Ok(Bucket { tokens: 0, at_ms: 9000 })),
+            (b(100, 0),   0,    100, 400, 60,  Ok(Bucket { tokens: 40, at_ms: 0 })),
+            (b(0, 1000),  0,    100, 400, 1,   Err(1)),
+        ];
+        for (bucket, now, rate, burst, n, want) in cases {
+            assert_eq!(
+                take_bytes(bucket, now, rate, burst, n),
+                want,
+                "{bucket:?} {now} {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn retention() {
+        assert_eq!(retention_cutoff(100_000, 30), Some(70_000));
+        assert_eq!(retention_cutoff(100_000, 0), None);
+        assert_eq!(retention_cutoff(0, 86_400), Some(-86_400_000));
+        assert_eq!(retention_cutoff(i64::MIN, 1), Some(i64::MIN));
     }
 
     #[test]

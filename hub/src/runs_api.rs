@@ -23,7 +23,7 @@ use crate::api::{agent_auth, parse, require_admin, same_agent, Hub};
 use crate::error::ApiError;
 use crate::limits::{Body, SMALL_BODY};
 use crate::packs::TrustIndex;
-use crate::runs::{check_params, resolve_action, Unresolved};
+use crate::runs::{check_params, resolve_action, take_bytes, Bucket, Gate, Unresolved};
 use crate::state::{rfc3339, AgentEntry};
 use crate::store::{Lease, NewRuns, RunFilter, RunRefusal, RunRow, RunsCreated};
 use crate::token;
@@ -42,6 +42,18 @@ pub const EVENTS_BODY: usize = 256 * 1024;
 pub const LOG_READ_MAX: usize = 1024 * 1024;
 /// How often the sweeper looks at leases.
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// Default of `--max-runs-in-flight`: runs an agent may hold (claimed, running, unknown).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
+/// Default of `--max-runs-queued`: queued runs an agent may have.
+pub const DEFAULT_MAX_QUEUED: usize = 100;
+/// Default of `--run-retention`: finished runs and their logs are kept 30 days.
+pub const DEFAULT_RETENTION_SECS: u64 = 30 * 86_400;
+/// Default of `--run-log-rate`: log bytes a second one run may upload (0: no cap).
+pub const DEFAULT_LOG_RATE: u64 = 4 * 1024 * 1024;
+/// The sweeper deletes old runs at most this often (and at least once a retention period).
+pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Runs one prune deletes at most (a full batch prunes again at the next sweep).
+pub const PRUNE_BATCH: usize = 1000;
 
 /// The clock of runs: leases, `lost_after` and the sweeper read time only through it.
 pub trait Clock: Send + Sync {
@@ -58,20 +70,77 @@ impl Clock for SystemClock {
     }
 }
 
-/// Run settings and the per-agent wake-ups of long polls.
+/// The run limits of `serve` (docs/PROTOCOL.md, Limits of runs).
+#[derive(Debug, Clone, Copy)]
+pub struct RunLimits {
+    pub lease_secs: u64,
+    pub lost_after_secs: u64,
+    pub max_in_flight: usize,
+    pub max_queued: usize,
+    /// 0: finished runs are kept for ever.
+    pub retention_secs: u64,
+    /// Log bytes a second per run; 0: no cap.
+    pub log_rate: u64,
+}
+
+impl Default for RunLimits {
+    fn default() -> Self {
+        RunLimits {
+            lease_secs: DEFAULT_LEASE_SECS,
+            lost_after_secs: DEFAULT_LOST_AFTER_SECS,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_queued: DEFAULT_MAX_QUEUED,
+            retention_secs: DEFAULT_RETENTION_SECS,
+            log_rate: DEFAULT_LOG_RATE,
+        }
+    }
+}
+
+/// Run settings, the per-agent wake-ups of long polls and the per-run log buckets.
 pub struct Runs {
     pub lease_secs: u64,
     pub lost_after_secs: u64,
+    pub limits: RunLimits,
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
 }
 
 impl Runs {
-    pub fn new(lease_secs: u64, lost_after_secs: u64) -> Runs {
+    pub fn new(limits: RunLimits) -> Runs {
         Runs {
-            lease_secs: lease_secs.max(1),
-            lost_after_secs,
+            lease_secs: limits.lease_secs.max(1),
+            lost_after_secs: limits.lost_after_secs,
+            limits,
             wakers: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The burst of a run's log bucket: four seconds' worth, at least one upload.
+    fn log_burst(&self) -> u64 {
+        self.limits
+            .log_rate
+            .saturating_mul(4)
+            .max(LOG_CHUNK_BODY as u64)
+    }
+
+    /// Admits `n` log bytes of run `id` at `now_ms`, or the seconds to wait.
+    pub fn admit_log(&self, id: &str, now_ms: i64, n: u64) -> Result<(), u64> {
+        let rate = self.limits.log_rate;
+        if rate == 0 {
+            return Ok(());
+        }
+        let burst = self.log_burst();
+        let mut b = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if b.len() >= 4096 {
+            // A bucket idle long enough to be full again is the same as none.
+            let full_after_ms =
+                i64::try_from(burst.saturating_mul(1000) / rate).unwrap_or(i64::MAX);
+            b.retain(|_, v| now_ms.saturating_sub(v.at_ms) < full_after_ms);
+        }
+        let next = take_bytes(b.get(id).copied(), now_ms, rate, burst, n)?;
+        b.insert(id.to_string(), next);
+        Ok(())
     }
 
     fn lease(&self, now_ms: i64) -> Lease {
@@ -176,6 +245,24 @@ fn refused(id: &str, r: RunRefusal) -> ApiError {
             format!("run {id} already has a different result"),
             "the first result wins; do not report another",
         ),
+        RunRefusal::Gated(Gate::Stopped) => ApiError::new(
+            conflict,
+            ErrorCode::DispatchStopped,
+            format!("dispatch is stopped: run {id} stays queued"),
+            "drop the offer; it comes again once an admin runs `outpost-hub dispatch start`",
+        ),
+        RunRefusal::Gated(Gate::Drained) => ApiError::new(
+            conflict,
+            ErrorCode::AgentDrained,
+            format!("this agent is drained: run {id} stays queued"),
+            "drop the offer; it comes again once an admin runs `outpost-hub drain --undo`",
+        ),
+        RunRefusal::Gated(Gate::InFlightFull { max }) => ApiError::new(
+            conflict,
+            ErrorCode::InFlightFull,
+            format!("this agent already holds {max} runs: run {id} stays queued"),
+            "drop the offer; polls offer it again once a held run has finished",
+        ),
     }
 }
 
@@ -273,7 +360,48 @@ async fn create(
     require_admin(&hub, &headers)?;
     let req: CreateRunRequest = parse(&body)?;
     req.validate()?;
-    let agents = targets(&hub, &req)?;
+    let rows = create_runs(&hub, req).await?;
+    let status = if rows.0 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let body = RunsCreatedView {
+        runs: rows.1.iter().map(view).collect(),
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+/// Creates the runs of a validated `req` (the API and the dashboard's start form): true
+/// with new runs, false with the runs an idempotency key created before.
+pub async fn create_runs(
+    hub: &Hub,
+    req: CreateRunRequest,
+) -> Result<(bool, Vec<RunRow>), ApiError> {
+    if let Some((_, by)) = hub.store.dispatch().await?.stopped {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::DispatchStopped,
+            format!("dispatch is stopped (by {by}): no run is created"),
+            "start it again with `outpost-hub dispatch start` (see `outpost-hub audit`)",
+        ));
+    }
+    let matched = targets(hub, &req)?;
+    let (drained, agents): (Vec<_>, Vec<_>) = matched
+        .into_iter()
+        .partition(|e| e.lock().drained_at_ms.is_some());
+    if agents.is_empty() {
+        let ids: Vec<&str> = drained.iter().map(|e| e.id.as_str()).collect();
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::AgentDrained,
+            format!(
+                "every agent the target names is drained: {}",
+                ids.join(", ")
+            ),
+            "undrain with `outpost-hub drain AGENT --undo` (or --group G --undo)",
+        ));
+    }
     let index = TrustIndex::new(&hub.store.packs().await?);
     let now = hub.clock.now_ms();
     let runs = agents
@@ -293,11 +421,12 @@ async fn create(
             idempotency,
             runs,
             now_ms: now,
+            max_queued: hub.runs.limits.max_queued,
         })
         .await?;
-    let (status, rows) = match created {
-        RunsCreated::New(rows) => (StatusCode::CREATED, rows),
-        RunsCreated::Existing(rows) => (StatusCode::OK, rows),
+    let (fresh, rows) = match created {
+        RunsCreated::New(rows) => (true, rows),
+        RunsCreated::Existing(rows) => (false, rows),
         RunsCreated::KeyConflict => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -306,14 +435,22 @@ async fn create(
                 "use a new idempotency_key for a new request",
             ))
         }
+        RunsCreated::QueueFull { agent_id, queued } => {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::QueueFull,
+                format!(
+                    "agent {agent_id} already has {queued} queued runs (--max-runs-queued {}): nothing created",
+                    hub.runs.limits.max_queued
+                ),
+                "wait for its queue to drain, or cancel queued runs with `outpost-hub cancel RUN`",
+            ))
+        }
     };
     for r in &rows {
         hub.runs.wake(&r.agent_id);
     }
-    let body = RunsCreatedView {
-        runs: rows.iter().map(view).collect(),
-    };
-    Ok((status, Json(body)).into_response())
+    Ok((fresh, rows))
 }
 
 #[derive(Deserialize)]
@@ -408,11 +545,16 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     require_admin(&hub, &headers)?;
-    let Some(r) = hub.store.cancel_run(&id, hub.clock.now_ms()).await? else {
+    Ok(Json(view(&cancel_run(&hub, &id).await?)).into_response())
+}
+
+/// Cancels run `id` (the API and the dashboard's Cancel button); its agent is woken.
+pub async fn cancel_run(hub: &Hub, id: &str) -> Result<RunRow, ApiError> {
+    let Some(r) = hub.store.cancel_run(id, hub.clock.now_ms()).await? else {
         return Err(ApiError::not_found(format!("no run {id}")));
     };
     hub.runs.wake(&r.agent_id);
-    Ok(Json(view(&r)).into_response())
+    Ok(r)
 }
 
 fn offer(r: RunRow, lease_secs: u64) -> RunOffer {
@@ -446,7 +588,10 @@ async fn poll(
         tokio::pin!(notified);
         notified.as_mut().enable();
         let lease = hub.runs.lease(hub.clock.now_ms());
-        let found = hub.store.poll_runs(&entry.id, &holding, lease).await?;
+        let found = hub
+            .store
+            .poll_runs(&entry.id, &holding, lease, hub.runs.limits.max_in_flight)
+            .await?;
         holding.clear();
         let done = tokio::time::Instant::now() >= deadline;
         if !found.queued.is_empty() || !found.cancel.is_empty() || done {
@@ -480,7 +625,13 @@ async fn claim(
     let lease = hub.runs.lease(hub.clock.now_ms());
     let r = hub
         .store
-        .claim_run(&id, &entry.id, &req.claimant, lease)
+        .claim_run(
+            &id,
+            &entry.id,
+            &req.claimant,
+            lease,
+            hub.runs.limits.max_in_flight,
+        )
         .await?
         .map_err(|r| refused(&id, r))?;
     Ok(Json(Claimed {
@@ -521,7 +672,21 @@ async fn upload_log(
     let offset = q
         .offset
         .ok_or_else(|| ApiError::bad_request("offset is required").with_field("offset"))?;
-    let lease = hub.runs.lease(hub.clock.now_ms());
+    let now = hub.clock.now_ms();
+    if let Err(wait) = hub.runs.admit_log(&id, now, body.len() as u64) {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            format!(
+                "log uploads of run {id} pass {} bytes a second",
+                hub.runs.limits.log_rate
+            ),
+            "upload the same bytes again after Retry-After seconds",
+        );
+        e.retry_after = Some(wait);
+        return Err(e);
+    }
+    let lease = hub.runs.lease(now);
     let next_offset = hub
         .store
         .append_log(&id, &entry.id, offset, body.to_vec(), LOG_CAP, lease)
@@ -545,6 +710,8 @@ async fn result(
         .finish_run(&id, &entry.id, res, hub.clock.now_ms())
         .await?
         .map_err(|r| refused(&id, r))?;
+    // A finished run frees a slot of the agent's runs in flight: its waiting poll may offer.
+    hub.runs.wake(&entry.id);
     Ok(Json(ResultAck {
         state: r.state,
         late: r.late,
@@ -572,14 +739,39 @@ pub async fn sweep_once(hub: &Hub) -> Result<crate::store::Swept, crate::store::
     Ok(swept)
 }
 
-/// The sweeper task: [`sweep_once`] every [`SWEEP_INTERVAL`].
+/// Retention: deletes one batch of the finished runs older than `--run-retention`, with
+/// their logs. Returns the ids deleted (none when retention is off).
+pub async fn prune_once(hub: &Hub) -> Result<Vec<String>, crate::store::StoreError> {
+    let now = hub.clock.now_ms();
+    match crate::runs::retention_cutoff(now, hub.runs.limits.retention_secs) {
+        Some(before) => hub.store.prune_runs(before, PRUNE_BATCH).await,
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The sweeper task: [`sweep_once`] every [`SWEEP_INTERVAL`], [`prune_once`] every
+/// [`PRUNE_EVERY`] (or every retention period when that is shorter; at once again after a
+/// full batch).
 pub async fn sweeper(hub: Arc<Hub>) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let prune_every = PRUNE_EVERY.min(Duration::from_secs(hub.runs.limits.retention_secs.max(1)));
+    let mut next_prune = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         if let Err(e) = sweep_once(&hub).await {
             eprintln!("outpost-hub: sweeping run leases failed: {e}");
+        }
+        if tokio::time::Instant::now() < next_prune {
+            continue;
+        }
+        match prune_once(&hub).await {
+            Ok(ids) if ids.len() >= PRUNE_BATCH => {}
+            Ok(_) => next_prune = tokio::time::Instant::now() + prune_every,
+            Err(e) => {
+                eprintln!("outpost-hub: deleting old runs failed: {e}");
+                next_prune = tokio::time::Instant::now() + prune_every;
+            }
         }
     }
 }

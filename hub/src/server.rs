@@ -53,10 +53,9 @@ pub struct ServeConfig {
     pub enroll_per_min: u32,
     /// Enrollments a client address may make at once.
     pub enroll_burst: u32,
-    /// Lease of a claimed run, seconds (`--run-lease`).
-    pub run_lease_secs: u64,
-    /// `unknown` this long makes a run `lost`, seconds (`--lost-after`).
-    pub lost_after_secs: u64,
+    /// Run leases (`--run-lease`), `--lost-after`, the per-agent limits
+    /// (`--max-runs-in-flight`, `--max-runs-queued`), `--run-retention`, `--run-log-rate`.
+    pub runs: crate::runs_api::RunLimits,
 }
 
 /// Default of `--max-connections`.
@@ -353,8 +352,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), HubError> {
                 tls: acceptor.is_some(),
                 enroll_per_min: cfg.enroll_per_min,
                 enroll_burst: cfg.enroll_burst,
-                run_lease_secs: cfg.run_lease_secs,
-                lost_after_secs: cfg.lost_after_secs,
+                runs: cfg.runs,
             },
         )
         .await?,

@@ -58,6 +58,10 @@ pub struct AgentState {
     /// The latest pack catalog the agent advertised; `None` before the first one. Shared, so
     /// snapshots for the writer task do not copy it.
     pub packs: Option<Arc<Catalog>>,
+    /// Drained by an admin since then, by whom: no new runs are offered to it. Written
+    /// through [`crate::store::Store::set_drained`], never by heartbeats.
+    pub drained_at_ms: Option<i64>,
+    pub drained_by: Option<String>,
 }
 
 impl AgentState {
@@ -175,6 +179,7 @@ impl AgentEntry {
             journal_head: st.journal_head.clone(),
             last_upgrade: st.last_upgrade.clone(),
             flags: st.flags.clone(),
+            drained: st.drained_at_ms.is_some(),
         }
     }
 }

@@ -127,7 +127,9 @@ pub trait Store: Send + Sync {
 
     /// Inserts `new.runs` (all queued) in one transaction. With an idempotency key already
     /// used for the same request hash: the runs created then ([`RunsCreated::Existing`]),
-    /// nothing inserted; for another request hash: [`RunsCreated::KeyConflict`].
+    /// nothing inserted; for another request hash: [`RunsCreated::KeyConflict`]. When one
+    /// agent would have more than `new.max_queued` queued runs: nothing inserted,
+    /// [`RunsCreated::QueueFull`] naming it.
     fn create_runs(&self, new: NewRuns) -> StoreFuture<'_, RunsCreated>;
 
     /// Run `id`; `None` when there is none.
@@ -138,27 +140,33 @@ pub trait Store: Send + Sync {
 
     /// An agent's poll, atomically: renews the lease of each run of `holding` that is this
     /// agent's and held (an `unknown` one becomes `running`), then returns the agent's
-    /// queued runs (oldest first) and its held runs with `cancel_requested`.
+    /// queued runs (oldest first) as far as [`crate::runs::offer_count`] allows (none while
+    /// dispatch is stopped or the agent drained, at most `max_in_flight` minus the runs it
+    /// holds) and its held runs with `cancel_requested`.
     fn poll_runs<'a>(
         &'a self,
         agent_id: &'a str,
         holding: &'a [String],
         lease: Lease,
+        max_in_flight: usize,
     ) -> StoreFuture<'a, Polled>;
 
     /// Claims run `id` (of `agent_id`) for `claimant`: the first claimant of a queued run
-    /// wins (the run is `claimed`, leased), the same claimant again gets the run again, any
-    /// other [`RunRefusal::Taken`].
+    /// wins (the run is `claimed`, leased) unless [`crate::runs::gate`] refuses (dispatch
+    /// stopped, agent drained, `max_in_flight` held), the same claimant again gets the run
+    /// again, any other [`RunRefusal::Taken`].
     fn claim_run<'a>(
         &'a self,
         id: &'a str,
         agent_id: &'a str,
         claimant: &'a str,
         lease: Lease,
+        max_in_flight: usize,
     ) -> StoreFuture<'a, Result<RunRow, RunRefusal>>;
 
     /// Stores `events` keyed by (id, seq): a seq already stored is left as it was. A
-    /// `started` event makes a claimed (or unknown) run `running`; the lease is renewed.
+    /// `started` event makes a claimed (or unknown) run `running`, and gives a run without
+    /// a start time one even when its result came first; the lease is renewed.
     /// Returns the highest seq stored.
     fn run_events<'a>(
         &'a self,
@@ -209,6 +217,73 @@ pub trait Store: Send + Sync {
     /// `unknown` for `lost_after_ms` become `lost`, and each lost idempotent one is queued
     /// again as a new run ([`retry_id`], `retry_of` the old one).
     fn sweep_runs(&self, now_ms: i64, lost_after_ms: i64) -> StoreFuture<'_, Swept>;
+
+    /// Retention: deletes at most `max` final runs that finished before `before_ms`, with
+    /// their events and logs, and the idempotency keys created before it. Returns the ids
+    /// of the runs deleted.
+    fn prune_runs(&self, before_ms: i64, max: usize) -> StoreFuture<'_, Vec<String>>;
+
+    // Fleet controls (docs/PROTOCOL.md, Fleet controls). Each change is written with its
+    // audit entry in one transaction.
+
+    /// Drains (`drain`: at `audit.at_ms` by `audit.who`) or undrains the agents `ids`
+    /// (a drained one keeps its first time); agents that do not exist are skipped. Returns
+    /// the ids that exist.
+    fn set_drained<'a>(
+        &'a self,
+        ids: &'a [String],
+        drain: bool,
+        audit: AuditRow,
+    ) -> StoreFuture<'a, Vec<String>>;
+
+    /// The kill switch: stops (keeping the first time and who) or starts dispatch. With
+    /// `cancel_in_flight` (stop only), every queued run is canceled and every held one gets
+    /// `cancel_requested`, in the same transaction.
+    fn set_dispatch(
+        &self,
+        stop: bool,
+        cancel_in_flight: bool,
+        audit: AuditRow,
+    ) -> StoreFuture<'_, DispatchChanged>;
+
+    /// The kill switch as stored.
+    fn dispatch(&self) -> StoreFuture<'_, DispatchRow>;
+
+    /// Appends an entry to the audit log.
+    fn audit<'a>(&'a self, entry: AuditRow) -> StoreFuture<'a, ()>;
+
+    /// The newest `limit` audit entries, newest first.
+    fn audit_log(&self, limit: usize) -> StoreFuture<'_, Vec<AuditRow>>;
+}
+
+/// One audit entry, as stored (time unix ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub at_ms: i64,
+    /// `admin token`, `dashboard session <12 hex>`.
+    pub who: String,
+    /// `drain`, `undrain`, `dispatch_stop`, `dispatch_start`, …
+    pub action: String,
+    /// `agent a_…`, `group edge`, `all`.
+    pub target: String,
+    pub detail: String,
+}
+
+/// The kill switch, as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DispatchRow {
+    /// Since when and by whom dispatch is stopped; `None` while it runs.
+    pub stopped: Option<(i64, String)>,
+}
+
+/// What [`Store::set_dispatch`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DispatchChanged {
+    pub dispatch: DispatchRow,
+    /// Queued runs canceled (`cancel_in_flight`), with their agents.
+    pub canceled: Vec<(String, String)>,
+    /// Held runs flagged `cancel_requested`, with their agents.
+    pub cancel_requested: Vec<(String, String)>,
 }
 
 /// One run, as stored (times unix ms).
@@ -288,6 +363,8 @@ pub struct NewRuns {
     pub idempotency: Option<(String, String)>,
     pub runs: Vec<RunRow>,
     pub now_ms: i64,
+    /// Queued runs an agent may have (`--max-runs-queued`).
+    pub max_queued: usize,
 }
 
 /// What [`Store::create_runs`] did.
@@ -296,6 +373,11 @@ pub enum RunsCreated {
     New(Vec<RunRow>),
     Existing(Vec<RunRow>),
     KeyConflict,
+    /// Agent `agent_id` already has `queued` queued runs: nothing was created.
+    QueueFull {
+        agent_id: String,
+        queued: usize,
+    },
 }
 
 /// Which runs [`Store::runs`] lists.
@@ -344,6 +426,8 @@ pub enum RunRefusal {
     TooLarge,
     /// Another result is stored.
     Conflict,
+    /// A claim of a queued run that [`crate::runs::gate`] refuses.
+    Gated(crate::runs::Gate),
 }
 
 /// The hub's trust in one (pack name, sha256), as stored.

@@ -223,6 +223,13 @@ pub fn csrf_matches(session: &Session, submitted: &str) -> bool {
     }
 }
 
+/// Who a dashboard session is in audit records: `dashboard session <12 hex of the sha256 of
+/// its id>`, which names it without revealing it.
+pub fn session_label(session: &Session) -> String {
+    let hash = token::hash_hex(&session.id);
+    format!("dashboard session {}", hash.get(..12).unwrap_or(&hash))
+}
+
 /// The hidden form field carrying the session's CSRF token.
 pub fn csrf_field(session: &Session) -> String {
     format!(
@@ -272,6 +279,16 @@ pub fn see_other(to: &'static str) -> Response {
         .insert(header::LOCATION, HeaderValue::from_static(to));
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// A 303 redirect to `to`, a path of this hub built from ids (`/`, should it not be a
+/// valid header value).
+pub fn see_other_to(to: &str) -> Response {
+    let mut r = see_other("/");
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
     r
 }
 

@@ -258,3 +258,193 @@ fn packs_page_trusts_a_pending_pack_in_chromium() {
         .unwrap();
     assert_eq!(db["state"], "pending", "{db}");
 }
+
+/// A fake agent's upload for run `run` (`what`: `claim`, `events`, `result`).
+fn agent_post(hub: &Hub, token: &str, run: &str, what: &str, body: serde_json::Value) {
+    let (s, v) = hub.req(
+        "POST",
+        &format!("/api/v1/agent/runs/{run}/{what}"),
+        Some(token),
+        Some(&body),
+    );
+    assert_eq!(s, 200, "{what}: {v}");
+}
+
+fn agent_log(hub: &Hub, token: &str, run: &str, offset: u64, data: &[u8]) {
+    let auth = format!("Bearer {token}");
+    let r = hub.raw(
+        "POST",
+        &format!("/api/v1/agent/runs/{run}/log?offset={offset}"),
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/octet-stream"),
+        ],
+        data,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+fn runs_of(hub: &Hub, id: &str) -> Vec<serde_json::Value> {
+    let (s, v) = hub.admin("GET", &format!("/api/v1/runs?agent={id}"), None);
+    assert_eq!(s, 200, "{v}");
+    v.as_array().unwrap().clone()
+}
+
+#[test]
+fn agent_page_starts_a_run_shows_its_live_log_and_cancels_it_in_chromium() {
+    if !have_chromium("agent_page_starts_a_run_shows_its_live_log_and_cancels_it_in_chromium") {
+        return;
+    }
+    let hub = Hub::start();
+    let (id, token) = hub.new_agent("run-host");
+    assert_eq!(
+        hub.heartbeat_packs(&id, &token, json!([pack("web", "1.0.0", '1')]))
+            .0,
+        200
+    );
+    let trust = format!("/api/v1/packs/web/{}/trust", "1".repeat(64));
+    assert_eq!(hub.admin("POST", &trust, None).0, 200);
+    // A finished run with a log, through the fake agent.
+    let body = json!({"target": {"agent": id}, "action": "web/restart", "params": {"unit": "db"}});
+    let (s, v) = hub.admin("POST", "/api/v1/runs", Some(&body));
+    assert_eq!(s, 201, "{v}");
+    let old = v["runs"][0]["id"].as_str().unwrap().to_string();
+    agent_post(&hub, &token, &old, "claim", json!({"claimant": "p"}));
+    agent_log(&hub, &token, &old, 0, b"hello from <the> agent\n");
+    agent_post(
+        &hub,
+        &token,
+        &old,
+        "result",
+        json!({"outcome": "succeeded", "exit_code": 0, "finished_at": "2024-01-01T00:00:05Z", "log_bytes": 23}),
+    );
+
+    let mut browser = Browser::launch();
+    let mut page = browser.page();
+    login(&mut page, &hub, ADMIN);
+    page.wait_for("location.pathname === '/'");
+    let agent_url = format!("{}/agents/{id}", hub.url);
+    page.goto(&agent_url);
+    page.wait_for("document.querySelector('#runs') && document.querySelector('form.start')");
+    let row = format!("#runs tr[data-run={old}] .badge");
+    assert_eq!(
+        page.eval(&format!("document.querySelector('{row}').textContent")),
+        json!("succeeded")
+    );
+    page.screenshot(&artifact("agent-runs.png"));
+
+    // The start form without the right CSRF token: 403, nothing created.
+    let form = r#"form.start[data-action="web/restart"]"#;
+    page.eval(&format!(
+        "document.querySelector({}).value = '{}'",
+        json!(format!("{form} input[name=csrf]")),
+        "0".repeat(64)
+    ));
+    page.type_into(&format!(r#"{form} input[name="param.unit"]"#), "nginx");
+    page.click(&format!("{form} button"));
+    page.wait_for("document.querySelector('#message')");
+    assert!(page.html().contains("request refused"), "{}", page.html());
+    assert!(page.statuses(&format!("{agent_url}/runs")).contains(&403));
+    assert_eq!(
+        runs_of(&hub, &id).len(),
+        1,
+        "a refused form creates nothing"
+    );
+    page.screenshot(&artifact("start-csrf-refused.png"));
+
+    // The real form: to the new run's page, queued, with its parameter.
+    page.goto(&agent_url);
+    page.wait_for("document.querySelector('form.start')");
+    page.type_into(&format!(r#"{form} input[name="param.unit"]"#), "nginx");
+    page.click(&format!("{form} button"));
+    page.wait_for(
+        "location.pathname.startsWith('/runs/') && document.querySelector('#state').textContent === 'queued'",
+    );
+    let run = page.path().trim_start_matches("/runs/").to_string();
+    assert!(page.html().contains("nginx"));
+    assert_eq!(runs_of(&hub, &id).len(), 2);
+    page.screenshot(&artifact("run-queued.png"));
+
+    // Live: the agent takes it and logs; the page reloads itself and shows the new bytes.
+    agent_post(&hub, &token, &run, "claim", json!({"claimant": "p"}));
+    agent_post(
+        &hub,
+        &token,
+        &run,
+        "events",
+        json!({"events": [{"seq": 1, "kind": "started", "at": "2024-01-01T00:00:00Z"}]}),
+    );
+    agent_log(&hub, &token, &run, 0, b"step 1\n");
+    page.wait_for(
+        "document.querySelector('#state').textContent === 'running' && document.querySelector('#log').textContent.includes('step 1')",
+    );
+    agent_log(&hub, &token, &run, 7, b"step 2\n");
+    page.wait_for("document.querySelector('#log').textContent.includes('step 2')");
+    page.screenshot(&artifact("run-live-log.png"));
+
+    // Cancel (a CSRF-protected POST): requested; the agent hears it and reports canceled.
+    page.click("#cancel");
+    page.wait_for("document.querySelector('#cancel-requested')");
+    let (_, p) = hub.req(
+        "POST",
+        "/api/v1/agent/poll",
+        Some(&token),
+        Some(&json!({"agent_id": id, "wait_secs": 0, "holding": [run]})),
+    );
+    assert_eq!(p["cancel"], json!([run]));
+    agent_post(
+        &hub,
+        &token,
+        &run,
+        "result",
+        json!({"outcome": "canceled", "signal": "SIGTERM", "reason": "canceled by admin",
+               "finished_at": "2024-01-01T00:00:09Z", "log_bytes": 14}),
+    );
+    page.wait_for(
+        "document.querySelector('#state').textContent === 'canceled' && !document.querySelector('#cancel')",
+    );
+    assert!(page.html().contains("canceled by admin"));
+    page.screenshot(&artifact("run-canceled.png"));
+
+    // The finished run's page shows its log, escaped.
+    page.goto(&format!("{}/runs/{old}", hub.url));
+    page.wait_for("document.querySelector('#log')");
+    assert_eq!(
+        page.eval("document.querySelector('#log').textContent"),
+        json!("hello from <the> agent\n")
+    );
+    assert!(page.html().contains("hello from &lt;the&gt; agent"));
+
+    // Drain from the agent page, then the kill switch from the dashboard: both audited as
+    // this session.
+    page.goto(&agent_url);
+    page.wait_for("document.querySelector('#drain')");
+    page.click("#drain");
+    page.wait_for("document.querySelector('#drained')");
+    let (_, a) = hub.admin("GET", &format!("/api/v1/agents/{id}"), None);
+    assert_eq!(a["drained"], true, "{a}");
+    page.screenshot(&artifact("agent-drained.png"));
+    page.goto(&format!("{}/", hub.url));
+    page.wait_for("document.querySelector('#dispatch-stop')");
+    page.click("#dispatch-stop");
+    page.wait_for(
+        "document.querySelector('#dispatch-state').textContent === 'dispatch stopped' && document.querySelector('#audit')",
+    );
+    let (_, d) = hub.admin("GET", "/api/v1/dispatch", None);
+    assert_eq!(d["stopped"], true, "{d}");
+    assert!(d["stopped_by"]
+        .as_str()
+        .unwrap()
+        .starts_with("dashboard session "));
+    page.screenshot(&artifact("dispatch-stopped.png"));
+    page.click("#dispatch-start");
+    page.wait_for("document.querySelector('#dispatch-state').textContent === 'dispatch running'");
+    let (_, log) = hub.admin("GET", "/api/v1/audit", None);
+    let actions: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["dispatch_start", "dispatch_stop", "drain"]);
+}

@@ -1297,6 +1297,106 @@ mod runs {
         assert_eq!(documented, r.c.covered);
     }
 
+    /// The fleet controls and the run limits, their replies and refusals against the
+    /// schemas: drain, dispatch stop/start, audit, queue_full, in_flight_full, the log rate.
+    #[test]
+    fn fleet_controls_match_openapi() {
+        let spec = spec();
+        let hub = Hub::start_with(&[
+            "--max-runs-in-flight",
+            "1",
+            "--max-runs-queued",
+            "2",
+            "--run-log-rate",
+            "1",
+        ]);
+        let mut r = Runs {
+            hub: &hub,
+            c: Checker {
+                spec: &spec,
+                covered: BTreeSet::new(),
+            },
+        };
+        let a = agent_with(&hub, "web-1", json!({}), false);
+        trust(&hub);
+        let once = json!({"target": {"agent": a.id}, "action": "once"});
+        let (_, c1) = r.create(once.clone());
+        let (_, c2) = r.create(once.clone());
+        let (s, v) = r.create(once.clone());
+        assert_eq!((s, code(&v)), (429, Some("queue_full")), "{v}");
+        let first = c1["runs"][0]["id"].as_str().unwrap().to_string();
+        let second = c2["runs"][0]["id"].as_str().unwrap().to_string();
+        assert_eq!(r.claim(&a, &first, "p").0, 200);
+        let (s, v) = r.claim(&a, &second, "p");
+        assert_eq!((s, code(&v)), (409, Some("in_flight_full")), "{v}");
+        let (s, _) = r.log(&a, &first, Some(0), &vec![b'x'; 1 << 20]);
+        assert_eq!(s, 200);
+        let (s, v) = r.log(&a, &first, Some(1 << 20), b"x");
+        assert_eq!((s, code(&v)), (429, Some("rate_limited")), "{v}");
+
+        let drain = "/api/v1/drain";
+        let body = json!({"agent": a.id});
+        let (s, v) = r.admin("POST", drain, "", "", Some(&body));
+        assert_eq!(
+            (s, v["agents"][0]["drained"].as_bool()),
+            (200, Some(true)),
+            "{v}"
+        );
+        let (s, v) = r.create(once.clone());
+        assert_eq!((s, code(&v)), (409, Some("agent_drained")), "{v}");
+        let (s, v) = r.claim(&a, &second, "p");
+        assert_eq!((s, code(&v)), (409, Some("agent_drained")), "{v}");
+        let (s, _) = r.admin("POST", drain, "", "", Some(&json!({"agent": "a_nope"})));
+        assert_eq!(s, 404);
+        let (s, v) = hub.admin("POST", drain, Some(&json!({"agent": a.id, "group": "g"})));
+        r.c.response(drain, "POST", s, &v);
+        assert_eq!(s, 400);
+        let (s, v) = hub.req("POST", drain, None, Some(&body));
+        r.c.response(drain, "POST", s, &v);
+        assert_eq!(s, 401);
+        let (s, d) = r.admin("GET", "/api/v1/dispatch", "", "", None);
+        assert_eq!(
+            (s, d["drained"].as_array().map(Vec::len)),
+            (200, Some(1)),
+            "{d}"
+        );
+        let undo = json!({"agent": a.id, "undo": true});
+        assert_eq!(r.admin("POST", drain, "", "", Some(&undo)).0, 200);
+
+        let stop = "/api/v1/dispatch/stop";
+        let cancel = json!({"cancel_in_flight": true});
+        let (s, v) = r.admin("POST", stop, "", "", Some(&cancel));
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            (&v["canceled"], &v["cancel_requested"]),
+            (&json!([second]), &json!([first]))
+        );
+        let (s, v) = r.create(once.clone());
+        assert_eq!((s, code(&v)), (409, Some("dispatch_stopped")), "{v}");
+        let (s, d) = r.admin("GET", "/api/v1/dispatch", "", "", None);
+        assert_eq!((s, d["stopped"].as_bool()), (200, Some(true)), "{d}");
+        assert!(
+            d["stopped_at"].is_string() && d["stopped_by"] == "admin token",
+            "{d}"
+        );
+        let (s, v) = r.admin("POST", "/api/v1/dispatch/start", "", "", None);
+        assert_eq!((s, v["stopped"].as_bool()), (200, Some(false)), "{v}");
+        let (s, log) = r.admin("GET", "/api/v1/audit", "", "?limit=10", None);
+        assert_eq!((s, log.as_array().map(Vec::len)), (200, Some(4)), "{log}");
+        for (m, p) in [
+            ("GET", "/api/v1/dispatch"),
+            ("POST", "/api/v1/dispatch/start"),
+            ("GET", "/api/v1/audit"),
+        ] {
+            let (s, v) = hub.req(m, p, None, None);
+            r.c.response(p, m, s, &v);
+            assert_eq!(s, 401, "{m} {p}");
+        }
+        let (s, v) = hub.admin("POST", stop, Some(&json!({"bogus": true})));
+        r.c.response(stop, "POST", s, &v);
+        assert_eq!(s, 400, "{v}");
+    }
+
     /// Leases: expired (`unknown`), renewed by a poll, `lost`, retried (`retry_of`) and a
     /// late result, against the schemas.
     #[test]
@@ -1668,6 +1768,7 @@ mod arbitrary {
             ),
             beat(),
             flags(),
+            any::<bool>(),
         )
             .prop_map(
                 |(
@@ -1675,6 +1776,7 @@ mod arbitrary {
                     (group, labels, machine_id, enrolled_at, revoked_at),
                     beat,
                     flags,
+                    drained,
                 )| {
                     let (
                         last_heartbeat_at,
@@ -1708,6 +1810,7 @@ mod arbitrary {
                         journal_head,
                         last_upgrade,
                         flags,
+                        drained,
                     }
                 },
             )
@@ -1835,12 +1938,22 @@ mod arbitrary {
     }
 
     /// A run's parameters: at most 32, names of at most 64 bytes, values of at most 4096.
+    /// Entries past `MAX_RUN_PARAMS_BYTES` (names and values added up) are dropped.
     pub fn params() -> impl Strategy<Value = BTreeMap<String, String>> {
         btree_map(
             "[a-z_]{1,64}",
             prop_oneof![text(), long_text(MAX_PARAM_VALUE)],
             0..=MAX_RUN_PARAMS,
         )
+        .prop_map(|all| {
+            let mut total = 0;
+            all.into_iter()
+                .filter(|(k, v)| {
+                    total += k.len() + v.len();
+                    total <= outpost_proto::MAX_RUN_PARAMS_BYTES
+                })
+                .collect()
+        })
     }
 
     pub fn run_state() -> impl Strategy<Value = RunState> {

@@ -52,11 +52,20 @@ pub enum ErrorCode {
     ActionUnknown,
     /// 409: the idempotency key was used for a different request.
     IdempotencyConflict,
+    /// 409: dispatch is stopped hub-wide (the kill switch): no run is created or claimed.
+    DispatchStopped,
+    /// 409: the agent is drained: it takes no new runs (a create naming only drained
+    /// agents, a claim by a drained agent).
+    AgentDrained,
+    /// 429: the agent already has its limit of queued runs (`--max-runs-queued`).
+    QueueFull,
+    /// 409: the agent already holds its limit of runs in flight (`--max-runs-in-flight`).
+    InFlightFull,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::BadRequest,
         ErrorCode::FieldTooLong,
         ErrorCode::FieldInvalid,
@@ -79,6 +88,10 @@ impl ErrorCode {
         ErrorCode::PackUntrusted,
         ErrorCode::ActionUnknown,
         ErrorCode::IdempotencyConflict,
+        ErrorCode::DispatchStopped,
+        ErrorCode::AgentDrained,
+        ErrorCode::QueueFull,
+        ErrorCode::InFlightFull,
     ];
 
     /// The code as sent (the serde name).
@@ -106,6 +119,10 @@ impl ErrorCode {
             ErrorCode::PackUntrusted => "pack_untrusted",
             ErrorCode::ActionUnknown => "action_unknown",
             ErrorCode::IdempotencyConflict => "idempotency_conflict",
+            ErrorCode::DispatchStopped => "dispatch_stopped",
+            ErrorCode::AgentDrained => "agent_drained",
+            ErrorCode::QueueFull => "queue_full",
+            ErrorCode::InFlightFull => "in_flight_full",
         }
     }
 

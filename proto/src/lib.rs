@@ -693,6 +693,9 @@ pub struct AgentView {
     pub last_upgrade: Option<LastUpgrade>,
     /// `journal_went_backwards`, `journal_forked`.
     pub flags: Vec<String>,
+    /// Drained by an admin: no new runs are offered to it (its runs in flight finish).
+    #[serde(default)]
+    pub drained: bool,
 }
 
 /// The last diagnostics report of an agent; `R` is the report (a JSON value).

@@ -24,6 +24,11 @@ pub const MAX_PARAM_VALUE: usize = 4096;
 pub const MAX_REASON: usize = 1024;
 /// Most runs `GET /api/v1/runs` returns (and its default `limit`).
 pub const MAX_LIST_RUNS: usize = 1000;
+/// Most bytes of a run request's parameters, names and values added up (the create body
+/// itself is capped at 16 KiB).
+pub const MAX_RUN_PARAMS_BYTES: usize = 8 * 1024;
+/// Most entries `GET /api/v1/audit` returns (and its default `limit`).
+pub const MAX_LIST_AUDIT: usize = 1000;
 
 /// The state of a run at the hub. `queued → claimed → running →` one of the final states
 /// (`succeeded`, `failed`, `canceled`, `timed_out`, `rejected`); a claimed or running run
@@ -181,6 +186,13 @@ impl CreateRunRequest {
         check_opt("idempotency_key", self.idempotency_key.as_deref(), MAX_ID)?;
         if self.params.len() > MAX_RUN_PARAMS {
             return Err(FieldError::invalid("params", "has more than 32 entries"));
+        }
+        let total: usize = self.params.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if total > MAX_RUN_PARAMS_BYTES {
+            return Err(FieldError::invalid(
+                "params",
+                "has more than 8192 bytes of names and values",
+            ));
         }
         for (k, v) in &self.params {
             check_len("params key", k, crate::MAX_MAP_KEY)?;
@@ -394,4 +406,149 @@ impl RunResult {
 pub struct ResultAck {
     pub state: RunState,
     pub late: bool,
+}
+
+/// The body of `POST /api/v1/drain`: drain one agent or every agent of a group (`undo`:
+/// undrain). A drained agent is offered no new run; the runs it holds finish and deliver.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub undo: bool,
+}
+
+impl DrainRequest {
+    /// Exactly one of `agent` or `group`, within the caps.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.agent.is_some() == self.group.is_some() {
+            return Err(FieldError::invalid(
+                "agent",
+                "or group: name exactly one of them",
+            ));
+        }
+        check_opt("agent", self.agent.as_deref(), MAX_ID)?;
+        check_opt("group", self.group.as_deref(), MAX_FIELD)
+    }
+}
+
+/// The reply to a drain: whether the agents are now drained, and the agents it named.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrainReply {
+    pub drained: bool,
+    pub agents: Vec<crate::AgentView>,
+}
+
+/// One drained agent in [`DispatchView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainedAgent {
+    pub agent_id: String,
+    /// When it was drained (RFC 3339) and by whom (`admin token`, `dashboard session …`).
+    pub since: String,
+    pub by: String,
+}
+
+/// `GET /api/v1/dispatch`: the kill switch, the drained agents and the per-agent limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DispatchView {
+    /// Dispatch is stopped hub-wide: no run is offered, claimed or created.
+    pub stopped: bool,
+    /// Since when and by whom it is stopped (`null` while running).
+    pub stopped_at: Option<String>,
+    pub stopped_by: Option<String>,
+    pub drained: Vec<DrainedAgent>,
+    /// `--max-runs-in-flight`: runs an agent may hold (claimed, running, unknown) at once.
+    pub max_runs_in_flight: u64,
+    /// `--max-runs-queued`: queued runs an agent may have.
+    pub max_runs_queued: u64,
+}
+
+/// The body of `POST /api/v1/dispatch/stop`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopDispatchRequest {
+    /// Also cancel everything: queued runs at once, held runs at their agent's next poll.
+    #[serde(default)]
+    pub cancel_in_flight: bool,
+}
+
+/// The reply to a stop: the dispatch state, and the runs `cancel_in_flight` canceled
+/// (queued ones) or asked to cancel (held ones).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopDispatchReply {
+    pub dispatch: DispatchView,
+    pub canceled: Vec<String>,
+    pub cancel_requested: Vec<String>,
+}
+
+/// One entry of the hub's audit log (`GET /api/v1/audit`, newest first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// RFC 3339.
+    pub at: String,
+    /// `admin token` (the API and CLI) or `dashboard session <12 hex>`.
+    pub who: String,
+    /// `drain`, `undrain`, `dispatch_stop`, `dispatch_start`, …
+    pub action: String,
+    /// What it acted on: `agent a_…`, `group edge`, `all`.
+    pub target: String,
+    /// One line: what it changed.
+    pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_are_bounded_in_total() {
+        let req = |params: Vec<(String, String)>| CreateRunRequest {
+            target: RunTarget {
+                agent: Some("a_1".into()),
+                ..Default::default()
+            },
+            action: "restart".into(),
+            params: params.into_iter().collect(),
+            idempotency_key: None,
+        };
+        let kv = |n: usize, len: usize| -> Vec<(String, String)> {
+            (0..n)
+                .map(|i| (format!("p{i:02}"), "v".repeat(len)))
+                .collect()
+        };
+        // 2 × (3 + 4093) = 8192: at the cap; one byte more is refused, naming `params`.
+        assert!(req(kv(2, 4093)).validate().is_ok());
+        let e = req(kv(2, 4094)).validate().unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("params"), "{e}");
+        assert!(req(kv(32, 200)).validate().is_ok());
+        assert_eq!(
+            req(kv(32, 254)).validate().unwrap_err().field.as_deref(),
+            Some("params")
+        );
+    }
+
+    #[test]
+    fn drain_requests_name_one_target() {
+        let d = |agent: Option<&str>, group: Option<&str>| DrainRequest {
+            agent: agent.map(str::to_string),
+            group: group.map(str::to_string),
+            undo: false,
+        };
+        assert!(d(Some("a_1"), None).validate().is_ok());
+        assert!(d(None, Some("edge")).validate().is_ok());
+        assert!(d(None, None).validate().is_err());
+        assert!(d(Some("a_1"), Some("edge")).validate().is_err());
+        let long = "g".repeat(256);
+        assert_eq!(
+            d(None, Some(&long)).validate().unwrap_err().code,
+            crate::ErrorCode::FieldTooLong
+        );
+        let back: DrainRequest =
+            serde_json::from_str(r#"{"group": "edge", "undo": true}"#).unwrap();
+        assert!(back.undo);
+        assert!(serde_json::from_str::<DrainRequest>(r#"{"agent": "a", "x": 1}"#).is_err());
+    }
 }

@@ -4,6 +4,7 @@
 //! lets its statement finish (each operation is one statement or one transaction).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -11,12 +12,14 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use outpost_proto::{PackAdvert, PackTrust};
 
 use super::{
-    judge_key, Enrolled, KeyRefusal, KeyRow, KeyStatus, KeyVerdict, Lease, NewAgent, NewRuns,
-    PackRow, Polled, RunFilter, RunRefusal, RunRow, RunsCreated, Store, StoreError, StoreFuture,
-    StoredAgent, StoredDiagnostics, Swept,
+    judge_key, AuditRow, DispatchChanged, DispatchRow, Enrolled, KeyRefusal, KeyRow, KeyStatus,
+    KeyVerdict, Lease, NewAgent, NewRuns, PackRow, Polled, RunFilter, RunRefusal, RunRow,
+    RunsCreated, Store, StoreError, StoreFuture, StoredAgent, StoredDiagnostics, Swept,
 };
 use outpost_proto::{RunEvent, RunResult};
 
+mod fleet;
+mod logs;
 mod runs;
 use crate::state::{AgentState, Catalog, JournalHead};
 
@@ -122,7 +125,35 @@ const MIGRATIONS: &[&str] = &[
         run_ids TEXT NOT NULL,
         created_at INTEGER NOT NULL
     );",
+    // 5: fleet controls (drained agents, the kill switch), the audit log, retention; run
+    // logs move to files next to the database ([`move_logs_to_files`] empties `run_logs`,
+    // then this drops it).
+    "ALTER TABLE agents ADD COLUMN drained_at INTEGER;
+    ALTER TABLE agents ADD COLUMN drained_by TEXT;
+    CREATE TABLE hub_settings (
+        key TEXT PRIMARY KEY,
+        at INTEGER NOT NULL,
+        by TEXT NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        who TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX runs_by_finish ON runs (finished_at) WHERE finished_at IS NOT NULL;
+    CREATE INDEX run_requests_by_time ON run_requests (created_at);",
 ];
+
+/// The schema version whose migration moves the run logs out of `run_logs` into files.
+const LOGS_TO_FILES: i64 = 5;
+
+/// The directory of the run logs of the database at `db`: `run-logs/` next to it.
+pub fn logs_dir(db: &Path) -> PathBuf {
+    db.parent().unwrap_or(Path::new("")).join("run-logs")
+}
 
 /// The schema version this hub writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -140,6 +171,8 @@ struct Inner {
     conn: Mutex<Connection>,
     /// `database PATH`, for messages.
     name: String,
+    /// Where the run logs are, one file per run ([`logs_dir`]).
+    logs: PathBuf,
 }
 
 impl Inner {
@@ -168,6 +201,8 @@ impl SqliteStore {
             detail: e.to_string(),
             hint: HINT,
         };
+        let logs = logs_dir(Path::new(path));
+        logs::create_dir(&logs).map_err(err)?;
         let mut conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
@@ -187,11 +222,12 @@ impl SqliteStore {
                 supported: SCHEMA_VERSION,
             });
         }
-        migrate(&mut conn, found).map_err(err)?;
+        migrate(&mut conn, found, &logs).map_err(err)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
                 name,
+                logs,
             }),
         })
     }
@@ -218,16 +254,46 @@ impl SqliteStore {
 }
 
 /// Applies the migrations after version `found`, each in its own transaction.
-fn migrate(conn: &mut Connection, found: i64) -> rusqlite::Result<()> {
+fn migrate(conn: &mut Connection, found: i64, logs: &Path) -> rusqlite::Result<()> {
     for (i, sql) in MIGRATIONS
         .iter()
         .enumerate()
         .skip(usize::try_from(found).unwrap_or(0))
     {
+        let version = i as i64 + 1;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        if version == LOGS_TO_FILES {
+            move_logs_to_files(&tx, logs)?;
+            tx.execute_batch("DROP TABLE run_logs;")?;
+        }
+        tx.pragma_update(None, "user_version", version)?;
         tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Writes each run's `run_logs` rows (in offset order) to its log file, synced, before the
+/// table goes: a crash before the migration commits leaves the rows, and the next start
+/// writes the files again.
+fn move_logs_to_files(tx: &rusqlite::Transaction, dir: &Path) -> rusqlite::Result<()> {
+    let ids: Vec<String> = {
+        let mut st = tx.prepare("SELECT DISTINCT run_id FROM run_logs ORDER BY run_id")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let mut st = tx.prepare("SELECT data FROM run_logs WHERE run_id = ?1 ORDER BY offset")?;
+    for id in &ids {
+        let mut bytes = Vec::new();
+        let mut rows = st.query([id])?;
+        while let Some(row) = rows.next()? {
+            let chunk: Vec<u8> = row.get(0)?;
+            bytes.extend_from_slice(&chunk);
+        }
+        logs::replace(dir, id, &bytes)?;
+    }
+    if !ids.is_empty() {
+        logs::sync_dir(dir)?;
     }
     Ok(())
 }
@@ -404,10 +470,11 @@ impl Store for SqliteStore {
         agent_id: &'a str,
         holding: &'a [String],
         lease: Lease,
+        max_in_flight: usize,
     ) -> StoreFuture<'a, Polled> {
         let (agent, holding) = (agent_id.to_string(), holding.to_vec());
         self.run("poll runs", move |c| {
-            runs::poll_runs(c, &agent, &holding, lease)
+            runs::poll_runs(c, &agent, &holding, lease, max_in_flight)
         })
     }
 
@@ -417,10 +484,11 @@ impl Store for SqliteStore {
         agent_id: &'a str,
         claimant: &'a str,
         lease: Lease,
+        max_in_flight: usize,
     ) -> StoreFuture<'a, Result<RunRow, RunRefusal>> {
         let (id, agent, who) = (id.to_string(), agent_id.to_string(), claimant.to_string());
         self.run("claim a run", move |c| {
-            runs::claim_run(c, &id, &agent, &who, lease)
+            runs::claim_run(c, &id, &agent, &who, lease, max_in_flight)
         })
     }
 
@@ -447,8 +515,9 @@ impl Store for SqliteStore {
         lease: Lease,
     ) -> StoreFuture<'a, Result<u64, RunRefusal>> {
         let (id, agent) = (id.to_string(), agent_id.to_string());
+        let logs = self.inner.logs.clone();
         self.run("append a run log", move |c| {
-            runs::append_log(c, &id, &agent, offset, &data, cap, lease)
+            runs::append_log(c, &logs, &id, &agent, offset, &data, cap, lease)
         })
     }
 
@@ -459,8 +528,9 @@ impl Store for SqliteStore {
         max: usize,
     ) -> StoreFuture<'a, Option<(Vec<u8>, u64)>> {
         let id = id.to_string();
+        let logs = self.inner.logs.clone();
         self.run("read a run log", move |c| {
-            runs::read_log(c, &id, offset, max)
+            runs::read_log(c, &logs, &id, offset, max)
         })
     }
 
@@ -486,6 +556,50 @@ impl Store for SqliteStore {
         self.run("sweep run leases", move |c| {
             runs::sweep_runs(c, now_ms, lost_after_ms)
         })
+    }
+
+    fn prune_runs(&self, before_ms: i64, max: usize) -> StoreFuture<'_, Vec<String>> {
+        let logs = self.inner.logs.clone();
+        self.run("delete old runs", move |c| {
+            runs::prune_runs(c, &logs, before_ms, max)
+        })
+    }
+
+    fn set_drained<'a>(
+        &'a self,
+        ids: &'a [String],
+        drain: bool,
+        audit: AuditRow,
+    ) -> StoreFuture<'a, Vec<String>> {
+        let ids = ids.to_vec();
+        self.run("drain agents", move |c| {
+            fleet::set_drained(c, &ids, drain, &audit)
+        })
+    }
+
+    fn set_dispatch(
+        &self,
+        stop: bool,
+        cancel_in_flight: bool,
+        audit: AuditRow,
+    ) -> StoreFuture<'_, DispatchChanged> {
+        self.run("switch dispatch", move |c| {
+            runs::set_dispatch(c, stop, cancel_in_flight, &audit)
+        })
+    }
+
+    fn dispatch(&self) -> StoreFuture<'_, DispatchRow> {
+        self.run("read the dispatch state", fleet::dispatch)
+    }
+
+    fn audit<'a>(&'a self, entry: AuditRow) -> StoreFuture<'a, ()> {
+        self.run("write the audit log", move |c| {
+            fleet::insert_audit(c, &entry)
+        })
+    }
+
+    fn audit_log(&self, limit: usize) -> StoreFuture<'_, Vec<AuditRow>> {
+        self.run("read the audit log", move |c| fleet::audit_log(c, limit))
     }
 }
 
@@ -556,7 +670,8 @@ fn load_agents(conn: &mut Connection) -> rusqlite::Result<Vec<StoredAgent>> {
     let mut st = conn.prepare(
         "SELECT id, token_hash, hostname, machine_id, distro, arch, kernel, version, mode, grp,
                 labels, enrolled_at, revoked_at, last_heartbeat_at, uptime_secs, capabilities,
-                journal_seq, journal_hash, flags, last_upgrade, packs, packs_hash
+                journal_seq, journal_hash, flags, last_upgrade, packs, packs_hash, drained_at,
+                drained_by
          FROM agents",
     )?;
     let rows = st.query_map([], |r| {
@@ -594,6 +709,8 @@ fn load_agents(conn: &mut Connection) -> rusqlite::Result<Vec<StoredAgent>> {
                 flags: serde_json::from_str(&flags).unwrap_or_default(),
                 last_upgrade: upgrade.and_then(|u| serde_json::from_str(&u).ok()),
                 packs: load_catalog(r.get(20)?, r.get(21)?),
+                drained_at_ms: r.get(22)?,
+                drained_by: r.get(23)?,
             },
         })
     })?;
@@ -881,6 +998,7 @@ mod tests {
             idempotency: None,
             runs: vec![r.clone()],
             now_ms: 6,
+            max_queued: 100,
         };
         assert_eq!(
             db.create_runs(new).await.unwrap(),
@@ -889,6 +1007,155 @@ mod tests {
         drop(db);
         let db = SqliteStore::open(p).unwrap();
         assert_eq!(Store::run(&db, "r_1").await.unwrap(), Some(r));
+    }
+
+    #[tokio::test]
+    async fn migrates_a_version_4_database_moving_log_rows_to_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hub.db");
+        let p = p.to_str().unwrap();
+        {
+            let c = Connection::open(p).unwrap();
+            for m in &MIGRATIONS[..4] {
+                c.execute_batch(m).unwrap();
+            }
+            c.pragma_update(None, "user_version", 4).unwrap();
+            c.execute(
+                "INSERT INTO agents (id, token_hash, hostname, enrolled_at) VALUES ('a_1', 't', 'h', 5)",
+                [],
+            )
+            .unwrap();
+            for (id, bytes) in [("r_1", 11), ("r_2", 3), ("r_3", 0)] {
+                c.execute(
+                    "INSERT INTO runs (id, agent_id, pack, sha256, action, state, created_at, log_bytes)
+                     VALUES (?1, 'a_1', 'web', 'x', 'restart', 'running', 6, ?2)",
+                    params![id, bytes],
+                )
+                .unwrap();
+            }
+            // Chunks inserted out of order: the migration writes them in offset order.
+            for (id, offset, data) in [
+                ("r_1", 6, &b"world"[..]),
+                ("r_1", 0, b"hello "),
+                ("r_2", 0, b"abc"),
+            ] {
+                c.execute(
+                    "INSERT INTO run_logs (run_id, offset, data) VALUES (?1, ?2, ?3)",
+                    params![id, offset, data],
+                )
+                .unwrap();
+            }
+        }
+        let db = SqliteStore::open(p).unwrap();
+        assert_eq!(db.schema_version().await.unwrap(), SCHEMA_VERSION);
+        let logs = dir.path().join("run-logs");
+        assert_eq!(std::fs::read(logs.join("r_1.log")).unwrap(), b"hello world");
+        assert_eq!(std::fs::read(logs.join("r_2.log")).unwrap(), b"abc");
+        assert!(!logs.join("r_3.log").exists());
+        let gone: Option<String> = db
+            .inner
+            .conn()
+            .query_row(
+                "SELECT name FROM sqlite_master WHERE name = 'run_logs'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap();
+        assert_eq!(gone, None);
+        // Reads and appends go on from the files, at the same offsets.
+        assert_eq!(
+            db.read_log("r_1", 6, 100).await.unwrap(),
+            Some((b"world".to_vec(), 11))
+        );
+        let lease = Lease {
+            now_ms: 7,
+            lease_ms: 1000,
+        };
+        assert_eq!(
+            db.append_log("r_1", "a_1", 11, b"!".to_vec(), 100, lease)
+                .await
+                .unwrap(),
+            Ok(12)
+        );
+        assert_eq!(
+            db.append_log("r_3", "a_1", 0, b"new".to_vec(), 100, lease)
+                .await
+                .unwrap(),
+            Ok(3)
+        );
+        drop(db);
+        let db = SqliteStore::open(p).unwrap();
+        assert_eq!(
+            db.read_log("r_1", 0, 100).await.unwrap(),
+            Some((b"hello world!".to_vec(), 12))
+        );
+        assert_eq!(
+            db.read_log("r_3", 0, 100).await.unwrap(),
+            Some((b"new".to_vec(), 3))
+        );
+        assert_eq!(db.dispatch().await.unwrap(), DispatchRow::default());
+        assert_eq!(db.load_agents().await.unwrap()[0].state.drained_at_ms, None);
+    }
+
+    #[tokio::test]
+    async fn logs_are_files_and_retention_deletes_them() {
+        let (dir, db) = fresh();
+        let mut r = RunRow::queued(
+            "r_f".into(),
+            "a_1".into(),
+            "web".into(),
+            "a".repeat(64),
+            "restart".into(),
+            BTreeMap::new(),
+            false,
+            1,
+        );
+        r.state = outpost_proto::RunState::Running;
+        let new = NewRuns {
+            idempotency: None,
+            runs: vec![r],
+            now_ms: 1,
+            max_queued: 100,
+        };
+        db.create_runs(new).await.unwrap();
+        let lease = Lease {
+            now_ms: 2,
+            lease_ms: 1000,
+        };
+        db.append_log("r_f", "a_1", 0, b"abc".to_vec(), 100, lease)
+            .await
+            .unwrap()
+            .unwrap();
+        let file = dir.path().join("run-logs/r_f.log");
+        assert_eq!(std::fs::read(&file).unwrap(), b"abc");
+        // Bytes past the committed size (a crashed upload) are never read, and are cut off.
+        std::fs::write(&file, b"abcGARBAGE").unwrap();
+        assert_eq!(
+            db.read_log("r_f", 0, 100).await.unwrap(),
+            Some((b"abc".to_vec(), 3))
+        );
+        db.append_log("r_f", "a_1", 3, b"d".to_vec(), 100, lease)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"abcd");
+        let done = RunResult {
+            outcome: outpost_proto::RunOutcome::Failed,
+            exit_code: Some(1),
+            signal: None,
+            reason: String::new(),
+            finished_at: "2024-01-01T00:00:00Z".into(),
+            log_bytes: 4,
+        };
+        db.finish_run("r_f", "a_1", done, 10)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(db.prune_runs(10, 10).await.unwrap().is_empty());
+        assert_eq!(db.prune_runs(11, 10).await.unwrap(), ["r_f"]);
+        assert!(!file.exists());
+        assert_eq!(Store::run(&db, "r_f").await.unwrap(), None);
     }
 
     #[test]

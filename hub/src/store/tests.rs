@@ -28,8 +28,12 @@ pub(crate) async fn conformance(store: &dyn Store) {
     catalogs_and_trust_table(store).await;
     catalog_survives_heartbeats_and_goes_with_the_agent(store).await;
     runs::conformance(store).await;
+    delivery::conformance(store).await;
+    fleet::conformance(store).await;
 }
 
+mod delivery;
+mod fleet;
 mod runs;
 
 /// Key expiry of every case, unix ms.

@@ -2,13 +2,21 @@
 //! `crate::runs::step` what the event does, and writes the run back, in one immediate
 //! transaction.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use outpost_proto::{RunEvent, RunResult, RunState};
 
-use crate::runs::{judge_result, log_step, step, Event, LogStep, ResultVerdict, Step};
+use super::{fleet, logs};
+use crate::runs::{
+    gate, judge_result, log_step, offer_count, queue_full, step, Dispatch, Event, LogStep,
+    ResultVerdict, Step,
+};
 use crate::store::{
-    retry_id, Lease, NewRuns, Polled, RunFilter, RunRefusal, RunRow, RunsCreated, Swept,
+    retry_id, AuditRow, DispatchChanged, Lease, NewRuns, Polled, RunFilter, RunRefusal, RunRow,
+    RunsCreated, Swept,
 };
 
 /// The columns [`run_row`] reads, in order.
@@ -161,17 +169,69 @@ pub(super) fn create_runs(conn: &mut Connection, new: &NewRuns) -> rusqlite::Res
             }
             return Ok(RunsCreated::Existing(runs));
         }
+        if let Some(full) = queue_check(&tx, new)? {
+            return Ok(full);
+        }
         let ids: Vec<&str> = new.runs.iter().map(|r| r.id.as_str()).collect();
         tx.execute(
             "INSERT INTO run_requests (key, request_hash, run_ids, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![key, hash, json(&ids), new.now_ms],
         )?;
+    } else if let Some(full) = queue_check(&tx, new)? {
+        return Ok(full);
     }
     for r in &new.runs {
         insert(&tx, r)?;
     }
     tx.commit()?;
     Ok(RunsCreated::New(new.runs.clone()))
+}
+
+/// Agent `agent_id`'s runs in flight (claimed, running, unknown).
+fn held(tx: &Transaction, agent_id: &str) -> rusqlite::Result<usize> {
+    let n: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM runs WHERE agent_id = ?1 AND state IN ('claimed', 'running', 'unknown')",
+        [agent_id],
+        |r| r.get(0),
+    )?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// What decides dispatch to `agent_id` now, read inside the transaction.
+fn dispatch_of(
+    tx: &Transaction,
+    agent_id: &str,
+    max_in_flight: usize,
+) -> rusqlite::Result<Dispatch> {
+    Ok(Dispatch {
+        stopped: fleet::stopped_tx(tx)?,
+        drained: fleet::drained_tx(tx, agent_id)?,
+        held: held(tx, agent_id)?,
+        max_in_flight,
+    })
+}
+
+/// [`RunsCreated::QueueFull`] for the first agent that `new` would take past its limit.
+fn queue_check(tx: &Transaction, new: &NewRuns) -> rusqlite::Result<Option<RunsCreated>> {
+    let mut adding: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &new.runs {
+        *adding.entry(r.agent_id.as_str()).or_default() += 1;
+    }
+    for (agent, n) in adding {
+        let queued: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM runs WHERE agent_id = ?1 AND state = 'queued'",
+            [agent],
+            |r| r.get(0),
+        )?;
+        let queued = usize::try_from(queued).unwrap_or(usize::MAX);
+        if queue_full(queued, n, new.max_queued) {
+            return Ok(Some(RunsCreated::QueueFull {
+                agent_id: agent.to_string(),
+                queued,
+            }));
+        }
+    }
+    Ok(None)
 }
 
 pub(super) fn run(conn: &mut Connection, id: &str) -> rusqlite::Result<Option<RunRow>> {
@@ -202,6 +262,7 @@ pub(super) fn poll_runs(
     agent_id: &str,
     holding: &[String],
     lease: Lease,
+    max_in_flight: usize,
 ) -> rusqlite::Result<Polled> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for id in holding {
@@ -211,19 +272,27 @@ pub(super) fn poll_runs(
         }
     }
     let mut polled = Polled::default();
-    {
+    let d = dispatch_of(&tx, agent_id, max_in_flight)?;
+    // At most every queued run: the count only bounds the query.
+    let offers = offer_count(d, usize::MAX);
+    if offers > 0 {
         let mut st = tx.prepare(&format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE agent_id = ?1
-               AND (state = 'queued' OR (cancel_requested AND state IN ('claimed', 'running', 'unknown')))
-             ORDER BY created_at, id"
+            "SELECT {RUN_COLUMNS} FROM runs WHERE agent_id = ?1 AND state = 'queued'
+             ORDER BY created_at, id LIMIT ?2"
         ))?;
-        for r in st.query_map([agent_id], run_row)? {
-            let r = r?;
-            if r.state == RunState::Queued {
-                polled.queued.push(r);
-            } else {
-                polled.cancel.push(r.id);
-            }
+        let limit = i64::try_from(offers).unwrap_or(i64::MAX);
+        for r in st.query_map(params![agent_id, limit], run_row)? {
+            polled.queued.push(r?);
+        }
+    }
+    {
+        let mut st = tx.prepare(
+            "SELECT id FROM runs WHERE agent_id = ?1
+               AND cancel_requested AND state IN ('claimed', 'running', 'unknown')
+             ORDER BY created_at, id",
+        )?;
+        for id in st.query_map([agent_id], |r| r.get(0))? {
+            polled.cancel.push(id?);
         }
     }
     tx.commit()?;
@@ -236,11 +305,17 @@ pub(super) fn claim_run(
     agent_id: &str,
     claimant: &str,
     lease: Lease,
+    max_in_flight: usize,
 ) -> rusqlite::Result<Result<RunRow, RunRefusal>> {
     let (tx, mut r) = match begin(conn, id, agent_id)? {
         Ok(x) => x,
         Err(e) => return Ok(Err(e)),
     };
+    if r.state == RunState::Queued {
+        if let Err(g) = gate(dispatch_of(&tx, agent_id, max_in_flight)?) {
+            return Ok(Err(RunRefusal::Gated(g)));
+        }
+    }
     let ev = Event::Claim {
         by: claimant,
         holder: r.claimant.as_deref(),
@@ -288,8 +363,13 @@ pub(super) fn run_events(
             let seq = i64::try_from(e.seq).unwrap_or(i64::MAX);
             st.execute(params![id, seq, e.kind, e.at, json(&e.data)])?;
             if e.kind == "started" {
-                if let Step::To(to) = step(r.state, Event::Started) {
-                    enter(&mut r, to, lease);
+                match step(r.state, Event::Started) {
+                    Step::To(to) => enter(&mut r, to, lease),
+                    // A `started` that arrives after the result (uploads are retried and
+                    // reordered) still says when the hub learned the run started.
+                    _ => {
+                        r.started_ms.get_or_insert(lease.now_ms);
+                    }
                 }
             }
         }
@@ -308,6 +388,7 @@ pub(super) fn run_events(
 #[allow(clippy::too_many_arguments)]
 pub(super) fn append_log(
     conn: &mut Connection,
+    dir: &Path,
     id: &str,
     agent_id: &str,
     offset: u64,
@@ -328,10 +409,8 @@ pub(super) fn append_log(
         LogStep::Append { skip } => {
             let fresh = data.get(skip..).unwrap_or_default();
             if !fresh.is_empty() {
-                tx.execute(
-                    "INSERT INTO run_logs (run_id, offset, data) VALUES (?1, ?2, ?3)",
-                    params![id, i64::try_from(r.log_bytes).unwrap_or(i64::MAX), fresh],
-                )?;
+                // Written and synced before the new size commits (see `logs`).
+                logs::write_at(dir, id, r.log_bytes, fresh)?;
                 r.log_bytes += fresh.len() as u64;
             }
         }
@@ -344,6 +423,7 @@ pub(super) fn append_log(
 
 pub(super) fn read_log(
     conn: &mut Connection,
+    dir: &Path,
     id: &str,
     offset: u64,
     max: usize,
@@ -352,26 +432,103 @@ pub(super) fn read_log(
     let Some(r) = load(&tx, id)? else {
         return Ok(None);
     };
-    let mut out = Vec::new();
-    {
-        let from = i64::try_from(offset).unwrap_or(i64::MAX);
+    // Only committed bytes: the file may hold more (an upload whose transaction failed).
+    let len = r.log_bytes.saturating_sub(offset).min(max as u64);
+    let out = if len == 0 {
+        Vec::new()
+    } else {
+        logs::read(dir, id, offset, len)?
+    };
+    Ok(Some((out, r.log_bytes)))
+}
+
+pub(super) fn prune_runs(
+    conn: &mut Connection,
+    dir: &Path,
+    before_ms: i64,
+    max: usize,
+) -> rusqlite::Result<Vec<String>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let ids: Vec<String> = {
         let mut st = tx.prepare(
-            "SELECT offset, data FROM run_logs WHERE run_id = ?1 AND offset + length(data) > ?2
-             ORDER BY offset",
+            "SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ?1
+               AND state NOT IN ('queued', 'claimed', 'running', 'unknown')
+             ORDER BY finished_at, id LIMIT ?2",
         )?;
-        let mut rows = st.query(params![id, from])?;
-        while let Some(row) = rows.next()? {
-            let at: i64 = row.get(0)?;
-            let data: Vec<u8> = row.get(1)?;
-            let skip = usize::try_from(from.saturating_sub(at)).unwrap_or(0);
-            out.extend_from_slice(data.get(skip..).unwrap_or_default());
-            if out.len() >= max {
-                out.truncate(max);
-                break;
-            }
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let rows = st.query_map(params![before_ms, limit], |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for id in &ids {
+        // Events go with their run (ON DELETE CASCADE).
+        tx.execute("DELETE FROM runs WHERE id = ?1", [id])?;
+    }
+    tx.execute(
+        "DELETE FROM run_requests WHERE created_at < ?1",
+        [before_ms],
+    )?;
+    tx.commit()?;
+    // After the commit: a crash in between leaves a file without a run, never a run
+    // without its log.
+    for id in &ids {
+        if let Err(e) = logs::remove(dir, id) {
+            eprintln!("outpost-hub: cannot delete the log of deleted run {id}: {e}");
         }
     }
-    Ok(Some((out, r.log_bytes)))
+    Ok(ids)
+}
+
+pub(super) fn set_dispatch(
+    conn: &mut Connection,
+    stop: bool,
+    cancel_in_flight: bool,
+    audit: &AuditRow,
+) -> rusqlite::Result<DispatchChanged> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if stop {
+        tx.execute(
+            "INSERT OR IGNORE INTO hub_settings (key, at, by) VALUES (?1, ?2, ?3)",
+            params![fleet::STOPPED, audit.at_ms, audit.who],
+        )?;
+    } else {
+        tx.execute("DELETE FROM hub_settings WHERE key = ?1", [fleet::STOPPED])?;
+    }
+    let mut changed = DispatchChanged::default();
+    if stop && cancel_in_flight {
+        let open: Vec<RunRow> = {
+            let mut st = tx.prepare(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs
+                 WHERE state IN ('queued', 'claimed', 'running', 'unknown')
+                 ORDER BY created_at, id"
+            ))?;
+            let rows = st.query_map([], run_row)?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let lease = Lease {
+            now_ms: audit.at_ms,
+            lease_ms: 0,
+        };
+        for mut r in open {
+            match step(r.state, Event::Cancel) {
+                Step::To(to) => {
+                    enter(&mut r, to, lease);
+                    changed.canceled.push((r.id.clone(), r.agent_id.clone()));
+                }
+                Step::RequestCancel => {
+                    r.cancel_requested = true;
+                    changed
+                        .cancel_requested
+                        .push((r.id.clone(), r.agent_id.clone()));
+                }
+                _ => continue,
+            }
+            save(&tx, &r)?;
+        }
+    }
+    fleet::insert_audit_tx(&tx, audit)?;
+    changed.dispatch = fleet::dispatch_tx(&tx)?;
+    tx.commit()?;
+    Ok(changed)
 }
 
 pub(super) fn finish_run(

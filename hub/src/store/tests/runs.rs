@@ -9,6 +9,8 @@ use crate::store::{retry_id, Lease, NewRuns, RunFilter, RunRefusal, RunRow, Runs
 
 const LEASE: i64 = 1_000;
 const AGENT: &str = "a_runs";
+/// Limits of runs in flight and queued that the cases below never reach.
+const MANY: usize = 10_000;
 
 fn at(now_ms: i64) -> Lease {
     Lease {
@@ -36,6 +38,7 @@ async fn queue(store: &dyn Store, id: &str, idempotent: bool) -> RunRow {
         idempotency: None,
         runs: vec![r.clone()],
         now_ms: 10,
+        max_queued: MANY,
     };
     assert_eq!(
         store.create_runs(new).await.unwrap(),
@@ -87,6 +90,7 @@ async fn create_and_idempotency(store: &dyn Store) {
         idempotency: Some(("key-1".into(), hash.into())),
         runs,
         now_ms: 10,
+        max_queued: MANY,
     };
     assert_eq!(
         store.create_runs(new(vec![a.clone()], "h1")).await.unwrap(),
@@ -141,7 +145,7 @@ async fn transitions_table(store: &dyn Store) {
             match op {
                 Op::Claim(who) => {
                     store
-                        .claim_run(id, AGENT, who, at(20))
+                        .claim_run(id, AGENT, who, at(20), MANY)
                         .await
                         .unwrap()
                         .unwrap();
@@ -188,12 +192,12 @@ async fn transitions_table(store: &dyn Store) {
         .unwrap();
     assert_eq!(r, Err(RunRefusal::State(S::Queued)));
     let r = store
-        .claim_run("r_t_queued", "a_other", "p1", at(20))
+        .claim_run("r_t_queued", "a_other", "p1", at(20), MANY)
         .await
         .unwrap();
     assert_eq!(r, Err(RunRefusal::NotFound));
     let r = store
-        .claim_run("r_nope", AGENT, "p1", at(20))
+        .claim_run("r_nope", AGENT, "p1", at(20), MANY)
         .await
         .unwrap();
     assert_eq!(r, Err(RunRefusal::NotFound));
@@ -202,8 +206,8 @@ async fn transitions_table(store: &dyn Store) {
 async fn two_claimants(store: &dyn Store) {
     queue(store, "r_claim", false).await;
     let (a, b) = tokio::join!(
-        store.claim_run("r_claim", AGENT, "first", at(20)),
-        store.claim_run("r_claim", AGENT, "second", at(20)),
+        store.claim_run("r_claim", AGENT, "first", at(20), MANY),
+        store.claim_run("r_claim", AGENT, "second", at(20), MANY),
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert!(a.is_ok() != b.is_ok(), "{a:?} {b:?}");
@@ -218,13 +222,13 @@ async fn two_claimants(store: &dyn Store) {
         .unwrap();
     // The winner again: the run again (idempotent); the loser again: still taken.
     let again = store
-        .claim_run("r_claim", AGENT, &winner, at(25))
+        .claim_run("r_claim", AGENT, &winner, at(25), MANY)
         .await
         .unwrap();
     assert_eq!(again.map(|r| r.state), Ok(RunState::Claimed));
     let other = if winner == "first" { "second" } else { "first" };
     let r = store
-        .claim_run("r_claim", AGENT, other, at(25))
+        .claim_run("r_claim", AGENT, other, at(25), MANY)
         .await
         .unwrap();
     assert_eq!(r, Err(RunRefusal::Taken));
@@ -233,7 +237,7 @@ async fn two_claimants(store: &dyn Store) {
 async fn event_seqs_are_idempotent(store: &dyn Store) {
     queue(store, "r_ev", false).await;
     store
-        .claim_run("r_ev", AGENT, "p", at(20))
+        .claim_run("r_ev", AGENT, "p", at(20), MANY)
         .await
         .unwrap()
         .unwrap();
@@ -261,7 +265,7 @@ async fn log_offsets(store: &dyn Store) {
         .await;
     assert_eq!(r.unwrap(), Err(RunRefusal::State(RunState::Queued)));
     store
-        .claim_run("r_log", AGENT, "p", at(20))
+        .claim_run("r_log", AGENT, "p", at(20), MANY)
         .await
         .unwrap()
         .unwrap();
@@ -296,7 +300,7 @@ async fn results_first_wins_and_late(store: &dyn Store) {
     use RunOutcome as O;
     queue(store, "r_res", false).await;
     store
-        .claim_run("r_res", AGENT, "p", at(20))
+        .claim_run("r_res", AGENT, "p", at(20), MANY)
         .await
         .unwrap()
         .unwrap();
@@ -323,7 +327,7 @@ async fn leases_unknown_lost_requeue(store: &dyn Store) {
     for (id, idem) in [("r_lease_idem", true), ("r_lease_once", false)] {
         queue(store, id, idem).await;
         store
-            .claim_run(id, AGENT, "p", at(100))
+            .claim_run(id, AGENT, "p", at(100), MANY)
             .await
             .unwrap()
             .unwrap();
@@ -338,7 +342,10 @@ async fn leases_unknown_lost_requeue(store: &dyn Store) {
     }
     // A poll holding one makes it running again, with a new lease.
     let holding = vec!["r_lease_once".to_string()];
-    store.poll_runs(AGENT, &holding, at(2_000)).await.unwrap();
+    store
+        .poll_runs(AGENT, &holding, at(2_000), MANY)
+        .await
+        .unwrap();
     assert_eq!(state(store, "r_lease_once").await, RunState::Running);
     let r = store.run("r_lease_once").await.unwrap().unwrap();
     assert_eq!(
@@ -394,7 +401,7 @@ async fn cancel_table(store: &dyn Store) {
         queue(store, id, false).await;
         if far >= 1 {
             store
-                .claim_run(id, AGENT, "p", at(20))
+                .claim_run(id, AGENT, "p", at(20), MANY)
                 .await
                 .unwrap()
                 .unwrap();
@@ -417,7 +424,7 @@ async fn cancel_table(store: &dyn Store) {
     assert_eq!(store.cancel_run("r_nope", 50).await.unwrap(), None);
     // A canceled queued run cannot be claimed; a requested one ends canceled by its result.
     let r = store
-        .claim_run("r_c_queued", AGENT, "p", at(60))
+        .claim_run("r_c_queued", AGENT, "p", at(60), MANY)
         .await
         .unwrap();
     assert_eq!(r, Err(RunRefusal::State(S::Canceled)));
@@ -441,20 +448,24 @@ async fn poll_offers_and_renews(store: &dyn Store) {
         idempotency: None,
         runs: vec![a.clone(), b.clone()],
         now_ms: 10,
+        max_queued: MANY,
     };
     store.create_runs(new).await.unwrap();
-    let p = store.poll_runs(agent, &[], at(20)).await.unwrap();
+    let p = store.poll_runs(agent, &[], at(20), MANY).await.unwrap();
     assert_eq!(p.queued, vec![a, b]);
     assert!(p.cancel.is_empty());
     store
-        .claim_run("r_p_1", agent, "p", at(20))
+        .claim_run("r_p_1", agent, "p", at(20), MANY)
         .await
         .unwrap()
         .unwrap();
     store.cancel_run("r_p_1", 30).await.unwrap();
     // Someone else's id in holding is ignored.
     let holding = vec!["r_p_1".to_string(), "r_res".to_string()];
-    let p = store.poll_runs(agent, &holding, at(500)).await.unwrap();
+    let p = store
+        .poll_runs(agent, &holding, at(500), MANY)
+        .await
+        .unwrap();
     assert_eq!(
         p.queued.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
         ["r_p_2"]
