@@ -322,6 +322,9 @@ pub struct ServeArgs {
     /// Log bytes a second one run may upload (bursts of four seconds' worth); 0: no cap.
     #[arg(long, default_value_t = crate::runs_api::DEFAULT_LOG_RATE)]
     pub run_log_rate: u64,
+    /// Most log bytes kept per run (at least 1 MiB); an upload past it is refused (413).
+    #[arg(long, default_value_t = crate::runs_api::DEFAULT_LOG_CAP)]
+    pub run_log_max: u64,
 }
 
 /// The admin token from `file` or the environment.
@@ -390,6 +393,12 @@ pub fn serve_config(a: ServeArgs) -> Result<ServeConfig, HubError> {
             "use a value between 0 and 604800 seconds (default 120)",
         ));
     }
+    if a.run_log_max < 1 << 20 || a.run_log_max > 16 << 30 {
+        return Err(HubError::usage(
+            format!("--run-log-max {} is out of range", a.run_log_max),
+            "use a value between 1048576 (1 MiB) and 17179869184 (16 GiB) bytes (default 134217728)",
+        ));
+    }
     if a.max_runs_in_flight == 0 || a.max_runs_in_flight > 256 {
         return Err(HubError::usage(
             format!(
@@ -452,6 +461,7 @@ pub fn serve_config(a: ServeArgs) -> Result<ServeConfig, HubError> {
             max_queued: a.max_runs_queued,
             retention_secs,
             log_rate: a.run_log_rate,
+            log_max: a.run_log_max,
         },
     })
 }
@@ -1070,20 +1080,26 @@ mod tests {
         let d = cfg(&[]).unwrap().runs;
         assert_eq!(
             (d.max_in_flight, d.max_queued, d.retention_secs, d.log_rate),
-            (4, 100, 30 * 86_400, 4 * 1024 * 1024)
+            (4, 100, 30 * 86_400, 32 * 1024 * 1024)
         );
+        assert_eq!(d.log_max, 128 << 20);
+        assert_eq!(
+            cfg(&["--run-log-max", "200000000"]).unwrap().runs.log_max,
+            200_000_000
+        );
+        assert!(cfg(&["--run-log-max", "1000"]).is_err());
         #[rustfmt::skip]
         type Limits = (usize, usize, u64, u64);
         let cases: [(&[&str], Option<Limits>); 9] = [
             (
                 &["--max-runs-in-flight", "1", "--max-runs-queued", "7"],
-                Some((1, 7, 30 * 86_400, 4 << 20)),
+                Some((1, 7, 30 * 86_400, 32 << 20)),
             ),
             (
                 &["--run-retention", "12h", "--run-log-rate", "0"],
                 Some((4, 100, 43_200, 0)),
             ),
-            (&["--run-retention", "0"], Some((4, 100, 0, 4 << 20))),
+            (&["--run-retention", "0"], Some((4, 100, 0, 32 << 20))),
             (&["--max-runs-in-flight", "0"], None),
             (&["--max-runs-in-flight", "257"], None),
             (&["--max-runs-queued", "0"], None),

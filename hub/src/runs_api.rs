@@ -32,8 +32,8 @@ use crate::token;
 pub const DEFAULT_LEASE_SECS: u64 = 60;
 /// Default time a run stays `unknown` before it is `lost` (`--lost-after`).
 pub const DEFAULT_LOST_AFTER_SECS: u64 = 120;
-/// Most log bytes kept per run; an upload past it is 413.
-pub const LOG_CAP: u64 = 64 * 1024 * 1024;
+/// Default of `--run-log-max`: most log bytes kept per run; an upload past it is 413.
+pub const DEFAULT_LOG_CAP: u64 = 128 * 1024 * 1024;
 /// Body limit of one log upload.
 pub const LOG_CHUNK_BODY: usize = 1024 * 1024;
 /// Body limit of an events upload.
@@ -49,7 +49,7 @@ pub const DEFAULT_MAX_QUEUED: usize = 100;
 /// Default of `--run-retention`: finished runs and their logs are kept 30 days.
 pub const DEFAULT_RETENTION_SECS: u64 = 30 * 86_400;
 /// Default of `--run-log-rate`: log bytes a second one run may upload (0: no cap).
-pub const DEFAULT_LOG_RATE: u64 = 4 * 1024 * 1024;
+pub const DEFAULT_LOG_RATE: u64 = 32 * 1024 * 1024;
 /// The sweeper deletes old runs at most this often (and at least once a retention period).
 pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Runs one prune deletes at most (a full batch prunes again at the next sweep).
@@ -81,6 +81,8 @@ pub struct RunLimits {
     pub retention_secs: u64,
     /// Log bytes a second per run; 0: no cap.
     pub log_rate: u64,
+    /// Log bytes kept per run.
+    pub log_max: u64,
 }
 
 impl Default for RunLimits {
@@ -92,6 +94,7 @@ impl Default for RunLimits {
             max_queued: DEFAULT_MAX_QUEUED,
             retention_secs: DEFAULT_RETENTION_SECS,
             log_rate: DEFAULT_LOG_RATE,
+            log_max: DEFAULT_LOG_CAP,
         }
     }
 }
@@ -236,7 +239,7 @@ fn refused(id: &str, r: RunRefusal) -> ApiError {
         RunRefusal::TooLarge => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::PayloadTooLarge,
-            format!("the log of run {id} would pass {LOG_CAP} bytes"),
+            format!("the log of run {id} would pass the hub's cap (--run-log-max)"),
             "stop uploading the log of this run; its result is still accepted",
         ),
         RunRefusal::Conflict => ApiError::new(
@@ -689,7 +692,14 @@ async fn upload_log(
     let lease = hub.runs.lease(now);
     let next_offset = hub
         .store
-        .append_log(&id, &entry.id, offset, body.to_vec(), LOG_CAP, lease)
+        .append_log(
+            &id,
+            &entry.id,
+            offset,
+            body.to_vec(),
+            hub.runs.limits.log_max,
+            lease,
+        )
         .await?
         .map_err(|r| refused(&id, r))?;
     Ok(Json(LogAck { next_offset }).into_response())

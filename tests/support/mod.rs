@@ -24,6 +24,7 @@ pub mod http_stub;
 pub mod hub;
 pub mod proxy;
 pub mod release;
+pub mod runs;
 pub mod tls;
 
 use std::fmt;

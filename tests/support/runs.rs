@@ -1,0 +1,231 @@
+//! Runs suites' common parts: the e2e pack, enrolling a container's agent and trusting the
+//! pack at the hub, starting runs and waiting for their states (tests/e2e_runs.rs,
+//! tests/bench_runs.rs).
+#![allow(dead_code)]
+
+use super::hub::Hub;
+use super::Container;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = "/srv/dist/outpost";
+
+/// The pack of these tests, owned by `owner` at `dir`.
+pub fn write_pack(c: &Container, dir: &str, owner: &str) {
+    c.must_sh(&format!(
+        r#"set -e; rm -rf {dir}; mkdir -p {dir}/bin
+cat > {dir}/pack.toml <<'EOF'
+[pack]
+name = "e2e"
+version = "1.0.0"
+description = "runs e2e"
+
+[[action]]
+id = "hello"
+description = "greet and show the environment's names"
+command = ["bin/hello.sh", "{{who}}"]
+env = ["ALLOWED_VAR"]
+[[action.param]]
+name = "who"
+type = "string"
+pattern = "[a-z]+"
+max_len = 16
+required = true
+[[action.param]]
+name = "tone"
+type = "enum"
+values = ["calm", "loud"]
+as = "env"
+default = "calm"
+
+[[action]]
+id = "count"
+description = "print N lines, one every 100 ms"
+command = ["bin/count.sh", "{{n}}"]
+[[action.param]]
+name = "n"
+type = "int"
+min = 1
+max = 1000
+required = true
+
+[[action]]
+id = "stubborn"
+description = "ignore SIGTERM and leave a setsid grandchild behind"
+command = ["bin/stubborn.sh"]
+
+[[action]]
+id = "sleepy"
+description = "sleep past its timeout"
+command = ["/bin/sleep", "30"]
+[action.limits]
+timeout = "4s"
+
+[[action]]
+id = "stamp"
+description = "print the wall clock (ns) the moment it starts (dispatch latency)"
+command = ["/bin/date", "+%s%N"]
+
+[[action]]
+id = "flood"
+description = "print 100 MiB"
+command = ["bin/flood.sh"]
+[action.limits]
+log_size = "200M"
+
+[[action]]
+id = "idle"
+description = "sleep"
+command = ["/bin/sleep", "20"]
+max_concurrency = 4
+
+[[action]]
+id = "capped"
+description = "a CPU limit"
+command = ["/bin/true"]
+[action.limits]
+cpu = "50%"
+EOF
+cat > {dir}/bin/hello.sh <<'EOF'
+#!/bin/sh
+echo "hello $1 ($OUTPOST_PARAM_TONE)"
+env | cut -d= -f1 | sort | sed 's/^/ENV /'
+echo "allowed=$ALLOWED_VAR"
+id -u
+EOF
+cat > {dir}/bin/count.sh <<'EOF'
+#!/bin/sh
+i=1
+while [ $i -le $1 ]; do echo "line $i of $1"; i=$((i+1)); sleep 0.1; done
+EOF
+cat > {dir}/bin/flood.sh <<'EOF'
+#!/bin/sh
+yes 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef012345678 2>/dev/null | head -c 104857600
+EOF
+cat > {dir}/bin/stubborn.sh <<'EOF'
+#!/bin/sh
+trap '' TERM
+setsid sh -c 'trap "" TERM; while :; do sleep 1; done' &
+echo $! > "$OUTPOST_RUN_DIR/child.pid"
+echo $$ > "$OUTPOST_RUN_DIR/main.pid"
+echo started
+while :; do sleep 1; done
+EOF
+chmod 0755 {dir}/bin/*.sh
+chown -R {owner} {dir}"#
+    ));
+}
+
+pub fn run_views(hub: &Hub) -> Vec<serde_json::Value> {
+    let o = hub.cli(&["runs", "--json"]);
+    assert!(o.status.success(), "runs: {o:?}");
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// One run as the hub shows it.
+pub fn run_view(hub: &Hub, id: &str) -> serde_json::Value {
+    run_views(hub)
+        .into_iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("run {id} not at the hub"))
+}
+
+pub fn wait_run(
+    s: &Setup,
+    id: &str,
+    secs: u64,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = run_view(&s.hub, id);
+        if pred(&r) {
+            return r;
+        }
+        if Instant::now() > until {
+            let agent = s.c.sh(&s.journal).stdout;
+            panic!("run {id} did not get there in {secs}s: {r}\nagent:\n{agent}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn wait_final(s: &Setup, id: &str, secs: u64) -> serde_json::Value {
+    wait_run(s, id, secs, |r| {
+        !matches!(
+            r["state"].as_str(),
+            Some("queued" | "claimed" | "running" | "unknown")
+        ) && r["log_bytes"] == r["result_log_bytes"]
+    })
+}
+
+/// `outpost-hub run AGENT ACTION --param …`: the run id.
+pub fn start(hub: &Hub, agent: &str, action: &str, params: &[&str]) -> String {
+    let mut args = vec!["run", agent, action];
+    for p in params {
+        args.push("--param");
+        args.push(p);
+    }
+    let o = hub.cli(&args);
+    assert!(o.status.success(), "run {action}: {o:?}");
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    out.split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("no run id: {out}"))
+        .to_string()
+}
+
+pub fn hub_log(hub: &Hub, id: &str) -> String {
+    let o = hub.cli(&["logs", id]);
+    assert!(o.status.success(), "logs: {o:?}");
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// Enroll the container's agent (installed by `install`) and trust the pack at the hub.
+pub struct Setup<'a> {
+    pub c: &'a Container,
+    pub hub: Hub,
+    pub agent: String,
+    /// Prints the agent's log (on a failure).
+    pub journal: String,
+}
+
+pub fn enroll_and_trust<'a>(
+    c: &'a Container,
+    hub: Hub,
+    journal: &str,
+    install: &dyn Fn(&str, &str),
+) -> Setup<'a> {
+    let key = hub.mint_key();
+    install(&key, &hub.url);
+    let agents = hub
+        .wait_agents(15, |a| a.len() == 1 && a[0]["status"] == "online")
+        .unwrap_or_else(|| panic!("agent not online: {:?}\n{}", hub.agents(), hub.log()));
+    let agent = agents[0]["id"].as_str().unwrap().to_string();
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = hub.cli(&["packs", "--json"]);
+        let p: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if let Some(sha) = p
+            .iter()
+            .find(|x| x["name"] == "e2e")
+            .and_then(|x| x["sha256"].as_str())
+        {
+            let o = hub.cli(&["packs", "trust", "e2e", &sha[..16]]);
+            assert!(o.status.success(), "trust: {o:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the pack never reached the hub: {p:?}"
+        );
+        // The heartbeat carries the catalog: ask for one now.
+        c.sh("pkill -USR1 -f 'outpost agent run' || true");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Setup {
+        c,
+        hub,
+        agent,
+        journal: journal.to_string(),
+    }
+}
