@@ -48,6 +48,10 @@ struct Args {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Runs mode: create this many runs of one action across the agents, which poll, claim
+    /// and finish them (started event + result) like real agents; reports finished runs/s.
+    #[arg(long, default_value_t = 0)]
+    runs: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -376,6 +380,9 @@ async fn run(args: Args) -> Result<(), BenchError> {
 
     let t0 = Instant::now();
     let agents = Arc::new(enroll_all(&addr, &admin, args.agents).await?);
+    if args.runs > 0 {
+        return runs_bench(&addr, &admin, &agents, &args).await;
+    }
     let enroll_secs = t0.elapsed().as_secs_f64();
     eprintln!(
         "enrolled {} agents in {:.2}s ({:.0} enrollments/s incl. key minting)",
@@ -428,6 +435,183 @@ async fn run(args: Args) -> Result<(), BenchError> {
     }
     if errors.load(Ordering::Relaxed) > 0 {
         return Err(BenchError::Protocol("some heartbeats failed".into()));
+    }
+    Ok(())
+}
+
+/// The runs result.
+#[derive(Serialize)]
+struct RunsResult {
+    agents: usize,
+    runs: usize,
+    seconds: f64,
+    finished_runs_per_sec: f64,
+    /// Create request → result stored, per run.
+    latency_ms: Latency,
+}
+
+/// One simulated agent: long-poll, claim each offer, report `started` and a result, until
+/// `quota` runs are finished; the instant each result was stored.
+async fn sim_agent(
+    addr: String,
+    id: String,
+    token: String,
+    quota: usize,
+) -> Result<Vec<(String, Instant)>, BenchError> {
+    let mut c = Conn::open(&addr).await?;
+    let mut done = Vec::with_capacity(quota);
+    let claim = to_json(&outpost_proto::ClaimRequest {
+        claimant: format!("bench-{id}"),
+    })?;
+    while done.len() < quota {
+        let poll = to_json(&outpost_proto::PollRequest {
+            agent_id: id.clone(),
+            wait_secs: 5,
+            holding: vec![],
+        })?;
+        let (s, b) = c.call("POST", "/api/v1/agent/poll", &token, &poll).await?;
+        let got: outpost_proto::PollReply = reply("poll", 200, s, &b)?;
+        for o in got.offers {
+            let base = format!("/api/v1/agent/runs/{}", o.run_id);
+            let (s, b) = c.call("POST", &format!("{base}/claim"), &token, &claim).await?;
+            if s != 200 {
+                return Err(BenchError::Protocol(format!(
+                    "claim: {s} {}",
+                    String::from_utf8_lossy(&b)
+                )));
+            }
+            let ev = to_json(&outpost_proto::EventsUpload {
+                events: vec![outpost_proto::RunEvent {
+                    seq: 1,
+                    kind: "started".into(),
+                    at: "2026-12-02T00:00:00Z".into(),
+                    data: Default::default(),
+                }],
+            })?;
+            let (s, b) = c.call("POST", &format!("{base}/events"), &token, &ev).await?;
+            let _: outpost_proto::EventsAck = reply("events", 200, s, &b)?;
+            let res = to_json(&outpost_proto::RunResult {
+                outcome: outpost_proto::RunOutcome::Succeeded,
+                exit_code: Some(0),
+                signal: None,
+                reason: String::new(),
+                finished_at: "2026-12-02T00:00:01Z".into(),
+                log_bytes: 0,
+            })?;
+            let (s, b) = c.call("POST", &format!("{base}/result"), &token, &res).await?;
+            let _: outpost_proto::ResultAck = reply("result", 200, s, &b)?;
+            done.push((o.run_id, Instant::now()));
+        }
+    }
+    Ok(done)
+}
+
+/// Runs mode: each agent advertises the bench pack, the admin trusts it, `--runs` runs are
+/// created (round-robin over the agents, over `--connections` connections) while the agents
+/// work them off; finished runs/s is runs / (first create → last result stored).
+async fn runs_bench(
+    addr: &str,
+    admin: &str,
+    agents: &[(String, String)],
+    args: &Args,
+) -> Result<(), BenchError> {
+    let mut c = Conn::open(addr).await?;
+    for (id, tok) in agents {
+        let (s, b) = c
+            .call("POST", "/api/v1/heartbeat", tok, &to_json(&heartbeat(id))?)
+            .await?;
+        if s != 200 {
+            return Err(BenchError::Protocol(format!(
+                "heartbeat: {s} {}",
+                String::from_utf8_lossy(&b)
+            )));
+        }
+    }
+    let sha = "a".repeat(64);
+    let (s, b) = c
+        .call("POST", &format!("/api/v1/packs/linux-core/{sha}/trust"), admin, "")
+        .await?;
+    if s != 200 {
+        return Err(BenchError::Protocol(format!(
+            "trust: {s} {}",
+            String::from_utf8_lossy(&b)
+        )));
+    }
+    let n = args.runs;
+    let per = n.div_ceil(agents.len());
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for (i, (id, tok)) in agents.iter().enumerate() {
+        let quota = per.min(n.saturating_sub(i * per));
+        if quota == 0 {
+            continue;
+        }
+        workers.push(tokio::spawn(sim_agent(addr.to_string(), id.clone(), tok.clone(), quota)));
+    }
+    // Creates: agent i gets runs i*per .. (i+1)*per, spread over the connections.
+    let jobs: Vec<String> = (0..n).map(|k| agents[k / per].0.clone()).collect();
+    let jobs = Arc::new(jobs);
+    let conns = args.connections.min(n).max(1);
+    let mut creators = Vec::new();
+    for w in 0..conns {
+        let (addr, admin, jobs) = (addr.to_string(), admin.to_string(), Arc::clone(&jobs));
+        creators.push(tokio::spawn(async move {
+            let mut c = Conn::open(&addr).await?;
+            let mut created = Vec::new();
+            for k in (w..jobs.len()).step_by(conns) {
+                let req = to_json(&outpost_proto::CreateRunRequest {
+                    target: outpost_proto::RunTarget {
+                        agent: Some(jobs[k].clone()),
+                        ..Default::default()
+                    },
+                    action: "linux-core/restart-service".into(),
+                    params: [("service".to_string(), "nginx".to_string())].into(),
+                    idempotency_key: None,
+                })?;
+                let t = Instant::now();
+                let (s, b) = c.call("POST", "/api/v1/runs", &admin, &req).await?;
+                let r: outpost_proto::RunsCreated = reply("create", 201, s, &b)?;
+                created.extend(r.runs.into_iter().map(|v| (v.id, t)));
+            }
+            Ok::<_, BenchError>(created)
+        }));
+    }
+    let mut created = std::collections::HashMap::new();
+    for t in creators {
+        created.extend(t.await.map_err(|e| BenchError::Protocol(e.to_string()))??);
+    }
+    let mut lat = Vec::with_capacity(n);
+    let mut last = start;
+    for w in workers {
+        for (id, at) in w.await.map_err(|e| BenchError::Protocol(e.to_string()))?? {
+            last = last.max(at);
+            if let Some(t) = created.get(&id) {
+                lat.push(at.duration_since(*t).as_micros() as u32);
+            }
+        }
+    }
+    let secs = last.duration_since(start).as_secs_f64();
+    lat.sort_unstable();
+    let result = RunsResult {
+        agents: agents.len(),
+        runs: n,
+        seconds: (secs * 1000.0).round() / 1000.0,
+        finished_runs_per_sec: (n as f64 / secs).round(),
+        latency_ms: Latency {
+            p50: percentile(&lat, 0.50),
+            p90: percentile(&lat, 0.90),
+            p99: percentile(&lat, 0.99),
+            p999: percentile(&lat, 0.999),
+            max: percentile(&lat, 1.0),
+        },
+    };
+    if args.json {
+        println!("{}", to_json(&result)?);
+    } else {
+        println!(
+            "{} runs across {} agents finished in {:.3}s: {:.0} finished runs/s; create → result stored p50 {:.1} ms, p99 {:.1} ms",
+            n, result.agents, secs, result.finished_runs_per_sec, result.latency_ms.p50, result.latency_ms.p99
+        );
     }
     Ok(())
 }
