@@ -1005,6 +1005,7 @@ impl UninstallRun<'_> {
 
     fn delete_user(&mut self) -> Result<()> {
         if let Some(user) = &self.plan.delete_user {
+            self.stop_user_manager(user);
             self.host
                 .run(&crate::users::delete_user_cmd(user))
                 .map_err(|e| {
@@ -1016,6 +1017,23 @@ impl UninstallRun<'_> {
             writeln!(self.out, "deleted system user {user}").ok();
         }
         Ok(())
+    }
+
+    /// Before `userdel`: the user's own manager (user@UID, kept running by linger) stops only
+    /// some time after linger is turned off, and `userdel` refuses a user that still has
+    /// processes. Stopping user@UID waits for them (best effort: `userdel` says what is left).
+    fn stop_user_manager(&mut self, user: &str) {
+        let Some((uid, _)) = self.host.user_ids(user) else {
+            return;
+        };
+        let unit = format!("user@{uid}.service");
+        let stopped = self
+            .host
+            .service_manager(Scope::System)
+            .and_then(|svc| svc.stop(&unit));
+        if let Err(e) = stopped {
+            writeln!(self.out, "warning: {e}").ok();
+        }
     }
 
     /// Keep a receipt of what is left, so a later `uninstall --purge` still knows it; a purge

@@ -313,13 +313,15 @@ fn creates_the_system_user_and_purge_deletes_it() {
     let up = plan_uninstall(&l, &r, &obs, true, &|_, _| false);
     assert_eq!(up.delete_user.as_deref(), Some("outpost"));
     apply_uninstall(&up, &r, &b.fake, 0, &mut Vec::new()).unwrap();
-    assert!(b
-        .fake
-        .0
-        .borrow()
-        .calls
-        .iter()
-        .any(|c| c == "userdel outpost"));
+    // the user's own manager is stopped first (userdel refuses a user with processes)
+    let uid = rustix::process::geteuid().as_raw();
+    let calls = b.fake.0.borrow().calls.clone();
+    let at = |c: &str| calls.iter().position(|x| x == c);
+    let (stop, del) = (
+        at(&format!("stop user@{uid}.service")),
+        at("userdel outpost"),
+    );
+    assert!(stop.is_some() && stop < del, "{calls:?}");
 }
 
 fn uninstall(b: &Bed, purge: bool) -> (UninstallPlan, crate::apply::UninstallOutcome) {
