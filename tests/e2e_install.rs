@@ -28,6 +28,98 @@ fn main_pid(c: &Container) -> String {
         .to_string()
 }
 
+/// `id -u USER` and `id -g USER`.
+fn ids(c: &Container, user: &str) -> (String, String) {
+    let id = |flag: &str| c.must_sh(&format!("id {flag} {user}")).trim().to_string();
+    (id("-u"), id("-g"))
+}
+
+/// A command as `user` in the running agent's mount namespace (its sandbox's file system
+/// view: `ProtectSystem=`, `InaccessiblePaths=`, …), with the agent's user bus address.
+fn in_agent_sandbox(c: &Container, user: &str, cmd: &str) -> support::Output {
+    let (uid, gid) = ids(c, user);
+    let pid = main_pid(c);
+    c.sh(&format!(
+        "nsenter --mount=/proc/{pid}/ns/mnt --setuid {uid} --setgid {gid} \
+         env DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/{uid}/bus {cmd}"
+    ))
+}
+
+/// The ids of the mounts at /run/user/UID the agent sees (a new tmpfs gets a new id).
+fn agent_run_user_mounts(c: &Container, uid: &str) -> String {
+    let pid = main_pid(c);
+    c.must_sh(&format!(
+        "awk '$5 == \"/run/user/{uid}\" {{ print $1 }}' /proc/{pid}/mountinfo | sort"
+    ))
+}
+
+/// System mode: install turned on linger for the service user, its own manager runs, and the
+/// agent reaches that manager's bus from inside its sandbox (while /home and /root stay
+/// hidden from it).
+fn assert_agent_reaches_its_user_manager(c: &Container, user: &str) {
+    let linger = c.must_sh(&format!("loginctl show-user {user} -p Linger --value"));
+    assert_eq!(linger.trim(), "yes", "linger for {user}");
+    let (uid, _) = ids(c, user);
+    let o = c.sh(&format!("systemctl is-active user@{uid}.service"));
+    assert_eq!(o.out(), "active", "user@{uid}.service: {o:?}");
+    let o = in_agent_sandbox(c, user, &format!("test -S /run/user/{uid}/bus"));
+    assert!(o.success(), "no bus socket in the agent's sandbox: {o:?}");
+    // really talk to the user manager over that bus, as the agent will
+    let o = in_agent_sandbox(
+        c,
+        user,
+        "busctl --user get-property org.freedesktop.systemd1 /org/freedesktop/systemd1 \
+         org.freedesktop.systemd1.Manager Version",
+    );
+    assert!(
+        o.success() && o.stdout.starts_with("s \""),
+        "the agent's sandbox cannot reach its user manager: {o:?}"
+    );
+    for dir in ["/home", "/root"] {
+        let o = in_agent_sandbox(c, user, &format!("ls {dir}"));
+        assert!(
+            !o.success() && o.stderr.contains("Permission denied"),
+            "{dir} is visible in the agent's sandbox: {o:?}"
+        );
+    }
+}
+
+/// Shell: wait until /run/user/UID is no longer a mount point (logind stops the user's
+/// manager and unmounts it some time after linger is turned off).
+fn wait_unmounted(uid: &str) -> String {
+    format!(
+        "for i in $(seq 150); do mountpoint -q /run/user/{uid} || exit 0; sleep 0.2; done; exit 1"
+    )
+}
+
+/// The user manager started again after the agent: a restarted user@UID, and a new
+/// /run/user/UID tmpfs (linger off and on again: logind stops user@UID and unmounts its
+/// runtime dir, then mounts a new one), both reach the running agent's sandbox (mount
+/// propagation), without restarting the agent.
+fn assert_user_manager_restarts_reach_the_agent(c: &Container, user: &str) {
+    let (uid, _) = ids(c, user);
+    let agent = main_pid(c);
+    c.must_sh(&format!("systemctl restart user@{uid}.service"));
+    c.wait_user(user);
+    assert_agent_reaches_its_user_manager(c, user);
+    let before = agent_run_user_mounts(c, &uid);
+    c.must_sh(&format!("loginctl disable-linger {user}"));
+    c.must_sh(&wait_unmounted(&uid));
+    assert!(
+        agent_run_user_mounts(c, &uid).trim().is_empty(),
+        "/run/user/{uid} still mounted in the agent's sandbox"
+    );
+    c.must_sh(&format!("loginctl enable-linger {user}"));
+    c.wait_user(user);
+    let after = agent_run_user_mounts(c, &uid);
+    assert!(
+        !after.trim().is_empty() && after != before,
+        "the new /run/user/{uid} did not reach the agent: {before:?} -> {after:?}"
+    );
+    assert_agent_reaches_its_user_manager(c, user);
+    assert_eq!(main_pid(c), agent, "the agent was restarted");
+}
+
 #[test]
 fn e2e_system_install_via_sudo_lifecycle() {
     let Some(c) = boot("sys-sudo") else { return };
@@ -63,6 +155,8 @@ fn e2e_system_install_via_sudo_lifecycle() {
         "/etc/systemd/system/outpost.service",
         "10-hardening.conf",
         "50-outpost.rules",
+        "create    linger   alice (user@1000.service runs without a login)",
+        "wait      alice's user manager and its bus",
         "start     outpost.service",
     ] {
         assert!(plan.contains(want), "dry-run lacks {want}:\n{o:?}");
@@ -72,6 +166,7 @@ fn e2e_system_install_via_sudo_lifecycle() {
     // (a) sudo outpost install by a normal user
     let out = c.must_sh_as("alice", &format!("sudo {BIN} install"));
     assert!(out.contains("installed outpost"), "{out}");
+    assert!(out.contains("enabled linger for alice"), "{out}");
     assert!(out.contains("next:"), "{out}");
     assert_eq!(active(&c, ""), "active");
     assert_eq!(
@@ -79,6 +174,10 @@ fn e2e_system_install_via_sudo_lifecycle() {
             .trim(),
         "alice"
     );
+    assert_agent_reaches_its_user_manager(&c, "alice");
+    let receipt: serde_json::Value =
+        serde_json::from_str(&c.must_sh("cat /var/lib/outpost/receipt.json")).unwrap();
+    assert_eq!(receipt["linger_enabled_for"], "alice", "{receipt}");
     let pid = main_pid(&c);
     assert_eq!(c.must_sh(&format!("ps -o user= -p {pid}")).trim(), "alice");
     let verify = c.sh("systemd-analyze verify /etc/systemd/system/outpost.service");
@@ -156,7 +255,8 @@ fn e2e_system_install_via_sudo_lifecycle() {
         "[agent]\nlog_interval_secs = 5\n"
     );
 
-    // reboot → active again
+    // reboot → active again, and the agent (started by the boot, racing logind's start of
+    // alice's manager) reaches alice's user manager
     c.reboot();
     assert_eq!(
         active(&c, ""),
@@ -164,11 +264,18 @@ fn e2e_system_install_via_sudo_lifecycle() {
         "{}",
         c.sh("systemctl status outpost --no-pager").stdout
     );
+    c.wait_user("alice");
+    assert_agent_reaches_its_user_manager(&c, "alice");
 
     // (d) uninstall keeps config, secrets and state
     c.must_sh("echo precious > /var/lib/outpost/data.txt");
     let out = c.must_sh_as("alice", "sudo outpost uninstall");
     assert!(out.contains("kept /etc/outpost/config.toml"), "{out}");
+    assert!(
+        out.contains("disabled linger for alice (install had enabled it)"),
+        "{out}"
+    );
+    assert!(!c.sh("test -e /var/lib/systemd/linger/alice").success());
     assert_ne!(active(&c, ""), "active");
     assert!(!c
         .sh("test -e /etc/systemd/system/outpost.service")
@@ -191,8 +298,9 @@ fn e2e_system_install_via_sudo_lifecycle() {
     );
     assert!(c.sh("test -f /etc/outpost/outpost.env").success());
 
-    // install again on top of the kept config, then (e) purge leaves nothing
-    c.must_sh_as("alice", &format!("sudo {BIN} install"));
+    // install again on top of the kept config (linger on again), then (e) purge leaves nothing
+    let out = c.must_sh_as("alice", &format!("sudo {BIN} install"));
+    assert!(out.contains("enabled linger for alice"), "{out}");
     assert_eq!(active(&c, ""), "active");
     assert_eq!(
         c.must_sh("cat /etc/outpost/config.toml"),
@@ -254,12 +362,30 @@ fn e2e_root_install_creates_system_user_and_purge_removes_it() {
     assert!(passwd.trim().is_empty());
     let out = c.must_sh(&format!("{BIN} install --admin-group sudo"));
     assert!(out.contains("created system user outpost"), "{out}");
+    assert!(out.contains("enabled linger for outpost"), "{out}");
     assert_eq!(active(&c, ""), "active");
     assert_eq!(
         c.must_sh("systemctl show -p User --value outpost.service")
             .trim(),
         "outpost"
     );
+    // the new user's own manager, reachable from the agent's sandbox, also once restarted
+    assert_agent_reaches_its_user_manager(&c, "outpost");
+    assert_user_manager_restarts_reach_the_agent(&c, "outpost");
+    // another user's manager started after the agent: its /run/user dir shows up, closed
+    c.must_sh("loginctl enable-linger bob");
+    c.wait_user("bob");
+    let o = in_agent_sandbox(&c, "outpost", "ls /run/user/1001");
+    assert!(
+        !o.success() && o.stderr.contains("Permission denied"),
+        "bob's runtime dir is open to the agent: {o:?}"
+    );
+    c.must_sh("loginctl disable-linger bob");
+    // an update (re-install) turns linger back on when someone turned it off
+    c.must_sh("loginctl disable-linger outpost");
+    let out = c.must_sh(&format!("{BIN} install --admin-group sudo"));
+    assert!(out.contains("enabled linger for outpost"), "{out}");
+    assert_agent_reaches_its_user_manager(&c, "outpost");
     assert_eq!(
         c.must_sh("stat -c %U /var/lib/outpost/agent").trim(),
         "outpost"
@@ -275,7 +401,10 @@ fn e2e_root_install_creates_system_user_and_purge_removes_it() {
     // the hardened service really runs (ProtectSystem=strict etc. did not break it)
     let o = c.must_sh("systemctl show -p NRestarts --value outpost.service");
     assert_eq!(o.trim(), "0");
-    c.must_sh("outpost uninstall --purge");
+    let out = c.must_sh("outpost uninstall --purge");
+    assert!(out.contains("disabled linger for outpost"), "{out}");
+    assert!(out.contains("deleted system user outpost"), "{out}");
+    assert!(!c.sh("test -e /var/lib/systemd/linger/outpost").success());
     assert!(
         c.must_sh("getent passwd outpost || true").trim().is_empty(),
         "system user not deleted"

@@ -6,6 +6,60 @@ mod support;
 
 use outpost_cloudinit::{self as cloudinit, Mode, Params, Pinned};
 use support::release::{Release, TARGET};
+use support::Container;
+
+/// System mode on trixie: install turned linger on for the service user, its manager runs,
+/// and the agent reaches that manager's bus from inside its sandbox (mount namespace), also
+/// after the manager and its /run/user/UID tmpfs were started again (linger off and on), while
+/// /home and /root stay hidden from it.
+fn assert_agent_reaches_its_user_manager(c: &Container, user: &str) {
+    let linger = c.must_sh(&format!("loginctl show-user {user} -p Linger --value"));
+    assert_eq!(linger.trim(), "yes", "linger for {user}");
+    let uid = c.must_sh(&format!("id -u {user}")).trim().to_string();
+    let gid = c.must_sh(&format!("id -g {user}")).trim().to_string();
+    let sandbox = |cmd: &str| {
+        let pid = c.must_sh("systemctl show -p MainPID --value outpost.service");
+        c.sh(&format!(
+            "nsenter --mount=/proc/{}/ns/mnt --setuid {uid} --setgid {gid} \
+             env DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/{uid}/bus {cmd}",
+            pid.trim()
+        ))
+    };
+    let reaches = || {
+        let o = c.sh(&format!("systemctl is-active user@{uid}.service"));
+        assert_eq!(o.out(), "active", "user@{uid}.service: {o:?}");
+        let o = sandbox(
+            "busctl --user get-property org.freedesktop.systemd1 /org/freedesktop/systemd1 \
+             org.freedesktop.systemd1.Manager Version",
+        );
+        assert!(
+            o.success() && o.stdout.starts_with("s \""),
+            "the agent's sandbox cannot reach its user manager: {o:?}"
+        );
+    };
+    reaches();
+    for dir in ["/home", "/root"] {
+        let o = sandbox(&format!("ls {dir}"));
+        assert!(
+            !o.success() && o.stderr.contains("Permission denied"),
+            "{dir} is visible in the agent's sandbox: {o:?}"
+        );
+    }
+    // loginctl from a unit: trixie's logind refuses SetUserLinger ("Protocol driver not
+    // attached") from the test bed's nsenter'd shell, whose cgroup is outside the machine's.
+    let loginctl = |verb: &str| {
+        c.must_sh(&format!(
+            "systemd-run -q --wait --pipe loginctl {verb}-linger {user}"
+        ))
+    };
+    loginctl("disable");
+    c.must_sh(&format!(
+        "for i in $(seq 150); do mountpoint -q /run/user/{uid} || exit 0; sleep 0.2; done; exit 1"
+    ));
+    loginctl("enable");
+    c.wait_user(user);
+    reaches();
+}
 
 /// User-data for a real signed release (the host would check this sha256 and signature).
 fn user_data(r: &Release) -> String {
@@ -87,14 +141,18 @@ fn e2e_trixie_cloud_init_schema_and_install() {
     );
     let out = c.must_sh_as("alice", "sudo /srv/dist/outpost install");
     assert!(out.contains("installed outpost"), "{out}");
+    assert!(out.contains("enabled linger for alice"), "{out}");
     assert_eq!(c.sh("systemctl is-active outpost.service").out(), "active");
+    assert_agent_reaches_its_user_manager(&c, "alice");
     let verify = c.sh("systemd-analyze verify /etc/systemd/system/outpost.service");
     assert!(
         verify.success() && !verify.stderr.contains("outpost"),
         "{verify:?}"
     );
     c.must_sh_as("alice", "outpost restart");
-    c.must_sh_as("alice", "sudo outpost uninstall --purge");
+    let out = c.must_sh_as("alice", "sudo outpost uninstall --purge");
+    assert!(out.contains("disabled linger for alice"), "{out}");
+    assert!(!c.sh("test -e /var/lib/systemd/linger/alice").success());
     let after = c.must_sh("find /etc /opt /usr/local /var/lib/outpost -xdev 2>/dev/null | sort");
     let b: std::collections::BTreeSet<&str> = before.lines().collect();
     let a: std::collections::BTreeSet<&str> = after.lines().collect();

@@ -15,6 +15,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// How long install waits for user@UID and its bus after turning linger on.
+pub const USER_MANAGER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The side-effect seam for the executor: the service manager, logind, account tools.
 pub trait Host {
     fn service_manager(
@@ -437,6 +440,8 @@ struct InstallRun<'a> {
     receipt: Receipt,
     changed: bool,
     service_ids: Option<(u32, u32)>,
+    /// The uid linger was turned on for by this run (whose manager is waited for).
+    lingered_uid: Option<u32>,
 }
 
 /// The receipt an install updates: the previous one, or a new one; stamped with this
@@ -505,6 +510,7 @@ impl<'a> InstallRun<'a> {
             receipt: start_receipt(plan, prior, changed),
             changed,
             service_ids: plan.service_user.ids,
+            lingered_uid: None,
         }
     }
 
@@ -582,8 +588,8 @@ impl<'a> InstallRun<'a> {
                 Ok(())
             }
             Op::Symlink { path, target, role } => self.symlink(path, target, *role, change),
-            Op::EnableLinger { user, uid } => self.enable_linger(user, *uid),
-            Op::CreateUser { .. } => Ok(()),
+            Op::EnableLinger { user, uid } if writes(change) => self.enable_linger(user, *uid),
+            Op::EnableLinger { .. } | Op::CreateUser { .. } => Ok(()),
         }
     }
 
@@ -673,32 +679,56 @@ impl<'a> InstallRun<'a> {
         Ok(())
     }
 
-    /// Turn on linger for the user (user mode; not undone, uninstall turns it off).
-    fn enable_linger(&mut self, user: &str, uid: u32) -> Result<()> {
-        let logind = self.host.logind()?;
-        logind.set_linger(uid, true).map_err(|e| match e {
-            SvcError::AccessDenied { .. } => Error::failed(
-                format!("not allowed to enable linger for {user}, so a user service would stop at logout"),
-                format!("run `sudo loginctl enable-linger {user}` and try again, or install system-wide with `sudo outpost install --system`"),
-            ),
-            e => Error::Svc(e),
-        })?;
+    /// The uid of the user a linger step is for: the plan's, else (a service user this run
+    /// created) the one looked up after `useradd`.
+    fn linger_uid(&self, user: &str, uid: Option<u32>) -> Result<u32> {
+        let looked_up = || {
+            let su = &self.plan.service_user;
+            (su.name == user)
+                .then_some(self.service_ids)
+                .flatten()
+                .or_else(|| self.host.user_ids(user))
+                .map(|(uid, _)| uid)
+        };
+        uid.or_else(looked_up).ok_or_else(|| {
+            Error::failed(
+                format!("cannot enable linger for {user}: no such user"),
+                "pass --run-as with an existing user",
+            )
+        })
+    }
+
+    /// Turn on linger for the service user (not undone; uninstall turns it off again, as the
+    /// receipt records that install turned it on).
+    fn enable_linger(&mut self, user: &str, uid: Option<u32>) -> Result<()> {
+        let uid = self.linger_uid(user, uid)?;
+        let mode = self.layout.mode;
+        self.host
+            .logind()
+            .and_then(|logind| logind.set_linger(uid, true))
+            .map_err(|e| linger_error(mode, user, uid, e))?;
         self.receipt.linger_enabled_for = Some(user.to_string());
+        self.lingered_uid = Some(uid);
         writeln!(self.out, "enabled linger for {user}").ok();
         Ok(())
     }
 
-    /// User mode after linger: wait for user@UID and its bus.
+    /// After turning linger on: wait for user@UID and its bus.
     fn wait_user_manager(&self) -> Result<()> {
-        let Some(uid) = self.plan.wait_user_manager else {
+        let (true, Some(uid)) = (self.plan.wait_user_manager, self.lingered_uid) else {
             return Ok(());
         };
+        let user = &self.plan.service_user.name;
         self.host
-            .wait_user_manager(uid, Duration::from_secs(30))
+            .wait_user_manager(uid, USER_MANAGER_TIMEOUT)
             .map_err(|e| {
+                let hint = match self.layout.mode {
+                    Mode::User => format!("check `systemctl status user@{uid}.service`; or install system-wide with `sudo outpost install --system`"),
+                    Mode::System => format!("check `systemctl status user@{uid}.service` and `journalctl -u user@{uid}.service` (the agent starts its runs in {user}'s manager), then re-run `sudo outpost install`"),
+                };
                 Error::failed(
                     format!("the user service manager (user@{uid}.service) did not come up: {e}"),
-                    "check `systemctl status user@UID.service`; or install system-wide with `sudo outpost install --system`".replace("UID", &uid.to_string()),
+                    hint,
                 )
             })
     }
@@ -800,6 +830,22 @@ impl<'a> InstallRun<'a> {
             Ok(()) => explain_start_failure(layout, e),
             Err(save) => save.into(),
         }
+    }
+}
+
+/// Why linger could not be turned on, and what to do: user mode asks for it without root
+/// (logind may refuse), system mode needs it for the service user's own manager.
+fn linger_error(mode: Mode, user: &str, uid: u32, e: SvcError) -> Error {
+    match (mode, e) {
+        (Mode::User, SvcError::AccessDenied { .. }) => Error::failed(
+            format!("not allowed to enable linger for {user}, so a user service would stop at logout"),
+            format!("run `sudo loginctl enable-linger {user}` and try again, or install system-wide with `sudo outpost install --system`"),
+        ),
+        (Mode::User, e) => Error::Svc(e),
+        (Mode::System, e) => Error::failed(
+            format!("cannot enable linger for {user} (uid {uid}): {e}; the agent starts its runs in {user}'s own service manager (user@{uid}.service), which needs it"),
+            format!("check that systemd-logind runs (`systemctl status systemd-logind`); `loginctl enable-linger {user}` does it by hand, then re-run `sudo outpost install`"),
+        ),
     }
 }
 
@@ -1005,6 +1051,7 @@ impl UninstallRun<'_> {
 
     fn delete_user(&mut self) -> Result<()> {
         if let Some(user) = &self.plan.delete_user {
+            self.stop_user_manager(user);
             self.host
                 .run(&crate::users::delete_user_cmd(user))
                 .map_err(|e| {
@@ -1016,6 +1063,23 @@ impl UninstallRun<'_> {
             writeln!(self.out, "deleted system user {user}").ok();
         }
         Ok(())
+    }
+
+    /// Before `userdel`: the user's own manager (user@UID, kept running by linger) stops only
+    /// some time after linger is turned off, and `userdel` refuses a user that still has
+    /// processes. Stopping user@UID waits for them (best effort: `userdel` says what is left).
+    fn stop_user_manager(&mut self, user: &str) {
+        let Some((uid, _)) = self.host.user_ids(user) else {
+            return;
+        };
+        let unit = format!("user@{uid}.service");
+        let stopped = self
+            .host
+            .service_manager(Scope::System)
+            .and_then(|svc| svc.stop(&unit));
+        if let Err(e) = stopped {
+            writeln!(self.out, "warning: {e}").ok();
+        }
     }
 
     /// Keep a receipt of what is left, so a later `uninstall --purge` still knows it; a purge
@@ -1299,12 +1363,17 @@ mod tests {
                 }
                 Setup::User | Setup::UserReceiptBlocked => {
                     bed.inputs.layout = Layout::user(bed.dir.path(), Path::new("/home/alice"));
-                    bed.inputs.enable_linger = Some(("alice".into(), 1000));
+                    // user mode chowns nothing, so alice need not be the test user
                     bed.inputs.service_user = ServiceUser {
                         name: "alice".into(),
-                        ids: Some(me()),
+                        ids: Some((1000, 1000)),
                         create: false,
                     };
+                    bed.fake
+                        .0
+                        .borrow_mut()
+                        .users
+                        .insert("alice".into(), (1000, 1000));
                     if setup == Setup::UserReceiptBlocked {
                         let l = bed.layout();
                         std::fs::create_dir_all(l.host(&l.receipt_file()).join("x")).unwrap();
@@ -1328,7 +1397,6 @@ mod tests {
                 },
                 admin_group: None,
                 polkit: Some(PolkitFlavor::Rules),
-                enable_linger: None,
                 hub_url: None,
                 enroll_key: Some("k-1".into()),
                 start: true,
@@ -1345,6 +1413,7 @@ mod tests {
                 unit: Some(self.fake.status(crate::UNIT).unwrap()),
                 receipt: prior.clone(),
                 users: self.fake.0.borrow().users.clone(),
+                lingering: self.fake.lingering_users(),
             };
             (plan::plan_install(&self.inputs, &obs), prior)
         }
@@ -1429,6 +1498,10 @@ mod tests {
             (Update, "daemon-reload", 1, Restored, "failed: job result 'failed'; the previous files were restored and the service restarted"),
             (Update, "restart", 1, Restored, "restart outpost.service failed: job result 'failed'; the previous files were restored and the service restarted"),
             (Update, "restart", 2, Restored, "the previous files were restored"),
+            (Fresh, "linger", 1, Restored, "cannot enable linger for outpost (uid "),
+            (FreshNewUser, "linger", 1, Restored, "cannot enable linger for outpost (uid "),
+            (Fresh, "wait", 1, Restored, "the user service manager (user@"),
+            (FreshNewUser, "wait", 1, Restored, "the user service manager (user@"),
             (User, "linger", 1, Restored, "not allowed to enable linger for alice"),
             (User, "wait", 1, Restored, "the user service manager (user@1000.service) did not come up"),
             (User, "start", 1, Kept, "start outpost.service failed"),

@@ -484,8 +484,9 @@ impl Preparer<'_> {
         .map(Some)
     }
 
-    /// What is on disk at every path the plan may touch, the known service user, and the
-    /// unit's state (no manager yet, user mode before linger, simply means nothing runs).
+    /// What is on disk at every path the plan may touch, the known service user and whether
+    /// it lingers, and the unit's state (no manager yet, user mode before linger, simply
+    /// means nothing runs).
     fn observe(
         &self,
         layout: &Layout,
@@ -501,9 +502,17 @@ impl Preparer<'_> {
             unit: None,
             receipt: prior,
             users: Default::default(),
+            lingering: Default::default(),
         };
         if let Some(ids) = su.ids {
             obs.users.insert(su.name.clone(), ids);
+        }
+        // What logind's SetUserLinger writes (and `loginctl show-user -p Linger` reads).
+        if self
+            .probe
+            .exists(&format!("/var/lib/systemd/linger/{}", su.name))
+        {
+            obs.lingering.insert(su.name.clone());
         }
         let scope = match layout.mode {
             Mode::System => Scope::System,
@@ -525,10 +534,6 @@ impl Preparer<'_> {
         service_user: ServiceUser,
     ) -> Result<plan::InstallInputs> {
         let args = self.args;
-        let enable_linger = match (layout.mode, &det.topology.target_user) {
-            (Mode::User, Some(t)) if !t.linger => Some((t.account.name.clone(), t.account.uid)),
-            _ => None,
-        };
         let inputs = plan::InstallInputs {
             layout,
             version,
@@ -537,7 +542,6 @@ impl Preparer<'_> {
             service_user,
             admin_group: args.admin_group.clone(),
             polkit: det.topology.polkit.as_ref().map(|p| p.flavor),
-            enable_linger,
             hub_url: args.hub_url.clone(),
             enroll_key: args.enroll_key.clone(),
             start: !args.no_start,
@@ -591,9 +595,22 @@ pub fn render_plan(p: &InstallPlan, verb: &str) -> String {
             Op::CreateUser { name, home } => {
                 format!("user     {name} (system, home {})", home.display())
             }
-            Op::EnableLinger { user, .. } => format!("linger   {user}"),
+            Op::EnableLinger {
+                user,
+                uid: Some(uid),
+            } => format!("linger   {user} (user@{uid}.service runs without a login)"),
+            Op::EnableLinger { user, uid: None } => {
+                format!("linger   {user} (its user@UID.service runs without a login)")
+            }
         };
         s.push_str(&format!("  {change:<9} {what}\n"));
+    }
+    if p.wait_user_manager {
+        s.push_str(&format!(
+            "  wait      {}'s user manager and its bus (up to {} s)\n",
+            p.service_user.name,
+            apply::USER_MANAGER_TIMEOUT.as_secs()
+        ));
     }
     if p.daemon_reload {
         s.push_str("  reload    systemd (daemon-reload)\n");
@@ -793,8 +810,63 @@ mod tests {
             Op::File { content: plan::Content::CopyOf { from }, sha256, .. }
                 if from == bin && *sha256 == sha
         )));
+        // linger for the service user (the fixture's passwd has it, as uid 996)
+        let linger = p
+            .plan
+            .items
+            .iter()
+            .find(|i| matches!(i.op, Op::EnableLinger { .. }));
+        let want = Op::EnableLinger {
+            user: DEFAULT_SYSTEM_USER.into(),
+            uid: Some(996),
+        };
+        assert_eq!(
+            linger.map(|i| (&i.op, i.change)),
+            Some((&want, Change::Create))
+        );
+        assert!(p.plan.wait_user_manager);
+        let dry = render_plan(&p.plan, "would install");
+        assert!(
+            dry.contains("  create    linger   outpost (user@996.service runs without a login)\n"),
+            "{dry}"
+        );
+        assert!(dry.contains("\n  wait      outpost's user manager and its bus (up to 30 s)\n  reload    systemd"), "{dry}");
+        // not known yet: the op says so, and the executor looks it up after useradd
+        let mut plan = p.plan.clone();
+        plan.items[1].op = Op::EnableLinger {
+            user: DEFAULT_SYSTEM_USER.into(),
+            uid: None,
+        };
+        let dry = render_plan(&plan, "would install");
+        assert!(
+            dry.contains(
+                "  create    linger   outpost (its user@UID.service runs without a login)\n"
+            ),
+            "{dry}"
+        );
         // the unit state was asked for (and nothing else done)
         assert!(fake.0.borrow().calls.is_empty());
+    }
+
+    /// Linger is observed where logind keeps it: on already, it is left unchanged.
+    #[test]
+    fn prepare_sees_linger_that_is_on() {
+        let (_d, probe, args) = host_root();
+        let linger = args.root.join("var/lib/systemd/linger");
+        std::fs::create_dir_all(&linger).unwrap();
+        std::fs::write(linger.join(DEFAULT_SYSTEM_USER), "").unwrap();
+        let p = prepare(&args, &probe, &Fake::default()).unwrap().plan;
+        let linger = p
+            .items
+            .iter()
+            .find(|i| matches!(i.op, Op::EnableLinger { .. }));
+        assert_eq!(linger.map(|i| i.change), Some(Change::Unchanged));
+        assert!(!p.wait_user_manager);
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["items"][1]["op"], "enable-linger", "{json}");
+        assert_eq!(json["items"][1]["user"], "outpost", "{json}");
+        assert_eq!(json["items"][1]["change"], "unchanged", "{json}");
+        assert_eq!(json["wait_user_manager"], false, "{json}");
     }
 
     /// Several problems at once: the step that comes first reports.

@@ -9,7 +9,7 @@ use crate::render::{self, UnitParams};
 use outpost_core::layout::{Layout, Mode};
 use outpost_systemd::UnitStatus;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -36,6 +36,8 @@ pub struct Observed {
     pub receipt: Option<Receipt>,
     /// Users that exist, by name.
     pub users: BTreeMap<String, (u32, u32)>,
+    /// Users whose linger is on (`/var/lib/systemd/linger/NAME` exists), by name.
+    pub lingering: BTreeSet<String>,
 }
 
 impl Observed {
@@ -141,9 +143,13 @@ pub enum Op {
         name: String,
         home: PathBuf,
     },
+    /// Turn on linger for the user whose own manager (`user@UID.service`) install needs: the
+    /// user-mode service runs there; in system mode the agent starts its runs there.
     EnableLinger {
         user: String,
-        uid: u32,
+        /// `None`: the service user this install creates; the executor looks its uid up
+        /// after `useradd`.
+        uid: Option<u32>,
     },
 }
 
@@ -191,8 +197,6 @@ pub struct InstallInputs {
     pub service_user: ServiceUser,
     pub admin_group: Option<String>,
     pub polkit: Option<PolkitFlavor>,
-    /// User mode: turn on linger for this user first.
-    pub enable_linger: Option<(String, u32)>,
     pub hub_url: Option<String>,
     pub enroll_key: Option<String>,
     pub start: bool,
@@ -210,8 +214,9 @@ pub struct InstallPlan {
     pub daemon_reload: bool,
     pub enable: bool,
     pub service: ServiceAction,
-    /// User mode: wait for user@UID and its bus before talking to it.
-    pub wait_user_manager: Option<u32>,
+    /// Linger is turned on now: wait for the user's manager (user@UID, the uid of the linger
+    /// step) and its bus before going on.
+    pub wait_user_manager: bool,
     pub warnings: Vec<String>,
 }
 
@@ -491,10 +496,11 @@ impl InstallPlanner<'_> {
             .push(link_item(self.obs, path, target, Role::Link));
     }
 
-    /// The system user to create, and linger to turn on, before anything else.
+    /// The system user to create, and linger to turn on for the service user, before
+    /// anything else.
     fn accounts(&mut self) {
         self.items.extend(create_user_item(self.inp, self.obs));
-        self.items.extend(linger_item(self.inp));
+        self.items.push(linger_item(self.inp, self.obs));
     }
 
     /// Missing parents, `versions/V/outpost`, and the `current`, `last-good` and command links.
@@ -580,6 +586,7 @@ impl InstallPlanner<'_> {
         let loaded = unit.is_some_and(|u| u.is_loaded());
         let active = unit.is_some_and(|u| u.is_active());
         let enabled = unit.is_some_and(|u| u.unit_file_state == "enabled");
+        let wait_user_manager = wait_user_manager(&self.items);
         InstallPlan {
             mode: l.mode,
             version: inp.version.to_string(),
@@ -588,7 +595,7 @@ impl InstallPlanner<'_> {
             daemon_reload: touched.unit || !loaded,
             enable: !enabled,
             service: service_action(inp.start, active, touched.runtime()),
-            wait_user_manager: wait_user_manager(l.mode, inp.enable_linger.as_ref()),
+            wait_user_manager,
             items: self.items,
             warnings: self.warnings,
         }
@@ -623,16 +630,25 @@ fn create_user_item(inp: &InstallInputs, obs: &Observed) -> Option<Item> {
     })
 }
 
-/// User mode: turn on linger first, when it is off.
-fn linger_item(inp: &InstallInputs) -> Option<Item> {
-    let (user, uid) = inp.enable_linger.as_ref()?;
-    Some(Item {
+/// Linger for the service user, in both modes: the user-mode service runs in the user's own
+/// manager, and in system mode the agent starts its runs in the service user's manager
+/// (user@UID, over /run/user/UID/bus), which must run without a login. Turned on when it is
+/// off (also by an update); unchanged when it is on already (then it is the admin's, and
+/// uninstall leaves it). The uid of a user this install creates is not known yet.
+fn linger_item(inp: &InstallInputs, obs: &Observed) -> Item {
+    let su = &inp.service_user;
+    let change = if obs.lingering.contains(&su.name) {
+        Change::Unchanged
+    } else {
+        Change::Create
+    };
+    Item {
         op: Op::EnableLinger {
-            user: user.clone(),
-            uid: *uid,
+            user: su.name.clone(),
+            uid: su.ids.map(|(uid, _)| uid),
         },
-        change: Change::Create,
-    })
+        change,
+    }
 }
 
 /// A hub URL or key given for a config or secrets file that exists (and is kept) is not
@@ -719,11 +735,12 @@ fn service_action(start: bool, active: bool, runtime_changed: bool) -> ServiceAc
     }
 }
 
-/// User mode with linger turned on now: wait for user@UID before talking to it.
-fn wait_user_manager(mode: Mode, enable_linger: Option<&(String, u32)>) -> Option<u32> {
-    (mode == Mode::User)
-        .then_some(enable_linger.map(|x| x.1))
-        .flatten()
+/// Linger turned on now: wait for user@UID and its bus (it starts asynchronously) before
+/// anything talks to it.
+fn wait_user_manager(items: &[Item]) -> bool {
+    items
+        .iter()
+        .any(|i| matches!(i.op, Op::EnableLinger { .. }) && i.change == Change::Create)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -948,7 +965,6 @@ mod planner_tests {
             },
             admin_group: None,
             polkit: None,
-            enable_linger: None,
             hub_url: None,
             enroll_key: None,
             start: true,
@@ -1043,18 +1059,57 @@ mod planner_tests {
         assert!(p.warnings.is_empty(), "{:?}", p.warnings);
     }
 
+    /// Linger for the service user in both modes: turned on (and waited for) when it is off,
+    /// with the uid when it is known; left alone when it is on.
     #[test]
-    fn wait_user_manager_table() {
-        let linger = ("alice".to_string(), 1000);
+    fn linger_table() {
+        // (mode, service user's uid known, lingering) -> (uid in the op, change, wait)
         let cases = [
-            (Mode::User, Some(&linger), Some(1000)),
-            (Mode::User, None, None),
-            (Mode::System, Some(&linger), None),
-            (Mode::System, None, None),
+            (Mode::System, false, false, (None, Change::Create, true)),
+            (Mode::System, true, false, (Some(990), Change::Create, true)),
+            (
+                Mode::System,
+                true,
+                true,
+                (Some(990), Change::Unchanged, false),
+            ),
+            (Mode::System, false, true, (None, Change::Unchanged, false)),
+            (Mode::User, true, false, (Some(990), Change::Create, true)),
+            (
+                Mode::User,
+                true,
+                true,
+                (Some(990), Change::Unchanged, false),
+            ),
         ];
-        for (mode, l, want) in cases {
-            assert_eq!(wait_user_manager(mode, l), want, "{mode} {l:?}");
+        for (mode, known, lingering, (uid, change, wait)) in cases {
+            let name = format!("{mode} known={known} lingering={lingering}");
+            let mut inp = inputs(mode);
+            inp.service_user.ids = known.then_some((990, 990));
+            inp.service_user.create = !known;
+            let mut obs = Observed::default();
+            if lingering {
+                obs.lingering.insert("outpost".into());
+            }
+            // someone else's linger does not count
+            obs.lingering.insert("bob".into());
+            let item = linger_item(&inp, &obs);
+            let want = Op::EnableLinger {
+                user: "outpost".into(),
+                uid,
+            };
+            assert_eq!((&item.op, item.change), (&want, change), "{name}");
+            let p = plan_install(&inp, &obs);
+            assert_eq!(p.wait_user_manager, wait, "{name}");
+            assert_eq!(wait_user_manager(&p.items), wait, "{name}");
+            let at = p.items.iter().position(|i| i.op == want).expect(&name);
+            // right after the user it is for (when install creates it), before any file
+            let after_user = p.items[..at]
+                .iter()
+                .all(|i| matches!(i.op, Op::CreateUser { .. }));
+            assert!(after_user, "{name}: {:?}", &p.items[..at]);
         }
+        assert!(!wait_user_manager(&[]));
     }
 
     #[test]
@@ -1082,16 +1137,6 @@ mod planner_tests {
                 assert_eq!(home, inp.layout.agent_dir);
             }
         }
-        let mut inp = inputs(Mode::User);
-        assert_eq!(linger_item(&inp), None);
-        inp.enable_linger = Some(("alice".into(), 1000));
-        assert!(matches!(
-            linger_item(&inp),
-            Some(Item {
-                op: Op::EnableLinger { uid: 1000, .. },
-                change: Change::Create
-            })
-        ));
     }
 
     #[test]
@@ -1143,6 +1188,7 @@ mod planner_tests {
                 .unwrap_or_else(|| panic!("{} not planned", path.display()))
         };
         assert!(matches!(p.items[0].op, Op::CreateUser { .. }));
+        assert!(matches!(p.items[1].op, Op::EnableLinger { uid: None, .. }));
         let order = [
             l.base.clone(),
             l.version_dir(&inp.version).join("outpost"),
@@ -1164,7 +1210,7 @@ mod planner_tests {
         assert_eq!(at[9] + 1, at[10], "the unit dir follows the agent dir");
         assert!(p.daemon_reload && p.enable);
         assert_eq!(p.service, ServiceAction::Start);
-        assert_eq!(p.wait_user_manager, None);
+        assert!(p.wait_user_manager);
     }
 }
 

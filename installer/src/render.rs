@@ -241,7 +241,16 @@ pub fn hardening_dropin(p: &UnitParams) -> String {
             "the whole file system is read-only…",
         ),
         (&rw, "…except the agent's own state directory"),
-        ("ProtectHome=yes", "no access to /home, /root, /run/user"),
+        (
+            "InaccessiblePaths=-/home -/root",
+            "no access to /home and /root (`-`: a missing one is no error). Not ProtectHome=yes:\n\
+             that also hides /run/user, and the agent talks to its own user manager on\n\
+             /run/user/UID/bus (other users' dirs there are 0700). /run/user stays the host's (a\n\
+             mount slave of it), so the /run/user/UID tmpfs that user@UID mounts after the agent\n\
+             started, or again later, shows up here too. (ProtectHome=tmpfs + BindPaths=/run/user\n\
+             propagates as well, but with ProtectSystem=strict leaves /home and /root as writable\n\
+             empty tmpfs.)",
+        ),
         ("PrivateTmp=yes", "own /tmp and /var/tmp"),
         (
             "PrivateDevices=yes",
@@ -298,7 +307,9 @@ pub fn hardening_dropin(p: &UnitParams) -> String {
     );
     let _ = writeln!(out, "[Service]");
     for (setting, why) in settings {
-        let _ = writeln!(out, "# {why}");
+        for line in why.lines() {
+            let _ = writeln!(out, "# {line}");
+        }
         let _ = writeln!(out, "{setting}");
     }
     out
@@ -544,7 +555,7 @@ mod tests {
             "NoNewPrivileges=yes",
             "ProtectSystem=strict",
             "ReadWritePaths=/var/lib/outpost/agent",
-            "ProtectHome=yes",
+            "InaccessiblePaths=-/home -/root",
             "PrivateTmp=yes",
             "PrivateDevices=yes",
             "ProtectKernelTunables=yes",
@@ -571,6 +582,11 @@ mod tests {
             assert!(l.contains(&want), "missing {want:?} in\n{d}");
         }
         assert!(!d.contains("ProcSubset"), "the agent reads /proc/meminfo");
+        // /run/user stays visible: the agent talks to its own user manager there.
+        assert!(
+            !l.iter().any(|x| x.starts_with("ProtectHome=")),
+            "ProtectHome= hides /run/user\n{d}"
+        );
         // Every setting has a comment right above it.
         for (i, s) in l.iter().enumerate().skip(2) {
             if !s.starts_with('#') {

@@ -4,7 +4,7 @@
 use crate::apply::Host;
 use outpost_systemd::{Logind, Scope, ServiceManager, SvcError, UnitStatus, Whom};
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 #[derive(Default)]
@@ -14,6 +14,8 @@ pub struct FakeState {
     pub enabled: bool,
     pub loaded: bool,
     pub users: BTreeMap<String, (u32, u32)>,
+    /// uids whose linger is on (set through [`Logind::set_linger`]).
+    pub lingering: BTreeSet<u32>,
     pub fail_start: bool,
     /// Fail only this many start/restart jobs, then succeed.
     pub fail_next_starts: u32,
@@ -28,6 +30,16 @@ impl Fake {
         let mut s = self.0.borrow_mut();
         s.calls.push(call);
         s
+    }
+
+    /// Names of the users whose linger is on (what `install` observes on a host).
+    pub fn lingering_users(&self) -> BTreeSet<String> {
+        let s = self.0.borrow();
+        s.users
+            .iter()
+            .filter(|(_, (uid, _))| s.lingering.contains(uid))
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// start/restart: fails when `fail_start` is set, else the unit is active.
@@ -103,7 +115,12 @@ impl ServiceManager for Fake {
 
 impl Logind for Fake {
     fn set_linger(&self, uid: u32, enable: bool) -> Result<(), SvcError> {
-        self.call(format!("linger {uid} {enable}"));
+        let mut s = self.call(format!("linger {uid} {enable}"));
+        if enable {
+            s.lingering.insert(uid);
+        } else {
+            s.lingering.remove(&uid);
+        }
         Ok(())
     }
 }
@@ -115,7 +132,8 @@ impl Host for Fake {
     fn logind(&self) -> Result<Box<dyn Logind>, SvcError> {
         Ok(Box::new(self.clone()))
     }
-    fn wait_user_manager(&self, _uid: u32, _t: std::time::Duration) -> Result<(), SvcError> {
+    fn wait_user_manager(&self, uid: u32, _t: std::time::Duration) -> Result<(), SvcError> {
+        self.call(format!("wait user@{uid}"));
         Ok(())
     }
     fn run(&self, argv: &[String]) -> Result<(), String> {

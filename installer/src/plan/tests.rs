@@ -49,7 +49,6 @@ fn inputs(b: &Bed, version: &str, create_user: bool) -> InstallInputs {
         },
         admin_group: None,
         polkit: Some(PolkitFlavor::Rules),
-        enable_linger: None,
         hub_url: None,
         enroll_key: Some("k-123".into()),
         start: true,
@@ -64,6 +63,7 @@ fn observe(b: &Bed, inp: &InstallInputs) -> Observed {
         unit: Some(b.fake.status(crate::UNIT).unwrap()),
         receipt: Receipt::load(l).unwrap(),
         users: b.fake.0.borrow().users.clone(),
+        lingering: b.fake.lingering_users(),
     }
 }
 
@@ -137,13 +137,16 @@ fn fresh_install_creates_everything_and_starts() {
     );
     assert!(l.host(Path::new(POLKIT_RULES)).exists());
     let calls = b.fake.0.borrow().calls.clone();
+    let uid = rustix::process::geteuid().as_raw();
     assert_eq!(
         calls,
         vec![
-            "daemon-reload",
-            "enable outpost.service",
-            "daemon-reload",
-            "start outpost.service"
+            format!("linger {uid} true"),
+            format!("wait user@{uid}"),
+            "daemon-reload".into(),
+            "enable outpost.service".into(),
+            "daemon-reload".into(),
+            "start outpost.service".into(),
         ]
     );
     // the receipt lists every file with its sha256
@@ -294,7 +297,17 @@ fn creates_the_system_user_and_purge_deletes_it() {
         (p, out)
     };
     assert!(matches!(p.items[0].op, Op::CreateUser { .. }));
+    assert!(matches!(p.items[1].op, Op::EnableLinger { uid: None, .. }));
     assert_eq!(out.receipt.created_user.as_deref(), Some("outpost"));
+    assert_eq!(out.receipt.linger_enabled_for.as_deref(), Some("outpost"));
+    // the new user's uid, looked up after useradd, is the one linger is turned on for
+    let uid = me_uid();
+    let calls = b.fake.0.borrow().calls.clone();
+    let at = |c: &str| calls.iter().position(|x| x == c);
+    assert!(
+        at(&format!("linger {uid} true")) < at(&format!("wait user@{uid}")),
+        "{calls:?}"
+    );
     assert!(b
         .fake
         .0
@@ -313,13 +326,93 @@ fn creates_the_system_user_and_purge_deletes_it() {
     let up = plan_uninstall(&l, &r, &obs, true, &|_, _| false);
     assert_eq!(up.delete_user.as_deref(), Some("outpost"));
     apply_uninstall(&up, &r, &b.fake, 0, &mut Vec::new()).unwrap();
-    assert!(b
-        .fake
-        .0
-        .borrow()
-        .calls
-        .iter()
-        .any(|c| c == "userdel outpost"));
+    // linger off, then the user's manager stopped (userdel refuses a user with processes)
+    let calls = b.fake.0.borrow().calls.clone();
+    let at = |c: &str| calls.iter().position(|x| x == c);
+    let (off, stop, del) = (
+        at(&format!("linger {uid} false")),
+        at(&format!("stop user@{uid}.service")),
+        at("userdel outpost"),
+    );
+    assert!(off.is_some() && off < stop && stop < del, "{calls:?}");
+}
+
+fn me_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// System mode: linger for the service user is turned on (and recorded) when it is off, also
+/// by an update, and uninstall turns it off again.
+#[test]
+fn system_install_turns_linger_on_and_uninstall_turns_it_off() {
+    let b = bed();
+    me_user(&b);
+    let inp = inputs(&b, "1.0.0", false);
+    let (p, out) = install(&b, &inp);
+    let linger = Op::EnableLinger {
+        user: "outpost".into(),
+        uid: Some(me_uid()),
+    };
+    assert!(p.items.contains(&Item {
+        op: linger.clone(),
+        change: Change::Create
+    }));
+    assert!(p.wait_user_manager);
+    assert_eq!(out.receipt.linger_enabled_for.as_deref(), Some("outpost"));
+    let dry = crate::install::render_plan(&p, "would install");
+    assert!(
+        dry.contains("  create    linger   outpost (user@")
+            && dry.contains("  wait      outpost's user manager and its bus"),
+        "{dry}"
+    );
+    // the admin turned it off: an update turns it on again
+    b.fake.0.borrow_mut().lingering.clear();
+    b.fake.0.borrow_mut().calls.clear();
+    let (p, out) = install(&b, &inp);
+    assert!(p.changes_anything());
+    assert_eq!(
+        b.fake.0.borrow().calls[..2],
+        [
+            format!("linger {} true", me_uid()),
+            format!("wait user@{}", me_uid())
+        ]
+    );
+    assert_eq!(out.receipt.linger_enabled_for.as_deref(), Some("outpost"));
+    // on: unchanged, still recorded as install's
+    let (p, out) = install(&b, &inp);
+    assert!(p.items.contains(&Item {
+        op: linger,
+        change: Change::Unchanged
+    }));
+    assert!(!p.wait_user_manager);
+    assert_eq!(out.receipt.linger_enabled_for.as_deref(), Some("outpost"));
+    b.fake.0.borrow_mut().calls.clear();
+    let (up, _) = uninstall(&b, false);
+    assert_eq!(up.disable_linger.as_deref(), Some("outpost"));
+    let off = format!("linger {} false", me_uid());
+    assert!(b.fake.0.borrow().calls.contains(&off));
+    assert!(b.fake.lingering_users().is_empty());
+}
+
+/// Linger someone else turned on is theirs: not recorded, so uninstall leaves it on.
+#[test]
+fn linger_already_on_is_left_to_the_admin() {
+    let b = bed();
+    me_user(&b);
+    b.fake.0.borrow_mut().lingering.insert(me_uid());
+    let (p, out) = install(&b, &inputs(&b, "1.0.0", false));
+    assert!(!p.wait_user_manager);
+    assert_eq!(out.receipt.linger_enabled_for, None);
+    let calls = b.fake.0.borrow().calls.clone();
+    assert!(!calls.iter().any(|c| c.starts_with("linger")), "{calls:?}");
+    let dry = crate::install::render_plan(&p, "would install");
+    assert!(dry.contains("  unchanged linger   outpost"), "{dry}");
+    assert!(!dry.contains("wait"), "{dry}");
+    let (up, _) = uninstall(&b, true);
+    assert_eq!(up.disable_linger, None);
+    let calls = b.fake.0.borrow().calls.clone();
+    assert!(!calls.iter().any(|c| c.starts_with("linger")), "{calls:?}");
+    assert_eq!(b.fake.lingering_users().len(), 1);
 }
 
 fn uninstall(b: &Bed, purge: bool) -> (UninstallPlan, crate::apply::UninstallOutcome) {
@@ -391,11 +484,21 @@ fn user_mode_plan_enables_linger_and_creates_home_dirs() {
     std::fs::create_dir_all(b.dir.path().join("home/alice")).unwrap();
     let mut inp = inputs(&b, "1.0.0", false);
     inp.layout = Layout::user(b.dir.path(), Path::new("/home/alice"));
-    inp.enable_linger = Some(("alice".into(), 1000));
+    inp.service_user = ServiceUser {
+        name: "alice".into(),
+        ids: Some((1000, 1000)),
+        create: false,
+    };
     let obs = observe(&b, &inp);
     let p = plan_install(&inp, &obs);
-    assert!(matches!(p.items[0].op, Op::EnableLinger { uid: 1000, .. }));
-    assert_eq!(p.wait_user_manager, Some(1000));
+    assert!(matches!(
+        p.items[0].op,
+        Op::EnableLinger {
+            uid: Some(1000),
+            ..
+        }
+    ));
+    assert!(p.wait_user_manager);
     let dirs: Vec<_> = p
         .items
         .iter()
