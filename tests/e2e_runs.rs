@@ -371,3 +371,45 @@ fn e2e_runs_survive_an_upgrade() {
         "{j}"
     );
 }
+
+#[test]
+fn e2e_runs_system_mode() {
+    let Some(c) = support::boot_with_binary("runs-sys") else {
+        return;
+    };
+    let hub = Hub::start("runs-sys", 1);
+    let journal = "journalctl -u outpost.service --no-pager -o cat | tail -40";
+    let s = enroll_and_trust(&c, hub, journal, &|key, url| {
+        c.exec_with_stdin(&["bash", "-c", "umask 077; cat > /run/k"], key.as_bytes());
+        c.must_sh(&format!(
+            "OUTPOST_ENROLL_KEY_FILE=/run/k {BIN} install --hub {url} && rm /run/k"
+        ));
+        write_pack(&c, "/root/src", "root");
+        c.must_sh(&format!("{BIN} pack install /root/src"));
+    });
+    // The runner env file is root's; systemd loads it into the agent.
+    c.must_sh("printf 'ALLOWED_VAR=yes-allowed\\nSECRET_VAR=no\\n' >> /etc/outpost/outpost.env && systemctl restart outpost.service");
+    let uid = c.must_sh("id -u outpost").trim().to_string();
+    hello(&s, &uid);
+    // the run is the service user's, in its own manager, outside the agent's cgroup
+    unenforceable_limit(&s);
+    let run_dir = "/var/lib/outpost/agent/runs";
+    cancel_stubborn(&c, &s, run_dir);
+    let pid = || {
+        c.must_sh("systemctl show -p MainPID --value outpost.service")
+            .trim()
+            .to_string()
+    };
+    survives_kill9(&c, &s, run_dir, &pid);
+    timeout_without_agent(
+        &c,
+        &s,
+        "systemctl stop outpost.service",
+        "systemctl start outpost.service",
+    );
+    // reading the runs needs root (they are the service user's); alice has sudo
+    let o = c.sh_as("alice", &format!("{BIN} runs"));
+    assert_eq!(o.code(), Some(2), "{o:?}");
+    assert!(o.stderr.contains("run it with sudo"), "{o:?}");
+    host_cli(&c, "alice", "sudo ");
+}

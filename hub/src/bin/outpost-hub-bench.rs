@@ -473,7 +473,9 @@ async fn sim_agent(
         let got: outpost_proto::PollReply = reply("poll", 200, s, &b)?;
         for o in got.offers {
             let base = format!("/api/v1/agent/runs/{}", o.run_id);
-            let (s, b) = c.call("POST", &format!("{base}/claim"), &token, &claim).await?;
+            let (s, b) = c
+                .call("POST", &format!("{base}/claim"), &token, &claim)
+                .await?;
             if s != 200 {
                 return Err(BenchError::Protocol(format!(
                     "claim: {s} {}",
@@ -488,7 +490,9 @@ async fn sim_agent(
                     data: Default::default(),
                 }],
             })?;
-            let (s, b) = c.call("POST", &format!("{base}/events"), &token, &ev).await?;
+            let (s, b) = c
+                .call("POST", &format!("{base}/events"), &token, &ev)
+                .await?;
             let _: outpost_proto::EventsAck = reply("events", 200, s, &b)?;
             let res = to_json(&outpost_proto::RunResult {
                 outcome: outpost_proto::RunOutcome::Succeeded,
@@ -498,7 +502,9 @@ async fn sim_agent(
                 finished_at: "2026-12-02T00:00:01Z".into(),
                 log_bytes: 0,
             })?;
-            let (s, b) = c.call("POST", &format!("{base}/result"), &token, &res).await?;
+            let (s, b) = c
+                .call("POST", &format!("{base}/result"), &token, &res)
+                .await?;
             let _: outpost_proto::ResultAck = reply("result", 200, s, &b)?;
             done.push((o.run_id, Instant::now()));
         }
@@ -529,7 +535,12 @@ async fn runs_bench(
     }
     let sha = "a".repeat(64);
     let (s, b) = c
-        .call("POST", &format!("/api/v1/packs/linux-core/{sha}/trust"), admin, "")
+        .call(
+            "POST",
+            &format!("/api/v1/packs/linux-core/{sha}/trust"),
+            admin,
+            "",
+        )
         .await?;
     if s != 200 {
         return Err(BenchError::Protocol(format!(
@@ -546,7 +557,12 @@ async fn runs_bench(
         if quota == 0 {
             continue;
         }
-        workers.push(tokio::spawn(sim_agent(addr.to_string(), id.clone(), tok.clone(), quota)));
+        workers.push(tokio::spawn(sim_agent(
+            addr.to_string(),
+            id.clone(),
+            tok.clone(),
+            quota,
+        )));
     }
     // Creates: agent i gets runs i*per .. (i+1)*per, spread over the connections.
     let jobs: Vec<String> = (0..n).map(|k| agents[k / per].0.clone()).collect();
