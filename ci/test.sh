@@ -25,7 +25,7 @@ main() {
   variants=$(bash ci/build-variants.sh)
   export OUTPOST_E2E_VARIANTS=$variants
   phase "VM image (ci/vm.sh: the testbed image + a Debian kernel, for tests/e2e_vm_limits.rs)"
-  bash ci/vm.sh image
+  bash ci/vm.sh image >&2
   # e2e suites must run, never skip, here: CI=true / OUTPOST_E2E_REQUIRED make a missing testbed fatal.
   export OUTPOST_E2E_REQUIRED=1
   phase "cargo test (unit, CLI, API, real-systemd e2e)"
