@@ -3,7 +3,7 @@
 # (root). Idempotent and quiet when everything is there already.
 set -euo pipefail
 
-PACKAGES="musl-tools dbus debootstrap systemd-container zstd shellcheck minisign iproute2 ca-certificates curl openssl chromium gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-user-static busybox"
+PACKAGES="musl-tools dbus debootstrap systemd-container zstd shellcheck minisign iproute2 ca-certificates curl openssl chromium gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-user-static busybox qemu-system-x86 e2fsprogs"
 
 need_root() {
   if [ "$(id -u)" -ne 0 ]; then

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README): sets up the machine, builds every binary once, lints, builds and
-# verifies a signed two-architecture release, and runs every test: unit, CLI, API and the
-# real-systemd end-to-end suites.
+# verifies a signed two-architecture release, and runs every test: unit, CLI, API, the
+# real-systemd end-to-end suites and the limits suite in a QEMU VM (ci/vm.sh).
 set -euo pipefail
 
 phase() { printf '\n=== [%4ds] %s\n' "$SECONDS" "$*" >&2; }
@@ -24,6 +24,8 @@ main() {
   phase "test builds of several versions (upgrade suites) and outpost-release"
   variants=$(bash ci/build-variants.sh)
   export OUTPOST_E2E_VARIANTS=$variants
+  phase "VM image (ci/vm.sh: the testbed image + a Debian kernel, for tests/e2e_vm_limits.rs)"
+  bash ci/vm.sh image >&2
   # e2e suites must run, never skip, here: CI=true / OUTPOST_E2E_REQUIRED make a missing testbed fatal.
   export OUTPOST_E2E_REQUIRED=1
   phase "cargo test (unit, CLI, API, real-systemd e2e)"
