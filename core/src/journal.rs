@@ -74,6 +74,10 @@ pub mod kind {
     pub const RUN_STARTED: &str = "run_started";
     pub const RUN_FINISHED: &str = "run_finished";
     pub const RUNS_REATTACHED: &str = "runs_reattached";
+    /// Root's journal: the privileged helper started a privileged run as root, or refused
+    /// the service user's request (with the reason).
+    pub const PRIVILEGED_RUN_STARTED: &str = "privileged_run_started";
+    pub const PRIVILEGED_RUN_REFUSED: &str = "privileged_run_refused";
     /// The kinds the heartbeat reports as `last_upgrade`.
     pub const UPGRADE_RESULTS: [&str; 3] = [
         SERVICE_UPGRADED,

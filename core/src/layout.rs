@@ -22,6 +22,8 @@ pub mod files {
     pub const ENROLL_NONCE: &str = "enroll-nonce";
     /// The agent's last heartbeat attempt (agent dir).
     pub const HEARTBEAT: &str = "heartbeat.json";
+    /// The root-owned template unit privileged runs are admitted through (system mode).
+    pub const PRIVILEGED_TEMPLATE: &str = "outpost-run-privileged@.service";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -154,6 +156,13 @@ impl Layout {
     /// The agent's last heartbeat result (read by the health gate).
     pub fn heartbeat_file(&self) -> PathBuf {
         self.agent_dir.join(files::HEARTBEAT)
+    }
+
+    /// System mode: the template unit whose instance `outpost-run-privileged@<run id>` the
+    /// service user may start (polkit): root re-validates the run against the root-owned
+    /// pack and starts it (docs/RUNS.md, *Privileged actions*). `None` in user mode.
+    pub fn privileged_template(&self) -> Option<PathBuf> {
+        (self.mode == Mode::System).then(|| self.unit_dir.join(files::PRIVILEGED_TEMPLATE))
     }
 
     /// Map a host path onto the filesystem root seam.

@@ -250,6 +250,7 @@ pub fn install_paths(layout: &Layout, version: &semver::Version) -> Vec<PathBuf>
         layout.unit_dir.clone(),
         layout.unit_file.clone(),
     ];
+    v.extend(layout.privileged_template());
     if layout.mode == Mode::System {
         v.extend([
             PathBuf::from(POLKIT_RULES),
@@ -557,6 +558,9 @@ impl InstallPlanner<'_> {
             }
             let text = render::hardening_dropin(&params);
             self.text(dropin, Role::Dropin, text, 0o644);
+        }
+        if let Some(t) = l.privileged_template() {
+            self.text(&t, Role::Unit, render::privileged_template(l), 0o644);
         }
     }
 

@@ -28,6 +28,7 @@ fn managed_paths(l: &Layout) -> Vec<PathBuf> {
     if l.mode == Mode::System {
         v.push(PathBuf::from(crate::plan::POLKIT_RULES));
     }
+    v.extend(l.privileged_template());
     v
 }
 

@@ -315,6 +315,46 @@ pub fn hardening_dropin(p: &UnitParams) -> String {
     out
 }
 
+/// `/etc/systemd/system/outpost-run-privileged@.service` (system mode): the one way the
+/// service user can make root run something. Its instance name is a run id; root's
+/// `outpost privileged-run ID` reads the agent's request as untrusted bytes, re-validates it
+/// against the root-owned pack at the admin's grant, and starts the run's unit
+/// (docs/RUNS.md, *Privileged actions*). The helper itself needs no network, and writes only
+/// root's state dir.
+pub fn privileged_template(layout: &Layout) -> String {
+    let exec = word(&path_str(&layout.current_binary()), false);
+    let state = word(&path_str(&layout.state_dir), false);
+    format!(
+        r#"# Managed by outpost — do not edit.
+# Admits one privileged run: `outpost privileged-run RUN_ID` checks the service user's request
+# against the root-owned pack and the admin's grant (`outpost pack trust NAME --privileged`),
+# then starts outpost-run-RUN_ID.service as root, or refuses it with the reason.
+[Unit]
+Description=outpost: admit privileged run %i
+Documentation=man:outpost(1)
+RefuseManualStop=yes
+
+[Service]
+Type=oneshot
+ExecStart={exec} privileged-run %i
+TimeoutStartSec=60
+NoNewPrivileges=yes
+PrivateNetwork=yes
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectSystem=strict
+ReadWritePaths={state}
+ProtectHome=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+SystemCallArchitectures=native
+"#
+    )
+}
+
 /// `/etc/polkit-1/rules.d/50-outpost.rules` (polkit ≥ 0.106): `user`, and members of
 /// `admin_group`, may start, stop and restart `outpost.service`, nothing else. Names must
 /// satisfy [`valid_username`] (they are embedded in JavaScript string literals).
@@ -333,14 +373,31 @@ pub fn polkit_rules(user: &str, admin_group: Option<&str>) -> String {
     };
     format!(
         r#"// Managed by outpost — do not edit.
-// Lets user {user}{also} start, stop and restart {unit}, and nothing else.
+// Lets user {user}{also} start, stop and restart {unit}; and user {user} start (and
+// reset-failed) outpost-run-privileged@RUN_ID.service, which admits one privileged run
+// after root re-validates it, and stop (and reset-failed) the runs' units
+// outpost-run-RUN_ID.service. Nothing else: no transient units, no other unit or verb.
 polkit.addRule(function(action, subject) {{
-    if (action.id == "org.freedesktop.systemd1.manage-units" &&
-        action.lookup("unit") == "{unit}" &&
-        ["start", "stop", "restart"].indexOf(action.lookup("verb")) >= 0 &&
+    if (action.id != "org.freedesktop.systemd1.manage-units") {{
+        return polkit.Result.NOT_HANDLED;
+    }}
+    var unit = action.lookup("unit"), verb = action.lookup("verb");
+    if (unit == "{unit}" &&
+        ["start", "stop", "restart"].indexOf(verb) >= 0 &&
         {who}) {{
         return polkit.Result.YES;
     }}
+    if (subject.user == "{user}" && typeof unit == "string") {{
+        if (/^outpost-run-privileged@[A-Za-z0-9_-]{{1,64}}\.service$/.test(unit) &&
+            (verb == "start" || verb == "reset-failed")) {{
+            return polkit.Result.YES;
+        }}
+        if (/^outpost-run-[A-Za-z0-9_-]{{1,64}}\.service$/.test(unit) &&
+            (verb == "stop" || verb == "reset-failed")) {{
+            return polkit.Result.YES;
+        }}
+    }}
+    return polkit.Result.NOT_HANDLED;
 }});
 "#,
         unit = crate::UNIT,
@@ -599,19 +656,48 @@ mod tests {
     fn polkit_rule_text() {
         let r = polkit_rules("outpost", Some("outpost-admins"));
         for want in [
-            "action.id == \"org.freedesktop.systemd1.manage-units\"",
-            "action.lookup(\"unit\") == \"outpost.service\"",
-            "[\"start\", \"stop\", \"restart\"].indexOf(action.lookup(\"verb\")) >= 0",
+            "if (action.id != \"org.freedesktop.systemd1.manage-units\")",
+            "if (unit == \"outpost.service\" &&",
+            "[\"start\", \"stop\", \"restart\"].indexOf(verb) >= 0 &&",
             "(subject.user == \"outpost\" || subject.isInGroup(\"outpost-admins\"))",
+            "if (subject.user == \"outpost\" && typeof unit == \"string\")",
+            r#"/^outpost-run-privileged@[A-Za-z0-9_-]{1,64}\.service$/.test(unit) &&"#,
+            r#"(verb == "start" || verb == "reset-failed")"#,
+            r#"/^outpost-run-[A-Za-z0-9_-]{1,64}\.service$/.test(unit) &&"#,
+            r#"(verb == "stop" || verb == "reset-failed")"#,
             "return polkit.Result.YES;",
         ] {
             assert!(r.contains(want), "missing {want:?} in\n{r}");
         }
-        assert_eq!(r.matches("polkit.Result").count(), 1, "grants nothing else");
+        // Three grants: outpost.service, admitting a privileged run, stopping a run.
+        assert_eq!(
+            r.matches("polkit.Result.YES").count(),
+            3,
+            "grants nothing else"
+        );
+        assert!(!r.contains("systemd1.manage-unit-files"));
         let r = polkit_rules("outpost", None);
         assert!(r.contains("        subject.user == \"outpost\")"), "{r}");
         assert!(!r.contains("isInGroup"));
         assert!(!r.contains("members of"));
+    }
+
+    #[test]
+    fn privileged_template_text() {
+        let t = privileged_template(&Layout::system(Path::new("/")));
+        for want in [
+            "Type=oneshot",
+            "ExecStart=/opt/outpost/current/outpost privileged-run %i",
+            "ReadWritePaths=/var/lib/outpost",
+            "PrivateNetwork=yes",
+            "NoNewPrivileges=yes",
+        ] {
+            assert!(t.lines().any(|l| l == want), "missing {want:?} in\n{t}");
+        }
+        assert!(!t.contains("User="), "root's: the helper must be root");
+        assert!(Layout::user(Path::new("/"), Path::new("/home/a"))
+            .privileged_template()
+            .is_none());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod agentctl;
 pub mod cloudinit;
 pub mod pack;
+pub mod privileged;
 pub mod runs;
 pub mod status;
 
@@ -165,6 +166,9 @@ enum Command {
         #[command(subcommand)]
         command: crate::cli::runs::ActionCommand,
     },
+    /// Root's half of a privileged run (outpost-run-privileged@ID.service starts it)
+    #[command(hide = true)]
+    PrivilegedRun { run_id: String },
     /// Render cloud-init user-data that bootstraps an enrolled host
     CloudInit {
         #[command(subcommand)]
@@ -499,6 +503,7 @@ impl Command {
     /// The privileged entry points a unit starts (resolver, guard): they keep only PATH.
     fn is_privileged_unit_entry(&self) -> bool {
         matches!(self, Command::Upgrade(u) if u.resolve_pending || u.guard)
+            || matches!(self, Command::PrivilegedRun { .. })
     }
 
     /// The mode flags of commands that first resolve an interrupted upgrade. `upgrade`
@@ -558,6 +563,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
         } => agent_run(&ctx, &paths),
         Command::SelfTest { paths, json } => self_test(&ctx, &paths, json, out),
         Command::CloudInit { command } => cloudinit::run(command, out),
+        Command::PrivilegedRun { run_id } => privileged::run(root, &run_id, out),
         Command::Pack { command } => pack::run(command, probe, host, root, out),
         Command::Runs {
             command: Some(runs::RunsCommand::Logs { run, follow, mode }),

@@ -213,10 +213,16 @@ pub fn logs(
         }
         Err(e) => return Err(Error::from_hint(&e)),
     };
+    // A privileged run's log is root's (its unit ran as root); the record is the agent's.
+    let log = if rec.privileged {
+        outpost_agent::runs::plan::paths(&layout.host(&layout.state_dir), run).log
+    } else {
+        paths.log.clone()
+    };
     let mut offset = 0u64;
     let mut ended = !matches!(rec.phase, Phase::Claiming | Phase::Claimed | Phase::Started);
     loop {
-        offset += copy_from(&paths.log, offset, out)?;
+        offset += copy_from(&log, offset, out)?;
         if !follow || ended {
             return Ok(exit::OK);
         }

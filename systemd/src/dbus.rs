@@ -650,6 +650,10 @@ impl RunManager for SystemdBus {
         }
     }
 
+    fn start_unit(&self, unit: &str) -> Result<(), SvcError> {
+        ServiceManager::start(self, unit)
+    }
+
     fn stop_nowait(&self, unit: &str) -> Result<(), SvcError> {
         match self.manager("StopUnit", vec![str_arg(unit), str_arg("replace")]) {
             Ok(_) => Ok(()),

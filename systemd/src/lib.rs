@@ -188,6 +188,9 @@ pub trait RunManager: Send + Sync {
         unit: &str,
         props: &[(String, PropValue)],
     ) -> Result<(), SvcError>;
+    /// Start a unit from its file and wait for the job: `Ok` once it is `done` (a oneshot
+    /// service: once its process exited 0), [`SvcError::Job`] with the job's result else.
+    fn start_unit(&self, unit: &str) -> Result<(), SvcError>;
     /// Queue a stop job and return (the unit's `TimeoutStopSec=` bounds it). A unit that is
     /// not loaded is not an error.
     fn stop_nowait(&self, unit: &str) -> Result<(), SvcError>;

@@ -49,6 +49,20 @@ pub struct EngineConfig {
     /// The agent's environment (allowlisted names are taken from it).
     pub env: BTreeMap<String, String>,
     pub connect: Connect,
+    /// System mode with the root-owned template installed: privileged actions go through it.
+    pub privileged: Option<PrivilegedConfig>,
+}
+
+/// Where privileged runs are admitted (system mode).
+pub struct PrivilegedConfig {
+    /// Opens the system manager (the template's and the privileged runs' units).
+    pub connect: Connect,
+    /// Root's state dir: privileged runs' logs.
+    pub state_dir: PathBuf,
+    /// The filesystem root and root's config dir: the admin's grants are read from
+    /// `<config>/privileged/` (root-owned, world-readable), like root reads them.
+    pub root: PathBuf,
+    pub config_dir: PathBuf,
 }
 
 enum Msg {
@@ -77,6 +91,8 @@ impl Engine {
             journal: cfg.journal,
             env: cfg.env,
             connect: cfg.connect,
+            privileged: cfg.privileged,
+            sys_manager: None,
             manager: None,
             host: None,
             last_connect: None,
@@ -175,6 +191,9 @@ struct Runs {
     journal: Arc<Journal>,
     env: BTreeMap<String, String>,
     connect: Connect,
+    privileged: Option<PrivilegedConfig>,
+    /// The system manager, for privileged runs.
+    sys_manager: Option<Box<dyn RunManager>>,
     manager: Option<Box<dyn RunManager>>,
     host: Option<Host>,
     last_connect: Option<(Instant, String)>,
@@ -299,6 +318,7 @@ impl Runs {
                         env: self.env.clone(),
                         controllers,
                         cgroup,
+                        privileged: None,
                     });
                     self.manager = Some(m);
                     self.last_connect = None;
@@ -325,7 +345,64 @@ impl Runs {
     fn drop_manager(&mut self, e: &SvcError) {
         if matches!(e, SvcError::Connect { .. } | SvcError::Call { .. }) {
             self.manager = None;
+            self.sys_manager = None;
         }
+    }
+
+    /// The manager a run's unit is in: the system manager for a privileged run.
+    fn manager_of(&mut self, privileged: bool) -> Result<&dyn RunManager, String> {
+        if !privileged {
+            return self.manager().map(|(m, _)| m);
+        }
+        let Some(pc) = &self.privileged else {
+            return Err("privileged runs are not set up on this host".into());
+        };
+        if self.sys_manager.is_none() {
+            let m = (pc.connect)().map_err(|e| {
+                format!("cannot reach the system manager that admits privileged runs: {e}")
+            })?;
+            self.sys_manager = Some(m);
+        }
+        match &self.sys_manager {
+            Some(m) => Ok(m.as_ref()),
+            None => Err("no system manager".into()),
+        }
+    }
+
+    /// Where a run's files are: root's state dir for a privileged run.
+    fn paths_of(&self, r: &RunRecord) -> plan::RunPaths {
+        match (&self.privileged, r.privileged) {
+            (Some(pc), true) => plan::paths(&pc.state_dir, &r.run_id),
+            _ => plan::paths(&self.state_dir, &r.run_id),
+        }
+    }
+
+    /// The admin's current grants and the system manager's controllers (read for every
+    /// decision: `pack trust --privileged` takes effect without a reload).
+    fn privileged_host(&self) -> Option<plan::PrivilegedHost> {
+        let pc = self.privileged.as_ref()?;
+        let packs = self.packs.read().ok()?;
+        let grants = packs
+            .iter()
+            .filter_map(|p| {
+                let g = outpost_pack::store::privileged_grant(
+                    &pc.root,
+                    &pc.config_dir,
+                    &p.name,
+                    rustix::process::geteuid().as_raw(),
+                );
+                match g {
+                    Ok(Some(sha)) => Some((p.name.clone(), sha)),
+                    _ => None,
+                }
+            })
+            .collect();
+        Some(plan::PrivilegedHost {
+            state_dir: pc.state_dir.clone(),
+            grants,
+            controllers: read_controllers("/"),
+            cgroup: "/".into(),
+        })
     }
 
     fn save(&self, r: &RunRecord) {
@@ -373,6 +450,7 @@ impl Runs {
             log_sent: 0,
             result: None,
             hub_state: None,
+            privileged: false,
         };
         if let Err(e) = outpost_core::atomic::create_dirs(&paths.work, 0o700, None) {
             log::error(
@@ -417,6 +495,7 @@ impl Runs {
     fn settle(&mut self, r: &mut RunRecord) {
         match self.decide(r) {
             Ok(p) => {
+                r.privileged = p.privileged;
                 r.log_cap = p.log_cap;
                 r.max_concurrency = p.max_concurrency.max(1);
                 r.timeout_secs = timeout_of(&p);
@@ -435,11 +514,14 @@ impl Runs {
             lease_secs: 0,
         };
         let packs = Arc::clone(&self.packs);
+        let privileged = self.privileged_host();
         let (_, host) = self.manager()?;
+        let mut host = host.clone();
+        host.privileged = privileged;
         let packs = packs
             .read()
             .map_err(|_| "the pack catalog is unavailable".to_string())?;
-        match plan::decide(&offer, &packs, host) {
+        match plan::decide(&offer, &packs, &host) {
             Decision::Start(p) => Ok(*p),
             Decision::Reject(why) => Err(why),
         }
@@ -464,7 +546,7 @@ impl Runs {
                 r.event("cancel_requested", now(), data(&[("reason", why)]));
                 self.save(&r);
                 let unit = r.unit.clone();
-                if let Ok((m, _)) = self.manager() {
+                if let Ok(m) = self.manager_of(r.privileged) {
                     if let Err(e) = m.stop_nowait(&unit) {
                         log::warn(&format!("runs: cannot stop {unit}: {e}"), &e.hint());
                     }
@@ -477,7 +559,7 @@ impl Runs {
 
     /// Record the run's end (before delivering it).
     fn finish(&mut self, r: &mut RunRecord, e: plan::Ending) {
-        let log_bytes = log_size(&self.state_dir, &r.run_id).min(r.log_cap);
+        let log_bytes = log_size(&self.paths_of(r).log).min(r.log_cap);
         let outcome = e.outcome;
         r.result = Some(RunResult {
             outcome,
@@ -545,9 +627,22 @@ impl Runs {
             Err(why) => return self.finish(r, rejected(why)),
         };
         // The unit may already exist: a previous agent started it and stopped before saying so.
+        r.privileged = p.privileged;
         r.phase = Phase::Started;
         r.started_at = Some(now());
         self.save(r);
+        if p.privileged {
+            if let Err(why) = self.start_privileged(r) {
+                return self.finish(r, rejected(why));
+            }
+            r.event("started", now(), data(&[("unit", &p.unit), ("as", "root")]));
+            self.save(r);
+            let _ = self.journal.append(
+                kind::RUN_STARTED,
+                serde_json::json!({"run": r.run_id, "pack": r.pack, "action": r.action, "unit": p.unit, "privileged": true}),
+            );
+            return;
+        }
         let result = match self.manager() {
             Ok((m, _)) => m.start_transient_unit(&p.unit, &p.props),
             Err(why) => return self.finish(r, rejected(why)),
@@ -568,10 +663,55 @@ impl Runs {
         );
     }
 
+    /// Ask root to start a privileged run: the request into the run's directory, then the
+    /// template instance, whose job ends once root has admitted (and started) the run or
+    /// refused it (the reason in root's `runs/<id>/refused`).
+    fn start_privileged(&mut self, r: &RunRecord) -> Result<(), String> {
+        let req = super::privileged::Request {
+            run_id: r.run_id.clone(),
+            pack: r.pack.clone(),
+            sha256: r.sha256.clone(),
+            action: r.action.clone(),
+            params: r.params.clone(),
+        };
+        let path = plan::paths(&self.state_dir, &r.run_id)
+            .dir
+            .join(super::privileged::REQUEST_FILE);
+        let bytes =
+            serde_json::to_vec(&req).map_err(|e| format!("cannot encode the request: {e}"))?;
+        outpost_core::atomic::write_atomic(&path, &bytes, 0o600, None)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let refused = self.paths_of(r).dir.join(super::privileged::REFUSED_FILE);
+        let inst = super::privileged::instance(&r.run_id);
+        let m = self.manager_of(true)?;
+        let started = m.start_unit(&inst);
+        // The instance is done either way (a oneshot); a failed one would stay listed.
+        let _ = m.reset_failed(&inst);
+        match started {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let why = outpost_core::trust::read_untrusted(&refused, Some(0), 4096)
+                    .ok()
+                    .flatten()
+                    .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+                    .filter(|s| !s.is_empty());
+                if let SvcError::Connect { .. } | SvcError::Call { .. } = e {
+                    self.sys_manager = None;
+                }
+                Err(match why {
+                    Some(w) => format!("refused by root: {w}"),
+                    None => {
+                        format!("the privileged helper failed: {e}; see `journalctl -u {inst}`")
+                    }
+                })
+            }
+        }
+    }
+
     fn watch(&mut self, r: &mut RunRecord) {
         let unit = r.unit.clone();
-        let st = match self.manager() {
-            Ok((m, _)) => m.unit_status(&unit),
+        let st = match self.manager_of(r.privileged) {
+            Ok(m) => m.unit_status(&unit),
             Err(_) => return,
         };
         let st = match st {
@@ -581,7 +721,7 @@ impl Runs {
         if let Some(end) = plan::ending(&st, r.cancel.as_deref(), r.timeout_secs) {
             return self.finish(r, end);
         }
-        let size = log_size(&self.state_dir, &r.run_id);
+        let size = log_size(&self.paths_of(r).log);
         if size > r.log_cap && r.cancel.is_none() {
             let why = format!(
                 "log_limit: the log passed limits.log_size ({} bytes)",
@@ -590,7 +730,7 @@ impl Runs {
             r.cancel = Some(why.clone());
             r.event("log_limit", now(), data(&[("reason", &why)]));
             self.save(r);
-            if let Ok((m, _)) = self.manager() {
+            if let Ok(m) = self.manager_of(r.privileged) {
                 let _ = m.stop_nowait(&unit);
             }
         }
@@ -648,7 +788,7 @@ impl Runs {
         self.save(r);
         // Let the manager forget the unit (it stayed loaded for its result).
         let unit = r.unit.clone();
-        if let Ok((m, _)) = self.manager() {
+        if let Ok(m) = self.manager_of(r.privileged) {
             let _ = m.stop_nowait(&unit);
             let _ = m.reset_failed(&unit);
         }
@@ -656,8 +796,8 @@ impl Runs {
 
     /// Send what the hub lacks of the log (up to the cap). True when it has everything.
     fn upload_log(&mut self, r: &mut RunRecord) -> bool {
-        let path = plan::paths(&self.state_dir, &r.run_id).log;
-        let size = log_size(&self.state_dir, &r.run_id);
+        let path = self.paths_of(r).log;
+        let size = log_size(&path);
         let end = size.min(r.log_cap);
         let mut sent_now = 0u64;
         while r.log_sent < end && sent_now < LOG_PER_TICK {
@@ -711,8 +851,8 @@ fn timeout_of(p: &plan::UnitPlan) -> u64 {
         .unwrap_or(0)
 }
 
-fn log_size(state_dir: &std::path::Path, id: &str) -> u64 {
-    std::fs::symlink_metadata(plan::paths(state_dir, id).log)
+fn log_size(log: &std::path::Path) -> u64 {
+    std::fs::symlink_metadata(log)
         .map(|m| if m.is_file() { m.len() } else { 0 })
         .unwrap_or(0)
 }
@@ -742,7 +882,7 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// The controllers listed in `/sys/fs/cgroup<cgroup>/cgroup.controllers` (none on cgroup v1
 /// or when unreadable).
-fn read_controllers(cgroup: &str) -> std::collections::BTreeSet<String> {
+pub fn read_controllers(cgroup: &str) -> std::collections::BTreeSet<String> {
     if cgroup.is_empty() {
         return Default::default();
     }

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod engine;
 pub mod plan;
+pub mod privileged;
 pub mod record;
 
-pub use engine::{Engine, EngineConfig};
+pub use engine::{Engine, EngineConfig, PrivilegedConfig};

@@ -49,6 +49,23 @@ pub struct Host {
     pub controllers: BTreeSet<String>,
     /// That manager's cgroup (named in rejections).
     pub cgroup: String,
+    /// Where privileged actions can run: `None` where they cannot (user mode, or a system
+    /// install without the root-owned template).
+    pub privileged: Option<PrivilegedHost>,
+}
+
+/// What a privileged run gets: root's files, root's manager, the admin's grants.
+#[derive(Debug, Clone, Default)]
+pub struct PrivilegedHost {
+    /// Root's state dir: privileged runs live in `runs/<id>/` there (root-owned, the log
+    /// readable by the service user's group).
+    pub state_dir: PathBuf,
+    /// The host admin's grants (`sudo outpost pack trust NAME --privileged`): pack name →
+    /// the tree hash it was granted at.
+    pub grants: BTreeMap<String, String>,
+    /// The controllers of the system manager (privileged runs are its units).
+    pub controllers: BTreeSet<String>,
+    pub cgroup: String,
 }
 
 /// Where a run's files are.
@@ -83,6 +100,9 @@ pub struct UnitPlan {
     /// Bytes of log uploaded at most; past it the run is stopped (`log_limit`).
     pub log_cap: u64,
     pub max_concurrency: u32,
+    /// A privileged action: root starts the unit (in the system manager) after checking the
+    /// request against the root-owned pack; its files are in root's state dir.
+    pub privileged: bool,
 }
 
 /// What to do with an offer.
@@ -123,15 +143,31 @@ fn plan(offer: &RunOffer, packs: &[Pack], host: &Host) -> Result<UnitPlan, Strin
     let action = pack
         .action(&offer.action)
         .ok_or_else(|| format!("pack {} has no action {}", pack.name, offer.action))?;
-    if action.privileged {
-        return Err(format!(
-            "action {}/{} is privileged: this agent runs actions as its service user only",
-            pack.name, action.id
-        ));
-    }
-    enforceable(action, host)?;
+    let (state_dir, controllers, cgroup) = match (&host.privileged, action.privileged) {
+        (_, false) => (&host.state_dir, &host.controllers, &host.cgroup),
+        (None, true) => {
+            return Err(format!(
+                "action {}/{} is privileged: this agent runs actions as its service user only (privileged actions need a system-mode install, whose root-owned {} admits them)",
+                pack.name, action.id, outpost_core::layout::files::PRIVILEGED_TEMPLATE
+            ))
+        }
+        (Some(ph), true) => {
+            if ph.grants.get(&pack.name) != Some(&pack.sha256) {
+                return Err(format!(
+                    "action {}/{} is privileged and this host's admin has not granted pack {} privileged actions at hash {}: `sudo outpost pack trust {} --privileged` on the host, after reviewing it",
+                    pack.name,
+                    action.id,
+                    pack.name,
+                    short(&pack.sha256),
+                    pack.name
+                ));
+            }
+            (&ph.state_dir, &ph.controllers, &ph.cgroup)
+        }
+    };
+    enforceable(action, controllers, cgroup)?;
     let inv = action.invocation(&pack.root, &offer.params)?;
-    let paths = paths(&host.state_dir, &offer.run_id);
+    let paths = paths(state_dir, &offer.run_id);
     let mut env = vec![
         format!("PATH={RUN_PATH}"),
         "LANG=C.UTF-8".to_string(),
@@ -199,10 +235,10 @@ fn plan(offer: &RunOffer, packs: &[Pack], host: &Host) -> Result<UnitPlan, Strin
     if let Some(t) = action.limits.tasks {
         props.push(("TasksMax".into(), PropValue::U64(u64::from(t))));
     }
-    if host.controllers.contains("cpu") {
+    if controllers.contains("cpu") {
         props.push(("CPUWeight".into(), PropValue::U64(WEIGHT)));
     }
-    if host.controllers.contains("io") {
+    if controllers.contains("io") {
         props.push(("IOWeight".into(), PropValue::U64(WEIGHT)));
     }
     Ok(UnitPlan {
@@ -211,12 +247,17 @@ fn plan(offer: &RunOffer, packs: &[Pack], host: &Host) -> Result<UnitPlan, Strin
         props,
         log_cap: action.limits.log_bytes,
         max_concurrency: action.max_concurrency,
+        privileged: action.privileged,
     })
 }
 
 /// Every limit of `action` needs its controller delegated to the runs' manager; one that
 /// would be silently ignored rejects the run.
-fn enforceable(action: &Action, host: &Host) -> Result<(), String> {
+fn enforceable(
+    action: &Action,
+    controllers: &BTreeSet<String>,
+    cgroup: &str,
+) -> Result<(), String> {
     let l = &action.limits;
     let needs = [
         ("memory", l.memory_bytes.is_some(), "memory"),
@@ -224,11 +265,11 @@ fn enforceable(action: &Action, host: &Host) -> Result<(), String> {
         ("tasks", l.tasks.is_some(), "pids"),
     ];
     for (limit, set, controller) in needs {
-        if set && !host.controllers.contains(controller) {
-            let cg = if host.cgroup.is_empty() {
+        if set && !controllers.contains(controller) {
+            let cg = if cgroup.is_empty() {
                 "its cgroup".to_string()
             } else {
-                host.cgroup.clone()
+                cgroup.to_string()
             };
             return Err(format!(
                 "limits.{limit} cannot be enforced on this host: the {controller} controller is not delegated to the service manager that runs actions ({cg}); enable it (cgroup v2 with {controller} delegated to user@.service) or remove the limit from the pack"
@@ -408,7 +449,87 @@ privileged = true
                 .collect(),
             controllers: controllers.iter().map(|c| c.to_string()).collect(),
             cgroup: "/user.slice/user-999.slice/user@999.service".into(),
+            privileged: None,
         }
+    }
+
+    #[test]
+    fn privileged_actions_need_the_template_and_the_admins_grant() {
+        let d = tempfile::tempdir().unwrap();
+        let p = pack(d.path(), TOML);
+        let grants = |sha: &str| PrivilegedHost {
+            state_dir: "/var/lib/outpost".into(),
+            grants: [("demo".to_string(), sha.to_string())].into(),
+            controllers: Default::default(),
+            cgroup: "/".into(),
+        };
+        // (what, privileged host, action, Ok(log dir) or Err(substring))
+        let cases: Vec<(&str, Option<PrivilegedHost>, &str, Result<&str, &str>)> = vec![
+            ("user mode", None, "root", Err("service user only")),
+            (
+                "not granted",
+                Some(PrivilegedHost::default()),
+                "root",
+                Err("sudo outpost pack trust demo --privileged"),
+            ),
+            (
+                "granted at another hash",
+                Some(grants(&"0".repeat(64))),
+                "root",
+                Err("has not granted"),
+            ),
+            (
+                "granted",
+                Some(grants(&p.sha256)),
+                "root",
+                Ok("/var/lib/outpost/runs/r_0123"),
+            ),
+            (
+                "unprivileged action stays the service user's",
+                Some(grants(&p.sha256)),
+                "hello",
+                Ok("/var/lib/outpost/agent/runs/r_0123"),
+            ),
+            (
+                "limits need the system manager's controllers",
+                Some(grants(&p.sha256)),
+                "capped",
+                Err("limits.memory"),
+            ),
+        ];
+        for (what, ph, action, want) in cases {
+            let mut h = host(&[]);
+            h.privileged = ph;
+            let params: &[(&str, &str)] = if action == "hello" {
+                &[("who", "bob")]
+            } else {
+                &[]
+            };
+            match (
+                decide(&offer(&p, action, params), std::slice::from_ref(&p), &h),
+                want,
+            ) {
+                (Decision::Start(plan), Ok(dir)) => {
+                    assert_eq!(plan.paths.dir, Path::new(dir), "{what}");
+                    assert_eq!(plan.privileged, action == "root", "{what}");
+                }
+                (Decision::Reject(why), Err(sub)) => {
+                    assert!(why.contains(sub), "{what}: {why}");
+                }
+                (got, want) => panic!("{what}: got {got:?}, want {want:?}"),
+            }
+        }
+        // A grant for another pack of the same hash grants nothing.
+        let mut h = host(&[]);
+        h.privileged = Some(PrivilegedHost {
+            grants: [("other".to_string(), p.sha256.clone())].into(),
+            ..grants(&p.sha256)
+        });
+        h.privileged.as_mut().unwrap().grants.remove("demo");
+        assert!(matches!(
+            decide(&offer(&p, "root", &[]), std::slice::from_ref(&p), &h),
+            Decision::Reject(_)
+        ));
     }
 
     fn prop<'a>(p: &'a UnitPlan, name: &str) -> Option<&'a PropValue> {

@@ -61,6 +61,10 @@ pub struct RunRecord {
     /// The hub's final state (`succeeded`, …) once the result is delivered.
     #[serde(default)]
     pub hub_state: Option<String>,
+    /// A privileged action: its unit is root's (system manager), its log in root's state
+    /// dir (`plan::PrivilegedHost::state_dir`).
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 impl RunRecord {
@@ -185,6 +189,7 @@ mod tests {
             log_sent: 0,
             result: None,
             hub_state: None,
+            privileged: false,
         }
     }
 
