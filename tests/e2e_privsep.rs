@@ -30,10 +30,7 @@ fn release(name: &str) -> Release {
     r
 }
 
-/// Single-quote for `sh -c`.
-fn q(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
+use support::shell_quote as q;
 
 /// Run `script` as the service user, outside the unit (so only file permissions stand in
 /// the way, not the unit's sandbox).

@@ -413,3 +413,189 @@ fn e2e_runs_system_mode() {
     assert!(o.stderr.contains("run it with sudo"), "{o:?}");
     host_cli(&c, "alice", "sudo ");
 }
+
+/// Run `script` as the service user, as a compromised agent would.
+fn as_agent(c: &Container, script: &str) -> support::Output {
+    c.sh(&format!(
+        "runuser -u outpost -- /bin/sh -c {}",
+        support::shell_quote(script)
+    ))
+}
+
+/// Write a request into the agent's run dir (as the agent) and start the template for it.
+fn forge(c: &Container, id: &str, request: &str) -> (support::Output, String) {
+    let dir = format!("/var/lib/outpost/agent/runs/{id}");
+    let o = as_agent(
+        c,
+        &format!(
+            "mkdir -p {dir} && printf '%s' {} > {dir}/privileged.json && systemctl --no-ask-password start outpost-run-privileged@{id}.service",
+            support::shell_quote(request)
+        ),
+    );
+    let refused = c
+        .sh(&format!("cat /var/lib/outpost/runs/{id}/refused"))
+        .stdout;
+    (o, refused)
+}
+
+fn unit_gone(c: &Container, id: &str) -> bool {
+    c.must_sh(&format!(
+        "systemctl show -p LoadState --value outpost-run-{id}.service"
+    ))
+    .trim()
+        == "not-found"
+}
+
+/// Privileged actions: root only after the host's trust, through the root-owned template
+/// that re-validates every request; the service user gains nothing else from it.
+#[test]
+fn e2e_runs_privileged() {
+    let Some(c) = support::boot_with_binary("runs-priv") else {
+        return;
+    };
+    let hub = Hub::start("runs-priv", 1);
+    let journal = "journalctl -u outpost.service --no-pager -o cat | tail -40";
+    let s = enroll_and_trust(&c, hub, journal, &|key, url| {
+        c.exec_with_stdin(&["bash", "-c", "umask 077; cat > /run/k"], key.as_bytes());
+        c.must_sh(&format!(
+            "OUTPOST_ENROLL_KEY_FILE=/run/k {BIN} install --hub {url} && rm /run/k"
+        ));
+        write_pack(&c, "/root/src", "root");
+        c.must_sh(&format!("{BIN} pack install /root/src"));
+    });
+    c.must_sh("printf 'ALLOWED_VAR=yes-allowed\\nSECRET_VAR=no\\n' >> /etc/outpost/outpost.env && systemctl restart outpost.service");
+    let t = c.must_sh("stat -c '%U %a' /etc/systemd/system/outpost-run-privileged@.service");
+    assert_eq!(t.trim(), "root 644", "the template is root's");
+
+    // 1. Before the host's admin trusts it: rejected with what to do.
+    let id = start(&s.hub, &s.agent, "e2e/whoami", &["tag=before"]);
+    let r = wait_final(&s, &id, 30);
+    assert_eq!(r["state"], "rejected", "{r}");
+    let why = r["reason"].as_str().unwrap();
+    assert!(
+        why.contains("sudo outpost pack trust e2e --privileged"),
+        "{why}"
+    );
+
+    // 2. After `pack trust --privileged`: root, with the clean environment.
+    c.must_sh(&format!("{BIN} pack trust e2e --privileged"));
+    let id = start(&s.hub, &s.agent, "e2e/whoami", &["tag=after"]);
+    let r = wait_final(&s, &id, 30);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let log = hub_log(&s.hub, &id);
+    assert!(
+        log.contains(&format!(
+            "uid=0 tag=after dir=/var/lib/outpost/runs/{id}/work allowed=yes-allowed"
+        )),
+        "{log}"
+    );
+    for n in env_names(&log) {
+        assert!(ALLOWED_NAMES.contains(&n.as_str()), "{n} leaked: {log}");
+    }
+    let st = c.must_sh(&format!("stat -c '%U %G %a' /var/lib/outpost/runs/{id}"));
+    assert_eq!(st.trim(), "root outpost 750", "root's run dir");
+    let local = c.must_sh(&format!("{BIN} runs logs {id}"));
+    assert!(local.contains("uid=0 tag=after"), "{local}");
+    let j = c.must_sh("grep -c privileged_run_started /var/lib/outpost/events.jsonl");
+    assert_eq!(j.trim(), "1", "root's journal has the admission");
+
+    // 3. Cancel of a root run: the agent may stop the run's unit (polkit), and does.
+    let nap = start(&s.hub, &s.agent, "e2e/rootnap", &[]);
+    wait_run(&s, &nap, 30, |r| r["state"] == "running");
+    let pid = c.must_sh(&format!(
+        "systemctl show -p MainPID --value outpost-run-{nap}.service"
+    ));
+    let owner = c.must_sh(&format!("ps -o user= -p {}", pid.trim()));
+    assert_eq!(owner.trim(), "root", "{pid}");
+    assert!(s.hub.cli(&["cancel", &nap]).status.success());
+    let r = wait_final(&s, &nap, 40);
+    assert_eq!(r["state"], "canceled", "{r}");
+
+    // 4. What a compromised agent (the service user) can make root do: nothing else.
+    let packs: Vec<serde_json::Value> =
+        serde_json::from_slice(&s.hub.cli(&["packs", "--json"]).stdout).unwrap();
+    let sha = packs
+        .iter()
+        .find(|p| p["name"] == "e2e")
+        .and_then(|p| p["sha256"].as_str())
+        .map(String::from)
+        .expect("the pack's hash");
+    let req = |id: &str, action: &str, params: &str| {
+        format!(
+            r#"{{"run_id":"{id}","pack":"e2e","sha256":"{sha}","action":"{action}","params":{params}}}"#
+        )
+    };
+    // a valid request runs (the path itself works for the service user) ...
+    let (o, refused) = forge(&c, "forge0", &req("forge0", "whoami", r#"{"tag":"ok"}"#));
+    assert!(o.success(), "{o:?} {refused}");
+    // ... an unprivileged action through root's path does not
+    let (o, refused) = forge(&c, "forge1", &req("forge1", "hello", r#"{"who":"x"}"#));
+    assert!(!o.success(), "{o:?}");
+    assert!(refused.contains("is not privileged"), "{refused}");
+    assert!(unit_gone(&c, "forge1"));
+    // a parameter outside the action's schema
+    let (o, refused) = forge(&c, "forge2", &req("forge2", "whoami", r#"{"tag":"x; id"}"#));
+    assert!(!o.success(), "{o:?}");
+    assert!(refused.contains("parameter tag"), "{refused}");
+    assert!(unit_gone(&c, "forge2"));
+    // another hash than the granted one
+    let bad = req("forge3", "whoami", r#"{"tag":"x"}"#).replace(&sha, &"0".repeat(64));
+    let (o, refused) = forge(&c, "forge3", &bad);
+    assert!(!o.success(), "{o:?}");
+    assert!(refused.contains("drifted"), "{refused}");
+    // unit properties smuggled into the request
+    let valid = req("forge4", "whoami", r#"{"tag":"x"}"#);
+    let smuggled = format!(
+        r#"{},"props":{{"ExecStart":"/bin/sh"}}}}"#,
+        valid.strip_suffix('}').unwrap()
+    );
+    let (o, refused) = forge(&c, "forge4", &smuggled);
+    assert!(!o.success(), "{o:?}");
+    assert!(refused.contains("unknown field"), "{refused}");
+    // a request that is a link to a root-owned file with a valid request in it
+    c.must_sh(&format!(
+        "printf '%s' {} > /etc/outpost/planted.json",
+        support::shell_quote(&req("forge5", "whoami", r#"{"tag":"x"}"#))
+    ));
+    let o = as_agent(
+        &c,
+        "mkdir -p /var/lib/outpost/agent/runs/forge5 && ln -s /etc/outpost/planted.json /var/lib/outpost/agent/runs/forge5/privileged.json && systemctl --no-ask-password start outpost-run-privileged@forge5.service",
+    );
+    assert!(!o.success(), "{o:?}");
+    assert!(unit_gone(&c, "forge5"));
+    let refused = c.must_sh("cat /var/lib/outpost/runs/forge5/refused");
+    assert!(
+        refused.contains("link") || refused.contains("symbolic"),
+        "{refused}"
+    );
+    // a run id admitted twice
+    let o = as_agent(
+        &c,
+        &format!("systemctl --no-ask-password start outpost-run-privileged@{id}.service"),
+    );
+    assert!(!o.success(), "replayed: {o:?}");
+    // no transient unit of its own, no other unit's stop, no other instance name
+    c.must_sh("printf '[Service]\\nExecStart=/bin/sleep infinity\\n' > /etc/systemd/system/victim.service && systemctl daemon-reload && systemctl start victim.service");
+    for attack in [
+        "systemd-run --no-ask-password --unit=evil /bin/touch /evil",
+        "systemd-run --no-ask-password --unit=outpost-run-evil /bin/touch /evil",
+        "systemctl --no-ask-password stop victim.service",
+        "systemctl --no-ask-password start outpost-run-forge1.service",
+        "systemctl --no-ask-password start 'outpost-run-privileged@a\\x2fb.service'",
+        "systemctl --no-ask-password restart outpost-run-privileged@forge6.service",
+        "systemctl --no-ask-password kill victim.service",
+        "systemctl --no-ask-password disable outpost.service",
+        "systemctl --no-ask-password daemon-reload",
+    ] {
+        let o = as_agent(&c, attack);
+        assert!(!o.success(), "{attack}: {o:?}");
+        assert!(
+            o.stderr.contains("Interactive authentication required"),
+            "{attack}: polkit said no: {o:?}"
+        );
+    }
+    assert!(c.sh("test -e /evil").code() == Some(1), "/evil was created");
+    c.must_sh("systemctl is-active victim.service");
+    let j = c.must_sh("grep -c privileged_run_refused /var/lib/outpost/events.jsonl");
+    assert!(j.trim().parse::<u32>().unwrap() >= 5, "{j}");
+}

@@ -37,6 +37,11 @@ use std::sync::OnceLock;
 const DEFAULT_CMD_TIMEOUT: u64 = 600;
 
 /// Result of a command run in (or against) a container.
+/// Single-quote `s` for `sh -c`.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
 #[derive(Clone)]
 pub struct Output {
     pub status: ExitStatus,

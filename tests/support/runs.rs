@@ -84,6 +84,30 @@ description = "a CPU limit"
 command = ["/bin/true"]
 [action.limits]
 cpu = "50%"
+
+[[action]]
+id = "whoami"
+description = "print who it runs as (privileged: root, after the host's trust)"
+command = ["bin/whoami.sh", "{{tag}}"]
+env = ["ALLOWED_VAR"]
+privileged = true
+[[action.param]]
+name = "tag"
+type = "string"
+pattern = "[a-z]+"
+max_len = 8
+required = true
+
+[[action]]
+id = "rootnap"
+description = "sleep as root (privileged; canceled by the agent)"
+command = ["/bin/sleep", "60"]
+privileged = true
+EOF
+cat > {dir}/bin/whoami.sh <<'EOF'
+#!/bin/sh
+echo "uid=$(id -u) tag=$1 dir=$OUTPOST_RUN_DIR allowed=$ALLOWED_VAR"
+env | cut -d= -f1 | sort | sed 's/^/ENV /'
 EOF
 cat > {dir}/bin/hello.sh <<'EOF'
 #!/bin/sh
