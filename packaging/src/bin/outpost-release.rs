@@ -1,8 +1,8 @@
 //! outpost-release: make, sign, publish, bundle and verify outpost releases.
 //! The release format is documented in docs/RELEASES.md.
 use clap::{Parser, Subcommand};
-use outpost_release::tools::{self, BuildInput, PublishOptions, Signer};
 use outpost_release::packtools::{self, PackBuildOptions};
+use outpost_release::tools::{self, BuildInput, PublishOptions, Signer};
 use outpost_release::{bundle, Error, Source, TrustedKeys};
 use std::io::IsTerminal;
 use std::path::PathBuf;
