@@ -551,7 +551,8 @@ mod tests {
     #[test]
     fn refusals_table() {
         type Setup = fn(&Fx) -> Option<TrustedKeys>;
-        let cases: &[(&str, Setup, fn(&Error) -> bool)] = &[
+        type Want = fn(&Error) -> bool;
+        let cases: &[(&str, Setup, Want)] = &[
             (
                 "tampered manifest",
                 |f| {
