@@ -140,7 +140,7 @@ impl Error {
                 _ => "check the path and free disk space, then try again".into(),
             },
             Error::Http { .. } => "check the release URL, the network and any HTTPS_PROXY/NO_PROXY settings (and ca_file for a private CA), then try again".into(),
-            Error::NotFound { .. } => "check the release URL or path: it must be the release root that holds manifest.json".into(),
+            Error::NotFound { .. } => "check the release URL or path: it must be the release root that holds manifest.json (for a pack release: the site's packs/NAME)".into(),
             Error::TooLarge { .. } | Error::SizeMismatch { .. } | Error::ShaMismatch { .. } => {
                 "the download is damaged or was tampered with: nothing was installed; try again or use another mirror".into()
             }

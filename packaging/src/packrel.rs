@@ -100,7 +100,7 @@ impl PackManifest {
     pub fn parse(bytes: &[u8], location: &str) -> Result<PackManifest> {
         let m: PackManifest = serde_json::from_slice(bytes).map_err(|e| Error::Manifest {
             location: location.to_string(),
-            detail: format!("not a pack manifest: {e}"),
+            detail: format!("not a pack manifest (a pack release is the site's packs/NAME): {e}"),
         })?;
         m.validate(location)?;
         Ok(m)
