@@ -333,8 +333,9 @@ fn release_tool(args: &[&str], cwd: &std::path::Path) -> String {
 /// Signed pack releases (docs/PACKS.md): built and published with `outpost-release pack
 /// build` into the hub's release dir, installed over loopback http with `sudo outpost pack
 /// install URL` in system mode, verified with the host's trusted release key (config
-/// `[release] public_keys`); a tampered tarball, an edited manifest and a bundle signed by
-/// an unknown key are refused with exit 1, an `error:` + `hint:` pair and nothing changed.
+/// `[release] public_keys`); a tampered tarball, an edited manifest, a bundle signed by an
+/// unknown key and a replayed older manifest are refused with exit 1, an `error:` + `hint:`
+/// pair and nothing changed; the bundle and a pinned older version install.
 #[test]
 fn e2e_pack_release_from_the_hub_and_refusals() {
     let Some(c) = boot("packs-rel") else { return };
@@ -477,4 +478,45 @@ fn e2e_pack_release_from_the_hub_and_refusals() {
     let list: serde_json::Value =
         serde_json::from_str(&c.must_sh(&format!("{BIN} pack list --json"))).unwrap();
     assert_eq!(list[0]["sha256"], tree.as_str(), "{list}");
+
+    // replay guard: once 1.1.0's newer manifest was installed, the old signed manifest is
+    // refused; pinning 1.0.0 from the current manifest is allowed
+    let sig_path = w.join("site/packs/demo/manifest.json.minisig");
+    let old_manifest = std::fs::read(&mpath).unwrap();
+    let old_sig = std::fs::read(&sig_path).unwrap();
+    let toml = std::fs::read_to_string(src.join("pack.toml")).unwrap();
+    std::fs::write(src.join("pack.toml"), toml.replace("1.0.0", "1.1.0")).unwrap();
+    release_tool(
+        &[
+            "pack",
+            "build",
+            "demo",
+            "--key",
+            "keys/outpost-release.key",
+            "--out",
+            "site",
+        ],
+        w,
+    );
+    let o = install(&url);
+    assert!(
+        o.success() && o.stdout.contains("pack demo 1.1.0 updated"),
+        "{o:?}"
+    );
+    let newer = std::fs::read(&mpath).unwrap();
+    let newer_sig = std::fs::read(&sig_path).unwrap();
+    std::fs::write(&mpath, &old_manifest).unwrap();
+    std::fs::write(&sig_path, &old_sig).unwrap();
+    let before = pack_state(&c);
+    let o = install(&url);
+    refused(&o, 1, "replayed manifest");
+    assert!(o.stderr.contains("older than"), "{o:?}");
+    assert_eq!(pack_state(&c), before);
+    std::fs::write(&mpath, &newer).unwrap();
+    std::fs::write(&sig_path, &newer_sig).unwrap();
+    let o = install(&format!("{url} --version 1.0.0"));
+    assert!(
+        o.success() && o.stdout.contains("pack demo 1.0.0 updated"),
+        "{o:?}"
+    );
 }
