@@ -70,7 +70,7 @@ main() {
   # multi-step operation must survive anyway (upgrade record + resolution, idempotent install).
   # outpost-hub keeps unwinding, so one failing request cannot take the control plane down.
   CARGO_PROFILE_RELEASE_PANIC=abort cargo build --release --locked --target "$target" -p outpost >&2
-  local bin="target/$target/release/outpost"
+  local bin="${CARGO_TARGET_DIR:-target}/$target/release/outpost"
   check_static "$bin"
   if [ "$target" = aarch64-unknown-linux-musl ]; then
     need_tool qemu-aarch64-static qemu-user-static

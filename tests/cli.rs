@@ -229,3 +229,33 @@ fn agent_run_refuses_a_bad_config_with_exit_2() {
         .code(2);
     assert_error_shape(&a.get_output().stderr);
 }
+
+#[test]
+fn pack_install_refuses_bad_release_sources_before_looking_for_an_install() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = d.path().join("missing.tar");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--bundle".into(), missing.display().to_string()],
+            "is not a file",
+        ),
+        (vec!["github:o/r".into()], "not from github releases"),
+        (vec!["ftp://h/packs/demo".into()], "only https://"),
+        (vec![], "required"),
+    ];
+    for (args, want) in cases {
+        let before = listing(d.path());
+        let a = outpost()
+            .env("OUTPOST_ROOT", d.path())
+            .args(["pack", "install"])
+            .args(&args)
+            .assert()
+            .code(2);
+        let err = String::from_utf8_lossy(&a.get_output().stderr).to_lowercase();
+        assert!(err.contains(want), "{args:?}: {err}");
+        if !args.is_empty() {
+            assert_error_shape(&a.get_output().stderr);
+        }
+        assert_eq!(listing(d.path()), before, "{args:?} changed nothing");
+    }
+}

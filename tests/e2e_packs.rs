@@ -309,3 +309,214 @@ fn e2e_packs_reach_the_hub_pending_until_trusted() {
     assert_eq!(state("1.0.0"), Some("trusted".into()), "{p:?}");
     assert_eq!(state("1.1.0"), Some("pending".into()), "{p:?}");
 }
+
+/// The pack files root owns, and leftovers of a pack release install: what a refused
+/// install must leave as it was.
+fn pack_state(c: &Container) -> String {
+    c.must_sh(
+        "find /etc/outpost/packs /etc/outpost/privileged /var/lib/outpost/pack-release-replay \
+         2>/dev/null | sort; ls -d /tmp/outpost-pack-release-* 2>/dev/null; true",
+    )
+}
+
+fn release_tool(args: &[&str], cwd: &std::path::Path) -> String {
+    let tool = support::release::variants().join("outpost-release");
+    let o = std::process::Command::new(&tool)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run outpost-release");
+    assert!(o.status.success(), "outpost-release {args:?}: {o:?}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Signed pack releases (docs/PACKS.md): built and published with `outpost-release pack
+/// build` into the hub's release dir, installed over loopback http with `sudo outpost pack
+/// install URL` in system mode, verified with the host's trusted release key (config
+/// `[release] public_keys`); a tampered tarball, an edited manifest, a bundle signed by an
+/// unknown key and a replayed older manifest are refused with exit 1, an `error:` + `hint:`
+/// pair and nothing changed; the bundle and a pinned older version install.
+#[test]
+fn e2e_pack_release_from_the_hub_and_refusals() {
+    let Some(c) = boot("packs-rel") else { return };
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    release_tool(&["keygen", "--unencrypted", "--out", "keys"], w);
+    release_tool(&["keygen", "--unencrypted", "--out", "evil"], w);
+    let pubkey = std::fs::read_to_string(w.join("keys/outpost-release.pub")).unwrap();
+    let pubkey = pubkey.lines().nth(1).unwrap().trim().to_string();
+    let src = w.join("demo");
+    std::fs::create_dir_all(src.join("bin")).unwrap();
+    std::fs::write(
+        src.join("pack.toml"),
+        "[pack]\nname = \"demo\"\nversion = \"1.0.0\"\n\n[[action]]\nid = \"hello\"\ncommand = [\"bin/hello.sh\"]\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("bin/hello.sh"), "#!/bin/sh\necho hello\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        src.join("bin/hello.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let built = release_tool(
+        &[
+            "pack",
+            "build",
+            "demo",
+            "--key",
+            "keys/outpost-release.key",
+            "--out",
+            "site",
+            "--bundle",
+            "demo.tar",
+        ],
+        w,
+    );
+    let tree = built
+        .split("tree sha256 ")
+        .nth(1)
+        .and_then(|s| s.get(..64))
+        .unwrap_or_else(|| panic!("no tree hash: {built}"))
+        .to_string();
+    release_tool(
+        &[
+            "pack",
+            "build",
+            "demo",
+            "--key",
+            "evil/outpost-release.key",
+            "--out",
+            "evil-site",
+            "--bundle",
+            "evil.tar",
+        ],
+        w,
+    );
+    let hub = Hub::start_with("packrel", 5, Some(&w.join("site")), None);
+
+    c.must_sh(&format!("{BIN} install"));
+    c.must_sh(&format!(
+        "cat > /etc/outpost/config.toml <<'EOF'\n[release]\npublic_keys = [\"{pubkey}\"]\nEOF"
+    ));
+    let unit = "-u outpost.service";
+    wait_log(&c, unit, "catalog: 0 pack(s)");
+    c.cp_in(w.join("demo.tar"), "/root/demo.tar");
+    c.cp_in(w.join("evil.tar"), "/root/evil.tar");
+    let url = format!("{}/packs/demo", hub.url);
+    let install = |arg: &str| c.sh_as("alice", &format!("sudo {BIN} pack install {arg}"));
+    let before = pack_state(&c);
+
+    // a tampered tarball (same size): sha256 from the signed manifest
+    let tarball = w.join("site/packs/demo/v1.0.0/demo-1.0.0.tar.gz");
+    let good = std::fs::read(&tarball).unwrap();
+    let mut bad = good.clone();
+    let n = bad.len() / 2;
+    bad[n] ^= 0x20;
+    std::fs::write(&tarball, &bad).unwrap();
+    let o = install(&url);
+    refused(&o, 1, "tampered tarball");
+    assert!(o.stderr.contains("sha256 mismatch"), "{o:?}");
+    assert_eq!(pack_state(&c), before, "a refused install changes nothing");
+    std::fs::write(&tarball, &good).unwrap();
+
+    // an edited manifest: its signature
+    let mpath = w.join("site/packs/demo/manifest.json");
+    let manifest = std::fs::read_to_string(&mpath).unwrap();
+    std::fs::write(&mpath, manifest.replace("\"size\": ", "\"size\": 1")).unwrap();
+    let o = install(&url);
+    refused(&o, 1, "edited manifest");
+    assert!(o.stderr.contains("signature check failed"), "{o:?}");
+    assert_eq!(pack_state(&c), before);
+    std::fs::write(&mpath, &manifest).unwrap();
+
+    // a bundle signed by a key the host does not trust
+    let o = install("--bundle /root/evil.tar");
+    refused(&o, 1, "unknown key");
+    assert!(o.stderr.contains("not trusted"), "{o:?}");
+    assert_eq!(pack_state(&c), before);
+
+    // the genuine release over http: installed with the signed tree hash, agent reloaded
+    let o = install(&url);
+    assert!(o.success(), "{o:?}");
+    assert!(
+        o.stdout.contains("verified pack release demo 1.0.0"),
+        "{o:?}"
+    );
+    assert!(o.stdout.contains("pack demo 1.0.0 installed"), "{o:?}");
+    let list: serde_json::Value =
+        serde_json::from_str(&c.must_sh(&format!("{BIN} pack list --json"))).unwrap();
+    assert_eq!(list[0]["sha256"], tree.as_str(), "{list}");
+    assert_eq!(
+        c.must_sh("stat -c '%U %a' /etc/outpost/packs/demo/bin/hello.sh")
+            .trim(),
+        "root 755"
+    );
+    wait_log(&c, unit, "catalog: 1 pack(s), 1 action(s)");
+    let ev = c.must_sh(&format!("{BIN} events --json"));
+    assert!(ev.contains("\"pack_installed\""), "{ev}");
+    assert_eq!(
+        c.sh("ls -d /tmp/outpost-pack-release-*").code(),
+        Some(2),
+        "temp dir removed"
+    );
+    assert!(c
+        .must_sh("cat /var/lib/outpost/pack-release-replay/demo")
+        .trim()
+        .parse::<u64>()
+        .is_ok());
+
+    // the offline bundle installs the same tree (unchanged), after a remove anew
+    let o = install("--bundle /root/demo.tar");
+    assert!(o.success() && o.stdout.contains("unchanged"), "{o:?}");
+    c.must_sh(&format!("{BIN} pack remove demo"));
+    let o = install("/root/demo.tar");
+    assert!(
+        o.success() && o.stdout.contains("pack demo 1.0.0 installed"),
+        "{o:?}"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&c.must_sh(&format!("{BIN} pack list --json"))).unwrap();
+    assert_eq!(list[0]["sha256"], tree.as_str(), "{list}");
+
+    // replay guard: once 1.1.0's newer manifest was installed, the old signed manifest is
+    // refused; pinning 1.0.0 from the current manifest is allowed
+    let sig_path = w.join("site/packs/demo/manifest.json.minisig");
+    let old_manifest = std::fs::read(&mpath).unwrap();
+    let old_sig = std::fs::read(&sig_path).unwrap();
+    let toml = std::fs::read_to_string(src.join("pack.toml")).unwrap();
+    std::fs::write(src.join("pack.toml"), toml.replace("1.0.0", "1.1.0")).unwrap();
+    release_tool(
+        &[
+            "pack",
+            "build",
+            "demo",
+            "--key",
+            "keys/outpost-release.key",
+            "--out",
+            "site",
+        ],
+        w,
+    );
+    let o = install(&url);
+    assert!(
+        o.success() && o.stdout.contains("pack demo 1.1.0 updated"),
+        "{o:?}"
+    );
+    let newer = std::fs::read(&mpath).unwrap();
+    let newer_sig = std::fs::read(&sig_path).unwrap();
+    std::fs::write(&mpath, &old_manifest).unwrap();
+    std::fs::write(&sig_path, &old_sig).unwrap();
+    let before = pack_state(&c);
+    let o = install(&url);
+    refused(&o, 1, "replayed manifest");
+    assert!(o.stderr.contains("older than"), "{o:?}");
+    assert_eq!(pack_state(&c), before);
+    std::fs::write(&mpath, &newer).unwrap();
+    std::fs::write(&sig_path, &newer_sig).unwrap();
+    let o = install(&format!("{url} --version 1.0.0"));
+    assert!(
+        o.success() && o.stdout.contains("pack demo 1.0.0 updated"),
+        "{o:?}"
+    );
+}

@@ -14,6 +14,9 @@ pub mod files {
     pub const UPGRADE_RECORD_CORRUPT: &str = "upgrade.json.corrupt";
     /// The newest signed manifest timestamp seen (state dir): the replay guard.
     pub const RELEASE_REPLAY: &str = "release-replay";
+    /// The newest signed manifest timestamp seen per pack release, one file per pack name
+    /// (a directory in the state dir): the pack replay guard.
+    pub const PACK_RELEASE_REPLAY: &str = "pack-release-replay";
     /// The event journal (root's in the state dir, the agent's in the agent dir).
     pub const JOURNAL: &str = "events.jsonl";
     /// The agent's hub identity and token (agent dir).

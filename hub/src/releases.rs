@@ -1,7 +1,9 @@
 //! The release layout (docs/RELEASES.md) served from `--releases DIR`. Only these shapes
 //! exist: `/install.sh`, `/manifest.json`, `/manifest.json.minisig`,
 //! `/channels/{stable,beta}` and `/v{version}/{file}`; names with `..`, slashes or a leading
-//! dot are refused, and the resolved file must stay inside the directory.
+//! dot are refused, and the resolved file must stay inside the directory. Signed pack
+//! releases (docs/PACKS.md) live under `packs/NAME/`: `/packs/{name}/manifest.json`,
+//! `/packs/{name}/manifest.json.minisig` and `/packs/{name}/v{version}/{file}`.
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
@@ -32,6 +34,47 @@ pub fn routes() -> Router<Arc<Hub>> {
         )
         .route("/channels/{name}", get(channel))
         .route("/{dir}/{file}", get(versioned))
+        .route("/packs/{name}/{file}", get(pack_root_file))
+        // `{sha256}` is the version dir here: the path shape is shared with the dashboard's
+        // POST `/packs/{name}/{sha256}/trust`, and the router needs one name per position.
+        .route("/packs/{name}/{sha256}/{file}", get(pack_versioned))
+}
+
+/// `packs/NAME/FILE` for a pack release's root files, or `None`.
+pub fn pack_root_rel(name: &str, file: &str) -> Option<String> {
+    let root_file = file == "manifest.json" || file == "manifest.json.minisig";
+    (safe_name(name) && root_file).then(|| format!("packs/{name}/{file}"))
+}
+
+/// `packs/NAME/vV/FILE` for a pack release's versioned files, or `None`.
+pub fn pack_versioned_rel(name: &str, dir: &str, file: &str) -> Option<String> {
+    (safe_name(name) && version_dir(dir) && safe_name(file))
+        .then(|| format!("packs/{name}/{dir}/{file}"))
+}
+
+async fn pack_root_file(
+    s: State<Arc<Hub>>,
+    Path((name, file)): Path<(String, String)>,
+) -> Response {
+    match pack_root_rel(&name, &file) {
+        Some(rel) => serve(s, rel).await,
+        None => ApiError::not_found("no such path").into_response(),
+    }
+}
+
+async fn pack_versioned(
+    s: State<Arc<Hub>>,
+    Path((name, dir, file)): Path<(String, String, String)>,
+) -> Response {
+    match pack_versioned_rel(&name, &dir, &file) {
+        Some(rel) => serve(s, rel).await,
+        None => ApiError::not_found("no such path").into_response(),
+    }
+}
+
+/// Versioned files never change (a fix is a new version): cache them for a day.
+fn immutable(rel: &str) -> bool {
+    rel.starts_with('v') || (rel.starts_with("packs/") && rel.split('/').count() == 4)
 }
 
 /// A safe single path component: `[A-Za-z0-9._+-]`, not starting with a dot.
@@ -116,7 +159,7 @@ async fn serve(State(hub): State<Arc<Hub>>, rel: String) -> Response {
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
             r.headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            let cache = if rel.starts_with('v') {
+            let cache = if immutable(&rel) {
                 "public, max-age=86400, immutable"
             } else {
                 "no-cache"
@@ -144,6 +187,34 @@ mod tests {
         for bad in ["", ".", "..", ".hidden", "a/b", "a\\b", "..%2f", "a..b"] {
             assert!(!safe_name(bad), "{bad}");
         }
+        assert_eq!(
+            pack_root_rel("demo", "manifest.json").as_deref(),
+            Some("packs/demo/manifest.json")
+        );
+        assert_eq!(
+            pack_versioned_rel("demo", "v1.0.0", "demo-1.0.0.tar.gz").as_deref(),
+            Some("packs/demo/v1.0.0/demo-1.0.0.tar.gz")
+        );
+        for (name, file) in [
+            ("demo", "install.sh"),
+            ("..", "manifest.json"),
+            (".x", "manifest.json"),
+        ] {
+            assert_eq!(pack_root_rel(name, file), None, "{name}/{file}");
+        }
+        for (name, dir, file) in [
+            ("demo", "1.0.0", "f"),
+            ("demo", "v1.0.0", ".."),
+            ("..", "v1", "f"),
+        ] {
+            assert_eq!(
+                pack_versioned_rel(name, dir, file),
+                None,
+                "{name}/{dir}/{file}"
+            );
+        }
+        assert!(immutable("packs/demo/v1.0.0/demo-1.0.0.tar.gz") && immutable("v1.0.0/SHA256SUMS"));
+        assert!(!immutable("packs/demo/manifest.json") && !immutable("manifest.json"));
         assert_eq!(
             content_type("install.sh"),
             "text/x-shellscript; charset=utf-8"

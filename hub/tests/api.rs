@@ -563,6 +563,14 @@ fn release_files_are_served_and_traversal_refused() {
         [0x1f, 0x8b, 0, 1],
     )
     .unwrap();
+    std::fs::create_dir_all(r.join("packs/demo/v1.0.0")).unwrap();
+    std::fs::write(r.join("packs/demo/manifest.json"), "{\"kind\":\"pack\"}").unwrap();
+    std::fs::write(
+        r.join("packs/demo/v1.0.0/demo-1.0.0.tar.gz"),
+        [0x1f, 0x8b, 0, 2],
+    )
+    .unwrap();
+    std::fs::write(r.join("packs/demo/secret.txt"), "secret").unwrap();
     std::fs::write(r.join(".secret"), "no").unwrap();
     std::fs::write(hub.dir.path().join("outside.txt"), "secret").unwrap();
     std::os::unix::fs::symlink(
@@ -584,6 +592,16 @@ fn release_files_are_served_and_traversal_refused() {
             b"untrusted comment: x\n",
         ),
         ("/channels/stable", "text/plain", b"1.2.0\n"),
+        (
+            "/packs/demo/manifest.json",
+            "application/json",
+            b"{\"kind\":\"pack\"}",
+        ),
+        (
+            "/packs/demo/v1.0.0/demo-1.0.0.tar.gz",
+            "application/gzip",
+            &[0x1f, 0x8b, 0, 2],
+        ),
         (
             "/v1.2.0/outpost-x86_64-linux-musl.tar.gz",
             "application/gzip",
@@ -626,6 +644,11 @@ fn release_files_are_served_and_traversal_refused() {
         "/../outside.txt",
         "/releases/install.sh",
         "/v1.2.0",
+        "/packs/demo/secret.txt",
+        "/packs/demo/v1.0.0/..%2f..%2f..%2foutside.txt",
+        "/packs/..%2f..%2f/manifest.json",
+        "/packs/.demo/manifest.json",
+        "/packs/demo/1.0.0/demo-1.0.0.tar.gz",
     ] {
         let (s, _, body) = hub.raw_get(path);
         assert!(s == 404 || s == 400, "{path}: {s}");

@@ -192,6 +192,10 @@ fn server_matches_openapi() {
     std::fs::write(r.join("channels/stable"), "1.2.0\n").unwrap();
     std::fs::create_dir_all(r.join("v1.2.0")).unwrap();
     std::fs::write(r.join("v1.2.0/outpost"), "bin").unwrap();
+    std::fs::create_dir_all(r.join("packs/web/v1.2.0")).unwrap();
+    std::fs::write(r.join("packs/web/manifest.json"), "{}").unwrap();
+    std::fs::write(r.join("packs/web/manifest.json.minisig"), "sig\n").unwrap();
+    std::fs::write(r.join("packs/web/v1.2.0/outpost"), "tar").unwrap();
 
     let mut c = Checker {
         spec: &spec,

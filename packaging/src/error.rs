@@ -83,6 +83,9 @@ pub enum Error {
     /// A tarball or bundle that cannot be read (truncated, corrupt, too many entries).
     #[error("invalid archive {}: {detail}", archive.display())]
     Archive { archive: PathBuf, detail: String },
+    /// A signed pack release whose unpacked tree is not a valid pack, or not the one signed.
+    #[error("invalid pack release {location}: {detail}")]
+    InvalidPack { location: String, detail: String },
     /// A release source string that is neither a URL nor a path.
     #[error("invalid release source {source_text:?}: {detail}")]
     Source { source_text: String, detail: String },
@@ -137,7 +140,7 @@ impl Error {
                 _ => "check the path and free disk space, then try again".into(),
             },
             Error::Http { .. } => "check the release URL, the network and any HTTPS_PROXY/NO_PROXY settings (and ca_file for a private CA), then try again".into(),
-            Error::NotFound { .. } => "check the release URL or path: it must be the release root that holds manifest.json".into(),
+            Error::NotFound { .. } => "check the release URL or path: it must be the release root that holds manifest.json (for a pack release: the site's packs/NAME)".into(),
             Error::TooLarge { .. } | Error::SizeMismatch { .. } | Error::ShaMismatch { .. } => {
                 "the download is damaged or was tampered with: nothing was installed; try again or use another mirror".into()
             }
@@ -155,6 +158,7 @@ impl Error {
             Error::Replay { .. } => "the release host serves an older manifest than one already seen (mirror lagging, or an attack); wait for it to catch up or use another mirror".into(),
             Error::UnsafeEntry { .. } => "the tarball is not a genuine outpost release: nothing was installed".into(),
             Error::Archive { .. } => "the file is damaged or truncated: download it again".into(),
+            Error::InvalidPack { .. } => "the pack release is not genuine or was built wrong: nothing was installed; rebuild it with `outpost-release pack build`".into(),
             Error::Source { .. } => "give an https:// URL, a file:// URL, a release directory, or an offline bundle file".into(),
             Error::Usage { hint, .. } => hint.clone(),
         }
@@ -206,6 +210,10 @@ mod tests {
                 location: "https://h/manifest.json".into(),
                 head: None,
                 version: "1.0.0".into(),
+            },
+            Error::InvalidPack {
+                location: "https://h/packs/p/v1.0.0/p-1.0.0.tar.gz".into(),
+                detail: "its pack.toml is q 1.0.0".into(),
             },
             Error::UnsafeEntry {
                 archive: "/t.tar.gz".into(),

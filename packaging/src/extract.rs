@@ -46,8 +46,28 @@ pub fn extract_tarball(
     staging: &Path,
     limits: &ExtractLimits,
 ) -> Result<Vec<PathBuf>> {
+    extract_checked(tarball, staging, limits, Some(BINARY))
+}
+
+/// Unpack any tree of regular files and directories (a pack release's tarball) into
+/// `staging`, with the same rules and caps as [`extract_tarball`] but no required file.
+/// Returns the relative paths of the files written. On error `staging` is removed.
+pub fn extract_tree(
+    tarball: &Path,
+    staging: &Path,
+    limits: &ExtractLimits,
+) -> Result<Vec<PathBuf>> {
+    extract_checked(tarball, staging, limits, None)
+}
+
+fn extract_checked(
+    tarball: &Path,
+    staging: &Path,
+    limits: &ExtractLimits,
+    required: Option<&'static str>,
+) -> Result<Vec<PathBuf>> {
     fs_err::create_dir(staging).map_err(|e| Error::io("create staging directory", staging, e))?;
-    let result = extract_into(tarball, staging, limits);
+    let result = extract_into(tarball, staging, limits, required);
     if result.is_err() {
         let _ = fs_err::remove_dir_all(staging); // best effort: staging is ours
     }
@@ -80,10 +100,15 @@ fn safe_rel_path(raw: &[u8]) -> std::result::Result<PathBuf, &'static str> {
     Ok(p)
 }
 
-fn extract_into(tarball: &Path, staging: &Path, limits: &ExtractLimits) -> Result<Vec<PathBuf>> {
+fn extract_into(
+    tarball: &Path,
+    staging: &Path,
+    limits: &ExtractLimits,
+    required: Option<&'static str>,
+) -> Result<Vec<PathBuf>> {
     let f = fs_err::File::open(tarball).map_err(|e| Error::io("open", tarball, e))?;
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(f)));
-    let mut x = Extraction::new(tarball, staging, limits);
+    let mut x = Extraction::new(tarball, staging, limits, required);
     for entry in ar.entries().map_err(|e| x.archive_err(e))? {
         let mut entry = entry.map_err(|e| x.archive_err(e))?;
         x.entry(&mut entry)?;
@@ -123,6 +148,8 @@ struct Extraction<'a> {
     tarball: &'a Path,
     staging: &'a Path,
     limits: &'a ExtractLimits,
+    /// A file that must be at the top level ([`BINARY`] for a release tarball).
+    required: Option<&'static str>,
     files: Vec<PathBuf>,
     /// Directories made (the staging directory first), to fsync at the end.
     dirs: Vec<PathBuf>,
@@ -131,11 +158,17 @@ struct Extraction<'a> {
 }
 
 impl<'a> Extraction<'a> {
-    fn new(tarball: &'a Path, staging: &'a Path, limits: &'a ExtractLimits) -> Self {
+    fn new(
+        tarball: &'a Path,
+        staging: &'a Path,
+        limits: &'a ExtractLimits,
+        required: Option<&'static str>,
+    ) -> Self {
         Extraction {
             tarball,
             staging,
             limits,
+            required,
             files: Vec::new(),
             dirs: vec![staging.to_path_buf()],
             entries: 0,
@@ -256,10 +289,13 @@ impl<'a> Extraction<'a> {
         Ok(())
     }
 
-    /// The binary must be there; then every directory made is synced, deepest first.
+    /// The required file (the binary) must be there; then every directory made is synced,
+    /// deepest first.
     fn finish(self) -> Result<Vec<PathBuf>> {
-        if !self.files.iter().any(|f| f == Path::new(BINARY)) {
-            return Err(self.invalid(format!("no `{BINARY}` file at the top level")));
+        if let Some(req) = self.required {
+            if !self.files.iter().any(|f| f == Path::new(req)) {
+                return Err(self.invalid(format!("no `{req}` file at the top level")));
+            }
         }
         for d in self.dirs.iter().rev() {
             fsx::fsync_dir(d)?;
@@ -683,7 +719,7 @@ mod tests {
         ];
         for (sizes, want) in cases {
             let t = Path::new("r.tar.gz");
-            let mut x = Extraction::new(t, Path::new("stage"), &limits);
+            let mut x = Extraction::new(t, Path::new("stage"), &limits, Some(BINARY));
             let failed = sizes.iter().enumerate().find_map(|(i, size)| {
                 x.count_entry()
                     .and_then(|()| x.count_bytes("e", *size))
@@ -704,7 +740,7 @@ mod tests {
     #[test]
     fn trailing_data_table() {
         let limits = ExtractLimits::default();
-        let x = Extraction::new(Path::new("r.tar.gz"), Path::new("s"), &limits);
+        let x = Extraction::new(Path::new("r.tar.gz"), Path::new("s"), &limits, Some(BINARY));
         let n = MAX_TRAILING as usize;
         for (len, ok) in [
             (0, true),
@@ -729,7 +765,7 @@ mod tests {
             (vec!["bin/outpost"], false),
             (vec![], false),
         ] {
-            let mut x = Extraction::new(Path::new("r.tar.gz"), d.path(), &limits);
+            let mut x = Extraction::new(Path::new("r.tar.gz"), d.path(), &limits, Some(BINARY));
             x.files = files.iter().map(PathBuf::from).collect();
             let r = x.finish();
             assert_eq!(r.is_ok(), ok, "{files:?}");

@@ -12,6 +12,9 @@ pub mod extract;
 pub mod fetch;
 pub mod fsx;
 pub mod manifest;
+pub mod packrel;
+#[cfg(feature = "tools")]
+pub mod packtools;
 #[cfg(feature = "tools")]
 pub mod tools;
 pub mod verify;

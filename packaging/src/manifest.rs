@@ -87,7 +87,7 @@ pub fn tarball_file_name(version: &semver::Version, target: &str) -> String {
     format!("outpost-{version}-{target}.tar.gz")
 }
 
-fn is_sha256_hex(s: &str) -> bool {
+pub(crate) fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 

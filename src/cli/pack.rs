@@ -9,6 +9,7 @@ use outpost_installer::detect::Probe;
 use outpost_installer::error::{Error, Result};
 use outpost_pack::store::{self, Installed};
 use outpost_pack::Pack;
+use outpost_release::packrel::{self, PackSource};
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,9 +22,19 @@ pub enum PackCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Install (or update) a pack from DIR into this host's pack dir and reload the agent
+    /// Install (or update) a pack into this host's pack dir and reload the agent: from a pack
+    /// DIR, or a signed pack release (an https:// URL of SITE/packs/NAME, a release directory,
+    /// or a pack bundle file), verified with the host's trusted release keys
     Install {
-        dir: PathBuf,
+        /// A pack directory, a pack release URL or directory, or a pack bundle
+        #[arg(required_unless_present = "bundle", value_name = "DIR|URL|BUNDLE")]
+        source: Option<String>,
+        /// A pack bundle (`outpost-release pack bundle`), read offline
+        #[arg(long, conflicts_with = "source", value_name = "FILE")]
+        bundle: Option<PathBuf>,
+        /// The pack release version to install [default: the signed manifest's latest]
+        #[arg(long)]
+        version: Option<semver::Version>,
         #[command(flatten)]
         mode: super::ModeFlags,
         #[arg(long)]
@@ -135,9 +146,49 @@ pub fn run(
 ) -> Result<i32> {
     match command {
         PackCommand::Validate { dir, json } => validate(&dir, json, out),
-        PackCommand::Install { dir, mode, json } => {
+        PackCommand::Install {
+            source,
+            bundle,
+            version,
+            mode,
+            json,
+        } => {
+            let from = match (bundle, source) {
+                (Some(b), _) => {
+                    if !b.is_file() {
+                        return Err(Error::usage(
+                            format!("pack bundle {} is not a file", b.display()),
+                            "give the file `outpost-release pack bundle` wrote",
+                        ));
+                    }
+                    PackSource::Release(outpost_release::Source::Bundle(b))
+                }
+                (None, Some(s)) => PackSource::parse(&s).map_err(Error::from)?,
+                (None, None) => {
+                    return Err(Error::usage(
+                        "no pack to install",
+                        "give a pack DIR, a pack release URL, or --bundle FILE",
+                    ))
+                }
+            };
             let (layout, _) = outpost_installer::uninstall::find_install(probe, root, mode.mode())?;
-            install(&layout, &dir, probe.euid(), host, json, out)
+            let euid = probe.euid();
+            match from {
+                PackSource::Dir(dir) => {
+                    if version.is_some() {
+                        return Err(Error::usage(
+                            "--version is for a pack release, not a pack directory",
+                            "drop --version: a pack directory installs the version its pack.toml says",
+                        ));
+                    }
+                    let src = outpost_pack::load(&dir, None).map_err(pack_err)?;
+                    need_root(&layout, euid, "install")?;
+                    install(&layout, &src, euid, host, json, out)
+                }
+                PackSource::Release(source) => {
+                    install_release(&layout, source, version.as_ref(), euid, host, json, out)
+                }
+            }
         }
         PackCommand::List { mode, json } => {
             let (layout, _) = outpost_installer::uninstall::find_install(probe, root, mode.mode())?;
@@ -216,19 +267,59 @@ fn reload_agent(layout: &Layout, euid: u32, host: &dyn Host, out: &mut dyn Write
     };
 }
 
-fn install(
+/// Install a signed pack release: verified with the host's trusted release keys (the
+/// compiled-in ones and `[release] public_keys` of the root-owned config, exactly what
+/// `outpost upgrade` uses), unpacked into a private temp dir, then installed like a pack
+/// directory. Nothing on disk changes before every check passed; the pack's replay
+/// timestamp is recorded only once it is installed.
+fn install_release(
     layout: &Layout,
-    dir: &Path,
+    source: outpost_release::Source,
+    version: Option<&semver::Version>,
     euid: u32,
     host: &dyn Host,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<i32> {
-    let src = outpost_pack::load(dir, None).map_err(pack_err)?;
     need_root(layout, euid, "install")?;
+    let config =
+        outpost_core::Config::load_trusted(&layout.root, &layout.host(&layout.config_file))?;
+    let keys = outpost_upgrade::stage::trusted_keys(&config)?;
+    let source = source.with_ca_file(config.release.ca_file.clone());
+    // The replay state decides which pack manifests are accepted: root's state dir only.
+    let sd = layout.host(&layout.state_dir);
+    outpost_core::trust::check_trusted(&layout.root, &sd, euid)
+        .map_err(|e| Error::failed(e.to_string(), e.hint()))?;
+    let replay_dir = sd.join(outpost_core::layout::files::PACK_RELEASE_REPLAY);
+    let work = packrel::work_dir()?;
+    let v = packrel::fetch_pack(&source, &keys, Some(&replay_dir), version, work.path())?;
+    if !json {
+        writeln!(
+            out,
+            "verified pack release {} {}: signed by a trusted key ({}), tarball sha256 {}, tree sha256 {}",
+            v.pack.name, v.pack.version, v.manifest_location, v.tarball_sha256, v.pack.sha256
+        )
+        .ok();
+    }
+    let code = install(layout, &v.pack, euid, host, json, out)?;
+    // The pack is installed: a replay state that cannot be written is said, not an error.
+    if let Err(e) = packrel::record_replay(&replay_dir, &v.pack.name, v.manifest_timestamp) {
+        writeln!(out, "warning: {e}\nhint: {}", e.hint()).ok();
+    }
+    Ok(code)
+}
+
+fn install(
+    layout: &Layout,
+    src: &Pack,
+    euid: u32,
+    host: &dyn Host,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<i32> {
     let (_, ids) = owner(layout, euid);
     let pd = layout.host(&store::packs_dir(&layout.config_dir));
-    let done = store::install(&src, &pd, ids).map_err(pack_err)?;
+    let done = store::install(src, &pd, ids).map_err(pack_err)?;
     let what = match &done {
         Installed::New => "installed".to_string(),
         Installed::Replaced { old_sha256 } => format!("updated (was sha256 {old_sha256})"),
@@ -241,7 +332,7 @@ fn install(
         );
     }
     if json {
-        let mut v = summary(&src);
+        let mut v = summary(src);
         v["result"] = json!(what);
         writeln!(out, "{v}").ok();
     } else {

@@ -43,29 +43,37 @@ impl ReleaseStager {
         let source = Source::parse(&url)
             .map_err(pkg_err)?
             .with_ca_file(config.release.ca_file.clone());
-        let mut keys = TrustedKeys::builtin();
-        for (i, k) in config.release.public_keys.iter().enumerate() {
-            keys.add_text(k, &format!("config [release] public_keys[{i}]"))
-                .map_err(|e| {
-                    Error::usage(
-                        e.to_string(),
-                        "fix [release] public_keys in config.toml (minisign public keys, base64)",
-                    )
-                })?;
-        }
-        if keys.is_empty() {
-            return Err(Error::failed(
-                "no trusted release keys: this build has none compiled in and the config adds none",
-                "add the release's minisign public key to [release] public_keys in config.toml",
-            ));
-        }
         Ok(ReleaseStager {
             source,
-            keys,
+            keys: trusted_keys(config)?,
             replay: ReplayState::at(state_dir.join(REPLAY_FILE)),
             target: this_target()?.to_string(),
         })
     }
+}
+
+/// The host's trusted release keys: the compiled-in ones plus `[release] public_keys` of
+/// `config` (loaded with [`outpost_core::Config::load_trusted`]: root-owned, StrictModes).
+/// What `outpost upgrade` verifies releases with, and `outpost pack install` pack releases.
+/// No key at all is refused (fail closed).
+pub fn trusted_keys(config: &outpost_core::Config) -> Result<TrustedKeys> {
+    let mut keys = TrustedKeys::builtin();
+    for (i, k) in config.release.public_keys.iter().enumerate() {
+        keys.add_text(k, &format!("config [release] public_keys[{i}]"))
+            .map_err(|e| {
+                Error::usage(
+                    e.to_string(),
+                    "fix [release] public_keys in config.toml (minisign public keys, base64)",
+                )
+            })?;
+    }
+    if keys.is_empty() {
+        return Err(Error::failed(
+            "no trusted release keys: this build has none compiled in and the config adds none",
+            "add the release's minisign public key to [release] public_keys in config.toml",
+        ));
+    }
+    Ok(keys)
 }
 
 impl super::Stager for ReleaseStager {

@@ -1,6 +1,7 @@
 //! outpost-release: make, sign, publish, bundle and verify outpost releases.
 //! The release format is documented in docs/RELEASES.md.
 use clap::{Parser, Subcommand};
+use outpost_release::packtools::{self, PackBuildOptions};
 use outpost_release::tools::{self, BuildInput, PublishOptions, Signer};
 use outpost_release::{bundle, Error, Source, TrustedKeys};
 use std::io::IsTerminal;
@@ -98,6 +99,54 @@ enum Cmd {
         #[arg(long)]
         ca_file: Option<PathBuf>,
     },
+    /// Signed pack releases: build and publish a pack into a release site, bundle, verify.
+    Pack {
+        #[command(subcommand)]
+        cmd: PackCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PackCmd {
+    /// Validate the pack in DIR, build its deterministic tarball, sign it and publish it into
+    /// the release site OUT (OUT/packs/NAME/: manifest.json + .minisig, vV/NAME-V.tar.gz +
+    /// .minisig), then verify the result with the key's public key.
+    Build {
+        /// The pack directory (with pack.toml).
+        dir: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        /// The release site (kept between builds: the pack manifest is merged).
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write an offline bundle of the version built to this file.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+    },
+    /// Write an offline pack bundle (one tar) of VERSION (default: latest) from a pack
+    /// release root (SITE/packs/NAME) or its URL, then verify it.
+    Bundle {
+        /// The pack release root: SITE/packs/NAME, or its https:// URL.
+        release: String,
+        #[arg(long)]
+        version: Option<semver::Version>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Trusted public key file(s) [default: the keys compiled into this binary].
+        #[arg(long)]
+        pubkey: Vec<PathBuf>,
+    },
+    /// Check a pack release root, URL or bundle end to end: manifest signature and name,
+    /// every tarball's size, sha256 and signature, its pack.toml and tree hash.
+    Verify {
+        /// SITE/packs/NAME, its https:// URL, or a pack bundle.
+        release: String,
+        #[arg(long)]
+        pubkey: Vec<PathBuf>,
+        /// PEM CA roots for an https release.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
 }
 
 fn password(confirm: bool) -> Result<String, Error> {
@@ -146,10 +195,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             license,
             readme,
         } => {
-            let mtime = std::env::var("SOURCE_DATE_EPOCH")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
+            let mtime = source_mtime();
             let p = tools::build_tarball(&BuildInput {
                 version,
                 target,
@@ -235,6 +281,89 @@ fn run(cli: Cli) -> Result<(), Error> {
             let keys = trusted_keys(&pubkey)?;
             let source = Source::parse(&release)?.with_ca_file(ca_file);
             for line in tools::verify_release(&source, &keys)? {
+                println!("ok {line}");
+            }
+        }
+        Cmd::Pack { cmd } => pack(cmd)?,
+    }
+    Ok(())
+}
+
+fn source_mtime() -> u64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn pack(cmd: PackCmd) -> Result<(), Error> {
+    match cmd {
+        PackCmd::Build {
+            dir,
+            key,
+            out,
+            bundle,
+        } => {
+            let signer = Signer::load(&key, || password(false))?;
+            let b = packtools::build_pack(
+                &signer,
+                &PackBuildOptions {
+                    dir,
+                    site: out,
+                    mtime: source_mtime(),
+                    now: None,
+                },
+            )?;
+            println!(
+                "pack {} {} {}: tree sha256 {}, tarball sha256 {} ({} bytes)",
+                b.name,
+                b.version,
+                if b.unchanged {
+                    "already published"
+                } else {
+                    "published"
+                },
+                b.tree_sha256,
+                b.tarball_sha256,
+                b.size
+            );
+            println!("{}", b.root.display());
+            if let Some(path) = bundle {
+                packtools::write_pack_bundle(
+                    &Source::Dir(b.root.clone()),
+                    Some(&b.version),
+                    &path,
+                    &signer.trusted_keys(),
+                )?;
+                println!("{}", path.display());
+            }
+        }
+        PackCmd::Bundle {
+            release,
+            version,
+            out,
+            pubkey,
+        } => {
+            let keys = trusted_keys(&pubkey)?;
+            let v = packtools::write_pack_bundle(
+                &Source::parse(&release)?,
+                version.as_ref(),
+                &out,
+                &keys,
+            )?;
+            if keys.is_empty() {
+                eprintln!("warning: {} is not verified: no --pubkey and no compiled-in key (`outpost-release pack verify` it, or pass --pubkey)", out.display());
+            }
+            println!("{} ({v})", out.display());
+        }
+        PackCmd::Verify {
+            release,
+            pubkey,
+            ca_file,
+        } => {
+            let keys = trusted_keys(&pubkey)?;
+            let source = Source::parse(&release)?.with_ca_file(ca_file);
+            for line in packtools::verify_pack(&source, &keys)? {
                 println!("ok {line}");
             }
         }
