@@ -4,7 +4,9 @@
 #   2. outpost-hub on https://127.0.0.1 as control plane *and* release host (throwaway CA),
 #   3. a real systemd host (nspawn testbed container) where a normal user runs the one-liner
 #        curl -sSL https://HUB/install.sh | sudo OUTPOST_ENROLL_KEY_FILE=… OUTPOST_HUB_URL=… sh
-#   4. the agent online at the hub, `outpost status` on the host.
+#   4. the agent online at the hub, `outpost status` on the host,
+#   5. a pack installed on the host, trusted at the hub, and one of its actions run from the
+#      hub (`outpost-hub run … --follow`), in its own systemd unit as the service user.
 # Everything keeps running afterwards; the script prints how to look around and stop it.
 set -euo pipefail
 
@@ -108,6 +110,58 @@ one_liner() {
   bash ci/testbed.sh run-as "$NAME" alice -- sh -c "curl -sSL $OUTPOST_HUB_URL/install.sh | sudo OUTPOST_ENROLL_KEY_FILE=$f OUTPOST_HUB_URL=$OUTPOST_HUB_URL sh; rc=\$?; rm -f $f; exit \$rc"
 }
 
+write_pack() {
+  local d=$1
+  mkdir -p "$d/bin"
+  cat >"$d/pack.toml" <<'EOF'
+[pack]
+name = "hello"
+version = "1.0.0"
+description = "the demo's pack"
+
+[[action]]
+id = "greet"
+description = "greet someone and say who and where the action runs"
+command = ["bin/greet.sh", "{who}"]
+[[action.param]]
+name = "who"
+type = "string"
+pattern = "[a-z]+"
+max_len = 16
+required = true
+[action.limits]
+timeout = "30s"
+EOF
+  cat >"$d/bin/greet.sh" <<'EOF'
+#!/bin/sh
+echo "hello, $1: this is $(hostname), run $OUTPOST_RUN_ID as $(id -un) in $(cat /proc/self/cgroup | cut -d: -f3)"
+EOF
+  chmod 0755 "$d/bin/greet.sh"
+}
+
+a_run() {
+  step "alice@$NAME\$ sudo outpost pack install ~/hello   (the actions this host allows)"
+  write_pack "$WORK/hello"
+  bash ci/testbed.sh cp-in "$NAME" "$WORK/hello" /home/alice/hello
+  bash ci/testbed.sh exec "$NAME" -- chown -R alice: /home/alice/hello
+  bash ci/testbed.sh run-as "$NAME" alice -- sudo outpost pack install /home/alice/hello
+  step "outpost-hub packs --pending; outpost-hub packs trust hello SHA256   (the hub's admin trusts that tree hash)"
+  local sha="" agent
+  for _ in $(seq 1 60); do
+    sha=$("$HUB" packs --pending | awk '$1 == "hello" { print $3 }')
+    [ -n "$sha" ] && break
+    sleep 0.5
+  done
+  [ -n "$sha" ] || die "the agent did not advertise the pack" "see: bash ci/testbed.sh exec $NAME -- journalctl -u outpost -n 30"
+  "$HUB" packs
+  "$HUB" packs trust hello "$sha"
+  agent=$("$HUB" agents | awk 'NR == 2 { print $1 }')
+  step "outpost-hub run $agent hello/greet --param who=world --follow"
+  "$HUB" run "$agent" hello/greet --param who=world --follow
+  step "alice@$NAME\$ sudo outpost runs"
+  bash ci/testbed.sh run-as "$NAME" alice -- sudo outpost runs
+}
+
 show() {
   sleep 1
   step "alice@$NAME\$ outpost status"
@@ -124,6 +178,7 @@ Try:
   bash ci/testbed.sh run-as $NAME alice -- sudo outpost diagnostics
   bash ci/testbed.sh run-as $NAME alice -- sudo outpost events
   OUTPOST_HUB_ADMIN_TOKEN=\$(cat $WORK/admin-token) OUTPOST_HUB_CA_FILE=$WORK/tls/ca.crt $HUB agents --hub $OUTPOST_HUB_URL
+  OUTPOST_HUB_ADMIN_TOKEN=\$(cat $WORK/admin-token) OUTPOST_HUB_CA_FILE=$WORK/tls/ca.crt $HUB run --hub $OUTPOST_HUB_URL AGENT hello/greet --param who=you --follow
 Stop everything:
   kill \$(cat $WORK/hub.pid); bash ci/testbed.sh halt $NAME
 MSG
@@ -138,6 +193,7 @@ main() {
   start_hub
   boot_host
   one_liner
+  a_run
   show
 }
 

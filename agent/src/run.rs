@@ -825,7 +825,7 @@ impl<'a> Loop<'a> {
                 outpost_systemd::dbus::SystemdBus::connect(outpost_systemd::Scope::User { uid })
                     .map(|b| Box::new(b) as Box<dyn outpost_systemd::RunManager>)
             }),
-            privileged: privileged_config(&self.opts),
+            privileged: privileged_config(self.opts),
         };
         if cfg.privileged.is_some() {
             log::info("runs: privileged actions are admitted by root through outpost-run-privileged@.service");
@@ -983,6 +983,30 @@ fn key_from_env_file(path: &Path) -> Option<String> {
     })
 }
 
+/// System mode with the root-owned template unit: privileged actions are admitted by root
+/// (docs/RUNS.md, *Privileged actions*). Elsewhere they are rejected with that reason.
+fn privileged_config(opts: &RunOptions) -> Option<crate::runs::PrivilegedConfig> {
+    if opts.mode != "system" {
+        return None;
+    }
+    let layout = outpost_core::layout::Layout::system(std::path::Path::new("/"));
+    let template = layout.privileged_template()?;
+    // Root-owned, in a root-owned dir: the installer wrote it (`sudo outpost install`).
+    let meta = std::fs::symlink_metadata(&template).ok()?;
+    if !meta.is_file() || std::os::unix::fs::MetadataExt::uid(&meta) != 0 {
+        return None;
+    }
+    Some(crate::runs::PrivilegedConfig {
+        connect: Box::new(|| {
+            outpost_systemd::dbus::SystemdBus::connect(outpost_systemd::Scope::System)
+                .map(|b| Box::new(b) as Box<dyn outpost_systemd::RunManager>)
+        }),
+        state_dir: layout.state_dir.clone(),
+        root: layout.root.clone(),
+        config_dir: layout.config_dir.clone(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1091,28 +1115,4 @@ mod tests {
             outpost_core::exit::USAGE
         );
     }
-}
-
-/// System mode with the root-owned template unit: privileged actions are admitted by root
-/// (docs/RUNS.md, *Privileged actions*). Elsewhere they are rejected with that reason.
-fn privileged_config(opts: &RunOptions) -> Option<crate::runs::PrivilegedConfig> {
-    if opts.mode != "system" {
-        return None;
-    }
-    let layout = outpost_core::layout::Layout::system(std::path::Path::new("/"));
-    let template = layout.privileged_template()?;
-    // Root-owned, in a root-owned dir: the installer wrote it (`sudo outpost install`).
-    let meta = std::fs::symlink_metadata(&template).ok()?;
-    if !meta.is_file() || std::os::unix::fs::MetadataExt::uid(&meta) != 0 {
-        return None;
-    }
-    Some(crate::runs::PrivilegedConfig {
-        connect: Box::new(|| {
-            outpost_systemd::dbus::SystemdBus::connect(outpost_systemd::Scope::System)
-                .map(|b| Box::new(b) as Box<dyn outpost_systemd::RunManager>)
-        }),
-        state_dir: layout.state_dir.clone(),
-        root: layout.root.clone(),
-        config_dir: layout.config_dir.clone(),
-    })
 }

@@ -464,6 +464,7 @@ privileged = true
             cgroup: "/".into(),
         };
         // (what, privileged host, action, Ok(log dir) or Err(substring))
+        #[allow(clippy::type_complexity)]
         let cases: Vec<(&str, Option<PrivilegedHost>, &str, Result<&str, &str>)> = vec![
             ("user mode", None, "root", Err("service user only")),
             (
