@@ -197,6 +197,53 @@ fn e2e_runs_user_mode() {
         &user("systemctl --user start outpost.service"),
     );
     host_cli(&c, "bob", "");
+    tampered_and_untrusted(
+        &c,
+        &s,
+        "/home/bob/.config/outpost/packs/e2e/bin/count.sh",
+        &|cmd: &str| c.must_sh_as("bob", cmd),
+    );
+}
+
+/// A pack changed on disk after the agent loaded it is refused (drifted), never run; once the
+/// agent advertises the new hash, the hub refuses to dispatch it until it is trusted.
+fn tampered_and_untrusted(
+    c: &Container,
+    s: &Setup,
+    script: &str,
+    as_owner: &dyn Fn(&str) -> String,
+) {
+    let marker = "/tmp/tampered-ran";
+    as_owner(&format!(
+        "cp {script} {script}.orig && echo 'touch {marker}' >> {script}"
+    ));
+    let id = start(&s.hub, &s.agent, "e2e/count", &["n=1"]);
+    let r = wait_final(s, &id, 30);
+    assert_eq!(r["state"], "rejected", "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("drifted"), "{r}");
+    assert!(
+        c.sh(&format!("test -e {marker}")).code() == Some(1),
+        "the tampered script ran"
+    );
+    // Reloaded, the agent advertises the new hash: pending at the hub, so no dispatch.
+    c.sh("pkill -HUP -f 'outpost agent run'; pkill -USR1 -f 'outpost agent run'");
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = s.hub.cli(&["run", &s.agent, "e2e/count", "--param", "n=1"]);
+        if !o.status.success() {
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains("trust"), "{err}");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the hub kept dispatching the untrusted hash"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        c.sh("pkill -USR1 -f 'outpost agent run'");
+    }
+    as_owner(&format!("mv {script}.orig {script}"));
+    c.sh("pkill -HUP -f 'outpost agent run'");
 }
 
 /// `outpost runs`, `runs logs`, `action list` on the host.

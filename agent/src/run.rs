@@ -825,6 +825,7 @@ impl<'a> Loop<'a> {
                 outpost_systemd::dbus::SystemdBus::connect(outpost_systemd::Scope::User { uid })
                     .map(|b| Box::new(b) as Box<dyn outpost_systemd::RunManager>)
             }),
+            pack_owner: crate::packs::owner(&self.opts.mode, rustix::process::geteuid().as_raw()),
             privileged: privileged_config(self.opts),
         };
         if cfg.privileged.is_some() {

@@ -49,6 +49,9 @@ pub struct EngineConfig {
     /// The agent's environment (allowlisted names are taken from it).
     pub env: BTreeMap<String, String>,
     pub connect: Connect,
+    /// Who must own the packs (root in system mode, the agent's uid in user mode): each
+    /// run's pack is loaded and hashed again from disk before it is planned.
+    pub pack_owner: u32,
     /// System mode with the root-owned template installed: privileged actions go through it.
     pub privileged: Option<PrivilegedConfig>,
 }
@@ -91,6 +94,7 @@ impl Engine {
             journal: cfg.journal,
             env: cfg.env,
             connect: cfg.connect,
+            pack_owner: cfg.pack_owner,
             privileged: cfg.privileged,
             sys_manager: None,
             manager: None,
@@ -191,6 +195,7 @@ struct Runs {
     journal: Arc<Journal>,
     env: BTreeMap<String, String>,
     connect: Connect,
+    pack_owner: u32,
     privileged: Option<PrivilegedConfig>,
     /// The system manager, for privileged runs.
     sys_manager: Option<Box<dyn RunManager>>,
@@ -521,7 +526,22 @@ impl Runs {
         let packs = packs
             .read()
             .map_err(|_| "the pack catalog is unavailable".to_string())?;
-        match plan::decide(&offer, &packs, &host) {
+        // The catalog was hashed at the last (re)load: hash the run's pack again now, so a
+        // tree changed on disk since is refused as drifted, never run.
+        let fresh = match packs.iter().find(|p| p.name == offer.pack) {
+            Some(p) => match outpost_pack::load(&p.root, Some(self.pack_owner)) {
+                Ok(f) if f.name == p.name => vec![f],
+                Ok(f) => {
+                    return Err(format!(
+                        "pack {}'s directory now holds pack {}: reload the agent",
+                        p.name, f.name
+                    ))
+                }
+                Err(e) => return Err(format!("pack {} is refused now: {e}", p.name)),
+            },
+            None => Vec::new(),
+        };
+        match plan::decide(&offer, &fresh, &host) {
             Decision::Start(p) => Ok(*p),
             Decision::Reject(why) => Err(why),
         }
