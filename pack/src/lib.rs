@@ -21,7 +21,9 @@ use std::path::{Component, Path, PathBuf};
 
 mod limits;
 pub mod store;
+pub mod supervise;
 pub use limits::{parse_bytes, Limits, RawLimits};
+pub use supervise::{RawSupervise, Supervise};
 
 /// The manifest's file name at the pack root.
 pub const MANIFEST: &str = "pack.toml";
@@ -118,6 +120,8 @@ pub struct RawAction {
     pub idempotent: bool,
     #[serde(default)]
     pub privileged: bool,
+    /// A supervised workload: the command is one round (docs/WORKLOADS.md).
+    pub supervise: Option<RawSupervise>,
 }
 
 fn one() -> u32 {
@@ -201,6 +205,8 @@ pub struct Action {
     pub max_concurrency: u32,
     pub idempotent: bool,
     pub privileged: bool,
+    /// Rounds and stop conditions of a supervised action.
+    pub supervise: Option<Supervise>,
 }
 
 /// A loaded, validated pack.
@@ -556,6 +562,12 @@ fn check_action(a: RawAction, files: &BTreeMap<&Path, &TreeEntry>) -> Result<Act
     if a.max_concurrency == 0 || a.max_concurrency > 64 {
         return Err("max_concurrency: 1 to 64".into());
     }
+    let supervise = a.supervise.as_ref().map(RawSupervise::check).transpose()?;
+    if supervise.is_some() && a.privileged {
+        return Err(
+            "a supervised action cannot be privileged: its rounds run as the service user".into(),
+        );
+    }
     Ok(Action {
         id: a.id,
         description: a.description,
@@ -566,6 +578,7 @@ fn check_action(a: RawAction, files: &BTreeMap<&Path, &TreeEntry>) -> Result<Act
         max_concurrency: a.max_concurrency,
         idempotent: a.idempotent,
         privileged: a.privileged,
+        supervise,
     })
 }
 

@@ -8,5 +8,6 @@ pub mod engine;
 pub mod plan;
 pub mod privileged;
 pub mod record;
+pub mod supervise;
 
 pub use engine::{Engine, EngineConfig, PrivilegedConfig};
