@@ -134,7 +134,7 @@ timeout = "30s"
 EOF
   cat >"$d/bin/greet.sh" <<'EOF'
 #!/bin/sh
-echo "hello, $1: this is $(hostname), run $OUTPOST_RUN_ID as $(id -un) in $(cat /proc/self/cgroup | cut -d: -f3)"
+echo "hello, $1: this is $(hostname), run $OUTPOST_RUN_ID as $(id -un) in cgroup $(sed -n "s/^0:://p" /proc/self/cgroup)"
 EOF
   chmod 0755 "$d/bin/greet.sh"
 }

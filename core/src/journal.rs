@@ -78,6 +78,16 @@ pub mod kind {
     /// the service user's request (with the reason).
     pub const PRIVILEGED_RUN_STARTED: &str = "privileged_run_started";
     pub const PRIVILEGED_RUN_REFUSED: &str = "privileged_run_refused";
+    /// The agent's journal: a supervised workload's rounds and how it stopped.
+    pub const ROUND_START: &str = "round_start";
+    pub const ROUND_END: &str = "round_end";
+    pub const ROUND_BACKOFF: &str = "round_backoff";
+    pub const ROUND_TIMEOUT_KILL: &str = "round_timeout_kill";
+    pub const STOP_FILE_DETECTED: &str = "stop_file_detected";
+    pub const SELF_TERMINATED: &str = "self_terminated";
+    pub const CRASH_LOOP: &str = "crash_loop";
+    pub const CONFIG_BROKEN: &str = "config_broken";
+    pub const MAX_ROUNDS_REACHED: &str = "max_rounds_reached";
     /// The kinds the heartbeat reports as `last_upgrade`.
     pub const UPGRADE_RESULTS: [&str; 3] = [
         SERVICE_UPGRADED,

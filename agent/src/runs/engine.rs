@@ -14,6 +14,7 @@
 use super::client::{Claim, Delivery, LogReply, RunsClient};
 use super::plan::{self, Decision, Host};
 use super::record::{self, Phase, RunRecord};
+use super::supervise::SupState;
 use crate::log;
 use outpost_core::journal::{kind, Journal};
 use outpost_pack::Pack;
@@ -456,6 +457,7 @@ impl Runs {
             result: None,
             hub_state: None,
             privileged: false,
+            supervise: None,
         };
         if let Err(e) = outpost_core::atomic::create_dirs(&paths.work, 0o700, None) {
             log::error(
@@ -501,6 +503,9 @@ impl Runs {
         match self.decide(r) {
             Ok(p) => {
                 r.privileged = p.privileged;
+                if p.supervise.is_some() && r.supervise.is_none() {
+                    r.supervise = Some(SupState::default());
+                }
                 r.log_cap = p.log_cap;
                 r.max_concurrency = p.max_concurrency.max(1);
                 r.timeout_secs = timeout_of(&p);
@@ -579,7 +584,12 @@ impl Runs {
 
     /// Record the run's end (before delivering it).
     fn finish(&mut self, r: &mut RunRecord, e: plan::Ending) {
-        let log_bytes = log_size(&self.paths_of(r).log).min(r.log_cap);
+        let log_bytes = match &r.supervise {
+            Some(st) => {
+                supervised_total(&plan::paths(&self.state_dir, &r.run_id).dir, st, r.log_sent)
+            }
+            None => log_size(&self.paths_of(r).log).min(r.log_cap),
+        };
         let outcome = e.outcome;
         r.result = Some(RunResult {
             outcome,
@@ -651,6 +661,18 @@ impl Runs {
         r.phase = Phase::Started;
         r.started_at = Some(now());
         self.save(r);
+        if p.supervise.is_some() {
+            // The first round starts at the next tick; each round is planned afresh.
+            let st = r.supervise.get_or_insert_with(SupState::default);
+            st.next_at_ms = Some(now_ms());
+            r.event("started", now(), data(&[("kind", "supervised")]));
+            self.save(r);
+            let _ = self.journal.append(
+                kind::RUN_STARTED,
+                serde_json::json!({"run": r.run_id, "pack": r.pack, "action": r.action, "supervised": true}),
+            );
+            return;
+        }
         if p.privileged {
             if let Err(why) = self.start_privileged(r) {
                 return self.finish(r, rejected(why));
@@ -729,6 +751,9 @@ impl Runs {
     }
 
     fn watch(&mut self, r: &mut RunRecord) {
+        if r.supervise.is_some() {
+            return self.watch_supervised(r);
+        }
         let unit = r.unit.clone();
         let st = match self.manager_of(r.privileged) {
             Ok(m) => m.unit_status(&unit),
@@ -756,10 +781,311 @@ impl Runs {
         }
     }
 
+    /// A supervised workload: the round in flight, or the next one when it is due.
+    fn watch_supervised(&mut self, r: &mut RunRecord) {
+        let Some(mut st) = r.supervise.clone() else {
+            return;
+        };
+        let paths = plan::paths(&self.state_dir, &r.run_id);
+        match st.in_flight.clone() {
+            Some(f) => {
+                let status = match self.manager() {
+                    Ok((m, _)) => m.unit_status(&f.unit),
+                    Err(_) => return,
+                };
+                let status = match status {
+                    Ok(s) => s,
+                    Err(e) => return self.drop_manager(&e),
+                };
+                let log = plan::round_log(&paths.dir, f.round);
+                if plan::ending(&status, None, 0).is_none() {
+                    if log_size(&log) > r.log_cap {
+                        let why = format!(
+                            "log_limit: round {} passed limits.log_size ({} bytes)",
+                            f.round, r.log_cap
+                        );
+                        if !r.events.iter().any(|e| e.kind == "log_limit") {
+                            r.event("log_limit", now(), data(&[("reason", &why)]));
+                            self.save(r);
+                        }
+                        if let Ok((m, _)) = self.manager() {
+                            let _ = m.stop_nowait(&f.unit);
+                        }
+                    }
+                    return;
+                }
+                let end = round_end(&status, f.round, now_ms().saturating_sub(f.started_ms));
+                let Some((_, cfg)) = self.plan_round(r) else {
+                    return;
+                };
+                if let Ok((m, _)) = self.manager() {
+                    let _ = m.stop_nowait(&f.unit);
+                    let _ = m.reset_failed(&f.unit);
+                }
+                let code = end.exit_code.map(|c| c.to_string()).unwrap_or_default();
+                let ms = end.duration_ms.to_string();
+                let round = f.round.to_string();
+                r.event(
+                    kind::ROUND_END,
+                    now(),
+                    data(&[
+                        ("round", &round),
+                        ("exit_code", &code),
+                        ("result", &end.result),
+                        ("duration_ms", &ms),
+                    ]),
+                );
+                self.journal_round(r, kind::ROUND_END, serde_json::json!({"round": f.round, "exit_code": end.exit_code, "signal": end.signal, "result": end.result, "duration_ms": end.duration_ms}));
+                if end.result == "timeout" {
+                    r.event(kind::ROUND_TIMEOUT_KILL, now(), data(&[("round", &round)]));
+                    self.journal_round(r, kind::ROUND_TIMEOUT_KILL, serde_json::json!({"round": f.round, "round_timeout_secs": cfg.round_timeout_secs}));
+                }
+                if f.round > cfg.keep_logs {
+                    let _ =
+                        std::fs::remove_file(plan::round_log(&paths.dir, f.round - cfg.keep_logs));
+                }
+                if let Some(why) = r.cancel.clone() {
+                    r.supervise = Some(st);
+                    return self.finish(r, canceled(&why, Some(&end)));
+                }
+                let seen = seen(&paths.work, &cfg);
+                let next = super::supervise::after_round(
+                    &cfg,
+                    &mut st,
+                    &end,
+                    &seen,
+                    now_ms(),
+                    fastrand::f64(),
+                );
+                r.supervise = Some(st);
+                self.apply_next(r, next, Some(&end), &log);
+            }
+            None => {
+                if let Some(why) = r.cancel.clone() {
+                    return self.finish(r, canceled(&why, None));
+                }
+                if st.next_at_ms.is_some_and(|at| now_ms() < at) {
+                    return;
+                }
+                let Some((p, cfg)) = self.plan_round(r) else {
+                    return;
+                };
+                let seen = seen(&paths.work, &cfg);
+                if let Some(stop) = super::supervise::before_round(&cfg, &seen) {
+                    let log = plan::round_log(&paths.dir, st.round);
+                    return self.apply_next(r, stop, None, &log);
+                }
+                let n = st.round + 1;
+                let unit = plan::round_unit(&r.run_id, n);
+                let props = plan::round_props(&p, n, cfg.round_timeout_secs);
+                st.round = n;
+                st.next_at_ms = None;
+                st.in_flight = Some(super::supervise::InFlight {
+                    round: n,
+                    unit: unit.clone(),
+                    started_ms: now_ms(),
+                });
+                r.unit = unit.clone();
+                r.supervise = Some(st);
+                // Saved before the start: a restarted agent finds the round in flight.
+                self.save(r);
+                let started = match self.manager() {
+                    Ok((m, _)) => m.start_transient_unit(&unit, &props),
+                    Err(why) => {
+                        return self.finish(r, failed(format!("round {n} cannot start: {why}")))
+                    }
+                };
+                match started {
+                    Ok(()) => {}
+                    Err(SvcError::Job { result, .. }) if result == "exists" => {}
+                    Err(e) => {
+                        self.drop_manager(&e);
+                        return self.finish(r, failed(format!("round {n} cannot start: {e}")));
+                    }
+                }
+                link_current(&paths.dir, n);
+                let round = n.to_string();
+                r.event(
+                    kind::ROUND_START,
+                    now(),
+                    data(&[("round", &round), ("unit", &unit)]),
+                );
+                self.journal_round(
+                    r,
+                    kind::ROUND_START,
+                    serde_json::json!({"round": n, "unit": unit}),
+                );
+            }
+        }
+        self.save(r);
+    }
+
+    /// Plan a supervised action afresh (its pack hashed again) when a round ends or starts,
+    /// not while one runs; `None` when the workload cannot go on (then it is finished).
+    fn plan_round(
+        &mut self,
+        r: &mut RunRecord,
+    ) -> Option<(plan::UnitPlan, outpost_pack::Supervise)> {
+        let p = match self.decide(r) {
+            Ok(p) => p,
+            Err(why) => {
+                self.finish(r, failed(format!("the workload cannot go on: {why}")));
+                return None;
+            }
+        };
+        match p.supervise.clone() {
+            Some(cfg) => Some((p, cfg)),
+            None => {
+                self.finish(
+                    r,
+                    failed("the action is no longer supervised: the pack changed".into()),
+                );
+                None
+            }
+        }
+    }
+
+    /// Apply the supervisor's decision.
+    fn apply_next(
+        &mut self,
+        r: &mut RunRecord,
+        next: super::supervise::Next,
+        end: Option<&super::supervise::RoundEnd>,
+        log: &std::path::Path,
+    ) {
+        use super::supervise::Next;
+        match next {
+            Next::Round {
+                round,
+                backoff_secs: Some(secs),
+                ..
+            } => {
+                let (n, s) = (round.to_string(), secs.to_string());
+                r.event(
+                    kind::ROUND_BACKOFF,
+                    now(),
+                    data(&[("next_round", &n), ("secs", &s)]),
+                );
+                self.journal_round(
+                    r,
+                    kind::ROUND_BACKOFF,
+                    serde_json::json!({"next_round": round, "secs": secs}),
+                );
+            }
+            Next::Round { .. } => {}
+            Next::Stop {
+                outcome,
+                event,
+                reason,
+            } => {
+                let mut reason = reason;
+                if event == kind::CRASH_LOOP {
+                    let tail = read_at(log, log_size(log).saturating_sub(16 << 10), 16 << 10)
+                        .map(|b| String::from_utf8_lossy(&b).to_string())
+                        .unwrap_or_default();
+                    reason = format!(
+                        "{reason}; last log: {}",
+                        super::supervise::redacted_tail(&tail, 5)
+                    );
+                }
+                r.event(event, now(), data(&[("reason", &reason)]));
+                self.journal_round(r, event, serde_json::json!({"reason": reason}));
+                let e = plan::Ending {
+                    outcome,
+                    exit_code: end.and_then(|e| e.exit_code),
+                    signal: end.and_then(|e| e.signal.clone()),
+                    reason,
+                };
+                self.finish(r, e);
+            }
+        }
+    }
+
+    fn journal_round(&self, r: &RunRecord, kind: &str, mut v: serde_json::Value) {
+        v["run"] = serde_json::json!(r.run_id);
+        v["pack"] = serde_json::json!(r.pack);
+        v["action"] = serde_json::json!(r.action);
+        let _ = self.journal.append(kind, v);
+    }
+
+    /// A supervised run's log, round after round, from the upload's place. True when the
+    /// hub has all of it.
+    fn upload_rounds(&mut self, r: &mut RunRecord) -> bool {
+        let Some(mut st) = r.supervise.clone() else {
+            return true;
+        };
+        let dir = plan::paths(&self.state_dir, &r.run_id).dir;
+        let mut sent_now = 0u64;
+        let mut done = false;
+        while sent_now < LOG_PER_TICK {
+            if st.upload_round == 0 {
+                st.upload_round = 1;
+            }
+            if st.upload_round > st.round {
+                done = true;
+                break;
+            }
+            let path = plan::round_log(&dir, st.upload_round);
+            let size = log_size(&path);
+            let live = st
+                .in_flight
+                .as_ref()
+                .is_some_and(|f| f.round == st.upload_round);
+            if st.upload_offset >= size {
+                if live {
+                    break;
+                }
+                st.upload_round += 1;
+                st.upload_offset = 0;
+                continue;
+            }
+            let want = (size - st.upload_offset).min(LOG_CHUNK as u64);
+            let Ok(chunk) = read_at(&path, st.upload_offset, want) else {
+                break;
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            match self.client.log(&r.run_id, r.log_sent, &chunk) {
+                Ok(Delivery::Acked(LogReply::Next(n))) if n > r.log_sent => {
+                    let took = n - r.log_sent;
+                    st.upload_offset += took;
+                    r.log_sent = n;
+                    sent_now += took;
+                }
+                Ok(Delivery::Acked(LogReply::Next(_))) => break,
+                Ok(Delivery::Acked(LogReply::Gap(at))) => {
+                    // The hub has `at` bytes: move back within this round, or forward.
+                    if at < r.log_sent && r.log_sent - at <= st.upload_offset {
+                        st.upload_offset -= r.log_sent - at;
+                    }
+                    r.log_sent = at;
+                    break;
+                }
+                Ok(Delivery::Refused(why)) => {
+                    log::warn(
+                        &format!("runs: the hub refused run {}'s log ({why}); the rest stays on this host", r.run_id),
+                        "the hub caps a run's log; the round logs are in the run's directory",
+                    );
+                    st.upload_round = st.round + 1;
+                    done = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        r.supervise = Some(st);
+        done
+    }
+
     /// Upload new log bytes and events; once both are through, the result.
     fn deliver(&mut self, r: &mut RunRecord) {
         let before = (r.log_sent, r.events.len());
-        let log_done = self.upload_log(r);
+        let log_done = if r.supervise.is_some() {
+            self.upload_rounds(r)
+        } else {
+            self.upload_log(r)
+        };
         if !r.events.is_empty() {
             match self.client.events(&r.run_id, &r.events) {
                 Ok(Delivery::Acked(seq)) => r.acked(seq),
@@ -850,6 +1176,98 @@ impl Runs {
         }
         r.log_sent >= end
     }
+}
+
+fn failed(reason: String) -> plan::Ending {
+    plan::Ending {
+        outcome: RunOutcome::Failed,
+        exit_code: None,
+        signal: None,
+        reason,
+    }
+}
+
+fn canceled(why: &str, end: Option<&super::supervise::RoundEnd>) -> plan::Ending {
+    plan::Ending {
+        outcome: RunOutcome::Canceled,
+        exit_code: end.and_then(|e| e.exit_code),
+        signal: end.and_then(|e| e.signal.clone()),
+        reason: format!("canceled: {why}"),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How a round's unit ended.
+fn round_end(
+    st: &outpost_systemd::UnitStatus,
+    round: u32,
+    duration_ms: u64,
+) -> super::supervise::RoundEnd {
+    let (exit_code, signal) = match st.exec_main_code {
+        1 => (Some(st.exec_main_status), None),
+        2 | 3 => (None, Some(plan::signal_name(st.exec_main_status))),
+        _ => (None, None),
+    };
+    let result = if st.load_state == "not-found" {
+        "gone".to_string()
+    } else if st.result.is_empty() {
+        "success".to_string()
+    } else {
+        st.result.clone()
+    };
+    super::supervise::RoundEnd {
+        round,
+        exit_code,
+        signal,
+        result,
+        duration_ms,
+    }
+}
+
+/// The stop file and the `.done` sentinel (its first line, capped) in the run's work dir.
+fn seen(work: &std::path::Path, cfg: &outpost_pack::Supervise) -> super::supervise::Seen {
+    let stop_file = std::fs::symlink_metadata(work.join(&cfg.stop_file)).is_ok();
+    let done = outpost_core::trust::read_untrusted(
+        &work.join(outpost_pack::supervise::DONE_FILE),
+        None,
+        4096,
+    )
+    .ok()
+    .flatten()
+    .map(|b| {
+        let text = String::from_utf8_lossy(&b).to_string();
+        truncate(text.lines().next().unwrap_or("").trim(), 200)
+    });
+    super::supervise::Seen { stop_file, done }
+}
+
+/// `round-current.log` → `round-<n>.log` (a relative link, replaced atomically).
+fn link_current(dir: &std::path::Path, n: u32) {
+    let tmp = dir.join(format!(".{}.tmp", plan::ROUND_CURRENT));
+    let _ = std::fs::remove_file(&tmp);
+    if std::os::unix::fs::symlink(format!("round-{n}.log"), &tmp).is_ok() {
+        let _ = std::fs::rename(&tmp, dir.join(plan::ROUND_CURRENT));
+    }
+}
+
+/// The bytes of a supervised run's log: what was sent and what the remaining rounds hold.
+fn supervised_total(dir: &std::path::Path, st: &SupState, sent: u64) -> u64 {
+    let from = st.upload_round.max(1);
+    let mut total = sent;
+    for n in from..=st.round {
+        let size = log_size(&plan::round_log(dir, n));
+        total += if n == from {
+            size.saturating_sub(st.upload_offset)
+        } else {
+            size
+        };
+    }
+    total
 }
 
 fn rejected(reason: String) -> plan::Ending {

@@ -103,6 +103,46 @@ pub struct UnitPlan {
     /// A privileged action: root starts the unit (in the system manager) after checking the
     /// request against the root-owned pack; its files are in root's state dir.
     pub privileged: bool,
+    /// A supervised action: `props` is the template of each round's unit ([`round_props`]).
+    pub supervise: Option<outpost_pack::Supervise>,
+}
+
+/// The unit of round `n` of supervised run `id`.
+pub fn round_unit(id: &str, n: u32) -> String {
+    format!("outpost-run-{id}.round{n}.service")
+}
+
+/// Round `n`'s log in the run's directory.
+pub fn round_log(dir: &Path, n: u32) -> PathBuf {
+    dir.join(format!("round-{n}.log"))
+}
+
+/// The link to the live round's log.
+pub const ROUND_CURRENT: &str = "round-current.log";
+
+/// Round `n`'s unit properties: the run's, with the round's log, its `round_timeout` and
+/// `OUTPOST_ROUND`.
+pub fn round_props(p: &UnitPlan, n: u32, timeout_secs: u64) -> Vec<(String, PropValue)> {
+    let log = round_log(&p.paths.dir, n).display().to_string();
+    p.props
+        .iter()
+        .map(|(k, v)| {
+            let v = match (k.as_str(), v) {
+                ("StandardOutputFileToAppend" | "StandardErrorFileToAppend", _) => {
+                    PropValue::Str(log.clone())
+                }
+                ("RuntimeMaxUSec", _) => PropValue::U64(timeout_secs.saturating_mul(1_000_000)),
+                ("Environment", PropValue::Strs(env)) => {
+                    let mut env = env.clone();
+                    env.push(format!("OUTPOST_ROUND={n}"));
+                    PropValue::Strs(env)
+                }
+                ("Description", PropValue::Str(d)) => PropValue::Str(format!("{d}, round {n}")),
+                _ => v.clone(),
+            };
+            (k.clone(), v)
+        })
+        .collect()
 }
 
 /// What to do with an offer.
@@ -248,6 +288,7 @@ fn plan(offer: &RunOffer, packs: &[Pack], host: &Host) -> Result<UnitPlan, Strin
         log_cap: action.limits.log_bytes,
         max_concurrency: action.max_concurrency,
         privileged: action.privileged,
+        supervise: action.supervise.clone(),
     })
 }
 

@@ -65,6 +65,9 @@ pub struct RunRecord {
     /// dir (`plan::PrivilegedHost::state_dir`).
     #[serde(default)]
     pub privileged: bool,
+    /// A supervised workload's state (rounds, failures, back-off, upload place).
+    #[serde(default)]
+    pub supervise: Option<super::supervise::SupState>,
 }
 
 impl RunRecord {
@@ -190,6 +193,7 @@ mod tests {
             result: None,
             hub_state: None,
             privileged: false,
+            supervise: None,
         }
     }
 

@@ -397,8 +397,10 @@ mod tests {
             };
             assert_eq!(backoff_secs, Some(want), "transient #{i}");
         }
-        let mut st = SupState::default();
-        st.short_failures = 2;
+        let mut st = SupState {
+            short_failures: 2,
+            ..Default::default()
+        };
         let Next::Stop {
             reason, outcome, ..
         } = after_round(&c, &mut st, &end(2, 3, 5), &Seen::default(), 0, 0.0)
