@@ -219,6 +219,17 @@ pub fn enroll_and_trust<'a>(
     journal: &str,
     install: &dyn Fn(&str, &str),
 ) -> Setup<'a> {
+    enroll_and_trust_pack(c, hub, journal, "e2e", install)
+}
+
+/// [`enroll_and_trust`] for the pack named `pack`.
+pub fn enroll_and_trust_pack<'a>(
+    c: &'a Container,
+    hub: Hub,
+    journal: &str,
+    pack: &str,
+    install: &dyn Fn(&str, &str),
+) -> Setup<'a> {
     let key = hub.mint_key();
     install(&key, &hub.url);
     let agents = hub
@@ -231,10 +242,10 @@ pub fn enroll_and_trust<'a>(
         let p: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap_or_default();
         if let Some(sha) = p
             .iter()
-            .find(|x| x["name"] == "e2e")
+            .find(|x| x["name"] == pack)
             .and_then(|x| x["sha256"].as_str())
         {
-            let o = hub.cli(&["packs", "trust", "e2e", &sha[..16]]);
+            let o = hub.cli(&["packs", "trust", pack, &sha[..16]]);
             assert!(o.status.success(), "trust: {o:?}");
             break;
         }

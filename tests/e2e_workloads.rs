@@ -1,0 +1,275 @@
+//! Supervised workloads on the real-systemd testbed (docs/WORKLOADS.md): rounds and every
+//! stop condition, back-off, the crash-loop defence with a redacted tail, log retention, and
+//! kill -9 of the agent mid-round. User mode (the agent and its rounds in bob's lingering
+//! manager).
+mod support;
+
+use std::time::{Duration, Instant};
+use support::hub::Hub;
+use support::runs::*;
+use support::Container;
+
+const PACK: &str = r#"[pack]
+name = "wl"
+version = "1.0.0"
+description = "workloads e2e"
+
+[[action]]
+id = "three"
+command = ["bin/echo.sh"]
+[action.supervise]
+max_rounds = 3
+keep_logs = 2
+
+[[action]]
+id = "stopper"
+command = ["bin/stopper.sh"]
+[action.supervise]
+round_timeout = "30s"
+
+[[action]]
+id = "doner"
+command = ["bin/doner.sh"]
+[action.supervise]
+
+[[action]]
+id = "crasher"
+command = ["bin/crasher.sh"]
+[action.supervise]
+crash_loop = 5
+
+[[action]]
+id = "flaky"
+command = ["bin/flaky.sh"]
+[action.supervise]
+max_rounds = 2
+transient_exit_codes = [75]
+
+[[action]]
+id = "fatal"
+command = ["bin/fatal.sh"]
+[action.supervise]
+fatal_exit_codes = [78]
+
+[[action]]
+id = "slow"
+command = ["bin/slow.sh"]
+[action.supervise]
+max_rounds = 4
+round_timeout = "20s"
+
+[[action]]
+id = "hang"
+command = ["/bin/sleep", "60"]
+[action.supervise]
+round_timeout = "2s"
+crash_loop = 2
+short_round = "10s"
+"#;
+
+const SCRIPTS: &[(&str, &str)] = &[
+    ("echo.sh", "echo \"round $OUTPOST_ROUND\"\n"),
+    (
+        "stopper.sh",
+        "echo \"round $OUTPOST_ROUND\"\nif [ \"$OUTPOST_ROUND\" = 2 ]; then touch \"$OUTPOST_RUN_DIR/stop\"; sleep 1; echo \"round 2 finished after the stop file\"; fi\n",
+    ),
+    (
+        "doner.sh",
+        "echo \"round $OUTPOST_ROUND\"\nif [ \"$OUTPOST_ROUND\" = 2 ]; then printf 'all caught up\\nmore\\n' > \"$OUTPOST_RUN_DIR/.done\"; fi\n",
+    ),
+    ("crasher.sh", "echo \"round $OUTPOST_ROUND token=sekrit123 crashing\"\nexit 3\n"),
+    (
+        "flaky.sh",
+        "if [ \"$OUTPOST_ROUND\" = 1 ]; then echo 'upstream busy'; exit 75; fi\necho \"round $OUTPOST_ROUND ok\"\n",
+    ),
+    ("fatal.sh", "echo 'bad config'\nexit 78\n"),
+    (
+        "slow.sh",
+        "echo \"round $OUTPOST_ROUND start $$\"\nsleep 3\necho \"round $OUTPOST_ROUND end $$\"\n",
+    ),
+];
+
+fn write_wl_pack(c: &Container, dir: &str, owner: &str) {
+    c.must_sh(&format!("rm -rf {dir}; mkdir -p {dir}/bin"));
+    c.exec_with_stdin(
+        &["sh", "-c", &format!("cat > {dir}/pack.toml")],
+        PACK.as_bytes(),
+    );
+    for (name, body) in SCRIPTS {
+        let text = format!("#!/bin/sh\n{body}");
+        c.exec_with_stdin(
+            &["sh", "-c", &format!("cat > {dir}/bin/{name}")],
+            text.as_bytes(),
+        );
+    }
+    c.must_sh(&format!(
+        "chmod 0755 {dir}/bin/*.sh && chown -R {owner} {dir}"
+    ));
+}
+
+fn run(s: &Setup, action: &str, secs: u64) -> (String, serde_json::Value, String) {
+    let id = start(&s.hub, &s.agent, &format!("wl/{action}"), &[]);
+    let r = wait_final(s, &id, secs);
+    let log = hub_log(&s.hub, &id);
+    (id, r, log)
+}
+
+fn rounds_in(log: &str) -> Vec<u32> {
+    log.lines()
+        .filter_map(|l| l.strip_prefix("round "))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn e2e_workloads_user_mode() {
+    let Some(c) = support::boot_with_binary("wl-user") else {
+        return;
+    };
+    let hub = Hub::start("wl-user", 1);
+    let journal = "journalctl --no-pager -o cat _SYSTEMD_USER_UNIT=outpost.service | tail -40";
+    let s = enroll_and_trust_pack(&c, hub, journal, "wl", &|key, url| {
+        c.exec_with_stdin(
+            &[
+                "bash",
+                "-c",
+                "umask 077; cat > /home/bob/k; chown bob /home/bob/k",
+            ],
+            key.as_bytes(),
+        );
+        write_wl_pack(&c, "/home/bob/wl", "bob");
+        c.must_sh_as(
+            "bob",
+            &format!("OUTPOST_ENROLL_KEY_FILE=/home/bob/k {BIN} install --user --hub {url} && rm /home/bob/k"),
+        );
+        c.must_sh_as("bob", &format!("{BIN} pack install --user /home/bob/wl"));
+    });
+    let runs = "/home/bob/.local/state/outpost/agent/runs";
+
+    // max_rounds = 3: exactly three rounds, then max_rounds_reached; keep_logs = 2.
+    let (id, r, log) = run(&s, "three", 60);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("max_rounds_reached: 3 rounds"),
+        "{r}"
+    );
+    assert_eq!(rounds_in(&log), vec![1, 2, 3], "{log}");
+    let kept = c.must_sh(&format!("cd {runs}/{id} && ls round-[0-9]*.log | sort"));
+    assert_eq!(
+        kept.split_whitespace().collect::<Vec<_>>(),
+        vec!["round-2.log", "round-3.log"]
+    );
+    let cur = c.must_sh(&format!("readlink {runs}/{id}/round-current.log"));
+    assert_eq!(cur.trim(), "round-3.log");
+
+    // The stop file: the round that wrote it finishes, then the workload stops.
+    let (_, r, log) = run(&s, "stopper", 60);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("stop_file_detected"),
+        "{r}"
+    );
+    assert_eq!(rounds_in(&log), vec![1, 2, 2], "{log}");
+    assert!(
+        log.contains("round 2 finished after the stop file"),
+        "{log}"
+    );
+
+    // The .done sentinel: self_terminated with its first line.
+    let (_, r, log) = run(&s, "doner", 60);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(r["reason"], "self_terminated: all caught up", "{r}");
+    assert_eq!(rounds_in(&log), vec![1, 2], "{log}");
+
+    // Five short crashes in a row: crash_loop, the tail redacted, no sixth round.
+    let (id, r, log) = run(&s, "crasher", 60);
+    assert_eq!(r["state"], "failed", "{r}");
+    let why = r["reason"].as_str().unwrap();
+    assert!(
+        why.starts_with("crash_loop: 5 consecutive rounds failed"),
+        "{why}"
+    );
+    assert!(
+        why.contains("token=***") && !why.contains("sekrit123"),
+        "{why}"
+    );
+    assert_eq!(rounds_in(&log), vec![1, 2, 3, 4, 5], "{log}");
+    std::thread::sleep(Duration::from_secs(2));
+    let units = c.must_sh(&format!(
+        "runuser -u bob -- env XDG_RUNTIME_DIR=/run/user/$(id -u bob) systemctl --user list-units --all --no-legend 'outpost-run-{id}*' | wc -l"
+    ));
+    assert_eq!(units.trim(), "0", "no respawn after crash_loop");
+
+    // A transient exit code: back off, then the next round.
+    let (_, r, log) = run(&s, "flaky", 60);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert!(
+        log.contains("upstream busy") && log.contains("round 2 ok"),
+        "{log}"
+    );
+    let j = c.must_sh(&format!(
+        "grep -c '\"round_backoff\"' {runs}/../events.jsonl"
+    ));
+    assert_eq!(j.trim(), "1", "one back-off");
+
+    // A fatal exit code: config_broken after that round.
+    let (_, r, _) = run(&s, "fatal", 60);
+    assert_eq!(r["state"], "failed", "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("config_broken: round 1 exited with 78"),
+        "{r}"
+    );
+
+    // round_timeout kills a hanging round (twice: a crash loop of timeouts).
+    let (_, r, _) = run(&s, "hang", 60);
+    assert_eq!(r["state"], "failed", "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("killed at round_timeout"),
+        "{r}"
+    );
+    let j = c.must_sh(&format!(
+        "grep -c '\"round_timeout_kill\"' {runs}/../events.jsonl"
+    ));
+    assert_eq!(j.trim(), "2", "two rounds killed at round_timeout");
+
+    // kill -9 of the agent mid-round: the round keeps running in its own unit and the new
+    // agent resumes the count: rounds 1-4 each once, each complete.
+    let id = start(&s.hub, &s.agent, "wl/slow", &[]);
+    let until = Instant::now() + Duration::from_secs(30);
+    while !c
+        .sh(&format!("grep -q 'round 2 start' {runs}/{id}/round-2.log"))
+        .success()
+    {
+        assert!(Instant::now() < until, "round 2 never started");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.must_sh("pkill -9 -f 'outpost agent run'");
+    let r = wait_final(&s, &id, 90);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let log = hub_log(&s.hub, &id);
+    let starts: Vec<&str> = log.lines().filter(|l| l.contains(" start ")).collect();
+    let ends: Vec<&str> = log.lines().filter(|l| l.contains(" end ")).collect();
+    assert_eq!(starts.len(), 4, "{log}");
+    assert_eq!(ends.len(), 4, "every round completed: {log}");
+    assert_eq!(
+        rounds_in(&log).iter().filter(|&&n| n == 2).count(),
+        2,
+        "round 2 once: {log}"
+    );
+    let j = c.must_sh(&format!(
+        "grep -c '\"runs_reattached\"' {runs}/../events.jsonl"
+    ));
+    assert!(j.trim().parse::<u32>().unwrap() >= 1, "{j}");
+}
