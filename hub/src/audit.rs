@@ -114,6 +114,25 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_is_documented() {
+        let protocol = include_str!("../../docs/PROTOCOL.md");
+        let audit = protocol
+            .split("* **Audit log**")
+            .nth(1)
+            .expect("docs/PROTOCOL.md has an Audit log bullet");
+        let openapi = include_str!("../../docs/openapi.yaml");
+        let schema = openapi
+            .split("    AuditEntry:")
+            .nth(1)
+            .and_then(|s| s.lines().find(|l| l.trim_start().starts_with("action:")))
+            .expect("docs/openapi.yaml has AuditEntry.action");
+        for k in kind::ALL {
+            assert!(audit.contains(&format!("`{k}`")), "{k} not in docs/PROTOCOL.md");
+            assert!(schema.contains(k), "{k} not in docs/openapi.yaml: {schema}");
+        }
+    }
+
+    #[test]
     fn kinds_are_distinct_snake_case() {
         let mut seen = std::collections::BTreeSet::new();
         for k in kind::ALL {

@@ -1,6 +1,7 @@
 //! Fleet controls over HTTP (docs/PROTOCOL.md, Fleet controls): drain an agent or a group,
 //! the kill switch (stop and start dispatch, optionally cancelling everything in flight) and
-//! the audit log that records both. The dashboard's forms call the same functions.
+//! the audit log that records them and every other admin action ([`crate::audit`]). The
+//! dashboard's forms call the same functions.
 
 use std::sync::Arc;
 
