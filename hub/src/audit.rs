@@ -127,7 +127,10 @@ mod tests {
             .and_then(|s| s.lines().find(|l| l.trim_start().starts_with("action:")))
             .expect("docs/openapi.yaml has AuditEntry.action");
         for k in kind::ALL {
-            assert!(audit.contains(&format!("`{k}`")), "{k} not in docs/PROTOCOL.md");
+            assert!(
+                audit.contains(&format!("`{k}`")),
+                "{k} not in docs/PROTOCOL.md"
+            );
             assert!(schema.contains(k), "{k} not in docs/openapi.yaml: {schema}");
         }
     }
