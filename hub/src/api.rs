@@ -15,6 +15,7 @@ use outpost_proto::{
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::audit::{self, kind, ADMIN_TOKEN};
 use crate::error::ApiError;
 use crate::limits::{Body, ClientIp, RateLimiter, DIAGNOSTICS_BODY, HEARTBEAT_BODY, SMALL_BODY};
 use crate::packs::TrustIndex;
@@ -338,7 +339,22 @@ async fn create_key(
         group: req.group.filter(|g| !g.is_empty()),
         labels: req.labels,
     };
-    hub.store.insert_key(&row).await?;
+    let mut detail = format!("expires {}", rfc3339(row.expires_at_ms));
+    if let Some(g) = &row.group {
+        detail.push_str(&format!(", group {g}"));
+    }
+    if !row.labels.is_empty() {
+        let pairs: Vec<String> = row.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        detail.push_str(&format!(", labels {}", pairs.join(",")));
+    }
+    let entry = audit::entry(
+        now,
+        ADMIN_TOKEN,
+        kind::KEY_CREATE,
+        format!("key {}", row.id),
+        detail,
+    );
+    hub.store.insert_key(&row, entry).await?;
     let body = KeyCreated {
         id: row.id,
         key,
@@ -595,7 +611,14 @@ async fn pack_views(hub: &Hub) -> Result<Vec<PackView>, ApiError> {
 
 /// Trusts (name, sha256) on behalf of `by`; 404 `not_found` for a pair never seen.
 async fn trust(hub: &Hub, name: &str, sha256: &str, by: &str) -> Result<PackView, ApiError> {
-    let Some(row) = hub.store.trust_pack(name, sha256, by, now_ms()).await? else {
+    let entry = audit::entry(
+        now_ms(),
+        by,
+        kind::PACK_TRUST,
+        format!("pack {name} {sha256}"),
+        "",
+    );
+    let Some(row) = hub.store.trust_pack(name, sha256, entry).await? else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
@@ -630,7 +653,7 @@ async fn trust_pack(
     Path((name, sha256)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     require_admin(&hub, &headers)?;
-    Ok(Json(trust(&hub, &name, &sha256, "admin token").await?).into_response())
+    Ok(Json(trust(&hub, &name, &sha256, ADMIN_TOKEN).await?).into_response())
 }
 
 /// `GET /packs`: pending and trusted packs, a Trust button on each pending one.
@@ -709,7 +732,14 @@ async fn revoke_agent(
     require_admin(&hub, &headers)?;
     let entry = lookup(&hub, &id)?;
     let now = now_ms();
-    if !hub.store.revoke(&id, now).await? {
+    let record = audit::entry(
+        now,
+        ADMIN_TOKEN,
+        kind::AGENT_REVOKE,
+        format!("agent {id}"),
+        format!("hostname {}", entry.lock().hostname),
+    );
+    if !hub.store.revoke(&id, record).await? {
         return Err(ApiError::not_found(format!("no agent {id}")));
     }
     {
@@ -725,8 +755,15 @@ async fn delete_agent(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     require_admin(&hub, &headers)?;
-    lookup(&hub, &id)?;
-    let deleted = hub.store.delete(&id).await?;
+    let hostname = lookup(&hub, &id)?.lock().hostname.clone();
+    let record = audit::entry(
+        now_ms(),
+        ADMIN_TOKEN,
+        kind::AGENT_DELETE,
+        format!("agent {id}"),
+        format!("hostname {hostname}"),
+    );
+    let deleted = hub.store.delete(&id, record).await?;
     hub.registry.remove(&id);
     if !deleted {
         return Err(ApiError::not_found(format!("no agent {id}")));

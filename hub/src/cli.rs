@@ -123,7 +123,8 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Show the audit log (drains, dispatch stops and starts), newest first.
+    /// Show the audit log (drains, the kill switch, pack trust, keys, revokes, deletes, run
+    /// starts and cancels), newest first.
     Audit {
         #[command(flatten)]
         client: ClientArgs,

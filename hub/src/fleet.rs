@@ -1,6 +1,7 @@
 //! Fleet controls over HTTP (docs/PROTOCOL.md, Fleet controls): drain an agent or a group,
 //! the kill switch (stop and start dispatch, optionally cancelling everything in flight) and
-//! the audit log that records both. The dashboard's forms call the same functions.
+//! the audit log that records them and every other admin action ([`crate::audit`]). The
+//! dashboard's forms call the same functions.
 
 use std::sync::Arc;
 
@@ -19,10 +20,10 @@ use crate::api::{parse, require_admin, Hub};
 use crate::error::ApiError;
 use crate::limits::{Body, SMALL_BODY};
 use crate::state::{rfc3339, AgentEntry};
-use crate::store::{AuditRow, DispatchRow};
+use crate::store::DispatchRow;
 
-/// Who an API call is in audit records.
-pub const ADMIN_TOKEN: &str = "admin token";
+pub use crate::audit::ADMIN_TOKEN;
+use crate::audit::{self, kind};
 
 type Shared = State<Arc<Hub>>;
 
@@ -80,13 +81,13 @@ pub async fn drain(hub: &Hub, req: &DrainRequest, who: &str) -> Result<DrainRepl
     let drain = !req.undo;
     let now = hub.clock.now_ms();
     let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
-    let audit = AuditRow {
-        at_ms: now,
-        who: who.to_string(),
-        action: if drain { "drain" } else { "undrain" }.into(),
+    let audit = audit::entry(
+        now,
+        who,
+        if drain { kind::DRAIN } else { kind::UNDRAIN },
         target,
-        detail: format!("{} agents: {}", ids.len(), ids.join(", ")),
-    };
+        format!("{} agents: {}", ids.len(), ids.join(", ")),
+    );
     let stored = hub.store.set_drained(&ids, drain, audit).await?;
     for e in entries.iter().filter(|e| stored.contains(&e.id)) {
         let mut st = e.lock();
@@ -150,17 +151,17 @@ pub async fn stop(
     cancel_in_flight: bool,
     who: &str,
 ) -> Result<StopDispatchReply, ApiError> {
-    let audit = AuditRow {
-        at_ms: hub.clock.now_ms(),
-        who: who.to_string(),
-        action: "dispatch_stop".into(),
-        target: "all".into(),
-        detail: if cancel_in_flight {
-            "and cancel every run in flight".into()
+    let audit = audit::entry(
+        hub.clock.now_ms(),
+        who,
+        kind::DISPATCH_STOP,
+        "all",
+        if cancel_in_flight {
+            "and cancel every run in flight"
         } else {
-            String::new()
+            ""
         },
-    };
+    );
     let changed = hub
         .store
         .set_dispatch(true, cancel_in_flight, audit)
@@ -181,13 +182,7 @@ pub async fn stop(
 
 /// Starts dispatch again on behalf of `who` (audited); every agent's waiting poll is woken.
 pub async fn start(hub: &Hub, who: &str) -> Result<DispatchView, ApiError> {
-    let audit = AuditRow {
-        at_ms: hub.clock.now_ms(),
-        who: who.to_string(),
-        action: "dispatch_start".into(),
-        target: "all".into(),
-        detail: String::new(),
-    };
+    let audit = audit::entry(hub.clock.now_ms(), who, kind::DISPATCH_START, "all", "");
     let changed = hub.store.set_dispatch(false, false, audit).await?;
     for e in hub.registry.all() {
         hub.runs.wake(&e.id);

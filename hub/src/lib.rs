@@ -8,6 +8,7 @@
 //! packs ([`packs`]).
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod dashboard;
 pub use outpost_core::duration;

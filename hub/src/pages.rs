@@ -79,7 +79,7 @@ async fn cancel_form(
     f: CsrfForm<NoFields>,
 ) -> Response {
     let NoFields {} = f.form;
-    match crate::runs_api::cancel_run(&hub, &id).await {
+    match crate::runs_api::cancel_run(&hub, &id, &session_label(&f.session)).await {
         Ok(r) => web::see_other_to(&format!("/runs/{}", r.id)),
         Err(e) => page_error(e),
     }
@@ -115,7 +115,7 @@ async fn start_form(
     if let Err(e) = req.validate() {
         return page_error(e.into());
     }
-    match crate::runs_api::create_runs(&hub, req).await {
+    match crate::runs_api::create_runs(&hub, req, &session_label(&f.session)).await {
         Ok((_, rows)) => match rows.first() {
             Some(r) => web::see_other_to(&format!("/runs/{}", r.id)),
             None => web::see_other("/"),

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 
 use crate::api::{agent_auth, parse, require_admin, same_agent, Hub};
+use crate::audit::{self, kind, ADMIN_TOKEN};
 use crate::error::ApiError;
 use crate::limits::{Body, SMALL_BODY};
 use crate::packs::TrustIndex;
@@ -363,7 +364,7 @@ async fn create(
     require_admin(&hub, &headers)?;
     let req: CreateRunRequest = parse(&body)?;
     req.validate()?;
-    let rows = create_runs(&hub, req).await?;
+    let rows = create_runs(&hub, req, ADMIN_TOKEN).await?;
     let status = if rows.0 {
         StatusCode::CREATED
     } else {
@@ -376,10 +377,12 @@ async fn create(
 }
 
 /// Creates the runs of a validated `req` (the API and the dashboard's start form): true
-/// with new runs, false with the runs an idempotency key created before.
+/// with new runs, false with the runs an idempotency key created before. New runs are
+/// audited as `who` ([`kind::RUN_START`]: param names, never their values).
 pub async fn create_runs(
     hub: &Hub,
     req: CreateRunRequest,
+    who: &str,
 ) -> Result<(bool, Vec<RunRow>), ApiError> {
     if let Some((_, by)) = hub.store.dispatch().await?.stopped {
         return Err(ApiError::new(
@@ -418,6 +421,13 @@ pub async fn create_runs(
         let text = serde_json::to_string(&canonical).unwrap_or_default();
         (k, token::hash_hex(&text))
     });
+    let entry = audit::entry(
+        now,
+        who,
+        kind::RUN_START,
+        audit::run_target(&req.target),
+        run_start_detail(&req, &runs),
+    );
     let created = hub
         .store
         .create_runs(NewRuns {
@@ -425,6 +435,7 @@ pub async fn create_runs(
             runs,
             now_ms: now,
             max_queued: hub.runs.limits.max_queued,
+            audit: Some(entry),
         })
         .await?;
     let (fresh, rows) = match created {
@@ -454,6 +465,39 @@ pub async fn create_runs(
         hub.runs.wake(&r.agent_id);
     }
     Ok((fresh, rows))
+}
+
+/// The detail of a run start's audit entry: the action as resolved (pack, short hash), the
+/// names of the params (their values may be secrets), and each run with its agent.
+fn run_start_detail(req: &CreateRunRequest, runs: &[RunRow]) -> String {
+    let mut actions: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            format!(
+                "{}/{} {}",
+                r.pack,
+                r.action,
+                r.sha256.get(..12).unwrap_or(&r.sha256)
+            )
+        })
+        .collect();
+    actions.dedup();
+    let names: Vec<&str> = req.params.keys().map(String::as_str).collect();
+    let params = if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    };
+    let ids: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{} ({})", r.id, r.agent_id))
+        .collect();
+    format!(
+        "action {}; params: {params}; {} runs: {}",
+        actions.join(", "),
+        runs.len(),
+        ids.join(", ")
+    )
 }
 
 #[derive(Deserialize)]
@@ -548,12 +592,20 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     require_admin(&hub, &headers)?;
-    Ok(Json(view(&cancel_run(&hub, &id).await?)).into_response())
+    Ok(Json(view(&cancel_run(&hub, &id, ADMIN_TOKEN).await?)).into_response())
 }
 
-/// Cancels run `id` (the API and the dashboard's Cancel button); its agent is woken.
-pub async fn cancel_run(hub: &Hub, id: &str) -> Result<RunRow, ApiError> {
-    let Some(r) = hub.store.cancel_run(id, hub.clock.now_ms()).await? else {
+/// Cancels run `id` on behalf of `who`, audited (the API and the dashboard's Cancel
+/// button); its agent is woken.
+pub async fn cancel_run(hub: &Hub, id: &str, who: &str) -> Result<RunRow, ApiError> {
+    let entry = audit::entry(
+        hub.clock.now_ms(),
+        who,
+        kind::RUN_CANCEL,
+        format!("run {id}"),
+        "",
+    );
+    let Some(r) = hub.store.cancel_run(id, entry).await? else {
         return Err(ApiError::not_found(format!("no run {id}")));
     };
     hub.runs.wake(&r.agent_id);

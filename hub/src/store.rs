@@ -54,8 +54,9 @@ pub trait Store: Send + Sync {
     /// Every agent, revoked ones included, in no particular order.
     fn load_agents(&self) -> StoreFuture<'_, Vec<StoredAgent>>;
 
-    /// Stores a new, unused enrollment key; an existing id or hash is an error.
-    fn insert_key<'a>(&'a self, key: &'a KeyRow) -> StoreFuture<'a, ()>;
+    /// Stores a new, unused enrollment key with its `audit` entry, in one transaction; an
+    /// existing id or hash is an error (and nothing is written).
+    fn insert_key<'a>(&'a self, key: &'a KeyRow, audit: AuditRow) -> StoreFuture<'a, ()>;
 
     /// Enrolls an agent with the key whose hash is `e.key_hash`, atomically: marks the key
     /// used (only if still unused, recording `e.nonce_hash`) and inserts the agent with the
@@ -68,12 +69,14 @@ pub trait Store: Send + Sync {
     /// Replaces agent `id`'s token hash; false when there is no such agent.
     fn set_token<'a>(&'a self, id: &'a str, token_hash: &'a str) -> StoreFuture<'a, bool>;
 
-    /// Marks agent `id` revoked at `now_ms` (a second revocation keeps the first time);
-    /// false when there is no such agent.
-    fn revoke<'a>(&'a self, id: &'a str, now_ms: i64) -> StoreFuture<'a, bool>;
+    /// Marks agent `id` revoked at `audit.at_ms` (a second revocation keeps the first
+    /// time) and writes `audit`, in one transaction; false (and no entry) when there is no
+    /// such agent.
+    fn revoke<'a>(&'a self, id: &'a str, audit: AuditRow) -> StoreFuture<'a, bool>;
 
-    /// Deletes agent `id` and its diagnostics; false when there is no such agent.
-    fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool>;
+    /// Deletes agent `id` and its diagnostics and writes `audit`, in one transaction; false
+    /// (and no entry) when there is no such agent.
+    fn delete<'a>(&'a self, id: &'a str, audit: AuditRow) -> StoreFuture<'a, bool>;
 
     /// Replaces agent `id`'s diagnostics report (JSON text) received at `now_ms`; false
     /// when there is no such agent.
@@ -110,15 +113,15 @@ pub trait Store: Send + Sync {
     /// Every trust record, ordered by name, then first sighting, then sha256.
     fn packs(&self) -> StoreFuture<'_, Vec<PackRow>>;
 
-    /// Marks (name, sha256) trusted by `by` at `now_ms` and returns the record; trusting a
-    /// trusted record again keeps the first time and who. Other hashes of the name are not
-    /// touched (several may be trusted). `None` when the pair was never seen.
+    /// Marks (name, sha256) trusted by `audit.who` at `audit.at_ms` and returns the record,
+    /// writing `audit` (its detail replaced by [`trust_outcome`]) in the same transaction;
+    /// trusting a trusted record again keeps the first time and who (and is audited again). Other hashes of the name are not touched
+    /// (several may be trusted). `None` (and no entry) when the pair was never seen.
     fn trust_pack<'a>(
         &'a self,
         name: &'a str,
         sha256: &'a str,
-        by: &'a str,
-        now_ms: i64,
+        audit: AuditRow,
     ) -> StoreFuture<'a, Option<PackRow>>;
 
     // Runs (docs/PROTOCOL.md, Runs). Every transition is decided by `crate::runs::step`
@@ -209,9 +212,11 @@ pub trait Store: Send + Sync {
         now_ms: i64,
     ) -> StoreFuture<'a, Result<(RunRow, bool), RunRefusal>>;
 
-    /// An admin's cancel: a queued run is `canceled` at once, a held one gets
-    /// `cancel_requested`, a final one is unchanged. `None` when there is no such run.
-    fn cancel_run<'a>(&'a self, id: &'a str, now_ms: i64) -> StoreFuture<'a, Option<RunRow>>;
+    /// An admin's cancel at `audit.at_ms`: a queued run is `canceled` at once, a held one
+    /// gets `cancel_requested`, a final one is unchanged. `audit` is written in the same
+    /// transaction, its detail replaced by [`cancel_outcome`]. `None` (and no entry) when
+    /// there is no such run.
+    fn cancel_run<'a>(&'a self, id: &'a str, audit: AuditRow) -> StoreFuture<'a, Option<RunRow>>;
 
     /// The lease sweep at `now_ms`: held runs whose lease ended become `unknown`; runs
     /// `unknown` for `lost_after_ms` become `lost`, and each lost idempotent one is queued
@@ -262,9 +267,9 @@ pub struct AuditRow {
     pub at_ms: i64,
     /// `admin token`, `dashboard session <12 hex>`.
     pub who: String,
-    /// `drain`, `undrain`, `dispatch_stop`, `dispatch_start`, …
+    /// One of [`crate::audit::kind`].
     pub action: String,
-    /// `agent a_…`, `group edge`, `all`.
+    /// `agent a_…`, `group edge`, `all`, `pack NAME SHA256`, `run r_…`, …
     pub target: String,
     pub detail: String,
 }
@@ -349,6 +354,29 @@ impl RunRow {
     }
 }
 
+/// The detail of a cancel's audit entry, shared by every backend: run `after`'s agent and
+/// what the cancel did to a run that was `before`.
+pub fn cancel_outcome(before: RunState, after: &RunRow) -> String {
+    let did = if after.state != before {
+        format!("{} -> {}", before.as_str(), after.state.as_str())
+    } else if after.cancel_requested && !after.state.is_final() {
+        format!("{}, cancel requested", after.state.as_str())
+    } else {
+        format!("{}, unchanged", after.state.as_str())
+    };
+    format!("agent {}: {did}", after.agent_id)
+}
+
+/// The detail of a trust's audit entry, shared by every backend: the version trusted, and
+/// who trusted it first when that was not this request (`who` at `at_ms`).
+pub fn trust_outcome(row: &PackRow, at_ms: i64, who: &str) -> String {
+    let this = row.trusted_at_ms == Some(at_ms) && row.trusted_by.as_deref() == Some(who);
+    match &row.trusted_by {
+        Some(first) if !this => format!("version {}, already trusted by {first}", row.version),
+        _ => format!("version {}", row.version),
+    }
+}
+
 /// The id of the run that re-queues lost run `old_id`: derived from it, so a sweep that runs
 /// twice cannot queue two retries.
 pub fn retry_id(old_id: &str) -> String {
@@ -365,6 +393,9 @@ pub struct NewRuns {
     pub now_ms: i64,
     /// Queued runs an agent may have (`--max-runs-queued`).
     pub max_queued: usize,
+    /// Written in the same transaction when the runs are created ([`RunsCreated::New`]),
+    /// not for a retry or a refusal.
+    pub audit: Option<AuditRow>,
 }
 
 /// What [`Store::create_runs`] did.

@@ -446,5 +446,37 @@ fn agent_page_starts_a_run_shows_its_live_log_and_cancels_it_in_chromium() {
         .iter()
         .map(|e| e["action"].as_str().unwrap())
         .collect();
-    assert_eq!(actions, ["dispatch_start", "dispatch_stop", "drain"]);
+    // Newest first: this session's kill switch, drain, cancel and start (the start refused
+    // for its CSRF token wrote nothing), then the admin token's run, trust and key.
+    assert_eq!(
+        actions,
+        [
+            "dispatch_start",
+            "dispatch_stop",
+            "drain",
+            "run_cancel",
+            "run_start",
+            "run_start",
+            "pack_trust",
+            "key_create"
+        ],
+        "{log}"
+    );
+    let who: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["who"].as_str().unwrap())
+        .collect();
+    assert!(
+        who[..5].iter().all(|w| *w == who[0]) && who[0].starts_with("dashboard session "),
+        "{log}"
+    );
+    assert!(who[5..].iter().all(|w| *w == "admin token"), "{log}");
+    assert_eq!(log[3]["target"], format!("run {run}"), "{log}");
+    assert!(
+        log[4]["detail"].as_str().unwrap().contains("params: unit")
+            && !log[4]["detail"].as_str().unwrap().contains("nginx"),
+        "{log}"
+    );
 }

@@ -246,6 +246,7 @@ fn drain_keeps_runs_in_flight_and_offers_nothing_new() {
         .unwrap()
         .iter()
         .map(|e| (e["action"].as_str().unwrap(), e["target"].as_str().unwrap()))
+        .filter(|(a, _)| a.ends_with("drain"))
         .collect();
     let agent_target = format!("agent {}", a.id);
     assert_eq!(
@@ -290,10 +291,20 @@ fn the_kill_switch_stops_everything_and_can_cancel_in_flight() {
     assert_eq!((s, v["stopped"].as_bool()), (200, Some(false)), "{v}");
     let again = created_id(&hub, json!({"agent": a.id}));
     assert_eq!(a.offers(&hub, &[&held]).0, [again]);
-    let (_, log) = hub.admin("GET", "/api/v1/audit?limit=2", None);
-    assert_eq!(log[0]["action"], "dispatch_start");
-    assert_eq!(log[1]["action"], "dispatch_stop");
-    assert_eq!(log[1]["detail"], "and cancel every run in flight");
+    let (_, log) = hub.admin("GET", "/api/v1/audit?limit=3", None);
+    assert_eq!(log[0]["action"], "run_start", "{log}");
+    assert_eq!(log[1]["action"], "dispatch_start", "{log}");
+    assert_eq!(log[2]["action"], "dispatch_stop", "{log}");
+    assert_eq!(log[2]["detail"], "and cancel every run in flight");
+    // The creates refused while stopped wrote nothing: two starts before the stop.
+    let (_, log) = hub.admin("GET", "/api/v1/audit", None);
+    let starts = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "run_start")
+        .count();
+    assert_eq!(starts, 3, "{log}");
     assert_eq!(hub.req("POST", "/api/v1/dispatch/stop", None, None).0, 401);
     assert_eq!(hub.req("GET", "/api/v1/audit", None, None).0, 401);
 }
@@ -347,11 +358,16 @@ fn cli_drain_dispatch_audit() {
         "{status}"
     );
     assert_eq!(cli(&["dispatch", "start"]).1, "dispatch started\n");
+    // The header, then newest first: the four fleet controls, the trust and the key of
+    // `agent` (the run refused while drained wrote nothing).
     let (_, audit, _) = cli(&["audit"]);
     let lines: Vec<&str> = audit.lines().collect();
-    assert_eq!(lines.len(), 5, "{audit}");
+    assert_eq!(lines.len(), 7, "{audit}");
     assert!(
-        lines[1].contains("dispatch_start") && lines[4].contains("drain"),
+        lines[1].contains("dispatch_start")
+            && lines[4].contains("drain")
+            && lines[5].contains("pack_trust")
+            && lines[6].contains("key_create"),
         "{audit}"
     );
     // Bad input: exit 2 with an error and a hint, nothing changed.
@@ -363,5 +379,351 @@ fn cli_drain_dispatch_audit() {
     );
     let (code, _, _) = cli(&["drain"]);
     assert_eq!(code, Some(2));
-    assert_eq!(cli(&["audit"]).1.lines().count(), 5);
+    assert_eq!(cli(&["audit"]).1.lines().count(), 7);
+}
+
+/// The audit log, oldest first.
+fn audit_log(hub: &Hub) -> Vec<Value> {
+    let (s, log) = hub.admin("GET", "/api/v1/audit?limit=1000", None);
+    assert_eq!(s, 200, "{log}");
+    let mut log = log.as_array().unwrap().clone();
+    log.reverse();
+    log
+}
+
+/// Runs `f` and returns what it returned with the audit entries it added, oldest first.
+fn audited<T>(hub: &Hub, f: impl FnOnce() -> T) -> (T, Vec<Value>) {
+    let before = audit_log(hub).len();
+    let out = f();
+    let log = audit_log(hub);
+    assert!(log.len() >= before, "audit entries disappeared");
+    (out, log[before..].to_vec())
+}
+
+/// `f` adds exactly one entry, of `action` on `target` by the admin token; returns it.
+fn one_entry<T>(hub: &Hub, action: &str, target: &str, f: impl FnOnce() -> T) -> (T, Value) {
+    let (out, added) = audited(hub, f);
+    assert_eq!(added.len(), 1, "{action} {target}: {added:?}");
+    let e = added.into_iter().next().unwrap();
+    assert_eq!(
+        (
+            e["action"].as_str(),
+            e["target"].as_str(),
+            e["who"].as_str()
+        ),
+        (Some(action), Some(target), Some("admin token")),
+        "{e}"
+    );
+    assert!(e["at"].as_str().is_some_and(|t| t.ends_with('Z')), "{e}");
+    (out, e)
+}
+
+/// `f` adds no entry.
+fn no_entry<T>(hub: &Hub, what: &str, f: impl FnOnce() -> T) -> T {
+    let (out, added) = audited(hub, f);
+    assert!(added.is_empty(), "{what}: {added:?}");
+    out
+}
+
+#[test]
+fn every_admin_action_is_audited_once_and_refusals_never() {
+    let hub = Hub::start();
+    let sha = SHA.to_string().repeat(64);
+    // Key create: the id, expiry, group and labels, never the key.
+    let body = json!({"ttl_secs": 600, "group": "edge", "labels": {"role": "web"}});
+    let ((s, key), added) = audited(&hub, || hub.admin("POST", "/api/v1/keys", Some(&body)));
+    assert_eq!((s, added.len()), (201, 1), "{key} {added:?}");
+    let e = &added[0];
+    assert_eq!(
+        (
+            e["action"].as_str(),
+            e["target"].as_str(),
+            e["who"].as_str()
+        ),
+        (
+            Some("key_create"),
+            Some(format!("key {}", key["id"].as_str().unwrap()).as_str()),
+            Some("admin token")
+        ),
+        "{e}"
+    );
+    let secret = key["key"].as_str().unwrap();
+    let detail = e["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("group edge") && detail.contains("labels role=web"),
+        "{e}"
+    );
+    assert!(detail.starts_with("expires "), "{e}");
+    assert!(
+        !e.to_string().contains(secret),
+        "the key is in the audit log: {e}"
+    );
+    for bad in [json!({"ttl_secs": 0}), json!({"ttl_secs": 60, "bogus": 1})] {
+        let (s, _) = no_entry(&hub, "bad key", || {
+            hub.admin("POST", "/api/v1/keys", Some(&bad))
+        });
+        assert_eq!(s, 400, "{bad}");
+    }
+    no_entry(&hub, "no token", || {
+        hub.req("POST", "/api/v1/keys", None, Some(&json!({"ttl_secs": 60})))
+    });
+    // Agents' own requests are not admin actions.
+    let (s, enrolled) = no_entry(&hub, "enroll", || hub.enroll(secret, "web-1"));
+    assert_eq!(s, 201, "{enrolled}");
+    let id = enrolled["agent_id"].as_str().unwrap().to_string();
+    let token = enrolled["token"].as_str().unwrap().to_string();
+    let catalog = json!([{
+        "name": "web", "version": "1.0.0", "sha256": sha,
+        "actions": [{"id": "deploy", "params": [
+            {"name": "password", "type": "string", "required": true},
+            {"name": "unit", "type": "string", "required": false}],
+            "idempotent": false, "privileged": false}]
+    }]);
+    let s = no_entry(&hub, "heartbeat", || {
+        hub.heartbeat_packs(&id, &token, catalog).0
+    });
+    assert_eq!(s, 200);
+
+    // A run of an untrusted pack is refused: nothing audited.
+    let start = json!({"target": {"agent": id}, "action": "deploy",
+                       "params": {"password": "hunter2-secret", "unit": "nginx"}});
+    let (s, v) = no_entry(&hub, "untrusted run", || {
+        hub.admin("POST", "/api/v1/runs", Some(&start))
+    });
+    assert_eq!((s, code(&v)), (409, "pack_untrusted"), "{v}");
+
+    // Pack trust: unknown hash and unknown name refused; trusting twice is two entries.
+    let unknown = format!("/api/v1/packs/web/{}/trust", "f".repeat(64));
+    let s = no_entry(&hub, "unknown hash", || hub.admin("POST", &unknown, None).0);
+    assert_eq!(s, 404);
+    let nameless = format!("/api/v1/packs/nope/{sha}/trust");
+    assert_eq!(
+        no_entry(&hub, "unknown pack", || hub
+            .admin("POST", &nameless, None)
+            .0),
+        404
+    );
+    let trust = format!("/api/v1/packs/web/{sha}/trust");
+    let pack_target = format!("pack web {sha}");
+    let ((s, _), e) = one_entry(&hub, "pack_trust", &pack_target, || {
+        hub.admin("POST", &trust, None)
+    });
+    assert_eq!(
+        (s, e["detail"].as_str()),
+        (200, Some("version 1.0.0")),
+        "{e}"
+    );
+    let (_, e) = one_entry(&hub, "pack_trust", &pack_target, || {
+        hub.admin("POST", &trust, None)
+    });
+    assert_eq!(
+        e["detail"], "version 1.0.0, already trusted by admin token",
+        "{e}"
+    );
+
+    // Run start: the action, the param names and the run, never a param's value.
+    let agent_target = format!("agent {id}");
+    let ((s, v), e) = one_entry(&hub, "run_start", &agent_target, || {
+        hub.admin("POST", "/api/v1/runs", Some(&start))
+    });
+    assert_eq!(s, 201, "{v}");
+    let run_id = v["runs"][0]["id"].as_str().unwrap().to_string();
+    let detail = e["detail"].as_str().unwrap();
+    assert_eq!(
+        detail,
+        format!(
+            "action web/deploy {}; params: password, unit; 1 runs: {run_id} ({id})",
+            &sha[..12]
+        )
+    );
+    assert!(
+        !e.to_string().contains("hunter2") && !e.to_string().contains("nginx"),
+        "{e}"
+    );
+    // Refused starts: unknown action, bad params, no matching agent, no token.
+    for (bad, want) in [
+        (json!({"target": {"agent": id}, "action": "nope"}), 400),
+        (
+            json!({"target": {"agent": id}, "action": "deploy", "params": {"unit": "x"}}),
+            400,
+        ),
+        (
+            json!({"target": {"agent": "a_nope"}, "action": "deploy"}),
+            404,
+        ),
+        (
+            json!({"target": {"group": "nope"}, "action": "deploy"}),
+            404,
+        ),
+    ] {
+        let (s, v) = no_entry(&hub, "bad run", || {
+            hub.admin("POST", "/api/v1/runs", Some(&bad))
+        });
+        assert_eq!(s, want, "{bad} {v}");
+    }
+    no_entry(&hub, "no token", || {
+        hub.req("POST", "/api/v1/runs", None, Some(&start))
+    });
+    // An idempotent create: one entry for the runs, none for the retry that returns them.
+    let mut keyed = start.clone();
+    keyed["idempotency_key"] = json!("audit-key-1");
+    keyed["target"] = json!({"group": "edge"});
+    let ((s, v), e) = one_entry(&hub, "run_start", "group edge", || {
+        hub.admin("POST", "/api/v1/runs", Some(&keyed))
+    });
+    assert_eq!(s, 201, "{v}");
+    let keyed_id = v["runs"][0]["id"].as_str().unwrap().to_string();
+    assert!(e["detail"].as_str().unwrap().contains(&keyed_id), "{e}");
+    let (s, v) = no_entry(&hub, "retry", || {
+        hub.admin("POST", "/api/v1/runs", Some(&keyed))
+    });
+    assert_eq!(
+        (s, v["runs"][0]["id"].as_str()),
+        (200, Some(keyed_id.as_str())),
+        "{v}"
+    );
+
+    // Run cancel: what it did; an unknown run refused.
+    let cancel = format!("/api/v1/runs/{run_id}/cancel");
+    let ((s, _), e) = one_entry(&hub, "run_cancel", &format!("run {run_id}"), || {
+        hub.admin("POST", &cancel, None)
+    });
+    assert_eq!(s, 200);
+    assert_eq!(
+        e["detail"],
+        format!("agent {id}: queued -> canceled"),
+        "{e}"
+    );
+    let (s, _) = no_entry(&hub, "unknown run", || {
+        hub.admin("POST", "/api/v1/runs/r_nope/cancel", None)
+    });
+    assert_eq!(s, 404);
+    no_entry(&hub, "no token", || hub.req("POST", &cancel, None, None));
+
+    // Revoke and delete; unknown agents refused.
+    let ((s, _), e) = one_entry(&hub, "agent_revoke", &agent_target, || {
+        hub.admin("POST", &format!("/api/v1/agents/{id}/revoke"), None)
+    });
+    assert_eq!(
+        (s, e["detail"].as_str()),
+        (200, Some("hostname web-1")),
+        "{e}"
+    );
+    let s = no_entry(&hub, "unknown revoke", || {
+        hub.admin("POST", "/api/v1/agents/a_nope/revoke", None).0
+    });
+    assert_eq!(s, 404);
+    let s = no_entry(&hub, "unknown delete", || {
+        hub.admin("DELETE", "/api/v1/agents/a_nope", None).0
+    });
+    assert_eq!(s, 404);
+    no_entry(&hub, "no token", || {
+        hub.req("DELETE", &format!("/api/v1/agents/{id}"), None, None)
+    });
+    let ((s, _), _) = one_entry(&hub, "agent_delete", &agent_target, || {
+        hub.admin("DELETE", &format!("/api/v1/agents/{id}"), None)
+    });
+    assert_eq!(s, 204);
+    let s = no_entry(&hub, "deleted twice", || {
+        hub.admin("DELETE", &format!("/api/v1/agents/{id}"), None).0
+    });
+    assert_eq!(s, 404);
+
+    // The entries survive a restart, in order.
+    let kinds: Vec<String> = audit_log(&hub)
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_string())
+        .collect();
+    let mut hub = hub;
+    hub.stop();
+    hub.restart();
+    let again: Vec<String> = audit_log(&hub)
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(again, kinds);
+    assert_eq!(
+        kinds,
+        [
+            "key_create",
+            "pack_trust",
+            "pack_trust",
+            "run_start",
+            "run_start",
+            "run_cancel",
+            "agent_revoke",
+            "agent_delete"
+        ]
+    );
+}
+
+#[test]
+fn dashboard_starts_and_cancels_are_audited_as_the_session() {
+    let hub = Hub::start();
+    let a = agent(&hub, "web-1", "edge");
+    let session = hub.login();
+    let cookie = format!("outpost_session={session}");
+    let page = hub.raw(
+        "GET",
+        &format!("/agents/{}", a.id),
+        &[("Cookie", &cookie)],
+        b"",
+    );
+    assert_eq!(page.status, 200, "{}", page.head);
+    let csrf = common::csrf_of(&page.text());
+    let origin = hub.url.clone();
+    let form = |path: &str, body: &str| {
+        hub.raw(
+            "POST",
+            path,
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Cookie", &cookie),
+                ("Origin", &origin),
+            ],
+            body.as_bytes(),
+        )
+    };
+    let start = format!("/agents/{}/runs", a.id);
+    // A refused start (unknown action) and a post without the CSRF token write nothing.
+    let r = no_entry(&hub, "unknown action", || {
+        form(&start, &format!("csrf={csrf}&action=nope"))
+    });
+    assert_eq!(r.status, 400, "{}", r.head);
+    let r = no_entry(&hub, "no csrf", || form(&start, "action=once"));
+    assert_eq!(r.status, 403, "{}", r.head);
+    let (r, added) = audited(&hub, || form(&start, &format!("csrf={csrf}&action=once")));
+    assert_eq!(r.status, 303, "{}", r.head);
+    let run_id = r
+        .header("location")
+        .unwrap()
+        .trim_start_matches("/runs/")
+        .to_string();
+    assert_eq!(added.len(), 1, "{added:?}");
+    let who = added[0]["who"].as_str().unwrap().to_string();
+    assert!(who.starts_with("dashboard session "), "{who}");
+    assert_eq!(
+        (added[0]["action"].as_str(), added[0]["target"].as_str()),
+        (Some("run_start"), Some(format!("agent {}", a.id).as_str()))
+    );
+    let cancel = format!("/runs/{run_id}/cancel");
+    let (r, added) = audited(&hub, || form(&cancel, &format!("csrf={csrf}")));
+    assert_eq!(r.status, 303, "{}", r.head);
+    assert_eq!(added.len(), 1, "{added:?}");
+    assert_eq!(
+        (
+            added[0]["action"].as_str(),
+            added[0]["target"].as_str(),
+            added[0]["who"].as_str()
+        ),
+        (
+            Some("run_cancel"),
+            Some(format!("run {run_id}").as_str()),
+            Some(who.as_str())
+        )
+    );
+    let r = no_entry(&hub, "unknown run", || {
+        form("/runs/r_nope/cancel", &format!("csrf={csrf}"))
+    });
+    assert_eq!(r.status, 404, "{}", r.head);
 }

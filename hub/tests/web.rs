@@ -362,6 +362,21 @@ fn trust_form_needs_session_csrf_and_origin() {
             .starts_with("dashboard session "),
         "{list}"
     );
+    // Audited once, as the session; the refused posts above wrote nothing.
+    let (_, log) = hub.admin("GET", "/api/v1/audit", None);
+    let trusts: Vec<_> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "pack_trust")
+        .collect();
+    assert_eq!(trusts.len(), 1, "{log}");
+    assert_eq!(trusts[0]["who"], list[0]["trusted_by"], "{log}");
+    assert_eq!(
+        trusts[0]["target"],
+        format!("pack web {}", "a".repeat(64)),
+        "{log}"
+    );
     // The pages need a session.
     for p in ["/packs".to_string(), format!("/agents/{id}")] {
         let r = hub.raw("GET", &p, &[], b"");

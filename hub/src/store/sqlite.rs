@@ -11,6 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use outpost_proto::{PackAdvert, PackTrust};
 
+use super::trust_outcome;
 use super::{
     judge_key, AuditRow, DispatchChanged, DispatchRow, Enrolled, KeyRefusal, KeyRow, KeyStatus,
     KeyVerdict, Lease, NewAgent, NewRuns, PackRow, Polled, RunFilter, RunRefusal, RunRow,
@@ -309,10 +310,11 @@ impl Store for SqliteStore {
         self.run("load agents", load_agents)
     }
 
-    fn insert_key<'a>(&'a self, key: &'a KeyRow) -> StoreFuture<'a, ()> {
+    fn insert_key<'a>(&'a self, key: &'a KeyRow, audit: AuditRow) -> StoreFuture<'a, ()> {
         let k = key.clone();
         self.run("store an enrollment key", move |c| {
-            c.execute(
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
                 "INSERT INTO enroll_keys (id, key_hash, created_at, expires_at, grp, labels)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
@@ -324,7 +326,8 @@ impl Store for SqliteStore {
                     serde_json::to_string(&k.labels).unwrap_or_else(|_| "{}".into())
                 ],
             )?;
-            Ok(())
+            fleet::insert_audit_tx(&tx, &audit)?;
+            tx.commit()
         })
     }
 
@@ -344,21 +347,33 @@ impl Store for SqliteStore {
         })
     }
 
-    fn revoke<'a>(&'a self, id: &'a str, now_ms: i64) -> StoreFuture<'a, bool> {
+    fn revoke<'a>(&'a self, id: &'a str, audit: AuditRow) -> StoreFuture<'a, bool> {
         let id = id.to_string();
         self.run("revoke an agent", move |c| {
-            let n = c.execute(
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx.execute(
                 "UPDATE agents SET revoked_at = COALESCE(revoked_at, ?1) WHERE id = ?2",
-                params![now_ms, id],
+                params![audit.at_ms, id],
             )?;
-            Ok(n == 1)
+            if n != 1 {
+                return Ok(false);
+            }
+            fleet::insert_audit_tx(&tx, &audit)?;
+            tx.commit()?;
+            Ok(true)
         })
     }
 
-    fn delete<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
+    fn delete<'a>(&'a self, id: &'a str, audit: AuditRow) -> StoreFuture<'a, bool> {
         let id = id.to_string();
         self.run("delete an agent", move |c| {
-            Ok(c.execute("DELETE FROM agents WHERE id = ?1", [id])? == 1)
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if tx.execute("DELETE FROM agents WHERE id = ?1", [id])? != 1 {
+                return Ok(false);
+            }
+            fleet::insert_audit_tx(&tx, &audit)?;
+            tx.commit()?;
+            Ok(true)
         })
     }
 
@@ -425,12 +440,12 @@ impl Store for SqliteStore {
         &'a self,
         name: &'a str,
         sha256: &'a str,
-        by: &'a str,
-        now_ms: i64,
+        audit: AuditRow,
     ) -> StoreFuture<'a, Option<PackRow>> {
-        let (name, sha256, by) = (name.to_string(), sha256.to_string(), by.to_string());
+        let (name, sha256) = (name.to_string(), sha256.to_string());
         self.run("trust a pack", move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let (now_ms, by) = (audit.at_ms, &audit.who);
             tx.execute(
                 "UPDATE pack_trust SET state = 'trusted', trusted_at = COALESCE(trusted_at, ?1),
                         trusted_by = COALESCE(trusted_by, ?2)
@@ -446,6 +461,10 @@ impl Store for SqliteStore {
                     pack_row,
                 )
                 .optional()?;
+            if let Some(r) = &row {
+                let detail = trust_outcome(r, audit.at_ms, &audit.who);
+                fleet::insert_audit_tx(&tx, &AuditRow { detail, ..audit })?;
+            }
             tx.commit()?;
             Ok(row)
         })
@@ -547,9 +566,9 @@ impl Store for SqliteStore {
         })
     }
 
-    fn cancel_run<'a>(&'a self, id: &'a str, now_ms: i64) -> StoreFuture<'a, Option<RunRow>> {
+    fn cancel_run<'a>(&'a self, id: &'a str, audit: AuditRow) -> StoreFuture<'a, Option<RunRow>> {
         let id = id.to_string();
-        self.run("cancel a run", move |c| runs::cancel_run(c, &id, now_ms))
+        self.run("cancel a run", move |c| runs::cancel_run(c, &id, audit))
     }
 
     fn sweep_runs(&self, now_ms: i64, lost_after_ms: i64) -> StoreFuture<'_, Swept> {
@@ -999,6 +1018,7 @@ mod tests {
             runs: vec![r.clone()],
             now_ms: 6,
             max_queued: 100,
+            audit: None,
         };
         assert_eq!(
             db.create_runs(new).await.unwrap(),
@@ -1117,6 +1137,7 @@ mod tests {
             runs: vec![r],
             now_ms: 1,
             max_queued: 100,
+            audit: None,
         };
         db.create_runs(new).await.unwrap();
         let lease = Lease {
@@ -1181,7 +1202,9 @@ mod tests {
             group: Some("edge".into()),
             labels: BTreeMap::from([("a".into(), "b".into())]),
         };
-        db.insert_key(&k).await.unwrap();
+        db.insert_key(&k, crate::store::tests::entry(1, "key_create", &k.id))
+            .await
+            .unwrap();
         let facts = crate::state::Facts {
             hostname: "x".into(),
             ..Default::default()
@@ -1244,7 +1267,9 @@ mod tests {
             key_hash: "h2".into(),
             ..k
         };
-        db.insert_key(&k2).await.unwrap();
+        db.insert_key(&k2, crate::store::tests::entry(1, "key_create", &k2.id))
+            .await
+            .unwrap();
         assert_eq!(
             enroll("h2", None, "a_3", "t3", 10_000).await,
             Err(KeyRefusal::Expired)

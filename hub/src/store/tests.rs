@@ -121,7 +121,10 @@ async fn agent(store: &dyn Store, id: &str) -> Option<StoredAgent> {
 /// A new agent `a_{name}` enrolled at time 1 with its own key.
 async fn new_agent(store: &dyn Store, name: &str) -> String {
     let k = key(name);
-    store.insert_key(&k).await.unwrap();
+    store
+        .insert_key(&k, entry(1, "key_create", &k.id))
+        .await
+        .unwrap();
     let id = format!("a_{name}");
     let got = enroll_as(store, &k.key_hash, None, &id, 1).await;
     assert!(
@@ -205,7 +208,10 @@ async fn enrollment_table(store: &dyn Store) {
     for c in ENROLL {
         let k = key(c.name);
         if c.minted {
-            store.insert_key(&k).await.unwrap();
+            store
+                .insert_key(&k, entry(1, "key_create", &k.id))
+                .await
+                .unwrap();
         }
         let first_id = format!("a_{}_1", c.name);
         if let Some(a) = c.first {
@@ -264,7 +270,10 @@ async fn enrollment_table(store: &dyn Store) {
 async fn concurrent_enrollments(store: &dyn Store) {
     for (name, nonce) in [("race", None), ("race_nonce", N1)] {
         let k = key(name);
-        store.insert_key(&k).await.unwrap();
+        store
+            .insert_key(&k, entry(1, "key_create", &k.id))
+            .await
+            .unwrap();
         let ids: Vec<String> = (0..4).map(|i| format!("a_{name}_{i}")).collect();
         let e = |i: usize| enroll_as(store, &k.key_hash, nonce, &ids[i], 5);
         let (r0, r1, r2, r3) = tokio::join!(e(0), e(1), e(2), e(3));
@@ -292,10 +301,19 @@ async fn concurrent_enrollments(store: &dyn Store) {
 }
 
 /// A key with an id or hash already stored is refused with a one-line error and a hint;
-/// the stored key is unchanged.
+/// the stored key is unchanged and no audit entry is written for it.
 async fn keys_are_unique(store: &dyn Store) {
     let k = key("unique");
-    store.insert_key(&k).await.unwrap();
+    store
+        .insert_key(&k, entry(1, "key_create", &k.id))
+        .await
+        .unwrap();
+    let e = last_audit(store).await.unwrap();
+    assert_eq!(
+        (e.action.as_str(), e.target.as_str()),
+        ("key_create", "k_unique")
+    );
+    let before = audit_count(store).await;
     let same_id = KeyRow {
         key_hash: hash("another-key"),
         expires_at_ms: 1,
@@ -307,7 +325,11 @@ async fn keys_are_unique(store: &dyn Store) {
         ..k.clone()
     };
     for (what, dup) in [("same id", &same_id), ("same hash", &same_hash)] {
-        let e = store.insert_key(dup).await.expect_err(what);
+        let e = store
+            .insert_key(dup, entry(2, "key_create", &dup.id))
+            .await
+            .expect_err(what);
+        assert_eq!(audit_count(store).await, before, "{what}: audited");
         let msg = e.to_string();
         assert!(!msg.is_empty() && !msg.contains('\n'), "{what}: {msg:?}");
         assert!(!e.hint().is_empty(), "{what}");
@@ -327,18 +349,40 @@ enum Op {
 /// Time of the operations below.
 const OP_AT: i64 = 7_000;
 
+/// An audit entry of `action` at `at_ms`, as the admin token.
+pub(crate) fn entry(at_ms: i64, action: &str, target: &str) -> AuditRow {
+    AuditRow {
+        at_ms,
+        who: "admin token".into(),
+        action: action.into(),
+        target: target.into(),
+        detail: format!("{action} detail"),
+    }
+}
+
+/// The newest audit entry.
+pub(crate) async fn last_audit(store: &dyn Store) -> Option<AuditRow> {
+    store.audit_log(1).await.unwrap().into_iter().next()
+}
+
+/// How many audit entries there are (the suite writes fewer than a million).
+pub(crate) async fn audit_count(store: &dyn Store) -> usize {
+    store.audit_log(1_000_000).await.unwrap().len()
+}
+
 async fn apply(store: &dyn Store, op: Op, id: &str) -> bool {
     let r = match op {
         Op::SetToken => store.set_token(id, &hash("new-token")).await,
-        Op::Revoke => store.revoke(id, OP_AT).await,
-        Op::Delete => store.delete(id).await,
+        Op::Revoke => store.revoke(id, entry(OP_AT, "revoke", id)).await,
+        Op::Delete => store.delete(id, entry(OP_AT, "delete", id)).await,
         Op::StoreDiagnostics => store.store_diagnostics(id, r#"{"ok":true}"#, OP_AT).await,
     };
     r.unwrap_or_else(|e| panic!("{op:?} {id}: {e}"))
 }
 
 /// Each operation on an agent: true and its effect when the agent exists, false and no
-/// effect (nothing created) when it does not.
+/// effect (nothing created, nothing audited) when it does not. Revoke and delete write
+/// their audit entry with the change.
 async fn agent_operations_table(store: &dyn Store) {
     #[rustfmt::skip]
     let cases = [
@@ -357,7 +401,18 @@ async fn agent_operations_table(store: &dyn Store) {
         } else {
             format!("a_{name}")
         };
+        let before = audit_count(store).await;
         assert_eq!(apply(store, op, &id).await, exists, "{name}");
+        let audited = exists && matches!(op, Op::Revoke | Op::Delete);
+        assert_eq!(
+            audit_count(store).await,
+            before + usize::from(audited),
+            "{name}: audit entries"
+        );
+        if audited {
+            let e = last_audit(store).await.unwrap();
+            assert_eq!((e.at_ms, e.target.as_str()), (OP_AT, id.as_str()), "{name}");
+        }
         let a = agent(store, &id).await;
         let diag = store.diagnostics(&id).await.unwrap();
         if !exists {
@@ -382,8 +437,8 @@ async fn agent_operations_table(store: &dyn Store) {
 
 async fn revocation_keeps_the_first_time(store: &dyn Store) {
     let id = new_agent(store, "revoke_twice").await;
-    assert!(store.revoke(&id, 100).await.unwrap());
-    assert!(store.revoke(&id, 200).await.unwrap());
+    assert!(store.revoke(&id, entry(100, "revoke", &id)).await.unwrap());
+    assert!(store.revoke(&id, entry(200, "revoke", &id)).await.unwrap());
     let a = agent(store, &id).await.unwrap();
     assert_eq!(a.state.revoked_at_ms, Some(100));
 }
@@ -392,7 +447,10 @@ async fn revocation_keeps_the_first_time(store: &dyn Store) {
 async fn deletion_takes_everything(store: &dyn Store) {
     let id = new_agent(store, "delete_all").await;
     assert!(store.store_diagnostics(&id, "{}", 5).await.unwrap());
-    assert!(store.delete(&id).await.unwrap());
+    assert!(store
+        .delete(&id, entry(OP_AT, "delete", &id))
+        .await
+        .unwrap());
     assert!(agent(store, &id).await.is_none());
     assert_eq!(store.diagnostics(&id).await.unwrap(), None);
     for op in [Op::Delete, Op::SetToken, Op::Revoke, Op::StoreDiagnostics] {
@@ -516,7 +574,7 @@ async fn heartbeats_round_trip(store: &dyn Store) {
 /// labels, enrollment time or no revocation changes none of them, nor the token.
 async fn heartbeats_never_touch_identity(store: &dyn Store) {
     let id = new_agent(store, "hb_identity").await;
-    assert!(store.revoke(&id, 50).await.unwrap());
+    assert!(store.revoke(&id, entry(50, "revoke", &id)).await.unwrap());
     let stale = AgentState {
         hostname: "renamed".into(),
         machine_id: "other-machine".into(),
@@ -620,7 +678,20 @@ async fn catalogs_and_trust_table(store: &dyn Store) {
             }
             Trust(name, d, by, at, want) => {
                 let sha = d.to_string().repeat(64);
-                let got = store.trust_pack(name, &sha, by, at).await.unwrap();
+                let mut e = entry(at, "pack_trust", name);
+                e.who = by.to_string();
+                let before = audit_count(store).await;
+                let got = store.trust_pack(name, &sha, e).await.unwrap();
+                assert_eq!(
+                    audit_count(store).await,
+                    before + usize::from(got.is_some()),
+                    "{name} {d}: audited once when found, never otherwise"
+                );
+                if let Some(r) = &got {
+                    let e = last_audit(store).await.unwrap();
+                    assert_eq!((e.at_ms, e.who.as_str()), (at, by), "{name} {d}");
+                    assert_eq!(e.detail, trust_outcome(r, at, by), "{name} {d}");
+                }
                 let got = got.map(|r| {
                     assert_eq!(r.state, outpost_proto::PackTrust::Trusted, "{name} {d}");
                     (r.trusted_at_ms.unwrap(), r.trusted_by.unwrap())
@@ -696,7 +767,10 @@ async fn catalog_survives_heartbeats_and_goes_with_the_agent(store: &dyn Store) 
         agent(store, &id).await.unwrap().state.packs,
         Some(c.clone())
     );
-    assert!(store.delete(&id).await.unwrap());
+    assert!(store
+        .delete(&id, entry(OP_AT, "delete", &id))
+        .await
+        .unwrap());
     assert!(!store
         .store_catalog(&id, catalog(&[("ck-gone", '5')]), 6)
         .await

@@ -15,8 +15,8 @@ use crate::runs::{
     ResultVerdict, Step,
 };
 use crate::store::{
-    retry_id, AuditRow, DispatchChanged, Lease, NewRuns, Polled, RunFilter, RunRefusal, RunRow,
-    RunsCreated, Swept,
+    cancel_outcome, retry_id, AuditRow, DispatchChanged, Lease, NewRuns, Polled, RunFilter,
+    RunRefusal, RunRow, RunsCreated, Swept,
 };
 
 /// The columns [`run_row`] reads, in order.
@@ -182,6 +182,9 @@ pub(super) fn create_runs(conn: &mut Connection, new: &NewRuns) -> rusqlite::Res
     }
     for r in &new.runs {
         insert(&tx, r)?;
+    }
+    if let Some(a) = &new.audit {
+        fleet::insert_audit_tx(&tx, a)?;
     }
     tx.commit()?;
     Ok(RunsCreated::New(new.runs.clone()))
@@ -569,14 +572,15 @@ pub(super) fn finish_run(
 pub(super) fn cancel_run(
     conn: &mut Connection,
     id: &str,
-    now_ms: i64,
+    mut audit: AuditRow,
 ) -> rusqlite::Result<Option<RunRow>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let Some(mut r) = load(&tx, id)? else {
         return Ok(None);
     };
+    let before = r.state;
     let lease = Lease {
-        now_ms,
+        now_ms: audit.at_ms,
         lease_ms: 0,
     };
     match step(r.state, Event::Cancel) {
@@ -585,6 +589,8 @@ pub(super) fn cancel_run(
         _ => {}
     }
     save(&tx, &r)?;
+    audit.detail = cancel_outcome(before, &r);
+    fleet::insert_audit_tx(&tx, &audit)?;
     tx.commit()?;
     Ok(Some(r))
 }

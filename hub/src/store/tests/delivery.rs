@@ -119,6 +119,7 @@ async fn deliver(store: &dyn Store, id: &str, ds: &[Delivery]) -> (RunRow, Vec<u
         runs: vec![r],
         now_ms: 10,
         max_queued: 10_000,
+        audit: None,
     };
     assert!(matches!(
         store.create_runs(new).await.unwrap(),

@@ -38,6 +38,7 @@ fn new(runs: Vec<RunRow>, max_queued: usize, key: Option<&str>) -> NewRuns {
         runs,
         now_ms: 10,
         max_queued,
+        audit: None,
     }
 }
 
@@ -223,7 +224,13 @@ async fn drain_and_undrain(store: &dyn Store) {
             .unwrap(),
         Err(RunRefusal::Gated(Gate::Drained))
     );
-    store.cancel_run("r_fd_held", 220).await.unwrap();
+    store
+        .cancel_run(
+            "r_fd_held",
+            audit(220, "admin token", "run_cancel", "run r_fd_held"),
+        )
+        .await
+        .unwrap();
     let p = store.poll_runs(&a, &[], at(230), MANY).await.unwrap();
     assert_eq!(p.cancel, ["r_fd_held"]);
     assert!(store
@@ -249,7 +256,7 @@ async fn drain_and_undrain(store: &dyn Store) {
     assert_eq!(got, std::slice::from_ref(&a));
     assert_eq!(loaded(store, a.clone()).await, (None, None));
     assert_eq!(offered(store, &a, MANY).await, ["r_fd_queued"]);
-    let log = store.audit_log(3).await.unwrap();
+    let log = store.audit_log(4).await.unwrap();
     let actions: Vec<(i64, &str, &str)> = log
         .iter()
         .map(|e| (e.at_ms, e.who.as_str(), e.action.as_str()))
@@ -258,6 +265,7 @@ async fn drain_and_undrain(store: &dyn Store) {
         actions,
         [
             (300, "admin token", "undrain"),
+            (220, "admin token", "run_cancel"),
             (200, "dashboard session x", "drain"),
             (100, "admin token", "drain")
         ]

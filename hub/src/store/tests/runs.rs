@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use outpost_proto::{FlatMap, RunEvent, RunOutcome, RunResult, RunState};
 
+use super::{audit_count, entry, last_audit};
 use crate::store::{retry_id, Lease, NewRuns, RunFilter, RunRefusal, RunRow, RunsCreated, Store};
 
 const LEASE: i64 = 1_000;
@@ -39,6 +40,7 @@ async fn queue(store: &dyn Store, id: &str, idempotent: bool) -> RunRow {
         runs: vec![r.clone()],
         now_ms: 10,
         max_queued: MANY,
+        audit: None,
     };
     assert_eq!(
         store.create_runs(new).await.unwrap(),
@@ -91,10 +93,18 @@ async fn create_and_idempotency(store: &dyn Store) {
         runs,
         now_ms: 10,
         max_queued: MANY,
+        audit: Some(entry(10, "run_start", "agent a_runs")),
     };
+    // The audit entry is written with new runs only, never for a retry or a refusal.
+    let before = audit_count(store).await;
     assert_eq!(
         store.create_runs(new(vec![a.clone()], "h1")).await.unwrap(),
         RunsCreated::New(vec![a.clone()])
+    );
+    assert_eq!(audit_count(store).await, before + 1);
+    assert_eq!(
+        last_audit(store).await,
+        Some(entry(10, "run_start", "agent a_runs"))
     );
     // The same key and request: the first runs, nothing new.
     assert_eq!(
@@ -105,6 +115,11 @@ async fn create_and_idempotency(store: &dyn Store) {
     assert_eq!(
         store.create_runs(new(vec![b], "h2")).await.unwrap(),
         RunsCreated::KeyConflict
+    );
+    assert_eq!(
+        audit_count(store).await,
+        before + 1,
+        "a retry or conflict audited"
     );
     let f = RunFilter {
         agent: Some(AGENT.into()),
@@ -418,10 +433,31 @@ async fn cancel_table(store: &dyn Store) {
             let res = result(RunOutcome::Succeeded, 0);
             store.finish_run(id, AGENT, res, 40).await.unwrap().unwrap();
         }
-        let r = store.cancel_run(id, 50).await.unwrap().unwrap();
+        let before = state(store, id).await;
+        let r = store
+            .cancel_run(id, entry(50, "run_cancel", id))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((r.state, r.cancel_requested), (want, requested), "{id}");
+        // Audited with the change, the detail replaced by what the cancel did.
+        let e = last_audit(store).await.unwrap();
+        assert_eq!((e.at_ms, e.target.as_str()), (50, id), "{id}");
+        assert_eq!(e.detail, crate::store::cancel_outcome(before, &r), "{id}");
     }
-    assert_eq!(store.cancel_run("r_nope", 50).await.unwrap(), None);
+    let before = audit_count(store).await;
+    assert_eq!(
+        store
+            .cancel_run("r_nope", entry(50, "run_cancel", "r_nope"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        audit_count(store).await,
+        before,
+        "an unknown run's cancel audited"
+    );
     // A canceled queued run cannot be claimed; a requested one ends canceled by its result.
     let r = store
         .claim_run("r_c_queued", AGENT, "p", at(60), MANY)
@@ -449,6 +485,7 @@ async fn poll_offers_and_renews(store: &dyn Store) {
         runs: vec![a.clone(), b.clone()],
         now_ms: 10,
         max_queued: MANY,
+        audit: None,
     };
     store.create_runs(new).await.unwrap();
     let p = store.poll_runs(agent, &[], at(20), MANY).await.unwrap();
@@ -459,7 +496,10 @@ async fn poll_offers_and_renews(store: &dyn Store) {
         .await
         .unwrap()
         .unwrap();
-    store.cancel_run("r_p_1", 30).await.unwrap();
+    store
+        .cancel_run("r_p_1", entry(30, "run_cancel", "r_p_1"))
+        .await
+        .unwrap();
     // Someone else's id in holding is ignored.
     let holding = vec!["r_p_1".to_string(), "r_res".to_string()];
     let p = store
