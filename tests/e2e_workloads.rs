@@ -59,6 +59,12 @@ max_rounds = 4
 round_timeout = "20s"
 
 [[action]]
+id = "forever"
+command = ["bin/forever.sh"]
+[action.supervise]
+round_timeout = "60s"
+
+[[action]]
 id = "hang"
 command = ["/bin/sleep", "60"]
 [action.supervise]
@@ -83,6 +89,7 @@ const SCRIPTS: &[(&str, &str)] = &[
         "if [ \"$OUTPOST_ROUND\" = 1 ]; then echo 'upstream busy'; exit 75; fi\necho \"round $OUTPOST_ROUND ok\"\n",
     ),
     ("fatal.sh", "echo 'bad config'\nexit 78\n"),
+    ("forever.sh", "echo \"round $OUTPOST_ROUND\"\nsleep 2\n"),
     (
         "slow.sh",
         "echo \"round $OUTPOST_ROUND start $$\"\nsleep 3\necho \"round $OUTPOST_ROUND end $$\"\n",
@@ -243,6 +250,60 @@ fn e2e_workloads_user_mode() {
         "grep -c '\"round_timeout_kill\"' {runs}/../events.jsonl"
     ));
     assert_eq!(j.trim(), "2", "two rounds killed at round_timeout");
+
+    // `outpost workload stop`: the round in flight finishes, then the workload stops;
+    // `--now` cancels the round too. `runs peek` shows the round in flight.
+    let bob = |cmd: &str| c.sh_as("bob", cmd);
+    let id = start(&s.hub, &s.agent, "wl/forever", &[]);
+    wait_run(&s, &id, 30, |r| {
+        r["state"] == "running" && r["log_bytes"].as_u64() > Some(0)
+    });
+    let peek = bob(&format!("{BIN} runs peek {id}"));
+    assert!(peek.success(), "{peek:?}");
+    assert!(peek.stdout.contains("in flight"), "{}", peek.stdout);
+    let pj: serde_json::Value =
+        serde_json::from_str(&bob(&format!("{BIN} runs peek {id} --json")).stdout).unwrap();
+    let in_flight = pj["supervise"]["in_flight"]["round"]
+        .as_u64()
+        .expect("a round in flight");
+    let o = bob(&format!("{BIN} workload stop {id}"));
+    assert!(
+        o.success() && o.stdout.contains("stops after round"),
+        "{o:?}"
+    );
+    let r = wait_final(&s, &id, 30);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("workload_stopped"),
+        "{r}"
+    );
+    let last = *rounds_in(&hub_log(&s.hub, &id)).last().unwrap() as u64;
+    assert!(
+        last == in_flight || last == in_flight + 1,
+        "stopped after the round in flight: {last} vs {in_flight}"
+    );
+    let id = start(&s.hub, &s.agent, "wl/forever", &[]);
+    wait_run(&s, &id, 30, |r| {
+        r["state"] == "running" && r["log_bytes"].as_u64() > Some(0)
+    });
+    let t = Instant::now();
+    assert!(bob(&format!("{BIN} workload stop --now {id}")).success());
+    let r = wait_final(&s, &id, 30);
+    assert_eq!(r["state"], "canceled", "{r}");
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    let o = bob(&format!("{BIN} workload stop {id}"));
+    assert!(
+        o.success() && o.stdout.contains("has ended already"),
+        "{o:?}"
+    );
+    let o = bob(&format!("{BIN} workload stop r_nosuchrun"));
+    assert_eq!(o.code(), Some(2), "{o:?}");
+    assert!(o.stderr.contains("no run r_nosuchrun"), "{o:?}");
+    let logs = bob(&format!("{BIN} runs logs {id}"));
+    assert!(logs.stdout.contains("round 1"), "{logs:?}");
 
     // kill -9 of the agent mid-round: the round keeps running in its own unit and the new
     // agent resumes the count: rounds 1-4 each once, each complete.

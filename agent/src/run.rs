@@ -826,6 +826,7 @@ impl<'a> Loop<'a> {
                     .map(|b| Box::new(b) as Box<dyn outpost_systemd::RunManager>)
             }),
             pack_owner: crate::packs::owner(&self.opts.mode, rustix::process::geteuid().as_raw()),
+            control_dir: control_dir(self.opts),
             privileged: privileged_config(self.opts),
         };
         if cfg.privileged.is_some() {
@@ -982,6 +983,20 @@ fn key_from_env_file(path: &Path) -> Option<String> {
         let (k, v) = outpost_core::kv::assignment(l)?;
         (k == outpost_core::env::ENROLL_KEY && !v.is_empty()).then_some(v)
     })
+}
+
+/// Root's state dir (system mode; the parent of the agent's own in user mode) holds
+/// `control/`, where `outpost workload stop` leaves its requests.
+fn control_dir(opts: &RunOptions) -> std::path::PathBuf {
+    let state = if opts.mode == "system" {
+        outpost_core::layout::Layout::system(std::path::Path::new("/")).state_dir
+    } else {
+        opts.state_dir
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_else(|| opts.state_dir.clone())
+    };
+    state.join(outpost_core::layout::files::CONTROL_DIR)
 }
 
 /// System mode with the root-owned template unit: privileged actions are admitted by root

@@ -88,6 +88,7 @@ pub mod kind {
     pub const CRASH_LOOP: &str = "crash_loop";
     pub const CONFIG_BROKEN: &str = "config_broken";
     pub const MAX_ROUNDS_REACHED: &str = "max_rounds_reached";
+    pub const WORKLOAD_STOPPED: &str = "workload_stopped";
     /// The kinds the heartbeat reports as `last_upgrade`.
     pub const UPGRADE_RESULTS: [&str; 3] = [
         SERVICE_UPGRADED,

@@ -25,6 +25,8 @@ pub mod files {
     pub const ENROLL_NONCE: &str = "enroll-nonce";
     /// The agent's last heartbeat attempt (agent dir).
     pub const HEARTBEAT: &str = "heartbeat.json";
+    /// Requests of the host's admin to the agent (`stop-<run id>`), in root's state dir.
+    pub const CONTROL_DIR: &str = "control";
     /// The root-owned template unit privileged runs are admitted through (system mode).
     pub const PRIVILEGED_TEMPLATE: &str = "outpost-run-privileged@.service";
 }

@@ -161,6 +161,11 @@ enum Command {
         #[command(flatten)]
         mode: ModeFlags,
     },
+    /// Supervised workloads: `workload stop RUN [--now]`
+    Workload {
+        #[command(subcommand)]
+        command: crate::cli::runs::WorkloadCommand,
+    },
     /// The actions the installed packs allow (`action list`)
     Action {
         #[command(subcommand)]
@@ -569,6 +574,11 @@ fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<i32> {
             command: Some(runs::RunsCommand::Logs { run, follow, mode }),
             ..
         } => runs::logs(probe, root, &run, follow, mode, out),
+        Command::Runs {
+            command: Some(runs::RunsCommand::Peek { run, json, mode }),
+            ..
+        } => runs::peek(probe, root, &run, json, mode, out),
+        Command::Workload { command } => runs::workload(probe, root, command, out),
         Command::Runs {
             command: None,
             follow,

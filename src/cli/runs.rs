@@ -16,12 +16,35 @@ const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Subcommand)]
 pub enum RunsCommand {
+    /// A run at a glance: a workload's round, phase, last outcome, back-off, recent events
+    /// and the tail of its current round's log
+    Peek {
+        run: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        mode: super::ModeFlags,
+    },
     /// Print a run's log (its stdout and stderr)
     Logs {
         run: String,
         /// Keep printing until the run has ended
         #[arg(long)]
         follow: bool,
+        #[command(flatten)]
+        mode: super::ModeFlags,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkloadCommand {
+    /// Stop a supervised workload: after its current round, or at once with --now
+    Stop {
+        /// The workload's run id (`outpost runs` lists it)
+        run: String,
+        /// Cancel the round in flight too (SIGTERM, then SIGKILL of its control group)
+        #[arg(long)]
+        now: bool,
         #[command(flatten)]
         mode: super::ModeFlags,
     },
@@ -219,6 +242,9 @@ pub fn logs(
     } else {
         paths.log.clone()
     };
+    if rec.supervise.is_some() {
+        return round_logs(&paths.dir, &paths.record, follow, out);
+    }
     let mut offset = 0u64;
     let mut ended = !matches!(rec.phase, Phase::Claiming | Phase::Claimed | Phase::Started);
     loop {
@@ -356,6 +382,283 @@ pub fn actions(
                 ""
             },
             r["limits"]["timeout_secs"]
+        )
+        .ok();
+    }
+    Ok(exit::OK)
+}
+
+fn in_progress(r: &RunRecord) -> bool {
+    matches!(r.phase, Phase::Claiming | Phase::Claimed | Phase::Started)
+}
+
+/// A workload's log: its round logs in order (the kept ones), following the live round.
+fn round_logs(dir: &Path, record_path: &Path, follow: bool, out: &mut dyn Write) -> Result<i32> {
+    use outpost_agent::runs::plan::round_log;
+    let load = || record::load(record_path).ok().flatten();
+    let first = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().to_string();
+                    n.strip_prefix("round-")?
+                        .strip_suffix(".log")?
+                        .parse::<u32>()
+                        .ok()
+                })
+                .min()
+                .unwrap_or(1)
+        })
+        .unwrap_or(1);
+    let (mut round, mut offset) = (first, 0u64);
+    loop {
+        let rec = load();
+        let last = rec
+            .as_ref()
+            .and_then(|r| r.supervise.as_ref())
+            .map_or(0, |s| s.round);
+        let running = rec.as_ref().is_some_and(in_progress);
+        while round <= last {
+            offset += copy_from(&round_log(dir, round), offset, out)?;
+            if round == last {
+                break;
+            }
+            round += 1;
+            offset = 0;
+        }
+        if !follow || !running {
+            return Ok(exit::OK);
+        }
+        if out.flush().is_err() {
+            return Ok(exit::OK);
+        }
+        std::thread::sleep(FOLLOW_EVERY);
+    }
+}
+
+/// `outpost runs peek RUN [--json]`.
+pub fn peek(
+    probe: &dyn Probe,
+    root: &Path,
+    run: &str,
+    json: bool,
+    mode: super::ModeFlags,
+    out: &mut dyn Write,
+) -> Result<i32> {
+    let (layout, rec) = one_record(probe, root, run, mode)?;
+    let dir = layout.host(&layout.agent_dir);
+    let paths = outpost_agent::runs::plan::paths(&dir, run);
+    let journal = outpost_core::journal::Journal::open(&dir);
+    let mut events: Vec<serde_json::Value> = journal
+        .read_all()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.data.get("run").and_then(|v| v.as_str()) == Some(run))
+        .map(|e| serde_json::json!({"time": e.time, "kind": e.kind, "data": e.data}))
+        .collect();
+    let skip = events.len().saturating_sub(10);
+    events.drain(..skip);
+    let sup = rec.supervise.clone();
+    let current = match &sup {
+        Some(s) if s.round > 0 => Some(outpost_agent::runs::plan::round_log(&paths.dir, s.round)),
+        Some(_) => None,
+        None => Some(paths.log.clone()),
+    };
+    let tail = current
+        .as_deref()
+        .map(|p| tail_of(p, 10))
+        .unwrap_or_default();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if json {
+        let v = serde_json::json!({
+            "run": json_of(&rec),
+            "supervise": sup,
+            "events": events,
+            "log_tail": tail,
+        });
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        )
+        .ok();
+        return Ok(exit::OK);
+    }
+    writeln!(
+        out,
+        "run {}  {}/{}  {}",
+        rec.run_id,
+        rec.pack,
+        rec.action,
+        state_of(&rec)
+    )
+    .ok();
+    if let Some(s) = &sup {
+        match &s.in_flight {
+            Some(f) => writeln!(
+                out,
+                "round      {} in flight for {}s ({})",
+                f.round,
+                now_ms.saturating_sub(f.started_ms) / 1000,
+                f.unit
+            ),
+            None => match s.next_at_ms {
+                Some(at) if in_progress(&rec) => writeln!(
+                    out,
+                    "round      {} done; round {} due in {}s",
+                    s.round,
+                    s.round + 1,
+                    at.saturating_sub(now_ms).div_ceil(1000)
+                ),
+                _ => writeln!(out, "round      {} (the last)", s.round),
+            },
+        }
+        .ok();
+        if let Some(l) = &s.last {
+            writeln!(
+                out,
+                "last       round {}: {} after {:.1}s",
+                l.round,
+                outpost_agent::runs::supervise::describe(l).replace("exit 0", "succeeded"),
+                l.duration_ms as f64 / 1000.0
+            )
+            .ok();
+        }
+        writeln!(
+            out,
+            "failures   {} short in a row, {} transient in a row",
+            s.short_failures, s.transient
+        )
+        .ok();
+    }
+    if let Some(r) = &rec.result {
+        writeln!(
+            out,
+            "result     {}",
+            if r.reason.is_empty() { "-" } else { &r.reason }
+        )
+        .ok();
+    }
+    writeln!(out, "events").ok();
+    for e in &events {
+        writeln!(
+            out,
+            "  {} {} {}",
+            e["time"].as_str().unwrap_or(""),
+            e["kind"].as_str().unwrap_or(""),
+            e["data"]
+        )
+        .ok();
+    }
+    if let Some(p) = &current {
+        writeln!(out, "log        {} (last lines)", p.display()).ok();
+        for l in tail.lines() {
+            writeln!(out, "  {l}").ok();
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// The last `n` lines of a log (at most its last 64 KiB), empty when there is none.
+fn tail_of(path: &Path, n: usize) -> String {
+    let Ok(Some(mut f)) = outpost_core::trust::open_untrusted(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 << 10)));
+    let mut buf = Vec::new();
+    let _ = f.take(64 << 10).read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The install and run `run`'s record, or one clear error.
+fn one_record(
+    probe: &dyn Probe,
+    root: &Path,
+    run: &str,
+    mode: super::ModeFlags,
+) -> Result<(Layout, RunRecord)> {
+    if !outpost_agent::runs::plan::valid_run_id(run) {
+        return Err(Error::usage(
+            format!("invalid run id {run:?}"),
+            "use an id `outpost runs` lists",
+        ));
+    }
+    let (layout, _) = outpost_installer::uninstall::find_install(probe, root, mode.mode())?;
+    let paths = outpost_agent::runs::plan::paths(&layout.host(&layout.agent_dir), run);
+    match record::load(&paths.record) {
+        Ok(Some(r)) => Ok((layout, r)),
+        Ok(None) => Err(Error::usage(
+            format!("no run {run} on this host"),
+            "`outpost runs` lists the runs this host has",
+        )),
+        Err(e) if e.to_string().contains("denied") => Err(Error::usage(
+            format!("cannot read run {run}: permission denied"),
+            "the runs are the service user's: run it with sudo",
+        )),
+        Err(e) => Err(Error::from_hint(&e)),
+    }
+}
+
+/// `outpost workload stop RUN [--now]`: a request in root's control dir, which the agent
+/// reads (it never writes there).
+pub fn workload(
+    probe: &dyn Probe,
+    root: &Path,
+    command: WorkloadCommand,
+    out: &mut dyn Write,
+) -> Result<i32> {
+    let WorkloadCommand::Stop { run, now, mode } = command;
+    let (layout, rec) = one_record(probe, root, &run, mode)?;
+    let Some(st) = &rec.supervise else {
+        return Err(Error::usage(
+            format!("run {run} is not a supervised workload"),
+            "`outpost-hub cancel RUN` stops a run",
+        ));
+    };
+    if !in_progress(&rec) {
+        writeln!(out, "workload {run} has ended already: {}", state_of(&rec)).ok();
+        return Ok(exit::OK);
+    }
+    if layout.mode == outpost_core::layout::Mode::System && probe.euid() != 0 {
+        return Err(Error::usage(
+            "workload stop writes root's control dir",
+            "run it with sudo: `sudo outpost workload stop RUN`",
+        ));
+    }
+    let dir = layout
+        .host(&layout.state_dir)
+        .join(outpost_core::layout::files::CONTROL_DIR);
+    outpost_core::atomic::create_dirs(&dir, 0o755, None).map_err(|e| {
+        Error::failed(
+            format!("cannot create {}: {e}", dir.display()),
+            "check free space",
+        )
+    })?;
+    let path = dir.join(outpost_agent::runs::engine::stop_request_file(&run));
+    let body = if now { "now\n" } else { "after-round\n" };
+    outpost_core::atomic::write_atomic(&path, body.as_bytes(), 0o644, None).map_err(|e| {
+        Error::failed(
+            format!("cannot write {}: {e}", path.display()),
+            "check free space",
+        )
+    })?;
+    if now {
+        writeln!(
+            out,
+            "workload {run}: stopping now (round {} is canceled)",
+            st.round
+        )
+        .ok();
+    } else {
+        writeln!(
+            out,
+            "workload {run}: stops after round {} (`outpost runs peek {run}` shows it)",
+            st.round.max(1)
         )
         .ok();
     }

@@ -53,6 +53,9 @@ pub struct EngineConfig {
     /// Who must own the packs (root in system mode, the agent's uid in user mode): each
     /// run's pack is loaded and hashed again from disk before it is planned.
     pub pack_owner: u32,
+    /// Where the host's admin leaves requests for the agent (`stop-<run id>`: `outpost
+    /// workload stop`): root's state dir in system mode, read only.
+    pub control_dir: PathBuf,
     /// System mode with the root-owned template installed: privileged actions go through it.
     pub privileged: Option<PrivilegedConfig>,
 }
@@ -96,6 +99,7 @@ impl Engine {
             env: cfg.env,
             connect: cfg.connect,
             pack_owner: cfg.pack_owner,
+            control_dir: cfg.control_dir,
             privileged: cfg.privileged,
             sys_manager: None,
             manager: None,
@@ -197,6 +201,7 @@ struct Runs {
     env: BTreeMap<String, String>,
     connect: Connect,
     pack_owner: u32,
+    control_dir: PathBuf,
     privileged: Option<PrivilegedConfig>,
     /// The system manager, for privileged runs.
     sys_manager: Option<Box<dyn RunManager>>,
@@ -799,6 +804,18 @@ impl Runs {
                 };
                 let log = plan::round_log(&paths.dir, f.round);
                 if plan::ending(&status, None, 0).is_none() {
+                    if r.cancel.is_none()
+                        && control(&self.control_dir, &r.run_id) == Some(Stop::Now)
+                    {
+                        let why = "stopped on the host (`outpost workload stop --now`)";
+                        r.cancel = Some(why.into());
+                        r.event("cancel_requested", now(), data(&[("reason", why)]));
+                        self.save(r);
+                        if let Ok((m, _)) = self.manager() {
+                            let _ = m.stop_nowait(&f.unit);
+                        }
+                        return;
+                    }
                     if log_size(&log) > r.log_cap {
                         let why = format!(
                             "log_limit: round {} passed limits.log_size ({} bytes)",
@@ -845,10 +862,12 @@ impl Runs {
                         std::fs::remove_file(plan::round_log(&paths.dir, f.round - cfg.keep_logs));
                 }
                 if let Some(why) = r.cancel.clone() {
+                    st.in_flight = None;
+                    st.last = Some(end.clone());
                     r.supervise = Some(st);
                     return self.finish(r, canceled(&why, Some(&end)));
                 }
-                let seen = seen(&paths.work, &cfg);
+                let seen = seen(&paths.work, &cfg, control(&self.control_dir, &r.run_id));
                 let next = super::supervise::after_round(
                     &cfg,
                     &mut st,
@@ -870,7 +889,7 @@ impl Runs {
                 let Some((p, cfg)) = self.plan_round(r) else {
                     return;
                 };
-                let seen = seen(&paths.work, &cfg);
+                let seen = seen(&paths.work, &cfg, control(&self.control_dir, &r.run_id));
                 if let Some(stop) = super::supervise::before_round(&cfg, &seen) {
                     let log = plan::round_log(&paths.dir, st.round);
                     return self.apply_next(r, stop, None, &log);
@@ -1027,10 +1046,12 @@ impl Runs {
             }
             let path = plan::round_log(&dir, st.upload_round);
             let size = log_size(&path);
-            let live = st
-                .in_flight
-                .as_ref()
-                .is_some_and(|f| f.round == st.upload_round);
+            // A finished run has no live round, whatever its state says.
+            let live = r.phase == Phase::Started
+                && st
+                    .in_flight
+                    .as_ref()
+                    .is_some_and(|f| f.round == st.upload_round);
             if st.upload_offset >= size {
                 if live {
                     break;
@@ -1230,7 +1251,34 @@ fn round_end(
 }
 
 /// The stop file and the `.done` sentinel (its first line, capped) in the run's work dir.
-fn seen(work: &std::path::Path, cfg: &outpost_pack::Supervise) -> super::supervise::Seen {
+/// What the host's admin asked of a workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    AfterRound,
+    Now,
+}
+
+/// The file name of a stop request for run `id` in the control dir.
+pub fn stop_request_file(id: &str) -> String {
+    format!("stop-{id}")
+}
+
+fn control(dir: &std::path::Path, id: &str) -> Option<Stop> {
+    let b = outpost_core::trust::read_untrusted(&dir.join(stop_request_file(id)), None, 64)
+        .ok()
+        .flatten()?;
+    Some(if String::from_utf8_lossy(&b).trim() == "now" {
+        Stop::Now
+    } else {
+        Stop::AfterRound
+    })
+}
+
+fn seen(
+    work: &std::path::Path,
+    cfg: &outpost_pack::Supervise,
+    control: Option<Stop>,
+) -> super::supervise::Seen {
     let stop_file = std::fs::symlink_metadata(work.join(&cfg.stop_file)).is_ok();
     let done = outpost_core::trust::read_untrusted(
         &work.join(outpost_pack::supervise::DONE_FILE),
@@ -1243,7 +1291,11 @@ fn seen(work: &std::path::Path, cfg: &outpost_pack::Supervise) -> super::supervi
         let text = String::from_utf8_lossy(&b).to_string();
         truncate(text.lines().next().unwrap_or("").trim(), 200)
     });
-    super::supervise::Seen { stop_file, done }
+    super::supervise::Seen {
+        stop_file,
+        done,
+        stop_requested: control.is_some(),
+    }
 }
 
 /// `round-current.log` → `round-<n>.log` (a relative link, replaced atomically).

@@ -63,6 +63,8 @@ pub struct Seen {
     pub stop_file: bool,
     /// The first line of `.done`, when it exists.
     pub done: Option<String>,
+    /// The host's admin ran `outpost workload stop` (after the current round).
+    pub stop_requested: bool,
 }
 
 /// What to do next.
@@ -90,6 +92,13 @@ pub fn before_round(cfg: &Supervise, seen: &Seen) -> Option<Next> {
     }
     if seen.stop_file {
         return Some(stop_file(cfg));
+    }
+    if seen.stop_requested {
+        return Some(Next::Stop {
+            outcome: RunOutcome::Succeeded,
+            event: "workload_stopped",
+            reason: "workload_stopped: `outpost workload stop` on the host".into(),
+        });
     }
     None
 }
@@ -136,6 +145,11 @@ pub fn after_round(
         return stop;
     }
     let mut backoff = None;
+    if end.result == "gone" {
+        // The round's unit vanished (the host rebooted, the manager restarted): not the
+        // workload's failure; the next round starts now.
+        return next_round(cfg, st, end, now_ms, None, 0);
+    }
     if end.ok() {
         st.short_failures = 0;
         st.transient = 0;
@@ -178,6 +192,18 @@ pub fn after_round(
             };
         }
     }
+    let wait = backoff.unwrap_or(cfg.delay_secs);
+    next_round(cfg, st, end, now_ms, backoff, wait)
+}
+
+fn next_round(
+    cfg: &Supervise,
+    st: &mut SupState,
+    end: &RoundEnd,
+    now_ms: u64,
+    backoff: Option<u64>,
+    wait_secs: u64,
+) -> Next {
     if cfg.max_rounds.is_some_and(|m| end.round >= m) {
         return Next::Stop {
             outcome: RunOutcome::Succeeded,
@@ -185,16 +211,13 @@ pub fn after_round(
             reason: format!("max_rounds_reached: {} rounds", end.round),
         };
     }
-    let wait = backoff.unwrap_or(cfg.delay_secs);
-    let next = Next::Round {
+    let at_ms = now_ms + wait_secs * 1000;
+    st.next_at_ms = Some(at_ms);
+    Next::Round {
         round: end.round + 1,
-        at_ms: now_ms + wait * 1000,
+        at_ms,
         backoff_secs: backoff,
-    };
-    if let Next::Round { at_ms, .. } = &next {
-        st.next_at_ms = Some(*at_ms);
     }
-    next
 }
 
 /// 1 s, 2 s, 4 s … up to `max` for the `n`th transient failure in a row.
@@ -276,12 +299,18 @@ mod tests {
         .unwrap()
     }
 
+    /// `code` -1: the unit vanished.
     fn end(round: u32, code: i32, ms: u64) -> RoundEnd {
         RoundEnd {
             round,
-            exit_code: Some(code),
+            exit_code: (code >= 0).then_some(code),
             signal: None,
-            result: if code == 0 { "success" } else { "exit-code" }.into(),
+            result: match code {
+                0 => "success",
+                -1 => "gone",
+                _ => "exit-code",
+            }
+            .into(),
             duration_ms: ms,
         }
     }
@@ -315,6 +344,10 @@ mod tests {
             ..Default::default()
         };
         let none = Seen::default();
+        let asked = Seen {
+            stop_requested: true,
+            ..Default::default()
+        };
         // (what, rounds' (exit, ms, seen), expected decisions)
         #[allow(clippy::type_complexity)]
         let cases: Vec<(&str, Vec<(i32, u64, &Seen)>, Vec<&str>)> = vec![
@@ -335,6 +368,11 @@ mod tests {
             ),
             ("fatal", vec![(78, 100, &none)], vec!["config_broken"]),
             (
+                "workload stop on the host",
+                vec![(0, 100, &none), (1, 100, &asked)],
+                vec!["round 2", "workload_stopped"],
+            ),
+            (
                 "crash loop: 3 short failures",
                 vec![(1, 100, &none), (1, 100, &none), (1, 100, &none)],
                 vec!["round 2", "round 3", "crash_loop"],
@@ -342,6 +380,11 @@ mod tests {
             (
                 "a long failure resets the count",
                 vec![(1, 100, &none), (1, 60_000, &none), (1, 100, &none)],
+                vec!["round 2", "round 3", "max_rounds_reached"],
+            ),
+            (
+                "a vanished round (reboot) is no failure",
+                vec![(-1, 100, &none), (-1, 100, &none), (1, 100, &none)],
                 vec!["round 2", "round 3", "max_rounds_reached"],
             ),
             (
