@@ -334,3 +334,76 @@ fn e2e_workloads_user_mode() {
     ));
     assert!(j.trim().parse::<u32>().unwrap() >= 1, "{j}");
 }
+
+/// A workload declared in the host's config (`[[workload]]`), with no hub at all: it starts
+/// with the agent, keeps its rounds going, and after a reboot resumes at the next round.
+/// System mode (the service user lingers; its manager runs the rounds).
+#[test]
+fn e2e_workloads_declared_survive_a_reboot() {
+    let Some(c) = support::boot_with_binary("wl-decl") else {
+        return;
+    };
+    c.must_sh(&format!("{BIN} install"));
+    write_wl_pack(&c, "/root/wl", "root");
+    c.must_sh(&format!("{BIN} pack install /root/wl"));
+    c.must_sh(
+        "printf '\\n[[workload]]\\nname = \"crawl\"\\naction = \"wl/forever\"\\n' >> /etc/outpost/config.toml && systemctl restart outpost.service",
+    );
+    let runs = "/var/lib/outpost/agent/runs/w-crawl";
+    let peek = |c: &Container| -> serde_json::Value {
+        let o = c.sh("outpost runs peek w-crawl --json");
+        serde_json::from_str(&o.stdout).unwrap_or_else(|_| panic!("peek: {o:?}"))
+    };
+    let wait_round = |c: &Container, n: u64, secs: u64| {
+        let until = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if c.sh(&format!("test -s {runs}/round-{n}.log")).success() {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "round {n} never started: {}\n{}",
+                c.sh("outpost runs peek w-crawl").stdout,
+                c.sh("journalctl -u outpost.service --no-pager -o cat | tail -30")
+                    .stdout
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    wait_round(&c, 2, 60);
+    let p = peek(&c);
+    assert_eq!(p["run"]["state"], "running", "{p}");
+    let owner = c.must_sh(&format!("stat -c %U {runs}/round-2.log"));
+    assert_eq!(owner.trim(), "outpost", "rounds run as the service user");
+    let before = c.must_sh("ls /var/lib/outpost/agent/runs/w-crawl | grep -c '^round-[0-9]*.log$'");
+    let before: u64 = before.trim().parse().unwrap();
+    c.reboot();
+    // After the reboot: the same run, the next round, no failure counted for the one the
+    // reboot cut short.
+    wait_round(&c, before + 2, 90);
+    let p = peek(&c);
+    assert_eq!(p["run"]["state"], "running", "{p}");
+    assert_eq!(p["supervise"]["short_failures"], 0, "{p}");
+    let j = c.must_sh("grep -c '\"round_start\"' /var/lib/outpost/agent/events.jsonl");
+    assert!(j.trim().parse::<u64>().unwrap() >= before + 2, "{j}");
+    // Stopped on the host: after the round in flight, reason recorded locally.
+    c.must_sh("outpost workload stop w-crawl");
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = peek(&c);
+        if p["run"]["result"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("workload_stopped"))
+        {
+            assert_eq!(p["run"]["hub_state"], "local", "{p}");
+            break;
+        }
+        assert!(Instant::now() < until, "the workload did not stop: {p}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // A later agent start does not start an ended workload again.
+    c.must_sh("systemctl restart outpost.service");
+    std::thread::sleep(Duration::from_secs(3));
+    let p = peek(&c);
+    assert!(p["supervise"]["in_flight"].is_null(), "{p}");
+}

@@ -799,24 +799,42 @@ impl<'a> Loop<'a> {
     /// Start the runs engine once there is a hub and an identity (at most once: a reload
     /// that changes the hub needs a restart for runs, like the token does).
     fn start_engine(&mut self) {
-        let (Some(h), Some(id), None) = (&self.hub, &self.identity, &self.engine) else {
+        if self.engine.is_some() {
             return;
+        }
+        let workloads = self.config.workloads.clone();
+        let clients = match (&self.hub, &self.identity) {
+            (Some(h), Some(id)) => {
+                let ca = self.config.release.ca_file.as_deref();
+                let client = |c: HubClient| crate::runs::client::RunsClient {
+                    hub: c,
+                    token: id.token.clone(),
+                    agent_id: id.agent_id.clone(),
+                };
+                let clients =
+                    HubClient::new(&h.url, ca).and_then(|a| Ok((a, HubClient::new(&h.url, ca)?)));
+                match clients {
+                    Ok((a, b)) => Some((client(a), client(b))),
+                    Err(e) => return log::warn(&format!("runs: {e}"), &e.hint()),
+                }
+            }
+            // Not enrolled yet: the engine starts once the agent is.
+            (Some(_), None) => return,
+            (None, _) if workloads.is_empty() => return,
+            (None, _) => {
+                log::info("runs: no hub configured; running the workloads declared in the config");
+                None
+            }
         };
-        let ca = self.config.release.ca_file.as_deref();
-        let client = |c: HubClient| crate::runs::client::RunsClient {
-            hub: c,
-            token: id.token.clone(),
-            agent_id: id.agent_id.clone(),
-        };
-        let clients = HubClient::new(&h.url, ca).and_then(|a| Ok((a, HubClient::new(&h.url, ca)?)));
         let (a, b) = match clients {
-            Ok(c) => c,
-            Err(e) => return log::warn(&format!("runs: {e}"), &e.hint()),
+            Some((a, b)) => (Some(a), Some(b)),
+            None => (None, None),
         };
         let cfg = crate::runs::EngineConfig {
             state_dir: self.opts.state_dir.clone(),
-            client: client(a),
-            poll_client: client(b),
+            client: a,
+            poll_client: b,
+            workloads,
             packs: Arc::clone(&self.packs),
             journal: Arc::clone(&self.journal),
             env: std::env::vars().collect(),

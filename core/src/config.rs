@@ -10,6 +10,33 @@ pub struct Config {
     pub hub: HubSection,
     pub release: ReleaseSection,
     pub upgrade: UpgradeSection,
+    /// Supervised workloads declared on the host: started by the agent at boot, with or
+    /// without a hub (docs/WORKLOADS.md).
+    #[serde(rename = "workload", skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadSection>,
+}
+
+/// `[[workload]]`: a supervised action of an installed pack, with its parameters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSection {
+    /// 1-40 of a-z 0-9 -: the workload's run is `w-<name>`.
+    pub name: String,
+    /// `PACK/ACTION`.
+    pub action: String,
+    #[serde(default)]
+    pub params: std::collections::BTreeMap<String, String>,
+}
+
+impl WorkloadSection {
+    /// The run id of this workload.
+    pub fn run_id(&self) -> String {
+        format!("w-{}", self.name)
+    }
+    /// `(pack, action)`.
+    pub fn target(&self) -> Option<(&str, &str)> {
+        self.action.split_once('/')
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +192,32 @@ impl Config {
             check_hub_url(url, c.hub.insecure_http)
                 .map_err(|why| invalid(format!("[hub] url {url:?}: {why}")))?;
         }
+        let mut names = std::collections::BTreeSet::new();
+        for w in &c.workloads {
+            let ok = !w.name.is_empty()
+                && w.name.len() <= 40
+                && w.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                return Err(invalid(format!(
+                    "[[workload]] name {:?}: use 1-40 of a-z 0-9 -",
+                    w.name
+                )));
+            }
+            if !names.insert(w.name.as_str()) {
+                return Err(invalid(format!(
+                    "[[workload]] name {:?} appears twice",
+                    w.name
+                )));
+            }
+            if w.target().is_none_or(|(p, a)| p.is_empty() || a.is_empty()) {
+                return Err(invalid(format!(
+                    "[[workload]] {}: action {:?} is not PACK/ACTION",
+                    w.name, w.action
+                )));
+            }
+        }
         Ok(c)
     }
 
@@ -249,6 +302,17 @@ mod tests {
             ("[agent]\nlog_intervl_secs = 5\n", Err("unknown field")),
             ("[agent\n", Err("invalid")),
             ("[hub]\nurl = 3\n", Err("invalid type")),
+            (
+                "[[workload]]\nname = \"crawl\"\naction = \"wl/forever\"\nparams = { n = \"3\" }\n",
+                Ok(60),
+            ),
+            ("[[workload]]\nname = \"Crawl\"\naction = \"wl/f\"\n", Err("use 1-40")),
+            ("[[workload]]\nname = \"c\"\naction = \"forever\"\n", Err("not PACK/ACTION")),
+            (
+                "[[workload]]\nname = \"c\"\naction = \"a/b\"\n[[workload]]\nname = \"c\"\naction = \"a/b\"\n",
+                Err("appears twice"),
+            ),
+            ("[[workload]]\nname = \"c\"\naction = \"a/b\"\nrounds = 1\n", Err("unknown field")),
         ];
         for (text, want) in cases {
             let got = Config::parse(text, Path::new("/etc/outpost/config.toml"));

@@ -41,9 +41,13 @@ pub type Connect = Box<dyn Fn() -> Result<Box<dyn RunManager>, SvcError> + Send>
 
 pub struct EngineConfig {
     pub state_dir: PathBuf,
-    pub client: RunsClient,
+    /// The hub (`None`: no hub configured; only the host's own workloads run).
+    pub client: Option<RunsClient>,
     /// A second client for the long poll (each holds its own connection).
-    pub poll_client: RunsClient,
+    pub poll_client: Option<RunsClient>,
+    /// Workloads declared in the host's config (`[[workload]]`), started if they have no
+    /// record yet.
+    pub workloads: Vec<outpost_core::config::WorkloadSection>,
     /// The installed packs, replaced by the main loop on reload.
     pub packs: Arc<RwLock<Vec<Pack>>>,
     pub journal: Arc<Journal>,
@@ -83,6 +87,7 @@ enum Msg {
 /// The running engine; dropping it (or [`Engine::stop`]) lets its threads end.
 pub struct Engine {
     stop: Arc<AtomicBool>,
+    _idle: Option<mpsc::Sender<Msg>>,
 }
 
 impl Engine {
@@ -110,18 +115,26 @@ impl Engine {
             held: Arc::clone(&held),
         };
         runs.reattach();
+        runs.declared(&cfg.workloads);
         let s = Arc::clone(&stop);
         std::thread::Builder::new()
             .name("runs".into())
             .stack_size(512 * 1024)
             .spawn(move || runs.run(&rx, &s))?;
-        let s = Arc::clone(&stop);
-        let client = cfg.poll_client;
-        std::thread::Builder::new()
-            .name("poll".into())
-            .stack_size(256 * 1024)
-            .spawn(move || poll_loop(&client, &tx, &held, &s))?;
-        Ok(Engine { stop })
+        // Without a hub there is no poll thread: the engine keeps the sender, so the runs
+        // thread's channel stays open (its ticks are the receive timeouts).
+        let mut idle = None;
+        match cfg.poll_client {
+            Some(client) => {
+                let s = Arc::clone(&stop);
+                std::thread::Builder::new()
+                    .name("poll".into())
+                    .stack_size(256 * 1024)
+                    .spawn(move || poll_loop(&client, &tx, &held, &s))?;
+            }
+            None => idle = Some(tx),
+        }
+        Ok(Engine { stop, _idle: idle })
     }
 
     pub fn stop(&self) {
@@ -195,7 +208,7 @@ fn poll_loop(
 
 struct Runs {
     state_dir: PathBuf,
-    client: RunsClient,
+    client: Option<RunsClient>,
     packs: Arc<RwLock<Vec<Pack>>>,
     journal: Arc<Journal>,
     env: BTreeMap<String, String>,
@@ -268,6 +281,67 @@ impl Runs {
             .collect();
         if let Ok(mut h) = self.held.lock() {
             *h = ids;
+        }
+    }
+
+    /// Start the workloads declared in the host's config that have no record yet (a record
+    /// that exists is resumed by [`Runs::reattach`], or has ended: its reason stays in
+    /// `outpost runs peek`).
+    fn declared(&mut self, workloads: &[outpost_core::config::WorkloadSection]) {
+        for w in workloads {
+            let id = w.run_id();
+            let paths = plan::paths(&self.state_dir, &id);
+            if paths.record.exists() {
+                continue;
+            }
+            let Some((pack, action)) = w.target() else {
+                continue;
+            };
+            let sha = self
+                .packs
+                .read()
+                .ok()
+                .and_then(|p| p.iter().find(|p| p.name == pack).map(|p| p.sha256.clone()))
+                .unwrap_or_default();
+            let r = RunRecord {
+                run_id: id.clone(),
+                pack: pack.into(),
+                action: action.into(),
+                sha256: sha,
+                params: w.params.clone(),
+                unit: plan::unit_name(&id),
+                claimant: self.claimant.clone(),
+                phase: Phase::Claimed,
+                timeout_secs: 0,
+                log_cap: 0,
+                max_concurrency: 1,
+                claimed_at: now(),
+                started_at: None,
+                cancel: None,
+                next_seq: 1,
+                events: Vec::new(),
+                log_sent: 0,
+                result: None,
+                hub_state: None,
+                privileged: false,
+                supervise: None,
+                local: true,
+            };
+            if let Err(e) = outpost_core::atomic::create_dirs(&paths.work, 0o700, None) {
+                log::error(
+                    &format!("runs: cannot create {}: {e}", paths.work.display()),
+                    "check free space and the state directory's owner",
+                );
+                continue;
+            }
+            let mut r = r;
+            self.settle(&mut r);
+            self.save(&r);
+            log::info(&format!(
+                "runs: workload {} ({}) declared in the config: starting as run {id}",
+                w.name, w.action
+            ));
+            self.active.insert(id, r);
         }
     }
 
@@ -463,6 +537,7 @@ impl Runs {
             hub_state: None,
             privileged: false,
             supervise: None,
+            local: false,
         };
         if let Err(e) = outpost_core::atomic::create_dirs(&paths.work, 0o700, None) {
             log::error(
@@ -480,7 +555,10 @@ impl Runs {
 
     /// Claim (again, with the record's claimant); lost → forget the run entirely.
     fn claim(&mut self, r: &mut RunRecord) {
-        match self.client.claim(&r.run_id, &r.claimant) {
+        let Some(client) = &self.client else {
+            return; // no hub: nothing offered, nothing to claim
+        };
+        match client.claim(&r.run_id, &r.claimant) {
             Ok(Claim::Won { .. }) => {
                 r.phase = Phase::Claimed;
                 self.settle(r);
@@ -523,7 +601,20 @@ impl Runs {
         let offer = RunOffer {
             run_id: r.run_id.clone(),
             pack: r.pack.clone(),
-            sha256: r.sha256.clone(),
+            // A host-declared workload runs what the host's admin installed, at its hash.
+            sha256: if r.local {
+                self.packs
+                    .read()
+                    .ok()
+                    .and_then(|p| {
+                        p.iter()
+                            .find(|p| p.name == r.pack)
+                            .map(|p| p.sha256.clone())
+                    })
+                    .unwrap_or_default()
+            } else {
+                r.sha256.clone()
+            },
             action: r.action.clone(),
             params: r.params.clone(),
             lease_secs: 0,
@@ -1067,7 +1158,10 @@ impl Runs {
             if chunk.is_empty() {
                 break;
             }
-            match self.client.log(&r.run_id, r.log_sent, &chunk) {
+            let Some(client) = &self.client else {
+                break;
+            };
+            match client.log(&r.run_id, r.log_sent, &chunk) {
                 Ok(Delivery::Acked(LogReply::Next(n))) if n > r.log_sent => {
                     let took = n - r.log_sent;
                     st.upload_offset += took;
@@ -1101,6 +1195,15 @@ impl Runs {
 
     /// Upload new log bytes and events; once both are through, the result.
     fn deliver(&mut self, r: &mut RunRecord) {
+        if r.local || self.client.is_none() {
+            // The host's own workload: its journal and run directory are the record.
+            r.events.clear();
+            if r.phase == Phase::Finished {
+                r.hub_state = Some("local".into());
+                self.delivered(r);
+            }
+            return;
+        }
         let before = (r.log_sent, r.events.len());
         let log_done = if r.supervise.is_some() {
             self.upload_rounds(r)
@@ -1108,7 +1211,10 @@ impl Runs {
             self.upload_log(r)
         };
         if !r.events.is_empty() {
-            match self.client.events(&r.run_id, &r.events) {
+            let Some(client) = &self.client else {
+                return;
+            };
+            match client.events(&r.run_id, &r.events) {
                 Ok(Delivery::Acked(seq)) => r.acked(seq),
                 Ok(Delivery::Refused(why)) => {
                     log::warn(
@@ -1130,7 +1236,10 @@ impl Runs {
             return;
         }
         let Some(res) = r.result.clone() else { return };
-        match self.client.result(&r.run_id, &res) {
+        let Some(client) = &self.client else {
+            return;
+        };
+        match client.result(&r.run_id, &res) {
             Ok(Delivery::Acked(ack)) => {
                 r.hub_state = Some(ack.state.as_str().to_string());
                 self.delivered(r);
@@ -1175,7 +1284,10 @@ impl Runs {
             if chunk.is_empty() {
                 return false;
             }
-            match self.client.log(&r.run_id, r.log_sent, &chunk) {
+            let Some(client) = &self.client else {
+                break;
+            };
+            match client.log(&r.run_id, r.log_sent, &chunk) {
                 Ok(Delivery::Acked(LogReply::Next(n))) => {
                     let prev = r.log_sent;
                     r.log_sent = n.min(end);

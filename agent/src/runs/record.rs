@@ -68,6 +68,9 @@ pub struct RunRecord {
     /// A supervised workload's state (rounds, failures, back-off, upload place).
     #[serde(default)]
     pub supervise: Option<super::supervise::SupState>,
+    /// A workload declared in the host's config: no hub knows it, nothing is delivered.
+    #[serde(default)]
+    pub local: bool,
 }
 
 impl RunRecord {
@@ -194,6 +197,7 @@ mod tests {
             hub_state: None,
             privileged: false,
             supervise: None,
+            local: false,
         }
     }
 
