@@ -65,6 +65,21 @@ command = ["bin/forever.sh"]
 round_timeout = "60s"
 
 [[action]]
+id = "bg"
+command = ["bin/bg.sh"]
+[action.supervise]
+max_rounds = 1
+round_timeout = "4s"
+grace_after_exit = true
+
+[[action]]
+id = "bgreap"
+command = ["bin/bg.sh"]
+[action.supervise]
+max_rounds = 1
+round_timeout = "20s"
+
+[[action]]
 id = "hang"
 command = ["/bin/sleep", "60"]
 [action.supervise]
@@ -89,6 +104,10 @@ const SCRIPTS: &[(&str, &str)] = &[
         "if [ \"$OUTPOST_ROUND\" = 1 ]; then echo 'upstream busy'; exit 75; fi\necho \"round $OUTPOST_ROUND ok\"\n",
     ),
     ("fatal.sh", "echo 'bad config'\nexit 78\n"),
+    (
+        "bg.sh",
+        "echo \"round $OUTPOST_ROUND\"\nsetsid sleep 30 >/dev/null 2>&1 &\necho $! > \"$OUTPOST_RUN_DIR/worker.pid\"\nexit 0\n",
+    ),
     ("forever.sh", "echo \"round $OUTPOST_ROUND\"\nsleep 2\n"),
     (
         "slow.sh",
@@ -250,6 +269,33 @@ fn e2e_workloads_user_mode() {
         "grep -c '\"round_timeout_kill\"' {runs}/../events.jsonl"
     ));
     assert_eq!(j.trim(), "2", "two rounds killed at round_timeout");
+
+    // A round that leaves a worker behind: with grace_after_exit it is extended (the event
+    // names the worker) until round_timeout kills it; without, the worker is reaped at once.
+    let (id, r, _) = run(&s, "bg", 60);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let g = c.must_sh(&format!(
+        "grep '\"round_grace_extended\"' {runs}/../events.jsonl"
+    ));
+    assert!(g.contains("sleep") && g.contains(&id), "{g}");
+    let j = c.must_sh(&format!(
+        "grep -c '\"round_timeout_kill\".*{id}' {runs}/../events.jsonl"
+    ));
+    assert_eq!(j.trim(), "1", "killed at round_timeout");
+    let pid = c.must_sh(&format!("cat {runs}/{id}/work/worker.pid"));
+    assert!(
+        !c.sh(&format!("kill -0 {}", pid.trim())).success(),
+        "the worker is gone"
+    );
+    let t = Instant::now();
+    let (id, r, _) = run(&s, "bgreap", 60);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    let pid = c.must_sh(&format!("cat {runs}/{id}/work/worker.pid"));
+    assert!(
+        !c.sh(&format!("kill -0 {}", pid.trim())).success(),
+        "the worker was reaped"
+    );
 
     // `outpost workload stop`: the round in flight finishes, then the workload stops;
     // `--now` cancels the round too. `runs peek` shows the round in flight.

@@ -83,6 +83,7 @@ pub mod kind {
     pub const ROUND_END: &str = "round_end";
     pub const ROUND_BACKOFF: &str = "round_backoff";
     pub const ROUND_TIMEOUT_KILL: &str = "round_timeout_kill";
+    pub const ROUND_GRACE_EXTENDED: &str = "round_grace_extended";
     pub const STOP_FILE_DETECTED: &str = "stop_file_detected";
     pub const SELF_TERMINATED: &str = "self_terminated";
     pub const CRASH_LOOP: &str = "crash_loop";

@@ -49,6 +49,11 @@ pub struct RawSupervise {
     pub backoff_max: Option<String>,
     /// Round logs kept, newest first (default 10).
     pub keep_logs: Option<u32>,
+    /// A round whose main process exited while workers it started still run is extended
+    /// (up to `round_timeout`) instead of ending: `round_grace_extended` names them.
+    /// Default false: they are stopped with the round.
+    #[serde(default)]
+    pub grace_after_exit: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +68,7 @@ pub struct Supervise {
     pub short_round_secs: u64,
     pub backoff_max_secs: u64,
     pub keep_logs: u32,
+    pub grace_after_exit: bool,
 }
 
 fn secs(name: &str, v: &Option<String>, default: u64, zero_ok: bool) -> Result<u64, String> {
@@ -139,6 +145,7 @@ impl RawSupervise {
                 false,
             )?,
             keep_logs,
+            grace_after_exit: self.grace_after_exit,
         })
     }
 }

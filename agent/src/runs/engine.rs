@@ -922,10 +922,43 @@ impl Runs {
                     }
                     return;
                 }
-                let end = round_end(&status, f.round, now_ms().saturating_sub(f.started_ms));
+                let mut end = round_end(&status, f.round, now_ms().saturating_sub(f.started_ms));
+                // The main process exited; workers it left may still run in the round's
+                // cgroup. With grace_after_exit the round waits for them up to round_timeout.
+                if let Some(deadline) = f.grace_until_ms {
+                    if !cgroup_procs(&status.control_group).is_empty() {
+                        if now_ms() < deadline {
+                            return;
+                        }
+                        end.result = "timeout".into();
+                    }
+                }
                 let Some((_, cfg)) = self.plan_round(r) else {
                     return;
                 };
+                if f.grace_until_ms.is_none() && cfg.grace_after_exit && end.result != "gone" {
+                    let workers = cgroup_procs(&status.control_group);
+                    let deadline = f.started_ms + cfg.round_timeout_secs * 1000;
+                    if !workers.is_empty() && now_ms() < deadline {
+                        let round = f.round.to_string();
+                        r.event(
+                            "round_grace_extended",
+                            now(),
+                            data(&[("round", &round), ("workers", &workers)]),
+                        );
+                        self.journal_round(
+                            r,
+                            kind::ROUND_GRACE_EXTENDED,
+                            serde_json::json!({"round": f.round, "workers": workers, "round_timeout_secs": cfg.round_timeout_secs}),
+                        );
+                        let mut f = f.clone();
+                        f.grace_until_ms = Some(deadline);
+                        st.in_flight = Some(f);
+                        r.supervise = Some(st);
+                        self.save(r);
+                        return;
+                    }
+                }
                 if let Ok((m, _)) = self.manager() {
                     let _ = m.stop_nowait(&f.unit);
                     let _ = m.reset_failed(&f.unit);
@@ -994,6 +1027,7 @@ impl Runs {
                     round: n,
                     unit: unit.clone(),
                     started_ms: now_ms(),
+                    grace_until_ms: None,
                 });
                 r.unit = unit.clone();
                 r.supervise = Some(st);
@@ -1363,6 +1397,24 @@ fn round_end(
 }
 
 /// The stop file and the `.done` sentinel (its first line, capped) in the run's work dir.
+/// The processes left in a cgroup, as `pid name` pairs (at most 16), for an event.
+fn cgroup_procs(cgroup: &str) -> String {
+    if cgroup.is_empty() {
+        return String::new();
+    }
+    let procs =
+        std::fs::read_to_string(format!("/sys/fs/cgroup{cgroup}/cgroup.procs")).unwrap_or_default();
+    procs
+        .split_whitespace()
+        .take(16)
+        .map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            format!("{pid} {}", comm.trim())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// What the host's admin asked of a workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {

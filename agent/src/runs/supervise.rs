@@ -38,6 +38,10 @@ pub struct InFlight {
     pub round: u32,
     pub unit: String,
     pub started_ms: u64,
+    /// Its main process exited while workers it started still ran, and `grace_after_exit`
+    /// extended the round until then (unix ms; the round's `round_timeout`).
+    #[serde(default)]
+    pub grace_until_ms: Option<u64>,
 }
 
 /// How a round ended.
