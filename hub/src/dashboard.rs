@@ -461,6 +461,7 @@ fn runs_table(h: &mut String, runs: &[RunView]) {
 pub fn render_run(
     r: &RunView,
     agent: Option<&AgentView>,
+    events: &[outpost_proto::RunEvent],
     log: &[u8],
     log_from: u64,
     session: &Session,
@@ -531,6 +532,32 @@ pub fn render_run(
         }
         h.push_str("</tbody></table>");
     }
+    if let Some(line) = rounds_summary(events, live) {
+        let _ = write!(h, "<p id=\"rounds\"><b>workload</b> {}</p>", escape(&line));
+    }
+    if !events.is_empty() {
+        h.push_str("<h2>events</h2><table id=\"events\"><thead><tr><th>seq</th><th>at</th><th>event</th><th>data</th></tr></thead><tbody>");
+        for e in events {
+            let data = e
+                .data
+                .iter()
+                .map(|(k, v)| match v {
+                    outpost_proto::FlatValue::String(s) => format!("{k}={s}"),
+                    other => format!("{k}={}", serde_json::to_string(other).unwrap_or_default()),
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"mono\">{}</td></tr>",
+                e.seq,
+                escape(&e.at),
+                escape(&e.kind),
+                escape(&data)
+            );
+        }
+        h.push_str("</tbody></table>");
+    }
     h.push_str("<h2>log</h2>");
     if log_from > 0 {
         let _ = write!(h, "<p class=\"sub\">the last {} bytes; the whole log: <code>outpost-hub logs {}</code></p>", log.len(), escape(&r.id));
@@ -543,9 +570,95 @@ pub fn render_run(
     h
 }
 
+/// A supervised run's state from its events: the round in flight, or the last one's end.
+fn rounds_summary(events: &[outpost_proto::RunEvent], live: bool) -> Option<String> {
+    let get = |e: &outpost_proto::RunEvent, k: &str| match e.data.get(k) {
+        Some(outpost_proto::FlatValue::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    let last = events
+        .iter()
+        .rev()
+        .find(|e| e.kind == "round_start" || e.kind == "round_end")?;
+    let backoff = events
+        .iter()
+        .rev()
+        .take_while(|e| e.kind != "round_start")
+        .find(|e| e.kind == "round_backoff");
+    Some(match last.kind.as_str() {
+        "round_start" if live => {
+            format!("round {} in flight since {}", get(last, "round"), last.at)
+        }
+        "round_start" => format!("round {} started at {}", get(last, "round"), last.at),
+        _ => {
+            let code = get(last, "exit_code");
+            let ms: f64 = get(last, "duration_ms").parse().unwrap_or(0.0);
+            let mut s = format!(
+                "round {} ended: {} {}, after {:.1} s",
+                get(last, "round"),
+                get(last, "result"),
+                if code.is_empty() {
+                    String::new()
+                } else {
+                    format!("(exit {code})")
+                },
+                ms / 1000.0
+            );
+            if let (Some(b), true) = (backoff, live) {
+                s.push_str(&format!("; backing off {} s", get(b, "secs")));
+            }
+            s
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounds_are_summarised() {
+        let ev = |seq: u64, kind: &str, data: &[(&str, &str)]| outpost_proto::RunEvent {
+            seq,
+            kind: kind.into(),
+            at: "2026-12-02T10:00:00Z".into(),
+            data: data
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        outpost_proto::FlatValue::String(v.to_string()),
+                    )
+                })
+                .collect(),
+        };
+        assert_eq!(rounds_summary(&[ev(1, "started", &[])], true), None);
+        let evs = vec![
+            ev(1, "started", &[]),
+            ev(2, "round_start", &[("round", "1")]),
+            ev(
+                3,
+                "round_end",
+                &[
+                    ("round", "1"),
+                    ("exit_code", "75"),
+                    ("result", "exit-code"),
+                    ("duration_ms", "1500"),
+                ],
+            ),
+            ev(4, "round_backoff", &[("next_round", "2"), ("secs", "2")]),
+        ];
+        assert_eq!(
+            rounds_summary(&evs, true).unwrap(),
+            "round 1 ended: exit-code (exit 75), after 1.5 s; backing off 2 s"
+        );
+        let mut evs = evs;
+        evs.push(ev(5, "round_start", &[("round", "2")]));
+        assert_eq!(
+            rounds_summary(&evs, true).unwrap(),
+            "round 2 in flight since 2026-12-02T10:00:00Z"
+        );
+    }
 
     #[test]
     fn escapes() {
@@ -821,7 +934,19 @@ mod tests {
         );
         assert!(html.contains("href=\"/runs/r_1\""), "{html}");
         // The run page: live (reloads, cancel button) until final; the log escaped.
-        let html = render_run(&run, Some(&a), b"<b>out</b>\n", 0, &session);
+        let events = vec![outpost_proto::RunEvent {
+            seq: 1,
+            kind: "round_start".into(),
+            at: "2026-12-02T10:00:00Z".into(),
+            data: [(
+                "round".to_string(),
+                outpost_proto::FlatValue::String("<3>".into()),
+            )]
+            .into(),
+        }];
+        let html = render_run(&run, Some(&a), &events, b"<b>out</b>\n", 0, &session);
+        assert!(html.contains("round &lt;3&gt; in flight"), "{html}");
+        assert!(html.contains("<table id=\"events\">"), "{html}");
         assert!(
             html.contains("http-equiv=\"refresh\" content=\"2\""),
             "{html}"
@@ -839,7 +964,7 @@ mod tests {
             exit_code: Some(3),
             ..run
         };
-        let html = render_run(&done, None, b"", 0, &session);
+        let html = render_run(&done, None, &[], b"", 0, &session);
         assert!(
             !html.contains("refresh") && !html.contains("/cancel"),
             "{html}"

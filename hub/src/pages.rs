@@ -66,9 +66,10 @@ async fn run_page(
         .by_id(&r.agent_id)
         .map(|e| e.view(now_ms(), hub.interval_secs));
     let v = crate::runs_api::view(&r);
+    let events = hub.store.recent_events(&id, 20).await.unwrap_or_default();
     web::html(
         StatusCode::OK,
-        crate::dashboard::render_run(&v, agent.as_ref(), &log, from, &session),
+        crate::dashboard::render_run(&v, agent.as_ref(), &events, &log, from, &session),
     )
 }
 

@@ -179,6 +179,9 @@ pub trait Store: Send + Sync {
         lease: Lease,
     ) -> StoreFuture<'a, Result<u64, RunRefusal>>;
 
+    /// The newest `limit` events of run `id` (by seq), oldest first.
+    fn recent_events<'a>(&'a self, id: &'a str, limit: usize) -> StoreFuture<'a, Vec<RunEvent>>;
+
     /// Appends log bytes uploaded at `offset` (the overlap with what is stored is trimmed);
     /// [`RunRefusal::Gap`] past the end, [`RunRefusal::TooLarge`] past `cap` bytes. Returns
     /// the new log size.

@@ -524,6 +524,13 @@ impl Store for SqliteStore {
         })
     }
 
+    fn recent_events<'a>(&'a self, id: &'a str, limit: usize) -> StoreFuture<'a, Vec<RunEvent>> {
+        let id = id.to_string();
+        self.run("read run events", move |c| {
+            runs::recent_events(c, &id, limit)
+        })
+    }
+
     fn append_log<'a>(
         &'a self,
         id: &'a str,

@@ -388,6 +388,31 @@ pub(super) fn run_events(
     Ok(Ok(acked.and_then(|s| u64::try_from(s).ok()).unwrap_or(0)))
 }
 
+pub(super) fn recent_events(
+    conn: &mut Connection,
+    id: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<RunEvent>> {
+    let mut st = conn.prepare(
+        "SELECT seq, kind, at, data FROM run_events WHERE run_id = ?1 ORDER BY seq DESC LIMIT ?2",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = st.query_map(params![id, limit], |row| {
+        let seq: i64 = row.get(0)?;
+        let data: String = row.get(3)?;
+        Ok(RunEvent {
+            seq: u64::try_from(seq).unwrap_or(0),
+            kind: row.get(1)?,
+            at: row.get(2)?,
+            // Stored by `run_events` from a parsed FlatMap: it parses back.
+            data: serde_json::from_str(&data).unwrap_or_default(),
+        })
+    })?;
+    let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    out.reverse();
+    Ok(out)
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn append_log(
     conn: &mut Connection,
