@@ -480,3 +480,53 @@ fn agent_page_starts_a_run_shows_its_live_log_and_cancels_it_in_chromium() {
         "{log}"
     );
 }
+
+#[test]
+fn run_page_shows_a_workloads_rounds_in_chromium() {
+    if !have_chromium("run_page_shows_a_workloads_rounds_in_chromium") {
+        return;
+    }
+    let hub = Hub::start();
+    let (id, token) = hub.new_agent("wl-host");
+    assert_eq!(
+        hub.heartbeat_packs(&id, &token, json!([pack("web", "1.0.0", '1')]))
+            .0,
+        200
+    );
+    let trust = format!("/api/v1/packs/web/{}/trust", "1".repeat(64));
+    assert_eq!(hub.admin("POST", &trust, None).0, 200);
+    let body = json!({"target": {"agent": id}, "action": "web/restart", "params": {"unit": "db"}});
+    let (s, v) = hub.admin("POST", "/api/v1/runs", Some(&body));
+    assert_eq!(s, 201, "{v}");
+    let run = v["runs"][0]["id"].as_str().unwrap().to_string();
+    agent_post(&hub, &token, &run, "claim", json!({"claimant": "p"}));
+    let at = "2026-12-02T10:00:00Z";
+    agent_post(
+        &hub,
+        &token,
+        &run,
+        "events",
+        json!({"events": [
+            {"seq": 1, "kind": "started", "at": at, "data": {"kind": "supervised"}},
+            {"seq": 2, "kind": "round_start", "at": at, "data": {"round": "1"}},
+            {"seq": 3, "kind": "round_end", "at": at, "data": {"round": "1", "exit_code": "0", "result": "success", "duration_ms": "20100"}},
+            {"seq": 4, "kind": "round_start", "at": "2026-12-02T10:00:21Z", "data": {"round": "2"}},
+        ]}),
+    );
+    agent_log(&hub, &token, &run, 0, b"round 1\nround 2\n");
+    let mut browser = Browser::launch();
+    let mut page = browser.page();
+    login(&mut page, &hub, ADMIN);
+    page.wait_for("location.pathname === '/'");
+    page.goto(&format!("{}/runs/{run}", hub.url));
+    page.wait_for("document.querySelector('#rounds') && document.querySelector('#events')");
+    assert_eq!(
+        page.eval("document.querySelector('#rounds').textContent"),
+        json!("workload round 2 in flight since 2026-12-02T10:00:21Z")
+    );
+    assert_eq!(
+        page.eval("document.querySelectorAll('#events tbody tr').length"),
+        json!(4)
+    );
+    page.screenshot(&artifact("run-workload.png"));
+}
