@@ -419,23 +419,30 @@ fn e2e_runs_survive_an_upgrade() {
     );
 }
 
+/// A system-mode install enrolled at a fresh hub, the e2e pack installed (root's) and
+/// trusted, and the runner env file with one allowed and one secret variable.
+fn system_setup<'a>(c: &'a Container, name: &str) -> Setup<'a> {
+    let hub = Hub::start(name, 1);
+    let journal = "journalctl -u outpost.service --no-pager -o cat | tail -40";
+    let s = enroll_and_trust(c, hub, journal, &|key, url| {
+        c.exec_with_stdin(&["bash", "-c", "umask 077; cat > /run/k"], key.as_bytes());
+        c.must_sh(&format!(
+            "OUTPOST_ENROLL_KEY_FILE=/run/k {BIN} install --hub {url} && rm /run/k"
+        ));
+        write_pack(c, "/root/src", "root");
+        c.must_sh(&format!("{BIN} pack install /root/src"));
+    });
+    // The runner env file is root's; systemd loads it into the agent.
+    c.must_sh("printf 'ALLOWED_VAR=yes-allowed\\nSECRET_VAR=no\\n' >> /etc/outpost/outpost.env && systemctl restart outpost.service");
+    s
+}
+
 #[test]
 fn e2e_runs_system_mode() {
     let Some(c) = support::boot_with_binary("runs-sys") else {
         return;
     };
-    let hub = Hub::start("runs-sys", 1);
-    let journal = "journalctl -u outpost.service --no-pager -o cat | tail -40";
-    let s = enroll_and_trust(&c, hub, journal, &|key, url| {
-        c.exec_with_stdin(&["bash", "-c", "umask 077; cat > /run/k"], key.as_bytes());
-        c.must_sh(&format!(
-            "OUTPOST_ENROLL_KEY_FILE=/run/k {BIN} install --hub {url} && rm /run/k"
-        ));
-        write_pack(&c, "/root/src", "root");
-        c.must_sh(&format!("{BIN} pack install /root/src"));
-    });
-    // The runner env file is root's; systemd loads it into the agent.
-    c.must_sh("printf 'ALLOWED_VAR=yes-allowed\\nSECRET_VAR=no\\n' >> /etc/outpost/outpost.env && systemctl restart outpost.service");
+    let s = system_setup(&c, "runs-sys");
     let uid = c.must_sh("id -u outpost").trim().to_string();
     hello(&s, &uid);
     // the run is the service user's, in its own manager, outside the agent's cgroup
@@ -500,17 +507,7 @@ fn e2e_runs_privileged() {
     let Some(c) = support::boot_with_binary("runs-priv") else {
         return;
     };
-    let hub = Hub::start("runs-priv", 1);
-    let journal = "journalctl -u outpost.service --no-pager -o cat | tail -40";
-    let s = enroll_and_trust(&c, hub, journal, &|key, url| {
-        c.exec_with_stdin(&["bash", "-c", "umask 077; cat > /run/k"], key.as_bytes());
-        c.must_sh(&format!(
-            "OUTPOST_ENROLL_KEY_FILE=/run/k {BIN} install --hub {url} && rm /run/k"
-        ));
-        write_pack(&c, "/root/src", "root");
-        c.must_sh(&format!("{BIN} pack install /root/src"));
-    });
-    c.must_sh("printf 'ALLOWED_VAR=yes-allowed\\nSECRET_VAR=no\\n' >> /etc/outpost/outpost.env && systemctl restart outpost.service");
+    let s = system_setup(&c, "runs-priv");
     let t = c.must_sh("stat -c '%U %a' /etc/systemd/system/outpost-run-privileged@.service");
     assert_eq!(t.trim(), "root 644", "the template is root's");
 

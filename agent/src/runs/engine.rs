@@ -303,30 +303,8 @@ impl Runs {
                 .ok()
                 .and_then(|p| p.iter().find(|p| p.name == pack).map(|p| p.sha256.clone()))
                 .unwrap_or_default();
-            let r = RunRecord {
-                run_id: id.clone(),
-                pack: pack.into(),
-                action: action.into(),
-                sha256: sha,
-                params: w.params.clone(),
-                unit: plan::unit_name(&id),
-                claimant: self.claimant.clone(),
-                phase: Phase::Claimed,
-                timeout_secs: 0,
-                log_cap: 0,
-                max_concurrency: 1,
-                claimed_at: now(),
-                started_at: None,
-                cancel: None,
-                next_seq: 1,
-                events: Vec::new(),
-                log_sent: 0,
-                result: None,
-                hub_state: None,
-                privileged: false,
-                supervise: None,
-                local: true,
-            };
+            let mut r = self.new_record(&id, pack, action, &sha, &w.params, Phase::Claimed);
+            r.local = true;
             if let Err(e) = outpost_core::atomic::create_dirs(&paths.work, 0o700, None) {
                 log::error(
                     &format!("runs: cannot create {}: {e}", paths.work.display()),
@@ -334,7 +312,6 @@ impl Runs {
                 );
                 continue;
             }
-            let mut r = r;
             self.settle(&mut r);
             self.save(&r);
             log::info(&format!(
@@ -342,6 +319,42 @@ impl Runs {
                 w.name, w.action
             ));
             self.active.insert(id, r);
+        }
+    }
+
+    /// A fresh record of this agent's for run `id`.
+    fn new_record(
+        &self,
+        id: &str,
+        pack: &str,
+        action: &str,
+        sha256: &str,
+        params: &BTreeMap<String, String>,
+        phase: Phase,
+    ) -> RunRecord {
+        RunRecord {
+            run_id: id.to_string(),
+            pack: pack.to_string(),
+            action: action.to_string(),
+            sha256: sha256.to_string(),
+            params: params.clone(),
+            unit: plan::unit_name(id),
+            claimant: self.claimant.clone(),
+            phase,
+            timeout_secs: 0,
+            log_cap: 0,
+            max_concurrency: 1,
+            claimed_at: now(),
+            started_at: None,
+            cancel: None,
+            next_seq: 1,
+            events: Vec::new(),
+            log_sent: 0,
+            result: None,
+            hub_state: None,
+            privileged: false,
+            supervise: None,
+            local: false,
         }
     }
 
@@ -515,30 +528,14 @@ impl Runs {
         if paths.record.exists() {
             return; // delivered earlier
         }
-        let mut r = RunRecord {
-            run_id: o.run_id.clone(),
-            pack: o.pack.clone(),
-            action: o.action.clone(),
-            sha256: o.sha256.clone(),
-            params: o.params.clone(),
-            unit: plan::unit_name(&o.run_id),
-            claimant: self.claimant.clone(),
-            phase: Phase::Claiming,
-            timeout_secs: 0,
-            log_cap: 0,
-            max_concurrency: 1,
-            claimed_at: now(),
-            started_at: None,
-            cancel: None,
-            next_seq: 1,
-            events: Vec::new(),
-            log_sent: 0,
-            result: None,
-            hub_state: None,
-            privileged: false,
-            supervise: None,
-            local: false,
-        };
+        let mut r = self.new_record(
+            &o.run_id,
+            &o.pack,
+            &o.action,
+            &o.sha256,
+            &o.params,
+            Phase::Claiming,
+        );
         if let Err(e) = outpost_core::atomic::create_dirs(&paths.work, 0o700, None) {
             log::error(
                 &format!("runs: cannot create {}: {e}", paths.work.display()),
