@@ -171,9 +171,40 @@ fn e2e_workloads_user_mode() {
         c.must_sh_as("bob", &format!("{BIN} pack install --user /home/bob/wl"));
     });
     let runs = "/home/bob/.local/state/outpost/agent/runs";
+    suite(&c, &s, "bob", runs, &|cmd: &str| c.sh_as("bob", cmd));
+}
 
+/// The same workloads in system mode: the service user's lingering manager runs the rounds.
+#[test]
+fn e2e_workloads_system_mode() {
+    let Some(c) = support::boot_with_binary("wl-sys") else {
+        return;
+    };
+    let hub = Hub::start("wl-sys", 1);
+    let journal = "journalctl -u outpost.service --no-pager -o cat | tail -40";
+    let s = enroll_and_trust_pack(&c, hub, journal, "wl", &|key, url| {
+        c.exec_with_stdin(&["bash", "-c", "umask 077; cat > /run/k"], key.as_bytes());
+        c.must_sh(&format!(
+            "OUTPOST_ENROLL_KEY_FILE=/run/k {BIN} install --hub {url} && rm /run/k"
+        ));
+        write_wl_pack(&c, "/root/wl", "root");
+        c.must_sh(&format!("{BIN} pack install /root/wl"));
+    });
+    suite(
+        &c,
+        &s,
+        "outpost",
+        "/var/lib/outpost/agent/runs",
+        &|cmd: &str| c.sh(cmd),
+    );
+}
+
+/// Every stop condition, back-off, retention, grace, workload stop and kill -9, for the
+/// agent whose service user is `user` and whose runs are in `runs`; `cli` runs a host
+/// command with the rights it needs (the user in user mode, root in system mode).
+fn suite(c: &Container, s: &Setup, user: &str, runs: &str, cli: &dyn Fn(&str) -> support::Output) {
     // max_rounds = 3: exactly three rounds, then max_rounds_reached; keep_logs = 2.
-    let (id, r, log) = run(&s, "three", 60);
+    let (id, r, log) = run(s, "three", 60);
     assert_eq!(r["state"], "succeeded", "{r}");
     assert!(
         r["reason"]
@@ -192,7 +223,7 @@ fn e2e_workloads_user_mode() {
     assert_eq!(cur.trim(), "round-3.log");
 
     // The stop file: the round that wrote it finishes, then the workload stops.
-    let (_, r, log) = run(&s, "stopper", 60);
+    let (_, r, log) = run(s, "stopper", 60);
     assert_eq!(r["state"], "succeeded", "{r}");
     assert!(
         r["reason"]
@@ -208,13 +239,13 @@ fn e2e_workloads_user_mode() {
     );
 
     // The .done sentinel: self_terminated with its first line.
-    let (_, r, log) = run(&s, "doner", 60);
+    let (_, r, log) = run(s, "doner", 60);
     assert_eq!(r["state"], "succeeded", "{r}");
     assert_eq!(r["reason"], "self_terminated: all caught up", "{r}");
     assert_eq!(rounds_in(&log), vec![1, 2], "{log}");
 
     // Five short crashes in a row: crash_loop, the tail redacted, no sixth round.
-    let (id, r, log) = run(&s, "crasher", 60);
+    let (id, r, log) = run(s, "crasher", 60);
     assert_eq!(r["state"], "failed", "{r}");
     let why = r["reason"].as_str().unwrap();
     assert!(
@@ -228,12 +259,12 @@ fn e2e_workloads_user_mode() {
     assert_eq!(rounds_in(&log), vec![1, 2, 3, 4, 5], "{log}");
     std::thread::sleep(Duration::from_secs(2));
     let units = c.must_sh(&format!(
-        "runuser -u bob -- env XDG_RUNTIME_DIR=/run/user/$(id -u bob) systemctl --user list-units --all --no-legend 'outpost-run-{id}*' | wc -l"
+        "runuser -u {user} -- env XDG_RUNTIME_DIR=/run/user/$(id -u {user}) systemctl --user list-units --all --no-legend 'outpost-run-{id}*' | wc -l"
     ));
     assert_eq!(units.trim(), "0", "no respawn after crash_loop");
 
     // A transient exit code: back off, then the next round.
-    let (_, r, log) = run(&s, "flaky", 60);
+    let (_, r, log) = run(s, "flaky", 60);
     assert_eq!(r["state"], "succeeded", "{r}");
     assert!(
         log.contains("upstream busy") && log.contains("round 2 ok"),
@@ -245,7 +276,7 @@ fn e2e_workloads_user_mode() {
     assert_eq!(j.trim(), "1", "one back-off");
 
     // A fatal exit code: config_broken after that round.
-    let (_, r, _) = run(&s, "fatal", 60);
+    let (_, r, _) = run(s, "fatal", 60);
     assert_eq!(r["state"], "failed", "{r}");
     assert!(
         r["reason"]
@@ -256,7 +287,7 @@ fn e2e_workloads_user_mode() {
     );
 
     // round_timeout kills a hanging round (twice: a crash loop of timeouts).
-    let (_, r, _) = run(&s, "hang", 60);
+    let (_, r, _) = run(s, "hang", 60);
     assert_eq!(r["state"], "failed", "{r}");
     assert!(
         r["reason"]
@@ -272,7 +303,7 @@ fn e2e_workloads_user_mode() {
 
     // A round that leaves a worker behind: with grace_after_exit it is extended (the event
     // names the worker) until round_timeout kills it; without, the worker is reaped at once.
-    let (id, r, _) = run(&s, "bg", 60);
+    let (id, r, _) = run(s, "bg", 60);
     assert_eq!(r["state"], "succeeded", "{r}");
     let g = c.must_sh(&format!(
         "grep '\"round_grace_extended\"' {runs}/../events.jsonl"
@@ -288,7 +319,7 @@ fn e2e_workloads_user_mode() {
         "the worker is gone"
     );
     let t = Instant::now();
-    let (id, r, _) = run(&s, "bgreap", 60);
+    let (id, r, _) = run(s, "bgreap", 60);
     assert_eq!(r["state"], "succeeded", "{r}");
     assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
     let pid = c.must_sh(&format!("cat {runs}/{id}/work/worker.pid"));
@@ -299,25 +330,24 @@ fn e2e_workloads_user_mode() {
 
     // `outpost workload stop`: the round in flight finishes, then the workload stops;
     // `--now` cancels the round too. `runs peek` shows the round in flight.
-    let bob = |cmd: &str| c.sh_as("bob", cmd);
     let id = start(&s.hub, &s.agent, "wl/forever", &[]);
-    wait_run(&s, &id, 30, |r| {
+    wait_run(s, &id, 30, |r| {
         r["state"] == "running" && r["log_bytes"].as_u64() > Some(0)
     });
-    let peek = bob(&format!("{BIN} runs peek {id}"));
+    let peek = cli(&format!("{BIN} runs peek {id}"));
     assert!(peek.success(), "{peek:?}");
     assert!(peek.stdout.contains("in flight"), "{}", peek.stdout);
     let pj: serde_json::Value =
-        serde_json::from_str(&bob(&format!("{BIN} runs peek {id} --json")).stdout).unwrap();
+        serde_json::from_str(&cli(&format!("{BIN} runs peek {id} --json")).stdout).unwrap();
     let in_flight = pj["supervise"]["in_flight"]["round"]
         .as_u64()
         .expect("a round in flight");
-    let o = bob(&format!("{BIN} workload stop {id}"));
+    let o = cli(&format!("{BIN} workload stop {id}"));
     assert!(
         o.success() && o.stdout.contains("stops after round"),
         "{o:?}"
     );
-    let r = wait_final(&s, &id, 30);
+    let r = wait_final(s, &id, 30);
     assert_eq!(r["state"], "succeeded", "{r}");
     assert!(
         r["reason"]
@@ -332,23 +362,23 @@ fn e2e_workloads_user_mode() {
         "stopped after the round in flight: {last} vs {in_flight}"
     );
     let id = start(&s.hub, &s.agent, "wl/forever", &[]);
-    wait_run(&s, &id, 30, |r| {
+    wait_run(s, &id, 30, |r| {
         r["state"] == "running" && r["log_bytes"].as_u64() > Some(0)
     });
     let t = Instant::now();
-    assert!(bob(&format!("{BIN} workload stop --now {id}")).success());
-    let r = wait_final(&s, &id, 30);
+    assert!(cli(&format!("{BIN} workload stop --now {id}")).success());
+    let r = wait_final(s, &id, 30);
     assert_eq!(r["state"], "canceled", "{r}");
     assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
-    let o = bob(&format!("{BIN} workload stop {id}"));
+    let o = cli(&format!("{BIN} workload stop {id}"));
     assert!(
         o.success() && o.stdout.contains("has ended already"),
         "{o:?}"
     );
-    let o = bob(&format!("{BIN} workload stop r_nosuchrun"));
+    let o = cli(&format!("{BIN} workload stop r_nosuchrun"));
     assert_eq!(o.code(), Some(2), "{o:?}");
     assert!(o.stderr.contains("no run r_nosuchrun"), "{o:?}");
-    let logs = bob(&format!("{BIN} runs logs {id}"));
+    let logs = cli(&format!("{BIN} runs logs {id}"));
     assert!(logs.stdout.contains("round 1"), "{logs:?}");
 
     // kill -9 of the agent mid-round: the round keeps running in its own unit and the new
@@ -363,7 +393,7 @@ fn e2e_workloads_user_mode() {
         std::thread::sleep(Duration::from_millis(200));
     }
     c.must_sh("pkill -9 -f 'outpost agent run'");
-    let r = wait_final(&s, &id, 90);
+    let r = wait_final(s, &id, 90);
     assert_eq!(r["state"], "succeeded", "{r}");
     let log = hub_log(&s.hub, &id);
     let starts: Vec<&str> = log.lines().filter(|l| l.contains(" start ")).collect();
@@ -433,7 +463,7 @@ fn e2e_workloads_declared_survive_a_reboot() {
     let j = c.must_sh("grep -c '\"round_start\"' /var/lib/outpost/agent/events.jsonl");
     assert!(j.trim().parse::<u64>().unwrap() >= before + 2, "{j}");
     // Stopped on the host: after the round in flight, reason recorded locally.
-    c.must_sh("outpost workload stop w-crawl");
+    c.must_sh("outpost workload stop crawl");
     let until = Instant::now() + Duration::from_secs(30);
     loop {
         let p = peek(&c);

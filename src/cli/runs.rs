@@ -40,7 +40,7 @@ pub enum RunsCommand {
 pub enum WorkloadCommand {
     /// Stop a supervised workload: after its current round, or at once with --now
     Stop {
-        /// The workload's run id (`outpost runs` lists it)
+        /// The workload's run id (`outpost runs` lists it), or the name of a `[[workload]]`
         run: String,
         /// Cancel the round in flight too (SIGTERM, then SIGKILL of its control group)
         #[arg(long)]
@@ -613,7 +613,14 @@ pub fn workload(
     out: &mut dyn Write,
 ) -> Result<i32> {
     let WorkloadCommand::Stop { run, now, mode } = command;
-    let (layout, rec) = one_record(probe, root, &run, mode)?;
+    // A workload declared in the config is named by its name too (its run is w-NAME).
+    let (layout, rec) = match one_record(probe, root, &run, mode.clone()) {
+        Err(e) if e.to_string().starts_with("no run ") => {
+            one_record(probe, root, &format!("w-{run}"), mode).map_err(|_| e)?
+        }
+        r => r?,
+    };
+    let run = rec.run_id.clone();
     let Some(st) = &rec.supervise else {
         return Err(Error::usage(
             format!("run {run} is not a supervised workload"),
