@@ -193,18 +193,18 @@ fn e2e_workload_upgrade_mid_round() {
             );
             std::thread::sleep(Duration::from_millis(50));
         };
-        // Wait for the chosen point of this round (a point in time, not a condition).
-        let at = start_ns + offset as u128 * 1_000_000;
-        let now = now_ns();
-        if at > now {
-            std::thread::sleep(Duration::from_nanos((at - now) as u64));
-        }
         let unit = format!("outpost-run-{id}.round{n}.service");
         assert_eq!(
             show(&unit, "MainPID"),
             pid.to_string(),
             "round {n} runs in its unit's main process"
         );
+        // Wait for the chosen point of this round (a point in time, not a condition).
+        let at = start_ns + offset as u128 * 1_000_000;
+        let now = now_ns();
+        if at > now {
+            std::thread::sleep(Duration::from_nanos((at - now) as u64));
+        }
         let (from, to) = if k % 2 == 0 {
             ("1.0.0", "1.1.0")
         } else {
@@ -288,7 +288,29 @@ fn e2e_workload_upgrade_mid_round() {
     );
 
     // Every round once, complete, in the process it started in; the next one on time.
+    // Where the lateness goes, from the user manager's journal (µs): the round's end → its
+    // unit stopped by the agent (the agent saw the end and planned the next round) → the next
+    // round's unit started → its first line.
+    let manager_log = c.must_sh(&format!(
+        "journalctl --no-pager -o short-unix | grep -F 'outpost-run-{id}.round' || true"
+    ));
+    let at = |n: u32, started: bool| -> Option<f64> {
+        let needle = format!("outpost-run-{id}.round{n}.service");
+        manager_log
+            .lines()
+            .filter(|l| {
+                l.contains(&needle)
+                    && if started {
+                        l.contains(": Started ")
+                    } else {
+                        l.contains(": Stopping ") || l.contains(": Stopped ")
+                    }
+            })
+            .find_map(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+            .map(|secs| secs * 1000.0)
+    };
     let mut lateness = Vec::new();
+    let mut breakdown = Vec::new();
     let mut prev_end: Option<u128> = None;
     for n in 1..=ROUNDS {
         let log = log_of(n);
@@ -298,9 +320,18 @@ fn e2e_workload_upgrade_mid_round() {
         assert_eq!(ends.len(), 1, "round {n} completed once: {log}");
         assert_eq!(starts[0].1, ends[0].1, "round {n} in one process: {log}");
         if let Some(end) = prev_end {
-            let late = (starts[0].0 as f64 - end as f64) / 1e6;
+            let (end_ms, start_ms) = (end as f64 / 1e6, starts[0].0 as f64 / 1e6);
+            let late = start_ms - end_ms;
             assert!(late >= 0.0, "round {n} began before round {} ended", n - 1);
             lateness.push(late);
+            if let (Some(stopped), Some(started)) = (at(n - 1, false), at(n, true)) {
+                breakdown.push(format!(
+                    "{:.0}+{:.0}+{:.0}",
+                    stopped - end_ms,
+                    started - stopped,
+                    start_ms - started
+                ));
+            }
         }
         prev_end = Some(ends[0].0);
     }
@@ -374,6 +405,10 @@ fn e2e_workload_upgrade_mid_round() {
             .map(|l| format!("{l:.0}"))
             .collect::<Vec<_>>()
             .join(" ")
+    );
+    println!(
+        "  lateness = end → unit stopped + → next unit started + → first line (ms): {}",
+        breakdown.join(" ")
     );
     println!(
         "downtime (systemd)      n={} median {:.1} ms max {:.1} ms",

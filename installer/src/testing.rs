@@ -52,7 +52,9 @@ impl Fake {
     fn run_job(&self, action: &str, u: &str) -> Result<(), SvcError> {
         let mut s = self.call(format!("{action} {u}"));
         s.starts_since_reset += 1;
-        if s.start_limit_burst.is_some_and(|b| s.starts_since_reset > b) {
+        if s.start_limit_burst
+            .is_some_and(|b| s.starts_since_reset > b)
+        {
             return Err(SvcError::Job {
                 action: action.into(),
                 unit: u.into(),
