@@ -19,6 +19,12 @@ pub struct FakeState {
     pub fail_start: bool,
     /// Fail only this many start/restart jobs, then succeed.
     pub fail_next_starts: u32,
+    /// The unit's start limit, as systemd keeps it (`StartLimitBurst=`, the whole test inside
+    /// one `StartLimitIntervalSec=`): a start/restart job past this many since the last
+    /// `reset_failed` fails with `start-limit-hit`. `None`: no limit.
+    pub start_limit_burst: Option<u32>,
+    /// Start/restart jobs since the last `reset_failed` (the start-limit counter).
+    pub starts_since_reset: u32,
 }
 
 #[derive(Clone, Default)]
@@ -45,6 +51,16 @@ impl Fake {
     /// start/restart: fails when `fail_start` is set, else the unit is active.
     fn run_job(&self, action: &str, u: &str) -> Result<(), SvcError> {
         let mut s = self.call(format!("{action} {u}"));
+        s.starts_since_reset += 1;
+        if s.start_limit_burst
+            .is_some_and(|b| s.starts_since_reset > b)
+        {
+            return Err(SvcError::Job {
+                action: action.into(),
+                unit: u.into(),
+                result: "start-limit-hit".into(),
+            });
+        }
         let once = s.fail_next_starts > 0;
         if once {
             s.fail_next_starts -= 1;
@@ -90,6 +106,9 @@ impl ServiceManager for Fake {
         self.run_job("restart", u)
     }
     fn reset_failed(&self, _u: &str) -> Result<(), SvcError> {
+        // Not recorded as a call (the call lists of the tests stay what they were); clears
+        // the start-limit counter, as ResetFailedUnit does.
+        self.0.borrow_mut().starts_since_reset = 0;
         Ok(())
     }
     fn start_transient(&self, u: &str, _d: &str, argv: &[String]) -> Result<(), SvcError> {

@@ -152,6 +152,52 @@ fn orchestrated_upgrade_runs_every_step_and_confirms() {
     assert_eq!(receipt.version, "1.1.0");
 }
 
+/// Issue 13: upgrades do not consume the unit's start limit (StartLimitBurst=5 in 300 s):
+/// the upgrader clears it (reset-failed) before it starts the new version, so ten upgrades in
+/// a row (one minute of a busy host's life) all start. Without the reset the sixth start is
+/// `start-limit-hit`.
+#[test]
+fn upgrades_do_not_consume_the_start_limit() {
+    let b = bed();
+    b.fake.0.borrow_mut().start_limit_burst = Some(5);
+    let stager = FakeStager::default();
+    for i in 0..10 {
+        let (from, t) = if i % 2 == 0 {
+            ("1.0.0", "1.1.0")
+        } else {
+            ("1.1.0", "1.0.0")
+        };
+        let (r, out) = b.upgrade(&to(t), &stager);
+        assert_eq!(r.unwrap(), 0, "upgrade {}: {out}", i + 1);
+        assert!(
+            out.contains(&format!("upgraded outpost from {from} to {t}")),
+            "upgrade {}: {out}",
+            i + 1
+        );
+        assert_eq!(b.current(), format!("versions/{t}"));
+    }
+    let starts = b
+        .calls()
+        .iter()
+        .filter(|c| *c == "start outpost.service")
+        .count();
+    assert_eq!(starts, 10, "{:?}", b.calls());
+}
+
+/// The fake's start limit bites without the reset (so the test above can fail).
+#[test]
+fn the_fake_start_limit_bites_without_a_reset() {
+    let b = bed();
+    b.fake.0.borrow_mut().start_limit_burst = Some(5);
+    for _ in 0..5 {
+        b.fake.start(outpost_installer::UNIT).unwrap();
+    }
+    let e = b.fake.start(outpost_installer::UNIT).unwrap_err();
+    assert!(e.to_string().contains("start-limit-hit"), "{e}");
+    b.fake.reset_failed(outpost_installer::UNIT).unwrap();
+    b.fake.start(outpost_installer::UNIT).unwrap();
+}
+
 #[test]
 fn a_new_version_that_fails_to_start_is_rolled_back() {
     let b = bed();

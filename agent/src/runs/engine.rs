@@ -844,8 +844,18 @@ impl Runs {
     }
 
     fn watch(&mut self, r: &mut RunRecord) {
-        if r.supervise.is_some() {
-            return self.watch_supervised(r);
+        if let Some(st) = &r.supervise {
+            let in_flight = st.in_flight.is_some();
+            self.watch_supervised(r);
+            // The round just ended and the next one is due now (no delay, no back-off): start
+            // it in this tick, not one TICK later (the schedule is the previous round's end).
+            let due = r.supervise.as_ref().is_some_and(|st| {
+                st.in_flight.is_none() && st.next_at_ms.is_none_or(|at| now_ms() >= at)
+            });
+            if in_flight && due && r.phase == Phase::Started {
+                self.watch_supervised(r);
+            }
+            return;
         }
         let unit = r.unit.clone();
         let st = match self.manager_of(r.privileged) {
