@@ -614,7 +614,7 @@ pub fn workload(
 ) -> Result<i32> {
     let WorkloadCommand::Stop { run, now, mode } = command;
     // A workload declared in the config is named by its name too (its run is w-NAME).
-    let (layout, rec) = match one_record(probe, root, &run, mode.clone()) {
+    let (layout, rec) = match one_record(probe, root, &run, mode) {
         Err(e) if e.to_string().starts_with("no run ") => {
             one_record(probe, root, &format!("w-{run}"), mode).map_err(|_| e)?
         }
