@@ -156,8 +156,8 @@ pub fn run(root: &Path, id: &str, out: &mut dyn Write) -> Result<i32> {
             cgroup,
         }),
     };
-    let p = match privileged::admit(id, &request, &packs, &host) {
-        Ok(p) => p,
+    let (p, req) = match privileged::admit(id, &request, &packs, &host) {
+        Ok(x) => x,
         Err(why) => return refuse(why),
     };
     match mgr.start_transient_unit(&p.unit, &p.props) {
@@ -165,10 +165,9 @@ pub fn run(root: &Path, id: &str, out: &mut dyn Write) -> Result<i32> {
         Err(SvcError::Job { result, .. }) if result == "exists" => {}
         Err(e) => return refuse(format!("cannot start {}: {e}", p.unit)),
     }
-    let req: serde_json::Value = serde_json::from_slice(&request).unwrap_or_default();
     let _ = journal.append(
         kind::PRIVILEGED_RUN_STARTED,
-        json!({"run": id, "unit": p.unit, "pack": req["pack"], "action": req["action"], "sha256": req["sha256"], "params": req["params"]}),
+        json!({"run": id, "unit": p.unit, "pack": req.pack, "action": req.action, "sha256": req.sha256, "params": req.params}),
     );
     writeln!(out, "run {id} admitted: {} started as root", p.unit).ok();
     prune(&runs, &mgr, id);

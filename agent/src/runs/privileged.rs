@@ -41,8 +41,14 @@ pub fn instance(id: &str) -> String {
 }
 
 /// Root's decision on the bytes the agent wrote for run `id`: the unit to start, or why not
-/// (one line). `host.privileged` holds root's grants; without it nothing is admitted.
-pub fn admit(id: &str, request: &[u8], packs: &[Pack], host: &Host) -> Result<UnitPlan, String> {
+/// (one line), with the parsed request. `host.privileged` holds root's grants; without it
+/// nothing is admitted.
+pub fn admit(
+    id: &str,
+    request: &[u8],
+    packs: &[Pack],
+    host: &Host,
+) -> Result<(UnitPlan, Request), String> {
     if !plan::valid_run_id(id) {
         return Err(format!("run id {id:?} is not 1-64 of A-Za-z0-9_-"));
     }
@@ -58,15 +64,15 @@ pub fn admit(id: &str, request: &[u8], packs: &[Pack], host: &Host) -> Result<Un
         ));
     }
     let offer = RunOffer {
-        run_id: req.run_id,
-        pack: req.pack,
-        sha256: req.sha256,
-        action: req.action,
-        params: req.params,
+        run_id: req.run_id.clone(),
+        pack: req.pack.clone(),
+        sha256: req.sha256.clone(),
+        action: req.action.clone(),
+        params: req.params.clone(),
         lease_secs: 0,
     };
     match plan::decide(&offer, packs, host) {
-        Decision::Start(p) if p.privileged => Ok(*p),
+        Decision::Start(p) if p.privileged => Ok((*p, req)),
         Decision::Start(_) => Err(format!(
             "action {}/{} is not privileged: root runs only actions marked `privileged = true` (the agent runs the others as its service user)",
             offer.pack, offer.action
@@ -256,7 +262,7 @@ command = ["/bin/true"]
                 admit(id, &bytes, std::slice::from_ref(&p), &host(grant)),
                 want,
             ) {
-                (Ok(plan), Ok(argv)) => {
+                (Ok((plan, _)), Ok(argv)) => {
                     let exec = plan.props.iter().find(|(k, _)| k == "ExecStart");
                     assert_eq!(
                         exec.map(|(_, v)| v),
