@@ -437,24 +437,18 @@ pub fn resolve_pending(
         Resolution::Revert => pending.revert()?,
         Resolution::Finish => pending.finish()?,
     }
-    let (sync, bring_back) = after_resolution(&res, ctx);
-    if sync {
-        sync_receipt(layout)?;
-    }
-    if let Some(restart) = bring_back {
+    if let Some(restart) = after_resolution(&res, ctx) {
         bring_service_back(layout, host, euid, restart)?;
     }
     Ok(res)
 }
 
-/// What follows a resolution: whether the receipt is synced with the links, and whether (and
-/// with a restart) the service is brought back — only from the CLI, never inside a start job.
-fn after_resolution(res: &Resolution, ctx: ResolveContext) -> (bool, Option<bool>) {
-    let sync = matches!(res, Resolution::Revert | Resolution::Finish);
-    let bring_back = (ctx == ResolveContext::Cli
-        && matches!(res, Resolution::Revert | Resolution::Abandon))
-    .then_some(*res == Resolution::Revert);
-    (sync, bring_back)
+/// What follows a resolution: whether (and with a restart) the service is brought back —
+/// only from the CLI, never inside a start job. (The receipt is synced by the resolution
+/// itself, before the record is cleared.)
+fn after_resolution(res: &Resolution, ctx: ResolveContext) -> Option<bool> {
+    (ctx == ResolveContext::Cli && matches!(res, Resolution::Revert | Resolution::Abandon))
+        .then_some(*res == Resolution::Revert)
 }
 
 /// Boot counting applies while a live upgrader has already swapped and the unit is starting.
@@ -510,8 +504,12 @@ impl Pending<'_> {
         Ok(())
     }
 
+    // The record is the commit marker of an upgrade: every piece of bookkeeping (links,
+    // receipt) is done before it is cleared, so a resolver killed half-way (the guard at a
+    // reboot, a power cut) leaves the record for the next one to finish the same way.
     fn revert(&mut self) -> Result<()> {
         swap_current(self.layout, &self.rec.from)?;
+        sync_receipt(self.layout)?;
         self.clear()?;
         let (rec, ctx) = (&self.rec, self.ctx);
         event(
@@ -531,6 +529,7 @@ impl Pending<'_> {
 
     fn finish(&mut self) -> Result<()> {
         set_last_good(self.layout, &self.rec.to)?;
+        sync_receipt(self.layout)?;
         self.clear()?;
         let (rec, ctx) = (&self.rec, self.ctx);
         event(

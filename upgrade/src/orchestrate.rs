@@ -385,10 +385,12 @@ impl<'a> Upgrade<'a> {
             &[&self.to.to_string(), &self.from.to_string()],
         );
         let data = json!({"from": self.from, "to": self.to, "downtime_ms": downtime_ms, "timings": self.timings.json(), "removed_versions": removed});
+        // The receipt before the record: a kill in between leaves a `confirmed` record that
+        // the next resolver finishes (the same bookkeeping, idempotent).
+        sync_receipt(layout)?;
         event(layout, "service_upgraded", data, out);
         let sd = layout.host(&layout.state_dir);
         record::clear(&sd).map_err(|e| Error::io("clear", &record::path(&sd), e))?;
-        sync_receipt(layout)?;
         writeln!(
             out,
             "upgraded outpost from {} to {}: service healthy for {}s",
@@ -445,9 +447,9 @@ impl<'a> Upgrade<'a> {
             Ok(restored_ms) => {
                 // restored_ms: health failure → old version active and READY again.
                 let data = json!({"from": from, "to": to, "reason": reason, "restored_ms": restored_ms, "timings": self.timings.json()});
+                sync_receipt(layout)?;
                 event(layout, "service_upgrade_rolled_back", data, out);
                 record::clear(&layout.host(&layout.state_dir)).ok();
-                sync_receipt(layout)?;
                 Err(Error::failed(
                     format!(
                         "upgrade to {to} failed ({reason}); rolled back, {from} is running again"
