@@ -436,6 +436,9 @@ fn round_logs(dir: &Path, record_path: &Path, follow: bool, out: &mut dyn Write)
     }
 }
 
+/// How much of the end of the agent's journal `runs peek` reads for a run's recent events.
+const PEEK_JOURNAL_WINDOW: u64 = 4 << 20;
+
 /// `outpost runs peek RUN [--json]`.
 pub fn peek(
     probe: &dyn Probe,
@@ -450,7 +453,8 @@ pub fn peek(
     let paths = outpost_agent::runs::plan::paths(&dir, run);
     let journal = outpost_core::journal::Journal::open(&dir);
     let mut events: Vec<serde_json::Value> = journal
-        .read_all()
+        // The tail only: a 24×7 workload's journal grows without end.
+        .read_recent(PEEK_JOURNAL_WINDOW)
         .unwrap_or_default()
         .into_iter()
         .filter(|e| e.data.get("run").and_then(|v| v.as_str()) == Some(run))

@@ -325,3 +325,26 @@ fn lock_file_is_private() {
     let m = std::fs::metadata(d.path().join("events.jsonl.lock")).unwrap();
     assert_eq!(m.permissions().mode() & 0o777, 0o600);
 }
+
+#[test]
+fn read_recent_returns_the_complete_records_of_the_window() {
+    let (_d, j) = journal_with(50);
+    let all = j.read_all().unwrap();
+    let whole = std::fs::metadata(j.path()).unwrap().len();
+    // a window larger than the file: everything
+    assert_eq!(j.read_recent(whole + 10).unwrap().len(), 50);
+    // exactly the last three lines, then a window that starts inside the third-last line
+    let l = lines(&j);
+    let three: u64 = l[47..].iter().map(|x| x.len() as u64 + 1).sum();
+    let got: Vec<u64> = j.read_recent(three).unwrap().iter().map(|r| r.seq).collect();
+    assert_eq!(got, vec![48, 49, 50]);
+    let got: Vec<u64> = j.read_recent(three - 1).unwrap().iter().map(|r| r.seq).collect();
+    assert_eq!(got, vec![49, 50]);
+    assert_eq!(j.read_recent(0).unwrap().len(), 0);
+    // a torn last line is left out
+    let mut f = std::fs::OpenOptions::new().append(true).open(j.path()).unwrap();
+    std::io::Write::write_all(&mut f, b"{\"seq\": 51, \"ti").unwrap();
+    let got = j.read_recent(three + 20).unwrap();
+    assert_eq!(got.last().map(|r| r.seq), Some(50));
+    assert_eq!(got.last().unwrap().hash, all[49].hash);
+}
