@@ -63,7 +63,13 @@ readonly GUEST_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 log() { printf 'testbed: %s\n' "$*" >&2; }
 elapsed_ms() { echo $((($(date +%s%N) - $1) / 1000000)); }
-die() { printf 'testbed: ERROR: %s\n' "$*" >&2; exit 1; }
+die() {
+    printf 'testbed: ERROR: %s\n' "$1" >&2
+    [[ -z ${2:-} ]] || printf 'hint: %s\n' "$2" >&2
+    exit 1
+}
+# shellcheck source=ci/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
     sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//' >&2
@@ -101,38 +107,6 @@ validate_name() {
 }
 
 # ---------------------------------------------------------------- image
-
-# Debian mirror: env override, else the bookworm (non-security) entry of the
-# host's apt sources (deb822 .sources or one-line .list).
-detect_mirror() {
-    if [[ -n ${OUTPOST_TESTBED_MIRROR:-} ]]; then
-        printf '%s\n' "$OUTPOST_TESTBED_MIRROR"
-        return
-    fi
-    local f uri
-    for f in /etc/apt/sources.list.d/*.sources; do
-        [[ -f $f ]] || continue
-        uri=$(awk -v suite="$MIRROR_SUITE" '
-            BEGIN { RS=""; FS="\n" }
-            {
-                uris=""; ok=0
-                for (i = 1; i <= NF; i++) {
-                    if ($i ~ /^URIs:/)   { sub(/^URIs:[ \t]*/, "", $i); split($i, u, /[ \t]+/); uris=u[1] }
-                    if ($i ~ /^Suites:/) { n=split($i, s, /[ \t]+/); for (j = 2; j <= n; j++) if (s[j] == suite) ok=1 }
-                }
-                if (ok && uris != "") { print uris; exit }
-            }' "$f")
-        [[ -n $uri ]] && { printf '%s\n' "$uri"; return; }
-    done
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-        [[ -f $f ]] || continue
-        uri=$(awk -v suite="$MIRROR_SUITE" '$1 == "deb" {
-                i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
-                if ($(i+1) == suite) { print $i; exit } }' "$f")
-        [[ -n $uri ]] && { printf '%s\n' "$uri"; return; }
-    done
-    die "no '$MIRROR_SUITE' Debian mirror found in /etc/apt/sources*; set OUTPOST_TESTBED_MIRROR"
-}
 
 # Runs inside the chroot (as a bash -c script). Part of the recipe hash.
 guest_configure_script() {
@@ -181,21 +155,6 @@ recipe_hash() {
 }
 
 image_path() { printf '%s/image-%s.tar.zst\n' "$CACHE_DIR" "$(recipe_hash)"; }
-
-chroot_mounts() {
-    local root=$1
-    mount -t proc proc "$root/proc"
-    mount -t sysfs sysfs "$root/sys"
-    mount --bind /dev "$root/dev"
-    mount --bind /dev/pts "$root/dev/pts"
-}
-
-chroot_umounts() {
-    local root=$1 m
-    for m in dev/pts dev sys proc; do
-        if mountpoint -q "$root/$m"; then umount -l "$root/$m" || true; fi
-    done
-}
 
 build_image_tree() {
     local root=$1 mirror=$2

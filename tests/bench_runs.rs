@@ -70,20 +70,14 @@ fn setup<'a>(c: &'a Container, name: &str) -> Setup<'a> {
     let hub = Hub::start(name, 1);
     let journal = "journalctl --no-pager -o cat _SYSTEMD_USER_UNIT=outpost.service | tail -40";
     enroll_and_trust(c, hub, journal, &|key, url| {
-        c.exec_with_stdin(
-            &[
-                "bash",
-                "-c",
-                "umask 077; cat > /home/bob/k; chown bob /home/bob/k",
-            ],
-            key.as_bytes(),
-        );
         write_pack(c, "/home/bob/src", "bob");
-        c.must_sh_as(
-            "bob",
-            &format!("OUTPOST_ENROLL_KEY_FILE=/home/bob/k {BIN} install --user --hub {url} && rm /home/bob/k"),
-        );
-        c.must_sh_as("bob", &format!("{BIN} pack install --user /home/bob/src"));
+        UserInstall {
+            installer: BIN,
+            hub_url: url,
+            config: None,
+            pack_dir: "/home/bob/src",
+        }
+        .run(c, key);
     })
 }
 

@@ -156,20 +156,14 @@ fn e2e_runs_user_mode() {
     let hub = Hub::start("runs-user", 1);
     let journal = "journalctl --no-pager -o cat _SYSTEMD_USER_UNIT=outpost.service | tail -40";
     let s = enroll_and_trust(&c, hub, journal, &|key, url| {
-        c.exec_with_stdin(
-            &[
-                "bash",
-                "-c",
-                "umask 077; cat > /home/bob/k; chown bob /home/bob/k",
-            ],
-            key.as_bytes(),
-        );
         write_pack(&c, "/home/bob/src", "bob");
-        c.must_sh_as(
-            "bob",
-            &format!("OUTPOST_ENROLL_KEY_FILE=/home/bob/k {BIN} install --user --hub {url} && rm /home/bob/k"),
-        );
-        c.must_sh_as("bob", &format!("{BIN} pack install --user /home/bob/src"));
+        UserInstall {
+            installer: BIN,
+            hub_url: url,
+            config: None,
+            pack_dir: "/home/bob/src",
+        }
+        .run(&c, key);
     });
     let uid = c.must_sh("id -u bob").trim().to_string();
     let env = "/home/bob/.config/outpost/outpost.env";
@@ -283,20 +277,14 @@ fn e2e_runs_partitions() {
     let journal = "journalctl --no-pager -o cat _SYSTEMD_USER_UNIT=outpost.service | tail -60";
     let purl = proxy.url.clone();
     let s = enroll_and_trust(&c, hub, journal, &|key, _| {
-        c.exec_with_stdin(
-            &[
-                "bash",
-                "-c",
-                "umask 077; cat > /home/bob/k; chown bob /home/bob/k",
-            ],
-            key.as_bytes(),
-        );
         write_pack(&c, "/home/bob/src", "bob");
-        c.must_sh_as(
-            "bob",
-            &format!("OUTPOST_ENROLL_KEY_FILE=/home/bob/k {BIN} install --user --hub {purl} && rm /home/bob/k"),
-        );
-        c.must_sh_as("bob", &format!("{BIN} pack install --user /home/bob/src"));
+        UserInstall {
+            installer: BIN,
+            hub_url: &purl,
+            config: None,
+            pack_dir: "/home/bob/src",
+        }
+        .run(&c, key);
     });
     let run_dir = "/home/bob/.local/state/outpost/agent/runs";
 
@@ -358,30 +346,14 @@ fn e2e_runs_survive_an_upgrade() {
     let hub = Hub::start("runs-upg", 1);
     let journal = "journalctl --no-pager -o cat _SYSTEMD_USER_UNIT=outpost.service | tail -60";
     let s = enroll_and_trust(&c, hub, journal, &|key, url| {
-        c.exec_with_stdin(
-            &[
-                "bash",
-                "-c",
-                "umask 077; cat > /home/bob/k; chown bob /home/bob/k",
-            ],
-            key.as_bytes(),
-        );
         write_pack(&c, "/home/bob/src", "bob");
-        c.must_sh_as(
-            "bob",
-            &format!("OUTPOST_ENROLL_KEY_FILE=/home/bob/k /srv/dist/1.0.0/outpost install --user --hub {url} && rm /home/bob/k"),
-        );
-        c.must_sh_as(
-            "bob",
-            &format!(
-                "cat > ~/.config/outpost/config.toml <<'EOF'\n[hub]\nurl = \"{url}\"\n\n{}EOF",
-                release::config("file:///srv/release", &r.pubkey, 2)
-            ),
-        );
-        c.must_sh_as(
-            "bob",
-            "~/.local/bin/outpost pack install --user /home/bob/src",
-        );
+        UserInstall {
+            installer: "/srv/dist/1.0.0/outpost",
+            hub_url: url,
+            config: Some(release::config("file:///srv/release", &r.pubkey, 2)),
+            pack_dir: "/home/bob/src",
+        }
+        .run(&c, key);
     });
     let uid = c.must_sh("id -u bob").trim().to_string();
     let user = |cmd: &str| format!("runuser -u bob -- env XDG_RUNTIME_DIR=/run/user/{uid} {cmd}");

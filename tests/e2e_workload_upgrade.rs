@@ -124,14 +124,6 @@ fn e2e_workload_upgrade_mid_round() {
     let hub = Hub::start("wl-upg", 1);
     let journal = "journalctl --no-pager -o cat _SYSTEMD_USER_UNIT=outpost.service | tail -60";
     let s = enroll_and_trust_pack(&c, hub, journal, "wlu", &|key, url| {
-        c.exec_with_stdin(
-            &[
-                "bash",
-                "-c",
-                "umask 077; cat > /home/bob/k; chown bob /home/bob/k",
-            ],
-            key.as_bytes(),
-        );
         c.must_sh("rm -rf /home/bob/wlu; mkdir -p /home/bob/wlu/bin");
         c.exec_with_stdin(
             &["sh", "-c", "cat > /home/bob/wlu/pack.toml"],
@@ -142,21 +134,13 @@ fn e2e_workload_upgrade_mid_round() {
             TICK.as_bytes(),
         );
         c.must_sh("chmod 0755 /home/bob/wlu/bin/tick.sh && chown -R bob /home/bob/wlu");
-        c.must_sh_as(
-            "bob",
-            &format!("OUTPOST_ENROLL_KEY_FILE=/home/bob/k /srv/dist/1.0.0/outpost install --user --hub {url} && rm /home/bob/k"),
-        );
-        c.must_sh_as(
-            "bob",
-            &format!(
-                "cat > ~/.config/outpost/config.toml <<'EOF'\n[hub]\nurl = \"{url}\"\n\n{}EOF",
-                release::config("file:///srv/release", &r.pubkey, 1)
-            ),
-        );
-        c.must_sh_as(
-            "bob",
-            "~/.local/bin/outpost pack install --user /home/bob/wlu",
-        );
+        UserInstall {
+            installer: "/srv/dist/1.0.0/outpost",
+            hub_url: url,
+            config: Some(release::config("file:///srv/release", &r.pubkey, 1)),
+            pack_dir: "/home/bob/wlu",
+        }
+        .run(&c, key);
     });
     let uid = c.must_sh("id -u bob").trim().to_string();
     let user = |cmd: &str| format!("runuser -u bob -- env XDG_RUNTIME_DIR=/run/user/{uid} {cmd}");

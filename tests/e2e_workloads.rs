@@ -155,20 +155,14 @@ fn e2e_workloads_user_mode() {
     let hub = Hub::start("wl-user", 1);
     let journal = "journalctl --no-pager -o cat _SYSTEMD_USER_UNIT=outpost.service | tail -40";
     let s = enroll_and_trust_pack(&c, hub, journal, "wl", &|key, url| {
-        c.exec_with_stdin(
-            &[
-                "bash",
-                "-c",
-                "umask 077; cat > /home/bob/k; chown bob /home/bob/k",
-            ],
-            key.as_bytes(),
-        );
         write_wl_pack(&c, "/home/bob/wl", "bob");
-        c.must_sh_as(
-            "bob",
-            &format!("OUTPOST_ENROLL_KEY_FILE=/home/bob/k {BIN} install --user --hub {url} && rm /home/bob/k"),
-        );
-        c.must_sh_as("bob", &format!("{BIN} pack install --user /home/bob/wl"));
+        UserInstall {
+            installer: BIN,
+            hub_url: url,
+            config: None,
+            pack_dir: "/home/bob/wl",
+        }
+        .run(&c, key);
     });
     let runs = "/home/bob/.local/state/outpost/agent/runs";
     suite(&c, &s, "bob", runs, &|cmd: &str| c.sh_as("bob", cmd));

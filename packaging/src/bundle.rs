@@ -14,7 +14,7 @@
 //! last copy, the reader the first). install.sh `--bundle` hands the bundle to `outpost
 //! install` as its release source, so the installed binary is checked the same way.
 use crate::error::{Error, Result};
-use crate::fetch::{Source, MAX_TARBALL_BYTES};
+use crate::fetch::{Reader, Source, MAX_TARBALL_BYTES};
 use crate::manifest::{artifact_name, MAX_MANIFEST_BYTES};
 use crate::{fsx, MANIFEST, SHA256SUMS};
 use std::path::Path;
@@ -43,14 +43,27 @@ pub fn write_bundle(
     out: &Path,
 ) -> Result<()> {
     let reader = release.reader()?;
+    let members = bundle_members(version, target);
+    write_members(&reader, &members, MAX_TARBALL_BYTES, out)
+}
+
+/// Read `members` (relative paths) from `reader`, tarballs up to `max_tarball` bytes and
+/// everything else up to [`MAX_MANIFEST_BYTES`], and write them to the bundle `out`
+/// (atomically, fixed metadata). Shared by outpost's and packs' bundles.
+pub(crate) fn write_members(
+    reader: &Reader<'_>,
+    members: &[String],
+    max_tarball: u64,
+    out: &Path,
+) -> Result<()> {
     let mut parts = Vec::new();
-    for rel in bundle_members(version, target) {
+    for rel in members {
         let limit = if rel.ends_with(".tar.gz") {
-            MAX_TARBALL_BYTES
+            max_tarball
         } else {
             MAX_MANIFEST_BYTES
         };
-        parts.push((rel.clone(), reader.bytes(&rel, limit)?));
+        parts.push((rel.clone(), reader.bytes(rel, limit)?));
     }
     fsx::write_atomic_with(out, 0o644, |f| {
         let mut b = tar::Builder::new(f);

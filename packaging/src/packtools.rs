@@ -288,31 +288,8 @@ pub fn write_pack_bundle(
     let body = reader.bytes(MANIFEST, MAX_MANIFEST_BYTES)?;
     let manifest = PackManifest::parse(&body, &location)?;
     let pv = manifest.pick(version, &location)?.clone();
-    let mut parts = Vec::new();
-    for rel in bundle_members(&manifest.name, &pv.version) {
-        let limit = if rel.ends_with(".tar.gz") {
-            MAX_PACK_TARBALL_BYTES
-        } else {
-            MAX_MANIFEST_BYTES
-        };
-        parts.push((rel.clone(), reader.bytes(&rel, limit)?));
-    }
-    fsx::write_atomic_with(out, 0o644, |f| {
-        let mut b = tar::Builder::new(f);
-        for (rel, data) in &parts {
-            let mut h = tar::Header::new_ustar();
-            h.set_path(rel)?;
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_mtime(0);
-            h.set_uid(0);
-            h.set_gid(0);
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_cksum();
-            b.append(&h, &data[..])?;
-        }
-        b.finish()
-    })?;
+    let members = bundle_members(&manifest.name, &pv.version);
+    crate::bundle::write_members(&reader, &members, MAX_PACK_TARBALL_BYTES, out)?;
     if !keys.is_empty() {
         let work = packrel::work_dir()?;
         let r = packrel::fetch_pack(

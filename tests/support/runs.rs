@@ -9,6 +9,52 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = "/srv/dist/outpost";
 
+/// How bob's user-mode agent is installed inside [`enroll_and_trust`]'s closure.
+pub struct UserInstall<'a> {
+    /// The binary that runs `install --user` ([`BIN`], or a release's first version).
+    pub installer: &'a str,
+    /// The hub URL the agent is installed against (the hub's, or a proxy in front of it).
+    pub hub_url: &'a str,
+    /// Written after `[hub] url` as bob's whole config.toml (e.g. an `[upgrade]` section).
+    pub config: Option<String>,
+    /// The pack dir (written already, bob's) that `pack install --user` installs.
+    pub pack_dir: &'a str,
+}
+
+impl UserInstall<'_> {
+    /// The key handed over in a 0600 file (never on a command line), `install --user --hub`,
+    /// the config (if any), then `pack install --user`.
+    pub fn run(&self, c: &Container, key: &str) {
+        c.exec_with_stdin(
+            &[
+                "bash",
+                "-c",
+                "umask 077; cat > /home/bob/k; chown bob /home/bob/k",
+            ],
+            key.as_bytes(),
+        );
+        let (bin, url) = (self.installer, self.hub_url);
+        c.must_sh_as(
+            "bob",
+            &format!(
+                "OUTPOST_ENROLL_KEY_FILE=/home/bob/k {bin} install --user --hub {url} && rm /home/bob/k"
+            ),
+        );
+        if let Some(extra) = &self.config {
+            c.must_sh_as(
+                "bob",
+                &format!(
+                    "cat > ~/.config/outpost/config.toml <<'EOF'\n[hub]\nurl = \"{url}\"\n\n{extra}EOF"
+                ),
+            );
+        }
+        c.must_sh_as(
+            "bob",
+            &format!("~/.local/bin/outpost pack install --user {}", self.pack_dir),
+        );
+    }
+}
+
 /// The pack of these tests, owned by `owner` at `dir`.
 pub fn write_pack(c: &Container, dir: &str, owner: &str) {
     c.must_sh(&format!(

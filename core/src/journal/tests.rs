@@ -336,13 +336,26 @@ fn read_recent_returns_the_complete_records_of_the_window() {
     // exactly the last three lines, then a window that starts inside the third-last line
     let l = lines(&j);
     let three: u64 = l[47..].iter().map(|x| x.len() as u64 + 1).sum();
-    let got: Vec<u64> = j.read_recent(three).unwrap().iter().map(|r| r.seq).collect();
+    let got: Vec<u64> = j
+        .read_recent(three)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
     assert_eq!(got, vec![48, 49, 50]);
-    let got: Vec<u64> = j.read_recent(three - 1).unwrap().iter().map(|r| r.seq).collect();
+    let got: Vec<u64> = j
+        .read_recent(three - 1)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
     assert_eq!(got, vec![49, 50]);
     assert_eq!(j.read_recent(0).unwrap().len(), 0);
     // a torn last line is left out
-    let mut f = std::fs::OpenOptions::new().append(true).open(j.path()).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(j.path())
+        .unwrap();
     std::io::Write::write_all(&mut f, b"{\"seq\": 51, \"ti").unwrap();
     let got = j.read_recent(three + 20).unwrap();
     assert_eq!(got.last().map(|r| r.seq), Some(50));
