@@ -191,12 +191,53 @@ fn e2e_runs_user_mode() {
         &user("systemctl --user start outpost.service"),
     );
     host_cli(&c, "bob", "");
+    isolation(&c, &s, "/home/bob/.local/state/outpost/agent/events.jsonl");
+    // A host whose user manager cannot create user namespaces (filtered here with
+    // RestrictNamespaces= on user@.service): the agent says so, and runs are not isolated.
+    c.must_sh("mkdir -p /etc/systemd/system/user@.service.d && printf '[Service]\\nRestrictNamespaces=~user\\n' > /etc/systemd/system/user@.service.d/50-no-userns.conf && systemctl daemon-reload");
+    c.must_sh(&format!("systemctl restart user@{uid}.service"));
+    c.wait_user("bob");
+    snoop(&s, false);
+    let why = wait_isolation(
+        &c,
+        "/home/bob/.local/state/outpost/agent/events.jsonl",
+        false,
+    );
+    assert!(why.contains("217/USER"), "{why}");
     tampered_and_untrusted(
         &c,
         &s,
         "/home/bob/.config/outpost/packs/e2e/bin/count.sh",
         &|cmd: &str| c.must_sh_as("bob", cmd),
     );
+}
+
+/// The agent proved its runs isolated (journaled), and a run cannot reach the agent's files.
+fn isolation(c: &Container, s: &Setup, agent_journal: &str) {
+    snoop(s, true);
+    wait_isolation(c, agent_journal, true);
+}
+
+/// The latest `runs_isolation` event once it says `isolated`; its reason.
+fn wait_isolation(c: &Container, agent_journal: &str, isolated: bool) -> String {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = c
+            .sh(&format!(
+                "grep '\"runs_isolation\"' {agent_journal} | tail -1"
+            ))
+            .stdout;
+        if let Ok(e) = serde_json::from_str::<serde_json::Value>(last.trim()) {
+            if e["data"]["isolated"] == isolated {
+                return e["data"]["reason"].as_str().unwrap_or_default().to_string();
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "no runs_isolation event with isolated={isolated}: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A pack changed on disk after the agent loaded it is refused (drifted), never run; once the
@@ -417,6 +458,7 @@ fn e2e_runs_system_mode() {
     let s = system_setup(&c, "runs-sys");
     let uid = c.must_sh("id -u outpost").trim().to_string();
     hello(&s, &uid);
+    isolation(&c, &s, "/var/lib/outpost/agent/events.jsonl");
     // the run is the service user's, in its own manager, outside the agent's cgroup
     unenforceable_limit(&s);
     let run_dir = "/var/lib/outpost/agent/runs";

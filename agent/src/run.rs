@@ -846,6 +846,7 @@ impl<'a> Loop<'a> {
             pack_owner: crate::packs::owner(&self.opts.mode, rustix::process::geteuid().as_raw()),
             control_dir: control_dir(self.opts),
             privileged: privileged_config(self.opts),
+            isolation: Some(isolation(self.opts)),
         };
         if cfg.privileged.is_some() {
             log::info("runs: privileged actions are admitted by root through outpost-run-privileged@.service");
@@ -1015,6 +1016,46 @@ fn control_dir(opts: &RunOptions) -> std::path::PathBuf {
             .unwrap_or_else(|| opts.state_dir.clone())
     };
     state.join(outpost_core::layout::files::CONTROL_DIR)
+}
+
+/// What a run is fenced off from besides the agent's state dir, which it never sees
+/// (docs/RUNS.md, *Isolation*). System mode: everything else of outpost's is root's, and
+/// only root's env file is hidden (0600 already). User mode: outpost's files are all the
+/// user's, so a run also gets them read-only (binaries, config, state, the user's units), so
+/// it cannot change the agent that would start next.
+fn isolation(opts: &RunOptions) -> crate::runs::plan::Isolation {
+    let root = Path::new("/");
+    if opts.mode == "system" {
+        let layout = outpost_core::layout::Layout::system(root);
+        return crate::runs::plan::Isolation {
+            read_only: Vec::new(),
+            inaccessible: vec![layout.env_file],
+        };
+    }
+    let mut read_only: Vec<PathBuf> = opts
+        .config_path
+        .parent()
+        .into_iter()
+        .map(Path::to_path_buf)
+        .collect();
+    read_only.extend(opts.state_dir.parent().map(Path::to_path_buf));
+    let mut inaccessible = Vec::new();
+    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        let layout = outpost_core::layout::Layout::user(root, Path::new(&home));
+        read_only.extend([layout.base, layout.unit_dir, layout.config_dir]);
+        inaccessible.push(layout.env_file);
+    }
+    if let Some(dir) = opts.config_path.parent() {
+        inaccessible.push(dir.join(outpost_core::layout::files::ENV_FILE));
+    }
+    read_only.sort();
+    read_only.dedup();
+    inaccessible.sort();
+    inaccessible.dedup();
+    crate::runs::plan::Isolation {
+        read_only,
+        inaccessible,
+    }
 }
 
 /// System mode with the root-owned template unit: privileged actions are admitted by root

@@ -74,6 +74,9 @@ pub mod kind {
     pub const RUN_STARTED: &str = "run_started";
     pub const RUN_FINISHED: &str = "run_finished";
     pub const RUNS_REATTACHED: &str = "runs_reattached";
+    /// Whether this host's manager isolates runs from the agent's files (`isolated`,
+    /// `reason`), proved at each connection to it.
+    pub const RUNS_ISOLATION: &str = "runs_isolation";
     /// Root's journal: the privileged helper started a privileged run as root, or refused
     /// the service user's request (with the reason).
     pub const PRIVILEGED_RUN_STARTED: &str = "privileged_run_started";

@@ -21,6 +21,8 @@ pub mod files {
     pub const JOURNAL: &str = "events.jsonl";
     /// The agent's hub identity and token (agent dir).
     pub const IDENTITY: &str = "identity.json";
+    /// The runner env file (`EnvironmentFile=` of the unit), in the config dir.
+    pub const ENV_FILE: &str = "outpost.env";
     /// The enrollment nonce that makes a retried enrollment idempotent (agent dir).
     pub const ENROLL_NONCE: &str = "enroll-nonce";
     /// The agent's last heartbeat attempt (agent dir).

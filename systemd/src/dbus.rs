@@ -600,8 +600,31 @@ fn prop_value(v: &PropValue) -> Option<Value> {
         PropValue::I32(n) => Value::I32(*n),
         PropValue::Bool(b) => Value::Bool(*b),
         PropValue::Exec(argv) => exec_start(argv)?,
+        PropValue::TempFs(l) => Value::Array(
+            "(ss)".into(),
+            l.iter()
+                .map(|(p, o)| Value::Struct(vec![str_arg(p), str_arg(o)]))
+                .collect(),
+        ),
+        PropValue::Binds(l) => Value::Array(
+            "(ssbt)".into(),
+            l.iter()
+                .map(|(src, dst)| {
+                    Value::Struct(vec![
+                        str_arg(src),
+                        str_arg(dst),
+                        // ignore a missing source: no
+                        Value::Bool(false),
+                        Value::U64(MS_REC),
+                    ])
+                })
+                .collect(),
+        ),
     })
 }
+
+/// `mount(2)`'s recursive flag, as `BindPaths` takes it over D-Bus.
+const MS_REC: u64 = 16384;
 
 /// `StartTransientUnit(name, "fail", props, [])` arguments for a run's unit.
 fn run_unit_args(unit: &str, props: &[(String, PropValue)]) -> Option<Vec<Value>> {
@@ -1009,6 +1032,14 @@ mod tests {
                 "ExecStart".into(),
                 PropValue::Exec(vec!["/bin/true".into()]),
             ),
+            (
+                "TemporaryFileSystem".into(),
+                PropValue::TempFs(vec![("/a".into(), "ro".into())]),
+            ),
+            (
+                "BindPaths".into(),
+                PropValue::Binds(vec![("/a/w".into(), "/a/w".into())]),
+            ),
         ];
         let args = run_unit_args("outpost-run-r_1.service", &props).unwrap();
         let sig: String = args.iter().map(Value::signature).collect();
@@ -1023,7 +1054,10 @@ mod tests {
                 _ => panic!("{p:?}"),
             })
             .collect();
-        assert_eq!(types, ["s", "as", "t", "i", "b", "a(sasb)"]);
+        assert_eq!(
+            types,
+            ["s", "as", "t", "i", "b", "a(sasb)", "a(ss)", "a(ssbt)"]
+        );
         let msg =
             crate::wire::Message::call(SYSTEMD, MANAGER_PATH, MANAGER, "StartTransientUnit", args);
         assert!(msg.encode().is_ok());

@@ -174,6 +174,11 @@ pub enum PropValue {
     Bool(bool),
     /// `ExecStart`-like: argv, the first element the program (`a(sasb)`).
     Exec(Vec<String>),
+    /// `TemporaryFileSystem`: (path, mount options) pairs (`a(ss)`).
+    TempFs(Vec<(String, String)>),
+    /// `BindPaths`: (source, destination) pairs, recursive, read-write, a missing source an
+    /// error (`a(ssbt)`).
+    Binds(Vec<(String, String)>),
 }
 
 /// The units of runs: transient services a manager starts for the agent and reports on, so

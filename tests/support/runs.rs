@@ -149,6 +149,32 @@ id = "rootnap"
 description = "sleep as root (privileged; canceled by the agent)"
 command = ["/bin/sleep", "60"]
 privileged = true
+
+[[action]]
+id = "snoop"
+description = "try what a run must not do to the agent's files (isolation)"
+command = ["bin/snoop.sh"]
+EOF
+cat > {dir}/bin/snoop.sh <<'EOF'
+#!/bin/sh
+# The agent's state dir, from the run's work dir (<agent>/runs/<id>/work).
+A=${{OUTPOST_RUN_DIR%/runs/*}}
+case $A in
+  /var/lib/outpost/*) CFG=/etc/outpost; BASE=/opt/outpost; UNITS=/etc/systemd/system ;;
+  *) H=${{A%/.local/state/outpost/agent}}; CFG=$H/.config/outpost; BASE=$H/.local/share/outpost; UNITS=$H/.config/systemd/user ;;
+esac
+# Writes are probed with access(2) (test -w: EROFS on a read-only mount), never done.
+try() {{ if sh -c "$2" >/dev/null 2>&1; then echo "$1: yes"; else echo "$1: no"; fi; }}
+try read-token "cat $A/identity.json"
+try read-journal "cat $A/events.jsonl"
+try write-journal "test -w $A/events.jsonl"
+try write-record "test -w $A/runs/$OUTPOST_RUN_ID/run.json"
+try read-env "cat $CFG/outpost.env"
+try write-config "test -w $CFG/config.toml"
+try write-binary "test -w $BASE/current/outpost"
+try write-units "test -w $UNITS"
+try write-work "echo ok > $OUTPOST_RUN_DIR/f"
+echo "runs-seen: $(ls $A/runs 2>/dev/null | tr '\n' ' ')"
 EOF
 cat > {dir}/bin/whoami.sh <<'EOF'
 #!/bin/sh
@@ -309,4 +335,41 @@ pub fn enroll_and_trust_pack<'a>(
         agent,
         journal: journal.to_string(),
     }
+}
+
+/// A run cannot read the agent's token or journal, change its records, config, binary or
+/// units, or see the other runs; its own work dir is its own. With `isolated` false (the
+/// host cannot isolate runs), the same run reads the token: the check sees the difference.
+pub fn snoop(s: &Setup, isolated: bool) -> String {
+    let id = start(&s.hub, &s.agent, "e2e/snoop", &[]);
+    let r = wait_final(s, &id, 30);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let log = hub_log(&s.hub, &id);
+    let line = |what: &str| -> String {
+        log.lines()
+            .find_map(|l| l.strip_prefix(&format!("{what}: ")))
+            .unwrap_or_else(|| panic!("no {what} in {log}"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(line("write-work"), "yes", "{log}");
+    if isolated {
+        for what in [
+            "read-token",
+            "read-journal",
+            "write-journal",
+            "write-record",
+            "read-env",
+            "write-config",
+            "write-binary",
+            "write-units",
+        ] {
+            assert_eq!(line(what), "no", "a run could {what}:\n{log}");
+        }
+        assert_eq!(line("runs-seen"), id, "a run saw other runs:\n{log}");
+    } else {
+        assert_eq!(line("read-token"), "yes", "{log}");
+        assert_ne!(line("runs-seen"), id, "{log}");
+    }
+    id
 }

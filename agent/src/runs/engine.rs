@@ -62,6 +62,9 @@ pub struct EngineConfig {
     pub control_dir: PathBuf,
     /// System mode with the root-owned template installed: privileged actions go through it.
     pub privileged: Option<PrivilegedConfig>,
+    /// How runs are fenced off from the agent's files, applied where the manager proves it
+    /// can ([`probe_isolation`]); `None`: never.
+    pub isolation: Option<plan::Isolation>,
 }
 
 /// Where privileged runs are admitted (system mode).
@@ -106,6 +109,7 @@ impl Engine {
             pack_owner: cfg.pack_owner,
             control_dir: cfg.control_dir,
             privileged: cfg.privileged,
+            isolation: cfg.isolation,
             sys_manager: None,
             manager: None,
             host: None,
@@ -216,6 +220,7 @@ struct Runs {
     pack_owner: u32,
     control_dir: PathBuf,
     privileged: Option<PrivilegedConfig>,
+    isolation: Option<plan::Isolation>,
     /// The system manager, for privileged runs.
     sys_manager: Option<Box<dyn RunManager>>,
     manager: Option<Box<dyn RunManager>>,
@@ -411,12 +416,30 @@ impl Runs {
                             controllers.iter().cloned().collect::<Vec<_>>().join(" ")
                         }
                     ));
+                    let isolation = self.isolation.clone().and_then(|iso| {
+                        match probe_isolation(m.as_ref(), &self.state_dir, &iso) {
+                            Ok(()) => {
+                                log::info("runs: each run is isolated from the agent's files (its own user namespace; the agent's state dir hidden, outpost's files read-only)");
+                                self.journal_isolation(true, "");
+                                Some(iso)
+                            }
+                            Err(why) => {
+                                log::warn(
+                                    &format!("runs: runs are NOT isolated from the agent's files (a run can read the agent's token): {why}"),
+                                    "allow unprivileged user namespaces (sysctl user.max_user_namespaces > 0; on Ubuntu kernel.apparmor_restrict_unprivileged_userns=0), then restart the agent",
+                                );
+                                self.journal_isolation(false, &why);
+                                None
+                            }
+                        }
+                    });
                     self.host = Some(Host {
                         state_dir: self.state_dir.clone(),
                         env: self.env.clone(),
                         controllers,
                         cgroup,
                         privileged: None,
+                        isolation,
                     });
                     self.manager = Some(m);
                     self.last_connect = None;
@@ -477,6 +500,14 @@ impl Runs {
 
     /// The admin's current grants and the system manager's controllers (read for every
     /// decision: `pack trust --privileged` takes effect without a reload).
+    /// Journal whether runs are isolated here (once per connection to the manager).
+    fn journal_isolation(&self, isolated: bool, why: &str) {
+        let _ = self.journal.append(
+            kind::RUNS_ISOLATION,
+            serde_json::json!({"isolated": isolated, "reason": why}),
+        );
+    }
+
     fn privileged_host(&self) -> Option<plan::PrivilegedHost> {
         let pc = self.privileged.as_ref()?;
         let packs = self.packs.read().ok()?;
@@ -1539,6 +1570,65 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     s[..end].to_string()
+}
+
+/// Prove that `m` applies `iso` to a run: start [`plan::ISOLATION_PROBE_UNIT`] (a run's
+/// isolation around a test that the agent's state dir is hidden) and read its end. Why
+/// not, if not. Takes a few tens of ms, once per connection to the manager.
+pub fn probe_isolation(
+    m: &dyn RunManager,
+    state_dir: &std::path::Path,
+    iso: &plan::Isolation,
+) -> Result<(), String> {
+    let dir = state_dir.join(plan::ISOLATION_PROBE_DIR);
+    let prepare = || -> std::io::Result<()> {
+        std::fs::create_dir_all(dir.join("work"))?;
+        std::fs::write(
+            dir.join("marker"),
+            b"the agent's files: invisible to a run\n",
+        )
+    };
+    prepare().map_err(|e| format!("cannot prepare the probe in {}: {e}", dir.display()))?;
+    let unit = plan::ISOLATION_PROBE_UNIT;
+    let props = plan::isolation_probe_props(iso, state_dir);
+    let clear = || {
+        let _ = m.stop_nowait(unit);
+        let _ = m.reset_failed(unit);
+    };
+    let started = match m.start_transient_unit(unit, &props) {
+        Err(SvcError::Job { result, .. }) if result == "exists" => {
+            // A previous agent's probe, still loaded: clear it and try once more.
+            clear();
+            let until = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < until
+                && m.unit_status(unit)
+                    .is_ok_and(|st| st.load_state == "loaded")
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            m.start_transient_unit(unit, &props)
+        }
+        r => r,
+    };
+    let verdict = match started {
+        Err(e) => Err(format!("cannot start the probe {unit}: {e}")),
+        Ok(()) => {
+            let until = Instant::now() + Duration::from_secs(15);
+            loop {
+                match m.unit_status(unit).map(|st| plan::isolation_verdict(&st)) {
+                    Ok(Some(v)) => break v,
+                    Ok(None) if Instant::now() < until => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    Ok(None) => break Err(format!("the probe {unit} did not end within 15 s")),
+                    Err(e) => break Err(format!("cannot read the probe {unit}: {e}")),
+                }
+            }
+        }
+    };
+    clear();
+    let _ = std::fs::remove_dir_all(&dir);
+    verdict
 }
 
 /// The controllers listed in `/sys/fs/cgroup<cgroup>/cgroup.controllers` (none on cgroup v1

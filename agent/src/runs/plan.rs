@@ -52,6 +52,24 @@ pub struct Host {
     /// Where privileged actions can run: `None` where they cannot (user mode, or a system
     /// install without the root-owned template).
     pub privileged: Option<PrivilegedHost>,
+    /// How a run is fenced off from the agent's files, when this host's manager can do it
+    /// (the engine proves it at connect: [`Isolation`]); `None`: it cannot, and runs see
+    /// what the service user sees.
+    pub isolation: Option<Isolation>,
+}
+
+/// What a run (as the service user, in its user manager) must not see or change, beyond
+/// the agent's state dir, which a run never sees: it gets an empty read-only directory
+/// there, with only its own work dir bound into it. Enforced by the manager in the run's
+/// own mount namespace (`PrivateUsers=yes`, which an unprivileged manager needs for any of
+/// it; without it a user manager ignores these settings silently).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Isolation {
+    /// Read-only for the run (user mode: outpost's own files, all the user's): its
+    /// binaries, config and state, so a run cannot change the next agent it would start.
+    pub read_only: Vec<PathBuf>,
+    /// Invisible to the run: the runner env file (a run gets only its allowlisted names).
+    pub inaccessible: Vec<PathBuf>,
 }
 
 /// What a privileged run gets: root's files, root's manager, the admin's grants.
@@ -275,6 +293,9 @@ fn plan(offer: &RunOffer, packs: &[Pack], host: &Host) -> Result<UnitPlan, Strin
     if let Some(t) = action.limits.tasks {
         props.push(("TasksMax".into(), PropValue::U64(u64::from(t))));
     }
+    if let (Some(iso), false) = (&host.isolation, action.privileged) {
+        props.extend(isolation_props(iso, state_dir, &paths.work));
+    }
     if controllers.contains("cpu") {
         props.push(("CPUWeight".into(), PropValue::U64(WEIGHT)));
     }
@@ -289,6 +310,104 @@ fn plan(offer: &RunOffer, packs: &[Pack], host: &Host) -> Result<UnitPlan, Strin
         max_concurrency: action.max_concurrency,
         privileged: action.privileged,
         supervise: action.supervise.clone(),
+    })
+}
+
+/// The mount namespace of an unprivileged run: the agent's state dir an empty read-only
+/// tmpfs with the run's work dir bound into it (its record, log, the agent's token,
+/// journal and the other runs are not there), `iso`'s paths read-only or gone. A path
+/// missing on this host is skipped (`-`), except the work dir, which the engine creates.
+pub fn isolation_props(iso: &Isolation, agent_dir: &Path, work: &Path) -> Vec<(String, PropValue)> {
+    let d = |p: &Path| p.display().to_string();
+    let maybe = |l: &[PathBuf]| l.iter().map(|p| format!("-{}", d(p))).collect();
+    vec![
+        ("PrivateUsers".into(), PropValue::Bool(true)),
+        (
+            "ReadOnlyPaths".into(),
+            PropValue::Strs(maybe(&iso.read_only)),
+        ),
+        (
+            "InaccessiblePaths".into(),
+            PropValue::Strs(maybe(&iso.inaccessible)),
+        ),
+        (
+            "TemporaryFileSystem".into(),
+            PropValue::TempFs(vec![(d(agent_dir), "ro".into())]),
+        ),
+        (
+            "BindPaths".into(),
+            PropValue::Binds(vec![(d(work), d(work))]),
+        ),
+    ]
+}
+
+/// The unit that proves, once per connection to the manager, that it applies [`Isolation`].
+pub const ISOLATION_PROBE_UNIT: &str = "outpost-isolation-probe.service";
+/// The probe's directory in the agent's state dir: a `marker` the probe must not see and a
+/// `work` dir it must.
+pub const ISOLATION_PROBE_DIR: &str = "isolation-probe";
+
+/// The probe: a run's isolation around `/bin/sh -c 'test ! -e MARKER && test -d WORK'`, so
+/// it exits 0 only where the agent's state dir is really hidden and the work dir bound in
+/// (a manager that ignored the settings exits 1; one that cannot apply them fails to
+/// spawn, [`isolation_verdict`]).
+pub fn isolation_probe_props(iso: &Isolation, agent_dir: &Path) -> Vec<(String, PropValue)> {
+    let dir = agent_dir.join(ISOLATION_PROBE_DIR);
+    let (marker, work) = (dir.join("marker"), dir.join("work"));
+    let s = |v: &str| PropValue::Str(v.to_string());
+    let mut props = vec![
+        (
+            "Description".into(),
+            s("outpost: can runs be isolated here?"),
+        ),
+        (
+            "ExecStart".into(),
+            PropValue::Exec(vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                r#"test ! -e "$1" && test -d "$2""#.into(),
+                "sh".into(),
+                marker.display().to_string(),
+                work.display().to_string(),
+            ]),
+        ),
+        ("Type".into(), s("exec")),
+        ("RemainAfterExit".into(), PropValue::Bool(true)),
+        ("StandardInput".into(), s("null")),
+        (
+            "Environment".into(),
+            PropValue::Strs(vec![format!("PATH={RUN_PATH}")]),
+        ),
+        ("NoNewPrivileges".into(), PropValue::Bool(true)),
+        ("RuntimeMaxUSec".into(), PropValue::U64(10_000_000)),
+    ];
+    props.extend(isolation_props(iso, agent_dir, &work));
+    props
+}
+
+/// What the probe's unit says once its process has ended (`None` while it has not): `Ok`
+/// when the isolation held, else why runs cannot be isolated on this host.
+pub fn isolation_verdict(st: &UnitStatus) -> Option<Result<(), String>> {
+    // 1: the process exited (the status is its code, or systemd's own 2xx for a failed
+    // spawn); 2, 3: killed, dumped core.
+    let ended = st.exec_main_code != 0 || st.active_state == "failed";
+    if !ended {
+        return None;
+    }
+    Some(match (st.exec_main_code, st.exec_main_status) {
+        (1, 0) => Ok(()),
+        (1, 1) => Err(
+            "the user manager started the probe without the isolation (it ignores PrivateUsers= and mount settings)".into(),
+        ),
+        (1, 217) => Err(
+            "the user manager cannot create a user namespace for a run (217/USER): unprivileged user namespaces are disabled or filtered here".into(),
+        ),
+        (1, 226) => Err(
+            "the user manager cannot set up a mount namespace for a run (226/NAMESPACE)".into(),
+        ),
+        (1, n) => Err(format!("the probe exited with status {n}")),
+        (0, _) => Err(format!("the probe failed to start ({})", st.result)),
+        (_, sig) => Err(format!("the probe was killed by signal {sig}")),
     })
 }
 
@@ -491,6 +610,7 @@ privileged = true
             controllers: controllers.iter().map(|c| c.to_string()).collect(),
             cgroup: "/user.slice/user-999.slice/user@999.service".into(),
             privileged: None,
+            isolation: None,
         }
     }
 
@@ -576,6 +696,140 @@ privileged = true
 
     fn prop<'a>(p: &'a UnitPlan, name: &str) -> Option<&'a PropValue> {
         p.props.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    #[test]
+    fn isolation_fences_unprivileged_runs_off_the_agents_files() {
+        let d = tempfile::tempdir().unwrap();
+        let p = pack(d.path(), TOML);
+        let iso = Isolation {
+            read_only: vec!["/home/bob/.config/outpost".into()],
+            inaccessible: vec!["/home/bob/.config/outpost/outpost.env".into()],
+        };
+        let grants = PrivilegedHost {
+            state_dir: "/var/lib/outpost".into(),
+            grants: [("demo".to_string(), p.sha256.clone())].into(),
+            ..PrivilegedHost::default()
+        };
+        // (what, isolation on this host, action, isolated)
+        let cases = [
+            ("isolated", Some(iso.clone()), "hello", true),
+            ("no isolation here", None, "hello", false),
+            (
+                "a privileged run is root's",
+                Some(iso.clone()),
+                "root",
+                false,
+            ),
+        ];
+        for (what, isolation, action, isolated) in cases {
+            let mut h = host(&[]);
+            h.isolation = isolation;
+            h.privileged = Some(grants.clone());
+            let params: &[(&str, &str)] = if action == "hello" {
+                &[("who", "bob")]
+            } else {
+                &[]
+            };
+            let Decision::Start(plan) =
+                decide(&offer(&p, action, params), std::slice::from_ref(&p), &h)
+            else {
+                panic!("{what}: rejected")
+            };
+            let names = [
+                "PrivateUsers",
+                "ReadOnlyPaths",
+                "InaccessiblePaths",
+                "TemporaryFileSystem",
+                "BindPaths",
+            ];
+            for n in names {
+                assert_eq!(prop(&plan, n).is_some(), isolated, "{what}: {n}");
+            }
+            if !isolated {
+                continue;
+            }
+            let work = "/var/lib/outpost/agent/runs/r_0123/work".to_string();
+            assert_eq!(prop(&plan, "PrivateUsers"), Some(&PropValue::Bool(true)));
+            assert_eq!(
+                prop(&plan, "TemporaryFileSystem"),
+                Some(&PropValue::TempFs(vec![(
+                    "/var/lib/outpost/agent".into(),
+                    "ro".into()
+                )]))
+            );
+            assert_eq!(
+                prop(&plan, "BindPaths"),
+                Some(&PropValue::Binds(vec![(work.clone(), work.clone())]))
+            );
+            assert_eq!(
+                prop(&plan, "ReadOnlyPaths"),
+                Some(&PropValue::Strs(vec!["-/home/bob/.config/outpost".into()]))
+            );
+            assert_eq!(
+                prop(&plan, "InaccessiblePaths"),
+                Some(&PropValue::Strs(vec![
+                    "-/home/bob/.config/outpost/outpost.env".into()
+                ]))
+            );
+            assert_eq!(
+                prop(&plan, "WorkingDirectory"),
+                Some(&PropValue::Str(work.clone()))
+            );
+            // Every round of a workload gets the same fence.
+            let round = round_props(&plan, 3, 60);
+            for n in names {
+                assert!(round.iter().any(|(k, _)| k == n), "{what}: round {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn isolation_probe_verdicts() {
+        let st = |active: &str, code: i32, status: i32| UnitStatus {
+            active_state: active.into(),
+            exec_main_code: code,
+            exec_main_status: status,
+            result: "resources".into(),
+            ..UnitStatus::default()
+        };
+        // (status, Some(Ok) / Some(Err(substring)) / None: not ended)
+        let cases: Vec<(UnitStatus, Option<Result<(), &str>>)> = vec![
+            (st("activating", 0, 0), None),
+            (st("active", 0, 0), None),
+            (st("active", 1, 0), Some(Ok(()))),
+            (st("failed", 1, 1), Some(Err("ignores PrivateUsers="))),
+            (st("failed", 1, 217), Some(Err("217/USER"))),
+            (st("failed", 1, 226), Some(Err("226/NAMESPACE"))),
+            (st("failed", 1, 203), Some(Err("status 203"))),
+            (st("failed", 0, 0), Some(Err("failed to start (resources)"))),
+            (st("failed", 2, 9), Some(Err("signal 9"))),
+        ];
+        for (status, want) in cases {
+            let got = isolation_verdict(&status);
+            match (&got, want) {
+                (None, None) | (Some(Ok(())), Some(Ok(()))) => {}
+                (Some(Err(why)), Some(Err(sub))) => assert!(why.contains(sub), "{why}"),
+                _ => panic!("{status:?}: got {got:?}, want {want:?}"),
+            }
+        }
+        // The probe runs inside the same fence as a run, around its own work dir.
+        let iso = Isolation::default();
+        let props = isolation_probe_props(&iso, Path::new("/a"));
+        assert!(props.contains(&(
+            "BindPaths".into(),
+            PropValue::Binds(vec![(
+                "/a/isolation-probe/work".into(),
+                "/a/isolation-probe/work".into()
+            )])
+        )));
+        let Some((_, PropValue::Exec(argv))) = props.iter().find(|(k, _)| k == "ExecStart") else {
+            panic!("{props:?}")
+        };
+        assert_eq!(
+            argv[4..],
+            ["/a/isolation-probe/marker", "/a/isolation-probe/work"]
+        );
     }
 
     #[test]

@@ -133,6 +133,7 @@ command = ["/bin/true"]
                 controllers: Default::default(),
                 cgroup: "/".into(),
             }),
+            isolation: None,
         }
     }
 
