@@ -192,6 +192,11 @@ fn e2e_runs_user_mode() {
     );
     host_cli(&c, "bob", "");
     isolation(&c, &s, "/home/bob/.local/state/outpost/agent/events.jsonl");
+    let d = c.sh_as("bob", "~/.local/bin/outpost diagnostics");
+    assert!(
+        d.stdout.contains("ok   run_isolation runs are isolated"),
+        "{d:?}"
+    );
     // A host whose user manager cannot create user namespaces (filtered here with
     // RestrictNamespaces= on user@.service): the agent says so, and runs are not isolated.
     c.must_sh("mkdir -p /etc/systemd/system/user@.service.d && printf '[Service]\\nRestrictNamespaces=~user\\n' > /etc/systemd/system/user@.service.d/50-no-userns.conf && systemctl daemon-reload");
@@ -204,6 +209,16 @@ fn e2e_runs_user_mode() {
         false,
     );
     assert!(why.contains("217/USER"), "{why}");
+    let d = c.sh_as("bob", "~/.local/bin/outpost diagnostics");
+    assert_eq!(d.code(), Some(1), "{d:?}");
+    assert!(
+        d.stdout
+            .contains("FAIL run_isolation runs are NOT isolated")
+            && d.stdout.contains("217/USER")
+            && d.stdout
+                .contains("hint: allow unprivileged user namespaces"),
+        "{d:?}"
+    );
     tampered_and_untrusted(
         &c,
         &s,

@@ -209,6 +209,49 @@ fn check_journal(state_dir: &Path) -> Check {
     }
 }
 
+/// How much of the end of the agent's journal the isolation check reads.
+const ISOLATION_WINDOW: u64 = 16 << 20;
+
+/// Whether runs are isolated from the agent's files: the agent's last `runs_isolation`
+/// verdict (docs/RUNS.md, *Isolation from the agent*).
+pub fn check_isolation(last: Option<&outpost_core::journal::Record>) -> Check {
+    const NAME: &str = "run_isolation";
+    let Some(r) = last else {
+        return Check::pass(
+            NAME,
+            "not proved yet: the agent checks it when it first connects to the manager that runs actions".into(),
+        );
+    };
+    let reason = r.data.get("reason").and_then(|v| v.as_str()).unwrap_or("");
+    if r.data.get("isolated").and_then(|v| v.as_bool()) == Some(true) {
+        Check::pass(
+            NAME,
+            format!(
+                "runs are isolated from the agent's files (proved {})",
+                r.time
+            ),
+        )
+    } else {
+        Check::fail(
+            NAME,
+            format!("runs are NOT isolated from the agent's files (a run can read its token): {reason} (at {})", r.time),
+            "allow unprivileged user namespaces (sysctl user.max_user_namespaces > 0; on Ubuntu kernel.apparmor_restrict_unprivileged_userns=0), then restart the agent".into(),
+        )
+    }
+}
+
+fn check_run_isolation(state_dir: &Path) -> Check {
+    let recent = Journal::open(state_dir)
+        .read_recent(ISOLATION_WINDOW)
+        .unwrap_or_default();
+    check_isolation(
+        recent
+            .iter()
+            .rev()
+            .find(|r| r.kind == outpost_core::journal::kind::RUNS_ISOLATION),
+    )
+}
+
 fn check_hub(config: &Config) -> Vec<Check> {
     let Some(url) = config.hub.url() else {
         return vec![Check::pass("hub_reachable", "no hub configured".into())];
@@ -304,6 +347,7 @@ pub fn run_checks(config: &Config, state_dir: &Path) -> Report {
         crate::facts::parse_meminfo(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default());
     checks.push(check_memory(mem.total, mem.available));
     checks.push(check_journal(state_dir));
+    checks.push(check_run_isolation(state_dir));
     Report {
         version: outpost_release::VERSION.to_string(),
         at: outpost_core::time::now_rfc3339(),
@@ -348,6 +392,36 @@ pub fn send(report: &Report, config: &Config, state_dir: &Path) -> Result<(), Se
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn isolation_check_reports_the_last_verdict() {
+        let j = tempfile::tempdir().unwrap();
+        let journal = Journal::open(j.path());
+        assert!(
+            check_run_isolation(j.path()).ok,
+            "nothing proved yet is no failure"
+        );
+        journal
+            .append(
+                "runs_isolation",
+                serde_json::json!({"isolated": true, "reason": ""}),
+            )
+            .unwrap();
+        let c = check_run_isolation(j.path());
+        assert!(c.ok && c.detail.contains("isolated"), "{c:?}");
+        journal
+            .append(
+                "runs_isolation",
+                serde_json::json!({"isolated": false, "reason": "217/USER"}),
+            )
+            .unwrap();
+        journal
+            .append("run_started", serde_json::json!({}))
+            .unwrap();
+        let c = check_run_isolation(j.path());
+        assert!(!c.ok && c.detail.contains("217/USER"), "{c:?}");
+        assert!(c.hint.unwrap().contains("user namespaces"));
+    }
 
     #[test]
     fn threshold_table() {
