@@ -64,6 +64,10 @@ pub enum HubError {
     },
 }
 
+/// Exit code of a CLI command the hub refused for now (429 rate or queue limit, 503 not
+/// ready): `EX_TEMPFAIL` of sysexits.h, so a script can tell "retry later" from "refused".
+pub const RETRY_LATER: i32 = 75;
+
 impl HubError {
     /// A usage error.
     pub fn usage(msg: impl Into<String>, hint: impl Into<String>) -> Self {
@@ -73,11 +77,14 @@ impl HubError {
         }
     }
 
-    /// The process exit code: 2 for bad input, 1 otherwise.
+    /// The process exit code (docs/EXIT-CODES.md): 2 for bad input, [`RETRY_LATER`] when the
+    /// hub is busy or limiting the caller (429, 503: the same command may succeed later), 1
+    /// otherwise (a refusal, 409 among them, or a failure).
     pub fn exit_code(&self) -> i32 {
         match self {
             HubError::Usage { .. } | HubError::NoAdminToken | HubError::Tls(_) => 2,
             HubError::Api { status, .. } if *status == 400 || *status == 401 || *status == 404 => 2,
+            HubError::Api { status, .. } if *status == 429 || *status == 503 => RETRY_LATER,
             _ => 1,
         }
     }
@@ -243,5 +250,49 @@ impl IntoResponse for ApiError {
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_by_kind() {
+        let api = |status: u16| HubError::Api {
+            status,
+            code: "x".into(),
+            message: "m".into(),
+            hint: "h".into(),
+        };
+        // (error, exit code)
+        let cases = [
+            (HubError::usage("bad", "fix it"), 2),
+            (HubError::NoAdminToken, 2),
+            (api(400), 2),
+            (api(401), 2),
+            (api(404), 2),
+            (api(409), 1),
+            (api(429), RETRY_LATER),
+            (api(503), RETRY_LATER),
+            (api(500), 1),
+            (
+                HubError::RunsFailed {
+                    failed: 1,
+                    total: 2,
+                },
+                1,
+            ),
+            (
+                HubError::Unreachable {
+                    url: "u".into(),
+                    detail: "d".into(),
+                },
+                1,
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.exit_code(), code, "{e:?}");
+        }
     }
 }

@@ -370,6 +370,44 @@ fn fan_out_by_label_and_idempotent_create() {
     assert_eq!((s, v["error"].as_str()), (404, Some("not_found")));
 }
 
+/// A create the hub refuses for good (an untrusted pack: 409) exits 1; one it refuses for now
+/// (the agent's queue is full: 429) exits 75, "retry later", with the hub's reason and hint.
+#[test]
+fn cli_exit_codes_tell_retry_later_from_refused() {
+    use std::process::Command;
+    let hub = Hub::start_with(&["--max-runs-queued", "1"]);
+    let a = agent_with(&hub, "web-1", json!({}), false);
+    let cli = |args: &[&str]| {
+        Command::new(common::bin())
+            .args(args)
+            .args(["--hub", &hub.url])
+            .env("OUTPOST_HUB_ADMIN_TOKEN", ADMIN)
+            .output()
+            .unwrap()
+    };
+    let run = ["run", &a.id, "web/restart", "--param", "unit=nginx"];
+    // The pack is not trusted yet: refused for good (409), exit 1.
+    let untrusted = cli(&run);
+    let err = String::from_utf8_lossy(&untrusted.stderr);
+    assert_eq!(untrusted.status.code(), Some(1), "{err}");
+    assert!(err.contains("pack_untrusted"), "{err}");
+    trust(&hub);
+    let first = cli(&run);
+    assert!(first.status.success(), "{first:?}");
+    let id = String::from_utf8_lossy(&first.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let full = cli(&run);
+    let err = String::from_utf8_lossy(&full.stderr);
+    assert_eq!(full.status.code(), Some(75), "{err}");
+    assert!(err.contains("queue_full") && err.contains("hint:"), "{err}");
+    // Once the queued run is gone, the same command goes through.
+    assert!(cli(&["cancel", &id]).status.success());
+    assert!(cli(&run).status.success());
+}
+
 #[test]
 fn cli_run_follow_runs_logs_cancel() {
     use std::process::{Command, Stdio};
