@@ -232,5 +232,65 @@ fn e2e_trixie_install_and_upgrade_both_modes() {
             .trim(),
         "versions/1.0.0"
     );
+    isolated_on_trixie(&c);
     c.must_sh_as("bob", "~/.local/bin/outpost uninstall --purge");
+}
+
+/// A pack of one supervised action, one round of [`support::runs::SNOOP_SH`].
+const ISO_PACK: &str = r#"[pack]
+name = "iso"
+version = "1.0.0"
+description = "run isolation on trixie"
+
+[[action]]
+id = "snoop"
+command = ["bin/snoop.sh"]
+[action.supervise]
+max_rounds = 1
+"#;
+
+/// Runs are isolated from the agent's files on trixie's systemd too (user mode, no hub): a
+/// workload declared in the config runs one round of the snoop script, which can reach
+/// nothing of the agent's but its own work dir; the agent journals that it proved it.
+fn isolated_on_trixie(c: &Container) {
+    c.must_sh("rm -rf /home/bob/iso && mkdir -p /home/bob/iso/bin");
+    c.exec_with_stdin(
+        &["sh", "-c", "cat > /home/bob/iso/pack.toml"],
+        ISO_PACK.as_bytes(),
+    );
+    c.exec_with_stdin(
+        &["sh", "-c", "cat > /home/bob/iso/bin/snoop.sh"],
+        support::runs::SNOOP_SH.as_bytes(),
+    );
+    c.must_sh("chmod 0755 /home/bob/iso/bin/snoop.sh && chown -R bob /home/bob/iso");
+    c.must_sh_as(
+        "bob",
+        "~/.local/bin/outpost pack install --user /home/bob/iso",
+    );
+    c.must_sh_as(
+        "bob",
+        "printf '\\n[[workload]]\\nname = \"snoop\"\\naction = \"iso/snoop\"\\n' >> ~/.config/outpost/config.toml && systemctl --user restart outpost.service",
+    );
+    let agent = "/home/bob/.local/state/outpost/agent";
+    let log = format!("{agent}/runs/w-snoop/round-1.log");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let out = loop {
+        let out = c.sh(&format!("cat {log}")).stdout;
+        if out.contains("runs-seen:") {
+            break out;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the workload's round never ran: {}",
+            c.sh("journalctl --no-pager -o cat _SYSTEMD_USER_UNIT=outpost.service | tail -30")
+                .stdout
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    support::runs::snoop_verdict(&out, "w-snoop", true);
+    let ev = c.must_sh(&format!(
+        "grep '\"runs_isolation\"' {agent}/events.jsonl | tail -1"
+    ));
+    let ev: serde_json::Value = serde_json::from_str(ev.trim()).expect("a runs_isolation event");
+    assert_eq!(ev["data"]["isolated"], true, "{ev}");
 }

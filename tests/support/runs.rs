@@ -55,6 +55,29 @@ impl UserInstall<'_> {
     }
 }
 
+/// What a run tries against the agent's files (`e2e/snoop`; a workload round on trixie): one
+/// `WHAT: yes|no` line each, and the runs it can see. Writes are probed with access(2)
+/// (`test -w`: EROFS on a read-only mount), never done.
+pub const SNOOP_SH: &str = r#"#!/bin/sh
+# The agent's state dir, from the run's work dir (<agent>/runs/<id>/work).
+A=${OUTPOST_RUN_DIR%/runs/*}
+case $A in
+  /var/lib/outpost/*) CFG=/etc/outpost; BASE=/opt/outpost; UNITS=/etc/systemd/system ;;
+  *) H=${A%/.local/state/outpost/agent}; CFG=$H/.config/outpost; BASE=$H/.local/share/outpost; UNITS=$H/.config/systemd/user ;;
+esac
+try() { if sh -c "$2" >/dev/null 2>&1; then echo "$1: yes"; else echo "$1: no"; fi; }
+try read-token "cat $A/identity.json"
+try read-journal "cat $A/events.jsonl"
+try write-journal "test -w $A/events.jsonl"
+try write-record "test -w $A/runs/$OUTPOST_RUN_ID/run.json"
+try read-env "cat $CFG/outpost.env"
+try write-config "test -w $CFG/config.toml"
+try write-binary "test -w $BASE/current/outpost"
+try write-units "test -w $UNITS"
+try write-work "echo ok > $OUTPOST_RUN_DIR/f"
+echo "runs-seen: $(ls $A/runs 2>/dev/null | tr '\n' ' ')"
+"#;
+
 /// The pack of these tests, owned by `owner` at `dir`.
 pub fn write_pack(c: &Container, dir: &str, owner: &str) {
     c.must_sh(&format!(
@@ -156,26 +179,7 @@ description = "try what a run must not do to the agent's files (isolation)"
 command = ["bin/snoop.sh"]
 EOF
 cat > {dir}/bin/snoop.sh <<'EOF'
-#!/bin/sh
-# The agent's state dir, from the run's work dir (<agent>/runs/<id>/work).
-A=${{OUTPOST_RUN_DIR%/runs/*}}
-case $A in
-  /var/lib/outpost/*) CFG=/etc/outpost; BASE=/opt/outpost; UNITS=/etc/systemd/system ;;
-  *) H=${{A%/.local/state/outpost/agent}}; CFG=$H/.config/outpost; BASE=$H/.local/share/outpost; UNITS=$H/.config/systemd/user ;;
-esac
-# Writes are probed with access(2) (test -w: EROFS on a read-only mount), never done.
-try() {{ if sh -c "$2" >/dev/null 2>&1; then echo "$1: yes"; else echo "$1: no"; fi; }}
-try read-token "cat $A/identity.json"
-try read-journal "cat $A/events.jsonl"
-try write-journal "test -w $A/events.jsonl"
-try write-record "test -w $A/runs/$OUTPOST_RUN_ID/run.json"
-try read-env "cat $CFG/outpost.env"
-try write-config "test -w $CFG/config.toml"
-try write-binary "test -w $BASE/current/outpost"
-try write-units "test -w $UNITS"
-try write-work "echo ok > $OUTPOST_RUN_DIR/f"
-echo "runs-seen: $(ls $A/runs 2>/dev/null | tr '\n' ' ')"
-EOF
+{SNOOP_SH}EOF
 cat > {dir}/bin/whoami.sh <<'EOF'
 #!/bin/sh
 echo "uid=$(id -u) tag=$1 dir=$OUTPOST_RUN_DIR allowed=$ALLOWED_VAR"
@@ -345,6 +349,13 @@ pub fn snoop(s: &Setup, isolated: bool) -> String {
     let r = wait_final(s, &id, 30);
     assert_eq!(r["state"], "succeeded", "{r}");
     let log = hub_log(&s.hub, &id);
+    snoop_verdict(&log, &id, isolated);
+    id
+}
+
+/// Check what [`SNOOP_SH`] printed (in run `id`'s log): everything refused and only its own
+/// run seen when `isolated`, the token readable when not.
+pub fn snoop_verdict(log: &str, id: &str, isolated: bool) {
     let line = |what: &str| -> String {
         log.lines()
             .find_map(|l| l.strip_prefix(&format!("{what}: ")))
@@ -371,5 +382,4 @@ pub fn snoop(s: &Setup, isolated: bool) -> String {
         assert_eq!(line("read-token"), "yes", "{log}");
         assert_ne!(line("runs-seen"), id, "{log}");
     }
-    id
 }
