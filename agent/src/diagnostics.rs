@@ -463,7 +463,8 @@ mod tests {
                 "identity_file",
                 "disk_free",
                 "memory_available",
-                "journal"
+                "journal",
+                "run_isolation"
             ]
         );
         let journal = &r.checks[4];
