@@ -337,30 +337,14 @@ impl Runs {
         params: &BTreeMap<String, String>,
         phase: Phase,
     ) -> RunRecord {
-        RunRecord {
-            run_id: id.to_string(),
-            pack: pack.to_string(),
-            action: action.to_string(),
-            sha256: sha256.to_string(),
-            params: params.clone(),
-            unit: plan::unit_name(id),
-            claimant: self.claimant.clone(),
-            phase,
-            timeout_secs: 0,
-            log_cap: 0,
-            max_concurrency: 1,
-            claimed_at: now(),
-            started_at: None,
-            cancel: None,
-            next_seq: 1,
-            events: Vec::new(),
-            log_sent: 0,
-            result: None,
-            hub_state: None,
-            privileged: false,
-            supervise: None,
-            local: false,
-        }
+        let spec = record::RunSpec {
+            id,
+            pack,
+            action,
+            sha256,
+            params,
+        };
+        RunRecord::new(spec, &self.claimant, phase, now())
     }
 
     /// Load the records a previous agent left.

@@ -73,7 +73,45 @@ pub struct RunRecord {
     pub local: bool,
 }
 
+/// What names a run when its record is made: the offer's (or a declared workload's) fields.
+pub struct RunSpec<'a> {
+    pub id: &'a str,
+    pub pack: &'a str,
+    pub action: &'a str,
+    pub sha256: &'a str,
+    pub params: &'a std::collections::BTreeMap<String, String>,
+}
+
 impl RunRecord {
+    /// A fresh record of `claimant`'s for `spec`, in `phase`, claimed at `claimed_at`;
+    /// everything else is learnt later (planning, the unit, the hub).
+    pub fn new(spec: RunSpec<'_>, claimant: &str, phase: Phase, claimed_at: String) -> RunRecord {
+        RunRecord {
+            run_id: spec.id.to_string(),
+            pack: spec.pack.to_string(),
+            action: spec.action.to_string(),
+            sha256: spec.sha256.to_string(),
+            params: spec.params.clone(),
+            unit: super::plan::unit_name(spec.id),
+            claimant: claimant.to_string(),
+            phase,
+            timeout_secs: 0,
+            log_cap: 0,
+            max_concurrency: 1,
+            claimed_at,
+            started_at: None,
+            cancel: None,
+            next_seq: 1,
+            events: Vec::new(),
+            log_sent: 0,
+            result: None,
+            hub_state: None,
+            privileged: false,
+            supervise: None,
+            local: false,
+        }
+    }
+
     /// Queue an event (seq assigned here).
     pub fn event(&mut self, kind: &str, at: String, data: outpost_proto::FlatMap) {
         let seq = self.next_seq.max(1);
@@ -175,29 +213,17 @@ mod tests {
     use super::*;
 
     pub fn sample(id: &str) -> RunRecord {
+        let spec = RunSpec {
+            id,
+            pack: "demo",
+            action: "hello",
+            sha256: &"0".repeat(64),
+            params: &Default::default(),
+        };
         RunRecord {
-            run_id: id.into(),
-            pack: "demo".into(),
-            action: "hello".into(),
-            sha256: "0".repeat(64),
-            params: Default::default(),
-            unit: format!("outpost-run-{id}.service"),
-            claimant: "c1".into(),
-            phase: Phase::Claiming,
             timeout_secs: 60,
             log_cap: 1024,
-            max_concurrency: 1,
-            claimed_at: "2026-12-02T00:00:00Z".into(),
-            started_at: None,
-            cancel: None,
-            next_seq: 1,
-            events: vec![],
-            log_sent: 0,
-            result: None,
-            hub_state: None,
-            privileged: false,
-            supervise: None,
-            local: false,
+            ..RunRecord::new(spec, "c1", Phase::Claiming, "2026-12-02T00:00:00Z".into())
         }
     }
 
