@@ -1032,29 +1032,18 @@ fn isolation(opts: &RunOptions) -> crate::runs::plan::Isolation {
             inaccessible: vec![layout.env_file],
         };
     }
-    let mut read_only: Vec<PathBuf> = opts
-        .config_path
-        .parent()
-        .into_iter()
-        .map(Path::to_path_buf)
-        .collect();
+    // The config and state dirs are the agent's own; the binaries and the user's units are
+    // found from $HOME (set by the user manager).
+    let config_dir = opts.config_path.parent().unwrap_or(root);
+    let mut read_only = vec![config_dir.to_path_buf()];
     read_only.extend(opts.state_dir.parent().map(Path::to_path_buf));
-    let mut inaccessible = Vec::new();
     if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
         let layout = outpost_core::layout::Layout::user(root, Path::new(&home));
-        read_only.extend([layout.base, layout.unit_dir, layout.config_dir]);
-        inaccessible.push(layout.env_file);
+        read_only.extend([layout.base, layout.unit_dir]);
     }
-    if let Some(dir) = opts.config_path.parent() {
-        inaccessible.push(dir.join(outpost_core::layout::files::ENV_FILE));
-    }
-    read_only.sort();
-    read_only.dedup();
-    inaccessible.sort();
-    inaccessible.dedup();
     crate::runs::plan::Isolation {
         read_only,
-        inaccessible,
+        inaccessible: vec![config_dir.join(outpost_core::layout::files::ENV_FILE)],
     }
 }
 
