@@ -22,6 +22,27 @@ fn have_chromium(test: &str) -> bool {
     false
 }
 
+/// An agent advertising pack `web` (hash `1…1`), trusted at the hub: (id, token).
+fn web_agent(hub: &Hub, host: &str) -> (String, String) {
+    let (id, token) = hub.new_agent(host);
+    assert_eq!(
+        hub.heartbeat_packs(&id, &token, json!([pack("web", "1.0.0", '1')]))
+            .0,
+        200
+    );
+    let trust = format!("/api/v1/packs/web/{}/trust", "1".repeat(64));
+    assert_eq!(hub.admin("POST", &trust, None).0, 200);
+    (id, token)
+}
+
+/// Create `web/restart unit=db` on agent `id` (the admin API): the run's id.
+fn create_restart(hub: &Hub, id: &str) -> String {
+    let body = json!({"target": {"agent": id}, "action": "web/restart", "params": {"unit": "db"}});
+    let (s, v) = hub.admin("POST", "/api/v1/runs", Some(&body));
+    assert_eq!(s, 201, "{v}");
+    v["runs"][0]["id"].as_str().unwrap().to_string()
+}
+
 fn artifact(name: &str) -> std::path::PathBuf {
     let dir = target_dir().join("test-artifacts");
     std::fs::create_dir_all(&dir).unwrap();
@@ -296,19 +317,9 @@ fn agent_page_starts_a_run_shows_its_live_log_and_cancels_it_in_chromium() {
         return;
     }
     let hub = Hub::start();
-    let (id, token) = hub.new_agent("run-host");
-    assert_eq!(
-        hub.heartbeat_packs(&id, &token, json!([pack("web", "1.0.0", '1')]))
-            .0,
-        200
-    );
-    let trust = format!("/api/v1/packs/web/{}/trust", "1".repeat(64));
-    assert_eq!(hub.admin("POST", &trust, None).0, 200);
+    let (id, token) = web_agent(&hub, "run-host");
     // A finished run with a log, through the fake agent.
-    let body = json!({"target": {"agent": id}, "action": "web/restart", "params": {"unit": "db"}});
-    let (s, v) = hub.admin("POST", "/api/v1/runs", Some(&body));
-    assert_eq!(s, 201, "{v}");
-    let old = v["runs"][0]["id"].as_str().unwrap().to_string();
+    let old = create_restart(&hub, &id);
     agent_post(&hub, &token, &old, "claim", json!({"claimant": "p"}));
     agent_log(&hub, &token, &old, 0, b"hello from <the> agent\n");
     agent_post(
@@ -487,18 +498,8 @@ fn run_page_shows_a_workloads_rounds_in_chromium() {
         return;
     }
     let hub = Hub::start();
-    let (id, token) = hub.new_agent("wl-host");
-    assert_eq!(
-        hub.heartbeat_packs(&id, &token, json!([pack("web", "1.0.0", '1')]))
-            .0,
-        200
-    );
-    let trust = format!("/api/v1/packs/web/{}/trust", "1".repeat(64));
-    assert_eq!(hub.admin("POST", &trust, None).0, 200);
-    let body = json!({"target": {"agent": id}, "action": "web/restart", "params": {"unit": "db"}});
-    let (s, v) = hub.admin("POST", "/api/v1/runs", Some(&body));
-    assert_eq!(s, 201, "{v}");
-    let run = v["runs"][0]["id"].as_str().unwrap().to_string();
+    let (id, token) = web_agent(&hub, "wl-host");
+    let run = create_restart(&hub, &id);
     agent_post(&hub, &token, &run, "claim", json!({"claimant": "p"}));
     let at = "2026-12-02T10:00:00Z";
     agent_post(
