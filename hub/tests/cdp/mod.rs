@@ -126,6 +126,17 @@ impl Browser {
 
     /// Sends `method` (to `session`, or the browser) and waits for its result.
     pub fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        self.try_call(session, method, params)
+            .unwrap_or_else(|e| panic!("{method} failed: {e}"))
+    }
+
+    /// [`Browser::call`], with Chromium's error answer as `Err`.
+    pub fn try_call(
+        &mut self,
+        session: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut msg = json!({"id": id, "method": method, "params": params});
@@ -140,10 +151,10 @@ impl Browser {
             let left = end.saturating_duration_since(Instant::now());
             match self.from.recv_timeout(left) {
                 Ok(v) if v["id"] == id => {
-                    if let Some(e) = v.get("error") {
-                        panic!("{method} failed: {e}");
-                    }
-                    return v["result"].clone();
+                    return match v.get("error") {
+                        Some(e) => Err(e.clone()),
+                        None => Ok(v["result"].clone()),
+                    };
                 }
                 Ok(v) => self.events.push(v),
                 Err(RecvTimeoutError::Timeout) => panic!("{method}: no answer from chromium"),
@@ -197,12 +208,20 @@ impl Page<'_> {
         r["result"]["value"].clone()
     }
 
-    /// Polls `cond` (a JS boolean expression) until true; panics after 15 s.
+    /// Polls `cond` (a JS boolean expression) until true; panics after 15 s. A page in the
+    /// middle of a navigation (a form just submitted) has no context to evaluate in: that
+    /// poll counts as not yet.
     pub fn wait_for(&mut self, cond: &str) {
         let end = Instant::now() + Duration::from_secs(15);
         let expr = format!("(() => {{ try {{ return document.readyState === 'complete' && !!({cond}); }} catch (e) {{ return false; }} }})()");
+        let s = self.session.clone();
         while Instant::now() < end {
-            if self.eval(&expr) == Value::Bool(true) {
+            let r = self.browser.try_call(
+                Some(&s),
+                "Runtime.evaluate",
+                json!({"expression": expr, "returnByValue": true}),
+            );
+            if r.is_ok_and(|r| r["result"]["value"] == Value::Bool(true)) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
