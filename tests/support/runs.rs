@@ -347,7 +347,12 @@ pub fn enroll_and_trust_pack<'a>(
 pub fn snoop(s: &Setup, isolated: bool) -> String {
     let id = start(&s.hub, &s.agent, "e2e/snoop", &[]);
     let r = wait_final(s, &id, 30);
-    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(
+        r["state"],
+        "succeeded",
+        "{r}\nagent:\n{}",
+        s.c.sh(&s.journal).stdout
+    );
     let log = hub_log(&s.hub, &id);
     snoop_verdict(&log, &id, isolated);
     id
